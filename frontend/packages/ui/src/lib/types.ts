@@ -1,0 +1,2 @@
+/** Visual states a StatusBadge can show. */
+export type Status = 'ok' | 'degraded' | 'down' | 'pending';
