@@ -1,0 +1,79 @@
+//! `cargo xtask`: build, release and deploy automation for the Intric platform.
+//!
+//! This file only parses the command line and dispatches; each task lives in its own module,
+//! and each outside system (git, docker, the registry, compose) has one adapter module.
+
+mod bench;
+mod build;
+mod check;
+mod ci_env;
+mod context;
+mod docker;
+mod dotenv;
+mod env;
+mod git;
+mod images;
+mod plan;
+mod progress;
+mod registry;
+mod sandbox;
+mod tags;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Build, release and deploy automation for the Intric platform.
+#[derive(Parser)]
+#[command(name = "cargo xtask", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Print the image tags for the current git state.
+    Tags(tags::TagsArgs),
+    /// Build the backend, worker and frontend images; push them; skip what didn't change.
+    Build(build::BuildArgs),
+    /// Run the backend's tests and the frontend's checks in their Dockerfiles' stages.
+    Check(check::CheckArgs),
+    /// Start, describe or stop the offline lab: registry and base images.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
+    /// Write or check the deployment's .env: generated secrets, types, permissions.
+    #[command(subcommand)]
+    Env(env::EnvCommand),
+    /// Time the xtask's hot paths against what they replace (numbers, not tests).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Tags(args) => tags::run(args),
+        Task::Build(args) => build::run(args),
+        Task::Check(args) => check::run(args),
+        Task::Sandbox(command) => sandbox::run(command),
+        Task::Env(command) => env::run(command),
+        Task::Bench(command) => bench::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: the directory holding the top-level `Cargo.toml`.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}

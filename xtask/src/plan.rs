@@ -1,0 +1,305 @@
+//! Plans: what a task is about to do, as data. Every task reads its inputs once, builds a
+//! [`Plan`] (pure data, unit-tested), and only then runs it. `--dry-run` prints the same plan
+//! that would run, so what an operator reviews is exactly what happens.
+//!
+//! Secrets travel as [`Secret`]s: they go to a process's standard input or into a file with
+//! mode 0600, never into argv, and they print as their name only.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use xshell::{Shell, cmd};
+
+/// A value that must never be shown: printing it gives its name, not its value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    name: String,
+    value: String,
+}
+
+impl Secret {
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Secret {
+        Secret { name: name.into(), value: value.into() }
+    }
+
+    /// The value itself, for the one place that hands it to a process or a file.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<secret {}>", self.name)
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{}>", self.name)
+    }
+}
+
+/// One external command: program, argv, extra environment, optional secret standard input,
+/// and a hint telling the user what to do when it fails.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub stdin: Option<Secret>,
+    pub hint: String,
+}
+
+impl Command {
+    pub fn new(program: impl Into<String>) -> Command {
+        Command { program: program.into(), args: Vec::new(), env: Vec::new(), stdin: None, hint: String::new() }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Command {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Command {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn stdin(mut self, secret: Secret) -> Command {
+        self.stdin = Some(secret);
+        self
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Command {
+        self.hint = hint.into();
+        self
+    }
+
+    /// Runs the command with its output shown, failing with the command line and the hint.
+    pub fn run(&self, sh: &Shell) -> Result<()> {
+        self.to_xshell(sh).run().with_context(|| self.failure())
+    }
+
+    /// Runs the command silently and tells whether it succeeded: for probes and waits.
+    pub fn succeeds(&self, sh: &Shell) -> bool {
+        self.to_xshell(sh).ignore_stdout().ignore_stderr().run().is_ok()
+    }
+
+    /// Runs the command and returns its standard output, trimmed.
+    pub fn read(&self, sh: &Shell) -> Result<String> {
+        self.to_xshell(sh).quiet().read().with_context(|| self.failure())
+    }
+
+    fn to_xshell<'a>(&self, sh: &'a Shell) -> xshell::Cmd<'a> {
+        let program = &self.program;
+        let args = &self.args;
+        let mut command = cmd!(sh, "{program} {args...}").quiet();
+        for (key, value) in &self.env {
+            command = command.env(key, value);
+        }
+        if let Some(secret) = &self.stdin {
+            command = command.stdin(secret.expose());
+        }
+        command
+    }
+
+    fn failure(&self) -> String {
+        // xshell's own error already names the command line, so the context adds only the hint.
+        if self.hint.is_empty() { format!("{} failed", self.program) } else { self.hint.clone() }
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (key, value) in &self.env {
+            write!(f, "{key}={} ", shell_quote(value))?;
+        }
+        write!(f, "{}", shell_quote(&self.program))?;
+        for arg in &self.args {
+            write!(f, " {}", shell_quote(arg))?;
+        }
+        if let Some(secret) = &self.stdin {
+            write!(f, " < {secret}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Quotes a word for display the way a POSIX shell would read it back.
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%^".contains(c));
+    if plain { word.to_string() } else { format!("'{}'", word.replace('\'', r"'\''")) }
+}
+
+/// One step of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Run an external command.
+    Run(Command),
+    /// Write a file atomically (temporary file in the same directory, then rename).
+    Write { path: PathBuf, contents: FileContents, mode: u32 },
+    /// Run a command and write its standard output atomically to a file.
+    Capture { command: Command, path: PathBuf, mode: u32 },
+    /// Run a command until it succeeds, for at most `seconds`: for services that are starting.
+    WaitFor { command: Command, seconds: u64 },
+}
+
+/// What a planned file holds: plain text is shown by `--dry-run`, a secret only by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileContents {
+    Text(String),
+    Secret(Secret),
+}
+
+impl FileContents {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            FileContents::Text(text) => text.as_bytes(),
+            FileContents::Secret(secret) => secret.expose().as_bytes(),
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Run(command) => write!(f, "{command}"),
+            Step::Write { path, contents: FileContents::Text(text), mode } => {
+                write!(f, "write {} (mode {mode:o}, {} bytes)", path.display(), text.len())
+            }
+            Step::Write { path, contents: FileContents::Secret(secret), mode } => {
+                write!(f, "write {} (mode {mode:o}) from {secret}", path.display())
+            }
+            Step::Capture { command, path, mode } => write!(f, "{command} > {} (mode {mode:o})", path.display()),
+            Step::WaitFor { command, seconds } => write!(f, "until {command}; (at most {seconds} s)"),
+        }
+    }
+}
+
+/// An ordered list of steps, with a title for `--dry-run` output.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn run(&mut self, command: Command) {
+        self.steps.push(Step::Run(command));
+    }
+
+    pub fn write(&mut self, path: impl Into<PathBuf>, contents: FileContents, mode: u32) {
+        self.steps.push(Step::Write { path: path.into(), contents, mode });
+    }
+
+    /// Runs every step in order, stopping at the first failure.
+    pub fn execute(&self, sh: &Shell) -> Result<()> {
+        for step in &self.steps {
+            match step {
+                Step::Run(command) => command.run(sh)?,
+                Step::Write { path, contents, mode } => write_atomically(path, contents.bytes(), *mode)?,
+                Step::Capture { command, path, mode } => {
+                    let output = command.read(sh)?;
+                    write_atomically(path, format!("{output}\n").as_bytes(), *mode)?;
+                }
+                Step::WaitFor { command, seconds } => wait_for(sh, command, *seconds)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, step) in self.steps.iter().enumerate() {
+            writeln!(f, "{:>3}. {step}", index + 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reruns `command` every half second until it succeeds; after `seconds`, runs it once more
+/// with its output shown, so the failure explains itself.
+fn wait_for(sh: &Shell, command: &Command, seconds: u64) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if command.succeeds(sh) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    command.run(sh).with_context(|| format!("still failing after {seconds} s"))
+}
+
+/// Writes `bytes` to `path` so that readers see either the old file or the complete new one:
+/// a temporary file in the same directory, created with `mode`, synced, then renamed.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let file_name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
+    let temporary = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temporary)
+            .with_context(|| format!("cannot create {}", temporary.display()))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("cannot write {}", temporary.display()))?;
+        std::fs::rename(&temporary, path).with_context(|| format!("cannot replace {}", path.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_show_their_name_only() {
+        let secret = Secret::new("NEXUS_PASSWORD", "hunter2-canary");
+        let command = Command::new("docker").args(["login", "--password-stdin", "r:5000"]).stdin(secret.clone());
+        let mut plan = Plan::default();
+        plan.run(command.clone());
+        plan.write("/tmp/x/credentials", FileContents::Secret(secret.clone()), 0o600);
+        let shown = format!("{plan}{plan:?}{command:?}");
+        assert!(!shown.contains("hunter2-canary"), "{shown}");
+        assert!(shown.contains("< <NEXUS_PASSWORD>"), "{shown}");
+    }
+
+    #[test]
+    fn display_quotes_what_a_shell_would_split() {
+        let command = Command::new("docker").args(["run", "--label", "a b", "it's"]).env("DOCKER_BUILDKIT", "1");
+        assert_eq!(command.to_string(), r"DOCKER_BUILDKIT=1 docker run --label 'a b' 'it'\''s'");
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_file_with_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/file.env");
+        write_atomically(&path, b"one", 0o600).unwrap();
+        write_atomically(&path, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary file left");
+    }
+}

@@ -1,0 +1,468 @@
+//! `cargo xtask sandbox up | env | down`: the offline lab that every end-to-end test runs on.
+//!
+//! `up` starts an authenticated Distribution registry on 127.0.0.1 (a stand-in for Nexus) with
+//! generated credentials kept under `target/xtask/sandbox/`, and provides the base images the
+//! Dockerfiles and the compose stack need: pulled from upstream where that works, otherwise built
+//! from Debian packages (`docker/lab/*.Dockerfile` on a debootstrap root filesystem). It pushes
+//! them to the lab registry. `env` prints the variables that point the other tasks at the lab;
+//! `down` stops the registry and keeps images and registry data.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use xshell::Shell;
+
+use crate::docker::{BuildSpec, Docker};
+use crate::dotenv::random_hex;
+use crate::images::{BASE_IMAGES, BaseImage};
+use crate::plan::{Command, FileContents, Plan, Secret, Step};
+
+#[derive(Subcommand)]
+pub enum SandboxCommand {
+    /// Start the lab registry and provide the base images (idempotent).
+    ///
+    /// Example: cargo xtask sandbox up && eval "$(cargo xtask sandbox env)"
+    Up(UpArgs),
+    /// Print KEY=VALUE lines that point builds and deploys at the lab.
+    ///
+    /// Example: eval "$(cargo xtask sandbox env)"
+    Env,
+    /// Stop the lab registry; images and pushed data are kept.
+    ///
+    /// Example: cargo xtask sandbox down
+    Down(DownArgs),
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// The port of the lab registry on 127.0.0.1.
+    #[arg(long, default_value_t = 5000)]
+    port: u16,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+pub struct DownArgs {
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// The lab's own registry image: a stand-in too where Docker Hub is out of reach.
+const REGISTRY_IMAGE: BaseImage = BaseImage { name: "registry", variable: "", upstream: "registry:2" };
+
+/// The Debian root filesystem that stand-ins are built on, imported into the engine.
+const DEBIAN_IMAGE: &str = "intric-lab/debian:bookworm";
+const DEBIAN_MIRROR: &str = "http://debian.invalid/debian";
+const REGISTRY_CONTAINER: &str = "intric-lab-registry";
+const REGISTRY_VOLUME: &str = "intric-lab-registry-data";
+const LAB_USER: &str = "lab";
+/// Where the host keeps extra CA certificates (a TLS-intercepting proxy's, say); stand-ins get them
+/// so that pip and npm inside builds trust the same roots as the host.
+const HOST_EXTRA_CERTIFICATES: &str = "/usr/local/share/ca-certificates";
+
+/// The name the lab gives a base image in the local engine.
+fn local_name(image: &BaseImage) -> String {
+    format!("intric-lab/{}:lab", image.name)
+}
+
+/// The name of a base image in the lab registry.
+fn registry_name(image: &BaseImage, registry: &str) -> String {
+    format!("{registry}/lab/{}:lab", image.name)
+}
+
+/// Files the lab keeps between runs.
+struct LabPaths {
+    dir: PathBuf,
+}
+
+impl LabPaths {
+    fn new() -> LabPaths {
+        LabPaths { dir: crate::workspace_root().join("target/xtask/sandbox") }
+    }
+    /// KEY=VALUE lines printed by `env`, including the generated password: mode 0600.
+    fn env_file(&self) -> PathBuf {
+        self.dir.join("lab.env")
+    }
+    fn htpasswd(&self) -> PathBuf {
+        self.dir.join("htpasswd")
+    }
+    fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+    fn node_context(&self) -> PathBuf {
+        self.dir.join("node-context")
+    }
+}
+
+pub fn run(command: SandboxCommand) -> Result<()> {
+    let sh = Shell::new()?;
+    let paths = LabPaths::new();
+    match command {
+        SandboxCommand::Up(args) => {
+            let inputs = read_up_inputs(&sh, &paths, args.port)?;
+            let plan = plan_up(&inputs, &paths);
+            finish(&sh, &plan, args.dry_run)?;
+            if !args.dry_run {
+                eprintln!(
+                    "lab registry on {} as user {LAB_USER}; `eval \"$(cargo xtask sandbox env)\"` to use it",
+                    inputs.registry
+                );
+            }
+            Ok(())
+        }
+        SandboxCommand::Env => {
+            let env = std::fs::read_to_string(paths.env_file()).with_context(|| {
+                format!(
+                    "the lab is not up ({} is missing): run `cargo xtask sandbox up` first",
+                    paths.env_file().display()
+                )
+            })?;
+            print!("{env}");
+            Ok(())
+        }
+        SandboxCommand::Down(args) => {
+            let docker = Docker::detect(&sh)?;
+            let mut plan = Plan::default();
+            if docker.container_state(&sh, REGISTRY_CONTAINER).is_some() {
+                plan.run(docker.command().args(["rm", "--force", REGISTRY_CONTAINER]));
+            }
+            finish(&sh, &plan, args.dry_run)
+        }
+    }
+}
+
+/// Prints the plan with `--dry-run`, otherwise runs it.
+fn finish(sh: &Shell, plan: &Plan, dry_run: bool) -> Result<()> {
+    if dry_run {
+        print!("{plan}");
+        return Ok(());
+    }
+    plan.execute(sh)
+}
+
+/// How to provide one base image that the engine doesn't have yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Upstream,
+    StandIn,
+}
+
+/// Everything `up` decides from, read once.
+struct UpInputs {
+    docker: Docker,
+    registry: String,
+    password: Secret,
+    /// The password was just generated: files and the registry container must be renewed.
+    new_password: bool,
+    /// The registry container is running with the current port and credentials.
+    registry_running: bool,
+    registry_exists: bool,
+    /// Images (the registry's own first, then the base images) the engine lacks, with their source.
+    missing: Vec<(&'static BaseImage, Source)>,
+    debian_image_present: bool,
+}
+
+fn read_up_inputs(sh: &Shell, paths: &LabPaths, port: u16) -> Result<UpInputs> {
+    let docker = Docker::detect(sh)?;
+    let registry = format!("127.0.0.1:{port}");
+    let previous = std::fs::read_to_string(paths.env_file()).ok();
+    let previous_value = |key: &str| {
+        previous
+            .as_deref()
+            .and_then(|text| text.lines().find_map(|line| line.strip_prefix(&format!("{key}="))).map(str::to_string))
+    };
+    let (password, new_password) = match previous_value("NEXUS_PASSWORD") {
+        Some(password) if paths.htpasswd().exists() => (password, false),
+        _ => (random_hex(16)?, true),
+    };
+    let same_port = previous_value("NEXUS_REGISTRY").as_deref() == Some(registry.as_str());
+    let state = docker.container_state(sh, REGISTRY_CONTAINER);
+    let registry_running = state.as_deref() == Some("running") && same_port && !new_password;
+
+    let all_images = std::iter::once(&REGISTRY_IMAGE).chain(BASE_IMAGES);
+    let absent: Vec<&'static BaseImage> =
+        all_images.filter(|image| !docker.image_exists(sh, &local_name(image))).collect();
+    // Probing upstream pulls the registry image, which `up` needs anyway; a machine without
+    // Docker Hub answers at once with a DNS or connection error.
+    let upstream_reachable =
+        !absent.is_empty() && docker.command().args(["pull", "--quiet", REGISTRY_IMAGE.upstream]).succeeds(sh);
+    let source = if upstream_reachable { Source::Upstream } else { Source::StandIn };
+    let missing: Vec<_> = absent.into_iter().map(|image| (image, source)).collect();
+    let debian_image_present = docker.image_exists(sh, DEBIAN_IMAGE);
+
+    let needs_debootstrap = missing.iter().any(|(_, source)| *source == Source::StandIn) && !debian_image_present;
+    let mut problems = Vec::new();
+    if needs_debootstrap && which("debootstrap").is_none() {
+        problems.push(
+            "debootstrap is missing: stand-in base images are built from Debian packages (apt-get install debootstrap)",
+        );
+    }
+    if needs_debootstrap && !is_root() {
+        problems.push("building the Debian root filesystem needs root: run `sandbox up` as root once");
+    }
+    if missing.iter().any(|(image, source)| image.name == "node" && *source == Source::StandIn)
+        && which("npm").is_none()
+    {
+        problems.push(
+            "npm is missing: the node stand-in gets npm from `npm pack` on this machine (install Node.js with npm)",
+        );
+    }
+    if new_password && which("htpasswd").is_none() {
+        problems
+            .push("htpasswd is missing: it writes the lab registry's password file (apt-get install apache2-utils)");
+    }
+    if !problems.is_empty() {
+        bail!("cannot start the lab: {}", problems.join("; "));
+    }
+    Ok(UpInputs {
+        docker,
+        registry,
+        password: Secret::new("NEXUS_PASSWORD", password),
+        new_password,
+        registry_running,
+        registry_exists: state.is_some(),
+        missing,
+        debian_image_present,
+    })
+}
+
+fn plan_up(inputs: &UpInputs, paths: &LabPaths) -> Plan {
+    let docker = &inputs.docker;
+    let mut plan = Plan::default();
+
+    let stand_ins: Vec<&BaseImage> =
+        inputs.missing.iter().filter(|(_, source)| *source == Source::StandIn).map(|(image, _)| *image).collect();
+    if !stand_ins.is_empty() && !inputs.debian_image_present {
+        plan_debian_image(&mut plan, docker, paths);
+    }
+    for (image, source) in &inputs.missing {
+        match source {
+            Source::Upstream => {
+                plan.run(docker.command().args(["pull", image.upstream]));
+                plan.run(docker.command().args(["tag", image.upstream, &local_name(image)]));
+            }
+            Source::StandIn => plan_stand_in(&mut plan, docker, paths, image),
+        }
+    }
+
+    if inputs.new_password {
+        plan.steps.push(Step::Capture {
+            command: Command::new("htpasswd").args(["-niB", LAB_USER]).stdin(inputs.password.clone()),
+            path: paths.htpasswd(),
+            mode: 0o644,
+        });
+    }
+    plan.write(paths.env_file(), FileContents::Secret(Secret::new("lab.env", env_file_text(inputs))), 0o600);
+    if !inputs.registry_running {
+        if inputs.registry_exists {
+            plan.run(docker.command().args(["rm", "--force", REGISTRY_CONTAINER]));
+        }
+        plan.run(docker.command().args(registry_run_args(&inputs.registry, &paths.htpasswd())));
+    }
+    plan.steps.push(Step::WaitFor {
+        command: docker.login(&inputs.registry, LAB_USER, inputs.password.clone()),
+        seconds: 30,
+    });
+    for image in BASE_IMAGES {
+        let remote = registry_name(image, &inputs.registry);
+        plan.run(docker.command().args(["tag", &local_name(image), &remote]));
+        plan.run(docker.command().args(["push", "--quiet", &remote]));
+    }
+    plan
+}
+
+/// debootstrap a minimal Debian, give it the host's extra CA certificates, import it.
+fn plan_debian_image(plan: &mut Plan, docker: &Docker, paths: &LabPaths) {
+    let rootfs = paths.rootfs().display().to_string();
+    let tarball = format!("{rootfs}.tar");
+    plan.run(Command::new("rm").args(["-rf", &rootfs, &tarball]));
+    plan.run(
+        Command::new("debootstrap")
+            .args(["--variant=minbase", "--include=ca-certificates", "bookworm", &rootfs, DEBIAN_MIRROR])
+            .hint("debootstrap needs root and plain HTTP access to the Debian mirror"),
+    );
+    plan.run(Command::new("cp").args([
+        "-r".to_string(),
+        format!("{HOST_EXTRA_CERTIFICATES}/."),
+        format!("{rootfs}{HOST_EXTRA_CERTIFICATES}/"),
+    ]));
+    plan.run(Command::new("chroot").args([&rootfs, "update-ca-certificates"]));
+    plan.run(Command::new("rm").args([
+        "-rf".to_string(),
+        format!("{rootfs}/var/cache/apt/archives"),
+        format!("{rootfs}/var/lib/apt/lists"),
+    ]));
+    plan.run(Command::new("tar").args(["-C", &rootfs, "-cf", &tarball, "."]));
+    let bundle = "/etc/ssl/certs/ca-certificates.crt";
+    let mut import = docker.command().arg("import");
+    // pip, Poetry (requests) and npm carry their own CA bundles; point them at the system's.
+    for change in [
+        format!("ENV PIP_CERT={bundle}"),
+        format!("ENV REQUESTS_CA_BUNDLE={bundle}"),
+        format!("ENV NODE_EXTRA_CA_CERTS={bundle}"),
+        "ENV DEBIAN_FRONTEND=noninteractive".to_string(),
+        r#"CMD ["bash"]"#.to_string(),
+    ] {
+        import = import.arg("--change").arg(change);
+    }
+    plan.run(import.args([&tarball, DEBIAN_IMAGE]));
+    plan.run(Command::new("rm").args(["-rf", &rootfs, &tarball]));
+}
+
+/// Builds `docker/lab/<name>.Dockerfile` on the Debian image.
+fn plan_stand_in(plan: &mut Plan, docker: &Docker, paths: &LabPaths, image: &BaseImage) {
+    let lab_dir = crate::workspace_root().join("docker/lab");
+    // The node stand-in takes npm from its registry tarball, packed on the host.
+    let context = if image.name == "node" {
+        let context = paths.node_context();
+        plan.run(Command::new("rm").args(["-rf".to_string(), context.display().to_string()]));
+        plan.run(Command::new("mkdir").args(["-p".to_string(), context.display().to_string()]));
+        plan.run(
+            Command::new("npm")
+                .args(["pack", "--silent", "npm@10", "--pack-destination"])
+                .arg(context.display().to_string()),
+        );
+        context
+    } else {
+        lab_dir.clone()
+    };
+    let spec = BuildSpec {
+        context,
+        dockerfile: lab_dir.join(format!("{}.Dockerfile", image.name)),
+        tags: vec![local_name(image)],
+        build_args: vec![("DEBIAN_IMAGE".into(), DEBIAN_IMAGE.into())],
+        ..BuildSpec::default()
+    };
+    plan.run(
+        docker.build(&spec).hint(format!("building the {} stand-in failed; see the build output above", image.name)),
+    );
+}
+
+fn registry_run_args(registry: &str, htpasswd: &Path) -> Vec<String> {
+    let port = registry.rsplit(':').next().unwrap_or("5000");
+    let mut args: Vec<String> =
+        ["run", "--detach", "--name", REGISTRY_CONTAINER, "--restart", "unless-stopped", "--publish"]
+            .map(String::from)
+            .into();
+    args.push(format!("127.0.0.1:{port}:5000"));
+    args.extend(["--volume".to_string(), format!("{REGISTRY_VOLUME}:/var/lib/registry")]);
+    args.extend(["--volume".to_string(), format!("{}:/auth/htpasswd:ro", htpasswd.display())]);
+    for (key, value) in [
+        ("REGISTRY_HTTP_ADDR", "0.0.0.0:5000"),
+        ("REGISTRY_AUTH", "htpasswd"),
+        ("REGISTRY_AUTH_HTPASSWD_REALM", "intric-lab"),
+        ("REGISTRY_AUTH_HTPASSWD_PATH", "/auth/htpasswd"),
+        ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "/var/lib/registry"),
+        ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
+    ] {
+        args.extend(["--env".to_string(), format!("{key}={value}")]);
+    }
+    args.push(local_name(&REGISTRY_IMAGE));
+    args
+}
+
+fn env_file_text(inputs: &UpInputs) -> String {
+    let mut text = format!(
+        "NEXUS_REGISTRY={}\nNEXUS_USERNAME={LAB_USER}\nNEXUS_PASSWORD={}\n",
+        inputs.registry,
+        inputs.password.expose()
+    );
+    for image in BASE_IMAGES {
+        text.push_str(&format!("{}={}\n", image.variable, registry_name(image, &inputs.registry)));
+    }
+    text
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(program)).find(|path| path.is_file())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .map(|uids| uids.split_whitespace().next() == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::Builder;
+
+    fn inputs(missing: Vec<(&'static BaseImage, Source)>) -> UpInputs {
+        UpInputs {
+            docker: Docker { program: "docker".into(), builder: Builder::Legacy, engine_version: "20.10.24".into() },
+            registry: "127.0.0.1:5000".into(),
+            password: Secret::new("NEXUS_PASSWORD", "canary-lab-password"),
+            new_password: true,
+            registry_running: false,
+            registry_exists: false,
+            missing,
+            debian_image_present: false,
+        }
+    }
+
+    fn paths() -> LabPaths {
+        LabPaths { dir: "/lab".into() }
+    }
+
+    #[test]
+    fn first_up_offline_builds_stand_ins_then_starts_registry_and_pushes() {
+        let missing =
+            std::iter::once(&REGISTRY_IMAGE).chain(BASE_IMAGES).map(|image| (image, Source::StandIn)).collect();
+        let plan = plan_up(&inputs(missing), &paths());
+        let shown = plan.to_string();
+        assert!(!shown.contains("canary-lab-password"), "the password must not show:\n{shown}");
+        assert!(shown.contains("debootstrap --variant=minbase"), "{shown}");
+        assert!(shown.contains("node.Dockerfile"), "{shown}");
+        assert!(shown.contains("npm pack"), "{shown}");
+        assert!(shown.contains("htpasswd -niB lab < <NEXUS_PASSWORD> > /lab/htpasswd"), "{shown}");
+        let run = shown.find("--name intric-lab-registry").expect("registry started");
+        let login = shown.find("login --username lab --password-stdin 127.0.0.1:5000").expect("login");
+        let push = shown.find("push --quiet 127.0.0.1:5000/lab/postgres:lab").expect("push");
+        assert!(run < login && login < push, "{shown}");
+        assert!(!shown.contains("push --quiet 127.0.0.1:5000/lab/registry"), "the registry image is not pushed");
+    }
+
+    #[test]
+    fn second_up_only_logs_in_and_pushes() {
+        let mut inputs = inputs(Vec::new());
+        inputs.new_password = false;
+        inputs.registry_running = true;
+        inputs.registry_exists = true;
+        inputs.debian_image_present = true;
+        let shown = plan_up(&inputs, &paths()).to_string();
+        for absent in ["debootstrap", "docker build", "htpasswd", "docker run", "rm --force"] {
+            assert!(!shown.contains(absent), "{absent} in\n{shown}");
+        }
+        assert!(shown.contains("docker push --quiet 127.0.0.1:5000/lab/python:lab"), "{shown}");
+    }
+
+    #[test]
+    fn upstream_images_are_pulled_and_renamed() {
+        let shown = plan_up(&inputs(vec![(BASE_IMAGES[3], Source::Upstream)]), &paths()).to_string();
+        assert!(shown.contains("docker pull pgvector/pgvector:pg16"), "{shown}");
+        assert!(shown.contains("docker tag pgvector/pgvector:pg16 intric-lab/postgres:lab"), "{shown}");
+        assert!(!shown.contains("debootstrap"), "{shown}");
+    }
+
+    #[test]
+    fn env_file_names_every_base_image() {
+        let text = env_file_text(&inputs(Vec::new()));
+        for variable in ["NEXUS_REGISTRY=127.0.0.1:5000", "NEXUS_USERNAME=lab", "NEXUS_PASSWORD=canary-lab-password"] {
+            assert!(text.contains(variable), "{text}");
+        }
+        for image in BASE_IMAGES {
+            assert!(text.contains(&format!("{}=127.0.0.1:5000/lab/{}:lab", image.variable, image.name)), "{text}");
+        }
+    }
+}

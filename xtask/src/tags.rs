@@ -1,0 +1,876 @@
+//! `cargo xtask tags`: the image tags for the current git state.
+//!
+//! Three layers keep the rules testable without repositories:
+//! - [`read_inputs`] reads git and the environment once into [`Inputs`] (the only I/O);
+//! - [`compute`] applies the tag rules to them, a pure function with table-driven tests;
+//! - [`run`] prints the resulting [`TagReport`].
+//!
+//! Other tasks (build, release) call [`resolve`], which is the first two together, and
+//! [`is_valid_image_tag`] to check tags they are given.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+use semver::Version;
+
+use crate::ci_env::{self, CiContext, CiEvent, Env};
+use crate::git::{self, Worktree};
+
+/// Options of `cargo xtask tags`.
+#[derive(Args)]
+#[command(after_help = "\
+Every build gets `sha-<12 hex>`; a pull request adds `pr-<N>`, another branch its slug, the default \
+branch `dev-latest`, a semver tag on HEAD its version plus `X.Y`, `X` and `latest` where it is the \
+newest release. A dirty working tree gets only `sha-<12 hex>-dirty-<8 hex>`. IMAGE_TAG adds one tag.
+
+Examples:
+  cargo xtask tags
+  cargo xtask tags --json
+  cargo xtask tags --stage release --repo ../intric
+  IMAGE_TAG=hotfix-1 cargo xtask tags --stage main")]
+pub struct TagsArgs {
+    /// The git repository to read [default: the workspace root].
+    #[arg(long, value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// The build stage to tag for; `auto` detects it from the CI variables, else from git.
+    #[arg(long, value_enum, default_value_t = StageChoice::Auto)]
+    pub stage: StageChoice,
+    /// Print one JSON object (stage, version, revision, branch, dirty, tags, push, ...) instead
+    /// of one tag per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The `--stage` option: a stage, or `auto` to detect it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StageChoice {
+    Auto,
+    Pr,
+    Branch,
+    Main,
+    Release,
+}
+
+/// What is being built, which decides the stage's tag and whether it is pushed by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// A pull request (GitHub) or merge request (GitLab).
+    Pr,
+    /// A branch other than the default one.
+    Branch,
+    /// The default branch.
+    Main,
+    /// A commit carrying a semver tag.
+    Release,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Pr => "pr",
+            Stage::Branch => "branch",
+            Stage::Main => "main",
+            Stage::Release => "release",
+        }
+    }
+
+    /// Whether builds of this stage are pushed by default: only the default branch and releases,
+    /// whose tags others deploy from.
+    pub fn pushes(self) -> bool {
+        matches!(self, Stage::Main | Stage::Release)
+    }
+}
+
+/// The result: what to tag the images of this build and what to call its version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagReport {
+    /// The CI system the build runs in, by name, `None` outside CI.
+    pub ci: Option<&'static str>,
+    pub stage: Stage,
+    /// The exact semver: the release's version, or a dev version between releases.
+    pub version: String,
+    /// HEAD's full commit id.
+    pub revision: String,
+    /// The first 12 hex digits of `revision`.
+    pub short_revision: String,
+    /// HEAD's committer time in unix seconds (the OCI `created` label, reproducibly).
+    pub commit_time: i64,
+    pub branch: Option<String>,
+    pub dirty: bool,
+    /// Image tags, without registry or repository, the immutable `sha-` tag first.
+    pub tags: Vec<String>,
+    /// Whether this build is pushed by default.
+    pub push: bool,
+    /// The tag IMAGE_TAG added, if it did.
+    pub extra_tag: Option<String>,
+    /// Things the user should know: ignored tags or variables, guesses made.
+    pub notes: Vec<String>,
+}
+
+impl TagReport {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ci": self.ci,
+            "stage": self.stage.name(),
+            "version": self.version,
+            "revision": self.revision,
+            "short_revision": self.short_revision,
+            "commit_time": self.commit_time,
+            "branch": self.branch,
+            "dirty": self.dirty,
+            "tags": self.tags,
+            "push": self.push,
+            "extra_tag": self.extra_tag,
+            "notes": self.notes,
+        })
+    }
+}
+
+/// Everything the rules read, gathered once by [`read_inputs`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inputs {
+    pub head: git::Head,
+    /// The checked-out branch according to git, `None` on a detached HEAD.
+    pub branch: Option<String>,
+    /// Names of the tags on HEAD in git.
+    pub head_tags: Vec<String>,
+    /// Names of all tags in git.
+    pub all_tags: Vec<String>,
+    /// The default branch according to git.
+    pub default_branch: Option<String>,
+    pub worktree: Worktree,
+    /// A shallow clone: tags and history may be missing.
+    pub shallow: bool,
+    /// The highest stable release HEAD contains.
+    pub last_release: Option<Version>,
+    /// Commits since `last_release`, or all commits when there is none.
+    pub commits_since_release: u64,
+    pub ci: Option<CiContext>,
+    /// `IMAGE_TAG` from the environment, not yet validated.
+    pub image_tag: Option<String>,
+}
+
+/// The tags for `repo` as seen from the environment `env`: what other tasks call.
+pub fn resolve(repo: &Path, stage: StageChoice, env: &Env) -> Result<TagReport> {
+    compute(&read_inputs(repo, env)?, stage)
+}
+
+/// `cargo xtask tags`: prints the tags, one per line with notes on stderr, or one JSON object.
+pub fn run(args: TagsArgs) -> Result<()> {
+    let repo = args.repo.unwrap_or_else(crate::workspace_root);
+    let report = resolve(&repo, args.stage, &ci_env::process_env())?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        for tag in &report.tags {
+            println!("{tag}");
+        }
+        for note in &report.notes {
+            eprintln!("note: {note}");
+        }
+    }
+    Ok(())
+}
+
+/// Reads the git facts of `repo` and the CI variables and IMAGE_TAG of `env`.
+pub fn read_inputs(repo_path: &Path, env: &Env) -> Result<Inputs> {
+    let ci = CiContext::detect(env)?;
+    // An empty IMAGE_TAG is how env files and compose leave it unset, so it adds nothing.
+    let image_tag = env.get("IMAGE_TAG").filter(|tag| !tag.is_empty()).cloned();
+    let repo = git::Repo::open(repo_path)?;
+    let head = repo.head()?;
+    let tags = repo.tags()?;
+    let (last_release, commits_since_release) = last_release(&repo, &head.id, &tags)?;
+    Ok(Inputs {
+        branch: repo.branch()?,
+        head_tags: tags.iter().filter(|tag| tag.commit == head.id).map(|tag| tag.name.clone()).collect(),
+        all_tags: tags.into_iter().map(|tag| tag.name).collect(),
+        default_branch: repo.default_branch(),
+        worktree: repo.worktree()?,
+        shallow: repo.is_shallow(),
+        last_release,
+        commits_since_release,
+        ci,
+        image_tag,
+        head,
+    })
+}
+
+/// The highest stable release contained in HEAD's history, and the commits since it.
+///
+/// Candidates are tried from the highest version down, so the usual case (the newest release
+/// is an ancestor) costs one walk back to that release; each miss (a newer release on another
+/// line, as when HEAD is a backport branch) walks only back to the merge base.
+fn last_release(repo: &git::Repo, head: &str, tags: &[git::Tag]) -> Result<(Option<Version>, u64)> {
+    let mut stable: Vec<(Version, &str)> = tags
+        .iter()
+        .filter_map(|tag| release_version(&tag.name).filter(|version| version.pre.is_empty()).zip(Some(&*tag.commit)))
+        .collect();
+    stable.sort_unstable_by(|a, b| b.cmp(a));
+    let mut not_ancestors = Vec::new();
+    for (version, commit) in stable {
+        if not_ancestors.contains(&commit) {
+            continue;
+        }
+        if repo.is_ancestor(commit, head)? {
+            return Ok((Some(version), repo.commits_since(head, Some(commit))?));
+        }
+        not_ancestors.push(commit);
+    }
+    Ok((None, repo.commits_since(head, None)?))
+}
+
+/// Applies the tag rules to `inputs`. Pure: no disk, no processes, no environment.
+pub fn compute(inputs: &Inputs, choice: StageChoice) -> Result<TagReport> {
+    let mut notes = Vec::new();
+    let event = inputs.ci.as_ref().and_then(|ci| ci.event.as_ref());
+    // In a shallow CI checkout the tag being built may exist only in the CI variables.
+    let ci_tag = match event {
+        Some(CiEvent::Tag { name }) => Some(name.as_str()),
+        _ => None,
+    };
+    let head_tags: Vec<&str> = inputs.head_tags.iter().map(String::as_str).chain(ci_tag).collect();
+    let head_release = head_tags.iter().filter_map(|tag| release_version(tag)).max();
+    let branch = match event {
+        Some(CiEvent::Branch { name }) | Some(CiEvent::PullRequest { source_branch: Some(name), .. }) => {
+            Some(name.clone())
+        }
+        _ => inputs.branch.clone(),
+    };
+    let default_branch =
+        inputs.ci.as_ref().and_then(|ci| ci.default_branch.as_deref()).or(inputs.default_branch.as_deref());
+    let stage = match choice {
+        StageChoice::Auto => detect_stage(event, head_release.is_some(), branch.as_deref(), default_branch),
+        StageChoice::Pr => Stage::Pr,
+        StageChoice::Branch => Stage::Branch,
+        StageChoice::Main => Stage::Main,
+        StageChoice::Release => Stage::Release,
+    };
+
+    let short_revision = inputs.head.id[..12].to_string();
+    let stage_tags = match stage {
+        Stage::Pr => match event {
+            Some(CiEvent::PullRequest { number, .. }) => vec![format!("pr-{number}")],
+            _ => bail!(
+                "--stage pr needs a pull request number from CI (GITHUB_REF=refs/pull/N/merge, \
+                 CI_MERGE_REQUEST_IID or CHANGE_ID), and none is set; use --stage branch outside CI"
+            ),
+        },
+        Stage::Branch => match &branch {
+            Some(name) => {
+                let slug = branch_slug(name);
+                if slug.is_empty() {
+                    notes.push(format!("branch `{name}` has no character usable in an image tag, so no branch tag"));
+                    Vec::new()
+                } else {
+                    if default_branch.is_none() && choice == StageChoice::Auto {
+                        notes.push(format!(
+                            "the default branch is unknown (no CI_DEFAULT_BRANCH, origin/HEAD, main or master), \
+                             so `{name}` counts as a feature branch"
+                        ));
+                    }
+                    vec![slug]
+                }
+            }
+            None => {
+                notes.push("detached HEAD outside a branch build, so no branch tag".to_string());
+                Vec::new()
+            }
+        },
+        Stage::Main => vec!["dev-latest".to_string()],
+        Stage::Release => match &head_release {
+            Some(version) => {
+                let all_versions: Vec<Version> =
+                    inputs.all_tags.iter().map(String::as_str).chain(ci_tag).filter_map(release_version).collect();
+                release_tags(version, &all_versions)?
+            }
+            None if head_tags.is_empty() => bail!(
+                "--stage release needs a semver tag on HEAD ({short_revision}), which carries no tag; \
+                 tag the release first, e.g. `git tag -a v1.2.3 -m v1.2.3`"
+            ),
+            None => bail!(
+                "--stage release needs a semver tag on HEAD, but its tags ({}) are not semver versions; \
+                 tag the release as vX.Y.Z or X.Y.Z",
+                head_tags.join(", ")
+            ),
+        },
+    };
+    for tag in head_tags.iter().filter(|tag| release_version(tag).is_none()) {
+        notes.push(format!("HEAD's tag `{tag}` is not a semver version (X.Y.Z or vX.Y.Z), so it gives no image tag"));
+    }
+    if inputs.shallow {
+        notes.push(
+            "shallow clone: `latest`, `X.Y`, `X` and the dev version's commit count consider only the tags \
+             and commits fetched; `git fetch --unshallow --tags` makes them exact"
+                .to_string(),
+        );
+    }
+
+    let image_tag = inputs.image_tag.as_deref();
+    if let Some(tag) = image_tag.filter(|tag| !is_valid_image_tag(tag)) {
+        bail!(
+            "IMAGE_TAG=`{tag}` is not a valid image tag: it must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}; \
+             fix or unset IMAGE_TAG"
+        );
+    }
+    let (tags, push, extra_tag) = match &inputs.worktree {
+        Worktree::Dirty { digest } => {
+            if let Some(tag) = image_tag {
+                notes.push(format!(
+                    "IMAGE_TAG=`{tag}` is not applied: a dirty working tree gets only its sha-…-dirty tag"
+                ));
+            }
+            (vec![format!("sha-{short_revision}-dirty-{}", &digest[..8])], false, None)
+        }
+        Worktree::Clean => {
+            let mut tags = vec![format!("sha-{short_revision}")];
+            tags.extend(stage_tags);
+            if let Some(tag) = image_tag {
+                notes.push(format!("IMAGE_TAG adds the tag `{tag}`"));
+                if !tags.iter().any(|existing| existing == tag) {
+                    tags.push(tag.to_string());
+                }
+            }
+            (tags, stage.pushes(), image_tag.map(str::to_string))
+        }
+    };
+
+    let version = match &head_release {
+        Some(version) => version.to_string(),
+        None => dev_version(inputs.last_release.as_ref(), inputs.commits_since_release, &short_revision),
+    };
+    Ok(TagReport {
+        ci: inputs.ci.as_ref().map(|ci| ci.provider.name()),
+        stage,
+        version,
+        revision: inputs.head.id.clone(),
+        short_revision,
+        commit_time: inputs.head.time,
+        branch,
+        dirty: matches!(inputs.worktree, Worktree::Dirty { .. }),
+        tags,
+        push,
+        extra_tag,
+        notes,
+    })
+}
+
+/// The stage for `--stage auto`: the CI event when there is one, else git's view, where a
+/// semver tag on HEAD makes a release whatever the branch.
+fn detect_stage(
+    event: Option<&CiEvent>,
+    head_is_release: bool,
+    branch: Option<&str>,
+    default_branch: Option<&str>,
+) -> Stage {
+    match event {
+        Some(CiEvent::PullRequest { .. }) => Stage::Pr,
+        Some(CiEvent::Tag { name }) if release_version(name).is_some() => Stage::Release,
+        Some(CiEvent::Branch { name }) if Some(name.as_str()) == default_branch => Stage::Main,
+        Some(CiEvent::Branch { .. }) => Stage::Branch,
+        // A non-semver tag push, or a CI job naming no event, is judged by git like a local build.
+        _ if head_is_release => Stage::Release,
+        _ if branch.is_some() && branch == default_branch => Stage::Main,
+        _ => Stage::Branch,
+    }
+}
+
+/// The version a release tag names: `X.Y.Z` with optional pre-release and build metadata, with
+/// or without a leading `v`. Anything else is not a release tag.
+pub fn release_version(tag: &str) -> Option<Version> {
+    Version::parse(tag.strip_prefix('v').unwrap_or(tag)).ok()
+}
+
+/// The tags of release `version`, given every version tagged in the repository: the full
+/// version, then `X.Y`, `X` and `latest` where it is the newest stable release of that range.
+/// Pre-releases get only their full version and are never "newer" than a stable release.
+fn release_tags(version: &Version, all: &[Version]) -> Result<Vec<String>> {
+    // Image tags cannot contain `+`; `_` keeps the build metadata readable in its place.
+    let full = version.to_string().replace('+', "_");
+    if !is_valid_image_tag(&full) {
+        bail!("version {version} is too long for an image tag (at most 128 characters)");
+    }
+    let mut tags = vec![full];
+    if version.pre.is_empty() {
+        let newest_where = |same_range: &dyn Fn(&Version) -> bool| {
+            !all.iter()
+                .any(|other| other.pre.is_empty() && same_range(other) && precedence(other) > precedence(version))
+        };
+        if newest_where(&|other| other.major == version.major && other.minor == version.minor) {
+            tags.push(format!("{}.{}", version.major, version.minor));
+        }
+        // A bare `0` would float across versions that semver allows to break anything.
+        if version.major > 0 && newest_where(&|other| other.major == version.major) {
+            tags.push(version.major.to_string());
+        }
+        if newest_where(&|_| true) {
+            tags.push("latest".to_string());
+        }
+    }
+    Ok(tags)
+}
+
+/// Release precedence of a stable version; build metadata does not count.
+fn precedence(version: &Version) -> (u64, u64, u64) {
+    (version.major, version.minor, version.patch)
+}
+
+/// A version that sorts after the last stable release and before the next one:
+/// `X.Y.(Z+1)-dev.N+g<12 hex>`, or `0.0.0-dev.N+g<12 hex>` before the first release.
+fn dev_version(last_release: Option<&Version>, commits: u64, short_revision: &str) -> String {
+    let (major, minor, patch) = last_release.map_or((0, 0, 0), |last| (last.major, last.minor, last.patch + 1));
+    format!("{major}.{minor}.{patch}-dev.{commits}+g{short_revision}")
+}
+
+/// The image tag for a branch: lowercase, each run of characters outside `[a-z0-9._-]` as one
+/// `-`, leading and trailing `-` and `.` trimmed, at most 128 characters. Empty when nothing
+/// usable remains.
+pub fn branch_slug(branch: &str) -> String {
+    let mut slug = String::with_capacity(branch.len());
+    let mut in_run = false;
+    for c in branch.chars().flat_map(char::to_lowercase) {
+        let allowed = c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-');
+        if allowed {
+            slug.push(c);
+        } else if !in_run {
+            slug.push('-');
+        }
+        in_run = !allowed;
+    }
+    let mut slug = slug.trim_matches(['-', '.']).to_string();
+    // Only ASCII is left, so truncating at a byte count is safe.
+    slug.truncate(128);
+    slug.trim_end_matches(['-', '.']).to_string()
+}
+
+/// Whether `tag` is a valid image tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn is_valid_image_tag(tag: &str) -> bool {
+    let mut chars = tag.chars();
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    chars.next().is_some_and(allowed) && tag.len() <= 128 && chars.all(|c| allowed(c) || c == '.' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ci_env::CiProvider;
+
+    const REVISION: &str = "0123456789abcdef0123456789abcdef01234567";
+    const SHA: &str = "sha-0123456789ab";
+    const DIRTY: &str = "f00dcafe0123456789";
+
+    /// A clean checkout of `main`, 3 commits in, no tags, outside CI.
+    fn base() -> Inputs {
+        Inputs {
+            head: git::Head { id: REVISION.to_string(), time: 1_700_000_000 },
+            branch: Some("main".to_string()),
+            head_tags: Vec::new(),
+            all_tags: Vec::new(),
+            default_branch: Some("main".to_string()),
+            worktree: Worktree::Clean,
+            shallow: false,
+            last_release: None,
+            commits_since_release: 3,
+            ci: None,
+            image_tag: None,
+        }
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|item| item.to_string()).collect()
+    }
+
+    fn tagged(head: &[&str], all: &[&str]) -> impl Fn(&mut Inputs) {
+        let (head, all) = (strings(head), strings(all));
+        move |inputs| {
+            inputs.head_tags = head.clone();
+            inputs.all_tags = all.clone();
+        }
+    }
+
+    fn ci(provider: CiProvider, event: CiEvent, default_branch: Option<&str>) -> Option<CiContext> {
+        Some(CiContext { provider, event: Some(event), default_branch: default_branch.map(str::to_string) })
+    }
+
+    struct Case {
+        name: &'static str,
+        setup: Box<dyn Fn(&mut Inputs)>,
+        stage: StageChoice,
+        expect_stage: Stage,
+        expect_tags: &'static [&'static str],
+        expect_version: &'static str,
+    }
+
+    fn case(
+        name: &'static str,
+        setup: impl Fn(&mut Inputs) + 'static,
+        stage: StageChoice,
+        expect_stage: Stage,
+        expect_tags: &'static [&'static str],
+        expect_version: &'static str,
+    ) -> Case {
+        Case { name, setup: Box::new(setup), stage, expect_stage, expect_tags, expect_version }
+    }
+
+    #[test]
+    fn tag_rules() {
+        use StageChoice::Auto;
+        let dev = "0.0.0-dev.3+g0123456789ab";
+        let cases = [
+            case("default branch", |_| {}, Auto, Stage::Main, &[SHA, "dev-latest"], dev),
+            case(
+                "feature branch",
+                |i| i.branch = Some("Feature/JIRA-12_Add Thing".into()),
+                Auto,
+                Stage::Branch,
+                &[SHA, "feature-jira-12_add-thing"],
+                dev,
+            ),
+            case("detached head", |i| i.branch = None, Auto, Stage::Branch, &[SHA], dev),
+            case(
+                "master is the default",
+                |i| {
+                    i.branch = Some("master".into());
+                    i.default_branch = Some("master".into());
+                },
+                Auto,
+                Stage::Main,
+                &[SHA, "dev-latest"],
+                dev,
+            ),
+            case(
+                "newest release",
+                tagged(&["v1.4.0"], &["v0.9.0", "v1.3.0", "v1.4.0"]),
+                Auto,
+                Stage::Release,
+                &[SHA, "1.4.0", "1.4", "1", "latest"],
+                "1.4.0",
+            ),
+            case(
+                "release without v",
+                tagged(&["2.0.0"], &["2.0.0"]),
+                Auto,
+                Stage::Release,
+                &[SHA, "2.0.0", "2.0", "2", "latest"],
+                "2.0.0",
+            ),
+            case(
+                "release on a feature branch",
+                |i| {
+                    tagged(&["v1.0.0"], &["v1.0.0"])(i);
+                    i.branch = Some("topic".into());
+                },
+                Auto,
+                Stage::Release,
+                &[SHA, "1.0.0", "1.0", "1", "latest"],
+                "1.0.0",
+            ),
+            case(
+                "release candidate",
+                tagged(&["v2.0.0-rc.1"], &["v1.4.0", "v2.0.0-rc.1"]),
+                Auto,
+                Stage::Release,
+                &[SHA, "2.0.0-rc.1"],
+                "2.0.0-rc.1",
+            ),
+            case(
+                "newer pre-release does not count",
+                tagged(&["v1.4.0"], &["v1.4.0", "v1.5.0-rc.1", "v2.0.0-alpha"]),
+                Auto,
+                Stage::Release,
+                &[SHA, "1.4.0", "1.4", "1", "latest"],
+                "1.4.0",
+            ),
+            case(
+                "backport patch while a newer major exists",
+                tagged(&["v1.4.1"], &["v1.4.0", "v1.4.1", "v2.0.0"]),
+                Auto,
+                Stage::Release,
+                &[SHA, "1.4.1", "1.4", "1"],
+                "1.4.1",
+            ),
+            case(
+                "backport to an older minor",
+                tagged(&["v1.3.5"], &["v1.3.4", "v1.3.5", "v1.4.0", "v2.0.0"]),
+                Auto,
+                Stage::Release,
+                &[SHA, "1.3.5", "1.3"],
+                "1.3.5",
+            ),
+            case(
+                "two tags on one commit",
+                tagged(&["v1.5.0-rc.2", "v1.5.0"], &["v1.5.0-rc.2", "v1.5.0"]),
+                Auto,
+                Stage::Release,
+                &[SHA, "1.5.0", "1.5", "1", "latest"],
+                "1.5.0",
+            ),
+            case(
+                "build metadata",
+                tagged(&["v1.2.3+build.7"], &["v1.2.3+build.7"]),
+                Auto,
+                Stage::Release,
+                &[SHA, "1.2.3_build.7", "1.2", "1", "latest"],
+                "1.2.3+build.7",
+            ),
+            case(
+                "0.x gets no bare major",
+                tagged(&["v0.3.1"], &["v0.3.0", "v0.3.1"]),
+                Auto,
+                Stage::Release,
+                &[SHA, "0.3.1", "0.3", "latest"],
+                "0.3.1",
+            ),
+            case(
+                "non-semver tag is ignored",
+                tagged(&["deploy-7"], &["deploy-7"]),
+                Auto,
+                Stage::Main,
+                &[SHA, "dev-latest"],
+                dev,
+            ),
+            case(
+                "dev version after a release",
+                |i| {
+                    i.last_release = Some(Version::new(1, 4, 0));
+                    i.commits_since_release = 7;
+                },
+                Auto,
+                Stage::Main,
+                &[SHA, "dev-latest"],
+                "1.4.1-dev.7+g0123456789ab",
+            ),
+            case(
+                "dirty",
+                |i| i.worktree = Worktree::Dirty { digest: DIRTY.into() },
+                Auto,
+                Stage::Main,
+                &["sha-0123456789ab-dirty-f00dcafe"],
+                dev,
+            ),
+            case(
+                "dirty release gets no floating tags",
+                |i| {
+                    tagged(&["v1.0.0"], &["v1.0.0"])(i);
+                    i.worktree = Worktree::Dirty { digest: DIRTY.into() };
+                },
+                Auto,
+                Stage::Release,
+                &["sha-0123456789ab-dirty-f00dcafe"],
+                "1.0.0",
+            ),
+            case(
+                "image tag",
+                |i| i.image_tag = Some("hotfix-1".into()),
+                Auto,
+                Stage::Main,
+                &[SHA, "dev-latest", "hotfix-1"],
+                dev,
+            ),
+            case(
+                "image tag already present",
+                |i| i.image_tag = Some("dev-latest".into()),
+                Auto,
+                Stage::Main,
+                &[SHA, "dev-latest"],
+                dev,
+            ),
+            case(
+                "dirty ignores image tag",
+                |i| {
+                    i.image_tag = Some("hotfix-1".into());
+                    i.worktree = Worktree::Dirty { digest: DIRTY.into() };
+                },
+                Auto,
+                Stage::Main,
+                &["sha-0123456789ab-dirty-f00dcafe"],
+                dev,
+            ),
+            case(
+                "forced main on a branch",
+                |i| i.branch = Some("topic".into()),
+                StageChoice::Main,
+                Stage::Main,
+                &[SHA, "dev-latest"],
+                dev,
+            ),
+            case("forced branch on main", |_| {}, StageChoice::Branch, Stage::Branch, &[SHA, "main"], dev),
+            case(
+                "github pull request",
+                |i| {
+                    i.branch = None;
+                    i.ci = ci(
+                        CiProvider::GitHubActions,
+                        CiEvent::PullRequest { number: 42, source_branch: Some("feat/x".into()) },
+                        None,
+                    );
+                },
+                Auto,
+                Stage::Pr,
+                &[SHA, "pr-42"],
+                dev,
+            ),
+            case(
+                "github push to main, shallow and detached",
+                |i| {
+                    i.branch = None;
+                    i.shallow = true;
+                    i.ci = ci(CiProvider::GitHubActions, CiEvent::Branch { name: "main".into() }, None);
+                },
+                Auto,
+                Stage::Main,
+                &[SHA, "dev-latest"],
+                dev,
+            ),
+            case(
+                "gitlab tag only in the variables",
+                |i| {
+                    i.branch = None;
+                    i.ci = ci(CiProvider::GitLabCi, CiEvent::Tag { name: "v3.1.0".into() }, Some("main"));
+                },
+                Auto,
+                Stage::Release,
+                &[SHA, "3.1.0", "3.1", "3", "latest"],
+                "3.1.0",
+            ),
+            case(
+                "gitlab default branch from the variables",
+                |i| {
+                    i.ci = ci(CiProvider::GitLabCi, CiEvent::Branch { name: "trunk".into() }, Some("trunk"));
+                },
+                Auto,
+                Stage::Main,
+                &[SHA, "dev-latest"],
+                dev,
+            ),
+            case(
+                "jenkins branch",
+                |i| {
+                    i.ci = ci(CiProvider::Jenkins, CiEvent::Branch { name: "Develop".into() }, None);
+                },
+                Auto,
+                Stage::Branch,
+                &[SHA, "develop"],
+                dev,
+            ),
+            case(
+                "non-semver ci tag falls back to git",
+                |i| {
+                    i.branch = None;
+                    i.ci = ci(CiProvider::Jenkins, CiEvent::Tag { name: "nightly".into() }, None);
+                },
+                Auto,
+                Stage::Branch,
+                &[SHA],
+                dev,
+            ),
+        ];
+        for case in cases {
+            let mut inputs = base();
+            (case.setup)(&mut inputs);
+            let report = compute(&inputs, case.stage).unwrap_or_else(|error| panic!("{}: {error:#}", case.name));
+            assert_eq!(report.stage, case.expect_stage, "{}", case.name);
+            assert_eq!(report.tags, case.expect_tags, "{}", case.name);
+            assert_eq!(report.version, case.expect_version, "{}", case.name);
+            assert_eq!(report.push, report.stage.pushes() && !report.dirty, "{}", case.name);
+            assert!(report.tags.iter().all(|tag| is_valid_image_tag(tag)), "{}: {:?}", case.name, report.tags);
+        }
+    }
+
+    #[test]
+    fn report_fields() {
+        let mut inputs = base();
+        inputs.image_tag = Some("extra".into());
+        let report = compute(&inputs, StageChoice::Auto).unwrap();
+        assert_eq!(report.revision, REVISION);
+        assert_eq!(report.short_revision, "0123456789ab");
+        assert_eq!(report.branch.as_deref(), Some("main"));
+        assert_eq!(report.extra_tag.as_deref(), Some("extra"));
+        assert!(report.notes.iter().any(|note| note.contains("IMAGE_TAG")), "{:?}", report.notes);
+        let json = report.to_json();
+        assert_eq!(json["stage"], "main");
+        assert_eq!(json["push"], true);
+        assert_eq!(json["dirty"], false);
+    }
+
+    #[test]
+    fn bad_inputs_name_what_is_wrong() {
+        let cases: [(&str, Box<dyn Fn(&mut Inputs)>, StageChoice, &str); 5] = [
+            ("release without a tag", Box::new(|_| {}), StageChoice::Release, "carries no tag"),
+            (
+                "release on a non-semver tag",
+                Box::new(tagged(&["deploy-7"], &["deploy-7"])),
+                StageChoice::Release,
+                "deploy-7",
+            ),
+            ("pr outside ci", Box::new(|_| {}), StageChoice::Pr, "--stage pr"),
+            (
+                "invalid image tag",
+                Box::new(|i| i.image_tag = Some("-bad".into())),
+                StageChoice::Auto,
+                "IMAGE_TAG=`-bad`",
+            ),
+            ("image tag too long", Box::new(|i| i.image_tag = Some("a".repeat(129))), StageChoice::Auto, "IMAGE_TAG"),
+        ];
+        for (name, setup, stage, expected) in cases {
+            let mut inputs = base();
+            setup(&mut inputs);
+            let error = format!("{:#}", compute(&inputs, stage).expect_err(name));
+            assert!(error.contains(expected), "{name}: {error}");
+        }
+    }
+
+    #[test]
+    fn branch_slugs() {
+        let long = "a".repeat(200);
+        let dash_at_cut = format!("{}/x", "b".repeat(127));
+        for (branch, slug) in [
+            ("main", "main"),
+            ("Feature/ABC", "feature-abc"),
+            ("a//b  c", "a-b-c"),
+            ("a-/b", "a--b"),
+            ("--x--", "x"),
+            (".hidden.", "hidden"),
+            ("release/1.2", "release-1.2"),
+            ("Ünïcode/Äpfel", "n-code-pfel"),
+            ("under_score", "under_score"),
+            ("///", ""),
+            (long.as_str(), &long[..128]),
+            (dash_at_cut.as_str(), &dash_at_cut[..127]),
+        ] {
+            assert_eq!(branch_slug(branch), slug, "{branch}");
+        }
+    }
+
+    #[test]
+    fn image_tag_validity() {
+        let longest = "a".repeat(128);
+        let too_long = "a".repeat(129);
+        for (tag, valid) in [
+            ("latest", true),
+            ("_x", true),
+            ("1.2.3_build.7", true),
+            ("A-b.c_D", true),
+            (longest.as_str(), true),
+            ("", false),
+            ("-x", false),
+            (".x", false),
+            ("1.2.3+build", false),
+            ("a/b", false),
+            ("a b", false),
+            (too_long.as_str(), false),
+        ] {
+            assert_eq!(is_valid_image_tag(tag), valid, "{tag:?}");
+        }
+    }
+
+    #[test]
+    fn release_versions() {
+        assert_eq!(release_version("v1.2.3"), Some(Version::new(1, 2, 3)));
+        assert_eq!(release_version("1.2.3"), Some(Version::new(1, 2, 3)));
+        for tag in ["V1.2.3", "v1.2", "release-1.2.3", "v01.2.3", "vv1.2.3"] {
+            assert_eq!(release_version(tag), None, "{tag}");
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! Integration tests of `cargo xtask tags`: real git repositories in temporary directories, the
+//! built binary, and a controlled environment (CI variables of the machine running the tests
+//! are removed, then each case sets its own).
+
+use std::cell::Cell;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A git repository in a temporary directory, with deterministic authors and dates.
+struct Repo {
+    dir: TempDir,
+    /// Seconds added to the fixed commit date, so commits are ordered in time as in real life.
+    clock: Cell<u64>,
+}
+
+impl Repo {
+    /// `git init -b <branch>` with one commit of `README`.
+    fn new(branch: &str) -> Repo {
+        let repo = Repo::empty(branch);
+        repo.commit("README", "hello\n");
+        repo
+    }
+
+    /// `git init -b <branch>`, no commits.
+    fn empty(branch: &str) -> Repo {
+        let repo = Repo { dir: tempfile::tempdir().unwrap(), clock: Cell::new(0) };
+        repo.git(&["init", "--quiet", "-b", branch]);
+        repo
+    }
+
+    /// A shallow (`--depth 1`) clone of this repository on a detached HEAD, as CI checks out.
+    fn shallow_detached_clone(&self) -> Repo {
+        let clone = Repo { dir: tempfile::tempdir().unwrap(), clock: Cell::new(0) };
+        let url = format!("file://{}", self.path().display());
+        clone.git(&["clone", "--quiet", "--depth", "1", &url, "."]);
+        clone.git(&["checkout", "--quiet", "--detach"]);
+        clone
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs git in the repository, isolated from the user's configuration; returns stdout.
+    fn git(&self, args: &[&str]) -> String {
+        let date = format!("{} +0000", 1_700_000_000 + self.clock.get());
+        let output = Command::new("git")
+            .args(args)
+            .current_dir(self.path())
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "Test")
+            .env("GIT_AUTHOR_EMAIL", "test@example.com")
+            .env("GIT_AUTHOR_DATE", &date)
+            .env("GIT_COMMITTER_NAME", "Test")
+            .env("GIT_COMMITTER_EMAIL", "test@example.com")
+            .env("GIT_COMMITTER_DATE", &date)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    }
+
+    fn write(&self, file: &str, content: &str) {
+        std::fs::write(self.path().join(file), content).unwrap();
+    }
+
+    /// Writes `file` and commits it; returns the new commit id.
+    fn commit(&self, file: &str, content: &str) -> String {
+        self.clock.set(self.clock.get() + 60);
+        self.write(file, content);
+        self.git(&["add", file]);
+        self.git(&["commit", "--quiet", "-m", &format!("change {file}")]);
+        self.head()
+    }
+
+    /// `count` more commits, each changing `log.txt`.
+    fn commits(&self, count: usize) {
+        for n in 0..count {
+            self.commit("log.txt", &format!("{} {n}\n", self.clock.get()));
+        }
+    }
+
+    /// An annotated tag on HEAD.
+    fn tag(&self, name: &str) {
+        self.git(&["tag", "-a", name, "-m", name]);
+    }
+
+    fn head(&self) -> String {
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// `cargo xtask tags --repo <this> <args>` with only `env` as CI environment, parsed JSON.
+    fn tags(&self, args: &[&str], env: &[(&str, &str)]) -> Value {
+        let output = xtask(self.path(), &[args, &["--json"]].concat(), env);
+        assert!(output.status.success(), "tags {args:?} {env:?}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// The image tags for a clean environment and `--stage auto`.
+    fn image_tags(&self) -> Vec<String> {
+        strings(&self.tags(&[], &[])["tags"])
+    }
+
+    /// `sha-<12 hex of HEAD>`.
+    fn sha_tag(&self) -> String {
+        format!("sha-{}", &self.head()[..12])
+    }
+}
+
+/// Runs the built xtask's `tags --repo <repo> <args>` with the CI variables of the machine
+/// running the tests removed and `env` set instead.
+fn xtask(repo: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command.arg("tags").arg("--repo").arg(repo).args(args);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let ci_prefixes = ["GITHUB_", "GITLAB_", "CI_", "JENKINS_", "GIT_", "CHANGE_"];
+        let ci_names = ["CI", "BRANCH_NAME", "TAG_NAME", "IMAGE_TAG"];
+        if ci_prefixes.iter().any(|prefix| name.starts_with(prefix)) || ci_names.contains(&&*name) {
+            command.env_remove(&*name);
+        }
+    }
+    command.envs(env.iter().copied()).output().unwrap()
+}
+
+/// Runs `tags` expecting failure; returns stderr after checking it is one `error:` line.
+fn failure(repo: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = xtask(repo, args, env);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.trim_end().lines().count() == 1, "{stderr}");
+    stderr
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value.as_array().unwrap().iter().map(|item| item.as_str().unwrap().to_string()).collect()
+}
+
+fn with_sha(repo: &Repo, rest: &[&str]) -> Vec<String> {
+    std::iter::once(repo.sha_tag()).chain(rest.iter().map(|tag| tag.to_string())).collect()
+}
+
+#[test]
+fn default_branch_gets_dev_latest_and_a_dev_version() {
+    let repo = Repo::new("main");
+    repo.commits(1);
+    let report = repo.tags(&[], &[]);
+    let head = repo.head();
+    assert_eq!(report["stage"], "main");
+    assert_eq!(report["revision"], head.as_str());
+    assert_eq!(report["short_revision"], &head[..12]);
+    assert_eq!(report["branch"], "main");
+    assert_eq!(report["dirty"], false);
+    assert_eq!(report["push"], true);
+    assert_eq!(report["extra_tag"], Value::Null);
+    assert_eq!(report["version"], format!("0.0.0-dev.2+g{}", &head[..12]));
+    assert_eq!(strings(&report["tags"]), with_sha(&repo, &["dev-latest"]));
+}
+
+#[test]
+fn plain_output_is_one_tag_per_line() {
+    let repo = Repo::new("main");
+    let output = xtask(repo.path(), &[], &[]);
+    assert!(output.status.success());
+    let lines: Vec<String> = String::from_utf8(output.stdout).unwrap().lines().map(str::to_string).collect();
+    assert_eq!(lines, repo.image_tags());
+}
+
+#[test]
+fn other_branches_get_their_slug_and_a_detached_head_none() {
+    let repo = Repo::new("main");
+    repo.git(&["checkout", "--quiet", "-b", "Feature/Login_Page--v2"]);
+    let report = repo.tags(&[], &[]);
+    assert_eq!(report["stage"], "branch");
+    assert_eq!(report["push"], false);
+    assert_eq!(strings(&report["tags"]), with_sha(&repo, &["feature-login_page--v2"]));
+
+    repo.git(&["checkout", "--quiet", "--detach"]);
+    let report = repo.tags(&[], &[]);
+    assert_eq!(report["stage"], "branch");
+    assert_eq!(report["branch"], Value::Null);
+    assert_eq!(strings(&report["tags"]), with_sha(&repo, &[]));
+}
+
+#[test]
+fn master_as_default_branch() {
+    let repo = Repo::new("master");
+    assert_eq!(repo.image_tags(), with_sha(&repo, &["dev-latest"]));
+    repo.git(&["checkout", "--quiet", "-b", "topic"]);
+    assert_eq!(repo.image_tags(), with_sha(&repo, &["topic"]));
+}
+
+#[test]
+fn release_then_dev_versions_count_commits_since_it() {
+    let repo = Repo::new("main");
+    repo.tag("v1.4.0");
+    let report = repo.tags(&[], &[]);
+    assert_eq!(report["stage"], "release");
+    assert_eq!(report["version"], "1.4.0");
+    assert_eq!(report["push"], true);
+    assert_eq!(strings(&report["tags"]), with_sha(&repo, &["1.4.0", "1.4", "1", "latest"]));
+
+    repo.commits(7);
+    let report = repo.tags(&[], &[]);
+    assert_eq!(report["stage"], "main");
+    assert_eq!(report["version"], format!("1.4.1-dev.7+g{}", &repo.head()[..12]));
+}
+
+#[test]
+fn release_candidate_gets_only_its_version() {
+    let repo = Repo::new("main");
+    repo.tag("v1.4.0");
+    repo.commits(1);
+    repo.tag("v2.0.0-rc.1");
+    let report = repo.tags(&[], &[]);
+    assert_eq!(report["version"], "2.0.0-rc.1");
+    assert_eq!(strings(&report["tags"]), with_sha(&repo, &["2.0.0-rc.1"]));
+
+    // The release candidate is not a stable release: the dev version still counts from 1.4.0.
+    repo.commits(1);
+    let report = repo.tags(&[], &[]);
+    assert_eq!(report["version"], format!("1.4.1-dev.2+g{}", &repo.head()[..12]));
+}
+
+#[test]
+fn backport_patch_while_a_newer_major_exists() {
+    let repo = Repo::new("main");
+    repo.tag("v1.4.0");
+    repo.commits(2);
+    repo.tag("v2.0.0");
+    repo.git(&["checkout", "--quiet", "-b", "release/1.x", "v1.4.0"]);
+    repo.commits(1);
+    repo.tag("v1.4.1");
+    let report = repo.tags(&[], &[]);
+    assert_eq!(report["stage"], "release");
+    assert_eq!(strings(&report["tags"]), with_sha(&repo, &["1.4.1", "1.4", "1"]));
+
+    // Further work on the old line continues from 1.4.1, not from the unrelated 2.0.0.
+    repo.commits(1);
+    let report = repo.tags(&[], &[]);
+    assert_eq!(report["stage"], "branch");
+    assert_eq!(report["version"], format!("1.4.2-dev.1+g{}", &repo.head()[..12]));
+    assert_eq!(strings(&report["tags"]), with_sha(&repo, &["release-1.x"]));
+}
+
+#[test]
+fn highest_of_two_tags_on_one_commit_wins() {
+    let repo = Repo::new("main");
+    repo.tag("v1.5.0-rc.2");
+    // A lightweight tag next to the annotated one: both kinds are read.
+    repo.git(&["tag", "v1.5.0"]);
+    let report = repo.tags(&[], &[]);
+    assert_eq!(report["version"], "1.5.0");
+    assert_eq!(strings(&report["tags"]), with_sha(&repo, &["1.5.0", "1.5", "1", "latest"]));
+}
+
+#[test]
+fn build_metadata_becomes_an_underscore() {
+    let repo = Repo::new("main");
+    repo.tag("v1.2.3+build.7");
+    let report = repo.tags(&[], &[]);
+    assert_eq!(report["version"], "1.2.3+build.7");
+    assert_eq!(strings(&report["tags"]), with_sha(&repo, &["1.2.3_build.7", "1.2", "1", "latest"]));
+}
+
+#[test]
+fn zero_major_gets_no_bare_major_tag() {
+    let repo = Repo::new("main");
+    repo.tag("0.3.0");
+    repo.commits(1);
+    repo.tag("v0.3.1");
+    assert_eq!(repo.image_tags(), with_sha(&repo, &["0.3.1", "0.3", "latest"]));
+}
+
+#[test]
+fn non_semver_tag_is_ignored_except_for_a_release() {
+    let repo = Repo::new("main");
+    repo.tag("deploy-7");
+    let report = repo.tags(&[], &[]);
+    assert_eq!(report["stage"], "main");
+    assert_eq!(strings(&report["tags"]), with_sha(&repo, &["dev-latest"]));
+    assert!(report["notes"].to_string().contains("deploy-7"), "{report}");
+
+    let error = failure(repo.path(), &["--stage", "release"], &[]);
+    assert!(error.contains("deploy-7") && error.contains("--stage release"), "{error}");
+    let untagged = Repo::new("main");
+    let error = failure(untagged.path(), &["--stage", "release"], &[]);
+    assert!(error.contains("carries no tag"), "{error}");
+}
+
+#[test]
+fn dirty_tree_gets_one_tag_derived_from_its_changes() {
+    let repo = Repo::new("main");
+    repo.commit(".gitignore", "*.log\n");
+    let clean = with_sha(&repo, &["dev-latest"]);
+    let dirty_tag = || {
+        let report = repo.tags(&[], &[]);
+        assert_eq!(report["dirty"], true);
+        assert_eq!(report["push"], false);
+        let tags = strings(&report["tags"]);
+        assert_eq!(tags.len(), 1, "{tags:?}");
+        let hex = tags[0].strip_prefix(&format!("{}-dirty-", repo.sha_tag())).unwrap().to_string();
+        assert!(hex.len() == 8 && hex.chars().all(|c| c.is_ascii_hexdigit()), "{tags:?}");
+        tags[0].clone()
+    };
+
+    repo.write("README", "changed\n");
+    let modified = dirty_tag();
+    assert_eq!(dirty_tag(), modified, "same state, same tag");
+    repo.write("README", "changed again\n");
+    assert_ne!(dirty_tag(), modified, "other content, other tag");
+
+    repo.git(&["checkout", "--quiet", "README"]);
+    repo.write("debug.log", "ignored\n");
+    assert_eq!(repo.image_tags(), clean, "ignored files don't count");
+
+    repo.write("new.txt", "new\n");
+    let untracked = dirty_tag();
+    repo.git(&["add", "new.txt"]);
+    let staged = dirty_tag();
+    assert_ne!(staged, untracked, "staging changes the state");
+    repo.git(&["commit", "--quiet", "-m", "new"]);
+    assert_eq!(repo.image_tags(), with_sha(&repo, &["dev-latest"]));
+}
+
+#[test]
+fn shallow_detached_clone_in_ci() {
+    let upstream = Repo::new("main");
+    upstream.tag("v1.0.0");
+    upstream.commits(2);
+    let clone = upstream.shallow_detached_clone();
+    let short = &clone.head()[..12];
+    let dev = format!("0.0.0-dev.1+g{short}");
+    let cases: &[(&str, &[(&str, &str)], &str, &[&str], &str)] = &[
+        (
+            "github pull request",
+            &[
+                ("GITHUB_ACTIONS", "true"),
+                ("GITHUB_EVENT_NAME", "pull_request"),
+                ("GITHUB_REF", "refs/pull/5/merge"),
+                ("GITHUB_REF_NAME", "5/merge"),
+                ("GITHUB_HEAD_REF", "feature/x"),
+            ],
+            "pr",
+            &["pr-5"],
+            &dev,
+        ),
+        (
+            "github main",
+            &[("GITHUB_ACTIONS", "true"), ("GITHUB_EVENT_NAME", "push"), ("GITHUB_REF", "refs/heads/main")],
+            "main",
+            &["dev-latest"],
+            &dev,
+        ),
+        (
+            "github tag",
+            &[("GITHUB_ACTIONS", "true"), ("GITHUB_EVENT_NAME", "push"), ("GITHUB_REF", "refs/tags/v1.1.0")],
+            "release",
+            &["1.1.0", "1.1", "1", "latest"],
+            "1.1.0",
+        ),
+        ("gitlab merge request", &[("GITLAB_CI", "true"), ("CI_MERGE_REQUEST_IID", "9")], "pr", &["pr-9"], &dev),
+        (
+            "gitlab main",
+            &[("GITLAB_CI", "true"), ("CI_COMMIT_BRANCH", "main"), ("CI_DEFAULT_BRANCH", "main")],
+            "main",
+            &["dev-latest"],
+            &dev,
+        ),
+        (
+            "gitlab default branch from its variable",
+            &[("GITLAB_CI", "true"), ("CI_COMMIT_BRANCH", "develop"), ("CI_DEFAULT_BRANCH", "develop")],
+            "main",
+            &["dev-latest"],
+            &dev,
+        ),
+        (
+            "gitlab tag",
+            &[("GITLAB_CI", "true"), ("CI_COMMIT_TAG", "v1.1.0"), ("CI_DEFAULT_BRANCH", "main")],
+            "release",
+            &["1.1.0", "1.1", "1", "latest"],
+            "1.1.0",
+        ),
+        (
+            "jenkins change",
+            &[("JENKINS_URL", "http://jenkins/"), ("CHANGE_ID", "3"), ("BRANCH_NAME", "PR-3")],
+            "pr",
+            &["pr-3"],
+            &dev,
+        ),
+        ("jenkins main", &[("JENKINS_URL", "http://jenkins/"), ("BRANCH_NAME", "main")], "main", &["dev-latest"], &dev),
+        (
+            "jenkins feature",
+            &[("JENKINS_URL", "http://jenkins/"), ("BRANCH_NAME", "feature/Thing")],
+            "branch",
+            &["feature-thing"],
+            &dev,
+        ),
+        (
+            "jenkins tag",
+            &[("JENKINS_URL", "http://jenkins/"), ("TAG_NAME", "v1.1.0"), ("BRANCH_NAME", "v1.1.0")],
+            "release",
+            &["1.1.0", "1.1", "1", "latest"],
+            "1.1.0",
+        ),
+    ];
+    for (name, env, stage, tags, version) in cases {
+        let report = clone.tags(&[], env);
+        assert_eq!(report["stage"], *stage, "{name}: {report}");
+        assert_eq!(strings(&report["tags"]), with_sha(&clone, tags), "{name}");
+        assert_eq!(report["version"], *version, "{name}");
+        assert!(report["notes"].to_string().contains("shallow clone"), "{name}: {report}");
+    }
+}
+
+#[test]
+fn image_tag_adds_a_tag_and_says_so() {
+    let repo = Repo::new("main");
+    let report = repo.tags(&[], &[("IMAGE_TAG", "hotfix-1")]);
+    assert_eq!(report["extra_tag"], "hotfix-1");
+    assert_eq!(strings(&report["tags"]), with_sha(&repo, &["dev-latest", "hotfix-1"]));
+
+    let output = xtask(repo.path(), &[], &[("IMAGE_TAG", "hotfix-1")]);
+    assert!(String::from_utf8_lossy(&output.stdout).lines().any(|line| line == "hotfix-1"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("IMAGE_TAG"));
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line_naming_the_input() {
+    let repo = Repo::new("main");
+    let error = failure(repo.path(), &[], &[("IMAGE_TAG", "bad tag")]);
+    assert!(error.contains("IMAGE_TAG") && error.contains("[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"), "{error}");
+
+    let not_a_repo = tempfile::tempdir().unwrap();
+    let error = failure(not_a_repo.path(), &[], &[]);
+    assert!(error.contains(&*not_a_repo.path().to_string_lossy()) && error.contains("not a git repository"), "{error}");
+
+    let empty = Repo::empty("main");
+    let error = failure(empty.path(), &[], &[]);
+    assert!(error.contains("has no commits yet"), "{error}");
+
+    let error = failure(repo.path(), &["--stage", "pr"], &[]);
+    assert!(error.contains("--stage pr"), "{error}");
+
+    // Clap reports an invalid value itself: the first line names it, then the valid ones follow.
+    let output = xtask(repo.path(), &["--stage", "nightly"], &[]);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.lines().next().unwrap().contains("nightly"), "{stderr}");
+    assert!(stderr.contains("--stage") && stderr.contains("auto, pr, branch, main, release"), "{stderr}");
+}
+
+#[test]
+fn help_has_an_example() {
+    let output = xtask(Path::new("."), &["--help"], &[]);
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(help.contains("Examples:") && help.contains("cargo xtask tags --json"), "{help}");
+}
