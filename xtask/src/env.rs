@@ -1,0 +1,798 @@
+//! `cargo xtask env init | check`: the deployment's `.env`, written and validated against the
+//! annotations of `.env.example` beside it.
+//!
+//! - `init` reads `.env.example` and any existing `.env` once, plans the merged file (pure:
+//!   [`plan_init`]) and writes it atomically with mode 0600. Existing values always win; what
+//!   it generates are the empty required secrets, from the kernel's CSPRNG.
+//! - `check` is [`check`], a pure function from the parsed file, the spec, the file mode and
+//!   whether git tracks the file to every [`Problem`]; `doctor` and `deploy` call it through
+//!   [`check_dir`]. No message ever contains a secret's value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use xshell::Shell;
+
+use crate::dotenv::{self, DotEnv, VarSpec, VarType};
+use crate::plan::{Command, FileContents, Plan, Secret};
+
+/// The LLM provider keys: the backend starts without any, but answers nothing.
+pub const LLM_KEYS: [&str; 4] = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "AZURE_API_KEY", "MISTRAL_API_KEY"];
+
+/// Random bytes per generated secret: 32 bytes, 64 hex characters, enough for HS256 keys and
+/// safe in any URL or shell without quoting.
+const SECRET_BYTES: usize = 32;
+
+#[derive(Subcommand)]
+pub enum EnvCommand {
+    /// Write DIR/.env from DIR/.env.example, generating every empty required secret.
+    ///
+    /// Values already set in an existing .env are never changed; variables new in the example
+    /// are added with their comments. Running it again changes nothing. The file gets mode 0600.
+    ///
+    /// Example: cargo xtask env init --dir /srv/intric
+    Init(InitArgs),
+    /// Check DIR/.env against the annotations in DIR/.env.example and list every problem.
+    ///
+    /// Required variables set, types right, secrets long and not placeholders, an LLM key, mode
+    /// 0600, not tracked by git. Secret values are never printed.
+    ///
+    /// Example: cargo xtask env check --dir /srv/intric
+    Check(DirArgs),
+}
+
+#[derive(Args)]
+pub struct DirArgs {
+    /// The deployment directory holding .env.example and .env [default: the repository's docker/].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// Print what would be written (secrets by name only) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// The deployment directory: `--dir`, else the repository's `docker/`.
+pub fn deployment_dir(dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(|| crate::workspace_root().join("docker"))
+}
+
+pub fn run(command: EnvCommand) -> Result<()> {
+    match command {
+        EnvCommand::Init(args) => {
+            let dir = deployment_dir(args.dir.dir);
+            let inputs = read_init_inputs(&dir)?;
+            let outcome = plan_init(&inputs)?;
+            if args.dry_run {
+                print!("{}", outcome.plan);
+            } else {
+                outcome.plan.execute(&Shell::new()?)?;
+            }
+            print!("{}", outcome.summary(&dir, args.dry_run));
+            Ok(())
+        }
+        EnvCommand::Check(args) => {
+            let dir = deployment_dir(args.dir);
+            let (env, problems) = check_dir(&dir)?;
+            print!("{}", report(env.path(), &problems));
+            let errors = problems.iter().filter(|problem| problem.level == Level::Error).count();
+            if errors > 0 {
+                bail!("{} failed the check with {errors} problem(s), listed above", env.path().display());
+            }
+            Ok(())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// init
+
+/// Everything `init` decides from, read once.
+struct InitInputs {
+    env_path: PathBuf,
+    example: DotEnv,
+    specs: Vec<VarSpec>,
+    /// The current `.env` and its permission bits, when there is one.
+    existing: Option<(DotEnv, u32)>,
+    /// A fresh random value for every required secret; used only where the value is empty.
+    fresh: BTreeMap<String, Secret>,
+}
+
+fn read_init_inputs(dir: &Path) -> Result<InitInputs> {
+    let (example, specs) = read_spec(dir)?;
+    let env_path = dir.join(".env");
+    let existing = if env_path.exists() {
+        let env = DotEnv::read(&env_path)?;
+        Some((env, file_mode(&env_path)?))
+    } else {
+        None
+    };
+    let mut fresh = BTreeMap::new();
+    for spec in specs.iter().filter(|spec| spec.required && spec.secret) {
+        fresh.insert(spec.name.clone(), Secret::new(&spec.name, dotenv::random_hex(SECRET_BYTES)?));
+    }
+    Ok(InitInputs { env_path, example, specs, existing, fresh })
+}
+
+/// What `init` is about to do, and what it tells the operator.
+struct InitOutcome {
+    plan: Plan,
+    /// Secrets generated (names only).
+    generated: Vec<String>,
+    /// Variables added to an existing `.env` from the example.
+    added: Vec<String>,
+    /// Required variables still empty, for the operator to fill in.
+    to_fill: Vec<String>,
+    /// No `.env` existed.
+    created: bool,
+}
+
+/// Merges the example into the existing `.env` (or copies it): the existing file stays as it
+/// is, byte for byte, except for variables it lacks (inserted after their predecessor in the
+/// example, with their annotation) and empty required secrets (filled in place).
+fn plan_init(inputs: &InitInputs) -> Result<InitOutcome> {
+    let (mut env, created) = match &inputs.existing {
+        Some((existing, _)) => (existing.clone(), false),
+        None => (DotEnv::parse(&inputs.env_path, &inputs.example.render())?, true),
+    };
+    let mut added = Vec::new();
+    let mut generated = Vec::new();
+    let mut previous: Option<&str> = None;
+    for spec in &inputs.specs {
+        if env.get(&spec.name).is_none() {
+            let comments = &spec.lines[..spec.lines.len() - 1];
+            env.insert_after(previous, comments, &spec.name, &spec.default)?;
+            added.push(spec.name.clone());
+        }
+        if env.get(&spec.name) == Some("")
+            && let Some(secret) = inputs.fresh.get(&spec.name)
+        {
+            env.set(&spec.name, secret.expose())?;
+            generated.push(spec.name.clone());
+        }
+        previous = Some(&spec.name);
+    }
+
+    let mut to_fill: Vec<String> = inputs
+        .specs
+        .iter()
+        .filter(|spec| spec.required && env.get(&spec.name).is_none_or(str::is_empty))
+        .map(|spec| spec.name.clone())
+        .collect();
+    if !has_llm_key(&env) {
+        to_fill.push(format!("one of {}", LLM_KEYS.join(", ")));
+    }
+
+    let text = env.render();
+    let mut plan = Plan::default();
+    match &inputs.existing {
+        Some((existing, mode)) if existing.render() == text => {
+            if mode & 0o077 != 0 {
+                plan.run(Command::new("chmod").args(["600".to_string(), inputs.env_path.display().to_string()]));
+            }
+        }
+        _ => plan.write(&inputs.env_path, FileContents::Secret(Secret::new(".env", text)), 0o600),
+    }
+    Ok(InitOutcome { plan, generated, added, to_fill, created })
+}
+
+impl InitOutcome {
+    fn summary(&self, dir: &Path, dry_run: bool) -> String {
+        let path = dir.join(".env");
+        // Past tense once done, conditional for a dry run.
+        let word = |done: &str, planned: &str| if dry_run { format!("would {planned}") } else { done.to_string() };
+        let mut text = if self.plan.steps.is_empty() {
+            format!("{} is up to date\n", path.display())
+        } else if self.created {
+            format!("{} {} (mode 600) from .env.example\n", word("created", "create"), path.display())
+        } else {
+            format!("{} {} (mode 600); values already set are kept\n", word("updated", "update"), path.display())
+        };
+        if !self.generated.is_empty() {
+            text.push_str(&format!("{}: {}\n", word("generated", "generate"), self.generated.join(", ")));
+        }
+        if !self.added.is_empty() {
+            text.push_str(&format!("{} from .env.example: {}\n", word("added", "add"), self.added.join(", ")));
+        }
+        if !self.to_fill.is_empty() {
+            text.push_str(&format!("fill in before deploying: {}\n", self.to_fill.join("; ")));
+        }
+        text.push_str(&format!("then check it: cargo xtask env check --dir {}\n", dir.display()));
+        text
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// check
+
+/// How bad a [`Problem`] is: errors fail the check, warnings are only shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error,
+    Warning,
+}
+
+/// One finding of [`check`]. The message never contains a secret's value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub level: Level,
+    /// The variable concerned; `None` for problems of the file itself.
+    pub variable: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    fn error(variable: Option<&str>, message: String) -> Problem {
+        Problem { level: Level::Error, variable: variable.map(str::to_string), message }
+    }
+
+    fn warning(variable: Option<&str>, message: String) -> Problem {
+        Problem { level: Level::Warning, variable: variable.map(str::to_string), message }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.level {
+            Level::Error => "error",
+            Level::Warning => "warning",
+        };
+        write!(f, "{level}: {}", self.message)
+    }
+}
+
+/// Reads DIR/.env.example and DIR/.env, the file's mode and whether git tracks it, and checks
+/// them: for `env check`, `doctor` and `deploy`. Problems are returned, not raised; an error
+/// means the files could not be read at all.
+pub fn check_dir(dir: &Path) -> Result<(DotEnv, Vec<Problem>)> {
+    let (_, specs) = read_spec(dir)?;
+    let env_path = dir.join(".env");
+    if !env_path.exists() {
+        bail!("{} does not exist: run `cargo xtask env init --dir {}` first", env_path.display(), dir.display());
+    }
+    let env = DotEnv::read(&env_path)?;
+    let mode = file_mode(&env_path)?;
+    let tracked = is_tracked(&env_path)?;
+    let problems = check(&env, &specs, mode, tracked);
+    Ok((env, problems))
+}
+
+/// Every problem of `env` against `spec`, errors first, in the order of the spec.
+pub fn check(env: &DotEnv, spec: &[VarSpec], file_mode: u32, tracked: bool) -> Vec<Problem> {
+    let file = env.path().display();
+    let mut problems = Vec::new();
+    for var in spec {
+        let name = Some(var.name.as_str());
+        match env.get(&var.name) {
+            None | Some("") if var.required => {
+                let state = if env.get(&var.name).is_none() { "missing" } else { "empty" };
+                let hint = if var.secret {
+                    "; `cargo xtask env init` generates it".to_string()
+                } else if var.example.is_empty() {
+                    String::new()
+                } else {
+                    format!("; example: {}", var.example)
+                };
+                problems.push(Problem::error(
+                    name,
+                    format!("{} is {state} but required ({}){hint}", var.name, var.description),
+                ));
+            }
+            None | Some("") => {}
+            Some(value) => problems.extend(check_value(var, value)),
+        }
+    }
+    if !has_llm_key(env) {
+        problems
+            .push(Problem::error(None, format!("no LLM provider key: set at least one of {}", LLM_KEYS.join(", "))));
+    }
+    if file_mode & 0o077 != 0 {
+        problems.push(Problem::error(
+            None,
+            format!(
+                "{file} is readable or writable by group or others (mode {:o}): run `chmod 600 {file}`",
+                file_mode & 0o777
+            ),
+        ));
+    }
+    if tracked {
+        problems.push(Problem::error(
+            None,
+            format!(
+                "{file} is tracked by git, so its secrets are in the history: `git rm --cached {file}`, \
+                 keep it ignored, and rotate the secrets"
+            ),
+        ));
+    }
+    for entry in env.entries() {
+        if !spec.iter().any(|var| var.name == entry.key) {
+            problems.push(Problem::warning(
+                Some(&entry.key),
+                format!("{} is not in .env.example: a typo, or a variable nothing reads", entry.key),
+            ));
+        }
+    }
+    // Stable: errors first, each group in the order found.
+    problems.sort_by_key(|problem| problem.level);
+    problems
+}
+
+/// The problems of one non-empty value: its type, and for a secret its strength.
+fn check_value(var: &VarSpec, value: &str) -> Vec<Problem> {
+    let name = Some(var.name.as_str());
+    let mut problems = Vec::new();
+    if let Some(expected) = type_problem(var.kind, value) {
+        let message = if var.secret {
+            format!("{} is not {expected} (the value is secret and not shown)", var.name)
+        } else {
+            format!("{} is {value:?}, not {expected}", var.name)
+        };
+        problems.push(Problem::error(name, message));
+    }
+    if var.secret {
+        let minimum = var.min_length();
+        if is_placeholder(value, &var.example) {
+            problems.push(Problem::error(name, format!("{} is a placeholder, not a real secret", var.name)));
+        } else if value.chars().count() < minimum {
+            let message = format!("{} is shorter than {minimum} characters", var.name);
+            // A required secret is ours to choose (env init generates it); an optional one is
+            // usually issued by someone else (a registry password, an API key), so a short one
+            // is suspicious but may be all the operator has.
+            problems.push(if var.required {
+                Problem::error(name, format!("{message}; `cargo xtask env init` generates a strong one"))
+            } else {
+                Problem::warning(name, message)
+            });
+        }
+    } else if !var.example.is_empty() && value == var.example && var.example.contains("example") {
+        problems.push(Problem::warning(name, format!("{} is still the example value {value:?}", var.name)));
+    }
+    problems
+}
+
+/// What `value` should have been, when it is not a valid `kind`.
+fn type_problem(kind: VarType, value: &str) -> Option<&'static str> {
+    let valid = match kind {
+        VarType::String => true,
+        VarType::Int => value.parse::<i64>().is_ok(),
+        VarType::Port => value.bytes().all(|b| b.is_ascii_digit()) && value.parse::<u16>().is_ok_and(|port| port > 0),
+        VarType::Bool => ["true", "false", "1", "0", "yes", "no"].iter().any(|word| word.eq_ignore_ascii_case(value)),
+        VarType::LogLevel => ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"].contains(&value),
+        VarType::Url => ["http://", "https://"].iter().any(|scheme| {
+            value.strip_prefix(scheme).is_some_and(|rest| {
+                !rest.is_empty() && !rest.starts_with('/') && !rest.chars().any(char::is_whitespace)
+            })
+        }),
+        VarType::ImageTag => crate::tags::is_valid_image_tag(value),
+        VarType::Registry => is_valid_registry(value),
+    };
+    (!valid).then_some(match kind {
+        VarType::String => "a string",
+        VarType::Int => "an integer",
+        VarType::Port => "a port (an integer from 1 to 65535)",
+        VarType::Bool => "a boolean (true, false, 1, 0, yes or no)",
+        VarType::LogLevel => "a log level (DEBUG, INFO, WARNING, ERROR or CRITICAL)",
+        VarType::Url => "an http:// or https:// URL",
+        VarType::ImageTag => "an image tag ([A-Za-z0-9_][A-Za-z0-9_.-], at most 128 characters)",
+        VarType::Registry => "a registry host[:port][/path] (no scheme, no image name or tag)",
+    })
+}
+
+/// `host[:port][/path]` as docker accepts a registry prefix: DNS labels or an IPv4 address,
+/// a port from 1 to 65535, lowercase path components.
+fn is_valid_registry(value: &str) -> bool {
+    let (authority, path) = match value.split_once('/') {
+        Some((authority, path)) => (authority, Some(path)),
+        None => (value, None),
+    };
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    let port_ok = port.is_none_or(|port| {
+        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0)
+    });
+    let component_ok = |component: &str| {
+        component.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && component.chars().last().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && component.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+    };
+    host.len() <= 253
+        && host.split('.').all(label_ok)
+        && port_ok
+        && path.is_none_or(|path| path.split('/').all(component_ok))
+}
+
+/// Whether a secret's value is one of the stand-ins people leave in templates.
+fn is_placeholder(value: &str, example: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    // `password123`, `<secret>` and `"changeme!"` are all their word.
+    let word = lower.trim_matches(|c: char| !c.is_ascii_alphabetic());
+    const WORDS: [&str; 14] = [
+        "changeme",
+        "secret",
+        "password",
+        "passwd",
+        "pass",
+        "example",
+        "placeholder",
+        "todo",
+        "fixme",
+        "test",
+        "dummy",
+        "default",
+        "none",
+        "null",
+    ];
+    const FRAGMENTS: [&str; 9] =
+        ["changeme", "change_me", "change-me", "replaceme", "replace_me", "placeholder", "example", "...", "your_"];
+    (!example.is_empty() && value == example)
+        || WORDS.contains(&word)
+        || FRAGMENTS.iter().any(|fragment| lower.contains(fragment))
+        || lower.starts_with("your")
+        || (lower.starts_with('<') && lower.ends_with('>'))
+        || lower.chars().all(|c| lower.starts_with(c))
+}
+
+fn has_llm_key(env: &DotEnv) -> bool {
+    LLM_KEYS.iter().any(|key| env.get(key).is_some_and(|value| !value.is_empty()))
+}
+
+/// The report `env check` prints: a header, then one problem per line.
+pub fn report(file: &Path, problems: &[Problem]) -> String {
+    let errors = problems.iter().filter(|problem| problem.level == Level::Error).count();
+    let warnings = problems.len() - errors;
+    let mut text = if errors == 0 {
+        format!("{}: ok ({warnings} warning(s))\n", file.display())
+    } else {
+        format!("{}: {errors} error(s), {warnings} warning(s)\n", file.display())
+    };
+    for problem in problems {
+        text.push_str(&format!("  {problem}\n"));
+    }
+    text
+}
+
+// ---------------------------------------------------------------------------------------------
+// inputs
+
+/// DIR/.env.example, parsed, with its annotations.
+fn read_spec(dir: &Path) -> Result<(DotEnv, Vec<VarSpec>)> {
+    if !dir.is_dir() {
+        bail!("the deployment directory {} does not exist (pass --dir DIR)", dir.display());
+    }
+    let path = dir.join(".env.example");
+    if !path.exists() {
+        bail!("{} does not exist: the deployment directory needs the template .env.example", path.display());
+    }
+    let example = DotEnv::read(&path)?;
+    let specs = dotenv::parse_spec(&example)?;
+    Ok((example, specs))
+}
+
+fn file_mode(path: &Path) -> Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.permissions().mode())
+}
+
+/// Whether the git repository around `path` (if any) has it in its index. A minimal libgit2
+/// lookup: no status walk, just the index entry.
+fn is_tracked(path: &Path) -> Result<bool> {
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let repo = match git2::Repository::discover(dir) {
+        Ok(repo) => repo,
+        Err(error) if error.code() == git2::ErrorCode::NotFound => return Ok(false),
+        Err(error) => {
+            return Err(anyhow!("cannot open the git repository around {}: {}", dir.display(), error.message()));
+        }
+    };
+    let Some(workdir) = repo.workdir() else { return Ok(false) };
+    let canonical = |path: &Path| path.canonicalize().with_context(|| format!("cannot resolve {}", path.display()));
+    let (path, workdir) = (canonical(path)?, canonical(workdir)?);
+    let Ok(relative) = path.strip_prefix(&workdir) else { return Ok(false) };
+    let index = repo.index().with_context(|| format!("cannot read the git index of {}", workdir.display()))?;
+    Ok(index.get_path(relative, 0).is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "\
+# required, registry: Registry. Example: nexus.example.com:8082
+NEXUS_REGISTRY=
+# required, image-tag: Tag. Example: 1.2.3
+IMAGE_TAG=
+# optional, string, secret: Registry password. Example: (from your secret store)
+NEXUS_PASSWORD=
+# optional, port: Port. Example: 3000
+FRONTEND_PORT=3000
+# required, int: Size. Example: 1048576
+UPLOAD_MAX_FILE_SIZE=1048576
+# required, string, secret: Password, at least 16 characters. Example: (generated by env init)
+POSTGRES_PASSWORD=
+# required, string, secret: Key, at least 32 characters. Example: (generated by env init)
+JWT_SECRET=
+# optional, string: May be empty. Example: Bearer
+JWT_TOKEN_PREFIX=
+# optional, string, secret: OpenAI. Example: sk-...
+OPENAI_API_KEY=
+# optional, string, secret: Anthropic. Example: sk-ant-...
+ANTHROPIC_API_KEY=
+# optional, url: Endpoint. Example: https://example.openai.azure.com
+AZURE_ENDPOINT=
+# optional, bool: Flag. Example: false
+USING_CRAWL=false
+# optional, loglevel: Level. Example: INFO
+LOGLEVEL=INFO
+";
+
+    const CANARY: &str = "canary";
+
+    fn specs() -> Vec<VarSpec> {
+        dotenv::parse_spec(&DotEnv::parse(Path::new(".env.example"), EXAMPLE).unwrap()).unwrap()
+    }
+
+    /// A `.env` that passes: the example with every required value filled in.
+    fn good() -> DotEnv {
+        let mut env = DotEnv::parse(Path::new("d/.env"), EXAMPLE).unwrap();
+        for (key, value) in [
+            ("NEXUS_REGISTRY", "nexus.intric.se:8082"),
+            ("IMAGE_TAG", "1.2.3"),
+            ("POSTGRES_PASSWORD", "0123456789abcdef0123"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef01"),
+            ("OPENAI_API_KEY", "sk-proj-0123456789abcdef0123456789"),
+        ] {
+            env.set(key, value).unwrap();
+        }
+        env
+    }
+
+    fn problems_of(changes: &[(&str, &str)], mode: u32, tracked: bool) -> Vec<Problem> {
+        let mut env = good();
+        for (key, value) in changes {
+            env.set(key, value).unwrap();
+        }
+        check(&env, &specs(), mode, tracked)
+    }
+
+    #[test]
+    fn a_complete_file_passes() {
+        assert_eq!(check(&good(), &specs(), 0o100600, false), []);
+    }
+
+    #[test]
+    fn each_bad_input_is_one_error_naming_its_variable() {
+        // The changes to a passing file, its mode, whether git tracks it, and the one error expected.
+        type Case<'a> = (&'a [(&'a str, &'a str)], u32, bool, &'a str);
+        let cases: &[Case] = &[
+            (&[("NEXUS_REGISTRY", "")], 0o600, false, "NEXUS_REGISTRY is empty but required"),
+            (&[("IMAGE_TAG", "")], 0o600, false, "IMAGE_TAG is empty but required"),
+            (&[("IMAGE_TAG", "-bad")], 0o600, false, "IMAGE_TAG is \"-bad\", not an image tag"),
+            (&[("IMAGE_TAG", "1.2.3+build")], 0o600, false, "not an image tag"),
+            (&[("NEXUS_REGISTRY", "https://nexus:8082")], 0o600, false, "not a registry"),
+            (&[("NEXUS_REGISTRY", "nexus:99999")], 0o600, false, "not a registry"),
+            (&[("NEXUS_REGISTRY", "nexus:8082/intric/backend:1.0")], 0o600, false, "not a registry"),
+            (&[("NEXUS_REGISTRY", "-nexus")], 0o600, false, "not a registry"),
+            (&[("FRONTEND_PORT", "0")], 0o600, false, "FRONTEND_PORT is \"0\", not a port"),
+            (&[("FRONTEND_PORT", "65536")], 0o600, false, "not a port"),
+            (&[("FRONTEND_PORT", "http")], 0o600, false, "not a port"),
+            (&[("UPLOAD_MAX_FILE_SIZE", "10MB")], 0o600, false, "UPLOAD_MAX_FILE_SIZE is \"10MB\", not an integer"),
+            (&[("USING_CRAWL", "enabled")], 0o600, false, "not a boolean"),
+            (&[("LOGLEVEL", "verbose")], 0o600, false, "not a log level"),
+            (&[("AZURE_ENDPOINT", "example.openai.azure.com")], 0o600, false, "not an http:// or https:// URL"),
+            (&[("JWT_SECRET", CANARY)], 0o600, false, "JWT_SECRET is shorter than 32 characters"),
+            (&[("JWT_SECRET", "canary-0123456789abcdef012345")], 0o600, false, "shorter than 32"),
+            (&[("POSTGRES_PASSWORD", "canary-short")], 0o600, false, "POSTGRES_PASSWORD is shorter than 16"),
+            (&[("POSTGRES_PASSWORD", "changeme")], 0o600, false, "POSTGRES_PASSWORD is a placeholder"),
+            (&[("POSTGRES_PASSWORD", "Password123")], 0o600, false, "is a placeholder"),
+            (&[("JWT_SECRET", "<your jwt secret goes here, canary>")], 0o600, false, "JWT_SECRET is a placeholder"),
+            (&[("JWT_SECRET", "your_jwt_secret_canary_0123456789abc")], 0o600, false, "is a placeholder"),
+            (&[("JWT_SECRET", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx")], 0o600, false, "is a placeholder"),
+            (&[("JWT_SECRET", "change_me_canary_0123456789abcdef")], 0o600, false, "is a placeholder"),
+            (&[("OPENAI_API_KEY", "sk-...")], 0o600, false, "OPENAI_API_KEY is a placeholder"),
+            (&[("OPENAI_API_KEY", "")], 0o600, false, "no LLM provider key"),
+            (&[], 0o644, false, "readable or writable by group or others (mode 644)"),
+            (&[], 0o100660, false, "(mode 660)"),
+            (&[], 0o602, false, "(mode 602)"),
+            (&[], 0o600, true, "is tracked by git"),
+        ];
+        for (changes, mode, tracked, expected) in cases {
+            let problems = problems_of(changes, *mode, *tracked);
+            let errors: Vec<&Problem> = problems.iter().filter(|problem| problem.level == Level::Error).collect();
+            assert_eq!(errors.len(), 1, "{changes:?}: {problems:#?}");
+            assert!(errors[0].message.contains(expected), "{changes:?}: {}", errors[0].message);
+            let variable = changes.first().map(|(key, _)| *key);
+            if variable.is_some() && !expected.contains("LLM") {
+                assert_eq!(errors[0].variable.as_deref(), variable, "{changes:?}");
+            }
+            let shown = report(Path::new("d/.env"), &problems);
+            assert!(!shown.contains(CANARY), "a secret leaked: {shown}");
+        }
+    }
+
+    #[test]
+    fn a_missing_required_variable_is_an_error_and_all_problems_come_together() {
+        let env = DotEnv::parse(Path::new("d/.env"), "UNKNOWN=1\nFRONTEND_PORT=http\n").unwrap();
+        let problems = check(&env, &specs(), 0o644, true);
+        let shown = report(Path::new("d/.env"), &problems);
+        for expected in [
+            "NEXUS_REGISTRY is missing but required (Registry); example: nexus.example.com:8082",
+            "IMAGE_TAG is missing",
+            "UPLOAD_MAX_FILE_SIZE is missing",
+            "POSTGRES_PASSWORD is missing but required (Password, at least 16 characters); `cargo xtask env init`",
+            "JWT_SECRET is missing",
+            "FRONTEND_PORT is \"http\", not a port",
+            "no LLM provider key",
+            "mode 644",
+            "tracked by git",
+            "warning: UNKNOWN is not in .env.example",
+        ] {
+            assert!(shown.contains(expected), "{expected} missing from\n{shown}");
+        }
+        assert!(shown.starts_with("d/.env: 9 error(s), 1 warning(s)\n"), "{shown}");
+        assert_eq!(problems.last().unwrap().level, Level::Warning, "errors first");
+        assert!(!shown.contains("JWT_TOKEN_PREFIX"), "optional variables may be missing");
+    }
+
+    #[test]
+    fn optional_secrets_and_values_only_warn_where_unsure() {
+        let problems =
+            problems_of(&[("NEXUS_PASSWORD", "canary-1"), ("NEXUS_REGISTRY", "nexus.example.com:8082")], 0o600, false);
+        assert!(problems.iter().all(|problem| problem.level == Level::Warning), "{problems:#?}");
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(!report(Path::new("d/.env"), &problems).contains(CANARY));
+    }
+
+    #[test]
+    fn a_bad_type_of_a_secret_is_reported_without_its_value() {
+        let mut spec = specs();
+        spec.push(VarSpec { kind: VarType::Url, ..spec[5].clone() });
+        spec.last_mut().unwrap().name = "SENTRY_DSN".into();
+        let mut env = good();
+        env.set("SENTRY_DSN", "canary-not-a-url-0123456789").unwrap();
+        let problems = check(&env, &spec, 0o600, false);
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(problems[0].message.contains("SENTRY_DSN is not an http:// or https:// URL"), "{problems:#?}");
+        assert!(!problems[0].message.contains(CANARY));
+    }
+
+    #[test]
+    fn valid_values_of_each_type() {
+        let cases = [
+            (VarType::Int, "-5"),
+            (VarType::Port, "65535"),
+            (VarType::Bool, "Yes"),
+            (VarType::Bool, "0"),
+            (VarType::LogLevel, "CRITICAL"),
+            (VarType::Url, "https://key@sentry.intric.se/1"),
+            (VarType::ImageTag, "sha-0123456789ab-dirty-01234567"),
+            (VarType::Registry, "localhost:5000"),
+            (VarType::Registry, "127.0.0.1:5000/mirror/intric"),
+            (VarType::Registry, "nexus.intric.se"),
+            (VarType::String, "anything at all"),
+        ];
+        for (kind, value) in cases {
+            assert_eq!(type_problem(kind, value), None, "{kind:?} {value}");
+        }
+    }
+
+    fn inputs(existing: Option<&str>, mode: u32) -> InitInputs {
+        let example = DotEnv::parse(Path::new("d/.env.example"), EXAMPLE).unwrap();
+        let specs = dotenv::parse_spec(&example).unwrap();
+        let fresh = specs
+            .iter()
+            .filter(|spec| spec.required && spec.secret)
+            .map(|spec| {
+                (
+                    spec.name.clone(),
+                    Secret::new(&spec.name, format!("{CANARY}-{}-0123456789abcdef0123456789abcdef", spec.name)),
+                )
+            })
+            .collect();
+        InitInputs {
+            env_path: "d/.env".into(),
+            example,
+            specs,
+            existing: existing.map(|text| (DotEnv::parse(Path::new("d/.env"), text).unwrap(), mode)),
+            fresh,
+        }
+    }
+
+    fn written(outcome: &InitOutcome) -> Option<String> {
+        outcome.plan.steps.iter().find_map(|step| match step {
+            crate::plan::Step::Write { contents: FileContents::Secret(secret), mode: 0o600, .. } => {
+                Some(secret.expose().to_string())
+            }
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn init_copies_the_example_and_generates_required_secrets() {
+        let outcome = plan_init(&inputs(None, 0)).unwrap();
+        let text = written(&outcome).unwrap();
+        assert_eq!(outcome.generated, ["POSTGRES_PASSWORD", "JWT_SECRET"]);
+        assert!(outcome.added.is_empty() && outcome.created);
+        assert_eq!(outcome.to_fill, ["NEXUS_REGISTRY", "IMAGE_TAG", &format!("one of {}", LLM_KEYS.join(", "))]);
+        let expected = EXAMPLE
+            .replace(
+                "POSTGRES_PASSWORD=\n",
+                "POSTGRES_PASSWORD=canary-POSTGRES_PASSWORD-0123456789abcdef0123456789abcdef\n",
+            )
+            .replace("JWT_SECRET=\n", "JWT_SECRET=canary-JWT_SECRET-0123456789abcdef0123456789abcdef\n");
+        assert_eq!(text, expected);
+        let shown = format!("{}{}", outcome.plan, outcome.summary(Path::new("d"), true));
+        assert!(!shown.contains(CANARY), "{shown}");
+        assert!(shown.contains("would generate: POSTGRES_PASSWORD, JWT_SECRET"), "{shown}");
+    }
+
+    #[test]
+    fn init_keeps_existing_values_and_adds_new_variables_in_place() {
+        let existing = "# mine\nexport IMAGE_TAG=1.0.0\nJWT_SECRET='kept-0123456789abcdef0123456789abcdef'\nLOGLEVEL=DEBUG # loud\nEXTRA=1";
+        let outcome = plan_init(&inputs(Some(existing), 0o600)).unwrap();
+        let text = written(&outcome).unwrap();
+        assert_eq!(outcome.generated, ["POSTGRES_PASSWORD"]);
+        assert!(outcome.added.contains(&"NEXUS_REGISTRY".to_string()) && !outcome.added.contains(&"IMAGE_TAG".into()));
+        assert!(!outcome.created);
+        assert!(
+            text.starts_with("# mine\nexport IMAGE_TAG=1.0.0\n# optional, string, secret: Registry password"),
+            "{text}"
+        );
+        // The example's first variable has no predecessor to follow, so it goes to the end.
+        assert!(
+            text.ends_with(
+                "EXTRA=1\n# required, registry: Registry. Example: nexus.example.com:8082\nNEXUS_REGISTRY=\n"
+            )
+        );
+        assert!(
+            text.contains("\nJWT_SECRET='kept-0123456789abcdef0123456789abcdef'\n# optional, string: May be empty"),
+            "{text}"
+        );
+        assert!(text.contains("\nLOGLEVEL=DEBUG # loud\nEXTRA=1\n"), "{text}");
+        // Running again on the result changes nothing.
+        let again = plan_init(&inputs(Some(&text), 0o600)).unwrap();
+        assert!(again.plan.steps.is_empty(), "{}", again.plan);
+        assert!(again.generated.is_empty() && again.added.is_empty());
+    }
+
+    #[test]
+    fn init_only_fixes_the_mode_of_a_complete_file() {
+        let complete = written(&plan_init(&inputs(None, 0)).unwrap()).unwrap();
+        let outcome = plan_init(&inputs(Some(&complete), 0o100644)).unwrap();
+        assert_eq!(outcome.plan.to_string(), "  1. chmod 600 d/.env\n");
+    }
+
+    #[test]
+    fn tracked_files_are_found_in_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init(dir.path()).unwrap();
+        std::fs::create_dir(dir.path().join("docker")).unwrap();
+        let (tracked, untracked) = (dir.path().join("docker/.env"), dir.path().join("docker/other.env"));
+        std::fs::write(&tracked, "A=1\n").unwrap();
+        std::fs::write(&untracked, "A=1\n").unwrap();
+        let mut index = repo.index().unwrap();
+        index.add_path(Path::new("docker/.env")).unwrap();
+        index.write().unwrap();
+        assert!(is_tracked(&tracked).unwrap());
+        assert!(!is_tracked(&untracked).unwrap());
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join(".env"), "").unwrap();
+        assert!(!is_tracked(&outside.path().join(".env")).unwrap());
+    }
+}
