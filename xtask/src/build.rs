@@ -1,0 +1,1152 @@
+//! `cargo xtask build`: BuildKit builds of the backend, worker and frontend images, tagged from
+//! git state (see `tags`), optionally pushed to the registry, skipping what didn't change.
+//!
+//! Reads once: the tag report, the docker client, the environment, each image's inputs digest
+//! (`context`), and what the registry (or the local engine) already holds. Plans: per image,
+//! either a build (docker argv, then pushes) or a retag of an existing image with the same
+//! inputs digest (registry API calls, or `docker tag` locally). Executes: independent images in
+//! parallel (`--jobs`), the worker after the backend so their shared stages come from cache,
+//! pushes overlapping with builds still running, and the first failure stops the rest.
+//!
+//! Skipping: every image we build carries the tag `inputs-<24 hex>` of its inputs digest. When
+//! that tag exists already, the image is what this build would produce, so the new tags are put
+//! on its manifest (no pull, no layer upload). The digest leaves out VERSION and REVISION, which
+//! only go into labels and the last layer, so a commit that changes only the backend does not
+//! rebuild the frontend; a reused image's labels name the commit that built it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use xshell::Shell;
+
+use crate::ci_env::{self, Env};
+use crate::docker::{BuildSecret, BuildSpec, Builder, Docker};
+use crate::images::Service;
+use crate::plan::Command;
+use crate::progress::{Progress, TaskProgress};
+use crate::registry::{Backoff, Credentials, Registry, RegistryAddress};
+use crate::tags::{self, StageChoice, TagReport};
+
+/// Options of `cargo xtask build`.
+#[derive(Args)]
+#[command(after_help = "\
+Images are named <registry>/intric/<service>:<tag> for every tag of `cargo xtask tags` plus any
+--tag. The registry comes from --registry or NEXUS_REGISTRY; NEXUS_USERNAME and NEXUS_PASSWORD log
+in (else the existing docker login is used). Base images come from PYTHON_IMAGE, NODE_IMAGE and
+NGINX_IMAGE, or through a Docker Hub proxy with --base-registry.
+
+Examples:
+  cargo xtask build
+  cargo xtask build backend --dry-run
+  NEXUS_REGISTRY=nexus.example.com:8082 cargo xtask build --push
+  cargo xtask build --push --registry 127.0.0.1:5000 --tag qa --json")]
+pub struct BuildArgs {
+    /// The repository to build from [default: the workspace root].
+    #[arg(long, value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// The images to build [default: all].
+    #[arg(value_enum)]
+    pub services: Vec<Service>,
+    /// Push the images to the registry.
+    #[arg(long)]
+    pub push: bool,
+    /// The registry, HOST[:PORT][/PATH] [default: $NEXUS_REGISTRY].
+    #[arg(long, value_name = "HOST[:PORT][/PATH]")]
+    pub registry: Option<String>,
+    /// An extra tag for every image (repeatable).
+    #[arg(long = "tag", value_name = "EXTRA")]
+    pub extra_tags: Vec<String>,
+    /// How many images to build at once [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// The buildx builder instance to use (with the buildx plugin only).
+    #[arg(long, value_name = "NAME")]
+    pub builder: Option<String>,
+    /// Take the upstream base images through this registry prefix (a Docker Hub proxy).
+    #[arg(long, value_name = "PREFIX")]
+    pub base_registry: Option<String>,
+    /// A BuildKit secret for the builds, ID=ENV: the build sees the value of variable ENV as
+    /// secret ID; never a build arg (repeatable).
+    #[arg(long = "secret", value_name = "ID=ENV")]
+    pub secrets: Vec<String>,
+    /// Build without BuildKit's cache, and never reuse an unchanged image.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Pull newer base images, and never reuse an unchanged image.
+    #[arg(long)]
+    pub pull: bool,
+    /// Push even from a dirty working tree.
+    #[arg(long)]
+    pub allow_dirty: bool,
+    /// The stage to tag for [default: auto].
+    #[arg(long, value_enum, default_value_t = StageChoice::Auto)]
+    pub stage: StageChoice,
+    /// Print the plan (commands and registry calls) and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The label that carries an image's inputs digest.
+pub const INPUTS_LABEL: &str = "org.intric.inputs-digest";
+
+/// The tag that marks an image by its inputs digest: 24 hex digits (96 bits) are plenty to tell
+/// builds apart and keep tag lists readable.
+pub fn inputs_tag(digest: &str) -> String {
+    format!("inputs-{}", &digest[..24])
+}
+
+/// Everything the plan is made from, read once.
+pub struct BuildInputs {
+    pub report: TagReport,
+    pub services: Vec<Service>,
+    pub registry: Option<String>,
+    pub push: bool,
+    pub extra_tags: Vec<String>,
+    pub docker: Docker,
+    /// Build args naming base images, by variable: `PYTHON_IMAGE` → the image to use.
+    pub base_images: BTreeMap<String, String>,
+    pub source: Option<String>,
+    /// Each service's inputs digest.
+    pub digests: BTreeMap<Service, String>,
+    /// Services whose inputs tag exists already (in the registry when pushing, else locally).
+    pub unchanged: BTreeSet<Service>,
+    /// Per service, the existing tags worth using as cache (`dev-latest`, the branch's tag).
+    pub cache_from: BTreeMap<Service, Vec<String>>,
+    pub login: Option<Credentials>,
+    pub secrets: Vec<BuildSecret>,
+    pub builder: Option<String>,
+    pub no_cache: bool,
+    pub pull: bool,
+    pub workspace: PathBuf,
+}
+
+/// What happens to one image.
+#[derive(Debug)]
+pub struct ImagePlan {
+    pub service: Service,
+    /// `<registry>/intric/<service>`, or `intric/<service>` without a registry.
+    pub name: String,
+    pub tags: Vec<String>,
+    pub inputs_digest: String,
+    pub action: Action,
+}
+
+#[derive(Debug)]
+pub enum Action {
+    /// Build, then push each tag (none when not pushing, or when buildx pushes itself).
+    Build { build: Command, pushes: Vec<Command> },
+    /// Put the new tags on the manifest of the existing `inputs-` tag through the registry API.
+    RetagInRegistry { repository: String, from: String, to: Vec<String> },
+    /// Give the existing local image the new tags.
+    RetagLocally(Vec<Command>),
+}
+
+/// The whole build.
+#[derive(Debug)]
+pub struct BuildPlan {
+    pub builder: Builder,
+    pub registry: Option<String>,
+    pub login: Option<Command>,
+    pub images: Vec<ImagePlan>,
+}
+
+/// `cargo xtask build`.
+pub fn run(args: BuildArgs) -> Result<()> {
+    let env = ci_env::process_env();
+    let sh = Shell::new()?;
+    let (inputs, plan) = prepare(&sh, &args, &env, None)?;
+    if args.dry_run {
+        print!("{plan}");
+        return Ok(());
+    }
+    let started = Instant::now();
+    let results = execute_prepared(&sh, &inputs, &plan, args.jobs, args.json)?;
+    let summary = Summary { builder: plan.builder, registry: plan.registry.clone(), pushed: inputs.push, results };
+    if args.json {
+        println!("{}", summary.to_json());
+    } else {
+        print!("{summary}");
+        let logs = inputs.workspace.join(LOGS_DIR);
+        eprintln!("done in {:.1} s; logs in {}", started.elapsed().as_secs_f64(), logs.display());
+    }
+    Ok(())
+}
+
+/// Where each image's full build log goes, below the repository.
+const LOGS_DIR: &str = "target/xtask/logs";
+
+/// Reads the inputs and plans the build as `cargo xtask build` does with `args`. For tasks that
+/// build on the way (`release --build`, `ci`): they show this plan in their own dry run and run
+/// it with [`execute_prepared`]. `tags`, when given, replaces the tag engine's tags: a release
+/// builds only HEAD's immutable `sha-` tag and then promotes that.
+pub fn prepare(
+    sh: &Shell,
+    args: &BuildArgs,
+    env: &Env,
+    tags: Option<Vec<String>>,
+) -> Result<(BuildInputs, BuildPlan)> {
+    let mut inputs = read_inputs(sh, args, env)?;
+    if let Some(tags) = tags {
+        inputs.report.tags = tags;
+    }
+    let plan = plan(&inputs);
+    Ok((inputs, plan))
+}
+
+/// Runs a prepared build with at most `jobs` images at once (default: the number of CPUs),
+/// logging under `target/xtask/logs/`; `quiet` keeps progress off standard output.
+pub fn execute_prepared(
+    sh: &Shell,
+    inputs: &BuildInputs,
+    plan: &BuildPlan,
+    jobs: Option<usize>,
+    quiet: bool,
+) -> Result<Vec<ImageResult>> {
+    let registry = match (&plan.registry, inputs.push) {
+        (Some(address), true) => Some(registry_client(address)?),
+        _ => None,
+    };
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)).max(1);
+    let logs = inputs.workspace.join(LOGS_DIR);
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    execute(sh, plan, registry.as_ref(), &inputs.docker, jobs, &logs, quiet)
+}
+
+/// Reads git state, the environment, the docker client, inputs digests and existing images.
+fn read_inputs(sh: &Shell, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
+    let workspace = args.repo.clone().unwrap_or_else(crate::workspace_root);
+    let report = tags::resolve(&workspace, args.stage, env)?;
+    let registry =
+        args.registry.clone().or_else(|| env.get("NEXUS_REGISTRY").filter(|value| !value.is_empty()).cloned());
+
+    let mut problems = Vec::new();
+    if args.push && registry.is_none() {
+        problems.push("--push needs a registry: set NEXUS_REGISTRY or pass --registry HOST[:PORT]".to_string());
+    }
+    if args.push && report.dirty && !args.allow_dirty {
+        problems.push(
+            "the working tree is dirty, so the images would match no commit: commit or stash the changes, \
+             or pass --allow-dirty"
+                .to_string(),
+        );
+    }
+    for tag in &args.extra_tags {
+        if !tags::is_valid_image_tag(tag) {
+            problems.push(format!(
+                "--tag {tag:?} is not a valid image tag: use letters, digits, '_', '.' and '-', at most 128, \
+                 not starting with '.' or '-'"
+            ));
+        }
+    }
+    let secrets = args.secrets.iter().filter_map(|secret| match secret.split_once('=') {
+        Some((id, variable)) if !id.is_empty() && !variable.is_empty() => {
+            Some(BuildSecret { id: id.to_string(), env: variable.to_string() })
+        }
+        _ => {
+            problems.push(format!("--secret {secret:?} is not ID=ENV: name the secret and the variable holding it"));
+            None
+        }
+    });
+    let secrets: Vec<BuildSecret> = secrets.collect();
+    for secret in &secrets {
+        if !env.contains_key(&secret.env) {
+            problems.push(format!("--secret {}: variable {} is not set", secret.id, secret.env));
+        }
+    }
+    if !problems.is_empty() {
+        bail!("cannot build: {}", problems.join("; "));
+    }
+
+    let docker = Docker::detect(sh)?;
+    let services = if args.services.is_empty() { Service::ALL.to_vec() } else { dedup(&args.services) };
+    let base_images = base_images(env, args.base_registry.as_deref());
+    let mut digests = BTreeMap::new();
+    for &service in &services {
+        let context = workspace.join(service.context_dir());
+        let digest = crate::context::inputs_digest(
+            &context,
+            &context.join("Dockerfile"),
+            Some(service.target()),
+            &base_image_args(service, &base_images),
+        )
+        .with_context(|| format!("cannot compute the inputs digest of {}", service.name()))?;
+        digests.insert(service, digest);
+    }
+    let login = Credentials::from_env(env)?;
+    let mut unchanged = BTreeSet::new();
+    let mut cache_from = BTreeMap::new();
+    let reuse_allowed = !args.no_cache && !args.pull;
+    match (&registry, args.push) {
+        (Some(address), true) => {
+            let client = registry_client(address)?;
+            for &service in &services {
+                let existing = client.tags(&service.repository())?;
+                if reuse_allowed && existing.contains(&inputs_tag(&digests[&service])) {
+                    unchanged.insert(service);
+                }
+                cache_from
+                    .insert(service, cache_sources(&report, &existing, &format!("{address}/{}", service.repository())));
+            }
+        }
+        _ => {
+            for &service in &services {
+                let name = image_name(registry.as_deref(), service);
+                if reuse_allowed && docker.image_exists(sh, &format!("{name}:{}", inputs_tag(&digests[&service]))) {
+                    unchanged.insert(service);
+                }
+            }
+        }
+    }
+    Ok(BuildInputs {
+        source: crate::git::Repo::open(&workspace).ok().and_then(|repo| repo.origin_url()),
+        report,
+        services,
+        registry,
+        push: args.push,
+        extra_tags: args.extra_tags.clone(),
+        docker,
+        base_images,
+        digests,
+        unchanged,
+        cache_from,
+        login,
+        secrets,
+        builder: args.builder.clone(),
+        no_cache: args.no_cache,
+        pull: args.pull,
+        workspace,
+    })
+}
+
+/// The registry client, logged in as the environment or the docker login says.
+pub fn registry_client(address: &str) -> Result<Registry> {
+    let address = RegistryAddress::parse(address)?;
+    let credentials = Credentials::find(&address)?;
+    Ok(Registry::new(address, credentials, Backoff::STANDARD))
+}
+
+/// The services in a fixed order, each once.
+fn dedup(services: &[Service]) -> Vec<Service> {
+    services.iter().copied().collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+/// The base image for each build arg: `--base-registry` maps the upstream images through a
+/// Docker Hub proxy; otherwise the environment may replace each one (the lab's stand-ins);
+/// otherwise the Dockerfile's default applies and the arg is left out.
+pub fn base_images(env: &Env, base_registry: Option<&str>) -> BTreeMap<String, String> {
+    let mut images = BTreeMap::new();
+    for service in Service::ALL {
+        for base in service.base_images() {
+            let image = match base_registry {
+                Some(prefix) => Some(proxied(prefix, base.upstream)),
+                None => env.get(base.variable).filter(|value| !value.is_empty()).cloned(),
+            };
+            if let Some(image) = image {
+                images.insert(base.variable.to_string(), image);
+            }
+        }
+    }
+    images
+}
+
+/// An upstream image through a Docker Hub proxy: official images live under `library/`.
+fn proxied(prefix: &str, upstream: &str) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    if upstream.contains('/') { format!("{prefix}/{upstream}") } else { format!("{prefix}/library/{upstream}") }
+}
+
+/// The build args naming the base images a service's Dockerfile starts from: with the
+/// Dockerfile and context, they decide the image's content.
+pub fn base_image_args(service: Service, base_images: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    service
+        .base_images()
+        .iter()
+        .filter_map(|base| base_images.get(base.variable).map(|image| (base.variable.to_string(), image.clone())))
+        .collect()
+}
+
+/// `<registry>/intric/<service>`, or `intric/<service>` without a registry.
+fn image_name(registry: Option<&str>, service: Service) -> String {
+    match registry {
+        Some(registry) => format!("{}/{}", registry.trim_end_matches('/'), service.repository()),
+        None => service.repository(),
+    }
+}
+
+/// The existing tags whose layers are most likely to match this build: the default branch's
+/// `dev-latest` and this build's own floating tags (a branch's slug, a PR's tag).
+fn cache_sources(report: &TagReport, existing: &[String], name: &str) -> Vec<String> {
+    let wanted = std::iter::once("dev-latest")
+        .chain(report.tags.iter().map(String::as_str).filter(|tag| !tag.starts_with("sha-")));
+    let mut sources: Vec<String> = Vec::new();
+    for tag in wanted {
+        let source = format!("{name}:{tag}");
+        if existing.iter().any(|existing| existing == tag) && !sources.contains(&source) {
+            sources.push(source);
+        }
+    }
+    sources
+}
+
+/// Plans every image: pure, from the inputs alone.
+pub fn plan(inputs: &BuildInputs) -> BuildPlan {
+    let docker = &inputs.docker;
+    let registry = inputs.registry.as_deref();
+    let login = match (&inputs.login, registry, inputs.push) {
+        (Some(credentials), Some(registry), true) => {
+            Some(docker.login(registry, &credentials.username, credentials.password.clone()))
+        }
+        _ => None,
+    };
+    let mut tags: Vec<String> = inputs.report.tags.clone();
+    for extra in &inputs.extra_tags {
+        if !tags.contains(extra) {
+            tags.push(extra.clone());
+        }
+    }
+    let images = inputs
+        .services
+        .iter()
+        .map(|&service| {
+            let digest = inputs.digests[&service].clone();
+            let name = image_name(registry, service);
+            let marker = inputs_tag(&digest);
+            let action = if inputs.unchanged.contains(&service) {
+                if inputs.push {
+                    Action::RetagInRegistry { repository: service.repository(), from: marker, to: tags.clone() }
+                } else {
+                    let source = format!("{name}:{marker}");
+                    Action::RetagLocally(
+                        tags.iter()
+                            .map(|tag| docker.command().args(["tag", &source, &format!("{name}:{tag}")]))
+                            .collect(),
+                    )
+                }
+            } else {
+                plan_build(inputs, service, &name, &tags, &digest)
+            };
+            ImagePlan { service, name, tags: tags.clone(), inputs_digest: digest, action }
+        })
+        .collect();
+    BuildPlan { builder: docker.builder, registry: inputs.registry.clone(), login, images }
+}
+
+fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String], digest: &str) -> Action {
+    let report = &inputs.report;
+    let all_tags: Vec<String> =
+        tags.iter().chain(std::iter::once(&inputs_tag(digest))).map(|tag| format!("{name}:{tag}")).collect();
+    let mut build_args = base_image_args(service, &inputs.base_images);
+    build_args.push(("VERSION".into(), report.version.clone()));
+    build_args.push(("REVISION".into(), report.revision.clone()));
+    if inputs.push {
+        // Cache metadata inside the pushed image lets the next build (on any machine) reuse
+        // its layers through --cache-from without a separate cache export.
+        build_args.push(("BUILDKIT_INLINE_CACHE".into(), "1".into()));
+    }
+    let mut labels = vec![
+        ("org.opencontainers.image.title".to_string(), format!("intric-{}", service.name())),
+        ("org.opencontainers.image.version".to_string(), report.version.clone()),
+        ("org.opencontainers.image.revision".to_string(), report.revision.clone()),
+        ("org.opencontainers.image.created".to_string(), rfc3339(report.commit_time)),
+        (INPUTS_LABEL.to_string(), digest.to_string()),
+    ];
+    if let Some(source) = &inputs.source {
+        labels.push(("org.opencontainers.image.source".to_string(), source.clone()));
+    }
+    let context = inputs.workspace.join(service.context_dir());
+    let buildx_pushes = inputs.push && inputs.docker.builder == Builder::Buildx;
+    let spec = BuildSpec {
+        dockerfile: context.join("Dockerfile"),
+        context,
+        target: Some(service.target().to_string()),
+        tags: all_tags.clone(),
+        build_args,
+        labels,
+        cache_from: inputs.cache_from.get(&service).cloned().unwrap_or_default(),
+        secrets: inputs.secrets.clone(),
+        builder: inputs.builder.clone(),
+        push: buildx_pushes,
+        iidfile: None,
+        no_cache: inputs.no_cache,
+        pull: inputs.pull,
+    };
+    let build = inputs.docker.build(&spec).hint(format!("the {} build failed", service.name()));
+    let pushes = if inputs.push && !buildx_pushes {
+        all_tags
+            .iter()
+            .map(|image| inputs.docker.command().args(["push", image]).hint(format!("pushing {image} failed")))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Action::Build { build, pushes }
+}
+
+impl fmt::Display for BuildPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "builder: {}", self.builder)?;
+        if let Some(login) = &self.login {
+            writeln!(f, "login: {login}")?;
+        }
+        for image in &self.images {
+            writeln!(f, "{} (inputs {}):", image.service.name(), &image.inputs_digest[..24])?;
+            match &image.action {
+                Action::Build { build, pushes } => {
+                    writeln!(f, "  {build}")?;
+                    for push in pushes {
+                        writeln!(f, "  {push}")?;
+                    }
+                }
+                Action::RetagInRegistry { repository, from, to } => {
+                    let registry = self.registry.as_deref().unwrap_or_default();
+                    writeln!(f, "  unchanged: reuse {registry}/{repository}:{from}")?;
+                    for tag in to {
+                        writeln!(
+                            f,
+                            "  registry: PUT {registry} /v2/{repository}/manifests/{tag} (the manifest of {from})"
+                        )?;
+                    }
+                }
+                Action::RetagLocally(commands) => {
+                    writeln!(f, "  unchanged: reuse the local image")?;
+                    for command in commands {
+                        writeln!(f, "  {command}")?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How an image came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Built, with at least one step run.
+    Built,
+    /// Built, every step from BuildKit's cache.
+    Cached,
+    /// Not built: an image with the same inputs existed and got the new tags.
+    Skipped,
+}
+
+impl Outcome {
+    fn name(self) -> &'static str {
+        match self {
+            Outcome::Built => "built",
+            Outcome::Cached => "cached",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// What one image ended as.
+#[derive(Clone, Debug)]
+pub struct ImageResult {
+    pub service: Service,
+    pub name: String,
+    pub tags: Vec<String>,
+    pub digest: String,
+    pub size: Option<u64>,
+    pub seconds: f64,
+    pub outcome: Outcome,
+    pub inputs_digest: String,
+}
+
+/// Shared between the image threads: who finished how, whether to stop, what to kill.
+#[derive(Default)]
+struct Board {
+    finished: BTreeMap<Service, bool>,
+    running: usize,
+    cancelled: bool,
+    processes: Vec<Arc<duct::ReaderHandle>>,
+}
+
+/// Runs the plan: login, then every image on its own thread, at most `jobs` at a time.
+fn execute(
+    sh: &Shell,
+    plan: &BuildPlan,
+    registry: Option<&Registry>,
+    docker: &Docker,
+    jobs: usize,
+    logs: &Path,
+    quiet: bool,
+) -> Result<Vec<ImageResult>> {
+    if let Some(login) = &plan.login {
+        login.read(sh)?;
+    }
+    let names: Vec<&str> = plan.images.iter().map(|image| image.service.name()).collect();
+    let progress = Progress::new(&names, quiet);
+    let board = (Mutex::new(Board::default()), Condvar::new());
+    let results: Vec<Result<Option<ImageResult>>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = plan
+            .images
+            .iter()
+            .map(|image| {
+                let task = progress.task(image.service.name());
+                let board = &board;
+                scope.spawn(move || {
+                    let result = run_image(image, plan, registry, docker, jobs, logs, &task, board);
+                    match &result {
+                        Ok(Some(done)) => task.finish(done.outcome.name()),
+                        Ok(None) => task.finish("cancelled"),
+                        Err(_) => task.finish("failed"),
+                    }
+                    result
+                })
+            })
+            .collect();
+        threads.into_iter().map(|thread| thread.join().expect("an image thread panicked")).collect()
+    });
+    let mut done = Vec::new();
+    let mut errors = Vec::new();
+    for result in results {
+        match result {
+            Ok(Some(image)) => done.push(image),
+            Ok(None) => {}
+            Err(error) => errors.push(error),
+        }
+    }
+    match errors.into_iter().next() {
+        Some(error) => Err(error),
+        None => Ok(done),
+    }
+}
+
+/// One image: wait for its turn, run its action, report to the board. `Ok(None)` when it was
+/// cancelled because another image failed.
+#[allow(clippy::too_many_arguments)]
+fn run_image(
+    image: &ImagePlan,
+    plan: &BuildPlan,
+    registry: Option<&Registry>,
+    docker: &Docker,
+    jobs: usize,
+    logs: &Path,
+    task: &TaskProgress,
+    (board, changed): &(Mutex<Board>, Condvar),
+) -> Result<Option<ImageResult>> {
+    let dependency =
+        image.service.built_after().filter(|service| plan.images.iter().any(|other| other.service == *service));
+    {
+        let mut state = board.lock().expect("board lock");
+        loop {
+            let dependency_done = dependency.map(|service| state.finished.get(&service).copied());
+            if state.cancelled || dependency_done == Some(Some(false)) {
+                return Ok(None);
+            }
+            if state.running < jobs && matches!(dependency_done, None | Some(Some(true))) {
+                state.running += 1;
+                break;
+            }
+            state = changed.wait(state).expect("board lock");
+        }
+    }
+    task.line("started");
+    let started = Instant::now();
+    let log_path = logs.join(format!("{}.log", image.service.name()));
+    let result = perform(image, plan, registry, &log_path, task, board).and_then(|outcome| {
+        let (digest, size) = describe(image, registry, docker)?;
+        Ok(ImageResult {
+            service: image.service,
+            name: image.name.clone(),
+            tags: image.tags.clone(),
+            digest,
+            size,
+            seconds: started.elapsed().as_secs_f64(),
+            outcome,
+            inputs_digest: image.inputs_digest.clone(),
+        })
+    });
+    let mut state = board.lock().expect("board lock");
+    state.running -= 1;
+    state.finished.insert(image.service, result.is_ok());
+    let cancelled_meanwhile = state.cancelled;
+    if result.is_err() && !state.cancelled {
+        // Stop the others cleanly: nothing new starts, running builds are killed.
+        state.cancelled = true;
+        for process in &state.processes {
+            let _ = process.kill();
+        }
+    }
+    drop(state);
+    changed.notify_all();
+    match result {
+        Err(_) if cancelled_meanwhile => Ok(None),
+        other => other.map(Some),
+    }
+}
+
+/// Runs one image's action, with its output going to its log and its progress line.
+fn perform(
+    image: &ImagePlan,
+    plan: &BuildPlan,
+    registry: Option<&Registry>,
+    log_path: &Path,
+    task: &TaskProgress,
+    board: &Mutex<Board>,
+) -> Result<Outcome> {
+    let mut log = File::create(log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    match &image.action {
+        Action::Build { build, pushes } => {
+            let steps = stream(build, &mut log, log_path, task, board)?;
+            for push in pushes {
+                push_with_retries(push, &mut log, log_path, task, board, plan.registry.as_deref().unwrap_or_default())?;
+            }
+            Ok(if steps.all_cached() { Outcome::Cached } else { Outcome::Built })
+        }
+        Action::RetagInRegistry { repository, from, to } => {
+            let registry = registry.context("retagging in the registry needs a registry")?;
+            let manifest = registry
+                .manifest(repository, from)?
+                .with_context(|| format!("{repository}:{from} disappeared from the registry while building"))?;
+            for tag in to {
+                task.line(&format!("tag {repository}:{tag} -> {}", manifest.digest));
+                writeln!(log, "PUT /v2/{repository}/manifests/{tag} ({})", manifest.digest)?;
+                registry.put_manifest(repository, tag, &manifest)?;
+            }
+            Ok(Outcome::Skipped)
+        }
+        Action::RetagLocally(commands) => {
+            for command in commands {
+                stream(command, &mut log, log_path, task, board)?;
+            }
+            Ok(Outcome::Skipped)
+        }
+    }
+}
+
+/// Which BuildKit steps a build ran and which came from cache.
+#[derive(Default)]
+struct Steps {
+    run: BTreeSet<u32>,
+    cached: BTreeSet<u32>,
+}
+
+impl Steps {
+    /// Notes a plain-progress line: `#7 [backend 3/9] RUN ...` opens step 7; `#7 CACHED` says it
+    /// came from cache. `FROM` steps only resolve an image, so they don't count.
+    fn note(&mut self, line: &str) {
+        let Some((number, rest)) = line.strip_prefix('#').and_then(|rest| rest.split_once(' ')) else { return };
+        let Ok(number) = number.parse::<u32>() else { return };
+        if rest == "CACHED" {
+            self.cached.insert(number);
+        } else if rest.starts_with('[') && !rest.starts_with("[internal]") {
+            let instruction = rest.split_once("] ").map(|(_, instruction)| instruction).unwrap_or_default();
+            if !instruction.starts_with("FROM ") {
+                self.run.insert(number);
+            }
+        }
+    }
+
+    fn all_cached(&self) -> bool {
+        !self.run.is_empty() && self.run.is_subset(&self.cached)
+    }
+}
+
+/// Runs a command with its output streamed to `log` and `task`; killable through the board.
+/// On failure the error carries the last lines of the output.
+fn stream(
+    command: &Command,
+    log: &mut File,
+    log_path: &Path,
+    task: &TaskProgress,
+    board: &Mutex<Board>,
+) -> Result<Steps> {
+    writeln!(log, "$ {command}")?;
+    let mut expression = duct::cmd(&command.program, &command.args).stderr_to_stdout().unchecked();
+    for (key, value) in &command.env {
+        expression = expression.env(key, value);
+    }
+    if let Some(secret) = &command.stdin {
+        expression = expression.stdin_bytes(secret.expose().as_bytes().to_vec());
+    }
+    let handle = Arc::new(expression.reader().with_context(|| format!("cannot start {}", command.program))?);
+    board.lock().expect("board lock").processes.push(Arc::clone(&handle));
+    let mut tail = VecDeque::with_capacity(TAIL_LINES);
+    let mut steps = Steps::default();
+    for line in BufReader::new(&*handle).lines() {
+        let line = line.unwrap_or_default();
+        writeln!(log, "{line}")?;
+        steps.note(&line);
+        task.line(&line);
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    let status = handle.try_wait()?.map(|output| output.status);
+    board.lock().expect("board lock").processes.retain(|process| !Arc::ptr_eq(process, &handle));
+    match status {
+        Some(status) if status.success() => Ok(steps),
+        _ => {
+            let tail: Vec<String> = tail.into_iter().collect();
+            Err(anyhow!("{}", tail.join("\n"))).context(format!("{} (full log: {})", command.hint, log_path.display()))
+        }
+    }
+}
+
+const TAIL_LINES: usize = 25;
+
+/// Pushes with retries on what looks transient; a refused login fails at once.
+fn push_with_retries(
+    push: &Command,
+    log: &mut File,
+    log_path: &Path,
+    task: &TaskProgress,
+    board: &Mutex<Board>,
+    registry: &str,
+) -> Result<()> {
+    const ATTEMPTS: u32 = 4;
+    let mut attempt = 1;
+    loop {
+        match stream(push, log, log_path, task, board) {
+            Ok(_) => return Ok(()),
+            Err(error) => {
+                let text = format!("{error:#}");
+                if text.contains("unauthorized") || text.contains("authentication required") || text.contains("denied")
+                {
+                    bail!(
+                        "login to {registry} failed: the registry refused the push ({}); check NEXUS_USERNAME and NEXUS_PASSWORD or `docker login {registry}`",
+                        push.args.last().map(String::as_str).unwrap_or_default()
+                    );
+                }
+                if attempt == ATTEMPTS || board.lock().expect("board lock").cancelled {
+                    return Err(error).context(format!("gave up after {attempt} attempts"));
+                }
+                let delay = Duration::from_secs(1 << attempt);
+                task.line(&format!("push failed (attempt {attempt} of {ATTEMPTS}), retrying in {} s", delay.as_secs()));
+                std::thread::sleep(delay);
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// The digest and size of a finished image: from the registry when pushed, else the engine.
+fn describe(image: &ImagePlan, registry: Option<&Registry>, docker: &Docker) -> Result<(String, Option<u64>)> {
+    let first = image.tags.first().context("an image without tags")?;
+    if let Some(registry) = registry {
+        let manifest = registry
+            .manifest(&image.service.repository(), first)?
+            .with_context(|| format!("{}:{first} is not in the registry after pushing", image.name))?;
+        return Ok((manifest.digest.clone(), manifest_size(&manifest.bytes)));
+    }
+    let reference = format!("{}:{first}", image.name);
+    let format = "{{.Id}} {{.Size}}";
+    let output = docker.command().args(["image", "inspect", "--format", format, &reference]).read(&Shell::new()?)?;
+    let (id, size) = output.split_once(' ').unwrap_or((output.as_str(), ""));
+    Ok((id.to_string(), size.parse().ok()))
+}
+
+/// The compressed size of an image: its config and layers as the manifest lists them.
+fn manifest_size(bytes: &[u8]) -> Option<u64> {
+    let manifest: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let size = |value: &serde_json::Value| value.get("size").and_then(serde_json::Value::as_u64);
+    let layers = manifest.get("layers")?.as_array()?;
+    Some(size(manifest.get("config")?)? + layers.iter().filter_map(size).sum::<u64>())
+}
+
+/// The summary of a build: a table, or JSON.
+pub struct Summary {
+    pub builder: Builder,
+    pub registry: Option<String>,
+    pub pushed: bool,
+    pub results: Vec<ImageResult>,
+}
+
+impl Summary {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "builder": self.builder.to_string(),
+            "registry": self.registry,
+            "pushed": self.pushed,
+            "images": self.results.iter().map(|result| serde_json::json!({
+                "service": result.service.name(),
+                "image": result.name,
+                "tags": result.tags,
+                "digest": result.digest,
+                "size": result.size,
+                "seconds": (result.seconds * 10.0).round() / 10.0,
+                "result": result.outcome.name(),
+                "inputs_digest": result.inputs_digest,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let destination = match (&self.registry, self.pushed) {
+            (Some(registry), true) => format!("pushed to {registry}"),
+            _ => "local engine".to_string(),
+        };
+        writeln!(f, "builder: {}; {destination}", self.builder)?;
+        writeln!(f, "{:<9} {:<8} {:>9} {:>7}  {:<19}  tags", "service", "result", "size", "seconds", "digest")?;
+        for result in &self.results {
+            let size = result.size.map(|bytes| format!("{:.1} MB", bytes as f64 / 1e6)).unwrap_or_else(|| "-".into());
+            let digest = result.digest.split_once(':').map_or(result.digest.as_str(), |(_, hex)| hex);
+            writeln!(
+                f,
+                "{:<9} {:<8} {:>9} {:>7.1}  {:<19}  {}",
+                result.service.name(),
+                result.outcome.name(),
+                size,
+                result.seconds,
+                format!("sha256:{}", &digest[..digest.len().min(12)]),
+                result.tags.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Unix seconds as an RFC 3339 UTC timestamp (`2026-11-27T08:45:00Z`), without a date crate:
+/// the civil-from-days conversion of Howard Hinnant's date algorithms.
+fn rfc3339(unix_seconds: i64) -> String {
+    let seconds_of_day = unix_seconds.rem_euclid(86_400);
+    let days_since_0300_03_01 = unix_seconds.div_euclid(86_400) + 719_468;
+    let era = days_since_0300_03_01.div_euclid(146_097);
+    let day_of_era = days_since_0300_03_01 - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        seconds_of_day / 3600,
+        seconds_of_day % 3600 / 60,
+        seconds_of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Secret;
+    use crate::tags::Stage;
+
+    const DIGEST_BACKEND: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const DIGEST_WORKER: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const DIGEST_FRONTEND: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
+    fn report() -> TagReport {
+        TagReport {
+            ci: None,
+            stage: Stage::Main,
+            version: "1.4.1-dev.7+g0123456789ab".into(),
+            revision: "0123456789abcdef0123456789abcdef01234567".into(),
+            short_revision: "0123456789ab".into(),
+            commit_time: 1_764_233_100,
+            branch: Some("main".into()),
+            dirty: false,
+            tags: vec!["sha-0123456789ab".into(), "dev-latest".into()],
+            push: true,
+            extra_tag: None,
+            notes: Vec::new(),
+        }
+    }
+
+    fn inputs(builder: Builder, registry: Option<&str>, push: bool) -> BuildInputs {
+        BuildInputs {
+            report: report(),
+            services: Service::ALL.to_vec(),
+            registry: registry.map(String::from),
+            push,
+            extra_tags: vec!["qa".into()],
+            docker: Docker { program: "docker".into(), builder, engine_version: "20.10.24".into() },
+            base_images: BTreeMap::from([("PYTHON_IMAGE".to_string(), "lab/python:lab".to_string())]),
+            source: Some("https://git.example/intric.git".into()),
+            digests: BTreeMap::from([
+                (Service::Backend, DIGEST_BACKEND.to_string()),
+                (Service::Worker, DIGEST_WORKER.to_string()),
+                (Service::Frontend, DIGEST_FRONTEND.to_string()),
+            ]),
+            unchanged: BTreeSet::new(),
+            cache_from: BTreeMap::from([(Service::Backend, vec!["r:5000/intric/backend:dev-latest".to_string()])]),
+            login: Some(Credentials {
+                username: "ci".into(),
+                password: Secret::new("NEXUS_PASSWORD", "canary-hunter2"),
+            }),
+            secrets: vec![BuildSecret { id: "pip_index".into(), env: "PIP_INDEX_URL".into() }],
+            builder: None,
+            no_cache: false,
+            pull: false,
+            workspace: "/ws".into(),
+        }
+    }
+
+    fn build_of(plan: &BuildPlan, service: Service) -> (&Command, &Vec<Command>) {
+        match &plan.images.iter().find(|image| image.service == service).unwrap().action {
+            Action::Build { build, pushes } => (build, pushes),
+            other => panic!("{service:?} is not built: {other:?}"),
+        }
+    }
+
+    fn pairs(args: &[String], flag: &str) -> Vec<String> {
+        args.windows(2).filter(|pair| pair[0] == flag).map(|pair| pair[1].clone()).collect()
+    }
+
+    #[test]
+    fn legacy_push_builds_tags_labels_and_pushes_every_tag() {
+        let built = plan(&inputs(Builder::Legacy, Some("r:5000"), true));
+        let (build, pushes) = build_of(&built, Service::Backend);
+        assert_eq!(build.env, [("DOCKER_BUILDKIT".to_string(), "1".to_string())]);
+        assert_eq!(
+            pairs(&build.args, "--tag"),
+            [
+                "r:5000/intric/backend:sha-0123456789ab",
+                "r:5000/intric/backend:dev-latest",
+                "r:5000/intric/backend:qa",
+                "r:5000/intric/backend:inputs-aaaaaaaaaaaaaaaaaaaaaaaa",
+            ]
+        );
+        assert_eq!(
+            pairs(&build.args, "--label"),
+            [
+                "org.opencontainers.image.title=intric-backend",
+                "org.opencontainers.image.version=1.4.1-dev.7+g0123456789ab",
+                "org.opencontainers.image.revision=0123456789abcdef0123456789abcdef01234567",
+                "org.opencontainers.image.created=2025-11-27T08:45:00Z",
+                &format!("org.intric.inputs-digest={DIGEST_BACKEND}"),
+                "org.opencontainers.image.source=https://git.example/intric.git",
+            ]
+        );
+        assert_eq!(
+            pairs(&build.args, "--build-arg"),
+            [
+                "PYTHON_IMAGE=lab/python:lab",
+                "VERSION=1.4.1-dev.7+g0123456789ab",
+                "REVISION=0123456789abcdef0123456789abcdef01234567",
+                "BUILDKIT_INLINE_CACHE=1",
+            ]
+        );
+        assert_eq!(pairs(&build.args, "--cache-from"), ["r:5000/intric/backend:dev-latest"]);
+        assert_eq!(pairs(&build.args, "--target"), ["backend"]);
+        assert_eq!(pairs(&build.args, "--secret"), ["id=pip_index,env=PIP_INDEX_URL"]);
+        assert_eq!(pushes.len(), 4);
+        assert_eq!(pushes[0].args, ["push", "r:5000/intric/backend:sha-0123456789ab"]);
+        let (worker, _) = build_of(&built, Service::Worker);
+        assert_eq!(pairs(&worker.args, "--target"), ["worker"]);
+        assert!(worker.args.last().unwrap().ends_with("/ws/backend"), "worker builds from the backend context");
+    }
+
+    #[test]
+    fn buildx_pushes_from_the_builder() {
+        let built = plan(&inputs(Builder::Buildx, Some("r:5000"), true));
+        let (build, pushes) = build_of(&built, Service::Frontend);
+        assert!(build.args.starts_with(&["buildx".to_string(), "build".to_string(), "--push".to_string()]));
+        assert!(pushes.is_empty());
+        assert!(build.env.is_empty());
+    }
+
+    #[test]
+    fn without_push_or_registry_images_stay_local() {
+        let mut local = inputs(Builder::Legacy, None, false);
+        local.login = None;
+        let built = plan(&local);
+        let (build, pushes) = build_of(&built, Service::Frontend);
+        assert!(pushes.is_empty());
+        assert!(built.login.is_none());
+        assert_eq!(pairs(&build.args, "--tag")[0], "intric/frontend:sha-0123456789ab");
+        assert!(!pairs(&build.args, "--build-arg").iter().any(|arg| arg.starts_with("BUILDKIT_INLINE_CACHE")));
+        let buildx = plan_with(Builder::Buildx, None, false);
+        assert!(build_of(&buildx, Service::Frontend).0.args.contains(&"--load".to_string()));
+    }
+
+    fn plan_with(builder: Builder, registry: Option<&str>, push: bool) -> BuildPlan {
+        plan(&inputs(builder, registry, push))
+    }
+
+    #[test]
+    fn unchanged_images_are_retagged_not_built() {
+        let mut pushing = inputs(Builder::Legacy, Some("r:5000"), true);
+        pushing.unchanged.insert(Service::Frontend);
+        let built = plan(&pushing);
+        match &built.images[2].action {
+            Action::RetagInRegistry { repository, from, to } => {
+                assert_eq!(repository, "intric/frontend");
+                assert_eq!(from, "inputs-cccccccccccccccccccccccc");
+                assert_eq!(to, &["sha-0123456789ab", "dev-latest", "qa"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut local = inputs(Builder::Legacy, None, false);
+        local.unchanged.insert(Service::Backend);
+        match &plan(&local).images[0].action {
+            Action::RetagLocally(commands) => assert_eq!(
+                commands[0].args,
+                ["tag", "intric/backend:inputs-aaaaaaaaaaaaaaaaaaaaaaaa", "intric/backend:sha-0123456789ab"]
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_password_never_shows_in_the_plan() {
+        let built = plan_with(Builder::Legacy, Some("r:5000"), true);
+        let shown = format!("{built}{built:?}");
+        assert!(!shown.contains("canary-hunter2"), "{shown}");
+        assert!(shown.contains("login --username ci --password-stdin r:5000 < <NEXUS_PASSWORD>"), "{shown}");
+    }
+
+    #[test]
+    fn base_images_from_env_or_through_a_proxy() {
+        let env = Env::from([("PYTHON_IMAGE".to_string(), "lab/python:lab".to_string())]);
+        assert_eq!(base_images(&env, None), BTreeMap::from([("PYTHON_IMAGE".into(), "lab/python:lab".into())]));
+        let proxied = base_images(&env, Some("nexus:8083/"));
+        assert_eq!(proxied["PYTHON_IMAGE"], "nexus:8083/library/python:3.10-slim-bullseye");
+        assert_eq!(proxied["NGINX_IMAGE"], "nexus:8083/library/nginx:stable-alpine-perl");
+        assert_eq!(proxied["NODE_IMAGE"], "nexus:8083/library/node:22-slim");
+    }
+
+    #[test]
+    fn cache_sources_are_existing_floating_tags() {
+        let mut report = report();
+        report.tags = vec!["sha-0123456789ab".into(), "feature-x".into()];
+        let existing = vec!["dev-latest".to_string(), "feature-x".to_string(), "sha-0123456789ab".to_string()];
+        assert_eq!(
+            cache_sources(&report, &existing, "r/intric/backend"),
+            ["r/intric/backend:dev-latest", "r/intric/backend:feature-x"]
+        );
+        assert!(cache_sources(&report, &[], "r/intric/backend").is_empty());
+    }
+
+    #[test]
+    fn cached_steps_are_recognised() {
+        let mut steps = Steps::default();
+        for line in [
+            "#1 [internal] load build definition",
+            "#4 [backend 1/5] FROM docker.io/x",
+            "#5 [builder 2/5] RUN pip install",
+            "#5 CACHED",
+            "#6 [backend 3/5] COPY . .",
+            "#6 CACHED",
+        ] {
+            steps.note(line);
+        }
+        assert!(steps.all_cached());
+        steps.note("#7 [backend 4/5] RUN true");
+        steps.note("#7 DONE 0.2s");
+        assert!(!steps.all_cached());
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_764_233_100), "2025-11-27T08:45:00Z");
+    }
+}
