@@ -1,0 +1,356 @@
+//! End-to-end tests on the offline lab: a real Docker engine, the lab's authenticated registry,
+//! and the stack's real Postgres and Redis. They build the real images from a snapshot of this
+//! repository, push them, run the compose stack and talk to it over HTTP.
+//!
+//! They need a Docker engine. With `CI` set a missing engine fails them; elsewhere they print
+//! why they did nothing. They share one lab and run one at a time.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// An HTTP answer from the stack: status and body.
+fn http(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let response = match (method, body) {
+        ("POST", Some(body)) => agent.post(url).header("Content-Type", "application/json").send(body),
+        _ => agent.get(url).call(),
+    };
+    match response {
+        Ok(mut response) => (response.status().as_u16(), response.body_mut().read_to_string().unwrap_or_default()),
+        Err(error) => (0, error.to_string()),
+    }
+}
+
+/// A compose project in a temporary deployment directory, taken down (with its volumes) when
+/// dropped, so a failing test leaves nothing running.
+struct Stack {
+    dir: tempfile::TempDir,
+    project: String,
+}
+
+impl Stack {
+    fn new(project: &str, settings: &[(&str, String)]) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["docker-compose.yml", ".env.example"] {
+            std::fs::copy(workspace().join("docker").join(file), dir.path().join(file)).unwrap();
+        }
+        let init = xtask(&["env", "init", "--dir", dir.path().to_str().unwrap()], &[], dir.path());
+        assert_success(&init, "env init");
+        let env_path = dir.path().join(".env");
+        let mut text = std::fs::read_to_string(&env_path).unwrap();
+        for (key, value) in settings {
+            let line = format!("{key}={value}");
+            let existing = text.lines().find(|existing| existing.starts_with(&format!("{key}="))).map(str::to_string);
+            match existing {
+                Some(existing) => text = text.replace(&existing, &line),
+                None => text.push_str(&format!("{line}\n")),
+            }
+        }
+        std::fs::write(&env_path, text).unwrap();
+        let stack = Stack { dir, project: project.to_string() };
+        stack.compose(&["down", "--volumes", "--remove-orphans"]);
+        stack
+    }
+
+    fn compose(&self, args: &[&str]) -> Output {
+        let mut full =
+            vec!["compose", "--project-name", &self.project, "--project-directory", self.dir.path().to_str().unwrap()];
+        full.extend_from_slice(args);
+        run("docker", &full, self.dir.path())
+    }
+
+    fn compose_ok(&self, args: &[&str]) -> String {
+        let output = self.compose(args);
+        assert_success(&output, &format!("docker compose {}", args.join(" ")));
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        let output = self.compose_ok(&[
+            "exec",
+            "-T",
+            "db",
+            "sh",
+            "-c",
+            &format!("psql -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -tAc \"{sql}\""),
+        ]);
+        output.trim().to_string()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = self.compose(&["logs", "--no-color", "--tail", "40"]);
+            eprintln!("--- compose logs\n{}", String::from_utf8_lossy(&logs.stdout));
+        }
+        self.compose(&["--profile", "init", "down", "--volumes", "--remove-orphans"]);
+    }
+}
+
+#[test]
+fn stack_builds_starts_healthy_serves_and_keeps_data() {
+    let _serial = serial();
+    if !docker_available() {
+        return;
+    }
+    let started = Instant::now();
+    let repo = snapshot();
+    let env = lab_env();
+
+    let check = xtask(&["check"], &env, repo.path());
+    assert_success(&check, "check (backend tests in the test target, frontend checks in the build stage)");
+
+    let (output, summary) = build(repo.path(), &["--push", "--tag", "e2e-stack"], &env);
+    assert_success(&output, "build --push");
+    let summary = summary.expect("build --json prints JSON");
+    assert_eq!(results(&summary).len(), 3);
+
+    let lab = lab();
+    let stack = Stack::new(
+        "intric-e2e",
+        &[
+            ("NEXUS_REGISTRY", lab["NEXUS_REGISTRY"].clone()),
+            ("IMAGE_TAG", "e2e-stack".into()),
+            ("POSTGRES_IMAGE", lab["POSTGRES_IMAGE"].clone()),
+            ("REDIS_IMAGE", lab["REDIS_IMAGE"].clone()),
+            ("OPENAI_API_KEY", "sk-e2e-not-a-real-key-0000".into()),
+            ("FRONTEND_PORT", "23000".into()),
+            ("BACKEND_PORT", "28123".into()),
+        ],
+    );
+
+    let first_init = stack.compose_ok(&["--profile", "init", "run", "--rm", "db-init"]);
+    assert!(first_init.contains("seeded tenant default"), "{first_init}");
+    stack.compose_ok(&["up", "--detach", "--wait", "--wait-timeout", "300"]);
+    let states = stack.compose_ok(&["ps", "--format", "{{.Service}} {{.Health}}"]);
+    for service in ["db", "redis", "backend", "worker", "frontend"] {
+        assert!(states.lines().any(|line| line == format!("{service} healthy")), "{service} is not healthy:\n{states}");
+    }
+
+    let (status, page) = http("GET", "http://127.0.0.1:23000/", None);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<title>Intric</title>") && page.contains("id=\"app-root\""), "{page}");
+    let (status, health) = http("GET", "http://127.0.0.1:23000/api/v1/healthz", None);
+    assert_eq!(status, 200, "healthz through nginx: {health}");
+    let (status, version) = http("GET", "http://127.0.0.1:23000/api/v1/version", None);
+    assert_eq!(status, 200);
+    let revision = summary["images"][0]["inputs_digest"].as_str().unwrap();
+    assert!(!revision.is_empty() && version.contains("\"revision\""), "{version}");
+
+    let (status, created) = http("POST", "http://127.0.0.1:23000/api/v1/jobs", Some(r#"{"text":"hello intric e2e"}"#));
+    assert_eq!(status, 202, "{created}");
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let job_url = format!("http://127.0.0.1:23000/api/v1/jobs/{}", created["id"].as_str().unwrap());
+    let done = eventually(60, "the worker to complete the job", || {
+        let (status, body) = http("GET", &job_url, None);
+        let job: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (status == 200 && job["status"] == "done").then_some(job)
+    });
+    assert!(done["result"].is_object() || done["result"].is_string(), "{done}");
+
+    for service in ["backend", "worker", "frontend"] {
+        let image = format!("{}/intric/{service}:e2e-stack", lab["NEXUS_REGISTRY"]);
+        let user = run("docker", &["image", "inspect", "--format", "{{.Config.User}}", &image], Path::new("."));
+        let user = String::from_utf8_lossy(&user.stdout).trim().to_string();
+        assert!(!user.is_empty() && user != "root" && user != "0", "{service} runs as {user:?}");
+    }
+
+    let tenants_before = stack.psql("SELECT count(*) FROM tenants");
+    let second_init = stack.compose_ok(&["--profile", "init", "run", "--rm", "db-init"]);
+    assert!(second_init.contains("seed already present"), "{second_init}");
+    assert_eq!(stack.psql("SELECT count(*) FROM tenants"), tenants_before);
+
+    stack.compose_ok(&["stop"]);
+    stack.compose_ok(&["up", "--detach", "--wait", "--wait-timeout", "300"]);
+    let (status, body) = http("GET", &job_url, None);
+    assert_eq!(status, 200, "the job survives a restart: {body}");
+    assert!(body.contains("\"done\""), "{body}");
+    eprintln!("timing: the stack end-to-end test took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn build_pushes_labels_skips_unchanged_and_rebuilds_what_changed() {
+    let _serial = serial();
+    if !docker_available() {
+        return;
+    }
+    let repo = snapshot();
+    // A change no earlier build had, so the backend and worker are really built this time.
+    std::fs::write(
+        repo.path().join("backend/intric/e2e_marker.py"),
+        format!("RUN = {:?}\n", std::time::SystemTime::now()),
+    )
+    .unwrap();
+    commit_all(repo.path(), "a backend change of this run");
+    let env = lab_env();
+    let registry = LabRegistry::new();
+
+    let (output, summary) = build(repo.path(), &["--push"], &env);
+    assert_success(&output, "build --push");
+    let summary = summary.unwrap();
+    let head = run("git", &["rev-parse", "HEAD"], repo.path());
+    let revision = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    let sha_tag = format!("sha-{}", &revision[..12]);
+    let first = results(&summary);
+    assert_ne!(first["backend"], "skipped", "{first:?}");
+    assert_ne!(first["worker"], "skipped", "{first:?}");
+    for image in summary["images"].as_array().unwrap() {
+        let service = image["service"].as_str().unwrap();
+        let repository = format!("intric/{service}");
+        let tags = registry.tags(&repository);
+        let inputs_tag = format!("inputs-{}", &image["inputs_digest"].as_str().unwrap()[..24]);
+        for tag in [sha_tag.as_str(), "dev-latest", inputs_tag.as_str()] {
+            assert!(tags.contains(&tag.to_string()), "{repository} lacks {tag}: {tags:?}");
+        }
+        let labels = registry.labels(&repository, &sha_tag);
+        // A reused image keeps the labels of the commit that built it.
+        if image["result"] != "skipped" {
+            assert_eq!(labels["org.opencontainers.image.revision"], revision.as_str(), "{labels}");
+        }
+        assert_eq!(labels["org.opencontainers.image.revision"].as_str().unwrap().len(), 40, "{labels}");
+        assert_eq!(labels["org.opencontainers.image.title"], format!("intric-{service}"));
+        assert_eq!(labels["org.intric.inputs-digest"], image["inputs_digest"]);
+        assert!(labels["org.opencontainers.image.created"].as_str().unwrap().ends_with('Z'));
+        assert!(labels["org.opencontainers.image.version"].as_str().unwrap().starts_with("0.0.0-dev."));
+    }
+
+    // Nothing changed: nothing is built, and it is quick.
+    let started = Instant::now();
+    let (output, summary) = build(repo.path(), &["--push"], &env);
+    assert_success(&output, "second build --push");
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(results(&summary.unwrap()).values().all(|result| result == "skipped"));
+    eprintln!("timing: a no-op build --push took {seconds:.1} s");
+
+    // One backend source file changed: backend and worker are rebuilt, the frontend is reused.
+    let main_py = repo.path().join("backend/intric/main.py");
+    let mut source = std::fs::read_to_string(&main_py).unwrap();
+    source.push_str("\n# e2e: a change to one backend source file\n");
+    std::fs::write(&main_py, source).unwrap();
+    commit_all(repo.path(), "change one backend file");
+    let (output, summary) = build(repo.path(), &["--push"], &env);
+    assert_success(&output, "build --push after a backend change");
+    let results = results(&summary.unwrap());
+    assert_eq!(results["frontend"], "skipped", "{results:?}");
+    assert_ne!(results["backend"], "skipped", "{results:?}");
+    assert_ne!(results["worker"], "skipped", "{results:?}");
+    let head = run("git", &["rev-parse", "HEAD"], repo.path());
+    let new_sha_tag = format!("sha-{}", &String::from_utf8_lossy(&head.stdout)[..12]);
+    assert!(registry.tags("intric/frontend").contains(&new_sha_tag), "the reused frontend got the new tag");
+    assert_eq!(
+        registry.manifest("intric/frontend", &new_sha_tag),
+        registry.manifest("intric/frontend", &sha_tag),
+        "the reused frontend is the same manifest"
+    );
+}
+
+#[test]
+fn a_wrong_password_fails_in_one_line_without_showing_it_or_tagging_anything() {
+    let _serial = serial();
+    if !docker_available() {
+        return;
+    }
+    let repo = snapshot();
+    let canary = "canary-Pw-7f3a9e1c";
+    let mut env = lab_env();
+    env.retain(|(key, _)| key != "NEXUS_PASSWORD");
+    env.push(("NEXUS_PASSWORD".into(), canary.into()));
+    let registry = LabRegistry::new();
+    let before: Vec<Vec<String>> =
+        ["backend", "worker", "frontend"].iter().map(|s| registry.tags(&format!("intric/{s}"))).collect();
+
+    let (output, _) = build(repo.path(), &["--push", "--tag", "must-not-appear"], &env);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let errors: Vec<&str> = stderr.lines().filter(|line| line.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains(&format!("login to {} as lab failed", lab()["NEXUS_REGISTRY"])), "{stderr}");
+    assert!(!stderr.contains(canary) && !stdout.contains(canary), "the password leaked:\n{stdout}\n{stderr}");
+    for log in std::fs::read_dir(repo.path().join("target/xtask/logs")).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        assert!(
+            !text.contains(canary) && !text.contains(&lab()["NEXUS_PASSWORD"]),
+            "{} holds a password",
+            log.path().display()
+        );
+    }
+    let after: Vec<Vec<String>> =
+        ["backend", "worker", "frontend"].iter().map(|s| registry.tags(&format!("intric/{s}"))).collect();
+    assert_eq!(before, after, "nothing was tagged");
+}
+
+#[test]
+fn a_registry_that_stops_mid_way_fails_clearly_after_retries() {
+    let _serial = serial();
+    if !docker_available() {
+        return;
+    }
+    lab();
+    // A registry of its own, so stopping it disturbs no other test.
+    let name = "intric-e2e-flaky-registry";
+    let port = "5055";
+    run("docker", &["rm", "--force", name], Path::new("."));
+    let started = run(
+        "docker",
+        &[
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--publish",
+            &format!("127.0.0.1:{port}:5000"),
+            "--env",
+            "REGISTRY_AUTH=",
+            "intric-lab/registry:lab",
+        ],
+        Path::new("."),
+    );
+    if !started.status.success() {
+        // Where the lab pulled the upstream registry image, it is that one.
+        let started = run(
+            "docker",
+            &["run", "--detach", "--name", name, "--publish", &format!("127.0.0.1:{port}:5000"), "registry:2"],
+            Path::new("."),
+        );
+        assert_success(&started, "starting a second registry");
+    }
+    let repo = snapshot();
+    // A change of its own, so the backend is really built and then pushed.
+    std::fs::write(repo.path().join("backend/intric/flaky_marker.py"), "MARKER = 'flaky registry test'\n").unwrap();
+    commit_all(repo.path(), "a change only this test builds");
+    let env: Vec<(String, String)> = lab_env().into_iter().filter(|(key, _)| !key.starts_with("NEXUS_")).collect();
+    let registry = format!("127.0.0.1:{port}");
+    let child = Command::new(XTASK)
+        .args(["build", "backend", "--push", "--registry", &registry, "--repo", repo.path().to_str().unwrap()])
+        .envs(env)
+        .env_remove("CI")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stop the registry once the build is under way: the push that follows finds it gone.
+    let log = repo.path().join("target/xtask/logs/backend.log");
+    eventually(120, "the backend build to start", || {
+        std::fs::read_to_string(&log).ok().filter(|text| text.contains(&registry) && text.contains("$ ")).map(|_| ())
+    });
+    let stopped = run("docker", &["rm", "--force", name], Path::new("."));
+    assert_success(&stopped, "stopping the second registry");
+    let started = Instant::now();
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let error = stderr.lines().find(|line| line.starts_with("error:")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(error.contains("gave up after 4 attempts") && error.contains(&registry), "{error}");
+    eprintln!("timing: failed {:.1} s after the registry stopped", started.elapsed().as_secs_f64());
+}
