@@ -1,0 +1,1 @@
+"""Intric backend (compact)."""
