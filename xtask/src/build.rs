@@ -122,6 +122,8 @@ pub struct BuildInputs {
     pub unchanged: BTreeSet<Service>,
     /// Per service, the existing tags worth using as cache (`dev-latest`, the branch's tag).
     pub cache_from: BTreeMap<Service, Vec<String>>,
+    /// A buildx container builder is active: export its cache to the registry too.
+    pub registry_cache: bool,
     pub login: Option<Credentials>,
     pub secrets: Vec<BuildSecret>,
     pub builder: Option<String>,
@@ -307,6 +309,7 @@ fn read_inputs(sh: &Shell, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
             }
         }
     }
+    let registry_cache = args.push && docker.buildx_has_container_builder(sh, args.builder.as_deref());
     Ok(BuildInputs {
         source: crate::git::Repo::open(&workspace).ok().and_then(|repo| repo.origin_url()),
         report,
@@ -319,6 +322,7 @@ fn read_inputs(sh: &Shell, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
         digests,
         unchanged,
         cache_from,
+        registry_cache,
         login,
         secrets,
         builder: args.builder.clone(),
@@ -463,6 +467,16 @@ fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String
     if let Some(source) = &inputs.source {
         labels.push(("org.opencontainers.image.source".to_string(), source.clone()));
     }
+    let mut cache_from = inputs.cache_from.get(&service).cloned().unwrap_or_default();
+    let mut cache_to = Vec::new();
+    if inputs.registry_cache {
+        // A container builder keeps its cache to itself; exporting every stage (mode=max) to a
+        // `buildcache` tag lets the next runner reuse the builder stages too, which inline cache
+        // (final stage only) cannot.
+        let reference = format!("{name}:buildcache");
+        cache_from.push(format!("type=registry,ref={reference}"));
+        cache_to.push(format!("type=registry,ref={reference},mode=max"));
+    }
     let context = inputs.workspace.join(service.context_dir());
     let buildx_pushes = inputs.push && inputs.docker.builder == Builder::Buildx;
     let spec = BuildSpec {
@@ -472,7 +486,8 @@ fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String
         tags: all_tags.clone(),
         build_args,
         labels,
-        cache_from: inputs.cache_from.get(&service).cloned().unwrap_or_default(),
+        cache_from,
+        cache_to,
         secrets: inputs.secrets.clone(),
         builder: inputs.builder.clone(),
         push: buildx_pushes,
@@ -976,6 +991,7 @@ mod tests {
             ]),
             unchanged: BTreeSet::new(),
             cache_from: BTreeMap::from([(Service::Backend, vec!["r:5000/intric/backend:dev-latest".to_string()])]),
+            registry_cache: false,
             login: Some(Credentials {
                 username: "ci".into(),
                 password: Secret::new("NEXUS_PASSWORD", "canary-hunter2"),
@@ -1050,6 +1066,21 @@ mod tests {
         assert!(build.args.starts_with(&["buildx".to_string(), "build".to_string(), "--push".to_string()]));
         assert!(pushes.is_empty());
         assert!(build.env.is_empty());
+    }
+
+    #[test]
+    fn a_container_builder_exports_its_cache_to_the_registry() {
+        let mut pushing = inputs(Builder::Buildx, Some("r:5000"), true);
+        pushing.registry_cache = true;
+        let built = plan(&pushing);
+        let (build, _) = build_of(&built, Service::Backend);
+        assert_eq!(
+            pairs(&build.args, "--cache-from"),
+            ["r:5000/intric/backend:dev-latest", "type=registry,ref=r:5000/intric/backend:buildcache"]
+        );
+        assert_eq!(pairs(&build.args, "--cache-to"), ["type=registry,ref=r:5000/intric/backend:buildcache,mode=max"]);
+        let legacy = plan_with(Builder::Legacy, Some("r:5000"), true);
+        assert!(pairs(&build_of(&legacy, Service::Backend).0.args, "--cache-to").is_empty());
     }
 
     #[test]

@@ -125,6 +125,9 @@ impl Docker {
         for image in &spec.cache_from {
             command = command.args(["--cache-from", image]);
         }
+        for cache in &spec.cache_to {
+            command = command.args(["--cache-to", cache]);
+        }
         for secret in &spec.secrets {
             // BuildKit reads the value from the named environment variable of the client, so
             // the value is neither in argv nor in any layer.
@@ -148,6 +151,25 @@ impl Docker {
             .args(["login", "--username", username, "--password-stdin", registry])
             .stdin(password)
             .hint(format!("login to {registry} as {username} failed: check the user name and password"))
+    }
+
+    /// Whether buildx builds with a builder that runs in its own container (the
+    /// `docker-container`, `kubernetes` or `remote` drivers): such a builder has its own cache,
+    /// which can be exported to the registry, unlike the engine's built-in `docker` driver.
+    pub fn buildx_has_container_builder(&self, sh: &Shell, builder: Option<&str>) -> bool {
+        if self.builder != Builder::Buildx {
+            return false;
+        }
+        let program = &self.program;
+        let builder_args: Vec<&str> = builder.map(|name| vec!["--builder", name]).unwrap_or_default();
+        let inspect = cmd!(sh, "{program} buildx inspect {builder_args...}").quiet().ignore_stderr().read();
+        inspect.is_ok_and(|text| {
+            text.lines().any(|line| {
+                line.strip_prefix("Driver:").is_some_and(|driver| {
+                    matches!(driver.trim(), "docker-container" | "kubernetes" | "remote")
+                })
+            })
+        })
     }
 
     /// Whether the engine has `image` (a name with tag, or an id).
@@ -187,6 +209,8 @@ pub struct BuildSpec {
     pub build_args: Vec<(String, String)>,
     pub labels: Vec<(String, String)>,
     pub cache_from: Vec<String>,
+    /// buildx only: cache exports (`type=registry,ref=...`).
+    pub cache_to: Vec<String>,
     pub secrets: Vec<BuildSecret>,
     /// buildx only: the builder instance to use.
     pub builder: Option<String>,
