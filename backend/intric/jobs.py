@@ -18,7 +18,7 @@ PROCESS_JOB = "process_job"  # arq function name
 
 
 def compute_result(text: str) -> dict[str, Any]:
-    """What the worker does with a job's text."""
+    """What the worker does with a job's text (upper-cased, reversed, word count)."""
     return {
         "upper": text.upper(),
         "reversed": text[::-1],
