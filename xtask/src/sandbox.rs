@@ -56,7 +56,8 @@ const REGISTRY_IMAGE: BaseImage = BaseImage { name: "registry", variable: "", up
 
 /// The Debian root filesystem that stand-ins are built on, imported into the engine.
 const DEBIAN_IMAGE: &str = "intric-lab/debian:bookworm";
-const DEBIAN_MIRROR: &str = "http://debian.invalid/debian";
+/// Where apt keeps the host's package sources; the lab's debootstrap uses the same mirror.
+const APT_SOURCES: [&str; 2] = ["/etc/apt/sources.list.d", "/etc/apt/sources.list"];
 const REGISTRY_CONTAINER: &str = "intric-lab-registry";
 const REGISTRY_VOLUME: &str = "intric-lab-registry-data";
 const LAB_USER: &str = "lab";
@@ -164,6 +165,8 @@ struct UpInputs {
     /// Images (the registry's own first, then the base images) the engine lacks, with their source.
     missing: Vec<(&'static BaseImage, Source)>,
     debian_image_present: bool,
+    /// The Debian archive debootstrap fetches from.
+    debian_mirror: String,
 }
 
 fn read_up_inputs(sh: &Shell, paths: &LabPaths, port: u16) -> Result<UpInputs> {
@@ -201,6 +204,14 @@ fn read_up_inputs(sh: &Shell, paths: &LabPaths, port: u16) -> Result<UpInputs> {
             "debootstrap is missing: stand-in base images are built from Debian packages (apt-get install debootstrap)",
         );
     }
+    // The mirror the host's apt already uses (or DEBIAN_MIRROR), so the lab needs no address
+    // of its own and works behind whatever mirror or proxy the machine is set up with.
+    let debian_mirror =
+        std::env::var("DEBIAN_MIRROR").ok().filter(|mirror| !mirror.is_empty()).or_else(host_debian_mirror);
+    if needs_debootstrap && debian_mirror.is_none() {
+        problems
+            .push("no Debian mirror found in /etc/apt/sources.list*: set DEBIAN_MIRROR to one (http://HOST/debian)");
+    }
     if needs_debootstrap && !is_root() {
         problems.push("building the Debian root filesystem needs root: run `sandbox up` as root once");
     }
@@ -227,7 +238,38 @@ fn read_up_inputs(sh: &Shell, paths: &LabPaths, port: u16) -> Result<UpInputs> {
         registry_exists: state.is_some(),
         missing,
         debian_image_present,
+        debian_mirror: debian_mirror.unwrap_or_default(),
     })
+}
+
+/// The first Debian archive URI in the host's apt sources (one-line or deb822 format), not the
+/// security archive.
+fn host_debian_mirror() -> Option<String> {
+    let mut files = Vec::new();
+    for path in APT_SOURCES {
+        match std::fs::read_dir(path) {
+            Ok(entries) => files.extend(entries.flatten().map(|entry| entry.path())),
+            Err(_) => files.push(PathBuf::from(path)),
+        }
+    }
+    files.sort();
+    files.iter().filter_map(|file| std::fs::read_to_string(file).ok()).find_map(|text| debian_mirror_in(&text))
+}
+
+fn debian_mirror_in(sources: &str) -> Option<String> {
+    sources
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .flat_map(|line| match line.strip_prefix("URIs:") {
+            Some(uris) => uris.split_whitespace().collect::<Vec<_>>(),
+            None => line
+                .strip_prefix("deb ")
+                .map(|rest| rest.split_whitespace().filter(|word| !word.starts_with('[')).take(1).collect())
+                .unwrap_or_default(),
+        })
+        .find(|uri| uri.trim_end_matches('/').ends_with("/debian"))
+        .map(|uri| uri.trim_end_matches('/').to_string())
 }
 
 fn plan_up(inputs: &UpInputs, paths: &LabPaths) -> Plan {
@@ -237,7 +279,7 @@ fn plan_up(inputs: &UpInputs, paths: &LabPaths) -> Plan {
     let stand_ins: Vec<&BaseImage> =
         inputs.missing.iter().filter(|(_, source)| *source == Source::StandIn).map(|(image, _)| *image).collect();
     if !stand_ins.is_empty() && !inputs.debian_image_present {
-        plan_debian_image(&mut plan, docker, paths);
+        plan_debian_image(&mut plan, docker, paths, &inputs.debian_mirror);
     }
     for (image, source) in &inputs.missing {
         match source {
@@ -276,13 +318,13 @@ fn plan_up(inputs: &UpInputs, paths: &LabPaths) -> Plan {
 }
 
 /// debootstrap a minimal Debian, give it the host's extra CA certificates, import it.
-fn plan_debian_image(plan: &mut Plan, docker: &Docker, paths: &LabPaths) {
+fn plan_debian_image(plan: &mut Plan, docker: &Docker, paths: &LabPaths, mirror: &str) {
     let rootfs = paths.rootfs().display().to_string();
     let tarball = format!("{rootfs}.tar");
     plan.run(Command::new("rm").args(["-rf", &rootfs, &tarball]));
     plan.run(
         Command::new("debootstrap")
-            .args(["--variant=minbase", "--include=ca-certificates", "bookworm", &rootfs, DEBIAN_MIRROR])
+            .args(["--variant=minbase", "--include=ca-certificates", "bookworm", &rootfs, mirror])
             .hint("debootstrap needs root and plain HTTP access to the Debian mirror"),
     );
     plan.run(Command::new("cp").args([
@@ -408,6 +450,7 @@ mod tests {
             registry_exists: false,
             missing,
             debian_image_present: false,
+            debian_mirror: "http://mirror.example/debian".into(),
         }
     }
 
@@ -453,6 +496,16 @@ mod tests {
         assert!(shown.contains("docker pull pgvector/pgvector:pg16"), "{shown}");
         assert!(shown.contains("docker tag pgvector/pgvector:pg16 intric-lab/postgres:lab"), "{shown}");
         assert!(!shown.contains("debootstrap"), "{shown}");
+    }
+
+    #[test]
+    fn the_debian_mirror_comes_from_apt_sources() {
+        let deb822 = "Types: deb\n# comment\nURIs: http://mirror.example/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n";
+        assert_eq!(debian_mirror_in(deb822).as_deref(), Some("http://mirror.example/debian"));
+        let one_line =
+            "# deb http://old.example/debian bookworm main\ndeb [arch=amd64] http://m.example/debian/ bookworm main\n";
+        assert_eq!(debian_mirror_in(one_line).as_deref(), Some("http://m.example/debian"));
+        assert_eq!(debian_mirror_in("deb http://m.example/debian-security bookworm-security main\n"), None);
     }
 
     #[test]
