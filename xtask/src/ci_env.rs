@@ -152,10 +152,13 @@ mod tests {
         Some(CiEvent::Tag { name: name.to_string() })
     }
 
+    /// A recorded environment: name, variables, and the expected provider, event and default branch.
+    type Recorded<'a> = (&'a str, &'a [(&'a str, &'a str)], CiProvider, Option<CiEvent>, Option<&'a str>);
+
     #[test]
     fn recorded_environments() {
         use CiProvider::*;
-        let cases: &[(&str, &[(&str, &str)], CiProvider, Option<CiEvent>, Option<&str>)] = &[
+        let cases: &[Recorded] = &[
             (
                 "github pull request",
                 &[

@@ -6,7 +6,8 @@
 //! - [`run`] prints the resulting [`TagReport`].
 //!
 //! Other tasks (build, release) call [`resolve`], which is the first two together, and
-//! [`is_valid_image_tag`] to check tags they are given.
+//! [`is_valid_image_tag`] to check tags they are given; `release` calls [`release_tags`] so a
+//! promotion earns exactly the floating tags a build of the release tag would.
 
 use std::path::{Path, PathBuf};
 
@@ -385,7 +386,7 @@ pub fn release_version(tag: &str) -> Option<Version> {
 /// The tags of release `version`, given every version tagged in the repository: the full
 /// version, then `X.Y`, `X` and `latest` where it is the newest stable release of that range.
 /// Pre-releases get only their full version and are never "newer" than a stable release.
-fn release_tags(version: &Version, all: &[Version]) -> Result<Vec<String>> {
+pub fn release_tags(version: &Version, all: &[Version]) -> Result<Vec<String>> {
     // Image tags cannot contain `+`; `_` keeps the build metadata readable in its place.
     let full = version.to_string().replace('+', "_");
     if !is_valid_image_tag(&full) {
@@ -493,9 +494,12 @@ mod tests {
         Some(CiContext { provider, event: Some(event), default_branch: default_branch.map(str::to_string) })
     }
 
+    /// Changes the base inputs into a case's inputs.
+    type Setup = Box<dyn Fn(&mut Inputs)>;
+
     struct Case {
         name: &'static str,
-        setup: Box<dyn Fn(&mut Inputs)>,
+        setup: Setup,
         stage: StageChoice,
         expect_stage: Stage,
         expect_tags: &'static [&'static str],
@@ -796,7 +800,7 @@ mod tests {
 
     #[test]
     fn bad_inputs_name_what_is_wrong() {
-        let cases: [(&str, Box<dyn Fn(&mut Inputs)>, StageChoice, &str); 5] = [
+        let cases: [(&str, Setup, StageChoice, &str); 5] = [
             ("release without a tag", Box::new(|_| {}), StageChoice::Release, "carries no tag"),
             (
                 "release on a non-semver tag",

@@ -327,6 +327,9 @@ fn dirty_tree_gets_one_tag_derived_from_its_changes() {
     assert_eq!(repo.image_tags(), with_sha(&repo, &["dev-latest"]));
 }
 
+/// A CI case: name, CI variables, and the expected stage, tags after the sha tag, and version.
+type CiCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a [&'a str], &'a str);
+
 #[test]
 fn shallow_detached_clone_in_ci() {
     let upstream = Repo::new("main");
@@ -335,7 +338,7 @@ fn shallow_detached_clone_in_ci() {
     let clone = upstream.shallow_detached_clone();
     let short = &clone.head()[..12];
     let dev = format!("0.0.0-dev.1+g{short}");
-    let cases: &[(&str, &[(&str, &str)], &str, &[&str], &str)] = &[
+    let cases: &[CiCase] = &[
         (
             "github pull request",
             &[
