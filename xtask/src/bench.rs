@@ -5,7 +5,7 @@
 //! `cargo run --release -p xtask -- bench tags`.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,11 +35,36 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 50)]
         runs: usize,
     },
+    /// Time `build --push` against the old script's procedure on the lab, in four cases.
+    ///
+    /// The old procedure builds each image with `--cache-from <image>:latest` and
+    /// `BUILDKIT_INLINE_CACHE=1`, then pushes it, one image after the other. Both sides build a
+    /// clone of HEAD into their own fresh repositories of the lab registry. A "fresh runner"
+    /// has neither side's images nor any BuildKit cache before each side runs; the registry
+    /// keeps what was pushed. The base images stay in the engine (the lab's stand-ins cannot be
+    /// pulled from anywhere else), which saves both sides the same pull. Needs the lab:
+    /// `eval "$(cargo xtask sandbox env)"` first.
+    #[command(after_help = "Examples:\n  eval \"$(cargo xtask sandbox env)\" && cargo xtask bench build")]
+    Build,
+    /// Time `release X --execute` (promotion) against a full rebuild of the same commit on the lab.
+    ///
+    /// In a clone of HEAD, against repositories of the run's own below the lab registry: the
+    /// main stage's `build --push`, then `build --push --no-cache` (timed), then `release
+    /// 1.0.N --execute` (timed, median of --runs). Needs the lab:
+    /// `eval "$(cargo xtask sandbox env)"` first.
+    #[command(after_help = "Examples:\n  eval \"$(cargo xtask sandbox env)\" && cargo xtask bench release")]
+    Release {
+        /// Timed promotions, each to a new version.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Tags { commits, tags, runs } => bench_tags(commits, tags, runs),
+        BenchCommand::Build => bench_build(),
+        BenchCommand::Release { runs } => crate::release::bench(runs),
     }
 }
 
@@ -49,21 +74,38 @@ const FILES: usize = 20;
 fn bench_tags(commits: usize, tags: usize, runs: usize) -> Result<()> {
     ensure!(tags > 0 && commits >= tags, "--commits ({commits}) must be at least --tags ({tags}), which must be > 0");
     ensure!(runs > 0, "--runs must be at least 1");
-    let repo = crate::workspace_root().join(format!("target/xtask/bench/tags-{commits}-{tags}"));
-    generate_repo(&repo, commits, tags)?;
+    let dir = crate::workspace_root().join(format!("target/xtask/bench/tags-{commits}-{tags}"));
+    let repos = generate_repos(&dir, commits, tags)?;
     let xtask = std::env::current_exe().context("cannot find the running xtask binary")?;
-    let ours = || run_checked(Command::new(&xtask).arg("tags").arg("--repo").arg(&repo));
+    let build = if cfg!(debug_assertions) {
+        "debug build; `cargo run --release -p xtask -- bench tags` for release numbers"
+    } else {
+        "release build"
+    };
+    println!("{commits} commits, {tags} release tags, {FILES} files, HEAD past the newest tag ({})", dir.display());
+    println!("xtask tags ({build}) vs the old script (git rev-parse, describe, status), medians of {runs} runs:");
+    let mut worst: f64 = 0.0;
+    for (layout, repo) in &repos {
+        let (ours, old) = time_tags(&xtask, repo, runs)?;
+        let ratio = ours.as_secs_f64() / old.as_secs_f64();
+        worst = worst.max(ratio);
+        println!("  {layout}: xtask {:.2} ms, old {:.2} ms, ratio {ratio:.2}", millis(ours), millis(old));
+    }
+    println!("goal: ratio <= 1.0: {}", if worst <= 1.0 { "met" } else { "NOT met" });
+    Ok(())
+}
+
+/// The median times of `xtask tags` and of the old script's three git processes on `repo`.
+fn time_tags(xtask: &Path, repo: &Path, runs: usize) -> Result<(Duration, Duration)> {
+    let ours = || run_checked(Command::new(xtask).arg("tags").arg("--repo").arg(repo)).map(drop);
     let old = || {
         // What the old script runs: describe fails (exit 128) when HEAD carries no tag, which is
         // a normal outcome for it, so only the process time counts here.
         for args in [&["rev-parse", "HEAD"][..], &["describe", "--tags", "--exact-match"], &["status", "--porcelain"]] {
-            Command::new("git").args(args).current_dir(&repo).output().context("cannot run git")?;
+            Command::new("git").args(args).current_dir(repo).output().context("cannot run git")?;
         }
         Ok(())
     };
-
-    let first = ours()?;
-    eprintln!("xtask tags on {}:\n{}", repo.display(), String::from_utf8_lossy(&first.stdout).trim_end());
     for _ in 0..3 {
         ours()?;
         old()?;
@@ -71,45 +113,39 @@ fn bench_tags(commits: usize, tags: usize, runs: usize) -> Result<()> {
     // Interleaving the two sides spreads any drift in machine load evenly over both.
     let (mut ours_times, mut old_times) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     for _ in 0..runs {
-        ours_times.push(timed(|| ours().map(drop))?);
+        ours_times.push(timed(ours)?);
         old_times.push(timed(old)?);
     }
-    let (ours_median, old_median) = (median(&mut ours_times), median(&mut old_times));
-    let build = if cfg!(debug_assertions) {
-        "debug build; `cargo run --release -p xtask -- bench tags` for release numbers"
-    } else {
-        "release build"
-    };
-    let ratio = ours_median.as_secs_f64() / old_median.as_secs_f64();
-    println!("repository: {commits} commits, {tags} release tags, {FILES} files ({})", repo.display());
-    println!("xtask tags ({build}): median {:.2} ms over {runs} runs", millis(ours_median));
-    println!("old script (git rev-parse, describe, status): median {:.2} ms over {runs} runs", millis(old_median));
-    println!("ratio xtask/old: {ratio:.2} (goal <= 1.0: {})", if ratio <= 1.0 { "met" } else { "NOT met" });
-    Ok(())
+    Ok((median(&mut ours_times), median(&mut old_times)))
 }
 
-/// Generates the benchmark repository at `dir` unless a complete one is already there.
+/// Generates the benchmark repositories under `dir` unless complete ones are already there,
+/// and returns them by ref layout: tags as loose files (as `git tag` and `git fetch` leave
+/// them, the slower case for both sides) and packed (as `git clone` and `git gc` leave them).
 ///
 /// `git fast-import` writes all commits and tags into one pack in a single process, which takes
 /// well under a second where 5,000 `git commit`s would take minutes.
-fn generate_repo(dir: &Path, commits: usize, tags: usize) -> Result<()> {
-    let complete = dir.join(".git/xtask-bench-complete");
+fn generate_repos(dir: &Path, commits: usize, tags: usize) -> Result<[(&'static str, PathBuf); 2]> {
+    let (loose, packed) = (dir.join("loose"), dir.join("packed"));
+    let repos = [("loose refs", loose.clone()), ("packed refs", packed.clone())];
+    let complete = dir.join("complete");
     if complete.exists() {
-        return Ok(());
+        return Ok(repos);
     }
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove the partial {}", dir.display()))?;
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(&loose).with_context(|| format!("cannot create {}", loose.display()))?;
     eprintln!("generating {} ({commits} commits, {tags} tags)...", dir.display());
     let sh = Shell::new()?;
-    sh.change_dir(dir);
+    sh.change_dir(&loose);
     let stream = fast_import_stream(commits, tags);
     cmd!(sh, "git init --quiet -b main").run()?;
     cmd!(sh, "git fast-import --quiet").stdin(stream).run().context("git fast-import failed")?;
     cmd!(sh, "git checkout --quiet --force main").run()?;
+    cmd!(sh, "git clone --quiet {loose} {packed}").run()?;
     std::fs::write(&complete, "").with_context(|| format!("cannot write {}", complete.display()))?;
-    Ok(())
+    Ok(repos)
 }
 
 /// A fast-import stream: `commits` commits on `main`, each changing one of [`FILES`] files, and
@@ -182,4 +218,130 @@ mod tests {
         assert_eq!((tags[0], tags[9]), ("v1.0.0", "v1.0.9"));
         assert!(stream.contains("tag v1.0.9\nfrom :95\n"), "the last tag is 5 commits before HEAD");
     }
+}
+
+/// One side of the build benchmark: how it builds and pushes every image of a repository.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Old,
+    Ours,
+}
+
+/// The lab's registry and base images, from the environment `sandbox env` prints.
+struct Lab {
+    registry: String,
+    base_images: std::collections::BTreeMap<String, String>,
+}
+
+fn bench_build() -> Result<()> {
+    let env = crate::ci_env::process_env();
+    let registry = env
+        .get("NEXUS_REGISTRY")
+        .filter(|value| !value.is_empty())
+        .context("NEXUS_REGISTRY is not set: run `eval \"$(cargo xtask sandbox env)\"` first")?
+        .clone();
+    let lab = Lab { registry, base_images: crate::build::base_images(&env, None) };
+    let sh = Shell::new()?;
+    let docker = crate::docker::Docker::detect(&sh)?;
+    let scratch = tempfile_dir()?;
+    let repo = scratch.join("repo");
+    let workspace = crate::workspace_root();
+    cmd!(sh, "git clone --quiet {workspace} {repo}").run().context("cannot clone the workspace")?;
+    // Fresh repositories in the registry for this run, one per side.
+    let run_id = format!("bench-{}", std::process::id());
+    let namespace =
+        |side: Side| format!("{}/{run_id}/{}", lab.registry, if side == Side::Old { "old" } else { "ours" });
+
+    let cases: [(&str, bool, f64); 4] = [
+        ("cold build, nothing in the registry, fresh runner", true, 0.6),
+        ("no-op (nothing changed since the last push), fresh runner", true, 0.10),
+        ("no-op, warm workstation", false, 1.0),
+        ("one backend source file changed, fresh runner", true, 0.6),
+    ];
+    let mut report = Vec::new();
+    for (index, (case, fresh, goal)) in cases.iter().enumerate() {
+        if index == 3 {
+            let file = repo.join("backend/intric/main.py");
+            let mut text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            text.push_str("\n# bench: one changed backend source file\n");
+            std::fs::write(&file, text)?;
+            cmd!(sh, "git -C {repo} -c user.name=bench -c user.email=bench@example.com commit --quiet -am bench")
+                .run()?;
+        }
+        let mut seconds = [0.0; 2];
+        for (slot, side) in [Side::Old, Side::Ours].into_iter().enumerate() {
+            if *fresh {
+                fresh_runner(&sh, &docker, &[namespace(Side::Old), namespace(Side::Ours)])?;
+            }
+            let started = Instant::now();
+            match side {
+                Side::Old => old_procedure(&sh, &docker, &repo, &namespace(side), &lab)?,
+                Side::Ours => {
+                    let xtask = std::env::current_exe()?;
+                    let target = namespace(side);
+                    cmd!(sh, "{xtask} build --push --registry {target} --repo {repo}").quiet().ignore_stdout().run()?;
+                }
+            }
+            seconds[slot] = started.elapsed().as_secs_f64();
+        }
+        let ratio = seconds[1] / seconds[0];
+        let verdict = if ratio <= *goal { "met" } else { "NOT met" };
+        let line = format!(
+            "{case}: old {:.1} s, xtask {:.1} s, ratio {ratio:.3} (goal <= {goal}: {verdict})",
+            seconds[0], seconds[1]
+        );
+        eprintln!("{line}");
+        report.push(line);
+    }
+    println!("build --push against the old script's procedure, on {}:", lab.registry);
+    for line in report {
+        println!("  {line}");
+    }
+    std::fs::remove_dir_all(&scratch).ok();
+    Ok(())
+}
+
+/// A directory of our own under the system's temporary directory.
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The old script's procedure: per image, a build with `--cache-from <image>:latest` and
+/// inline cache metadata, then a push, one image after the other.
+fn old_procedure(sh: &Shell, docker: &crate::docker::Docker, repo: &Path, namespace: &str, lab: &Lab) -> Result<()> {
+    for service in crate::images::Service::ALL {
+        let image = format!("{namespace}/{}:latest", service.repository());
+        let context = repo.join(service.context_dir());
+        let mut build_args = crate::build::base_image_args(service, &lab.base_images);
+        build_args.push(("BUILDKIT_INLINE_CACHE".into(), "1".into()));
+        let spec = crate::docker::BuildSpec {
+            dockerfile: context.join("Dockerfile"),
+            context,
+            target: Some(service.target().to_string()),
+            tags: vec![image.clone()],
+            build_args,
+            cache_from: vec![image.clone()],
+            ..crate::docker::BuildSpec::default()
+        };
+        docker.build(&spec).read(sh)?;
+        docker.command().args(["push", &image]).read(sh)?;
+    }
+    Ok(())
+}
+
+/// What a fresh CI runner has: none of the benchmark's images and no BuildKit cache.
+fn fresh_runner(sh: &Shell, docker: &crate::docker::Docker, namespaces: &[String]) -> Result<()> {
+    let format = "{{.Repository}}:{{.Tag}}";
+    let images = docker.command().args(["images", "--format", format]).read(sh)?;
+    let ours: Vec<&str> = images
+        .lines()
+        .filter(|image| namespaces.iter().any(|namespace| image.starts_with(namespace.as_str())))
+        .collect();
+    if !ours.is_empty() {
+        docker.command().args(["image", "rm", "--force"]).args(ours.iter().copied()).read(sh)?;
+    }
+    docker.command().args(["builder", "prune", "--all", "--force"]).read(sh)?;
+    Ok(())
 }

@@ -191,12 +191,7 @@ const LOGS_DIR: &str = "target/xtask/logs";
 /// build on the way (`release --build`, `ci`): they show this plan in their own dry run and run
 /// it with [`execute_prepared`]. `tags`, when given, replaces the tag engine's tags: a release
 /// builds only HEAD's immutable `sha-` tag and then promotes that.
-pub fn prepare(
-    sh: &Shell,
-    args: &BuildArgs,
-    env: &Env,
-    tags: Option<Vec<String>>,
-) -> Result<(BuildInputs, BuildPlan)> {
+pub fn prepare(sh: &Shell, args: &BuildArgs, env: &Env, tags: Option<Vec<String>>) -> Result<(BuildInputs, BuildPlan)> {
     let mut inputs = read_inputs(sh, args, env)?;
     if let Some(tags) = tags {
         inputs.report.tags = tags;

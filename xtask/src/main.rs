@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod check;
+mod ci;
 mod ci_env;
 mod context;
 mod docker;
@@ -16,6 +17,7 @@ mod images;
 mod plan;
 mod progress;
 mod registry;
+mod release;
 mod sandbox;
 mod tags;
 
@@ -26,7 +28,7 @@ use clap::{Parser, Subcommand};
 
 /// Build, release and deploy automation for the Intric platform.
 #[derive(Parser)]
-#[command(name = "cargo xtask", version, propagate_version = true)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -40,6 +42,10 @@ enum Task {
     Build(build::BuildArgs),
     /// Run the backend's tests and the frontend's checks in their Dockerfiles' stages.
     Check(check::CheckArgs),
+    /// Release HEAD: promote its pushed images to X.Y.Z (and X.Y, X, latest) and tag it vX.Y.Z.
+    Release(release::ReleaseArgs),
+    /// Run one CI pipeline stage (pr, main, release): checks, tests, build, push or promote.
+    Ci(ci::CiArgs),
     /// Start, describe or stop the offline lab: registry and base images.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
@@ -52,11 +58,16 @@ enum Task {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return command_line_error(error),
+    };
     let result = match cli.task {
         Task::Tags(args) => tags::run(args),
         Task::Build(args) => build::run(args),
         Task::Check(args) => check::run(args),
+        Task::Release(args) => release::run(args),
+        Task::Ci(args) => ci::run(args),
         Task::Sandbox(command) => sandbox::run(command),
         Task::Env(command) => env::run(command),
         Task::Bench(command) => bench::run(command),
@@ -68,6 +79,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version go to stdout as clap renders them; a bad command line becomes one
+/// `error:` line (clap's message and its hint, without the usage block) and exit code 2.
+fn command_line_error(error: clap::Error) -> ExitCode {
+    if !error.use_stderr() {
+        let _ = error.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = error.render().to_string();
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .collect();
+    // clap's first line already starts with `error: `.
+    eprintln!("{} (see --help)", parts.join(" "));
+    ExitCode::from(2)
 }
 
 /// The workspace root: the directory holding the top-level `Cargo.toml`.

@@ -155,17 +155,16 @@ pub enum Step {
     WaitFor { command: Command, seconds: u64 },
 }
 
-/// What a planned file holds: plain text is shown by `--dry-run`, a secret only by name.
+/// What a planned file holds. Every file the xtask writes holds secrets (credentials, `.env`),
+/// so `--dry-run` names its contents and never shows them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileContents {
-    Text(String),
     Secret(Secret),
 }
 
 impl FileContents {
     fn bytes(&self) -> &[u8] {
         match self {
-            FileContents::Text(text) => text.as_bytes(),
             FileContents::Secret(secret) => secret.expose().as_bytes(),
         }
     }
@@ -175,9 +174,6 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::Run(command) => write!(f, "{command}"),
-            Step::Write { path, contents: FileContents::Text(text), mode } => {
-                write!(f, "write {} (mode {mode:o}, {} bytes)", path.display(), text.len())
-            }
             Step::Write { path, contents: FileContents::Secret(secret), mode } => {
                 write!(f, "write {} (mode {mode:o}) from {secret}", path.display())
             }

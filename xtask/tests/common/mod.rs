@@ -1,0 +1,243 @@
+//! Helpers shared by the end-to-end test files (`e2e.rs`, `release_e2e.rs`): the xtask binary,
+//! the lab (`sandbox up` once per test binary, its variables), clean repository snapshots, a
+//! small client for the registry's HTTP API, and waiting.
+//!
+//! Each test binary compiles this module on its own and uses only part of it, hence the
+//! `dead_code` allowance: an unused helper in one binary is used by another.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// One test at a time: they share the engine, the registry and the host ports.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether an engine answers; with `CI` set, a missing engine is a failure, not a skip.
+pub fn docker_available() -> bool {
+    let answers = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !answers {
+        assert!(std::env::var_os("CI").is_none(), "CI is set but no Docker engine answers: run ci/provision.sh first");
+        eprintln!("skipped: no Docker engine answers (run `bash ci/provision.sh`)");
+    }
+    answers
+}
+
+/// The lab's variables (`sandbox env`), after one `sandbox up` per test run.
+pub fn lab() -> &'static BTreeMap<String, String> {
+    static LAB: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+    LAB.get_or_init(|| {
+        let started = Instant::now();
+        let up = xtask(&["sandbox", "up"], &[], &workspace());
+        assert_success(&up, "sandbox up");
+        eprintln!("timing: sandbox up took {:.1} s", started.elapsed().as_secs_f64());
+        let env = xtask(&["sandbox", "env"], &[], &workspace());
+        assert_success(&env, "sandbox env");
+        String::from_utf8(env.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect()
+    })
+}
+
+/// The variables a CI job would export to build against the lab.
+pub fn lab_env() -> Vec<(String, String)> {
+    lab().iter().map(|(key, value)| (key.clone(), value.clone())).collect()
+}
+
+/// Variables that would change what the xtask decides: CI detection and stray settings.
+pub const CONTROLLED: &[&str] = &[
+    "CI",
+    "GITHUB_ACTIONS",
+    "GITLAB_CI",
+    "JENKINS_URL",
+    "IMAGE_TAG",
+    "NEXUS_REGISTRY",
+    "NEXUS_USERNAME",
+    "NEXUS_PASSWORD",
+];
+
+pub fn xtask(args: &[&str], env: &[(String, String)], dir: &Path) -> Output {
+    let mut command = Command::new(XTASK);
+    command.args(args).current_dir(dir);
+    for key in CONTROLLED {
+        command.env_remove(key);
+    }
+    command.envs(env.iter().map(|(key, value)| (key, value)));
+    command.output().unwrap()
+}
+
+pub fn assert_success(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+pub fn run(program: &str, args: &[&str], dir: &Path) -> Output {
+    Command::new(program).args(args).current_dir(dir).output().unwrap_or_else(|error| panic!("{program}: {error}"))
+}
+
+pub fn git(dir: &Path, args: &[&str]) {
+    let output = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "e2e")
+        .env("GIT_AUTHOR_EMAIL", "e2e@example.com")
+        .env("GIT_COMMITTER_NAME", "e2e")
+        .env("GIT_COMMITTER_EMAIL", "e2e@example.com")
+        .output()
+        .unwrap();
+    assert_success(&output, &format!("git {}", args.join(" ")));
+}
+
+/// A clean one-commit repository with the files of this workspace that git would commit
+/// (tracked or untracked, not ignored), on branch `main`: builds from it have clean tags
+/// whatever state the developer's checkout is in.
+pub fn snapshot() -> tempfile::TempDir {
+    let root = workspace();
+    let listing = run("git", &["ls-files", "-z", "--cached", "--others", "--exclude-standard"], &root);
+    assert_success(&listing, "git ls-files");
+    let dir = tempfile::tempdir().unwrap();
+    for path in listing.stdout.split(|byte| *byte == 0).filter(|path| !path.is_empty()) {
+        let path = std::str::from_utf8(path).unwrap();
+        let source = root.join(path);
+        if !source.exists() {
+            continue;
+        }
+        let target = dir.path().join(path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&source, &target).unwrap();
+    }
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-q", "-m", "snapshot"]);
+    dir
+}
+
+pub fn commit_all(dir: &Path, message: &str) {
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", message]);
+}
+
+/// `cargo xtask build` in `repo` against the lab, with `extra` arguments, as JSON.
+pub fn build(repo: &Path, extra: &[&str], env: &[(String, String)]) -> (Output, Option<serde_json::Value>) {
+    let mut args = vec!["build", "--repo", repo.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let output = xtask(&args, env, repo);
+    let json = serde_json::from_slice(&output.stdout).ok();
+    (output, json)
+}
+
+/// `result` of each image in a build's JSON summary.
+pub fn results(summary: &serde_json::Value) -> BTreeMap<String, String> {
+    summary["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|image| (image["service"].as_str().unwrap().to_string(), image["result"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// A minimal client for the lab registry's HTTP API, with the lab's Basic credentials.
+pub struct LabRegistry {
+    base: String,
+    authorization: Option<String>,
+}
+
+impl LabRegistry {
+    pub fn new() -> LabRegistry {
+        let lab = lab();
+        let credentials = format!("{}:{}", lab["NEXUS_USERNAME"], lab["NEXUS_PASSWORD"]);
+        LabRegistry {
+            base: format!("http://{}", lab["NEXUS_REGISTRY"]),
+            authorization: Some(format!("Basic {}", base64(credentials.as_bytes()))),
+        }
+    }
+
+    /// A client for a registry without authentication at `host:port` (a test's own registry).
+    pub fn anonymous(host: &str) -> LabRegistry {
+        LabRegistry { base: format!("http://{host}"), authorization: None }
+    }
+
+    pub fn get(&self, path: &str, accept: &str) -> (u16, Vec<u8>) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut request = agent.get(format!("{}{path}", self.base)).header("Accept", accept);
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
+        let mut response = request.call().unwrap();
+        (response.status().as_u16(), response.body_mut().read_to_vec().unwrap())
+    }
+
+    pub fn tags(&self, repository: &str) -> Vec<String> {
+        let (status, body) = self.get(&format!("/v2/{repository}/tags/list"), "application/json");
+        if status == 404 {
+            return Vec::new();
+        }
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        json["tags"]
+            .as_array()
+            .map(|tags| tags.iter().map(|tag| tag.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn manifest(&self, repository: &str, tag: &str) -> serde_json::Value {
+        let (status, body) = self
+            .get(&format!("/v2/{repository}/manifests/{tag}"), "application/vnd.docker.distribution.manifest.v2+json");
+        assert_eq!(status, 200, "{repository}:{tag}: {}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// The labels of an image, from its config blob.
+    pub fn labels(&self, repository: &str, tag: &str) -> serde_json::Value {
+        let manifest = self.manifest(repository, tag);
+        let digest = manifest["config"]["digest"].as_str().unwrap();
+        let (status, body) = self.get(&format!("/v2/{repository}/blobs/{digest}"), "*/*");
+        assert_eq!(status, 200);
+        let config: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        config["config"]["Labels"].clone()
+    }
+}
+
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, byte)| n | (u32::from(*byte) << (16 - 8 * i)));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char } else { '=' });
+        }
+    }
+    out
+}
+
+/// Waits until `check` returns `Some`, polling every half second for at most `seconds`.
+pub fn eventually<T>(seconds: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {seconds} s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

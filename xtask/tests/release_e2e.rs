@@ -1,0 +1,264 @@
+//! End-to-end tests of `release` and `ci` on the offline lab: real builds pushed to a registry,
+//! then promoted to releases through the registry API, checked by reading the registry back.
+//!
+//! Release tags (`1.0.0`, `latest`) are global in a registry, so these tests run a registry of
+//! their own (the lab's registry image, without authentication, on port 5066), started fresh
+//! and removed at the end. The base images still come from the lab. They need a Docker engine:
+//! with `CI` set a missing engine fails them; elsewhere they print why they did nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Output;
+
+use common::*;
+
+const PORT: &str = "5066";
+const CONTAINER: &str = "intric-e2e-release-registry";
+
+/// A registry of the test's own, removed when dropped (also when the test fails).
+struct OwnRegistry {
+    host: String,
+}
+
+impl OwnRegistry {
+    fn start() -> OwnRegistry {
+        run("docker", &["rm", "--force", CONTAINER], Path::new("."));
+        let publish = format!("127.0.0.1:{PORT}:5000");
+        let args = ["run", "--detach", "--name", CONTAINER, "--publish", &publish, "--env", "REGISTRY_AUTH="];
+        let started = run("docker", &[&args[..], &["intric-lab/registry:lab"]].concat(), Path::new("."));
+        if !started.status.success() {
+            // Where the lab pulled the upstream registry image, it is that one.
+            let started = run("docker", &[&args[..6], &["registry:2"]].concat(), Path::new("."));
+            assert_success(&started, "starting the release tests' registry");
+        }
+        let host = format!("127.0.0.1:{PORT}");
+        eventually(30, "the release tests' registry to answer", || {
+            ureq::get(format!("http://{host}/v2/")).call().ok().map(drop)
+        });
+        OwnRegistry { host }
+    }
+}
+
+impl Drop for OwnRegistry {
+    fn drop(&mut self) {
+        run("docker", &["rm", "--force", CONTAINER], Path::new("."));
+    }
+}
+
+/// The lab's variables for building (base images), without its registry and login: the
+/// registry is the test's own, given with --registry, and needs none.
+fn env() -> Vec<(String, String)> {
+    lab_env().into_iter().filter(|(key, _)| !key.starts_with("NEXUS_")).collect()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn head(repo: &Path) -> String {
+    stdout(&run("git", &["rev-parse", "HEAD"], repo)).trim().to_string()
+}
+
+/// Which image `repository:tag` is, read back over HTTP: its config's digest. Tags of one
+/// manifest name the same config; a rebuild from other sources has another.
+fn digest(registry: &LabRegistry, repository: &str, tag: &str) -> String {
+    registry.manifest(repository, tag)["config"]["digest"].as_str().unwrap().to_string()
+}
+
+/// Builds and pushes HEAD's images into the test's registry, as the main stage does.
+fn push(repo: &Path, registry: &str) -> serde_json::Value {
+    let (output, summary) = build(repo, &["--push", "--registry", registry], &env());
+    assert_success(&output, "build --push");
+    summary.expect("build --json prints JSON")
+}
+
+fn release(repo: &Path, registry: &str, args: &[&str]) -> Output {
+    let mut full = vec!["release", "--repo", repo.to_str().unwrap(), "--registry", registry];
+    full.extend_from_slice(args);
+    xtask(&full, &env(), repo)
+}
+
+/// A backend change of this test's own, so that commit's backend and worker images differ
+/// from every other commit's (the frontend stays the same image).
+fn change_backend(repo: &Path, marker: &str, message: &str) {
+    std::fs::write(repo.join("backend/intric/release_e2e_marker.py"), format!("MARKER = {marker:?}\n")).unwrap();
+    commit_all(repo, message);
+}
+
+#[test]
+fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
+    let _serial = serial();
+    if !docker_available() {
+        return;
+    }
+    lab();
+    let own = OwnRegistry::start();
+    let host = own.host.as_str();
+    let registry = LabRegistry::anonymous(host);
+    let repo = snapshot();
+    let repo = repo.path();
+    change_backend(repo, &format!("{:?}", std::time::SystemTime::now()), "feat(api): the first release");
+
+    // The ci stages plan as documented (running `ci --stage main` here would run the whole
+    // test suite recursively; its push is what `build --push` does next).
+    let plan = xtask(
+        &["ci", "--stage", "main", "--dry-run", "--repo", repo.to_str().unwrap(), "--registry", host],
+        &env(),
+        repo,
+    );
+    assert_success(&plan, "ci --stage main --dry-run");
+    let shown = stdout(&plan);
+    for expected in [
+        "cargo fmt --all --check",
+        "cargo clippy --workspace --all-targets -- -D warnings",
+        "cargo test --workspace",
+        "cargo xtask check",
+        "then build and push",
+        &format!("{host}/intric/backend:dev-latest"),
+    ] {
+        assert!(shown.contains(expected), "ci main plan lacks {expected:?}:\n{shown}");
+    }
+    let plan = xtask(&["ci", "--stage", "pr", "--dry-run", "--repo", repo.to_str().unwrap()], &env(), repo);
+    assert_success(&plan, "ci --stage pr --dry-run");
+    let shown = stdout(&plan);
+    assert!(shown.contains("then build:") && !shown.contains(" push ") && !shown.contains("login"), "{shown}");
+
+    // Main stage: sha- and dev-latest.
+    push(repo, host);
+    let first = head(repo);
+    let sha = format!("sha-{}", &first[..12]);
+    for service in ["backend", "worker", "frontend"] {
+        let tags = registry.tags(&format!("intric/{service}"));
+        assert!(tags.contains(&sha) && tags.contains(&"dev-latest".to_string()), "{service}: {tags:?}");
+    }
+
+    // A dry run changes nothing.
+    let dry = release(repo, host, &["1.0.0"]);
+    assert_success(&dry, "release 1.0.0 (dry run)");
+    assert!(stdout(&dry).contains("PUT /v2/intric/frontend/manifests/latest"), "{}", stdout(&dry));
+    assert!(!registry.tags("intric/backend").contains(&"1.0.0".to_string()));
+    assert!(stdout(&run("git", &["tag"], repo)).trim().is_empty());
+
+    // 1.0.0: every release tag is the sha- tag's manifest.
+    let done = release(repo, host, &["1.0.0", "--execute", "--json"]);
+    assert_success(&done, "release 1.0.0 --execute");
+    let json: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!((json["version"].as_str(), json["git_tag"].as_str()), (Some("1.0.0"), Some("v1.0.0")));
+    assert_eq!(json["revision"], first.as_str());
+    let mut v1 = BTreeMap::new();
+    for image in json["images"].as_array().unwrap() {
+        let service = image["service"].as_str().unwrap();
+        let repository = format!("intric/{service}");
+        assert_eq!(image["tags"], serde_json::json!(["1.0.0", "1.0", "1", "latest"]));
+        let source = registry.manifest(&repository, &sha);
+        for tag in ["1.0.0", "1.0", "1", "latest"] {
+            assert_eq!(registry.manifest(&repository, tag), source, "{repository}:{tag} is {sha}'s manifest");
+        }
+        v1.insert(service.to_string(), digest(&registry, &repository, &sha));
+    }
+    let message = stdout(&run("git", &["tag", "-l", "--format=%(objecttype) %(contents)", "v1.0.0"], repo));
+    assert!(message.starts_with("tag Release 1.0.0"), "an annotated tag with notes: {message}");
+    assert!(message.contains("Features\n- api: the first release"), "{message}");
+
+    // Again: refused, naming the git tag and the registry's tag.
+    let again = release(repo, host, &["1.0.0", "--execute"]);
+    assert!(!again.status.success());
+    let error = stderr(&again);
+    assert!(error.contains("git tag v1.0.0 already exists"), "{error}");
+    for service in ["backend", "worker", "frontend"] {
+        assert!(error.contains(&format!("{host}/intric/{service}:1.0.0 already exists in the registry")), "{error}");
+    }
+
+    // 1.1.0-rc.1 on a new commit: its own tag only; latest and 1 stay on 1.0.0.
+    change_backend(repo, "second", "fix: the second commit");
+    push(repo, host);
+    let second = head(repo);
+    let rc = release(repo, host, &["v1.1.0-rc.1", "--execute"]);
+    assert_success(&rc, "release v1.1.0-rc.1 --execute");
+    let v2 = digest(&registry, "intric/backend", &format!("sha-{}", &second[..12]));
+    assert_ne!(v2, v1["backend"], "the second commit's backend is another image");
+    assert_eq!(digest(&registry, "intric/backend", "1.1.0-rc.1"), v2);
+    assert_eq!(digest(&registry, "intric/backend", "latest"), v1["backend"], "an rc does not move latest");
+    assert_eq!(digest(&registry, "intric/backend", "1"), v1["backend"], "an rc does not move 1");
+
+    // 1.1.0 of the same commit moves them.
+    assert_success(&release(repo, host, &["1.1.0", "--execute"]), "release 1.1.0 --execute");
+    for tag in ["1.1.0", "1.1", "1", "latest"] {
+        assert_eq!(digest(&registry, "intric/backend", tag), v2, "{tag}");
+    }
+
+    // A backport 1.0.1 on a release branch, built by the release itself (--build): it moves
+    // 1.0 only, neither 1 nor latest.
+    run("git", &["checkout", "-q", "-b", "release/1.0", "v1.0.0"], repo);
+    change_backend(repo, "backport", "fix: the backport");
+    let refused = release(repo, host, &["1.0.1"]);
+    assert!(!refused.status.success());
+    let error = stderr(&refused);
+    assert!(error.contains("branch release/1.0 is not allowed to release"), "{error}");
+    assert!(error.contains("intric/backend:sha-") && error.contains("or pass --build"), "{error}");
+    let backport = release(repo, host, &["1.0.1", "--allow-branch", "release/*", "--build", "--execute", "--json"]);
+    assert_success(&backport, "release 1.0.1 --build --execute on release/1.0");
+    let v3 = digest(&registry, "intric/backend", &format!("sha-{}", &head(repo)[..12]));
+    assert!(v3 != v1["backend"] && v3 != v2);
+    assert_eq!(digest(&registry, "intric/backend", "1.0.1"), v3);
+    assert_eq!(digest(&registry, "intric/backend", "1.0"), v3);
+    assert_eq!(digest(&registry, "intric/backend", "1"), v2, "a backport does not move 1");
+    assert_eq!(digest(&registry, "intric/backend", "latest"), v2, "a backport does not move latest");
+
+    // A dirty tree on a branch that is not allowed: every reason at once, nothing changed.
+    run("git", &["checkout", "-q", "-b", "topic"], repo);
+    std::fs::write(repo.join("scratch.txt"), "not committed\n").unwrap();
+    let before = registry.tags("intric/backend");
+    let refused = release(repo, host, &["1.2.0", "--execute", "--allow-branch", "release/*"]);
+    assert!(!refused.status.success());
+    let error = stderr(&refused);
+    assert!(error.contains("cannot release 1.2.0:"), "{error}");
+    assert!(error.contains("the working tree is dirty"), "{error}");
+    assert!(error.contains("branch topic is not allowed to release: release from main or a branch matching release/*"));
+    assert_eq!(registry.tags("intric/backend"), before, "nothing was tagged");
+    assert!(!stdout(&run("git", &["tag"], repo)).contains("v1.2.0"));
+    std::fs::remove_file(repo.join("scratch.txt")).unwrap();
+
+    // The tag pipeline of v1.1.0 (GitHub Actions, then GitLab CI): the release is already
+    // promoted, so the stage verifies, re-puts the floating tags and reports.
+    run("git", &["checkout", "-q", "--detach", "v1.1.0"], repo);
+    let outputs = tempfile::tempdir().unwrap();
+    let (output_file, summary_file) = (outputs.path().join("output"), outputs.path().join("summary"));
+    let mut github = env();
+    github.extend(
+        [
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_REF", "refs/tags/v1.1.0"),
+            ("GITHUB_OUTPUT", output_file.to_str().unwrap()),
+            ("GITHUB_STEP_SUMMARY", summary_file.to_str().unwrap()),
+        ]
+        .map(|(key, value)| (key.to_string(), value.to_string())),
+    );
+    let pipeline = xtask(&["ci", "--repo", repo.to_str().unwrap(), "--registry", host], &github, repo);
+    assert_success(&pipeline, "ci (auto: release) on GitHub");
+    let output = std::fs::read_to_string(&output_file).unwrap();
+    assert!(output.starts_with("stage=release\nversion=1.1.0\n"), "{output}");
+    assert!(output.contains(&format!("revision={second}\nimage_tag=1.1.0\n")), "{output}");
+    assert!(output.contains("\n1.1.0\n1.1\n1\nlatest\n"), "{output}");
+    let summary = std::fs::read_to_string(&summary_file).unwrap();
+    assert!(summary.contains("### cargo xtask ci: release stage") && summary.contains("`latest`"), "{summary}");
+    assert_eq!(digest(&registry, "intric/backend", "latest"), v2);
+
+    let gitlab: Vec<(String, String)> = env()
+        .into_iter()
+        .chain([("GITLAB_CI", "true"), ("CI_COMMIT_TAG", "v1.1.0")].map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let pipeline =
+        xtask(&["ci", "--stage", "release", "--repo", repo.to_str().unwrap(), "--registry", host], &gitlab, repo);
+    assert_success(&pipeline, "ci --stage release on GitLab");
+    let dotenv = std::fs::read_to_string(repo.join("xtask-ci.env")).unwrap();
+    assert!(dotenv.starts_with("STAGE=release\nVERSION=1.1.0\n"), "{dotenv}");
+    assert!(dotenv.contains("IMAGE_TAG=1.1.0\nIMAGE_TAGS=1.1.0,1.1,1,latest\n"), "{dotenv}");
+    assert!(dotenv.contains(&format!("BACKEND_IMAGE={host}/intric/backend\n")), "{dotenv}");
+}
