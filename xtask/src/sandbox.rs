@@ -99,6 +99,12 @@ impl LabPaths {
     }
 }
 
+/// Brings the lab up on `port`, as `sandbox up` does: for tests that need a real registry.
+#[cfg(test)]
+pub fn up(port: u16) -> Result<()> {
+    run(SandboxCommand::Up(UpArgs { port, dry_run: false }))
+}
+
 pub fn run(command: SandboxCommand) -> Result<()> {
     let sh = Shell::new()?;
     let paths = LabPaths::new();
