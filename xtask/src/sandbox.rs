@@ -60,6 +60,8 @@ const DEBIAN_IMAGE: &str = "intric-lab/debian:bookworm";
 const APT_SOURCES: [&str; 2] = ["/etc/apt/sources.list.d", "/etc/apt/sources.list"];
 const REGISTRY_CONTAINER: &str = "intric-lab-registry";
 const REGISTRY_VOLUME: &str = "intric-lab-registry-data";
+/// The registry container's label naming the state directory it was started from.
+const STATE_LABEL: &str = "org.intric.lab.state";
 const LAB_USER: &str = "lab";
 /// Where the host keeps extra CA certificates (a TLS-intercepting proxy's, say); stand-ins get them
 /// so that pip and npm inside builds trust the same roots as the host.
@@ -173,23 +175,43 @@ struct UpInputs {
     debian_image_present: bool,
     /// The Debian archive debootstrap fetches from.
     debian_mirror: String,
+    /// The password file of the checkout that started the running registry, when adopting it.
+    adopted_htpasswd: Option<String>,
 }
 
 fn read_up_inputs(sh: &Shell, paths: &LabPaths, port: u16) -> Result<UpInputs> {
     let docker = Docker::detect(sh)?;
     let registry = format!("127.0.0.1:{port}");
-    let previous = std::fs::read_to_string(paths.env_file()).ok();
+    // The registry container is one per machine, but every checkout has its own target/. The
+    // container names the state directory whose credentials it was started with, so another
+    // checkout adopts those instead of replacing the registry (and everyone's login) with new ones.
+    let state = docker.container_state(sh, REGISTRY_CONTAINER);
+    let owner = state.as_ref().and_then(|_| {
+        let format = format!("{{{{index .Config.Labels \"{STATE_LABEL}\"}}}}");
+        docker.command().args(["container", "inspect", "--format", &format, REGISTRY_CONTAINER]).read(sh).ok()
+    });
+    let owner = owner.filter(|dir| !dir.is_empty() && Path::new(dir) != paths.dir).map(|dir| LabPaths { dir: dir.into() });
+    let adopted = owner.as_ref().and_then(|owner| {
+        let env = std::fs::read_to_string(owner.env_file()).ok()?;
+        let htpasswd = std::fs::read_to_string(owner.htpasswd()).ok()?;
+        Some((env, htpasswd))
+    });
+    let previous = match &adopted {
+        Some((env, _)) => Some(env.clone()),
+        None if owner.is_none() => std::fs::read_to_string(paths.env_file()).ok(),
+        // Started from a checkout whose state is gone: nobody knows its password any more.
+        None => None,
+    };
     let previous_value = |key: &str| {
         previous
             .as_deref()
             .and_then(|text| text.lines().find_map(|line| line.strip_prefix(&format!("{key}="))).map(str::to_string))
     };
     let (password, new_password) = match previous_value("NEXUS_PASSWORD") {
-        Some(password) if paths.htpasswd().exists() => (password, false),
+        Some(password) if adopted.is_some() || paths.htpasswd().exists() => (password, false),
         _ => (random_hex(16)?, true),
     };
     let same_port = previous_value("NEXUS_REGISTRY").as_deref() == Some(registry.as_str());
-    let state = docker.container_state(sh, REGISTRY_CONTAINER);
     let registry_running = state.as_deref() == Some("running") && same_port && !new_password;
 
     let all_images = std::iter::once(&REGISTRY_IMAGE).chain(BASE_IMAGES);
@@ -245,6 +267,7 @@ fn read_up_inputs(sh: &Shell, paths: &LabPaths, port: u16) -> Result<UpInputs> {
         missing,
         debian_image_present,
         debian_mirror: debian_mirror.unwrap_or_default(),
+        adopted_htpasswd: adopted.map(|(_, htpasswd)| htpasswd),
     })
 }
 
@@ -297,6 +320,9 @@ fn plan_up(inputs: &UpInputs, paths: &LabPaths) -> Plan {
         }
     }
 
+    if let Some(htpasswd) = &inputs.adopted_htpasswd {
+        plan.write(paths.htpasswd(), FileContents::Secret(Secret::new("htpasswd", htpasswd.clone())), 0o644);
+    }
     if inputs.new_password {
         plan.steps.push(Step::Capture {
             command: Command::new("htpasswd").args(["-niB", LAB_USER]).stdin(inputs.password.clone()),
@@ -309,7 +335,7 @@ fn plan_up(inputs: &UpInputs, paths: &LabPaths) -> Plan {
         if inputs.registry_exists {
             plan.run(docker.command().args(["rm", "--force", REGISTRY_CONTAINER]));
         }
-        plan.run(docker.command().args(registry_run_args(&inputs.registry, &paths.htpasswd())));
+        plan.run(docker.command().args(registry_run_args(&inputs.registry, paths)));
     }
     plan.steps.push(Step::WaitFor {
         command: docker.login(&inputs.registry, LAB_USER, inputs.password.clone()),
@@ -390,7 +416,7 @@ fn plan_stand_in(plan: &mut Plan, docker: &Docker, paths: &LabPaths, image: &Bas
     );
 }
 
-fn registry_run_args(registry: &str, htpasswd: &Path) -> Vec<String> {
+fn registry_run_args(registry: &str, paths: &LabPaths) -> Vec<String> {
     let port = registry.rsplit(':').next().unwrap_or("5000");
     let mut args: Vec<String> =
         ["run", "--detach", "--name", REGISTRY_CONTAINER, "--restart", "unless-stopped", "--publish"]
@@ -398,7 +424,8 @@ fn registry_run_args(registry: &str, htpasswd: &Path) -> Vec<String> {
             .into();
     args.push(format!("127.0.0.1:{port}:5000"));
     args.extend(["--volume".to_string(), format!("{REGISTRY_VOLUME}:/var/lib/registry")]);
-    args.extend(["--volume".to_string(), format!("{}:/auth/htpasswd:ro", htpasswd.display())]);
+    args.extend(["--volume".to_string(), format!("{}:/auth/htpasswd:ro", paths.htpasswd().display())]);
+    args.extend(["--label".to_string(), format!("{STATE_LABEL}={}", paths.dir.display())]);
     for (key, value) in [
         ("REGISTRY_HTTP_ADDR", "0.0.0.0:5000"),
         ("REGISTRY_AUTH", "htpasswd"),
@@ -457,6 +484,7 @@ mod tests {
             missing,
             debian_image_present: false,
             debian_mirror: "http://mirror.example/debian".into(),
+            adopted_htpasswd: None,
         }
     }
 
@@ -494,6 +522,20 @@ mod tests {
             assert!(!shown.contains(absent), "{absent} in\n{shown}");
         }
         assert!(shown.contains("docker push --quiet 127.0.0.1:5000/lab/python:lab"), "{shown}");
+    }
+
+    #[test]
+    fn another_checkout_adopts_the_running_registry() {
+        let mut inputs = inputs(Vec::new());
+        inputs.new_password = false;
+        inputs.registry_running = true;
+        inputs.registry_exists = true;
+        inputs.debian_image_present = true;
+        inputs.adopted_htpasswd = Some("lab:$2y$05$hash".into());
+        let shown = plan_up(&inputs, &paths()).to_string();
+        assert!(shown.contains("write /lab/htpasswd (mode 644) from <htpasswd>"), "{shown}");
+        assert!(!shown.contains("docker run") && !shown.contains("rm --force"), "the registry stays:\n{shown}");
+        assert!(!shown.contains("$2y$"), "{shown}");
     }
 
     #[test]
