@@ -143,14 +143,54 @@ pub struct ImagePlan {
     pub action: Action,
 }
 
+// A plan holds three of these at most, so the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Action {
-    /// Build, then push each tag (none when not pushing, or when buildx pushes itself).
-    Build { build: Command, pushes: Vec<Command> },
+    /// Build. When pushing with the classic client: push the first tag, then put the others on
+    /// its manifest through the registry API, which costs one request per tag where another
+    /// `docker push` would check every layer again. The `inputs-` tag comes last, so it only
+    /// ever names a complete image. (buildx pushes every tag itself.)
+    Build { build: Command, push: Option<Command>, retag: Option<Retag> },
     /// Put the new tags on the manifest of the existing `inputs-` tag through the registry API.
-    RetagInRegistry { repository: String, from: String, to: Vec<String> },
+    RetagInRegistry(Retag),
     /// Give the existing local image the new tags.
     RetagLocally(Vec<Command>),
+}
+
+/// Registry API calls that put `to` on the manifest `from` names, in this order.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Retag {
+    pub repository: String,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+impl Retag {
+    fn show(&self, f: &mut fmt::Formatter<'_>, registry: &str) -> fmt::Result {
+        for tag in &self.to {
+            writeln!(
+                f,
+                "  registry: PUT {registry} /v2/{}/manifests/{tag} (the manifest of {})",
+                self.repository, self.from
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Reads the manifest of `from` once and puts the same bytes under every new tag.
+    fn run(&self, registry: &Registry, log: &mut File, task: &TaskProgress) -> Result<()> {
+        let Retag { repository, from, to } = self;
+        let manifest = registry
+            .manifest(repository, from)?
+            .with_context(|| format!("{repository}:{from} is not in the registry"))?;
+        for tag in to {
+            task.line(&format!("tag {repository}:{tag} -> {}", manifest.digest));
+            writeln!(log, "PUT /v2/{repository}/manifests/{tag} ({})", manifest.digest)?;
+            registry.put_manifest(repository, tag, &manifest)?;
+        }
+        Ok(())
+    }
 }
 
 /// The whole build.
@@ -422,7 +462,7 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
             let marker = inputs_tag(&digest);
             let action = if inputs.unchanged.contains(&service) {
                 if inputs.push {
-                    Action::RetagInRegistry { repository: service.repository(), from: marker, to: tags.clone() }
+                    Action::RetagInRegistry(Retag { repository: service.repository(), from: marker, to: tags.clone() })
                 } else {
                     let source = format!("{name}:{marker}");
                     Action::RetagLocally(
@@ -442,8 +482,9 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
 
 fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String], digest: &str) -> Action {
     let report = &inputs.report;
+    let marker = inputs_tag(digest);
     let all_tags: Vec<String> =
-        tags.iter().chain(std::iter::once(&inputs_tag(digest))).map(|tag| format!("{name}:{tag}")).collect();
+        tags.iter().chain(std::iter::once(&marker)).map(|tag| format!("{name}:{tag}")).collect();
     let mut build_args = base_image_args(service, &inputs.base_images);
     build_args.push(("VERSION".into(), report.version.clone()));
     build_args.push(("REVISION".into(), report.revision.clone()));
@@ -456,7 +497,7 @@ fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String
         ("org.opencontainers.image.title".to_string(), format!("intric-{}", service.name())),
         ("org.opencontainers.image.version".to_string(), report.version.clone()),
         ("org.opencontainers.image.revision".to_string(), report.revision.clone()),
-        ("org.opencontainers.image.created".to_string(), rfc3339(report.commit_time)),
+        ("org.opencontainers.image.created".to_string(), crate::clock::rfc3339(report.commit_time)),
         (INPUTS_LABEL.to_string(), digest.to_string()),
     ];
     if let Some(source) = &inputs.source {
@@ -491,15 +532,17 @@ fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String
         pull: inputs.pull,
     };
     let build = inputs.docker.build(&spec).hint(format!("the {} build failed", service.name()));
-    let pushes = if inputs.push && !buildx_pushes {
-        all_tags
-            .iter()
-            .map(|image| inputs.docker.command().args(["push", image]).hint(format!("pushing {image} failed")))
-            .collect()
-    } else {
-        Vec::new()
+    if !inputs.push || buildx_pushes {
+        return Action::Build { build, push: None, retag: None };
+    }
+    let first = &all_tags[0];
+    let push = inputs.docker.command().args(["push", first]).hint(format!("pushing {first} failed"));
+    let retag = Retag {
+        repository: service.repository(),
+        from: tags[0].clone(),
+        to: tags[1..].iter().cloned().chain(std::iter::once(marker)).collect(),
     };
-    Action::Build { build, pushes }
+    Action::Build { build, push: Some(push), retag: Some(retag) }
 }
 
 impl fmt::Display for BuildPlan {
@@ -508,24 +551,22 @@ impl fmt::Display for BuildPlan {
         if let Some(login) = &self.login {
             writeln!(f, "login: {login}")?;
         }
+        let registry = self.registry.as_deref().unwrap_or_default();
         for image in &self.images {
             writeln!(f, "{} (inputs {}):", image.service.name(), &image.inputs_digest[..24])?;
             match &image.action {
-                Action::Build { build, pushes } => {
+                Action::Build { build, push, retag } => {
                     writeln!(f, "  {build}")?;
-                    for push in pushes {
+                    if let Some(push) = push {
                         writeln!(f, "  {push}")?;
                     }
-                }
-                Action::RetagInRegistry { repository, from, to } => {
-                    let registry = self.registry.as_deref().unwrap_or_default();
-                    writeln!(f, "  unchanged: reuse {registry}/{repository}:{from}")?;
-                    for tag in to {
-                        writeln!(
-                            f,
-                            "  registry: PUT {registry} /v2/{repository}/manifests/{tag} (the manifest of {from})"
-                        )?;
+                    if let Some(retag) = retag {
+                        retag.show(f, registry)?;
                     }
+                }
+                Action::RetagInRegistry(retag) => {
+                    writeln!(f, "  unchanged: reuse {registry}/{}:{}", retag.repository, retag.from)?;
+                    retag.show(f, registry)?;
                 }
                 Action::RetagLocally(commands) => {
                     writeln!(f, "  unchanged: reuse the local image")?;
@@ -708,23 +749,18 @@ fn perform(
 ) -> Result<Outcome> {
     let mut log = File::create(log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
     match &image.action {
-        Action::Build { build, pushes } => {
+        Action::Build { build, push, retag } => {
             let steps = stream(build, &mut log, log_path, task, board)?;
-            for push in pushes {
+            if let Some(push) = push {
                 push_with_retries(push, &mut log, log_path, task, board, plan.registry.as_deref().unwrap_or_default())?;
+            }
+            if let Some(retag) = retag {
+                retag.run(registry.context("tagging in the registry needs a registry")?, &mut log, task)?;
             }
             Ok(if steps.all_cached() { Outcome::Cached } else { Outcome::Built })
         }
-        Action::RetagInRegistry { repository, from, to } => {
-            let registry = registry.context("retagging in the registry needs a registry")?;
-            let manifest = registry
-                .manifest(repository, from)?
-                .with_context(|| format!("{repository}:{from} disappeared from the registry while building"))?;
-            for tag in to {
-                task.line(&format!("tag {repository}:{tag} -> {}", manifest.digest));
-                writeln!(log, "PUT /v2/{repository}/manifests/{tag} ({})", manifest.digest)?;
-                registry.put_manifest(repository, tag, &manifest)?;
-            }
+        Action::RetagInRegistry(retag) => {
+            retag.run(registry.context("tagging in the registry needs a registry")?, &mut log, task)?;
             Ok(Outcome::Skipped)
         }
         Action::RetagLocally(commands) => {
@@ -921,27 +957,6 @@ impl fmt::Display for Summary {
     }
 }
 
-/// Unix seconds as an RFC 3339 UTC timestamp (`2026-11-27T08:45:00Z`), without a date crate:
-/// the civil-from-days conversion of Howard Hinnant's date algorithms.
-fn rfc3339(unix_seconds: i64) -> String {
-    let seconds_of_day = unix_seconds.rem_euclid(86_400);
-    let days_since_0300_03_01 = unix_seconds.div_euclid(86_400) + 719_468;
-    let era = days_since_0300_03_01.div_euclid(146_097);
-    let day_of_era = days_since_0300_03_01 - era * 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        seconds_of_day / 3600,
-        seconds_of_day % 3600 / 60,
-        seconds_of_day % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -999,9 +1014,9 @@ mod tests {
         }
     }
 
-    fn build_of(plan: &BuildPlan, service: Service) -> (&Command, &Vec<Command>) {
+    fn build_of(plan: &BuildPlan, service: Service) -> (&Command, &Option<Command>, &Option<Retag>) {
         match &plan.images.iter().find(|image| image.service == service).unwrap().action {
-            Action::Build { build, pushes } => (build, pushes),
+            Action::Build { build, push, retag } => (build, push, retag),
             other => panic!("{service:?} is not built: {other:?}"),
         }
     }
@@ -1013,7 +1028,7 @@ mod tests {
     #[test]
     fn legacy_push_builds_tags_labels_and_pushes_every_tag() {
         let built = plan(&inputs(Builder::Legacy, Some("r:5000"), true));
-        let (build, pushes) = build_of(&built, Service::Backend);
+        let (build, push, retag) = build_of(&built, Service::Backend);
         assert_eq!(build.env, [("DOCKER_BUILDKIT".to_string(), "1".to_string())]);
         assert_eq!(
             pairs(&build.args, "--tag"),
@@ -1047,9 +1062,17 @@ mod tests {
         assert_eq!(pairs(&build.args, "--cache-from"), ["r:5000/intric/backend:dev-latest"]);
         assert_eq!(pairs(&build.args, "--target"), ["backend"]);
         assert_eq!(pairs(&build.args, "--secret"), ["id=pip_index,env=PIP_INDEX_URL"]);
-        assert_eq!(pushes.len(), 4);
-        assert_eq!(pushes[0].args, ["push", "r:5000/intric/backend:sha-0123456789ab"]);
-        let (worker, _) = build_of(&built, Service::Worker);
+        assert_eq!(push.as_ref().unwrap().args, ["push", "r:5000/intric/backend:sha-0123456789ab"]);
+        assert_eq!(
+            retag.as_ref().unwrap(),
+            &Retag {
+                repository: "intric/backend".into(),
+                from: "sha-0123456789ab".into(),
+                to: vec!["dev-latest".into(), "qa".into(), "inputs-aaaaaaaaaaaaaaaaaaaaaaaa".into()],
+            },
+            "the other tags go through the registry API, the inputs tag last"
+        );
+        let (worker, _, _) = build_of(&built, Service::Worker);
         assert_eq!(pairs(&worker.args, "--target"), ["worker"]);
         assert!(worker.args.last().unwrap().ends_with("/ws/backend"), "worker builds from the backend context");
     }
@@ -1057,9 +1080,9 @@ mod tests {
     #[test]
     fn buildx_pushes_from_the_builder() {
         let built = plan(&inputs(Builder::Buildx, Some("r:5000"), true));
-        let (build, pushes) = build_of(&built, Service::Frontend);
+        let (build, push, retag) = build_of(&built, Service::Frontend);
         assert!(build.args.starts_with(&["buildx".to_string(), "build".to_string(), "--push".to_string()]));
-        assert!(pushes.is_empty());
+        assert!(push.is_none() && retag.is_none());
         assert!(build.env.is_empty());
     }
 
@@ -1068,7 +1091,7 @@ mod tests {
         let mut pushing = inputs(Builder::Buildx, Some("r:5000"), true);
         pushing.registry_cache = true;
         let built = plan(&pushing);
-        let (build, _) = build_of(&built, Service::Backend);
+        let (build, _, _) = build_of(&built, Service::Backend);
         assert_eq!(
             pairs(&build.args, "--cache-from"),
             ["r:5000/intric/backend:dev-latest", "type=registry,ref=r:5000/intric/backend:buildcache"]
@@ -1083,8 +1106,8 @@ mod tests {
         let mut local = inputs(Builder::Legacy, None, false);
         local.login = None;
         let built = plan(&local);
-        let (build, pushes) = build_of(&built, Service::Frontend);
-        assert!(pushes.is_empty());
+        let (build, push, _) = build_of(&built, Service::Frontend);
+        assert!(push.is_none());
         assert!(built.login.is_none());
         assert_eq!(pairs(&build.args, "--tag")[0], "intric/frontend:sha-0123456789ab");
         assert!(!pairs(&build.args, "--build-arg").iter().any(|arg| arg.starts_with("BUILDKIT_INLINE_CACHE")));
@@ -1102,7 +1125,7 @@ mod tests {
         pushing.unchanged.insert(Service::Frontend);
         let built = plan(&pushing);
         match &built.images[2].action {
-            Action::RetagInRegistry { repository, from, to } => {
+            Action::RetagInRegistry(Retag { repository, from, to }) => {
                 assert_eq!(repository, "intric/frontend");
                 assert_eq!(from, "inputs-cccccccccccccccccccccccc");
                 assert_eq!(to, &["sha-0123456789ab", "dev-latest", "qa"]);
@@ -1167,12 +1190,5 @@ mod tests {
         steps.note("#7 [backend 4/5] RUN true");
         steps.note("#7 DONE 0.2s");
         assert!(!steps.all_cached());
-    }
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_764_233_100), "2025-11-27T08:45:00Z");
     }
 }
