@@ -165,9 +165,8 @@ impl Docker {
         let inspect = cmd!(sh, "{program} buildx inspect {builder_args...}").quiet().ignore_stderr().read();
         inspect.is_ok_and(|text| {
             text.lines().any(|line| {
-                line.strip_prefix("Driver:").is_some_and(|driver| {
-                    matches!(driver.trim(), "docker-container" | "kubernetes" | "remote")
-                })
+                line.strip_prefix("Driver:")
+                    .is_some_and(|driver| matches!(driver.trim(), "docker-container" | "kubernetes" | "remote"))
             })
         })
     }
@@ -219,6 +218,49 @@ pub struct BuildSpec {
     pub iidfile: Option<PathBuf>,
     pub no_cache: bool,
     pub pull: bool,
+}
+
+/// `docker login` with the password on standard input, for a client that need not build
+/// (the operator tasks run `docker` from PATH, which may lack buildx).
+pub fn login_with(program: &str, registry: &str, username: &str, password: Secret) -> Command {
+    Command::new(program)
+        .args(["login", "--username", username, "--password-stdin", registry])
+        .stdin(password)
+        .hint(format!("login to {registry} as {username} failed: check NEXUS_USERNAME and NEXUS_PASSWORD"))
+}
+
+/// The engine's version (`docker version`), e.g. `20.10.24+dfsg1`.
+pub fn engine_version_command(program: &str) -> Command {
+    Command::new(program).args(["version", "--format", "{{.Server.Version}}"])
+}
+
+/// The compose plugin's version, e.g. `2.40.3` or `v2.40.3`.
+pub fn compose_version_command(program: &str) -> Command {
+    Command::new(program).args(["compose", "version", "--short"])
+}
+
+/// The engine host's total memory in bytes and the engine's root directory, one per line.
+pub fn engine_info_command(program: &str) -> Command {
+    Command::new(program).args(["info", "--format", "{{.MemTotal}}\n{{.DockerRootDir}}"])
+}
+
+/// `docker container inspect` of `ids`, as a JSON array.
+pub fn container_inspect_command<S: AsRef<str>>(program: &str, ids: &[S]) -> Command {
+    Command::new(program).args(["container", "inspect"]).args(ids.iter().map(|id| id.as_ref().to_string()))
+}
+
+/// `docker image inspect` of `ids`, as a JSON array.
+pub fn image_inspect_command<S: AsRef<str>>(program: &str, ids: &[S]) -> Command {
+    Command::new(program).args(["image", "inspect"]).args(ids.iter().map(|id| id.as_ref().to_string()))
+}
+
+/// `major.minor` of a docker or compose version string (`v2.40.3`, `20.10.24+dfsg1`).
+pub fn major_minor(version: &str) -> Option<(u64, u64)> {
+    let version = version.trim().trim_start_matches('v');
+    let mut parts = version.split(['.', '+', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next().and_then(|minor| minor.parse().ok()).unwrap_or(0);
+    Some((major, minor))
 }
 
 /// The major version of a docker version string such as `20.10.24+dfsg1` or `28.2.2`.

@@ -3,13 +3,18 @@
 //! This file only parses the command line and dispatches; each task lives in its own module,
 //! and each outside system (git, docker, the registry, compose) has one adapter module.
 
+mod backup;
 mod bench;
 mod build;
 mod check;
 mod ci;
 mod ci_env;
+mod clock;
+mod compose;
 mod context;
+mod deploy;
 mod docker;
+mod doctor;
 mod dotenv;
 mod env;
 mod git;
@@ -19,6 +24,7 @@ mod progress;
 mod registry;
 mod release;
 mod sandbox;
+mod status;
 mod tags;
 
 use std::path::PathBuf;
@@ -55,6 +61,20 @@ enum Task {
     /// Time the xtask's hot paths against what they replace (numbers, not tests).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Check this machine and the engine: versions, BuildKit, git, memory, disk, registry, .env.
+    Doctor(doctor::DoctorArgs),
+    /// Deploy the stack of a deployment directory: pull, initialize the database once, start, wait healthy.
+    Deploy(deploy::DeployArgs),
+    /// Update to another image tag: check it exists, back up, migrate with the new image, roll back on failure.
+    Update(deploy::UpdateArgs),
+    /// Go back to the previous successfully deployed tag (from the deploy history), or to --to TAG.
+    Rollback(deploy::RollbackArgs),
+    /// Back up the database (pg_dump, gzip) to DIR/backups, keeping the newest N.
+    Backup(backup::BackupArgs),
+    /// Replace the database with a backup: stop the app, load, swap in, start, wait healthy.
+    Restore(backup::RestoreArgs),
+    /// Show each service's state, health, image tag and digest, and uptime.
+    Status(status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +91,13 @@ fn main() -> ExitCode {
         Task::Sandbox(command) => sandbox::run(command),
         Task::Env(command) => env::run(command),
         Task::Bench(command) => bench::run(command),
+        Task::Doctor(args) => doctor::run(args),
+        Task::Deploy(args) => deploy::run_deploy(args),
+        Task::Update(args) => deploy::run_update(args),
+        Task::Rollback(args) => deploy::run_rollback(args),
+        Task::Backup(args) => backup::run_backup(args),
+        Task::Restore(args) => backup::run_restore(args),
+        Task::Status(args) => status::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1682,10 +1682,10 @@ mod tests {
         static STARTED: std::sync::Once = std::sync::Once::new();
         STARTED.call_once(|| {
             let engine = std::process::Command::new("docker").arg("info").output();
-            if engine.is_ok_and(|output| output.status.success()) {
-                if let Err(error) = crate::sandbox::up(5000) {
-                    eprintln!("note: cannot start the lab: {error:#}");
-                }
+            if engine.is_ok_and(|output| output.status.success())
+                && let Err(error) = crate::sandbox::up(5000)
+            {
+                eprintln!("note: cannot start the lab: {error:#}");
             }
         });
         let path = crate::workspace_root().join("target/xtask/sandbox/lab.env");

@@ -190,7 +190,8 @@ fn read_up_inputs(sh: &Shell, paths: &LabPaths, port: u16) -> Result<UpInputs> {
         let format = format!("{{{{index .Config.Labels \"{STATE_LABEL}\"}}}}");
         docker.command().args(["container", "inspect", "--format", &format, REGISTRY_CONTAINER]).read(sh).ok()
     });
-    let owner = owner.filter(|dir| !dir.is_empty() && Path::new(dir) != paths.dir).map(|dir| LabPaths { dir: dir.into() });
+    let owner =
+        owner.filter(|dir| !dir.is_empty() && Path::new(dir) != paths.dir).map(|dir| LabPaths { dir: dir.into() });
     let adopted = owner.as_ref().and_then(|owner| {
         let env = std::fs::read_to_string(owner.env_file()).ok()?;
         let htpasswd = std::fs::read_to_string(owner.htpasswd()).ok()?;

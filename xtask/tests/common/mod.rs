@@ -241,3 +241,20 @@ pub fn eventually<T>(seconds: u64, what: &str, mut check: impl FnMut() -> Option
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// An HTTP answer from the stack: status and body.
+pub fn http(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let response = match (method, body) {
+        ("POST", Some(body)) => agent.post(url).header("Content-Type", "application/json").send(body),
+        _ => agent.get(url).call(),
+    };
+    match response {
+        Ok(mut response) => (response.status().as_u16(), response.body_mut().read_to_string().unwrap_or_default()),
+        Err(error) => (0, error.to_string()),
+    }
+}

@@ -1,0 +1,397 @@
+//! `cargo xtask backup | restore`: the stack's PostgreSQL database to and from gzip'd plain SQL
+//! dumps on this side, wherever the engine runs.
+//!
+//! - `backup`: `docker compose exec -T db pg_dump` streamed through `gzip` into
+//!   `.intric_<UTC timestamp>.sql.gz.partial` in the output directory; the file is then checked
+//!   (fully decompressed, and ending with pg_dump's "dump complete" line) and renamed to
+//!   `intric_<UTC timestamp>.sql.gz`. Only then are backups beyond `--keep` removed, oldest
+//!   first, and only files with that exact naming.
+//! - `restore FILE --yes`: checks FILE the same way before touching anything; stops backend and
+//!   worker; loads FILE into a new database (`<db>_restore`) in one transaction; swaps it in by
+//!   renaming (the old database is dropped only once the new one is in place); starts the stack
+//!   and waits until it is healthy. It is correct on a fresh stack and on a populated one, and a
+//!   failed load leaves the current database untouched.
+//!
+//! The dump never touches the engine host's file system (no bind mounts), so `DOCKER_HOST=ssh://`
+//! works. Compression is the `gzip` binary, piped with duct: no gzip crate needed.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::clock;
+use crate::compose::DUMP_COMPLETE;
+use crate::deploy::{self, Deployment, Executor, Lock, Outcome, Record, Target};
+
+/// Backups kept by default.
+pub const DEFAULT_KEEP: u64 = 10;
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  cargo xtask backup
+  cargo xtask backup --dir /srv/intric --out /var/backups/intric --keep 30")]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The directory for backups [default: DIR/backups].
+    #[arg(long, value_name = "OUT")]
+    pub out: Option<PathBuf>,
+    /// How many backups to keep in OUT; older ones are removed after the new one is complete.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_KEEP, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep: u64,
+    /// Print what would happen and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  cargo xtask restore docker/backups/intric_20260101T120000Z.sql.gz --yes
+  cargo xtask restore /var/backups/intric/intric_20260101T120000Z.sql.gz --dir /srv/intric --yes")]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The backup to restore: a file `cargo xtask backup` wrote.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Confirm that the stack's database is to be replaced by FILE's contents.
+    #[arg(long)]
+    pub yes: bool,
+    /// Seconds to wait for every service to become healthy again.
+    #[arg(long, value_name = "SECONDS", default_value_t = deploy::DEFAULT_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names and retention (pure)
+
+/// `intric_<UTC timestamp>.sql.gz`, with `-N` before the extension for the N-th extra backup
+/// within the same second.
+pub fn backup_name(unix_seconds: i64, extra: u32) -> String {
+    let stamp = clock::compact_utc(unix_seconds);
+    if extra == 0 { format!("intric_{stamp}.sql.gz") } else { format!("intric_{stamp}-{extra}.sql.gz") }
+}
+
+/// The timestamp and sequence of a backup's file name, `None` for any other file.
+pub fn parse_backup_name(name: &str) -> Option<(String, u32)> {
+    let stem = name.strip_prefix("intric_")?.strip_suffix(".sql.gz")?;
+    let (stamp, extra) = match stem.split_once('-') {
+        Some((stamp, extra)) => (stamp, extra.parse().ok().filter(|extra| *extra > 0)?),
+        None => (stem, 0),
+    };
+    let bytes = stamp.as_bytes();
+    let shape = bytes.len() == 16
+        && bytes[8] == b'T'
+        && bytes[15] == b'Z'
+        && bytes.iter().enumerate().all(|(index, byte)| index == 8 || index == 15 || byte.is_ascii_digit());
+    shape.then(|| (stamp.to_string(), extra))
+}
+
+/// The backups among `names` to remove so that the newest `keep` remain, oldest first.
+pub fn to_remove(names: &[String], keep: usize) -> Vec<String> {
+    let mut backups: Vec<((String, u32), &String)> =
+        names.iter().filter_map(|name| Some((parse_backup_name(name)?, name))).collect();
+    backups.sort();
+    let excess = backups.len().saturating_sub(keep);
+    backups.into_iter().take(excess).map(|(_, name)| name.clone()).collect()
+}
+
+/// A new backup's path in `dir` for time `now`: the first name not taken yet.
+pub fn next_path(dir: &Path, now: i64) -> PathBuf {
+    (0..).map(|extra| dir.join(backup_name(now, extra))).find(|path| !path.exists()).expect("an unused name")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks before anything runs
+
+/// Checks that backups can be written to `dir` (creating nothing): it is a directory we can
+/// write to, or it does not exist yet and its nearest existing parent is one.
+pub fn check_writable(dir: &Path) -> Result<()> {
+    let existing = dir.ancestors().find(|ancestor| ancestor.exists()).unwrap_or(Path::new("/"));
+    if !existing.is_dir() {
+        bail!("cannot write backups to {}: {} is not a directory", dir.display(), existing.display());
+    }
+    let probe = existing.join(format!(".xtask-write-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(error) => {
+            bail!("cannot write backups to {}: {} is not writable ({error})", dir.display(), existing.display())
+        }
+    }
+}
+
+/// Checks that `path` is a complete backup: a gzip file that decompresses fully, holding a
+/// plain pg_dump that ended normally.
+pub fn verify(path: &Path) -> Result<()> {
+    if !path.is_file() {
+        bail!("{} does not exist or is not a file", path.display());
+    }
+    let test = duct::cmd!("gzip", "-t", path)
+        .stderr_capture()
+        .stdout_null()
+        .unchecked()
+        .run()
+        .with_context(|| "cannot run gzip (install it: it compresses and checks the backups)".to_string())?;
+    if !test.status.success() {
+        let why = String::from_utf8_lossy(&test.stderr);
+        let why = why.lines().find(|line| !line.trim().is_empty()).unwrap_or("");
+        let why = why.rsplit(": ").next().unwrap_or("").trim().to_string();
+        bail!("{} is not a complete gzip file ({why}): not a usable backup", path.display());
+    }
+    let mut reader = duct::cmd!("gzip", "-dc", path).stderr_null().reader()?;
+    let mut tail = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = reader.read(&mut buffer).with_context(|| format!("cannot decompress {}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        tail.extend_from_slice(&buffer[..read]);
+        if tail.len() > 4096 {
+            tail.drain(..tail.len() - 1024);
+        }
+    }
+    if !String::from_utf8_lossy(&tail).contains(DUMP_COMPLETE) {
+        bail!(
+            "{} does not hold a complete pg_dump (it lacks \"{DUMP_COMPLETE}\"): not a usable backup",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running
+
+/// Dumps the database into `path`: through a temporary name, checked, then renamed.
+pub fn dump_to(exec: &mut Executor, path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = path.file_name().context("a backup needs a file name")?.to_string_lossy().to_string();
+    let partial = dir.join(format!(".{name}.partial"));
+    let compose = exec.compose;
+    let dump = compose.dump();
+    eprintln!("$ {dump} | gzip > {}", partial.display());
+    let pipe = compose.expression(&dump).pipe(duct::cmd!("gzip", "-c")).stdout_path(&partial);
+    let result = exec
+        .run_expression(&pipe)
+        .with_context(|| "pg_dump in the db container failed: is the stack running? (`cargo xtask status`)".to_string())
+        .and_then(|()| verify(&partial))
+        .and_then(|()| {
+            std::fs::set_permissions(&partial, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            std::fs::rename(&partial, path).with_context(|| format!("cannot rename to {}", path.display()))
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+/// Restores the database from the (verified) backup `path`; see the module documentation.
+pub fn restore_from(exec: &mut Executor, path: &Path) -> Result<()> {
+    let compose = exec.compose;
+    let timeout = exec.timeout;
+    exec.run(&compose.up(&["db"], timeout))?;
+    let name = compose.read(&compose.sql(None, "select current_database()"))?;
+    let (staging, previous) = (format!("{name}_restore"), format!("{name}_before_restore"));
+    let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    let admin = |sql: String| compose.sql(Some("template1"), &sql);
+    let disconnect = |database: &str| {
+        admin(format!(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity where datname = '{}' and pid <> pg_backend_pid()",
+            database.replace('\'', "''")
+        ))
+    };
+    exec.run(&compose.stop(&["backend", "worker"]))?;
+    let loaded = (|| -> Result<()> {
+        exec.run(&admin(format!("drop database if exists {} with (force)", quote(&staging))))?;
+        exec.run(&admin(format!("drop database if exists {} with (force)", quote(&previous))))?;
+        exec.run(&admin(format!("create database {}", quote(&staging))))?;
+        let load = compose.load(&staging);
+        eprintln!("$ gzip -dc {} | {load}", path.display());
+        exec.run_expression(&duct::cmd!("gzip", "-dc", path).pipe(compose.expression(&load)))
+            .with_context(|| format!("loading {} failed; the database was not changed", path.display()))
+    })();
+    let swapped = loaded.and_then(|()| {
+        exec.run(&disconnect(&name))?;
+        exec.run(&admin(format!("alter database {} rename to {}", quote(&name), quote(&previous))))?;
+        if let Err(error) = exec.run(&admin(format!("alter database {} rename to {}", quote(&staging), quote(&name)))) {
+            exec.run(&admin(format!("alter database {} rename to {}", quote(&previous), quote(&name))))?;
+            return Err(error);
+        }
+        exec.run(&admin(format!("drop database {} with (force)", quote(&previous))))
+    });
+    if swapped.is_err() {
+        let _ = exec.run(&admin(format!("drop database if exists {} with (force)", quote(&staging))));
+    }
+    let started = exec.run(&compose.up(&[], timeout));
+    swapped?;
+    started
+}
+
+pub fn run_backup(args: BackupArgs) -> Result<()> {
+    let deployment = Deployment::open(&args.target)?;
+    let out = args.out.clone().unwrap_or_else(|| deployment.dir.join("backups"));
+    check_writable(&out)?;
+    let path = next_path(&out, clock::now_unix());
+    if args.dry_run {
+        println!("  1. {} | gzip > {}", deployment.compose.dump(), path.display());
+        println!("  2. check {} (gzip -t, complete dump), then rename it into place", path.display());
+        println!("  3. remove backups in {} beyond the newest {}", out.display(), args.keep);
+        return Ok(());
+    }
+    let mut exec = Executor { compose: &deployment.compose, lock: None, timeout: deploy::DEFAULT_TIMEOUT };
+    dump_to(&mut exec, &path)?;
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .with_context(|| format!("cannot list {}", out.display()))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .collect();
+    for name in to_remove(&names, usize::try_from(args.keep).unwrap_or(usize::MAX)) {
+        let old = out.join(&name);
+        std::fs::remove_file(&old).with_context(|| format!("cannot remove the old backup {}", old.display()))?;
+        eprintln!("removed the old backup {}", old.display());
+    }
+    println!("{}", path.display());
+    Ok(())
+}
+
+pub fn run_restore(args: RestoreArgs) -> Result<()> {
+    let deployment = Deployment::open(&args.target)?;
+    if !args.file.exists() {
+        bail!(
+            "{} does not exist: pass a backup file (`cargo xtask backup` writes them to DIR/backups)",
+            args.file.display()
+        );
+    }
+    if !args.yes {
+        bail!(
+            "restore replaces the whole database of project {} with {}: pass --yes to confirm",
+            deployment.compose.project_name(),
+            args.file.display()
+        );
+    }
+    verify(&args.file)?;
+    let tag = deployment.current_tag();
+    let holder = deploy::Holder {
+        pid: std::process::id(),
+        user: deploy::current_user(),
+        host: deploy::current_host(),
+        command: "restore".into(),
+        since: clock::rfc3339(clock::now_unix()),
+        from_tag: tag.clone(),
+        to_tag: None,
+        children: Vec::new(),
+    };
+    let (mut lock, _) = Lock::acquire(&deployment.lock_path(), holder, args.timeout)?;
+    let started = std::time::Instant::now();
+    let result = restore_from(
+        &mut Executor { compose: &deployment.compose, lock: Some(&mut lock), timeout: args.timeout },
+        &args.file,
+    );
+    if let Some(tag) = tag {
+        deploy::append_history(
+            &deployment.history_path(),
+            &Record {
+                time: clock::rfc3339(clock::now_unix()),
+                user: deploy::current_user(),
+                command: "restore".into(),
+                from_tag: Some(tag.clone()),
+                to_tag: tag,
+                result: if result.is_ok() { Outcome::Ok } else { Outcome::Failed },
+                seconds: started.elapsed().as_secs(),
+                backup: Some(args.file.display().to_string()),
+                detail: result.as_ref().err().map(|error| format!("{error:#}")),
+            },
+        )?;
+    }
+    result?;
+    drop(lock);
+    crate::status::print_report(&deployment);
+    println!("restored {}", args.file.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_names_sort_by_time_and_sequence() {
+        assert_eq!(backup_name(1_764_233_100, 0), "intric_20251127T084500Z.sql.gz");
+        assert_eq!(backup_name(1_764_233_100, 2), "intric_20251127T084500Z-2.sql.gz");
+        assert_eq!(parse_backup_name("intric_20251127T084500Z-2.sql.gz"), Some(("20251127T084500Z".into(), 2)));
+        for other in [
+            "intric_20251127T084500Z.sql",
+            ".intric_20251127T084500Z.sql.gz.partial",
+            "intric_2025-11-27.sql.gz",
+            "intric_20251127T084500Z-0.sql.gz",
+            "intric_20251127T084500Z-x.sql.gz",
+            "notes.txt",
+        ] {
+            assert_eq!(parse_backup_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn retention_removes_the_oldest_backups_only() {
+        let names: Vec<String> = [
+            "intric_20260103T000000Z.sql.gz",
+            "intric_20260101T000000Z.sql.gz",
+            "intric_20260102T000000Z-1.sql.gz",
+            "intric_20260102T000000Z.sql.gz",
+            "keep-me.sql.gz",
+            ".intric_20250101T000000Z.sql.gz.partial",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(to_remove(&names, 2), ["intric_20260101T000000Z.sql.gz", "intric_20260102T000000Z.sql.gz"]);
+        assert_eq!(to_remove(&names, 4), Vec::<String>::new());
+        assert_eq!(to_remove(&names, 1).len(), 3);
+    }
+
+    #[test]
+    fn next_path_skips_names_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(backup_name(0, 0)), "").unwrap();
+        assert_eq!(next_path(dir.path(), 0), dir.path().join("intric_19700101T000000Z-1.sql.gz"));
+    }
+
+    #[test]
+    fn writability_is_checked_without_creating_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        check_writable(&dir.path().join("new/backups")).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let error = check_writable(&file.join("sub")).unwrap_err().to_string();
+        assert!(error.contains("is not a directory"), "{error}");
+    }
+
+    #[test]
+    fn only_complete_gzip_dumps_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let write_gz = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            let output = duct::cmd!("gzip", "-c").stdin_bytes(text.as_bytes()).stdout_path(&path).run();
+            output.unwrap();
+            path
+        };
+        let good = write_gz("good.sql.gz", &format!("select 1;\n--\n{DUMP_COMPLETE}\n--\n"));
+        verify(&good).unwrap();
+        let cut = write_gz("cut.sql.gz", "select 1;\n");
+        assert!(verify(&cut).unwrap_err().to_string().contains("does not hold a complete pg_dump"));
+        let bytes = std::fs::read(&good).unwrap();
+        let truncated = dir.path().join("truncated.sql.gz");
+        std::fs::write(&truncated, &bytes[..bytes.len() - 6]).unwrap();
+        assert!(verify(&truncated).unwrap_err().to_string().contains("is not a complete gzip file"));
+        let plain = dir.path().join("plain.sql.gz");
+        std::fs::write(&plain, "not gzip").unwrap();
+        let error = verify(&plain).unwrap_err().to_string();
+        assert!(error.contains("is not a complete gzip file (not in gzip format)"), "{error}");
+    }
+}

@@ -1,0 +1,409 @@
+//! The operator tasks end to end on the offline lab, with a real engine, the lab registry and the
+//! stack's real Postgres and Redis: `env init` → `deploy` → rows through the API → `update` to a
+//! version with a migration → `update` to a version whose backend is unhealthy (rolled back) →
+//! `rollback` → `backup`, `restore` into a fresh stack → two concurrent updates → `kill -9`
+//! during an update and a re-run → no secret in any output or log.
+//!
+//! It needs a Docker engine: with `CI` set a missing engine fails it; elsewhere it says why it
+//! did nothing. Its project (`intric-deploy-e2e`) and ports (24000, 29123) are its own.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::Instant;
+
+use common::*;
+
+const PROJECT: &str = "intric-deploy-e2e";
+const FRONTEND_PORT: &str = "24000";
+const BACKEND_PORT: &str = "29123";
+/// The LLM key of the deployment: it must never be shown.
+const CANARY: &str = "sk-canary-deploy-e2e-5f2c81d0a7b4e9";
+const V1: &str = "deploy-e2e-v1";
+const V2: &str = "deploy-e2e-v2";
+const BROKEN: &str = "deploy-e2e-unhealthy";
+
+/// A deployment directory driven by the xtask, taken down with its volumes when dropped.
+struct Deployment {
+    dir: tempfile::TempDir,
+    /// Everything the xtask printed, to look for secrets at the end.
+    shown: std::cell::RefCell<String>,
+}
+
+impl Deployment {
+    fn new() -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["docker-compose.yml", ".env.example"] {
+            std::fs::copy(workspace().join("docker").join(file), dir.path().join(file)).unwrap();
+        }
+        let deployment = Deployment { dir, shown: Default::default() };
+        deployment.compose(&["--profile", "init", "down", "--volumes", "--remove-orphans"]);
+        deployment
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn dir_arg(&self) -> String {
+        self.path().to_str().unwrap().to_string()
+    }
+
+    /// The xtask with `--dir` and `--project` of this deployment; its output is recorded.
+    fn xtask(&self, args: &[&str]) -> Output {
+        let dir = self.dir_arg();
+        let mut full = args.to_vec();
+        full.extend(["--dir", &dir]);
+        if args[0] != "env" {
+            full.extend(["--project", PROJECT]);
+        }
+        let output = xtask(&full, &[], self.path());
+        self.record(&output);
+        output
+    }
+
+    fn record(&self, output: &Output) {
+        let mut shown = self.shown.borrow_mut();
+        shown.push_str(&String::from_utf8_lossy(&output.stdout));
+        shown.push_str(&String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Runs the xtask, which must succeed; its standard output and error together.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.xtask(args);
+        assert_success(&output, &args.join(" "));
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    }
+
+    /// Runs the xtask, which must succeed; its standard output only.
+    fn stdout(&self, args: &[&str]) -> String {
+        let output = self.xtask(args);
+        assert_success(&output, &args.join(" "));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Starts the xtask in the background, its output going to a file.
+    fn spawn(&self, args: &[&str], log: &str) -> Child {
+        let dir = self.dir_arg();
+        let file = std::fs::File::create(self.path().join(log)).unwrap();
+        let mut command = std::process::Command::new(XTASK);
+        command.args(args).args(["--dir", &dir, "--project", PROJECT]).current_dir(self.path());
+        for key in CONTROLLED {
+            command.env_remove(key);
+        }
+        command.stdout(Stdio::from(file.try_clone().unwrap())).stderr(Stdio::from(file)).spawn().unwrap()
+    }
+
+    fn log(&self, log: &str) -> String {
+        let text = std::fs::read_to_string(self.path().join(log)).unwrap_or_default();
+        self.shown.borrow_mut().push_str(&text);
+        text
+    }
+
+    fn compose(&self, args: &[&str]) -> Output {
+        let dir = self.dir_arg();
+        let mut full = vec!["compose", "--project-name", PROJECT, "--project-directory", &dir];
+        full.extend_from_slice(args);
+        run("docker", &full, self.path())
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        let script = format!("psql -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -tAc \"{sql}\"");
+        let output = self.compose(&["exec", "-T", "db", "sh", "-c", &script]);
+        assert_success(&output, sql);
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    fn env_value(&self, key: &str) -> String {
+        let text = std::fs::read_to_string(self.path().join(".env")).unwrap();
+        text.lines().find_map(|line| line.strip_prefix(&format!("{key}="))).unwrap_or_default().to_string()
+    }
+
+    fn set(&self, key: &str, value: &str) {
+        let path = self.path().join(".env");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let prefix = format!("{key}=");
+        assert!(text.lines().any(|line| line.starts_with(&prefix)), "{key} in .env");
+        let lines: Vec<String> = text
+            .lines()
+            .map(|line| if line.starts_with(&prefix) { format!("{key}={value}") } else { line.to_string() })
+            .collect();
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    }
+
+    fn history(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path().join(".deploy-history.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    fn job_ids(&self) -> String {
+        self.psql("select string_agg(id::text, ',' order by id) from jobs")
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = self.compose(&["logs", "--no-color", "--tail", "40"]);
+            eprintln!("--- compose logs\n{}", String::from_utf8_lossy(&logs.stdout));
+            eprintln!("--- xtask output\n{}", self.shown.borrow());
+        }
+        self.compose(&["--profile", "init", "down", "--volumes", "--remove-orphans"]);
+    }
+}
+
+fn url(path: &str) -> String {
+    format!("http://127.0.0.1:{FRONTEND_PORT}{path}")
+}
+
+fn answers() -> bool {
+    http("GET", &url("/api/v1/healthz"), None).0 == 200
+}
+
+/// The one `error:` line of a failed run.
+fn error_line(output: &Output) -> String {
+    assert!(!output.status.success(), "it succeeded:\n{}", String::from_utf8_lossy(&output.stdout));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|line| line.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    errors[0].to_string()
+}
+
+/// Builds and pushes three versions from snapshots: v1 as is, v2 with a migration, and a broken
+/// one whose backend answers its healthcheck with 500.
+fn build_versions() {
+    let env = lab_env();
+    let repo = snapshot();
+    let (output, _) = build(repo.path(), &["--push", "--tag", V1], &env);
+    assert_success(&output, "build v1");
+
+    std::fs::write(
+        repo.path().join("backend/alembic/versions/0002_deploy_e2e_note.py"),
+        r#""""deploy e2e: a column added by the second version
+
+Revision ID: 0002
+Revises: 0001
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("jobs", sa.Column("e2e_note", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("jobs", "e2e_note")
+"#,
+    )
+    .unwrap();
+    commit_all(repo.path(), "a migration");
+    let (output, _) = build(repo.path(), &["--push", "--tag", V2], &env);
+    assert_success(&output, "build v2");
+
+    let api = repo.path().join("backend/intric/api.py");
+    let source = std::fs::read_to_string(&api).unwrap();
+    let broken = source.replace(
+        "    async def healthz(request: Request):\n",
+        "    async def healthz(request: Request):\n        return JSONResponse({\"status\": \"broken on purpose\"}, status_code=500)\n",
+    );
+    assert_ne!(source, broken, "the healthz route moved: update this test");
+    std::fs::write(&api, broken).unwrap();
+    commit_all(repo.path(), "an unhealthy backend");
+    let (output, _) = build(repo.path(), &["--push", "--tag", BROKEN], &env);
+    assert_success(&output, "build the unhealthy version");
+}
+
+#[test]
+fn deploy_update_rollback_backup_restore_lock_and_kill() {
+    let _serial = serial();
+    if !docker_available() {
+        return;
+    }
+    let started = Instant::now();
+    let lab = lab();
+    build_versions();
+    eprintln!("timing: three versions built in {:.1} s", started.elapsed().as_secs_f64());
+
+    // env init, then the settings of this lab.
+    let deployment = Deployment::new();
+    deployment.ok(&["env", "init"]);
+    for (key, value) in [
+        ("NEXUS_REGISTRY", lab["NEXUS_REGISTRY"].as_str()),
+        ("NEXUS_USERNAME", lab["NEXUS_USERNAME"].as_str()),
+        ("NEXUS_PASSWORD", lab["NEXUS_PASSWORD"].as_str()),
+        ("IMAGE_TAG", V1),
+        ("POSTGRES_IMAGE", lab["POSTGRES_IMAGE"].as_str()),
+        ("REDIS_IMAGE", lab["REDIS_IMAGE"].as_str()),
+        ("OPENAI_API_KEY", CANARY),
+        ("FRONTEND_PORT", FRONTEND_PORT),
+        ("BACKEND_PORT", BACKEND_PORT),
+    ] {
+        deployment.set(key, value);
+    }
+
+    // deploy: db-init runs once, everything healthy, the app answers through the frontend.
+    let step = Instant::now();
+    let first = deployment.ok(&["deploy", "--timeout", "240"]);
+    assert!(first.contains("never initialized: running db-init") && first.contains("seeded tenant default"), "{first}");
+    assert!(first.contains(&format!("deployed {V1}: http://localhost:{FRONTEND_PORT}")), "{first}");
+    for service in ["db", "redis", "backend", "worker", "frontend"] {
+        assert!(first.lines().any(|line| line.starts_with(service) && line.contains("running  healthy")), "{first}");
+    }
+    let (status, page) = http("GET", &url("/"), None);
+    assert!(status == 200 && page.contains("<title>Intric</title>"), "{status} {page}");
+    assert!(answers());
+    eprintln!("timing: first deploy {:.1} s", step.elapsed().as_secs_f64());
+    let step = Instant::now();
+    let again = deployment.ok(&["deploy"]);
+    assert!(again.contains("the database is initialized (revision 0001)") && !again.contains("seeded"), "{again}");
+    assert_eq!(deployment.psql("select count(*) from tenants"), "1");
+    eprintln!("timing: deploy again (harmless) {:.1} s", step.elapsed().as_secs_f64());
+
+    // Rows through the API.
+    for text in ["first row", "second row", "third row"] {
+        let (status, body) = http("POST", &url("/api/v1/jobs"), Some(&format!("{{\"text\":\"{text}\"}}")));
+        assert_eq!(status, 202, "{body}");
+    }
+    eventually(60, "the worker to complete the jobs", || {
+        (deployment.psql("select count(*) from jobs where status = 'done'") == "3").then_some(())
+    });
+    let rows = deployment.job_ids();
+
+    // update to v2: its migration is applied with the new image, the rows are kept.
+    let step = Instant::now();
+    let updated = deployment.ok(&["update", "--tag", V2, "--timeout", "240"]);
+    assert!(updated.contains(&format!("update {V1} -> {V2} done")), "{updated}");
+    assert_eq!(deployment.psql("select version_num from alembic_version"), "0002");
+    assert_eq!(
+        deployment.psql(
+            "select count(*) from information_schema.columns where table_name = 'jobs' and column_name = 'e2e_note'"
+        ),
+        "1"
+    );
+    assert_eq!(deployment.job_ids(), rows);
+    assert_eq!(deployment.env_value("IMAGE_TAG"), V2);
+    assert!(answers());
+    eprintln!("timing: update to v2 {:.1} s", step.elapsed().as_secs_f64());
+
+    // update to an unhealthy version: rolled back automatically, the app answers, rows intact.
+    let step = Instant::now();
+    let failed = deployment.xtask(&["update", "--tag", BROKEN, "--timeout", "150"]);
+    let error = error_line(&failed);
+    assert!(error.contains(&format!("failed and was rolled back to {V2}, which is running again")), "{error}");
+    assert!(error.contains("the database was NOT restored") && error.contains("/backups/intric_"), "{error}");
+    assert_eq!(deployment.env_value("IMAGE_TAG"), V2);
+    assert!(answers());
+    assert_eq!(deployment.job_ids(), rows);
+    assert_eq!(deployment.history().last().unwrap()["result"], "rolled-back");
+    eprintln!("timing: failed update and automatic rollback {:.1} s", step.elapsed().as_secs_f64());
+
+    // rollback: to the tag deployed before v2, keeping the newer schema it does not know.
+    let step = Instant::now();
+    let rolled = deployment.ok(&["rollback", "--timeout", "240"]);
+    assert!(rolled.contains(&format!("rollback {V2} -> {V1} done")), "{rolled}");
+    assert!(rolled.contains("which this image does not know"), "{rolled}");
+    assert_eq!(deployment.env_value("IMAGE_TAG"), V1);
+    assert!(answers());
+    assert_eq!(deployment.job_ids(), rows);
+    eprintln!("timing: rollback {:.1} s", step.elapsed().as_secs_f64());
+
+    // backup, then restore into a fresh stack: the same rows.
+    let step = Instant::now();
+    let backup = deployment.stdout(&["backup", "--keep", "3"]);
+    let file = PathBuf::from(backup.trim());
+    assert!(file.file_name().unwrap().to_str().unwrap().starts_with("intric_"), "{backup}");
+    assert_success(&run("gzip", &["-t", file.to_str().unwrap()], Path::new(".")), "gzip -t");
+    let kept = std::fs::read_dir(deployment.path().join("backups")).unwrap().count();
+    assert_eq!(kept, 3, "--keep 3 after four backups");
+    assert_success(&deployment.compose(&["down", "--volumes"]), "compose down --volumes");
+    let fresh = deployment.ok(&["deploy", "--timeout", "240"]);
+    assert!(fresh.contains("seeded tenant default"), "a fresh stack: {fresh}");
+    assert_eq!(deployment.psql("select count(*) from jobs"), "0");
+    let restored = deployment.ok(&["restore", file.to_str().unwrap(), "--yes", "--timeout", "240"]);
+    assert!(restored.contains("restored"), "{restored}");
+    assert_eq!(deployment.job_ids(), rows);
+    let first_id = rows.split(',').next().unwrap();
+    let (status, body) = http("GET", &url(&format!("/api/v1/jobs/{first_id}")), None);
+    assert!(status == 200 && body.contains("\"done\""), "{status} {body}");
+    eprintln!("timing: backup, fresh deploy and restore {:.1} s", step.elapsed().as_secs_f64());
+
+    // Two updates at once: the second is refused, naming the first.
+    let step = Instant::now();
+    let mut first_update = deployment.spawn(&["update", "--tag", V2, "--timeout", "240"], "first-update.log");
+    let lock = deployment.path().join(".deploy.lock");
+    eventually(60, "the first update to take the lock", || lock.exists().then_some(()));
+    let refused = deployment.xtask(&["update", "--tag", V2]);
+    let error = error_line(&refused);
+    assert!(
+        error.contains("holds the lock") && error.contains(&format!("pid {} (update,", first_update.id())),
+        "{error}"
+    );
+    assert!(first_update.wait().unwrap().success(), "{}", deployment.log("first-update.log"));
+    deployment.log("first-update.log");
+    assert_eq!(deployment.env_value("IMAGE_TAG"), V2);
+    assert!(!lock.exists(), "the lock is released");
+    eprintln!("timing: concurrent updates {:.1} s", step.elapsed().as_secs_f64());
+
+    // kill -9 in the middle of an update (after .env changed), then the same update again.
+    let step = Instant::now();
+    let mut killed = deployment.spawn(&["update", "--tag", V1, "--timeout", "240"], "killed-update.log");
+    eventually(120, "the update to switch .env", || (deployment.env_value("IMAGE_TAG") == V1).then_some(()));
+    let pid = killed.id().to_string();
+    assert_success(&run("kill", &["-9", &pid], Path::new(".")), "kill -9");
+    killed.wait().unwrap();
+    deployment.log("killed-update.log");
+    assert!(lock.exists(), "a killed update leaves its lock");
+    let converged = deployment.ok(&["update", "--tag", V1, "--timeout", "240"]);
+    assert!(converged.contains(&format!("taking over the stale lock left by pid {pid} (update")), "{converged}");
+    assert!(converged.contains(&format!("update {V2} -> {V1} done")), "{converged}");
+    assert_eq!(deployment.env_value("IMAGE_TAG"), V1);
+    assert!(answers());
+    assert_eq!(deployment.job_ids(), rows);
+    assert!(!lock.exists());
+    let history = deployment.history();
+    assert!(history.iter().any(|record| record["detail"].as_str().is_some_and(|d| d.starts_with("interrupted"))));
+    let status: serde_json::Value = serde_json::from_str(&deployment.stdout(&["status", "--json"])).unwrap();
+    for service in status.as_array().unwrap() {
+        assert_eq!(service["health"], "healthy", "{service}");
+    }
+    eprintln!("timing: kill -9 and convergence {:.1} s", step.elapsed().as_secs_f64());
+
+    // The canary secret is in no output, no file of the deployment but .env, and no log.
+    let logs = deployment.compose(&["logs", "--no-color"]);
+    let mut everything = deployment.shown.borrow().clone();
+    everything.push_str(&String::from_utf8_lossy(&logs.stdout));
+    everything.push_str(&String::from_utf8_lossy(&logs.stderr));
+    for entry in walk(deployment.path()) {
+        if entry.file_name().is_some_and(|name| name != ".env") {
+            let bytes = if entry.extension().is_some_and(|ext| ext == "gz") {
+                run("gzip", &["-dc", entry.to_str().unwrap()], Path::new(".")).stdout
+            } else {
+                std::fs::read(&entry).unwrap()
+            };
+            everything.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    assert!(everything.len() > 10_000, "there is output to look at");
+    assert!(!everything.contains(CANARY), "the canary secret leaked");
+    assert!(!everything.contains(&lab["NEXUS_PASSWORD"]), "the registry password leaked");
+    eprintln!("timing: the deploy end-to-end test took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
+}
