@@ -148,3 +148,37 @@ fn ci_runs_the_readme_test_command() {
     let ci = read(".ci/run");
     assert!(ci.lines().any(|line| line.trim() == test_command), ".ci/run must run `{test_command}`");
 }
+
+/// The subcommands a `--help` text lists under `Commands:` (without `help`).
+fn subcommands(path: &[&str]) -> Vec<String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask")).args(path).arg("--help").output().unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    help.lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .inspect(|line| assert!(line.split_whitespace().count() > 1, "a task without a description: {line:?}"))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_task_is_listed_with_a_description_and_has_an_example() {
+    let tasks = subcommands(&[]);
+    assert!(tasks.len() >= 15, "{tasks:?}");
+    let mut leaves = Vec::new();
+    for task in &tasks {
+        let nested = subcommands(&[task]);
+        if nested.is_empty() {
+            leaves.push(vec![task.clone()]);
+        }
+        leaves.extend(nested.into_iter().map(|sub| vec![task.clone(), sub]));
+    }
+    for path in leaves {
+        let output = Command::new(env!("CARGO_BIN_EXE_xtask")).args(&path).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(help.contains("Example"), "`cargo xtask {}` --help shows no example:\n{help}", path.join(" "));
+    }
+}
