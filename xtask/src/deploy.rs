@@ -81,13 +81,20 @@ pub struct UpdateArgs {
     /// The image tag to update to; it must exist in the registry for backend, worker and frontend.
     #[arg(long, value_name = "TAG")]
     pub tag: String,
+    #[command(flatten)]
+    pub options: UpdateOptions,
+}
+
+/// What `update` and `rollback` share: they are the same operation with another target tag.
+#[derive(Args)]
+pub struct UpdateOptions {
     /// Seconds to wait for every service to become healthy.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
-    /// When the update fails after the backup, also restore the database from that backup.
+    /// When it fails after the backup, also restore the database from that backup.
     #[arg(long)]
     pub restore_on_failure: bool,
-    /// Where the pre-update backup goes [default: DIR/backups].
+    /// Where the backup taken first goes [default: DIR/backups].
     #[arg(long, value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
     /// Print the plan and change nothing.
@@ -105,18 +112,8 @@ pub struct RollbackArgs {
     /// The tag to go back to [default: the last tag deployed successfully before the current one].
     #[arg(long, value_name = "TAG")]
     pub to: Option<String>,
-    /// Seconds to wait for every service to become healthy.
-    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout: u64,
-    /// When the rollback fails after the backup, also restore the database from that backup.
-    #[arg(long)]
-    pub restore_on_failure: bool,
-    /// Where the pre-rollback backup goes [default: DIR/backups].
-    #[arg(long, value_name = "DIR")]
-    pub backup_dir: Option<PathBuf>,
-    /// Print the plan and change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub options: UpdateOptions,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -984,7 +981,7 @@ pub fn run_deploy(args: DeployArgs) -> Result<()> {
 
 pub fn run_update(args: UpdateArgs) -> Result<()> {
     let deployment = Deployment::open_checked(&args.target)?;
-    update(&deployment, "update", &args.tag, args.timeout, args.restore_on_failure, args.backup_dir, args.dry_run)
+    update(&deployment, "update", &args.tag, args.options)
 }
 
 pub fn run_rollback(args: RollbackArgs) -> Result<()> {
@@ -1001,19 +998,12 @@ pub fn run_rollback(args: RollbackArgs) -> Result<()> {
             })?
         }
     };
-    update(&deployment, "rollback", &to, args.timeout, args.restore_on_failure, args.backup_dir, args.dry_run)
+    update(&deployment, "rollback", &to, args.options)
 }
 
 /// An update of `deployment` to `to_tag` (`command` is `update` or `rollback`).
-fn update(
-    deployment: &Deployment,
-    command: &str,
-    to_tag: &str,
-    timeout: u64,
-    restore_on_failure: bool,
-    backup_dir: Option<PathBuf>,
-    dry_run: bool,
-) -> Result<()> {
+fn update(deployment: &Deployment, command: &str, to_tag: &str, options: UpdateOptions) -> Result<()> {
+    let UpdateOptions { timeout, restore_on_failure, backup_dir, dry_run } = options;
     let current = deployment.current_tag().context("IMAGE_TAG is not set in .env")?;
     read_history(&deployment.history_path())?;
     if !dry_run && let Ok(text) = std::fs::read_to_string(deployment.lock_path()) {

@@ -28,17 +28,9 @@ impl Stack {
         }
         let init = xtask(&["env", "init", "--dir", dir.path().to_str().unwrap()], &[], dir.path());
         assert_success(&init, "env init");
-        let env_path = dir.path().join(".env");
-        let mut text = std::fs::read_to_string(&env_path).unwrap();
         for (key, value) in settings {
-            let line = format!("{key}={value}");
-            let existing = text.lines().find(|existing| existing.starts_with(&format!("{key}="))).map(str::to_string);
-            match existing {
-                Some(existing) => text = text.replace(&existing, &line),
-                None => text.push_str(&format!("{line}\n")),
-            }
+            set_env_var(&dir.path().join(".env"), key, value);
         }
-        std::fs::write(&env_path, text).unwrap();
         let stack = Stack { dir, project: project.to_string() };
         stack.compose(&["down", "--volumes", "--remove-orphans"]);
         stack

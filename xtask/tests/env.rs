@@ -1,6 +1,9 @@
 //! `cargo xtask env init | check` run as an operator runs them: the built binary on a temporary
 //! deployment directory holding a copy of the repository's `docker/.env.example`.
 
+mod common;
+
+use common::set_env_var;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -44,28 +47,6 @@ fn value_of(text: &str, key: &str) -> String {
         .find_map(|line| line.strip_prefix(&format!("{key}=")))
         .unwrap_or_else(|| panic!("{key} in\n{text}"))
         .into()
-}
-
-/// Sets `key` in the file the simple way an operator's editor would, keeping its mode.
-fn edit(path: &Path, key: &str, value: &str) {
-    let text = std::fs::read_to_string(path).unwrap();
-    let prefix = format!("{key}=");
-    let mut found = false;
-    let mut lines: Vec<String> = text
-        .lines()
-        .map(|line| {
-            if line.starts_with(&prefix) {
-                found = true;
-                format!("{key}={value}")
-            } else {
-                line.to_string()
-            }
-        })
-        .collect();
-    if !found {
-        lines.push(format!("{key}={value}"));
-    }
-    std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
 /// Exactly one line on standard error, starting with `error: `.
@@ -162,9 +143,9 @@ fn check_lists_every_problem_of_a_fresh_init_then_passes_once_filled_in() {
     }
     assert!(stderr(&failing).contains("3 problem(s)"), "{}", stderr(&failing));
 
-    edit(&path, "NEXUS_REGISTRY", "nexus.intric.se:8082");
-    edit(&path, "IMAGE_TAG", "1.2.3");
-    edit(&path, "ANTHROPIC_API_KEY", "sk-ant-canary-0123456789abcdefghij");
+    set_env_var(&path, "NEXUS_REGISTRY", "nexus.intric.se:8082");
+    set_env_var(&path, "IMAGE_TAG", "1.2.3");
+    set_env_var(&path, "ANTHROPIC_API_KEY", "sk-ant-canary-0123456789abcdefghij");
     let passing = xtask(&["env", "check"], dir.path());
     assert!(passing.status.success(), "{}", shown(&passing));
     assert!(stdout(&passing).contains(": ok (0 warning(s))"), "{}", stdout(&passing));
@@ -178,13 +159,13 @@ fn an_invalid_secret_is_named_but_its_value_never_shown() {
     let dir = deployment();
     assert!(xtask(&["env", "init"], dir.path()).status.success());
     let path = env_file(&dir);
-    edit(&path, "NEXUS_REGISTRY", "https://nexus.intric.se");
-    edit(&path, "IMAGE_TAG", "1.2.3+build");
-    edit(&path, "FRONTEND_PORT", "80000");
-    edit(&path, "JWT_SECRET", "short-canary");
-    edit(&path, "POSTGRES_PASSWORD", "changeme-canary");
-    edit(&path, "OPENAI_API_KEY", "your_openai_key_canary");
-    edit(&path, "UNKNOWN_SETTING", "1");
+    set_env_var(&path, "NEXUS_REGISTRY", "https://nexus.intric.se");
+    set_env_var(&path, "IMAGE_TAG", "1.2.3+build");
+    set_env_var(&path, "FRONTEND_PORT", "80000");
+    set_env_var(&path, "JWT_SECRET", "short-canary");
+    set_env_var(&path, "POSTGRES_PASSWORD", "changeme-canary");
+    set_env_var(&path, "OPENAI_API_KEY", "your_openai_key_canary");
+    set_env_var(&path, "UNKNOWN_SETTING", "1");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     let output = xtask(&["env", "check"], dir.path());

@@ -7,6 +7,9 @@
 //! a tiny fake HTTP server in the test, which knows one tag (`1.0.0`) and answers 404 for the
 //! rest, as a registry does for a tag a cleanup policy removed.
 
+mod common;
+
+use common::set_env_var;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -86,25 +89,7 @@ fn deployment(registry: &str) -> tempfile::TempDir {
 
 /// Sets `key` in DIR/.env (appending it when missing), keeping the file's mode.
 fn edit(dir: &Path, key: &str, value: &str) {
-    let path = dir.join(".env");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let prefix = format!("{key}=");
-    let mut found = false;
-    let mut lines: Vec<String> = text
-        .lines()
-        .map(|line| {
-            if line.starts_with(&prefix) {
-                found = true;
-                format!("{key}={value}")
-            } else {
-                line.to_string()
-            }
-        })
-        .collect();
-    if !found {
-        lines.push(format!("{key}={value}"));
-    }
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    set_env_var(&dir.join(".env"), key, value);
 }
 
 fn remove_line(dir: &Path, key: &str) {

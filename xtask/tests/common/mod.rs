@@ -258,3 +258,26 @@ pub fn http(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
         Err(error) => (0, error.to_string()),
     }
 }
+
+/// Sets `key` in a `.env` file the simple way an operator's editor would: its line replaced, or
+/// one appended. The file keeps its mode.
+pub fn set_env_var(path: &Path, key: &str, value: &str) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    let prefix = format!("{key}=");
+    let mut found = false;
+    let mut lines: Vec<String> = text
+        .lines()
+        .map(|line| {
+            if line.starts_with(&prefix) {
+                found = true;
+                format!("{key}={value}")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    if !found {
+        lines.push(format!("{key}={value}"));
+    }
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
