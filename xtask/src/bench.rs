@@ -308,9 +308,13 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-/// The old script's procedure: per image, a build with `--cache-from <image>:latest` and
-/// inline cache metadata, then a push, one image after the other.
+/// The old script's procedure: `docker login --password-stdin` when NEXUS_USERNAME and
+/// NEXUS_PASSWORD are set (as `build --push` also does), then per image a build with
+/// `--cache-from <image>:latest` and inline cache metadata, then a push, one after the other.
 fn old_procedure(sh: &Shell, docker: &crate::docker::Docker, repo: &Path, namespace: &str, lab: &Lab) -> Result<()> {
+    if let Some(credentials) = crate::registry::Credentials::from_env(&crate::ci_env::process_env())? {
+        docker.login(&lab.registry, &credentials.username, credentials.password).read(sh)?;
+    }
     for service in crate::images::Service::ALL {
         let image = format!("{namespace}/{}:latest", service.repository());
         let context = repo.join(service.context_dir());

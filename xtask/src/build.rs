@@ -124,6 +124,8 @@ pub struct BuildInputs {
     pub cache_from: BTreeMap<Service, Vec<String>>,
     /// A buildx container builder is active: export its cache to the registry too.
     pub registry_cache: bool,
+    /// Credentials to `docker login` with before pushing: set in the environment and not the
+    /// login the docker client already holds.
     pub login: Option<Credentials>,
     pub secrets: Vec<BuildSecret>,
     pub builder: Option<String>,
@@ -319,7 +321,12 @@ fn read_inputs(sh: &Shell, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
         .with_context(|| format!("cannot compute the inputs digest of {}", service.name()))?;
         digests.insert(service, digest);
     }
-    let login = Credentials::from_env(env)?;
+    // A login the docker client already holds needs no `docker login` (a process and a
+    // round trip on every build); the registry client checks the same credentials anyway.
+    let login = match (Credentials::from_env(env)?, &registry) {
+        (Some(credentials), Some(address)) if credentials.is_docker_login(&RegistryAddress::parse(address)?) => None,
+        (credentials, _) => credentials,
+    };
     let mut unchanged = BTreeSet::new();
     let mut cache_from = BTreeMap::new();
     let reuse_allowed = !args.no_cache && !args.pull;

@@ -202,14 +202,28 @@ impl Credentials {
         }
     }
 
+    /// Whether `self` is the login the docker client already holds for `address`: then
+    /// `docker login` would change nothing.
+    pub fn is_docker_login(&self, address: &RegistryAddress) -> bool {
+        matches!(
+            Credentials::from_docker_config(address),
+            Ok(Some(stored)) if stored.username == self.username && stored.password.expose() == self.password.expose()
+        )
+    }
+
     /// Finds the credentials for `address`: `NEXUS_USERNAME` and `NEXUS_PASSWORD` from the
     /// environment, else the docker client's login for the host (`$DOCKER_CONFIG/config.json`
     /// or `~/.docker/config.json`, through its credential helper if one is configured), else
     /// none (anonymous access).
     pub fn find(address: &RegistryAddress) -> Result<Option<Credentials>> {
-        if let Some(credentials) = Credentials::from_env(&crate::ci_env::process_env())? {
-            return Ok(Some(credentials));
+        match Credentials::from_env(&crate::ci_env::process_env())? {
+            Some(credentials) => Ok(Some(credentials)),
+            None => Credentials::from_docker_config(address),
         }
+    }
+
+    /// The docker client's login for the host of `address`, if it has one.
+    pub fn from_docker_config(address: &RegistryAddress) -> Result<Option<Credentials>> {
         let path = match std::env::var_os("DOCKER_CONFIG") {
             Some(dir) => PathBuf::from(dir).join("config.json"),
             None => match std::env::var_os("HOME") {
