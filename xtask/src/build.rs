@@ -4,9 +4,9 @@
 //! Reads once: the tag report, the docker client, the environment, each image's inputs digest
 //! (`context`), and what the registry (or the local engine) already holds. Plans: per image,
 //! either a build (docker argv, then pushes) or a retag of an existing image with the same
-//! inputs digest (registry API calls, or `docker tag` locally). Executes: images in parallel
-//! (`--jobs`), the backend and the worker side by side with BuildKit running their shared stages
-//! once, pushes overlapping with builds still running, and the first failure stops the rest.
+//! inputs digest (registry API calls, or `docker tag` locally). Executes: independent images in
+//! parallel (`--jobs`), the worker after the backend so their shared stages come from cache,
+//! pushes overlapping with builds still running, and the first failure stops the rest.
 //!
 //! Skipping: every image we build carries the tag `inputs-<24 hex>` of its inputs digest. When
 //! that tag exists already, the image is what this build would produce, so the new tags are put
@@ -624,8 +624,7 @@ pub struct ImageResult {
 /// Shared between the image threads: who finished how, whether to stop, what to kill.
 #[derive(Default)]
 struct Board {
-    /// How many images have started: each starts on its turn (see [`start_turns`]).
-    started: usize,
+    finished: BTreeMap<Service, bool>,
     running: usize,
     cancelled: bool,
     processes: Vec<Arc<duct::ReaderHandle>>,
@@ -647,17 +646,15 @@ fn execute(
     let names: Vec<&str> = plan.images.iter().map(|image| image.service.name()).collect();
     let progress = Progress::new(&names, quiet);
     let board = (Mutex::new(Board::default()), Condvar::new());
-    let turns = start_turns(plan);
     let results: Vec<Result<Option<ImageResult>>> = std::thread::scope(|scope| {
         let threads: Vec<_> = plan
             .images
             .iter()
-            .zip(turns)
-            .map(|(image, turn)| {
+            .map(|image| {
                 let task = progress.task(image.service.name());
                 let board = &board;
                 scope.spawn(move || {
-                    let result = run_image(image, turn, plan, registry, docker, jobs, logs, &task, board);
+                    let result = run_image(image, plan, registry, docker, jobs, logs, &task, board);
                     match &result {
                         Ok(Some(done)) => task.finish(done.outcome.name()),
                         Ok(None) => task.finish("cancelled"),
@@ -684,29 +681,11 @@ fn execute(
     }
 }
 
-/// The order in which images start, as each image's turn: the backend first, the frontend
-/// second, the worker last. The worker's stages are the backend's plus one; BuildKit's solver
-/// runs identical steps of concurrent builds once and reports them to both, so the worker
-/// builds side by side with the backend without building the shared stages twice, but mostly
-/// waits on them. Giving the independent frontend the second slot keeps both cores busy.
-fn start_turns(plan: &BuildPlan) -> Vec<usize> {
-    let rank = |service: Service| match service {
-        Service::Backend => 0,
-        Service::Frontend => 1,
-        Service::Worker => 2,
-    };
-    plan.images
-        .iter()
-        .map(|image| plan.images.iter().filter(|other| rank(other.service) < rank(image.service)).count())
-        .collect()
-}
-
-/// One image: wait for its turn and a free slot, run its action, report to the board.
-/// `Ok(None)` when it was cancelled because another image failed.
+/// One image: wait for its turn, run its action, report to the board. `Ok(None)` when it was
+/// cancelled because another image failed.
 #[allow(clippy::too_many_arguments)]
 fn run_image(
     image: &ImagePlan,
-    turn: usize,
     plan: &BuildPlan,
     registry: Option<&Registry>,
     docker: &Docker,
@@ -715,14 +694,16 @@ fn run_image(
     task: &TaskProgress,
     (board, changed): &(Mutex<Board>, Condvar),
 ) -> Result<Option<ImageResult>> {
+    let dependency =
+        image.service.built_after().filter(|service| plan.images.iter().any(|other| other.service == *service));
     {
         let mut state = board.lock().expect("board lock");
         loop {
-            if state.cancelled {
+            let dependency_done = dependency.map(|service| state.finished.get(&service).copied());
+            if state.cancelled || dependency_done == Some(Some(false)) {
                 return Ok(None);
             }
-            if state.started == turn && state.running < jobs {
-                state.started += 1;
+            if state.running < jobs && matches!(dependency_done, None | Some(Some(true))) {
                 state.running += 1;
                 break;
             }
@@ -747,6 +728,7 @@ fn run_image(
     });
     let mut state = board.lock().expect("board lock");
     state.running -= 1;
+    state.finished.insert(image.service, result.is_ok());
     let cancelled_meanwhile = state.cancelled;
     if result.is_err() && !state.cancelled {
         // Stop the others cleanly: nothing new starts, running builds are killed.
@@ -1166,17 +1148,6 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn images_start_backend_then_frontend_then_worker() {
-        let built = plan_with(Builder::Legacy, None, false);
-        let order: Vec<Service> = built.images.iter().map(|image| image.service).collect();
-        assert_eq!(order, [Service::Backend, Service::Worker, Service::Frontend]);
-        assert_eq!(start_turns(&built), [0, 2, 1]);
-        let mut worker_only = plan_with(Builder::Legacy, None, false);
-        worker_only.images.retain(|image| image.service == Service::Worker);
-        assert_eq!(start_turns(&worker_only), [0]);
     }
 
     #[test]

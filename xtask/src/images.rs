@@ -69,4 +69,14 @@ impl Service {
             Service::Frontend => &[&NODE, &NGINX],
         }
     }
+
+    /// The image whose build must finish first. The worker's stage builds on the backend's in
+    /// the same Dockerfile: built after it, every shared stage comes from BuildKit's cache
+    /// instead of being built twice side by side.
+    pub fn built_after(self) -> Option<Service> {
+        match self {
+            Service::Worker => Some(Service::Backend),
+            Service::Backend | Service::Frontend => None,
+        }
+    }
 }
