@@ -40,10 +40,11 @@ pub enum BenchCommand {
     /// The old procedure builds each image with `--cache-from <image>:latest` and
     /// `BUILDKIT_INLINE_CACHE=1`, then pushes it, one image after the other. Both sides build a
     /// clone of HEAD into their own fresh repositories of the lab registry. A "fresh runner"
-    /// has neither side's images nor any BuildKit cache before each side runs; the registry
-    /// keeps what was pushed. The base images stay in the engine (the lab's stand-ins cannot be
-    /// pulled from anywhere else), which saves both sides the same pull. Needs the lab:
-    /// `eval "$(cargo xtask sandbox env)"` first.
+    /// has neither side's images, nor the base images, nor any BuildKit cache before each side
+    /// runs; the registry keeps what was pushed, and the base images are pulled from it again
+    /// (as a runner pulls them through a Nexus proxy). Every tag of a base image goes, so the
+    /// lab's own copies (`intric-lab/...`) are removed too and put back from the lab registry
+    /// at the end. Needs the lab: `eval "$(cargo xtask sandbox env)"` first.
     #[command(after_help = "Examples:\n  eval \"$(cargo xtask sandbox env)\" && cargo xtask bench build")]
     Build,
     /// Time `release X --execute` (promotion) against a full rebuild of the same commit on the lab.
@@ -243,6 +244,14 @@ fn bench_build() -> Result<()> {
     let lab = Lab { registry, base_images: crate::build::base_images(&env, None) };
     let sh = Shell::new()?;
     let docker = crate::docker::Docker::detect(&sh)?;
+    let base_images = BaseImages::read(&sh, &docker, lab.base_images.values())?;
+    let result = compare_builds(&sh, &docker, &lab, &base_images);
+    // Put the base images back whatever happened, so the lab (and `sandbox up`) find them.
+    let restored = base_images.restore(&sh, &docker);
+    result.and(restored)
+}
+
+fn compare_builds(sh: &Shell, docker: &crate::docker::Docker, lab: &Lab, base_images: &BaseImages) -> Result<()> {
     let scratch = tempfile_dir()?;
     let repo = scratch.join("repo");
     let workspace = crate::workspace_root();
@@ -271,11 +280,11 @@ fn bench_build() -> Result<()> {
         let mut seconds = [0.0; 2];
         for (slot, side) in [Side::Old, Side::Ours].into_iter().enumerate() {
             if *fresh {
-                fresh_runner(&sh, &docker, &[namespace(Side::Old), namespace(Side::Ours)])?;
+                fresh_runner(sh, docker, &[namespace(Side::Old), namespace(Side::Ours)], base_images)?;
             }
             let started = Instant::now();
             match side {
-                Side::Old => old_procedure(&sh, &docker, &repo, &namespace(side), &lab)?,
+                Side::Old => old_procedure(sh, docker, &repo, &namespace(side), lab)?,
                 Side::Ours => {
                     let xtask = std::env::current_exe()?;
                     let target = namespace(side);
@@ -297,6 +306,8 @@ fn bench_build() -> Result<()> {
     for line in report {
         println!("  {line}");
     }
+    // The last side's images would otherwise keep base layers in the engine for the next run.
+    remove_images(sh, docker, &[namespace(Side::Old), namespace(Side::Ours)], Vec::new())?;
     std::fs::remove_dir_all(&scratch).ok();
     Ok(())
 }
@@ -335,17 +346,84 @@ fn old_procedure(sh: &Shell, docker: &crate::docker::Docker, repo: &Path, namesp
     Ok(())
 }
 
-/// What a fresh CI runner has: none of the benchmark's images and no BuildKit cache.
-fn fresh_runner(sh: &Shell, docker: &crate::docker::Docker, namespaces: &[String]) -> Result<()> {
-    let format = "{{.Repository}}:{{.Tag}}";
-    let images = docker.command().args(["images", "--format", format]).read(sh)?;
-    let ours: Vec<&str> = images
-        .lines()
-        .filter(|image| namespaces.iter().any(|namespace| image.starts_with(namespace.as_str())))
-        .collect();
-    if !ours.is_empty() {
-        docker.command().args(["image", "rm", "--force"]).args(ours.iter().copied()).read(sh)?;
-    }
+/// What a fresh CI runner has: none of the benchmark's images, no base images, no BuildKit cache.
+fn fresh_runner(
+    sh: &Shell,
+    docker: &crate::docker::Docker,
+    namespaces: &[String],
+    base_images: &BaseImages,
+) -> Result<()> {
+    // By ID, with every tag: a tag left on another name would keep the layers in the engine.
+    let base_ids = base_images.present(sh, docker).into_iter().map(|image| image.id.clone()).collect();
+    remove_images(sh, docker, namespaces, base_ids)?;
     docker.command().args(["builder", "prune", "--all", "--force"]).read(sh)?;
     Ok(())
+}
+
+/// Removes every image below `namespaces`, and the images `more` names (by ID or reference).
+fn remove_images(
+    sh: &Shell,
+    docker: &crate::docker::Docker,
+    namespaces: &[String],
+    mut more: Vec<String>,
+) -> Result<()> {
+    let format = "{{.Repository}}:{{.Tag}}";
+    let images = docker.command().args(["images", "--format", format]).read(sh)?;
+    more.extend(
+        images
+            .lines()
+            .filter(|image| namespaces.iter().any(|namespace| image.starts_with(namespace.as_str())))
+            .map(str::to_string),
+    );
+    if !more.is_empty() {
+        docker.command().args(["image", "rm", "--force"]).args(more).read(sh)?;
+    }
+    Ok(())
+}
+
+/// The base images the builds start from, with every tag each one had when the benchmark began.
+struct BaseImages(Vec<BaseImage>);
+
+struct BaseImage {
+    /// The reference the builds use, which the registry serves.
+    reference: String,
+    id: String,
+    tags: Vec<String>,
+}
+
+impl BaseImages {
+    fn read<'a>(
+        sh: &Shell,
+        docker: &crate::docker::Docker,
+        references: impl Iterator<Item = &'a String>,
+    ) -> Result<BaseImages> {
+        let mut images = Vec::new();
+        for reference in references {
+            let format = "{{.Id}}{{range .RepoTags}} {{.}}{{end}}";
+            let output =
+                docker.command().args(["image", "inspect", "--format", format, reference]).read(sh).with_context(
+                    || format!("cannot inspect the base image {reference}: is the lab up? (`cargo xtask sandbox up`)"),
+                )?;
+            let mut words = output.split_whitespace().map(str::to_string);
+            let id = words.next().with_context(|| format!("`docker image inspect {reference}` printed no ID"))?;
+            images.push(BaseImage { reference: reference.clone(), id, tags: words.collect() });
+        }
+        Ok(BaseImages(images))
+    }
+
+    /// The base images still in the engine.
+    fn present(&self, sh: &Shell, docker: &crate::docker::Docker) -> Vec<&BaseImage> {
+        self.0.iter().filter(|image| docker.image_exists(sh, &image.id)).collect()
+    }
+
+    /// Pulls every base image back from the registry and gives it all its tags again.
+    fn restore(&self, sh: &Shell, docker: &crate::docker::Docker) -> Result<()> {
+        for image in &self.0 {
+            docker.command().args(["pull", "--quiet", &image.reference]).read(sh)?;
+            for tag in &image.tags {
+                docker.command().args(["tag", &image.reference, tag]).read(sh)?;
+            }
+        }
+        Ok(())
+    }
 }
