@@ -29,13 +29,14 @@ use xshell::Shell;
 use crate::ci_env::{self, Env};
 use crate::docker::{BuildSecret, BuildSpec, Builder, Docker};
 use crate::images::Service;
+use crate::location::Location;
 use crate::plan::Command;
 use crate::progress::{Progress, TaskProgress};
 use crate::registry::{Backoff, Credentials, Registry, RegistryAddress};
 use crate::tags::{self, StageChoice, TagReport};
 
 /// Options of `cargo xtask build`.
-#[derive(Args)]
+#[derive(Args, Default)]
 #[command(after_help = "\
 Images are named <registry>/intric/<service>:<tag> for every tag of `cargo xtask tags` plus any
 --tag. The registry comes from --registry or NEXUS_REGISTRY; NEXUS_USERNAME and NEXUS_PASSWORD log
@@ -48,18 +49,14 @@ Examples:
   NEXUS_REGISTRY=nexus.example.com:8082 cargo xtask build --push
   cargo xtask build --push --registry 127.0.0.1:5000 --tag qa --json")]
 pub struct BuildArgs {
-    /// The repository to build from [default: the workspace root].
-    #[arg(long, value_name = "PATH")]
-    pub repo: Option<PathBuf>,
+    #[command(flatten)]
+    pub location: Location,
     /// The images to build [default: all].
     #[arg(value_enum)]
     pub services: Vec<Service>,
     /// Push the images to the registry.
     #[arg(long)]
     pub push: bool,
-    /// The registry, HOST[:PORT][/PATH] [default: $NEXUS_REGISTRY].
-    #[arg(long, value_name = "HOST[:PORT][/PATH]")]
-    pub registry: Option<String>,
     /// An extra tag for every image (repeatable).
     #[arg(long = "tag", value_name = "EXTRA")]
     pub extra_tags: Vec<String>,
@@ -85,7 +82,7 @@ pub struct BuildArgs {
     /// Push even from a dirty working tree.
     #[arg(long)]
     pub allow_dirty: bool,
-    /// The stage to tag for [default: auto].
+    /// The stage to tag for; `auto` detects it from the CI variables, else from git.
     #[arg(long, value_enum, default_value_t = StageChoice::Auto)]
     pub stage: StageChoice,
     /// Print the plan (commands and registry calls) and run nothing.
@@ -263,10 +260,9 @@ pub fn execute_prepared(
 
 /// Reads git state, the environment, the docker client, inputs digests and existing images.
 fn read_inputs(sh: &Shell, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
-    let workspace = args.repo.clone().unwrap_or_else(crate::workspace_root);
+    let workspace = args.location.repo();
     let report = tags::resolve(&workspace, args.stage, env)?;
-    let registry =
-        args.registry.clone().or_else(|| env.get("NEXUS_REGISTRY").filter(|value| !value.is_empty()).cloned());
+    let registry = args.location.registry(env);
 
     let mut problems = Vec::new();
     if args.push && registry.is_none() {

@@ -32,6 +32,7 @@ use xshell::Shell;
 use crate::build::{self, BuildArgs};
 use crate::ci_env::{self, CiContext, CiEvent, CiProvider, Env};
 use crate::images::Service;
+use crate::location::Location;
 use crate::plan::{Command, Plan, Step};
 use crate::release::{self, Requested, TagMode};
 use crate::tags::{self, Stage, StageChoice, TagReport};
@@ -65,12 +66,8 @@ pub struct CiArgs {
     /// Print what the stage would run (commands, build plan, release plan) and run nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// The repository to run in [default: the workspace root].
-    #[arg(long, value_name = "PATH")]
-    pub repo: Option<PathBuf>,
-    /// The registry, HOST[:PORT][/PATH] [default: $NEXUS_REGISTRY].
-    #[arg(long, value_name = "HOST[:PORT][/PATH]")]
-    pub registry: Option<String>,
+    #[command(flatten)]
+    pub location: Location,
 }
 
 /// The `--stage` option.
@@ -148,7 +145,7 @@ pub struct CiReport {
 pub fn run(args: CiArgs) -> Result<()> {
     let env = ci_env::process_env();
     let sh = Shell::new()?;
-    let repo = args.repo.clone().unwrap_or_else(crate::workspace_root);
+    let repo = args.location.repo();
     let choice = match args.stage {
         CiStage::Release => StageChoice::Release,
         _ => StageChoice::Auto,
@@ -174,22 +171,12 @@ fn checks_and_build(args: &CiArgs, sh: &Shell, repo: &Path, stage: CiStage, env:
     let checks = checks_plan();
     let push = stage == CiStage::Main;
     let build_args = BuildArgs {
-        repo: Some(repo.to_path_buf()),
-        services: Vec::new(),
+        location: Location { repo: Some(repo.to_path_buf()), registry: args.location.registry.clone() },
         push,
-        registry: args.registry.clone(),
-        extra_tags: Vec::new(),
-        jobs: None,
-        builder: None,
-        base_registry: None,
-        secrets: Vec::new(),
-        no_cache: false,
-        pull: false,
-        allow_dirty: false,
         // `--stage main` forced outside CI still tags `dev-latest`, as the stage promises.
         stage: if push { StageChoice::Main } else { StageChoice::Auto },
         dry_run: args.dry_run,
-        json: false,
+        ..BuildArgs::default()
     };
     let (build_inputs, build_plan) = build::prepare(sh, &build_args, env, None)?;
     if args.dry_run {
@@ -246,7 +233,7 @@ fn release_stage(args: &CiArgs, repo: &Path, report: &TagReport, env: &Env) -> R
     });
     let options = release::Options {
         repo: repo.to_path_buf(),
-        registry: args.registry.clone(),
+        registry: args.location.registry.clone(),
         requested: Requested::Version(report.version.clone()),
         mode: TagMode::Existing(ci_tag),
         allow_branches: Vec::new(),

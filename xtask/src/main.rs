@@ -19,6 +19,7 @@ mod dotenv;
 mod env;
 mod git;
 mod images;
+mod location;
 mod plan;
 mod progress;
 mod registry;

@@ -29,9 +29,10 @@ use crate::build::{self, BuildArgs, BuildInputs, BuildPlan};
 use crate::ci_env::{self, Env};
 use crate::git::{self, Commit, Worktree};
 use crate::images::Service;
+use crate::location::{self, Location};
 use crate::plan::Command;
 use crate::registry::{Manifest, Registry};
-use crate::tags::{self, StageChoice, release_version};
+use crate::tags::{self, release_version};
 
 /// Options of `cargo xtask release`.
 #[derive(Args)]
@@ -80,12 +81,8 @@ pub struct ReleaseArgs {
     /// Print the result (version, git tag, revision, images with digest and tags) as JSON.
     #[arg(long)]
     pub json: bool,
-    /// The git repository to release [default: the workspace root].
-    #[arg(long, value_name = "PATH")]
-    pub repo: Option<PathBuf>,
-    /// The registry, HOST[:PORT][/PATH] [default: $NEXUS_REGISTRY].
-    #[arg(long, value_name = "HOST[:PORT][/PATH]")]
-    pub registry: Option<String>,
+    #[command(flatten)]
+    pub location: Location,
 }
 
 /// The `--bump` option.
@@ -196,8 +193,8 @@ pub fn run(args: ReleaseArgs) -> Result<()> {
         (None, None) => bail!("name the VERSION to release, or pass --bump major|minor|patch|rc"),
     };
     let options = Options {
-        repo: args.repo.unwrap_or_else(crate::workspace_root),
-        registry: args.registry,
+        repo: args.location.repo(),
+        registry: args.location.registry,
         requested,
         mode: TagMode::Create,
         allow_branches: args.allow_branches,
@@ -307,21 +304,10 @@ pub fn release(options: &Options, env: &Env) -> Result<Outcome> {
 /// The build task's options for building and pushing HEAD's missing images.
 fn build_args(repo: &Path, plan: &ReleasePlan) -> BuildArgs {
     BuildArgs {
-        repo: Some(repo.to_path_buf()),
+        location: Location { repo: Some(repo.to_path_buf()), registry: Some(plan.registry.clone()) },
         services: plan.build.clone(),
         push: true,
-        registry: Some(plan.registry.clone()),
-        extra_tags: Vec::new(),
-        jobs: None,
-        builder: None,
-        base_registry: None,
-        secrets: Vec::new(),
-        no_cache: false,
-        pull: false,
-        allow_dirty: false,
-        stage: StageChoice::Auto,
-        dry_run: false,
-        json: false,
+        ..BuildArgs::default()
     }
 }
 
@@ -362,8 +348,7 @@ pub fn read_inputs(options: &Options, env: &Env) -> Result<(ReleaseInputs, Optio
     }
     let commits = repo.commit_log(&head.id, previous_release.as_ref().map(|tag| tag.commit.as_str()))?;
 
-    let registry_setting =
-        options.registry.clone().or_else(|| env.get("NEXUS_REGISTRY").filter(|value| !value.is_empty()).cloned());
+    let registry_setting = location::registry_setting(options.registry.as_deref(), env);
     let mut images = Vec::new();
     let client = match &registry_setting {
         Some(setting) => Some(build::registry_client(setting)?),

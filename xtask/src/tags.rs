@@ -44,8 +44,9 @@ pub struct TagsArgs {
 }
 
 /// The `--stage` option: a stage, or `auto` to detect it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum StageChoice {
+    #[default]
     Auto,
     Pr,
     Branch,
