@@ -29,6 +29,7 @@ use xshell::Shell;
 use crate::ci_env::{self, Env};
 use crate::docker::{BuildSecret, BuildSpec, Builder, Docker};
 use crate::images::Service;
+use crate::inline_cache;
 use crate::location::Location;
 use crate::plan::Command;
 use crate::progress::{Progress, TaskProgress};
@@ -149,8 +150,9 @@ pub enum Action {
     /// Build. When pushing with the classic client: push the first tag, then put the others on
     /// its manifest through the registry API, which costs one request per tag where another
     /// `docker push` would check every layer again. The `inputs-` tag comes last, so it only
-    /// ever names a complete image. (buildx pushes every tag itself.)
-    Build { build: Command, push: Option<Command>, retag: Option<Retag> },
+    /// ever names a complete image. (buildx pushes every tag itself.) Then, when the image
+    /// carries inline cache, the `inline-cache` tag moves to it if that cache is complete.
+    Build { build: Command, push: Option<Command>, retag: Option<Retag>, cache_mark: Option<CacheMark> },
     /// Put the new tags on the manifest of the existing `inputs-` tag through the registry API.
     RetagInRegistry(Retag),
     /// Give the existing local image the new tags.
@@ -189,6 +191,60 @@ impl Retag {
             registry.put_manifest(repository, tag, &manifest)?;
         }
         Ok(())
+    }
+}
+
+/// Registry calls that move the `inline-cache` tag to the image `from` names, when that image's
+/// inline cache is complete (see [`crate::inline_cache`]): the next build on a fresh runner
+/// takes its cache from there as well as from the floating tags.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CacheMark {
+    pub repository: String,
+    pub from: String,
+}
+
+impl CacheMark {
+    fn show(&self, f: &mut fmt::Formatter<'_>, registry: &str) -> fmt::Result {
+        writeln!(
+            f,
+            "  registry: PUT {registry} /v2/{}/manifests/{} (the manifest of {}, if its inline cache is complete)",
+            self.repository,
+            inline_cache::TAG,
+            self.from
+        )
+    }
+
+    /// Reads the pushed image's config and moves the tag when its cache is complete. A failure
+    /// here is only a warning: the image is pushed and tagged, and the old cache tag still works.
+    fn run(&self, registry: &Registry, log: &mut File, task: &TaskProgress) -> Result<()> {
+        let CacheMark { repository, from } = self;
+        let line = match self.complete_manifest(registry) {
+            Ok(Some(manifest)) => match registry.put_manifest(repository, inline_cache::TAG, &manifest) {
+                Ok(_) => format!(
+                    "tag {repository}:{} -> {} (its inline cache is complete)",
+                    inline_cache::TAG,
+                    manifest.digest
+                ),
+                Err(error) => format!("warning: cannot move {repository}:{}: {error:#}", inline_cache::TAG),
+            },
+            Ok(None) => format!(
+                "{repository}:{} stays: the inline cache of {from} lacks the steps taken from imported cache",
+                inline_cache::TAG
+            ),
+            Err(error) => format!("warning: cannot read the inline cache of {repository}:{from}: {error:#}"),
+        };
+        task.line(&line);
+        writeln!(log, "{line}")?;
+        Ok(())
+    }
+
+    /// The manifest of `from` when its image's inline cache is complete.
+    fn complete_manifest(&self, registry: &Registry) -> Result<Option<crate::registry::Manifest>> {
+        let manifest = registry
+            .manifest(&self.repository, &self.from)?
+            .with_context(|| format!("{}:{} is not in the registry", self.repository, self.from))?;
+        let config = registry.image_config(&self.repository, &manifest)?;
+        Ok(inline_cache::is_complete(&config).then_some(manifest))
     }
 }
 
@@ -429,7 +485,8 @@ fn image_name(registry: Option<&str>, service: Service) -> String {
 /// `dev-latest` and this build's own floating tags (a branch's slug, a PR's tag).
 fn cache_sources(report: &TagReport, existing: &[String], name: &str) -> Vec<String> {
     let wanted = std::iter::once("dev-latest")
-        .chain(report.tags.iter().map(String::as_str).filter(|tag| !tag.starts_with("sha-")));
+        .chain(report.tags.iter().map(String::as_str).filter(|tag| !tag.starts_with("sha-")))
+        .chain(std::iter::once(inline_cache::TAG));
     let mut sources: Vec<String> = Vec::new();
     for tag in wanted {
         let source = format!("{name}:{tag}");
@@ -535,8 +592,11 @@ fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String
         pull: inputs.pull,
     };
     let build = inputs.docker.build(&spec).hint(format!("the {} build failed", service.name()));
+    // A container builder exports its whole cache to the registry instead (`buildcache`).
+    let cache_mark = (inputs.push && !inputs.registry_cache)
+        .then(|| CacheMark { repository: service.repository(), from: tags[0].clone() });
     if !inputs.push || buildx_pushes {
-        return Action::Build { build, push: None, retag: None };
+        return Action::Build { build, push: None, retag: None, cache_mark };
     }
     let first = &all_tags[0];
     let push = inputs.docker.command().args(["push", first]).hint(format!("pushing {first} failed"));
@@ -545,7 +605,7 @@ fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String
         from: tags[0].clone(),
         to: tags[1..].iter().cloned().chain(std::iter::once(marker)).collect(),
     };
-    Action::Build { build, push: Some(push), retag: Some(retag) }
+    Action::Build { build, push: Some(push), retag: Some(retag), cache_mark }
 }
 
 impl fmt::Display for BuildPlan {
@@ -558,13 +618,16 @@ impl fmt::Display for BuildPlan {
         for image in &self.images {
             writeln!(f, "{} (inputs {}):", image.service.name(), &image.inputs_digest[..24])?;
             match &image.action {
-                Action::Build { build, push, retag } => {
+                Action::Build { build, push, retag, cache_mark } => {
                     writeln!(f, "  {build}")?;
                     if let Some(push) = push {
                         writeln!(f, "  {push}")?;
                     }
                     if let Some(retag) = retag {
                         retag.show(f, registry)?;
+                    }
+                    if let Some(cache_mark) = cache_mark {
+                        cache_mark.show(f, registry)?;
                     }
                 }
                 Action::RetagInRegistry(retag) => {
@@ -752,13 +815,16 @@ fn perform(
 ) -> Result<Outcome> {
     let mut log = File::create(log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
     match &image.action {
-        Action::Build { build, push, retag } => {
+        Action::Build { build, push, retag, cache_mark } => {
             let steps = stream(build, &mut log, log_path, task, board)?;
             if let Some(push) = push {
                 push_with_retries(push, &mut log, log_path, task, board, plan.registry.as_deref().unwrap_or_default())?;
             }
             if let Some(retag) = retag {
                 retag.run(registry.context("tagging in the registry needs a registry")?, &mut log, task)?;
+            }
+            if let Some(cache_mark) = cache_mark {
+                cache_mark.run(registry.context("tagging in the registry needs a registry")?, &mut log, task)?;
             }
             Ok(if steps.all_cached() { Outcome::Cached } else { Outcome::Built })
         }
@@ -1019,7 +1085,7 @@ mod tests {
 
     fn build_of(plan: &BuildPlan, service: Service) -> (&Command, &Option<Command>, &Option<Retag>) {
         match &plan.images.iter().find(|image| image.service == service).unwrap().action {
-            Action::Build { build, push, retag } => (build, push, retag),
+            Action::Build { build, push, retag, .. } => (build, push, retag),
             other => panic!("{service:?} is not built: {other:?}"),
         }
     }
@@ -1105,6 +1171,29 @@ mod tests {
     }
 
     #[test]
+    fn pushed_builds_with_inline_cache_may_move_the_inline_cache_tag() {
+        let cache_mark = |plan: &BuildPlan| match &plan.images[0].action {
+            Action::Build { cache_mark, .. } => {
+                cache_mark.as_ref().map(|mark| (mark.repository.clone(), mark.from.clone()))
+            }
+            other => panic!("not built: {other:?}"),
+        };
+        let legacy = plan_with(Builder::Legacy, Some("r:5000"), true);
+        assert_eq!(cache_mark(&legacy), Some(("intric/backend".into(), "sha-0123456789ab".into())));
+        assert!(legacy.to_string().contains(
+            "PUT r:5000 /v2/intric/backend/manifests/inline-cache (the manifest of sha-0123456789ab, if its inline cache is complete)"
+        ));
+        assert!(
+            cache_mark(&plan_with(Builder::Buildx, Some("r:5000"), true)).is_some(),
+            "buildx with the docker driver"
+        );
+        let mut container_builder = inputs(Builder::Buildx, Some("r:5000"), true);
+        container_builder.registry_cache = true;
+        assert_eq!(cache_mark(&plan(&container_builder)), None, "its cache goes to `buildcache` whole");
+        assert_eq!(cache_mark(&plan_with(Builder::Legacy, Some("r:5000"), false)), None, "nothing pushed");
+    }
+
+    #[test]
     fn without_push_or_registry_images_stay_local() {
         let mut local = inputs(Builder::Legacy, None, false);
         local.login = None;
@@ -1168,10 +1257,16 @@ mod tests {
     fn cache_sources_are_existing_floating_tags() {
         let mut report = report();
         report.tags = vec!["sha-0123456789ab".into(), "feature-x".into()];
-        let existing = vec!["dev-latest".to_string(), "feature-x".to_string(), "sha-0123456789ab".to_string()];
+        let mut existing = vec!["dev-latest".to_string(), "feature-x".to_string(), "sha-0123456789ab".to_string()];
         assert_eq!(
             cache_sources(&report, &existing, "r/intric/backend"),
             ["r/intric/backend:dev-latest", "r/intric/backend:feature-x"]
+        );
+        existing.push("inline-cache".into());
+        assert_eq!(
+            cache_sources(&report, &existing, "r/intric/backend"),
+            ["r/intric/backend:dev-latest", "r/intric/backend:feature-x", "r/intric/backend:inline-cache"],
+            "the newest image with a complete inline cache comes last"
         );
         assert!(cache_sources(&report, &[], "r/intric/backend").is_empty());
     }

@@ -19,6 +19,7 @@ mod dotenv;
 mod env;
 mod git;
 mod images;
+mod inline_cache;
 mod location;
 mod plan;
 mod progress;

@@ -612,7 +612,6 @@ impl Registry {
     /// The image config (the JSON whose `config.Labels` holds the labels) of `manifest`, which
     /// came from `repository`. For a list or index, the linux/amd64 image's config is read (or
     /// the first image's, when there is no linux/amd64 one).
-    #[allow(dead_code, reason = "build (labels in its summary) and release call it; remove once they do")]
     pub fn image_config(&self, repository: &str, manifest: &Manifest) -> Result<Value> {
         let image = self.image(repository, &manifest.digest);
         let context = || format!("cannot read the image config of {image}");
@@ -1073,7 +1072,7 @@ fn percent_encode(value: &str) -> String {
 const BASE64_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Standard base64 with padding, for Basic auth.
-fn base64_encode(bytes: &[u8]) -> String {
+pub fn base64_encode(bytes: &[u8]) -> String {
     let mut text = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let n = chunk.iter().enumerate().fold(0u32, |n, (i, byte)| n | u32::from(*byte) << (16 - 8 * i));
@@ -1089,7 +1088,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 }
 
 /// Decodes standard base64, padded or not, as docker writes `auths.<host>.auth`.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let text = text.trim_end_matches('=');
     if text.len() % 4 == 1 {
         return None;

@@ -230,6 +230,56 @@ fn build_pushes_labels_skips_unchanged_and_rebuilds_what_changed() {
 }
 
 #[test]
+fn fresh_runners_take_unchanged_steps_from_cache_build_after_build() {
+    let _serial = serial();
+    if !docker_available() {
+        return;
+    }
+    let repo = snapshot();
+    let env = lab_env();
+    // Repositories of this run's own, so the first build starts from nothing.
+    let namespace = format!("e2e-cache-{}", std::process::id());
+    let registry = format!("127.0.0.1:5000/{namespace}");
+    let log = repo.path().join("target/xtask/logs/backend.log");
+    // Three commits in a row, each built on a runner that has none of the backend's images and
+    // no build cache. BuildKit gives an image built from imported cache an inline cache that
+    // matches nothing, so without the `inline-cache` tag the third build would install the
+    // dependencies again.
+    for round in 1..=3 {
+        std::fs::write(
+            repo.path().join("backend/intric/e2e_marker.py"),
+            format!("RUN = {:?}\n", (round, std::time::SystemTime::now())),
+        )
+        .unwrap();
+        commit_all(repo.path(), "a backend change");
+        fresh_runner(&format!("{registry}/intric/backend"));
+        let (output, summary) = build(repo.path(), &["--push", "--registry", &registry, "backend"], &env);
+        assert_success(&output, &format!("build --push backend, round {round}"));
+        assert_eq!(results(&summary.unwrap())["backend"], "built");
+        let text = std::fs::read_to_string(&log).unwrap();
+        let installed = text.contains("Successfully installed");
+        assert_eq!(installed, round == 1, "round {round}: dependencies installed: {installed}\n{text}");
+    }
+    let tags = LabRegistry::new().tags(&format!("{namespace}/intric/backend"));
+    assert!(tags.contains(&"inline-cache".to_string()), "{tags:?}");
+}
+
+/// What a fresh CI runner has of `repository`: no local image, and no BuildKit cache at all.
+fn fresh_runner(repository: &str) {
+    let listed = run("docker", &["images", "--format", "{{.Repository}}:{{.Tag}}", repository], Path::new("."));
+    let images: Vec<&str> = std::str::from_utf8(&listed.stdout).unwrap().lines().collect();
+    if !images.is_empty() {
+        let removed = run("docker", &[&["image", "rm", "--force"][..], &images].concat(), Path::new("."));
+        assert_success(&removed, "docker image rm");
+    }
+    // `builder prune` needs buildx with a 23+ client; Debian's 20.10 client has it built in.
+    let prune = ["builder", "prune", "--all", "--force"];
+    let pruned =
+        ["docker", "/usr/bin/docker"].iter().any(|client| run(client, &prune, Path::new(".")).status.success());
+    assert!(pruned, "neither docker nor /usr/bin/docker could prune the build cache");
+}
+
+#[test]
 fn a_wrong_password_fails_in_one_line_without_showing_it_or_tagging_anything() {
     let _serial = serial();
     if !docker_available() {
