@@ -443,103 +443,23 @@ mod tests {
         stage_for(tags::compute(&inputs, StageChoice::Auto).unwrap().stage)
     }
 
-    /// A recorded environment: its name, its variables, and the stage it means.
-    type Recorded = (&'static str, &'static [(&'static str, &'static str)], CiStage);
-
     #[test]
     fn stages_from_recorded_ci_environments() {
-        let cases: &[Recorded] = &[
-            (
-                "github pull request",
-                &[
-                    ("GITHUB_ACTIONS", "true"),
-                    ("GITHUB_EVENT_NAME", "pull_request"),
-                    ("GITHUB_REF", "refs/pull/42/merge"),
-                    ("GITHUB_REF_NAME", "42/merge"),
-                    ("GITHUB_HEAD_REF", "feature/x"),
-                    ("GITHUB_BASE_REF", "main"),
-                ],
-                CiStage::Pr,
-            ),
-            (
-                "github push to main",
-                &[
-                    ("GITHUB_ACTIONS", "true"),
-                    ("GITHUB_EVENT_NAME", "push"),
-                    ("GITHUB_REF", "refs/heads/main"),
-                    ("GITHUB_REF_NAME", "main"),
-                    ("GITHUB_HEAD_REF", ""),
-                ],
-                CiStage::Main,
-            ),
-            (
-                "github tag",
-                &[
-                    ("GITHUB_ACTIONS", "true"),
-                    ("GITHUB_EVENT_NAME", "push"),
-                    ("GITHUB_REF", "refs/tags/v1.0.0"),
-                    ("GITHUB_REF_NAME", "v1.0.0"),
-                ],
-                CiStage::Release,
-            ),
-            (
-                "github push to a feature branch",
-                &[("GITHUB_ACTIONS", "true"), ("GITHUB_REF", "refs/heads/topic")],
-                CiStage::Pr,
-            ),
-            (
-                "gitlab merge request",
-                &[
-                    ("GITLAB_CI", "true"),
-                    ("CI_PIPELINE_SOURCE", "merge_request_event"),
-                    ("CI_MERGE_REQUEST_IID", "7"),
-                    ("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", "fix"),
-                    ("CI_DEFAULT_BRANCH", "main"),
-                ],
-                CiStage::Pr,
-            ),
-            (
-                "gitlab main",
-                &[
-                    ("GITLAB_CI", "true"),
-                    ("CI_PIPELINE_SOURCE", "push"),
-                    ("CI_COMMIT_BRANCH", "main"),
-                    ("CI_COMMIT_REF_NAME", "main"),
-                    ("CI_DEFAULT_BRANCH", "main"),
-                ],
-                CiStage::Main,
-            ),
-            (
-                "gitlab tag",
-                &[
-                    ("GITLAB_CI", "true"),
-                    ("CI_PIPELINE_SOURCE", "push"),
-                    ("CI_COMMIT_TAG", "v1.0.0"),
-                    ("CI_COMMIT_REF_NAME", "v1.0.0"),
-                    ("CI_DEFAULT_BRANCH", "main"),
-                ],
-                CiStage::Release,
-            ),
-            (
-                "jenkins change request",
-                &[
-                    ("JENKINS_URL", "http://jenkins:8080/"),
-                    ("BRANCH_NAME", "PR-12"),
-                    ("CHANGE_ID", "12"),
-                    ("CHANGE_BRANCH", "feat"),
-                    ("CHANGE_TARGET", "main"),
-                ],
-                CiStage::Pr,
-            ),
-            ("jenkins main", &[("JENKINS_URL", "http://jenkins:8080/"), ("BRANCH_NAME", "main")], CiStage::Main),
-            (
-                "jenkins tag",
-                &[("JENKINS_URL", "http://jenkins:8080/"), ("BRANCH_NAME", "v1.0.0"), ("TAG_NAME", "v1.0.0")],
-                CiStage::Release,
-            ),
+        use crate::ci_env::recorded::*;
+        let cases = [
+            ("github pull request", GITHUB_PULL_REQUEST, CiStage::Pr),
+            ("github push to main", GITHUB_PUSH_TO_MAIN, CiStage::Main),
+            ("github tag", GITHUB_TAG, CiStage::Release),
+            ("github push to a feature branch", GITHUB_PUSH_TO_BRANCH, CiStage::Pr),
+            ("gitlab merge request", GITLAB_MERGE_REQUEST, CiStage::Pr),
+            ("gitlab main", GITLAB_MAIN, CiStage::Main),
+            ("gitlab tag", GITLAB_TAG, CiStage::Release),
+            ("jenkins change request", JENKINS_CHANGE, CiStage::Pr),
+            ("jenkins main", JENKINS_MAIN, CiStage::Main),
+            ("jenkins tag", JENKINS_TAG, CiStage::Release),
         ];
         for (name, vars, expected) in cases {
-            assert_eq!(detect(vars), *expected, "{name}");
+            assert_eq!(detect(vars), expected, "{name}");
         }
     }
 

@@ -153,40 +153,16 @@ mod tests {
     }
 
     /// A recorded environment: name, variables, and the expected provider, event and default branch.
-    type Recorded<'a> = (&'a str, &'a [(&'a str, &'a str)], CiProvider, Option<CiEvent>, Option<&'a str>);
+    type Recorded<'a> = (&'a str, recorded::Vars, CiProvider, Option<CiEvent>, Option<&'a str>);
 
     #[test]
     fn recorded_environments() {
         use CiProvider::*;
         let cases: &[Recorded] = &[
-            (
-                "github pull request",
-                &[
-                    ("GITHUB_ACTIONS", "true"),
-                    ("GITHUB_EVENT_NAME", "pull_request"),
-                    ("GITHUB_REF", "refs/pull/42/merge"),
-                    ("GITHUB_REF_NAME", "42/merge"),
-                    ("GITHUB_HEAD_REF", "feature/x"),
-                    ("GITHUB_BASE_REF", "main"),
-                ],
-                GitHubActions,
-                pr(42, Some("feature/x")),
-                None,
-            ),
-            (
-                "github push",
-                &[("GITHUB_ACTIONS", "true"), ("GITHUB_REF", "refs/heads/main"), ("GITHUB_HEAD_REF", "")],
-                GitHubActions,
-                branch("main"),
-                None,
-            ),
-            (
-                "github tag",
-                &[("GITHUB_ACTIONS", "true"), ("GITHUB_REF", "refs/tags/v1.2.3")],
-                GitHubActions,
-                tag("v1.2.3"),
-                None,
-            ),
+            ("github pull request", recorded::GITHUB_PULL_REQUEST, GitHubActions, pr(42, Some("feature/x")), None),
+            ("github push to main", recorded::GITHUB_PUSH_TO_MAIN, GitHubActions, branch("main"), None),
+            ("github tag", recorded::GITHUB_TAG, GitHubActions, tag("v1.0.0"), None),
+            ("github push to a branch", recorded::GITHUB_PUSH_TO_BRANCH, GitHubActions, branch("topic"), None),
             (
                 "github ref name only",
                 &[("GITHUB_ACTIONS", "true"), ("GITHUB_REF_NAME", "dev")],
@@ -194,52 +170,12 @@ mod tests {
                 branch("dev"),
                 None,
             ),
-            (
-                "gitlab merge request",
-                &[
-                    ("GITLAB_CI", "true"),
-                    ("CI_MERGE_REQUEST_IID", "7"),
-                    ("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", "fix"),
-                    ("CI_DEFAULT_BRANCH", "trunk"),
-                ],
-                GitLabCi,
-                pr(7, Some("fix")),
-                Some("trunk"),
-            ),
-            (
-                "gitlab tag",
-                &[("GITLAB_CI", "true"), ("CI_COMMIT_TAG", "v2.0.0"), ("CI_DEFAULT_BRANCH", "main")],
-                GitLabCi,
-                tag("v2.0.0"),
-                Some("main"),
-            ),
-            (
-                "gitlab branch",
-                &[("GITLAB_CI", "true"), ("CI_COMMIT_BRANCH", "main"), ("CI_DEFAULT_BRANCH", "main")],
-                GitLabCi,
-                branch("main"),
-                Some("main"),
-            ),
-            (
-                "jenkins change",
-                &[
-                    ("JENKINS_URL", "http://j/"),
-                    ("CHANGE_ID", "12"),
-                    ("BRANCH_NAME", "PR-12"),
-                    ("CHANGE_BRANCH", "feat"),
-                ],
-                Jenkins,
-                pr(12, Some("feat")),
-                None,
-            ),
-            (
-                "jenkins tag",
-                &[("JENKINS_URL", "http://j/"), ("TAG_NAME", "v1.0.0"), ("BRANCH_NAME", "v1.0.0")],
-                Jenkins,
-                tag("v1.0.0"),
-                None,
-            ),
-            ("jenkins branch", &[("JENKINS_URL", "http://j/"), ("BRANCH_NAME", "main")], Jenkins, branch("main"), None),
+            ("gitlab merge request", recorded::GITLAB_MERGE_REQUEST, GitLabCi, pr(7, Some("fix")), Some("trunk")),
+            ("gitlab main", recorded::GITLAB_MAIN, GitLabCi, branch("main"), Some("main")),
+            ("gitlab tag", recorded::GITLAB_TAG, GitLabCi, tag("v1.0.0"), Some("main")),
+            ("jenkins change", recorded::JENKINS_CHANGE, Jenkins, pr(12, Some("feat")), None),
+            ("jenkins main", recorded::JENKINS_MAIN, Jenkins, branch("main"), None),
+            ("jenkins tag", recorded::JENKINS_TAG, Jenkins, tag("v1.0.0"), None),
             ("jenkins without event", &[("JENKINS_URL", "http://j/")], Jenkins, None, None),
         ];
         for (name, vars, provider, event, default_branch) in cases {
@@ -272,4 +208,64 @@ mod tests {
             assert!(error.contains(variable), "{error}");
         }
     }
+}
+
+/// Environments as real pipelines set them, for the tests of this module and of `ci`.
+#[cfg(test)]
+pub mod recorded {
+    pub type Vars = &'static [(&'static str, &'static str)];
+
+    pub const GITHUB_PULL_REQUEST: Vars = &[
+        ("GITHUB_ACTIONS", "true"),
+        ("GITHUB_EVENT_NAME", "pull_request"),
+        ("GITHUB_REF", "refs/pull/42/merge"),
+        ("GITHUB_REF_NAME", "42/merge"),
+        ("GITHUB_HEAD_REF", "feature/x"),
+        ("GITHUB_BASE_REF", "main"),
+    ];
+    pub const GITHUB_PUSH_TO_MAIN: Vars = &[
+        ("GITHUB_ACTIONS", "true"),
+        ("GITHUB_EVENT_NAME", "push"),
+        ("GITHUB_REF", "refs/heads/main"),
+        ("GITHUB_REF_NAME", "main"),
+        ("GITHUB_HEAD_REF", ""),
+    ];
+    pub const GITHUB_TAG: Vars = &[
+        ("GITHUB_ACTIONS", "true"),
+        ("GITHUB_EVENT_NAME", "push"),
+        ("GITHUB_REF", "refs/tags/v1.0.0"),
+        ("GITHUB_REF_NAME", "v1.0.0"),
+    ];
+    pub const GITHUB_PUSH_TO_BRANCH: Vars = &[("GITHUB_ACTIONS", "true"), ("GITHUB_REF", "refs/heads/topic")];
+    pub const GITLAB_MERGE_REQUEST: Vars = &[
+        ("GITLAB_CI", "true"),
+        ("CI_PIPELINE_SOURCE", "merge_request_event"),
+        ("CI_MERGE_REQUEST_IID", "7"),
+        ("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", "fix"),
+        ("CI_DEFAULT_BRANCH", "trunk"),
+    ];
+    pub const GITLAB_MAIN: Vars = &[
+        ("GITLAB_CI", "true"),
+        ("CI_PIPELINE_SOURCE", "push"),
+        ("CI_COMMIT_BRANCH", "main"),
+        ("CI_COMMIT_REF_NAME", "main"),
+        ("CI_DEFAULT_BRANCH", "main"),
+    ];
+    pub const GITLAB_TAG: Vars = &[
+        ("GITLAB_CI", "true"),
+        ("CI_PIPELINE_SOURCE", "push"),
+        ("CI_COMMIT_TAG", "v1.0.0"),
+        ("CI_COMMIT_REF_NAME", "v1.0.0"),
+        ("CI_DEFAULT_BRANCH", "main"),
+    ];
+    pub const JENKINS_CHANGE: Vars = &[
+        ("JENKINS_URL", "http://jenkins:8080/"),
+        ("BRANCH_NAME", "PR-12"),
+        ("CHANGE_ID", "12"),
+        ("CHANGE_BRANCH", "feat"),
+        ("CHANGE_TARGET", "main"),
+    ];
+    pub const JENKINS_MAIN: Vars = &[("JENKINS_URL", "http://jenkins:8080/"), ("BRANCH_NAME", "main")];
+    pub const JENKINS_TAG: Vars =
+        &[("JENKINS_URL", "http://jenkins:8080/"), ("BRANCH_NAME", "v1.0.0"), ("TAG_NAME", "v1.0.0")];
 }
