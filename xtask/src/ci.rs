@@ -195,7 +195,7 @@ fn checks_and_build(args: &CiArgs, sh: &Shell, repo: &Path, stage: CiStage, env:
         eprintln!("ci: {step}");
         let result = match step {
             Step::Run(command) => command.run(sh),
-            other => Plan { steps: vec![other.clone()] }.execute(sh),
+            other => Plan { steps: vec![other.clone()], recovery: None }.execute(sh),
         };
         if let Err(error) = result {
             eprint!("{}", render_checks(&ran, Some(&step.to_string())));

@@ -2,7 +2,7 @@
 //! version, safely, and keep a record of what was deployed.
 //!
 //! Each task reads its inputs once (the directory, `.env` and its check, the registry's answer
-//! on the target tag, the deploy history, the lock), builds an [`OperatorPlan`] (pure data:
+//! on the target tag, the deploy history, the lock), builds a [`Plan`] of [`Action`]s (pure data:
 //! [`plan_deploy`], [`plan_update`]), and runs it; `--dry-run` prints that plan instead.
 //!
 //! - `deploy`: login → pull → start `db` → `db-init` when the database was never initialized
@@ -37,7 +37,7 @@ use crate::compose::Compose;
 use crate::dotenv::DotEnv;
 use crate::env::{self, Level};
 use crate::images::Service;
-use crate::plan::{Command, Secret};
+use crate::plan::{Command, Failure, Plan, Recovery, Secret};
 use crate::registry::{Backoff, Credentials, Registry, RegistryAddress};
 
 /// Where a deployment is: the options every operator task takes.
@@ -688,41 +688,17 @@ impl fmt::Display for Action {
     }
 }
 
-/// What an operator task will do: `steps` in order; if one at or after `point_of_no_return`
-/// fails, `on_failure` runs to put the previous state back.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OperatorPlan {
-    pub steps: Vec<Action>,
-    pub point_of_no_return: usize,
-    pub on_failure: Vec<Action>,
-}
-
-impl fmt::Display for OperatorPlan {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (index, step) in self.steps.iter().enumerate() {
-            writeln!(f, "{:>3}. {step}", index + 1)?;
-        }
-        if !self.on_failure.is_empty() {
-            writeln!(f, "if step {} or a later one fails:", self.point_of_no_return + 1)?;
-            for (index, step) in self.on_failure.iter().enumerate() {
-                writeln!(f, "{:>3}. {step}", index + 1)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// The placeholder for the database's revision in a planned migration.
 pub const REVISION_PLACEHOLDER: &str = "<database revision>";
 
 /// Deploy: login, pull, start the database, initialize or migrate it, start everything.
-pub fn plan_deploy(compose: &Compose, login: Option<Command>, timeout: u64) -> OperatorPlan {
+pub fn plan_deploy(compose: &Compose, login: Option<Command>, timeout: u64) -> Plan<Action> {
     let mut steps: Vec<Action> = login.into_iter().map(Action::Run).collect();
     steps.push(Action::Run(compose.pull(None)));
     steps.push(Action::Run(compose.up(&["db", "redis"], timeout)));
     steps.push(Action::InitOrMigrate { db_init: compose.db_init(), migrate: compose.migrate(REVISION_PLACEHOLDER) });
     steps.push(Action::Run(compose.up(&[], timeout)));
-    OperatorPlan { point_of_no_return: steps.len(), steps, on_failure: Vec::new() }
+    Plan { steps, recovery: None }
 }
 
 /// Everything an update decides from.
@@ -746,7 +722,7 @@ fn set_tag(path: &Path, env: &DotEnv, tag: &str) -> Result<Action> {
 }
 
 /// Update (and rollback): pull the new images first (nothing changes yet), back up, then switch.
-pub fn plan_update(inputs: &UpdateInputs) -> Result<OperatorPlan> {
+pub fn plan_update(inputs: &UpdateInputs) -> Result<Plan<Action>> {
     let compose = inputs.compose;
     let mut steps: Vec<Action> = inputs.login.clone().into_iter().map(Action::Run).collect();
     steps.push(Action::Run(compose.pull(Some(&inputs.to_tag))));
@@ -762,7 +738,7 @@ pub fn plan_update(inputs: &UpdateInputs) -> Result<OperatorPlan> {
     } else {
         on_failure.push(Action::Run(compose.up(&[], inputs.timeout)));
     }
-    Ok(OperatorPlan { steps, point_of_no_return, on_failure })
+    Ok(Plan { steps, recovery: Some(Recovery { from: point_of_no_return, steps: on_failure }) })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -869,34 +845,10 @@ impl Executor<'_> {
         }
     }
 
-    /// Runs `plan`; on a failure at or after its point of no return, runs its `on_failure`.
-    pub fn execute(&mut self, plan: &OperatorPlan) -> std::result::Result<(), Failure> {
-        for (index, step) in plan.steps.iter().enumerate() {
-            if let Err(error) = self.perform(step) {
-                if index < plan.point_of_no_return {
-                    return Err(Failure::Unchanged(error));
-                }
-                eprintln!("failed: {error:#}\nputting the previous version back");
-                let recovery = plan.on_failure.iter().try_for_each(|step| self.perform(step));
-                return Err(match recovery {
-                    Ok(()) => Failure::RolledBack(error),
-                    Err(second) => Failure::RollbackFailed(error, second),
-                });
-            }
-        }
-        Ok(())
+    /// Runs `plan`, and its recovery when a step after its point of no return fails.
+    pub fn execute(&mut self, plan: &Plan<Action>) -> std::result::Result<(), Failure> {
+        plan.execute_with(|step| self.perform(step))
     }
-}
-
-/// How a plan failed.
-#[derive(Debug)]
-pub enum Failure {
-    /// Before anything changed.
-    Unchanged(anyhow::Error),
-    /// After a change; the previous state was put back.
-    RolledBack(anyhow::Error),
-    /// After a change, and putting the previous state back failed too.
-    RollbackFailed(anyhow::Error, anyhow::Error),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -972,7 +924,7 @@ pub fn run_deploy(args: DeployArgs) -> Result<()> {
             println!("deployed {tag}: {}", deployment.url());
             Ok(())
         }
-        Err(Failure::Unchanged(error) | Failure::RolledBack(error) | Failure::RollbackFailed(error, _)) => {
+        Err(Failure::Unchanged(error) | Failure::Recovered(error) | Failure::RecoveryFailed(error, _)) => {
             append_history(&deployment.history_path(), &record(Outcome::Failed, Some(format!("{error:#}"))))?;
             Err(error.context(format!("deploy of {tag} failed")))
         }
@@ -1093,7 +1045,7 @@ fn update(deployment: &Deployment, command: &str, to_tag: &str, options: UpdateO
             append_history(&history, &record(Outcome::Failed, None, Some(format!("{error:#}"))))?;
             Err(error.context(format!("{command} to {to_tag} failed before changing anything")))
         }
-        Err(Failure::RolledBack(error)) => {
+        Err(Failure::Recovered(error)) => {
             append_history(&history, &record(Outcome::RolledBack, Some(&backup_path), Some(format!("{error:#}"))))?;
             let database = if restore_on_failure {
                 format!("the database was restored from {}", backup_path.display())
@@ -1110,7 +1062,7 @@ fn update(deployment: &Deployment, command: &str, to_tag: &str, options: UpdateO
                  the cause: {error:#}"
             ))
         }
-        Err(Failure::RollbackFailed(error, second)) => {
+        Err(Failure::RecoveryFailed(error, second)) => {
             append_history(
                 &history,
                 &record(Outcome::Failed, Some(&backup_path), Some(format!("{error:#}; rollback: {second:#}"))),
@@ -1190,8 +1142,9 @@ mod tests {
         let (compose, env) = (compose(), env());
         let plan = plan_update(&update_inputs(&compose, &env, false)).unwrap();
         assert_eq!(names(&plan.steps), ["login", "pull", "up db", "backup", "set 1.1.0", "migrate", "up"]);
-        assert_eq!(plan.point_of_no_return, 4, "failures before .env changes need no rollback");
-        assert_eq!(names(&plan.on_failure), ["set 1.0.0", "up"]);
+        let recovery = plan.recovery.as_ref().unwrap();
+        assert_eq!(recovery.from, 4, "failures before .env changes need no rollback");
+        assert_eq!(names(&recovery.steps), ["set 1.0.0", "up"]);
         let Action::Run(pull) = &plan.steps[1] else { panic!() };
         assert_eq!(pull.env, [("IMAGE_TAG".to_string(), "1.1.0".to_string())], "pulled before .env changes");
         let Action::Migrate(migrate) = &plan.steps[5] else { panic!() };
@@ -1205,8 +1158,9 @@ mod tests {
     fn a_failed_update_restores_the_database_only_when_asked() {
         let (compose, env) = (compose(), env());
         let plan = plan_update(&update_inputs(&compose, &env, true)).unwrap();
-        assert_eq!(names(&plan.on_failure), ["set 1.0.0", "restore"]);
-        let Action::SetTag { contents, .. } = &plan.on_failure[0] else { panic!() };
+        let recovery = plan.recovery.as_ref().unwrap();
+        assert_eq!(names(&recovery.steps), ["set 1.0.0", "restore"]);
+        let Action::SetTag { contents, .. } = &recovery.steps[0] else { panic!() };
         assert!(contents.expose().starts_with("IMAGE_TAG=1.0.0\nPOSTGRES_PASSWORD="));
         let Action::SetTag { contents, .. } = &plan.steps[4] else { panic!() };
         assert!(contents.expose().starts_with("IMAGE_TAG=1.1.0\n"));
@@ -1225,7 +1179,7 @@ mod tests {
     fn deploy_initializes_or_migrates_then_starts_everything() {
         let plan = plan_deploy(&compose(), None, 60);
         assert_eq!(names(&plan.steps), ["pull", "up db", "init-or-migrate", "up"]);
-        assert!(plan.on_failure.is_empty());
+        assert!(plan.recovery.is_none());
         let Action::InitOrMigrate { db_init, .. } = &plan.steps[2] else { panic!() };
         assert!(db_init.to_string().ends_with("--profile init run --rm -T db-init"));
     }

@@ -1,6 +1,8 @@
 //! Plans: what a task is about to do, as data. Every task reads its inputs once, builds a
 //! [`Plan`] (pure data, unit-tested), and only then runs it. `--dry-run` prints the same plan
-//! that would run, so what an operator reviews is exactly what happens.
+//! that would run, so what an operator reviews is exactly what happens. A plan's steps are
+//! [`Step`]s (commands and file writes) unless a task has steps of its own (deploy's database
+//! steps); a plan may say how to put the previous state back when a late step fails.
 //!
 //! Secrets travel as [`Secret`]s: they go to a process's standard input or into a file with
 //! mode 0600, never into argv, and they print as their name only.
@@ -183,10 +185,55 @@ impl fmt::Display for Step {
     }
 }
 
-/// An ordered list of steps, with a title for `--dry-run` output.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub steps: Vec<Step>,
+/// An ordered list of steps, and how to recover when one of the later ones fails.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan<S = Step> {
+    pub steps: Vec<S>,
+    pub recovery: Option<Recovery<S>>,
+}
+
+/// The steps that put the previous state back when step `from` (counted from 0) or a later one
+/// fails: the steps before `from` change nothing, so a failure there needs no recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery<S> {
+    pub from: usize,
+    pub steps: Vec<S>,
+}
+
+/// How a plan failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Before anything changed (or in a plan without recovery).
+    Unchanged(anyhow::Error),
+    /// After a change; the recovery put the previous state back.
+    Recovered(anyhow::Error),
+    /// After a change, and the recovery failed too.
+    RecoveryFailed(anyhow::Error, anyhow::Error),
+}
+
+impl<S> Default for Plan<S> {
+    fn default() -> Plan<S> {
+        Plan { steps: Vec::new(), recovery: None }
+    }
+}
+
+impl<S> Plan<S> {
+    /// Runs the steps in order with `perform`, stopping at the first failure; when that step is
+    /// at or after the recovery's start, runs the recovery steps before returning.
+    pub fn execute_with(&self, mut perform: impl FnMut(&S) -> Result<()>) -> std::result::Result<(), Failure> {
+        for (index, step) in self.steps.iter().enumerate() {
+            let Err(error) = perform(step) else { continue };
+            let Some(recovery) = self.recovery.as_ref().filter(|recovery| index >= recovery.from) else {
+                return Err(Failure::Unchanged(error));
+            };
+            eprintln!("failed: {error:#}\nputting the previous state back");
+            return Err(match recovery.steps.iter().try_for_each(&mut perform) {
+                Ok(()) => Failure::Recovered(error),
+                Err(second) => Failure::RecoveryFailed(error, second),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Plan {
@@ -200,25 +247,33 @@ impl Plan {
 
     /// Runs every step in order, stopping at the first failure.
     pub fn execute(&self, sh: &Shell) -> Result<()> {
-        for step in &self.steps {
-            match step {
-                Step::Run(command) => command.run(sh)?,
-                Step::Write { path, contents, mode } => write_atomically(path, contents.bytes(), *mode)?,
-                Step::Capture { command, path, mode } => {
-                    let output = command.read(sh)?;
-                    write_atomically(path, format!("{output}\n").as_bytes(), *mode)?;
-                }
-                Step::WaitFor { command, seconds } => wait_for(sh, command, *seconds)?,
+        self.execute_with(|step| match step {
+            Step::Run(command) => command.run(sh),
+            Step::Write { path, contents, mode } => write_atomically(path, contents.bytes(), *mode),
+            Step::Capture { command, path, mode } => {
+                let output = command.read(sh)?;
+                write_atomically(path, format!("{output}\n").as_bytes(), *mode)
             }
-        }
-        Ok(())
+            Step::WaitFor { command, seconds } => wait_for(sh, command, *seconds),
+        })
+        .map_err(|failure| match failure {
+            Failure::Unchanged(error) | Failure::Recovered(error) => error,
+            Failure::RecoveryFailed(error, second) => {
+                anyhow::anyhow!("{error:#}; putting the previous state back failed too: {second:#}")
+            }
+        })
     }
 }
 
-impl fmt::Display for Plan {
+impl<S: fmt::Display> fmt::Display for Plan<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (index, step) in self.steps.iter().enumerate() {
-            writeln!(f, "{:>3}. {step}", index + 1)?;
+        let numbered = |f: &mut fmt::Formatter<'_>, steps: &[S]| {
+            steps.iter().enumerate().try_for_each(|(index, step)| writeln!(f, "{:>3}. {step}", index + 1))
+        };
+        numbered(f, &self.steps)?;
+        if let Some(recovery) = &self.recovery {
+            writeln!(f, "if step {} or a later one fails:", recovery.from + 1)?;
+            numbered(f, &recovery.steps)?;
         }
         Ok(())
     }
