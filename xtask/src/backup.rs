@@ -62,6 +62,8 @@ pub struct RestoreArgs {
     /// Seconds to wait for every service to become healthy again.
     #[arg(long, value_name = "SECONDS", default_value_t = deploy::DEFAULT_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+    #[command(flatten)]
+    pub lock: deploy::LockArgs,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -277,17 +279,8 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
     }
     verify(&args.file)?;
     let tag = deployment.current_tag();
-    let holder = deploy::Holder {
-        pid: std::process::id(),
-        user: deploy::current_user(),
-        host: deploy::current_host(),
-        command: "restore".into(),
-        since: clock::rfc3339(clock::now_unix()),
-        from_tag: tag.clone(),
-        to_tag: None,
-        children: Vec::new(),
-    };
-    let (mut lock, _) = Lock::acquire(&deployment.lock_path(), holder, args.timeout)?;
+    let holder = deploy::holder("restore", tag.clone(), None);
+    let (mut lock, _) = Lock::acquire(&deployment.lock_path(), holder, args.timeout, args.lock)?;
     let started = std::time::Instant::now();
     let result = restore_from(
         &mut Executor { compose: &deployment.compose, lock: Some(&mut lock), timeout: args.timeout },

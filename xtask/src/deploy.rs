@@ -20,7 +20,8 @@
 //! command, since, tags, and the pids of the docker commands it is running). A lock whose
 //! holder's process is gone (same host, no `/proc/<pid>`) is stale: it is taken over with a
 //! notice, after waiting for docker commands the dead holder left running, so re-running an
-//! update that was killed converges. A lock held by a live process refuses, naming it.
+//! update that was killed converges. A lock held by a live process refuses, naming it; one
+//! from another host, where this tool cannot tell, is broken only with `--break-lock`.
 
 use std::fmt;
 use std::io::Write;
@@ -54,6 +55,15 @@ pub struct Target {
 /// How long `up --wait` may take until every service is healthy.
 pub const DEFAULT_TIMEOUT: u64 = 300;
 
+/// The option of the tasks that take the deploy lock.
+#[derive(Args, Clone, Copy, Debug, Default)]
+pub struct LockArgs {
+    /// Take over a deploy lock whose holder ran on another host and is gone (a holder on this
+    /// host is checked instead, and one that is running is never broken).
+    #[arg(long)]
+    pub break_lock: bool,
+}
+
 #[derive(Args)]
 #[command(after_help = "Examples:
   cargo xtask deploy
@@ -68,6 +78,8 @@ pub struct DeployArgs {
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
 }
 
 #[derive(Args)]
@@ -100,6 +112,8 @@ pub struct UpdateOptions {
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
 }
 
 #[derive(Args)]
@@ -502,19 +516,32 @@ impl Holder {
 pub enum LockState {
     /// Its holder is running (or runs on another host, where we cannot tell).
     Held(Holder),
-    /// Its holder ran on this host and its process is gone.
+    /// Its holder's process is gone: it ran on this host, or on another one and the operator
+    /// said so (`--break-lock`).
     Stale(Holder),
     /// Not a lock this tool wrote.
     Unreadable,
 }
 
-/// Judges a lock file's contents: pure, given whether a pid is alive on this host.
-pub fn judge_lock(contents: &str, this_host: &str, alive: impl Fn(u32) -> bool) -> LockState {
+/// Judges a lock file's contents: pure, given whether a pid is alive on this host and whether
+/// the operator vouches that holders on other hosts are gone.
+pub fn judge_lock(contents: &str, this_host: &str, alive: impl Fn(u32) -> bool, lock: LockArgs) -> LockState {
     match Holder::parse(contents) {
         None => LockState::Unreadable,
         Some(holder) if holder.host == this_host && !alive(holder.pid) => LockState::Stale(holder),
+        Some(holder) if holder.host != this_host && lock.break_lock => LockState::Stale(holder),
         Some(holder) => LockState::Held(holder),
     }
+}
+
+/// The refusal for a lock `other` holds.
+fn held_error(path: &Path, other: &Holder) -> anyhow::Error {
+    let remedy = if other.host == current_host() {
+        "wait for it to finish"
+    } else {
+        "wait for it to finish; if that process is gone, pass --break-lock"
+    };
+    anyhow!("another deployment task holds the lock {}: {}; {remedy}", path.display(), other.describe())
 }
 
 /// Whether process `pid` exists on this host. Without `/proc` we cannot tell: assume it does.
@@ -530,8 +557,9 @@ pub struct Lock {
 
 impl Lock {
     /// Takes the lock at `path` for `holder`. A live holder refuses with an error naming it; a
-    /// stale one is taken over (after its leftover docker commands ended) and returned.
-    pub fn acquire(path: &Path, holder: Holder, wait_seconds: u64) -> Result<(Lock, Option<Holder>)> {
+    /// stale one is taken over (after its leftover docker commands on this host ended) and
+    /// returned. With `--break-lock`, an unreadable lock file is replaced too.
+    pub fn acquire(path: &Path, holder: Holder, wait_seconds: u64, lock: LockArgs) -> Result<(Lock, Option<Holder>)> {
         let mut taken_over = None;
         for _ in 0..3 {
             if try_create(path, &holder.to_json())? {
@@ -542,27 +570,34 @@ impl Lock {
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
             };
-            match judge_lock(&contents, &current_host(), pid_alive) {
-                LockState::Held(other) => bail!(
-                    "another deployment task holds the lock {}: {}; wait for it to finish \
-                     (remove the file only if you are sure that process is not deploying)",
-                    path.display(),
-                    other.describe()
-                ),
+            match judge_lock(&contents, &current_host(), pid_alive, lock) {
+                LockState::Held(other) => return Err(held_error(path, &other)),
+                LockState::Unreadable if lock.break_lock => {
+                    eprintln!(
+                        "notice: replacing {}, which is not a lock this tool wrote (--break-lock)",
+                        path.display()
+                    );
+                    remove_if_unchanged(path, &contents)?;
+                }
                 LockState::Unreadable => bail!(
-                    "{} exists but is not a lock this tool wrote: remove it if no deploy is running",
+                    "{} exists but is not a lock this tool wrote: pass --break-lock if no deploy is running",
                     path.display()
                 ),
+                LockState::Stale(stale) if stale.host != current_host() => {
+                    eprintln!(
+                        "notice: breaking the lock of pid {} on host {} ({}, user {}, since {}) as --break-lock says",
+                        stale.pid, stale.host, stale.command, stale.user, stale.since
+                    );
+                    remove_if_unchanged(path, &contents)?;
+                    taken_over = Some(stale);
+                }
                 LockState::Stale(stale) => {
                     eprintln!(
                         "notice: taking over the stale lock left by pid {} ({}, user {}, since {}): that process is gone",
                         stale.pid, stale.command, stale.user, stale.since
                     );
                     wait_for_leftovers(&stale.children, wait_seconds)?;
-                    // Remove it only if it is still that same stale lock.
-                    if std::fs::read_to_string(path).ok().as_deref() == Some(contents.as_str()) {
-                        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
-                    }
+                    remove_if_unchanged(path, &contents)?;
                     taken_over = Some(stale);
                 }
             }
@@ -588,6 +623,14 @@ impl Drop for Lock {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// Removes the lock file at `path` if it still holds `contents`: another task may have replaced it.
+fn remove_if_unchanged(path: &Path, contents: &str) -> Result<()> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(contents) {
+        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Creates `path` with `contents` only if it does not exist: the contents go to a temporary file
@@ -854,7 +897,8 @@ impl Executor<'_> {
 // ---------------------------------------------------------------------------------------------
 // Tasks
 
-fn holder(command: &str, from_tag: Option<String>, to_tag: Option<String>) -> Holder {
+/// This process as the lock's holder, running `command`.
+pub fn holder(command: &str, from_tag: Option<String>, to_tag: Option<String>) -> Holder {
     Holder {
         pid: std::process::id(),
         user: current_user(),
@@ -898,8 +942,12 @@ pub fn run_deploy(args: DeployArgs) -> Result<()> {
     }
     let history = read_history(&deployment.history_path())?;
     let from_tag = history.iter().rev().find(|record| record.result == Outcome::Ok).map(|record| record.to_tag.clone());
-    let (mut lock, stale) =
-        Lock::acquire(&deployment.lock_path(), holder("deploy", from_tag.clone(), Some(tag.clone())), args.timeout)?;
+    let (mut lock, stale) = Lock::acquire(
+        &deployment.lock_path(),
+        holder("deploy", from_tag.clone(), Some(tag.clone())),
+        args.timeout,
+        args.lock,
+    )?;
     if let Some(stale) = &stale {
         record_interrupted(&deployment, stale)?;
     }
@@ -955,18 +1003,13 @@ pub fn run_rollback(args: RollbackArgs) -> Result<()> {
 
 /// An update of `deployment` to `to_tag` (`command` is `update` or `rollback`).
 fn update(deployment: &Deployment, command: &str, to_tag: &str, options: UpdateOptions) -> Result<()> {
-    let UpdateOptions { timeout, restore_on_failure, backup_dir, dry_run } = options;
+    let UpdateOptions { timeout, restore_on_failure, backup_dir, dry_run, lock: lock_args } = options;
     let current = deployment.current_tag().context("IMAGE_TAG is not set in .env")?;
     read_history(&deployment.history_path())?;
     if !dry_run && let Ok(text) = std::fs::read_to_string(deployment.lock_path()) {
         // Refuse a live holder before pulling anything; a stale one is handled by `acquire`.
-        if let LockState::Held(other) = judge_lock(&text, &current_host(), pid_alive) {
-            bail!(
-                "another deployment task holds the lock {}: {}; wait for it to finish \
-                 (remove the file only if you are sure that process is not deploying)",
-                deployment.lock_path().display(),
-                other.describe()
-            );
+        if let LockState::Held(other) = judge_lock(&text, &current_host(), pid_alive, lock_args) {
+            return Err(held_error(&deployment.lock_path(), &other));
         }
     }
     deployment.check_tag_exists(to_tag)?;
@@ -993,6 +1036,7 @@ fn update(deployment: &Deployment, command: &str, to_tag: &str, options: UpdateO
         &deployment.lock_path(),
         holder(command, Some(current.clone()), Some(to_tag.to_string())),
         timeout,
+        lock_args,
     )?;
     // After an interrupted update `.env` may already name the new tag: the tag to go back to
     // is the one the interrupted run started from.
@@ -1201,12 +1245,21 @@ mod tests {
     #[test]
     fn a_lock_is_stale_only_when_its_process_is_gone_on_this_host() {
         let alive = |pid: u32| pid == 10;
-        assert!(matches!(judge_lock(&holder_json(10, "h"), "h", alive), LockState::Held(holder) if holder.pid == 10));
-        let LockState::Stale(stale) = judge_lock(&holder_json(11, "h"), "h", alive) else { panic!() };
+        let keep = LockArgs::default();
+        let break_lock = LockArgs { break_lock: true };
+        assert!(
+            matches!(judge_lock(&holder_json(10, "h"), "h", alive, keep), LockState::Held(holder) if holder.pid == 10)
+        );
+        let LockState::Stale(stale) = judge_lock(&holder_json(11, "h"), "h", alive, keep) else { panic!() };
         assert_eq!((stale.command.as_str(), stale.children.as_slice()), ("update", &[77][..]));
-        assert!(matches!(judge_lock(&holder_json(11, "other"), "h", alive), LockState::Held(_)), "cannot tell");
-        assert_eq!(judge_lock("", "h", alive), LockState::Unreadable);
-        assert_eq!(judge_lock("{\"pid\": \"x\"}", "h", alive), LockState::Unreadable);
+        assert!(matches!(judge_lock(&holder_json(11, "other"), "h", alive, keep), LockState::Held(_)), "cannot tell");
+        assert!(matches!(judge_lock(&holder_json(11, "other"), "h", alive, break_lock), LockState::Stale(_)));
+        assert!(
+            matches!(judge_lock(&holder_json(10, "h"), "h", alive, break_lock), LockState::Held(_)),
+            "a holder running on this host is never broken"
+        );
+        assert_eq!(judge_lock("", "h", alive, keep), LockState::Unreadable);
+        assert_eq!(judge_lock("{\"pid\": \"x\"}", "h", alive, keep), LockState::Unreadable);
     }
 
     #[test]
@@ -1214,20 +1267,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(LOCK_FILE);
         let me = holder("update", None, Some("2".into()));
-        let (lock, stale) = Lock::acquire(&path, me.clone(), 1).unwrap();
+        let keep = LockArgs::default();
+        let (lock, stale) = Lock::acquire(&path, me.clone(), 1, keep).unwrap();
         assert!(stale.is_none());
-        let error = Lock::acquire(&path, me.clone(), 1).err().unwrap().to_string();
+        let error = Lock::acquire(&path, me.clone(), 1, LockArgs { break_lock: true }).err().unwrap().to_string();
         assert!(error.contains(&format!("pid {} (update, user", std::process::id())), "{error}");
         drop(lock);
         assert!(!path.exists(), "released");
         // A dead pid on this host: no process has pid u32::MAX - 1.
         let dead = Holder { pid: u32::MAX - 1, host: current_host(), children: vec![], ..me.clone() };
         std::fs::write(&path, dead.to_json()).unwrap();
-        let (lock, stale) = Lock::acquire(&path, me, 1).unwrap();
+        let (lock, stale) = Lock::acquire(&path, me.clone(), 1, keep).unwrap();
         assert_eq!(stale.unwrap().pid, u32::MAX - 1);
         assert_eq!(Holder::parse(&std::fs::read_to_string(&path).unwrap()).unwrap().pid, std::process::id());
         drop(lock);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no temporary files left");
+    }
+
+    #[test]
+    fn another_hosts_lock_is_broken_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOCK_FILE);
+        let me = holder("update", Some("1".into()), Some("2".into()));
+        let theirs =
+            Holder { pid: 4242, host: "workstation-b".into(), children: vec![std::process::id()], ..me.clone() };
+        std::fs::write(&path, theirs.to_json()).unwrap();
+        let error = Lock::acquire(&path, me.clone(), 1, LockArgs::default()).err().unwrap().to_string();
+        assert!(error.contains("host workstation-b") && error.contains("pass --break-lock"), "{error}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), theirs.to_json(), "refused: the lock is untouched");
+        // Its children are pids on the other host: breaking does not wait for this host's pids.
+        let (lock, broken) = Lock::acquire(&path, me.clone(), 1, LockArgs { break_lock: true }).unwrap();
+        assert_eq!(broken, Some(theirs), "the broken holder is returned, for the history");
+        drop(lock);
+        std::fs::write(&path, "not a lock").unwrap();
+        assert!(Lock::acquire(&path, me.clone(), 1, LockArgs::default()).is_err());
+        let (lock, replaced) = Lock::acquire(&path, me, 1, LockArgs { break_lock: true }).unwrap();
+        assert_eq!(replaced, None);
+        drop(lock);
     }
 
     fn record(command: &str, from: Option<&str>, to: &str, result: Outcome) -> Record {
