@@ -5,7 +5,8 @@
 //!   `.intric_<UTC timestamp>.sql.gz.partial` in the output directory; the file is then checked
 //!   (fully decompressed, and ending with pg_dump's "dump complete" line) and renamed to
 //!   `intric_<UTC timestamp>.sql.gz`. Only then are backups beyond `--keep` removed, oldest
-//!   first, and only files with that exact naming.
+//!   first, and only files with that exact naming; so are the `.partial` files of backups that
+//!   were killed (named a day or more before now: no dump of this stack runs that long).
 //! - `restore FILE --yes`: checks FILE the same way before touching anything; stops backend and
 //!   worker; loads FILE into a new database (`<db>_restore`) in one transaction; swaps it in by
 //!   renaming (the old database is dropped only once the new one is in place); starts the stack
@@ -23,7 +24,8 @@ use clap::Args;
 
 use crate::clock;
 use crate::compose::DUMP_COMPLETE;
-use crate::deploy::{self, Deployment, Executor, Lock, Outcome, Record, Target};
+use crate::deploy::{self, Action, Deployment, Executor, Lock, Outcome, Record, Target};
+use crate::plan::{Failure, Plan};
 
 /// Backups kept by default.
 pub const DEFAULT_KEEP: u64 = 10;
@@ -98,6 +100,23 @@ pub fn to_remove(names: &[String], keep: usize) -> Vec<String> {
     backups.sort();
     let excess = backups.len().saturating_sub(keep);
     backups.into_iter().take(excess).map(|(_, name)| name.clone()).collect()
+}
+
+/// The half-written dumps among `names` that a killed backup left: named a day or more before
+/// `now`, so no backup still running can own them.
+pub fn stale_partials(names: &[String], now: i64) -> Vec<String> {
+    let cutoff = clock::compact_utc(now - 24 * 60 * 60);
+    names
+        .iter()
+        .filter(|name| {
+            let Some(backup) = name.strip_prefix('.').and_then(|name| name.strip_suffix(".partial")) else {
+                return false;
+            };
+            // Compact UTC stamps of one shape sort as the times they name.
+            parse_backup_name(backup).is_some_and(|(stamp, _)| stamp <= cutoff)
+        })
+        .cloned()
+        .collect()
 }
 
 /// A new backup's path in `dir` for time `now`: the first name not taken yet.
@@ -241,24 +260,33 @@ pub fn run_backup(args: BackupArgs) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| deployment.dir.join("backups"));
     check_writable(&out)?;
     let path = next_path(&out, clock::now_unix());
+    let keep = usize::try_from(args.keep).unwrap_or(usize::MAX);
+    let plan = Plan {
+        steps: vec![Action::Backup { path: path.clone() }, Action::PruneBackups { dir: out, keep }],
+        recovery: None,
+    };
     if args.dry_run {
-        println!("  1. {} | gzip > {}", deployment.compose.dump(), path.display());
-        println!("  2. check {} (gzip -t, complete dump), then rename it into place", path.display());
-        println!("  3. remove backups in {} beyond the newest {}", out.display(), args.keep);
+        print!("{plan}");
         return Ok(());
     }
     let mut exec = Executor { compose: &deployment.compose, lock: None, timeout: deploy::DEFAULT_TIMEOUT };
-    dump_to(&mut exec, &path)?;
-    let names: Vec<String> = std::fs::read_dir(&out)
-        .with_context(|| format!("cannot list {}", out.display()))?
+    exec.execute(&plan).map_err(Failure::into_error)?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+/// Removes the backups in `dir` beyond the newest `keep`, and the partial ones killed backups
+/// left there a day or more before `now`.
+pub fn prune(dir: &Path, keep: usize, now: i64) -> Result<()> {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
         .collect();
-    for name in to_remove(&names, usize::try_from(args.keep).unwrap_or(usize::MAX)) {
-        let old = out.join(&name);
+    for name in to_remove(&names, keep).into_iter().chain(stale_partials(&names, now)) {
+        let old = dir.join(&name);
         std::fs::remove_file(&old).with_context(|| format!("cannot remove the old backup {}", old.display()))?;
-        eprintln!("removed the old backup {}", old.display());
+        eprintln!("removed {}", old.display());
     }
-    println!("{}", path.display());
     Ok(())
 }
 
@@ -345,6 +373,47 @@ mod tests {
         assert_eq!(to_remove(&names, 2), ["intric_20260101T000000Z.sql.gz", "intric_20260102T000000Z.sql.gz"]);
         assert_eq!(to_remove(&names, 4), Vec::<String>::new());
         assert_eq!(to_remove(&names, 1).len(), 3);
+    }
+
+    #[test]
+    fn partial_dumps_go_once_a_day_old() {
+        let now = 1_767_268_800; // 2026-01-01T12:00:00Z
+        let names: Vec<String> = [
+            ".intric_20251231T115959Z.sql.gz.partial",
+            ".intric_20251231T120000Z-1.sql.gz.partial",
+            ".intric_20251231T120001Z.sql.gz.partial",
+            ".intric_20260101T115000Z.sql.gz.partial",
+            "intric_20251201T000000Z.sql.gz",
+            ".notes.partial",
+            ".intric_20251231T115959Z.sql.gz.tmp",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(
+            stale_partials(&names, now),
+            [".intric_20251231T115959Z.sql.gz.partial", ".intric_20251231T120000Z-1.sql.gz.partial"],
+            "older than a day, named as this tool names them, and nothing else"
+        );
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_and_removes_old_partials() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "intric_20251230T000000Z.sql.gz",
+            "intric_20251231T000000Z.sql.gz",
+            ".intric_20251230T000000Z.sql.gz.partial",
+            ".intric_20260101T115000Z.sql.gz.partial",
+        ] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        prune(dir.path(), 1, 1_767_268_800).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".intric_20260101T115000Z.sql.gz.partial", "intric_20251231T000000Z.sql.gz"]);
     }
 
     #[test]

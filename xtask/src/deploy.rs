@@ -704,6 +704,9 @@ pub enum Action {
     Migrate(Command),
     /// A backup of the database to `path`.
     Backup { path: PathBuf },
+    /// Backups in `dir` beyond the newest `keep` removed, and dumps a killed backup left
+    /// half-written there a day ago or earlier.
+    PruneBackups { dir: PathBuf, keep: usize },
     /// `.env` rewritten (atomically, mode 0600) with `IMAGE_TAG=tag`.
     SetTag { path: PathBuf, tag: String, contents: Secret },
     /// The database restored from the backup at `path`.
@@ -718,7 +721,14 @@ impl fmt::Display for Action {
                 write!(f, "if the database has no alembic_version table: {db_init}\n       else: {migrate}")
             }
             Action::Migrate(command) => write!(f, "{command}"),
-            Action::Backup { path } => write!(f, "back up the database (pg_dump | gzip) to {}", path.display()),
+            Action::Backup { path } => {
+                write!(f, "back up the database (pg_dump | gzip, checked, then renamed) to {}", path.display())
+            }
+            Action::PruneBackups { dir, keep } => write!(
+                f,
+                "remove backups in {} beyond the newest {keep}, and partial ones older than a day",
+                dir.display()
+            ),
             Action::SetTag { path, tag, contents } => {
                 write!(f, "write {} with IMAGE_TAG={tag} (mode 600) from {contents}", path.display())
             }
@@ -884,6 +894,7 @@ impl Executor<'_> {
             Action::SetTag { path, contents, .. } => {
                 crate::plan::write_atomically(path, contents.expose().as_bytes(), 0o600)
             }
+            Action::PruneBackups { dir, keep } => backup::prune(dir, *keep, clock::now_unix()),
             Action::Restore { path } => backup::restore_from(self, path),
         }
     }
@@ -1175,6 +1186,7 @@ mod tests {
                 Action::InitOrMigrate { .. } => "init-or-migrate".into(),
                 Action::Migrate(_) => "migrate".into(),
                 Action::Backup { .. } => "backup".into(),
+                Action::PruneBackups { .. } => "prune".into(),
                 Action::SetTag { tag, .. } => format!("set {tag}"),
                 Action::Restore { .. } => "restore".into(),
             })

@@ -211,6 +211,18 @@ pub enum Failure {
     RecoveryFailed(anyhow::Error, anyhow::Error),
 }
 
+impl Failure {
+    /// The error to report: the step's, with the recovery's failure added when it failed too.
+    pub fn into_error(self) -> anyhow::Error {
+        match self {
+            Failure::Unchanged(error) | Failure::Recovered(error) => error,
+            Failure::RecoveryFailed(error, second) => {
+                anyhow::anyhow!("{error:#}; putting the previous state back failed too: {second:#}")
+            }
+        }
+    }
+}
+
 impl<S> Default for Plan<S> {
     fn default() -> Plan<S> {
         Plan { steps: Vec::new(), recovery: None }
@@ -256,12 +268,7 @@ impl Plan {
             }
             Step::WaitFor { command, seconds } => wait_for(sh, command, *seconds),
         })
-        .map_err(|failure| match failure {
-            Failure::Unchanged(error) | Failure::Recovered(error) => error,
-            Failure::RecoveryFailed(error, second) => {
-                anyhow::anyhow!("{error:#}; putting the previous state back failed too: {second:#}")
-            }
-        })
+        .map_err(Failure::into_error)
     }
 }
 
