@@ -571,7 +571,9 @@ fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String
         // (final stage only) cannot.
         let reference = format!("{name}:buildcache");
         cache_from.push(format!("type=registry,ref={reference}"));
-        cache_to.push(format!("type=registry,ref={reference},mode=max"));
+        // Several Nexus versions refuse BuildKit's cache manifests (500s, 400 "blob upload
+        // invalid"): a refused cache export must not fail a build whose image is fine.
+        cache_to.push(format!("type=registry,ref={reference},mode=max,ignore-error=true"));
     }
     let context = inputs.workspace.join(service.context_dir());
     let buildx_pushes = inputs.push && inputs.docker.builder == Builder::Buildx;
@@ -1165,7 +1167,10 @@ mod tests {
             pairs(&build.args, "--cache-from"),
             ["r:5000/intric/backend:dev-latest", "type=registry,ref=r:5000/intric/backend:buildcache"]
         );
-        assert_eq!(pairs(&build.args, "--cache-to"), ["type=registry,ref=r:5000/intric/backend:buildcache,mode=max"]);
+        assert_eq!(
+            pairs(&build.args, "--cache-to"),
+            ["type=registry,ref=r:5000/intric/backend:buildcache,mode=max,ignore-error=true"]
+        );
         let legacy = plan_with(Builder::Legacy, Some("r:5000"), true);
         assert!(pairs(&build_of(&legacy, Service::Backend).0.args, "--cache-to").is_empty());
     }
