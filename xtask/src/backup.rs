@@ -17,6 +17,7 @@
 //! works. Compression is the `gzip` binary, piped with duct: no gzip crate needed.
 
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -198,15 +199,20 @@ pub fn dump_to(exec: &mut Executor, path: &Path) -> Result<()> {
     let compose = exec.compose;
     let dump = compose.dump();
     eprintln!("$ {dump} | gzip > {}", partial.display());
-    let pipe = compose.expression(&dump).pipe(duct::cmd!("gzip", "-c")).stdout_path(&partial);
+    // Mode 0600 from the start: the dump holds the whole database while it is being written.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let pipe = compose.expression(&dump).pipe(duct::cmd!("gzip", "-c")).stdout_file(file);
     let result = exec
         .run_expression(&pipe)
         .with_context(|| "pg_dump in the db container failed: is the stack running? (`cargo xtask status`)".to_string())
         .and_then(|()| verify(&partial))
-        .and_then(|()| {
-            std::fs::set_permissions(&partial, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-            std::fs::rename(&partial, path).with_context(|| format!("cannot rename to {}", path.display()))
-        });
+        .and_then(|()| std::fs::rename(&partial, path).with_context(|| format!("cannot rename to {}", path.display())));
     if result.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
@@ -282,10 +288,14 @@ pub fn prune(dir: &Path, keep: usize, now: i64) -> Result<()> {
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
         .collect();
+    // The new backup is complete by now: a file that cannot be removed is worth a warning,
+    // not a failed backup.
     for name in to_remove(&names, keep).into_iter().chain(stale_partials(&names, now)) {
         let old = dir.join(&name);
-        std::fs::remove_file(&old).with_context(|| format!("cannot remove the old backup {}", old.display()))?;
-        eprintln!("removed {}", old.display());
+        match std::fs::remove_file(&old) {
+            Ok(()) => eprintln!("removed {}", old.display()),
+            Err(error) => eprintln!("warning: cannot remove {}: {error}", old.display()),
+        }
     }
     Ok(())
 }
@@ -308,7 +318,10 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
     verify(&args.file)?;
     let tag = deployment.current_tag();
     let holder = deploy::holder("restore", tag.clone(), None);
-    let (mut lock, _) = Lock::acquire(&deployment.lock_path(), holder, args.timeout, args.lock)?;
+    let (mut lock, stale) = Lock::acquire(&deployment.lock_path(), holder, args.timeout, args.lock)?;
+    if let Some(stale) = &stale {
+        deploy::record_interrupted(&deployment, stale)?;
+    }
     let started = std::time::Instant::now();
     let result = restore_from(
         &mut Executor { compose: &deployment.compose, lock: Some(&mut lock), timeout: args.timeout },

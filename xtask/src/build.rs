@@ -118,7 +118,8 @@ pub struct BuildInputs {
     pub digests: BTreeMap<Service, String>,
     /// Services whose inputs tag exists already (in the registry when pushing, else locally).
     pub unchanged: BTreeSet<Service>,
-    /// Per service, the existing tags worth using as cache (`dev-latest`, the branch's tag).
+    /// Per service, the existing tags worth using as cache (`dev-latest`, the branch's tag,
+    /// `inline-cache`), whenever there is a registry.
     pub cache_from: BTreeMap<Service, Vec<String>>,
     /// A buildx container builder is active: export its cache to the registry too.
     pub registry_cache: bool,
@@ -401,6 +402,26 @@ fn read_inputs(sh: &Shell, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
                     unchanged.insert(service);
                 }
             }
+            // A build that does not push (a PR's, say) still takes cache from the registry when
+            // it knows one; without an answer from it, it builds without that cache.
+            if let Some(address) = &registry {
+                match registry_client(address).and_then(|client| {
+                    services
+                        .iter()
+                        .map(|&service| Ok((service, client.tags(&service.repository())?)))
+                        .collect::<Result<Vec<_>>>()
+                }) {
+                    Ok(existing) => {
+                        for (service, existing) in existing {
+                            cache_from.insert(
+                                service,
+                                cache_sources(&report, &existing, &format!("{address}/{}", service.repository())),
+                            );
+                        }
+                    }
+                    Err(error) => eprintln!("warning: building without cache from {address}: {error:#}"),
+                }
+            }
         }
     }
     let registry_cache = args.push && docker.buildx_has_container_builder(sh, args.builder.as_deref());
@@ -482,7 +503,8 @@ fn image_name(registry: Option<&str>, service: Service) -> String {
 }
 
 /// The existing tags whose layers are most likely to match this build: the default branch's
-/// `dev-latest` and this build's own floating tags (a branch's slug, a PR's tag).
+/// `dev-latest`, this build's own floating tags (a branch's slug, a PR's tag), and the newest
+/// image whose inline cache is complete (`inline-cache`).
 fn cache_sources(report: &TagReport, existing: &[String], name: &str) -> Vec<String> {
     let wanted = std::iter::once("dev-latest")
         .chain(report.tags.iter().map(String::as_str).filter(|tag| !tag.starts_with("sha-")))
@@ -594,9 +616,9 @@ fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String
         pull: inputs.pull,
     };
     let build = inputs.docker.build(&spec).hint(format!("the {} build failed", service.name()));
-    // A container builder exports its whole cache to the registry instead (`buildcache`).
-    let cache_mark = (inputs.push && !inputs.registry_cache)
-        .then(|| CacheMark { repository: service.repository(), from: tags[0].clone() });
+    // Pushed images carry inline cache whatever the builder, and a container builder's
+    // `buildcache` export may have been refused (ignore-error): keep `inline-cache` current.
+    let cache_mark = inputs.push.then(|| CacheMark { repository: service.repository(), from: tags[0].clone() });
     if !inputs.push || buildx_pushes {
         return Action::Build { build, push: None, retag: None, cache_mark };
     }
@@ -1194,7 +1216,7 @@ mod tests {
         );
         let mut container_builder = inputs(Builder::Buildx, Some("r:5000"), true);
         container_builder.registry_cache = true;
-        assert_eq!(cache_mark(&plan(&container_builder)), None, "its cache goes to `buildcache` whole");
+        assert!(cache_mark(&plan(&container_builder)).is_some(), "its `buildcache` export may be refused");
         assert_eq!(cache_mark(&plan_with(Builder::Legacy, Some("r:5000"), false)), None, "nothing pushed");
     }
 

@@ -5,7 +5,7 @@
 //! on the target tag, the deploy history, the lock), builds a [`Plan`] of [`Action`]s (pure data:
 //! [`plan_deploy`], [`plan_update`]), and runs it; `--dry-run` prints that plan instead.
 //!
-//! - `deploy`: login → pull → start `db` → `db-init` when the database was never initialized
+//! - `deploy`: login → pull → start `db` and `redis` → `db-init` when the database was never initialized
 //!   (no `alembic_version` table), else the image's migrations → `up --wait` → status and URL.
 //! - `update --tag T`: T must exist for all three images in the registry (cleanup policies
 //!   delete tags) before anything happens; then the lock; pull T; back up the database; write
@@ -58,8 +58,9 @@ pub const DEFAULT_TIMEOUT: u64 = 300;
 /// The option of the tasks that take the deploy lock.
 #[derive(Args, Clone, Copy, Debug, Default)]
 pub struct LockArgs {
-    /// Take over a deploy lock whose holder ran on another host and is gone (a holder on this
-    /// host is checked instead, and one that is running is never broken).
+    /// Take over a deploy lock whose holder ran on another host and is gone, or a lock file this
+    /// tool did not write (a holder on this host is checked instead; a running one is never
+    /// broken).
     #[arg(long)]
     pub break_lock: bool,
 }
@@ -428,16 +429,25 @@ pub fn read_history(path: &Path) -> Result<Vec<Record>> {
     }
 }
 
-/// The tag to roll back to: the newest successful deployment of a tag other than `current`.
+/// The tag to roll back to. The successful deploys, updates and rollbacks form a stack of
+/// versions: a deploy or an update puts its tag on top; a rollback to T goes back to where T
+/// was last on top, dropping the versions rolled back from. The answer is the newest tag on
+/// that stack other than `current`, so a second rollback goes further back instead of
+/// returning to the version the first one left.
 pub fn previous_tag(records: &[Record], current: Option<&str>) -> Option<String> {
-    records
-        .iter()
-        .rev()
-        .filter(|record| record.result == Outcome::Ok)
-        .filter(|record| ["deploy", "update", "rollback"].contains(&record.command.as_str()))
-        .map(|record| &record.to_tag)
-        .find(|tag| Some(tag.as_str()) != current)
-        .cloned()
+    let mut stack: Vec<&str> = Vec::new();
+    for record in records.iter().filter(|record| record.result == Outcome::Ok) {
+        let tag = record.to_tag.as_str();
+        match record.command.as_str() {
+            "rollback" => match stack.iter().rposition(|earlier| *earlier == tag) {
+                Some(position) => stack.truncate(position + 1),
+                None => stack.push(tag),
+            },
+            "deploy" | "update" if stack.last() != Some(&tag) => stack.push(tag),
+            _ => {}
+        }
+    }
+    stack.iter().rev().find(|tag| Some(**tag) != current).map(|tag| tag.to_string())
 }
 
 /// Appends `record` with one write to a file opened for appending, so concurrent writers never
@@ -544,9 +554,18 @@ fn held_error(path: &Path, other: &Holder) -> anyhow::Error {
     anyhow!("another deployment task holds the lock {}: {}; {remedy}", path.display(), other.describe())
 }
 
-/// Whether process `pid` exists on this host. Without `/proc` we cannot tell: assume it does.
-pub fn pid_alive(pid: u32) -> bool {
-    !Path::new("/proc/self").exists() || Path::new(&format!("/proc/{pid}")).exists()
+/// Whether process `pid` on this host is a running xtask, as a lock's holder is: a pid that
+/// a reboot or pid reuse gave to another program is not. Without `/proc` we cannot tell, and
+/// a process whose command line cannot be read might be it: assume it is.
+pub fn holder_running(pid: u32) -> bool {
+    if !Path::new("/proc/self").exists() {
+        return true;
+    }
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        // A zombie has an empty command line: it has ended.
+        Ok(cmdline) => String::from_utf8_lossy(&cmdline).contains("xtask"),
+        Err(_) => Path::new(&format!("/proc/{pid}")).exists(),
+    }
 }
 
 /// The deploy lock, held until dropped.
@@ -570,7 +589,7 @@ impl Lock {
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
             };
-            match judge_lock(&contents, &current_host(), pid_alive, lock) {
+            match judge_lock(&contents, &current_host(), holder_running, lock) {
                 LockState::Held(other) => return Err(held_error(path, &other)),
                 LockState::Unreadable if lock.break_lock => {
                     eprintln!(
@@ -899,7 +918,7 @@ impl Executor<'_> {
         }
     }
 
-    /// Runs `plan`, and its recovery when a step after its point of no return fails.
+    /// Runs `plan`, and its recovery when a step at or after its point of no return fails.
     pub fn execute(&mut self, plan: &Plan<Action>) -> std::result::Result<(), Failure> {
         plan.execute_with(|step| self.perform(step))
     }
@@ -923,7 +942,7 @@ pub fn holder(command: &str, from_tag: Option<String>, to_tag: Option<String>) -
 }
 
 /// Records in the history that a stale lock's holder was interrupted.
-fn record_interrupted(deployment: &Deployment, stale: &Holder) -> Result<()> {
+pub fn record_interrupted(deployment: &Deployment, stale: &Holder) -> Result<()> {
     let Some(to_tag) = stale.to_tag.clone() else { return Ok(()) };
     let since = clock::parse_rfc3339(&stale.since).unwrap_or_else(clock::now_unix);
     append_history(
@@ -1019,7 +1038,7 @@ fn update(deployment: &Deployment, command: &str, to_tag: &str, options: UpdateO
     read_history(&deployment.history_path())?;
     if !dry_run && let Ok(text) = std::fs::read_to_string(deployment.lock_path()) {
         // Refuse a live holder before pulling anything; a stale one is handled by `acquire`.
-        if let LockState::Held(other) = judge_lock(&text, &current_host(), pid_alive, lock_args) {
+        if let LockState::Held(other) = judge_lock(&text, &current_host(), holder_running, lock_args) {
             return Err(held_error(&deployment.lock_path(), &other));
         }
     }
@@ -1297,6 +1316,16 @@ mod tests {
     }
 
     #[test]
+    fn a_holder_runs_only_while_an_xtask_has_its_pid() {
+        assert!(holder_running(std::process::id()), "this test binary is an xtask");
+        let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(!holder_running(other.id()), "a pid reused by another program is no holder");
+        other.kill().unwrap();
+        other.wait().unwrap();
+        assert!(!holder_running(other.id()), "a process that ended is no holder");
+    }
+
+    #[test]
     fn another_hosts_lock_is_broken_only_when_asked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(LOCK_FILE);
@@ -1363,6 +1392,23 @@ mod tests {
         assert_eq!(previous_tag(&history, Some("2")).as_deref(), Some("1"));
         assert_eq!(previous_tag(&history[..1], Some("1")), None);
         assert_eq!(previous_tag(&[], Some("1")), None);
+    }
+
+    #[test]
+    fn a_second_rollback_goes_further_back() {
+        let mut history = vec![
+            record("deploy", None, "1", Outcome::Ok),
+            record("update", Some("1"), "2", Outcome::Ok),
+            record("update", Some("2"), "3", Outcome::Ok),
+        ];
+        assert_eq!(previous_tag(&history, Some("3")).as_deref(), Some("2"));
+        history.push(record("rollback", Some("3"), "2", Outcome::Ok));
+        assert_eq!(previous_tag(&history, Some("2")).as_deref(), Some("1"), "not back to 3");
+        history.push(record("rollback", Some("2"), "1", Outcome::Ok));
+        assert_eq!(previous_tag(&history, Some("1")), None, "nothing was deployed before 1");
+        // An update to a tag deployed before is a new version on top, not a rollback.
+        history.push(record("update", Some("1"), "3", Outcome::Ok));
+        assert_eq!(previous_tag(&history, Some("3")).as_deref(), Some("1"));
     }
 
     #[test]

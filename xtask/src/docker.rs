@@ -1,6 +1,7 @@
 //! The Docker adapter: finds a working client and engine, and builds the argv of every docker
 //! command the xtask runs (build, push, tag, login, run). It runs only the read-only queries
-//! itself (`version`, `image inspect`, `container inspect`); everything that changes state is
+//! itself (`version`, `buildx version`, `buildx inspect`, `image inspect`, `container
+//! inspect`); everything that changes state is
 //! returned as a [`Command`] for a plan.
 //!
 //! Builds always use BuildKit: `docker buildx build` where the buildx plugin works, otherwise a

@@ -262,6 +262,14 @@ fn fresh_runners_take_unchanged_steps_from_cache_build_after_build() {
     }
     let tags = LabRegistry::new().tags(&format!("{namespace}/intric/backend"));
     assert!(tags.contains(&"inline-cache".to_string()), "{tags:?}");
+    // A build that does not push (a PR's) takes the same cache from the registry.
+    std::fs::write(repo.path().join("backend/intric/e2e_marker.py"), "RUN = 'a pull request'\n").unwrap();
+    commit_all(repo.path(), "a pull request's change");
+    fresh_runner(&format!("{registry}/intric/backend"));
+    let (output, _) = build(repo.path(), &["--registry", &registry, "backend"], &env);
+    assert_success(&output, "build backend without --push");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("Successfully installed"), "the dependencies did not come from cache:\n{text}");
 }
 
 /// What a fresh CI runner has of `repository`: no local image, and no BuildKit cache at all.
