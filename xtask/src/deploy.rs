@@ -533,12 +533,12 @@ pub enum LockState {
     Unreadable,
 }
 
-/// Judges a lock file's contents: pure, given whether a pid is alive on this host and whether
+/// Judges a lock file's contents: pure, given whether a holder runs on this host and whether
 /// the operator vouches that holders on other hosts are gone.
-pub fn judge_lock(contents: &str, this_host: &str, alive: impl Fn(u32) -> bool, lock: LockArgs) -> LockState {
+pub fn judge_lock(contents: &str, this_host: &str, alive: impl Fn(&Holder) -> bool, lock: LockArgs) -> LockState {
     match Holder::parse(contents) {
         None => LockState::Unreadable,
-        Some(holder) if holder.host == this_host && !alive(holder.pid) => LockState::Stale(holder),
+        Some(holder) if holder.host == this_host && !alive(&holder) => LockState::Stale(holder),
         Some(holder) if holder.host != this_host && lock.break_lock => LockState::Stale(holder),
         Some(holder) => LockState::Held(holder),
     }
@@ -554,18 +554,33 @@ fn held_error(path: &Path, other: &Holder) -> anyhow::Error {
     anyhow!("another deployment task holds the lock {}: {}; {remedy}", path.display(), other.describe())
 }
 
-/// Whether process `pid` on this host is a running xtask, as a lock's holder is: a pid that
-/// a reboot or pid reuse gave to another program is not. Without `/proc` we cannot tell, and
-/// a process whose command line cannot be read might be it: assume it is.
-pub fn holder_running(pid: u32) -> bool {
+/// Whether `holder` still runs on this host: a process has its pid, and that process started
+/// before the holder took the lock. A process that started later got the pid from a reboot or
+/// pid reuse and is not the holder. Without `/proc` we cannot tell: assume it runs.
+pub fn holder_running(holder: &Holder) -> bool {
     if !Path::new("/proc/self").exists() {
         return true;
     }
-    match std::fs::read(format!("/proc/{pid}/cmdline")) {
-        // A zombie has an empty command line: it has ended.
-        Ok(cmdline) => String::from_utf8_lossy(&cmdline).contains("xtask"),
-        Err(_) => Path::new(&format!("/proc/{pid}")).exists(),
+    if !Path::new(&format!("/proc/{}", holder.pid)).exists() {
+        return false;
     }
+    match (process_start(holder.pid), clock::parse_rfc3339(&holder.since)) {
+        // Seconds of slack for the rounding of both times.
+        (Some(started), Some(since)) => started <= since + 2,
+        _ => true,
+    }
+}
+
+/// When process `pid` started, in Unix seconds: boot time plus its start in clock ticks
+/// (field 22 of `/proc/<pid>/stat`; Linux reports them at 100 per second to user space).
+fn process_start(pid: u32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let after_name = stat.get(stat.rfind(')')? + 1..)?;
+    let ticks: i64 = after_name.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    let boot = std::fs::read_to_string("/proc/stat").ok()?;
+    let boot: i64 = boot.lines().find_map(|line| line.strip_prefix("btime "))?.trim().parse().ok()?;
+    Some(boot + ticks / 100)
 }
 
 /// The deploy lock, held until dropped.
@@ -1275,7 +1290,7 @@ mod tests {
 
     #[test]
     fn a_lock_is_stale_only_when_its_process_is_gone_on_this_host() {
-        let alive = |pid: u32| pid == 10;
+        let alive = |holder: &Holder| holder.pid == 10;
         let keep = LockArgs::default();
         let break_lock = LockArgs { break_lock: true };
         assert!(
@@ -1316,13 +1331,16 @@ mod tests {
     }
 
     #[test]
-    fn a_holder_runs_only_while_an_xtask_has_its_pid() {
-        assert!(holder_running(std::process::id()), "this test binary is an xtask");
+    fn a_holder_runs_while_its_process_does_and_a_reused_pid_is_not_it() {
+        let me = holder("update", None, Some("2".into()));
+        assert!(holder_running(&me));
+        let before_it_started = Holder { since: "2000-01-01T00:00:00Z".into(), ..me.clone() };
+        assert!(!holder_running(&before_it_started), "the pid's process started after the lock was taken");
         let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-        assert!(!holder_running(other.id()), "a pid reused by another program is no holder");
+        let gone = Holder { pid: other.id(), ..me };
         other.kill().unwrap();
         other.wait().unwrap();
-        assert!(!holder_running(other.id()), "a process that ended is no holder");
+        assert!(!holder_running(&gone), "a process that ended is no holder");
     }
 
     #[test]

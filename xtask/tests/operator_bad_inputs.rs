@@ -244,9 +244,12 @@ fn bad_inputs_fail_in_one_line_and_change_nothing() {
             "update while a live process holds the lock",
             |dir| {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+                // A holder took the lock after its process started: now, for this test's process.
+                let now = std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+                let since = String::from_utf8(now.stdout).unwrap().trim().to_string();
                 let holder = serde_json::json!({
                     "pid": std::process::id(), "user": "ops", "host": host, "command": "update",
-                    "since": "2026-01-01T00:00:00Z", "from_tag": "0.9.0", "to_tag": "1.0.0", "children": []
+                    "since": since, "from_tag": "0.9.0", "to_tag": "1.0.0", "children": []
                 });
                 std::fs::write(dir.join(".deploy.lock"), holder.to_string()).unwrap();
             },
