@@ -380,48 +380,40 @@ fn read_inputs(sh: &Shell, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
         (Some(credentials), Some(address)) if credentials.is_docker_login(&RegistryAddress::parse(address)?) => None,
         (credentials, _) => credentials,
     };
+    // The registry's tags of each image: where an unchanged image is found when pushing, and
+    // the cache sources of every build that knows a registry (a PR's too, which does not push).
+    let registry_tags: Option<BTreeMap<Service, Vec<String>>> = match &registry {
+        Some(address) => {
+            let listed = registry_client(address).and_then(|client| {
+                services.iter().map(|&service| Ok((service, client.tags(&service.repository())?))).collect()
+            });
+            match listed {
+                Ok(tags) => Some(tags),
+                Err(error) if !args.push => {
+                    eprintln!("warning: building without cache from {address}: {error:#}");
+                    None
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        None => None,
+    };
     let mut unchanged = BTreeSet::new();
     let mut cache_from = BTreeMap::new();
     let reuse_allowed = !args.no_cache && !args.pull;
-    match (&registry, args.push) {
-        (Some(address), true) => {
-            let client = registry_client(address)?;
-            for &service in &services {
-                let existing = client.tags(&service.repository())?;
-                if reuse_allowed && existing.contains(&inputs_tag(&digests[&service])) {
-                    unchanged.insert(service);
-                }
-                cache_from
-                    .insert(service, cache_sources(&report, &existing, &format!("{address}/{}", service.repository())));
-            }
+    for &service in &services {
+        let marker = inputs_tag(&digests[&service]);
+        let name = image_name(registry.as_deref(), service);
+        let existing = registry_tags.as_ref().map(|tags| &tags[&service]);
+        let present = || match existing {
+            Some(existing) if args.push => existing.contains(&marker),
+            _ => docker.image_exists(sh, &format!("{name}:{marker}")),
+        };
+        if reuse_allowed && present() {
+            unchanged.insert(service);
         }
-        _ => {
-            for &service in &services {
-                let name = image_name(registry.as_deref(), service);
-                if reuse_allowed && docker.image_exists(sh, &format!("{name}:{}", inputs_tag(&digests[&service]))) {
-                    unchanged.insert(service);
-                }
-            }
-            // A build that does not push (a PR's, say) still takes cache from the registry when
-            // it knows one; without an answer from it, it builds without that cache.
-            if let Some(address) = &registry {
-                match registry_client(address).and_then(|client| {
-                    services
-                        .iter()
-                        .map(|&service| Ok((service, client.tags(&service.repository())?)))
-                        .collect::<Result<Vec<_>>>()
-                }) {
-                    Ok(existing) => {
-                        for (service, existing) in existing {
-                            cache_from.insert(
-                                service,
-                                cache_sources(&report, &existing, &format!("{address}/{}", service.repository())),
-                            );
-                        }
-                    }
-                    Err(error) => eprintln!("warning: building without cache from {address}: {error:#}"),
-                }
-            }
+        if let Some(existing) = existing {
+            cache_from.insert(service, cache_sources(&report, existing, &name));
         }
     }
     let registry_cache = args.push && docker.buildx_has_container_builder(sh, args.builder.as_deref());
