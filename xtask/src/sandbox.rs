@@ -112,6 +112,10 @@ pub fn run(command: SandboxCommand) -> Result<()> {
     let paths = LabPaths::new();
     match command {
         SandboxCommand::Up(args) => {
+            // One `up` at a time on this machine (two checkouts, or two test runs): the second
+            // waits, then finds the registry the first started and adopts its credentials
+            // instead of racing it for the container's name.
+            let _machine_wide = (!args.dry_run).then(|| lock_machine(args.port)).transpose()?;
             let inputs = read_up_inputs(&sh, &paths, args.port)?;
             let plan = plan_up(&inputs, &paths);
             finish(&sh, &plan, args.dry_run)?;
@@ -142,6 +146,20 @@ pub fn run(command: SandboxCommand) -> Result<()> {
             finish(&sh, &plan, args.dry_run)
         }
     }
+}
+
+/// An exclusive lock on a file per lab port in the system's temporary directory, held until
+/// the returned file is dropped; the kernel releases it if the process dies.
+fn lock_machine(port: u16) -> Result<std::fs::File> {
+    let path = std::env::temp_dir().join(format!("intric-lab-{port}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
+    Ok(file)
 }
 
 /// Prints the plan with `--dry-run`, otherwise runs it.
@@ -555,6 +573,16 @@ mod tests {
             "# deb http://old.example/debian bookworm main\ndeb [arch=amd64] http://m.example/debian/ bookworm main\n";
         assert_eq!(debian_mirror_in(one_line).as_deref(), Some("http://m.example/debian"));
         assert_eq!(debian_mirror_in("deb http://m.example/debian-security bookworm-security main\n"), None);
+    }
+
+    #[test]
+    fn one_up_at_a_time_per_port() {
+        let held = lock_machine(59_999).unwrap();
+        let path = std::env::temp_dir().join("intric-lab-59999.lock");
+        let other = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        assert!(other.try_lock().is_err(), "a second `up` waits while the first holds the lock");
+        drop(held);
+        other.try_lock().unwrap();
     }
 
     #[test]
