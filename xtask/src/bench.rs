@@ -251,7 +251,7 @@ fn bench_build(runs: usize) -> Result<()> {
         .clone();
     let lab = Lab { registry, base_images: crate::build::base_images(&env, None) };
     let sh = Shell::new()?;
-    let docker = crate::docker::Docker::detect(&sh)?;
+    let docker = crate::docker::Docker::detect()?;
     let base_images = BaseImages::read(&sh, &docker, lab.base_images.values())?;
     let result = compare_builds(&sh, &docker, &lab, &base_images, runs);
     // Put the base images back whatever happened, so the lab (and `sandbox up`) find them.

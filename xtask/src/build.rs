@@ -317,6 +317,8 @@ pub fn execute_prepared(
 
 /// Reads git state, the environment, the docker client, inputs digests and existing images.
 fn read_inputs(sh: &Shell, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
+    // The docker probes are processes; git state and digests are this process's work meanwhile.
+    let docker = std::thread::spawn(Docker::detect);
     let workspace = args.location.repo();
     let report = tags::resolve(&workspace, args.stage, env)?;
     let registry = args.location.registry(env);
@@ -359,7 +361,6 @@ fn read_inputs(sh: &Shell, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
         bail!("cannot build: {}", problems.join("; "));
     }
 
-    let docker = Docker::detect(sh)?;
     let services = if args.services.is_empty() { Service::ALL.to_vec() } else { dedup(&args.services) };
     let base_images = base_images(env, args.base_registry.as_deref());
     let mut digests = BTreeMap::new();
@@ -374,6 +375,7 @@ fn read_inputs(sh: &Shell, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
         .with_context(|| format!("cannot compute the inputs digest of {}", service.name()))?;
         digests.insert(service, digest);
     }
+    let docker = docker.join().map_err(|_| anyhow!("detecting the docker client panicked"))??;
     // A login the docker client already holds needs no `docker login` (a process and a
     // round trip on every build); the registry client checks the same credentials anyway.
     let login = match (Credentials::from_env(env)?, &registry) {

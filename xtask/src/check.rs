@@ -40,7 +40,7 @@ fn check_target(service: Service) -> &'static str {
 
 pub fn run(args: CheckArgs) -> Result<()> {
     let sh = Shell::new()?;
-    let docker = Docker::detect(&sh)?;
+    let docker = Docker::detect()?;
     let env = ci_env::process_env();
     let services = if args.services.is_empty() { vec![Service::Backend, Service::Frontend] } else { args.services };
     let plan = plan(&docker, &services, &base_images(&env, None), &crate::workspace_root());

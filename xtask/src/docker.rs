@@ -50,39 +50,57 @@ const FIRST_CLIENT_WITHOUT_CLASSIC_BUILD: u64 = 23;
 const DEBIAN_CLIENT: &str = "/usr/bin/docker";
 
 impl Docker {
-    /// Checks that an engine answers and picks the client and builder to use.
-    pub fn detect(sh: &Shell) -> Result<Docker> {
-        let engine_version = {
-            let format = "{{.Server.Version}}";
-            cmd!(sh, "docker version --format {format}")
+    /// Checks that an engine answers and picks the client and builder to use. The probes are
+    /// separate processes that don't depend on each other, so they run at once: every build
+    /// pays for them, a no-op one most visibly.
+    pub fn detect() -> Result<Docker> {
+        let mut candidates = vec!["docker".to_string()];
+        if Path::new(DEBIAN_CLIENT).exists() {
+            candidates.push(DEBIAN_CLIENT.to_string());
         }
-        .quiet()
-        .ignore_stderr()
-        .read();
+        // Per candidate: whether `buildx version` works, and its client version. The first
+        // candidate's probe also asks the engine's version.
+        let probes: Vec<(bool, Option<String>)> = std::thread::scope(|scope| {
+            let probes: Vec<_> = candidates
+                .iter()
+                .enumerate()
+                .map(|(index, program)| {
+                    let buildx = scope.spawn(move || {
+                        let sh = Shell::new().ok()?;
+                        cmd!(sh, "{program} buildx version").quiet().ignore_stdout().ignore_stderr().run().ok()
+                    });
+                    let version = scope.spawn(move || {
+                        let sh = Shell::new().ok()?;
+                        let format =
+                            if index == 0 { "{{.Client.Version}} {{.Server.Version}}" } else { "{{.Client.Version}}" };
+                        cmd!(sh, "{program} version --format {format}").quiet().ignore_stderr().read().ok()
+                    });
+                    (buildx, version)
+                })
+                .collect();
+            probes
+                .into_iter()
+                .map(|(buildx, version)| (buildx.join().ok().flatten().is_some(), version.join().ok().flatten()))
+                .collect()
+        });
+        let engine_version =
+            probes[0].1.as_deref().and_then(|versions| versions.split_once(' ')).map(|(_, server)| server);
         let engine_version = match engine_version {
-            Ok(version) if !version.is_empty() => version,
+            Some(version) if !version.is_empty() => version.to_string(),
             _ => bail!(
                 "no Docker engine answers (`docker version` failed): start one (`dockerd &`), \
                  or install it first (`bash ci/provision.sh` does both on Debian), or set DOCKER_HOST"
             ),
         };
-        let mut candidates = vec!["docker".to_string()];
-        if Path::new(DEBIAN_CLIENT).exists() {
-            candidates.push(DEBIAN_CLIENT.to_string());
+        if let Some(index) = probes.iter().position(|(buildx, _)| *buildx) {
+            return Ok(Docker { program: candidates[index].clone(), builder: Builder::Buildx, engine_version });
         }
-        for program in &candidates {
-            if cmd!(sh, "{program} buildx version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
-                return Ok(Docker { program: program.clone(), builder: Builder::Buildx, engine_version });
-            }
-        }
-        for program in &candidates {
-            let format = "{{.Client.Version}}";
-            let version = cmd!(sh, "{program} version --format {format}").quiet().ignore_stderr().read();
-            if let Ok(version) = version
-                && major_version(&version).is_some_and(|major| major < FIRST_CLIENT_WITHOUT_CLASSIC_BUILD)
-            {
-                return Ok(Docker { program: program.clone(), builder: Builder::Legacy, engine_version });
-            }
+        let classic = probes.iter().position(|(_, version)| {
+            let client = version.as_deref().map(|versions| versions.split(' ').next().unwrap_or_default());
+            client.and_then(major_version).is_some_and(|major| major < FIRST_CLIENT_WITHOUT_CLASSIC_BUILD)
+        });
+        if let Some(index) = classic {
+            return Ok(Docker { program: candidates[index].clone(), builder: Builder::Legacy, engine_version });
         }
         bail!(
             "no docker client here can run BuildKit builds: install the buildx plugin \

@@ -16,7 +16,6 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use xshell::Shell;
 
 use crate::deploy::{Deployment, Target};
 use crate::docker;
@@ -146,7 +145,7 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         (2, 0),
         "install the compose plugin v2 (docker-compose-plugin)",
     ));
-    checks.push(match docker::Docker::detect(&Shell::new()?) {
+    checks.push(match docker::Docker::detect() {
         Ok(found) => check("buildkit", Verdict::Ok, format!("{} ({})", found.builder, found.program), ""),
         Err(_) => check(
             "buildkit",

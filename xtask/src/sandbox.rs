@@ -138,7 +138,7 @@ pub fn run(command: SandboxCommand) -> Result<()> {
             Ok(())
         }
         SandboxCommand::Down(args) => {
-            let docker = Docker::detect(&sh)?;
+            let docker = Docker::detect()?;
             let mut plan = Plan::default();
             if docker.container_state(&sh, REGISTRY_CONTAINER).is_some() {
                 plan.run(docker.command().args(["rm", "--force", REGISTRY_CONTAINER]));
@@ -198,7 +198,7 @@ struct UpInputs {
 }
 
 fn read_up_inputs(sh: &Shell, paths: &LabPaths, port: u16) -> Result<UpInputs> {
-    let docker = Docker::detect(sh)?;
+    let docker = Docker::detect()?;
     let registry = format!("127.0.0.1:{port}");
     // The registry container is one per machine, but every checkout has its own target/. The
     // container names the state directory whose credentials it was started with, so another
