@@ -33,7 +33,7 @@ use crate::inline_cache;
 use crate::location::Location;
 use crate::plan::Command;
 use crate::progress::{Progress, TaskProgress};
-use crate::registry::{Backoff, Credentials, Registry, RegistryAddress};
+use crate::registry::{Backoff, Credentials, Manifest, Registry, RegistryAddress};
 use crate::tags::{self, StageChoice, TagReport};
 
 /// Options of `cargo xtask build`.
@@ -180,19 +180,25 @@ impl Retag {
         Ok(())
     }
 
-    /// Reads the manifest of `from` once and puts the same bytes under every new tag.
-    fn run(&self, registry: &Registry, log: &mut File, task: &TaskProgress) -> Result<()> {
+    /// Reads the manifest of `from` once, puts the same bytes under every new tag, and returns
+    /// it: it is the image's manifest under all of them.
+    fn run(&self, registry: &Registry, log: &mut File, task: &TaskProgress) -> Result<Manifest> {
         let Retag { repository, from, to } = self;
-        let manifest = registry
-            .manifest(repository, from)?
-            .with_context(|| format!("{repository}:{from} is not in the registry"))?;
+        let manifest = registry_manifest(registry, repository, from)?;
         for tag in to {
             task.line(&format!("tag {repository}:{tag} -> {}", manifest.digest));
             writeln!(log, "PUT /v2/{repository}/manifests/{tag} ({})", manifest.digest)?;
             registry.put_manifest(repository, tag, &manifest)?;
         }
-        Ok(())
+        Ok(manifest)
     }
+}
+
+/// The manifest `reference` names in `repository`, which must be there.
+fn registry_manifest(registry: &Registry, repository: &str, reference: &str) -> Result<Manifest> {
+    registry
+        .manifest(repository, reference)?
+        .with_context(|| format!("{repository}:{reference} is not in the registry"))
 }
 
 /// Registry calls that move the `inline-cache` tag to the image `from` names, when that image's
@@ -215,12 +221,14 @@ impl CacheMark {
         )
     }
 
-    /// Reads the pushed image's config and moves the tag when its cache is complete. A failure
-    /// here is only a warning: the image is pushed and tagged, and the old cache tag still works.
-    fn run(&self, registry: &Registry, log: &mut File, task: &TaskProgress) -> Result<()> {
+    /// Reads the config of the pushed image (`manifest`, the manifest of `from`) and moves the
+    /// tag when its cache is complete. A failure here is only a warning: the image is pushed and
+    /// tagged, and the old cache tag still works.
+    fn run(&self, registry: &Registry, manifest: &Manifest, log: &mut File, task: &TaskProgress) -> Result<()> {
         let CacheMark { repository, from } = self;
-        let line = match self.complete_manifest(registry) {
-            Ok(Some(manifest)) => match registry.put_manifest(repository, inline_cache::TAG, &manifest) {
+        let complete = registry.image_config(repository, manifest).map(|config| inline_cache::is_complete(&config));
+        let line = match complete {
+            Ok(true) => match registry.put_manifest(repository, inline_cache::TAG, manifest) {
                 Ok(_) => format!(
                     "tag {repository}:{} -> {} (its inline cache is complete)",
                     inline_cache::TAG,
@@ -228,7 +236,7 @@ impl CacheMark {
                 ),
                 Err(error) => format!("warning: cannot move {repository}:{}: {error:#}", inline_cache::TAG),
             },
-            Ok(None) => format!(
+            Ok(false) => format!(
                 "{repository}:{} stays: the inline cache of {from} lacks the steps taken from imported cache",
                 inline_cache::TAG
             ),
@@ -237,15 +245,6 @@ impl CacheMark {
         task.line(&line);
         writeln!(log, "{line}")?;
         Ok(())
-    }
-
-    /// The manifest of `from` when its image's inline cache is complete.
-    fn complete_manifest(&self, registry: &Registry) -> Result<Option<crate::registry::Manifest>> {
-        let manifest = registry
-            .manifest(&self.repository, &self.from)?
-            .with_context(|| format!("{}:{} is not in the registry", self.repository, self.from))?;
-        let config = registry.image_config(&self.repository, &manifest)?;
-        Ok(inline_cache::is_complete(&config).then_some(manifest))
     }
 }
 
@@ -790,8 +789,8 @@ fn run_image(
     task.line("started");
     let started = Instant::now();
     let log_path = logs.join(format!("{}.log", image.service.name()));
-    let result = perform(image, plan, registry, &log_path, task, board).and_then(|outcome| {
-        let (digest, size) = describe(image, registry, docker)?;
+    let result = perform(image, plan, registry, &log_path, task, board).and_then(|(outcome, pushed)| {
+        let (digest, size) = describe(image, pushed.as_ref(), docker)?;
         Ok(ImageResult {
             service: image.service,
             name: image.name.clone(),
@@ -822,7 +821,8 @@ fn run_image(
     }
 }
 
-/// Runs one image's action, with its output going to its log and its progress line.
+/// Runs one image's action, with its output going to its log and its progress line. Returns
+/// how the image came to be and, when it is in the registry, its manifest there.
 fn perform(
     image: &ImagePlan,
     plan: &BuildPlan,
@@ -830,31 +830,36 @@ fn perform(
     log_path: &Path,
     task: &TaskProgress,
     board: &Mutex<Board>,
-) -> Result<Outcome> {
+) -> Result<(Outcome, Option<Manifest>)> {
     let mut log = File::create(log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    let registry = || registry.context("tagging in the registry needs a registry");
     match &image.action {
         Action::Build { build, push, retag, cache_mark } => {
             let steps = stream(build, &mut log, log_path, task, board)?;
             if let Some(push) = push {
                 push_with_retries(push, &mut log, log_path, task, board, plan.registry.as_deref().unwrap_or_default())?;
             }
-            if let Some(retag) = retag {
-                retag.run(registry.context("tagging in the registry needs a registry")?, &mut log, task)?;
-            }
+            // The pushed manifest is read once, by whichever step needs it first.
+            let mut pushed = match retag {
+                Some(retag) => Some(retag.run(registry()?, &mut log, task)?),
+                None => None,
+            };
             if let Some(cache_mark) = cache_mark {
-                cache_mark.run(registry.context("tagging in the registry needs a registry")?, &mut log, task)?;
+                let manifest = match pushed {
+                    Some(manifest) => manifest,
+                    None => registry_manifest(registry()?, &cache_mark.repository, &cache_mark.from)?,
+                };
+                cache_mark.run(registry()?, &manifest, &mut log, task)?;
+                pushed = Some(manifest);
             }
-            Ok(if steps.all_cached() { Outcome::Cached } else { Outcome::Built })
+            Ok((if steps.all_cached() { Outcome::Cached } else { Outcome::Built }, pushed))
         }
-        Action::RetagInRegistry(retag) => {
-            retag.run(registry.context("tagging in the registry needs a registry")?, &mut log, task)?;
-            Ok(Outcome::Skipped)
-        }
+        Action::RetagInRegistry(retag) => Ok((Outcome::Skipped, Some(retag.run(registry()?, &mut log, task)?))),
         Action::RetagLocally(commands) => {
             for command in commands {
                 stream(command, &mut log, log_path, task, board)?;
             }
-            Ok(Outcome::Skipped)
+            Ok((Outcome::Skipped, None))
         }
     }
 }
@@ -967,14 +972,11 @@ fn push_with_retries(
 }
 
 /// The digest and size of a finished image: from the registry when pushed, else the engine.
-fn describe(image: &ImagePlan, registry: Option<&Registry>, docker: &Docker) -> Result<(String, Option<u64>)> {
-    let first = image.tags.first().context("an image without tags")?;
-    if let Some(registry) = registry {
-        let manifest = registry
-            .manifest(&image.service.repository(), first)?
-            .with_context(|| format!("{}:{first} is not in the registry after pushing", image.name))?;
+fn describe(image: &ImagePlan, pushed: Option<&Manifest>, docker: &Docker) -> Result<(String, Option<u64>)> {
+    if let Some(manifest) = pushed {
         return Ok((manifest.digest.clone(), manifest_size(&manifest.bytes)));
     }
+    let first = image.tags.first().context("an image without tags")?;
     let reference = format!("{}:{first}", image.name);
     let format = "{{.Id}} {{.Size}}";
     let output = docker.command().args(["image", "inspect", "--format", format, &reference]).read(&Shell::new()?)?;
