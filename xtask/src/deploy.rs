@@ -73,6 +73,13 @@ pub struct LockArgs {
 pub struct DeployArgs {
     #[command(flatten)]
     pub target: Target,
+    #[command(flatten)]
+    pub change: ChangeArgs,
+}
+
+/// What deploy, update and rollback share: they change the running stack under the lock.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct ChangeArgs {
     /// Seconds to wait for every service to become healthy.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
@@ -101,20 +108,14 @@ pub struct UpdateArgs {
 /// What `update` and `rollback` share: they are the same operation with another target tag.
 #[derive(Args)]
 pub struct UpdateOptions {
-    /// Seconds to wait for every service to become healthy.
-    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout: u64,
     /// When it fails after the backup, also restore the database from that backup.
     #[arg(long)]
     pub restore_on_failure: bool,
     /// Where the backup taken first goes [default: DIR/backups].
     #[arg(long, value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
-    /// Print the plan and change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
     #[command(flatten)]
-    pub lock: LockArgs,
+    pub change: ChangeArgs,
 }
 
 #[derive(Args)]
@@ -980,8 +981,9 @@ pub fn run_deploy(args: DeployArgs) -> Result<()> {
     let deployment = Deployment::open_checked(&args.target)?;
     let tag = deployment.current_tag().context("IMAGE_TAG is not set in .env")?;
     deployment.check_tag_exists(&tag)?;
-    let plan = plan_deploy(&deployment.compose, deployment.login()?, args.timeout);
-    if args.dry_run {
+    let ChangeArgs { timeout, dry_run, lock: lock_args } = args.change;
+    let plan = plan_deploy(&deployment.compose, deployment.login()?, timeout);
+    if dry_run {
         print!("{plan}");
         return Ok(());
     }
@@ -990,14 +992,14 @@ pub fn run_deploy(args: DeployArgs) -> Result<()> {
     let (mut lock, stale) = Lock::acquire(
         &deployment.lock_path(),
         holder("deploy", from_tag.clone(), Some(tag.clone())),
-        args.timeout,
-        args.lock,
+        timeout,
+        lock_args,
     )?;
     if let Some(stale) = &stale {
         record_interrupted(&deployment, stale)?;
     }
     let started = Instant::now();
-    let result = Executor { compose: &deployment.compose, lock: Some(&mut lock), timeout: args.timeout }.execute(&plan);
+    let result = Executor { compose: &deployment.compose, lock: Some(&mut lock), timeout }.execute(&plan);
     let record = |result: Outcome, detail: Option<String>| Record {
         time: clock::rfc3339(clock::now_unix()),
         user: current_user(),
@@ -1048,7 +1050,8 @@ pub fn run_rollback(args: RollbackArgs) -> Result<()> {
 
 /// An update of `deployment` to `to_tag` (`command` is `update` or `rollback`).
 fn update(deployment: &Deployment, command: &str, to_tag: &str, options: UpdateOptions) -> Result<()> {
-    let UpdateOptions { timeout, restore_on_failure, backup_dir, dry_run, lock: lock_args } = options;
+    let UpdateOptions { restore_on_failure, backup_dir, change: ChangeArgs { timeout, dry_run, lock: lock_args } } =
+        options;
     let current = deployment.current_tag().context("IMAGE_TAG is not set in .env")?;
     read_history(&deployment.history_path())?;
     if !dry_run && let Ok(text) = std::fs::read_to_string(deployment.lock_path()) {
