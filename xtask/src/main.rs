@@ -1,38 +1,24 @@
 //! `cargo xtask`: build, release and deploy automation for the Intric platform.
 //!
-//! This file only parses the command line and dispatches; each task lives in its own module,
-//! and each outside system (git, docker, the registry, compose) has one adapter module.
+//! This file only parses the command line and dispatches. The layers, top to bottom (a layer
+//! uses only the ones below it; a `#[test]` in tests/repo_rules.rs keeps it so):
+//! - `tasks/`: one module per command; only this file uses them;
+//! - `stack/`: the deployed stack (directory, `.env` check, lock, history, steps, database, status);
+//! - `images/`: what we build (service table, tag rules, inputs digest, build and release pipelines);
+//! - `adapters/`: one module per outside system (git, docker, compose, `.env`, CI, registry, clock);
+//! - `plan/`: plans as data, the runner that executes them, progress display.
 
-mod backup;
-mod bench;
-mod build;
-mod check;
-mod ci;
-mod ci_env;
-mod clock;
-mod compose;
-mod context;
-mod deploy;
-mod docker;
-mod doctor;
-mod dotenv;
-mod env;
-mod git;
+mod adapters;
 mod images;
-mod inline_cache;
-mod location;
 mod plan;
-mod progress;
-mod registry;
-mod release;
-mod sandbox;
-mod status;
-mod tags;
+mod stack;
+mod tasks;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::tasks::{backup, bench, build, check, ci, deploy, doctor, env, release, sandbox, status, tags};
 
 /// Build, release and deploy automation for the Intric platform.
 #[derive(Parser)]
@@ -126,12 +112,4 @@ fn command_line_error(error: clap::Error) -> ExitCode {
     // clap's first line already starts with `error: `.
     eprintln!("{} (see --help)", parts.join(" "));
     ExitCode::from(2)
-}
-
-/// The workspace root: the directory holding the top-level `Cargo.toml`.
-pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives one level below the workspace root")
-        .to_path_buf()
 }

@@ -1,6 +1,8 @@
 //! Repository rules, checked as ordinary tests: every image in compose is one we build or a
 //! pinned upstream, every Dockerfile's final stage runs as a non-root user, and every command
-//! the README shows exists (and `.ci/run` runs the README's test command).
+//! the README shows exists (and `.ci/run` runs the README's test command); and the xtask keeps
+//! its layers (tasks, stack, images, adapters, plan: each uses only the ones below, no task uses
+//! another, no module circle).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -180,5 +182,149 @@ fn every_task_is_listed_with_a_description_and_has_an_example() {
         let output = Command::new(env!("CARGO_BIN_EXE_xtask")).args(&path).arg("--help").output().unwrap();
         let help = String::from_utf8_lossy(&output.stdout);
         assert!(help.contains("Example"), "`cargo xtask {}` --help shows no example:\n{help}", path.join(" "));
+    }
+}
+
+// --- The xtask's architecture ------------------------------------------------------------------
+
+/// The layers of `xtask/src`, top to bottom: a module may use its own layer and the ones below.
+const LAYERS: [&str; 6] = ["main", "tasks", "stack", "images", "adapters", "plan"];
+
+/// Every source file of the xtask as (module path, code without its `#[cfg(test)]` module).
+fn xtask_modules() -> Vec<(Vec<String>, String)> {
+    fn walk(dir: &Path, prefix: &[String], out: &mut Vec<(Vec<String>, String)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().path()).collect();
+        entries.sort();
+        for path in entries {
+            let name = path.file_stem().unwrap().to_string_lossy().to_string();
+            if path.is_dir() {
+                walk(&path, &[prefix, &[name]].concat(), out);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                let module = if name == "mod" { prefix.to_vec() } else { [prefix, &[name]].concat() };
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]\nmod tests").next().unwrap().to_string();
+                out.push((module, code));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&root().join("xtask/src"), &[], &mut out);
+    out
+}
+
+/// Every `crate::...` path a piece of code names, with `use crate::a::{b, c::d}` groups expanded.
+fn crate_paths(code: &str) -> Vec<Vec<String>> {
+    fn expand(prefix: &[String], text: &str, out: &mut Vec<Vec<String>>) {
+        // `text` starts right after a `::`; it is a path, possibly ending in a `{...}` group.
+        let end = text.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')).unwrap_or(text.len());
+        let mut path = prefix.to_vec();
+        path.extend(text[..end].split("::").filter(|part| !part.is_empty()).map(str::to_string));
+        if text[end..].starts_with('{') {
+            let mut depth = 0;
+            let mut start = end + 1;
+            for (index, c) in text.char_indices().skip(end) {
+                match c {
+                    '{' => depth += 1,
+                    '}' | ',' if depth == 1 => {
+                        let item = text[start..index].trim();
+                        if !item.is_empty() && item != "self" {
+                            expand(&path, item, out);
+                        }
+                        start = index + 1;
+                        if c == '}' {
+                            break;
+                        }
+                    }
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+        }
+        out.push(path);
+    }
+    let mut out = Vec::new();
+    for (index, _) in code.match_indices("crate::") {
+        expand(&[], &code[index + "crate::".len()..], &mut out);
+    }
+    out
+}
+
+fn layer_of(module: &[String]) -> usize {
+    let top = module.first().map_or("main", String::as_str);
+    LAYERS.iter().position(|layer| *layer == top).unwrap_or_else(|| panic!("{top} is in no layer of {LAYERS:?}"))
+}
+
+#[test]
+fn the_xtask_is_layered_and_tasks_use_no_other_task() {
+    let modules = xtask_modules();
+    let mut problems = Vec::new();
+    for (module, code) in &modules {
+        let name = if module.is_empty() { "main".to_string() } else { module.join("::") };
+        for path in crate_paths(code) {
+            let Some(top) = path.first() else { continue };
+            if !LAYERS.contains(&top.as_str()) {
+                continue; // A function of main.rs's own, or a macro path.
+            }
+            if layer_of(&path) < layer_of(module) {
+                problems.push(format!("{name} uses crate::{}, a higher layer", path.join("::")));
+            }
+            if top == "tasks" && module[0] != "main" && path.get(1) != module.get(1) {
+                problems.push(format!("{name} uses crate::{}: only main.rs uses tasks", path.join("::")));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "layering (top to bottom {LAYERS:?}):\n{}", problems.join("\n"));
+}
+
+#[test]
+fn the_xtask_modules_import_no_circle() {
+    let modules = xtask_modules();
+    let files: Vec<&Vec<String>> = modules.iter().map(|(module, _)| module).collect();
+    // A path names the longest module it starts with; `mod.rs` files only declare and re-export
+    // their children, so they are not followed.
+    let target = |path: &[String]| -> Option<usize> {
+        (1..=path.len()).rev().find_map(|len| files.iter().position(|file| file.as_slice() == &path[..len]))
+    };
+    let edges: Vec<Vec<usize>> = modules
+        .iter()
+        .map(|(module, code)| {
+            let is_mod_rs = files.iter().any(|other| other.len() > module.len() && other.starts_with(module));
+            if is_mod_rs {
+                return Vec::new();
+            }
+            let mut to: Vec<usize> = crate_paths(code).iter().filter_map(|path| target(path)).collect();
+            to.sort_unstable();
+            to.dedup();
+            to.retain(|&index| files[index] != module);
+            to
+        })
+        .collect();
+    // Depth-first search for a back edge; the circle found is printed.
+    fn visit(node: usize, edges: &[Vec<usize>], state: &mut [u8], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+        state[node] = 1;
+        stack.push(node);
+        for &next in &edges[node] {
+            if state[next] == 1 {
+                let start = stack.iter().position(|&n| n == next).unwrap();
+                return Some([&stack[start..], &[next]].concat());
+            }
+            if state[next] == 0
+                && let Some(circle) = visit(next, edges, state, stack)
+            {
+                return Some(circle);
+            }
+        }
+        stack.pop();
+        state[node] = 2;
+        None
+    }
+    let mut state = vec![0u8; files.len()];
+    for node in 0..files.len() {
+        if state[node] == 0
+            && let Some(circle) = visit(node, &edges, &mut state, &mut Vec::new())
+        {
+            let names: Vec<String> = circle.iter().map(|&n| files[n].join("::")).collect();
+            panic!("an import circle: {}", names.join(" -> "));
+        }
     }
 }

@@ -1,47 +1,21 @@
-//! `cargo xtask tags`: the image tags for the current git state.
+//! The image tag rules: which tags the current git state earns.
 //!
-//! Three layers keep the rules testable without repositories:
+//! Two parts keep the rules testable without repositories:
 //! - [`read_inputs`] reads git and the environment once into [`Inputs`] (the only I/O);
-//! - [`compute`] applies the tag rules to them, a pure function with table-driven tests;
-//! - [`run`] prints the resulting [`TagReport`].
+//! - [`compute`] applies the tag rules to them, a pure function with table-driven tests.
 //!
-//! Other tasks (build, release) call [`resolve`], which is the first two together, and
+//! The tags task prints [`resolve`]'s report; build and release call [`resolve`] too, and
 //! [`is_valid_image_tag`] to check tags they are given; `release` calls [`release_tags`] so a
 //! promotion earns exactly the floating tags a build of the release tag would.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Result, bail};
-use clap::{Args, ValueEnum};
+use clap::ValueEnum;
 use semver::Version;
 
-use crate::ci_env::{self, CiContext, CiEvent, Env};
-use crate::git::{self, Worktree};
-
-/// Options of `cargo xtask tags`.
-#[derive(Args)]
-#[command(after_help = "\
-Every build gets `sha-<12 hex>`; a pull request adds `pr-<N>`, another branch its slug, the default \
-branch `dev-latest`, a semver tag on HEAD its version plus `X.Y`, `X` and `latest` where it is the \
-newest release. A dirty working tree gets only `sha-<12 hex>-dirty-<8 hex>`. IMAGE_TAG adds one tag.
-
-Examples:
-  cargo xtask tags
-  cargo xtask tags --json
-  cargo xtask tags --stage release --repo ../intric
-  IMAGE_TAG=hotfix-1 cargo xtask tags --stage main")]
-pub struct TagsArgs {
-    /// The git repository to read [default: the workspace root].
-    #[arg(long, value_name = "PATH")]
-    pub repo: Option<PathBuf>,
-    /// The build stage to tag for; `auto` detects it from the CI variables, else from git.
-    #[arg(long, value_enum, default_value_t = StageChoice::Auto)]
-    pub stage: StageChoice,
-    /// Print one JSON object (stage, version, revision, branch, dirty, tags, push, ...) instead
-    /// of one tag per line.
-    #[arg(long)]
-    pub json: bool,
-}
+use crate::adapters::ci_env::{CiContext, CiEvent, Env};
+use crate::adapters::git::{self, Worktree};
 
 /// The `--stage` option: a stage, or `auto` to detect it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -156,23 +130,6 @@ pub struct Inputs {
 /// The tags for `repo` as seen from the environment `env`: what other tasks call.
 pub fn resolve(repo: &Path, stage: StageChoice, env: &Env) -> Result<TagReport> {
     compute(&read_inputs(repo, env)?, stage)
-}
-
-/// `cargo xtask tags`: prints the tags, one per line with notes on stderr, or one JSON object.
-pub fn run(args: TagsArgs) -> Result<()> {
-    let repo = args.repo.unwrap_or_else(crate::workspace_root);
-    let report = resolve(&repo, args.stage, &ci_env::process_env())?;
-    if args.json {
-        println!("{}", report.to_json());
-    } else {
-        for tag in &report.tags {
-            println!("{tag}");
-        }
-        for note in &report.notes {
-            eprintln!("note: {note}");
-        }
-    }
-    Ok(())
 }
 
 /// Reads the git facts of `repo` and the CI variables and IMAGE_TAG of `env`.
@@ -456,7 +413,7 @@ pub fn is_valid_image_tag(tag: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ci_env::CiProvider;
+    use crate::adapters::ci_env::CiProvider;
 
     const REVISION: &str = "0123456789abcdef0123456789abcdef01234567";
     const SHA: &str = "sha-0123456789ab";

@@ -26,7 +26,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use ureq::http;
 
-use crate::ci_env::Env;
+use crate::adapters::ci_env::Env;
 use crate::plan::Secret;
 
 /// Docker image manifest, schema 2: one platform.
@@ -216,7 +216,7 @@ impl Credentials {
     /// or `~/.docker/config.json`, through its credential helper if one is configured), else
     /// none (anonymous access).
     pub fn find(address: &RegistryAddress) -> Result<Option<Credentials>> {
-        match Credentials::from_env(&crate::ci_env::process_env())? {
+        match Credentials::from_env(&crate::adapters::ci_env::process_env())? {
             Some(credentials) => Ok(Some(credentials)),
             None => Credentials::from_docker_config(address),
         }
@@ -1694,14 +1694,21 @@ mod tests {
         // tests are what proves the client against a real registry.
         static STARTED: std::sync::Once = std::sync::Once::new();
         STARTED.call_once(|| {
+            // The lab is the sandbox task's: run it as a user would, through cargo (an adapter
+            // never calls a task), building the xtask binary that is already built.
             let engine = std::process::Command::new("docker").arg("info").output();
-            if engine.is_ok_and(|output| output.status.success())
-                && let Err(error) = crate::sandbox::up(5000)
-            {
-                eprintln!("note: cannot start the lab: {error:#}");
+            if engine.is_ok_and(|output| output.status.success()) {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+                let up = std::process::Command::new(cargo)
+                    .args(["xtask", "sandbox", "up"])
+                    .current_dir(crate::adapters::workspace_root())
+                    .status();
+                if !up.is_ok_and(|status| status.success()) {
+                    eprintln!("note: cannot start the lab: `cargo xtask sandbox up` failed");
+                }
             }
         });
-        let path = crate::workspace_root().join("target/xtask/sandbox/lab.env");
+        let path = crate::adapters::workspace_root().join("target/xtask/sandbox/lab.env");
         let unavailable = |why: String| {
             assert!(std::env::var_os("CI").is_none(), "the lab registry is needed with CI set: {why}");
             eprintln!("note: skipping a lab registry test: {why}; start it with `cargo xtask sandbox up`");

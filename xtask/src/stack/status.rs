@@ -1,5 +1,5 @@
-//! `cargo xtask status [--json]`: each service of the deployment's compose project with its
-//! state, health, the image tag and digest it runs, and its uptime.
+//! The status report: each service of the deployment's compose project with its state, health,
+//! the image tag and digest it runs, and its uptime (for `status`, and after every change).
 //!
 //! Three read-only docker calls: `compose ps --all --format json`, then `container inspect`
 //! (start time, image id) and `image inspect` (repository digests) of what it lists.
@@ -7,24 +7,11 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use clap::Args;
 use serde_json::{Value, json};
 
-use crate::clock;
-use crate::compose::SERVICES;
-use crate::deploy::{Deployment, Target};
-
-#[derive(Args)]
-#[command(after_help = "Examples:
-  cargo xtask status
-  cargo xtask status --dir /srv/intric --json")]
-pub struct StatusArgs {
-    #[command(flatten)]
-    pub target: Target,
-    /// Print JSON (an array, one object per service) instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
+use crate::adapters::clock;
+use crate::adapters::compose::SERVICES;
+use crate::stack::Deployment;
 
 /// One service as it runs now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -169,7 +156,7 @@ pub fn collect(deployment: &Deployment) -> Result<Vec<ServiceStatus>> {
     let containers = if ids.is_empty() {
         Vec::new()
     } else {
-        inspect(crate::docker::container_inspect_command(&compose.program, &ids))?
+        inspect(crate::adapters::docker::container_inspect_command(&compose.program, &ids))?
     };
     let mut image_ids: Vec<String> =
         containers.iter().filter_map(|container| container["Image"].as_str().map(String::from)).collect();
@@ -178,7 +165,7 @@ pub fn collect(deployment: &Deployment) -> Result<Vec<ServiceStatus>> {
     let images = if image_ids.is_empty() {
         Vec::new()
     } else {
-        inspect(crate::docker::image_inspect_command(&compose.program, &image_ids))?
+        inspect(crate::adapters::docker::image_inspect_command(&compose.program, &image_ids))?
     };
     Ok(assemble(&ps, &containers, &images, clock::now_unix()))
 }
@@ -224,18 +211,6 @@ pub fn print_report(deployment: &Deployment) {
         Ok(table) => print!("{table}"),
         Err(error) => eprintln!("warning: cannot show the status: {error:#}"),
     }
-}
-
-pub fn run(args: StatusArgs) -> Result<()> {
-    let deployment = Deployment::open(&args.target)?;
-    let statuses = collect(&deployment)?;
-    if args.json {
-        let list: Vec<Value> = statuses.iter().map(ServiceStatus::to_json).collect();
-        println!("{}", serde_json::to_string_pretty(&Value::Array(list))?);
-    } else {
-        print!("{}", render(deployment.compose.project_name(), &statuses));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

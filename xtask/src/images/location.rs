@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::ci_env::Env;
+use crate::adapters::ci_env::Env;
 
 /// Which repository a task works on and which registry it talks to.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -19,7 +19,7 @@ pub struct Location {
 impl Location {
     /// `--repo`, else the workspace root.
     pub fn repo(&self) -> PathBuf {
-        self.repo.clone().unwrap_or_else(crate::workspace_root)
+        self.repo.clone().unwrap_or_else(crate::adapters::workspace_root)
     }
 
     /// `--registry`, else a non-empty `$NEXUS_REGISTRY`, else none.

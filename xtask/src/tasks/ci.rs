@@ -29,13 +29,13 @@ use clap::{Args, ValueEnum};
 use sha2::{Digest, Sha256};
 use xshell::Shell;
 
-use crate::build::{self, BuildArgs};
-use crate::ci_env::{self, CiContext, CiEvent, CiProvider, Env};
+use crate::adapters::ci_env::{self, CiContext, CiEvent, CiProvider, Env};
 use crate::images::Service;
-use crate::location::Location;
+use crate::images::build::{self, BuildArgs};
+use crate::images::location::Location;
+use crate::images::release::{self, Requested, TagMode};
+use crate::images::tags::{self, Stage, StageChoice, TagReport};
 use crate::plan::{Command, Plan, Step};
-use crate::release::{self, Requested, TagMode};
-use crate::tags::{self, Stage, StageChoice, TagReport};
 
 /// The dotenv report written on GitLab CI and Jenkins, relative to the repository root.
 pub const DOTENV_FILE: &str = "xtask-ci.env";
@@ -419,7 +419,7 @@ fn append(path: &Path, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::git::{Head, Worktree};
+    use crate::adapters::git::{Head, Worktree};
 
     const REVISION: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -445,7 +445,7 @@ mod tests {
 
     #[test]
     fn stages_from_recorded_ci_environments() {
-        use crate::ci_env::recorded::*;
+        use crate::adapters::ci_env::recorded::*;
         let cases = [
             ("github pull request", GITHUB_PULL_REQUEST, CiStage::Pr),
             ("github push to main", GITHUB_PUSH_TO_MAIN, CiStage::Main),

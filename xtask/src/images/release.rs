@@ -1,4 +1,4 @@
-//! `cargo xtask release`: promote the images the default branch already built and pushed as
+//! Releases: promote the images the default branch already built and pushed as
 //! `sha-<12 hex>` to a release, without rebuilding them, and tag the commit `vX.Y.Z`.
 //!
 //! Reads once ([`read_inputs`]): git (HEAD, branch, default branch, clean or not, every tag,
@@ -21,69 +21,18 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
+use clap::ValueEnum;
 use semver::{Prerelease, Version};
 use xshell::Shell;
 
-use crate::build::{self, BuildArgs, BuildInputs, BuildPlan};
-use crate::ci_env::{self, Env};
-use crate::git::{self, Commit, Worktree};
+use crate::adapters::ci_env::Env;
+use crate::adapters::git::{self, Commit, Worktree};
+use crate::adapters::registry::{Manifest, Registry};
 use crate::images::Service;
-use crate::location::{self, Location};
+use crate::images::build::{self, BuildArgs, BuildInputs, BuildPlan};
+use crate::images::location::{self, Location};
+use crate::images::tags::{self, release_version};
 use crate::plan::Command;
-use crate::registry::{Manifest, Registry};
-use crate::tags::{self, release_version};
-
-/// Options of `cargo xtask release`.
-#[derive(Args)]
-#[command(after_help = "\
-A dry run unless --execute: it prints the git tag to create, the images to promote, the tags to add
-and the release notes. Refused, with every reason listed, unless: the version is valid semver and
-above every release of its X.Y line (a new line must be above every stable release; pre-releases of a
-version come before it, in order); neither git nor the registry has the version yet; the working tree
-is clean; HEAD is on the default branch or an --allow-branch; and the registry holds HEAD's images
-as sha-<12 hex> (pushed by the main stage), unless --build.
-
---bump starts from the highest release tag in git: major, minor and patch step the highest stable
-release (1.4.2 -> 2.0.0, 1.5.0, 1.4.3); rc continues the highest release if it is an rc
-(1.5.0-rc.1 -> 1.5.0-rc.2) and otherwise starts the next patch's (1.4.2 -> 1.4.3-rc.1). For the
-first rc of a minor or major release, name it: `release 1.5.0-rc.1`.
-
-The registry comes from --registry or NEXUS_REGISTRY; NEXUS_USERNAME and NEXUS_PASSWORD log in
-(else the docker login).
-
-Examples:
-  cargo xtask release 1.4.0
-  cargo xtask release 1.4.0 --execute --push-tag
-  cargo xtask release --bump rc --execute
-  cargo xtask release 1.3.5 --allow-branch 'release/*' --execute --json")]
-pub struct ReleaseArgs {
-    /// The version to release: X.Y.Z or vX.Y.Z, with an optional pre-release (1.5.0-rc.1).
-    // Not called `version`: that id is clap's own `--version`.
-    #[arg(value_name = "VERSION", required_unless_present = "bump", conflicts_with = "bump")]
-    pub target: Option<String>,
-    /// Release the next version after the highest release instead of naming one.
-    #[arg(long, value_enum)]
-    pub bump: Option<Bump>,
-    /// Do it: promote the images and create the git tag. Without it, only print the plan.
-    #[arg(long)]
-    pub execute: bool,
-    /// Push the new git tag to `origin` (with --execute).
-    #[arg(long)]
-    pub push_tag: bool,
-    /// Also allow releasing from branches matching GLOB (`*` matches any characters, `/`
-    /// included); repeatable [default: only the default branch].
-    #[arg(long = "allow-branch", value_name = "GLOB")]
-    pub allow_branches: Vec<String>,
-    /// Build and push HEAD's images first when the registry lacks them.
-    #[arg(long)]
-    pub build: bool,
-    /// Print the result (version, git tag, revision, images with digest and tags) as JSON.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub location: Location,
-}
 
 /// The `--bump` option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -182,34 +131,6 @@ pub struct ReleasePlan {
     pub push_tag: Option<Command>,
     /// Things worth knowing that are not problems (which floating tags stay where they are).
     pub remarks: Vec<String>,
-}
-
-/// `cargo xtask release`.
-pub fn run(args: ReleaseArgs) -> Result<()> {
-    let env = ci_env::process_env();
-    let requested = match (&args.target, args.bump) {
-        (Some(version), _) => Requested::Version(version.clone()),
-        (None, Some(bump)) => Requested::Bump(bump),
-        (None, None) => bail!("name the VERSION to release, or pass --bump major|minor|patch|rc"),
-    };
-    let options = Options {
-        repo: args.location.repo(),
-        registry: args.location.registry,
-        requested,
-        mode: TagMode::Create,
-        allow_branches: args.allow_branches,
-        build: args.build,
-        execute: args.execute,
-        push_tag: args.push_tag,
-        quiet: args.json,
-    };
-    let outcome = release(&options, &env)?;
-    if args.json {
-        println!("{}", outcome.to_json());
-    } else if outcome.executed {
-        print!("{outcome}");
-    }
-    Ok(())
 }
 
 /// How a release runs: `cargo xtask release`'s options, or a tag pipeline's.
@@ -826,62 +747,6 @@ fn execute(
     Ok(())
 }
 
-/// `cargo xtask bench release`: on the lab, the time of `release X --execute` (promoting HEAD's
-/// pushed images) against a full rebuild of the same commit (`build --push --no-cache`), and
-/// their ratio. Both run the built xtask binary as a process, in a clone of the workspace's
-/// HEAD, against repositories of this run's own below the lab registry
-/// (`<registry>/release-bench-<pid>/intric/<service>`), so the lab's `latest` never moves.
-pub fn bench(runs: usize) -> Result<()> {
-    anyhow::ensure!(runs > 0, "--runs must be at least 1");
-    let env = ci_env::process_env();
-    let lab = env
-        .get("NEXUS_REGISTRY")
-        .filter(|value| !value.is_empty())
-        .context("NEXUS_REGISTRY is not set: run `eval \"$(cargo xtask sandbox env)\"` first")?;
-    let registry = format!("{}/release-bench-{}", lab.trim_end_matches('/'), std::process::id());
-    let sh = Shell::new()?;
-    let scratch = std::env::temp_dir().join(format!("xtask-release-bench-{}", std::process::id()));
-    let repo = scratch.join("repo");
-    let workspace = crate::workspace_root();
-    xshell::cmd!(sh, "git clone --quiet {workspace} {repo}").run().context("cannot clone the workspace")?;
-    let xtask = std::env::current_exe().context("cannot find the running xtask binary")?;
-    let timed = |args: &[&str]| -> Result<f64> {
-        let started = std::time::Instant::now();
-        let output = std::process::Command::new(&xtask)
-            .args(args)
-            .args(["--registry", &registry, "--repo"])
-            .arg(&repo)
-            .output()
-            .with_context(|| format!("cannot run xtask {}", args.join(" ")))?;
-        if !output.status.success() {
-            bail!("xtask {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
-        }
-        Ok(started.elapsed().as_secs_f64())
-    };
-    let result = (|| -> Result<(f64, f64, f64)> {
-        eprintln!("main stage: build --push of HEAD into {registry} ...");
-        let first = timed(&["build", "--push"])?;
-        eprintln!("  {first:.1} s; full rebuild: build --push --no-cache ...");
-        let rebuild = timed(&["build", "--push", "--no-cache"])?;
-        eprintln!("  {rebuild:.1} s; {runs} promotions: release 1.0.N --execute ...");
-        let mut promotions = Vec::with_capacity(runs);
-        for run in 0..runs {
-            promotions.push(timed(&["release", &format!("1.0.{run}"), "--execute"])?);
-        }
-        promotions.sort_by(f64::total_cmp);
-        Ok((first, rebuild, promotions[promotions.len() / 2]))
-    })();
-    std::fs::remove_dir_all(&scratch).ok();
-    let (first, rebuild, promotion) = result?;
-    let ratio = promotion / rebuild;
-    println!("release promotion against a rebuild of the same commit, on {registry}:");
-    println!("  build --push (the main stage, first push to this run's repositories): {first:.1} s");
-    println!("  build --push --no-cache (a full rebuild): {rebuild:.1} s");
-    println!("  release 1.0.N --execute (promotion to 4 tags x 3 images): median {promotion:.3} s over {runs} runs");
-    println!("  ratio promotion/rebuild: {ratio:.4} (goal <= 0.02: {})", if ratio <= 0.02 { "met" } else { "NOT met" });
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -898,7 +763,11 @@ mod tests {
     }
 
     fn manifest(digest: &str) -> Manifest {
-        Manifest { media_type: crate::registry::DOCKER_MANIFEST.into(), digest: digest.into(), bytes: b"{}".to_vec() }
+        Manifest {
+            media_type: crate::adapters::registry::DOCKER_MANIFEST.into(),
+            digest: digest.into(),
+            bytes: b"{}".to_vec(),
+        }
     }
 
     /// A clean `main` whose registry holds HEAD's three images, with release tags on older commits.

@@ -1,4 +1,4 @@
-//! `cargo xtask build`: BuildKit builds of the backend, worker and frontend images, tagged from
+//! The build pipeline: BuildKit builds of the backend, worker and frontend images, tagged from
 //! git state (see `tags`), optionally pushed to the registry, skipping what didn't change.
 //!
 //! Reads once: the tag report, the docker client, the environment, each image's inputs digest
@@ -26,15 +26,15 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use xshell::Shell;
 
-use crate::ci_env::{self, Env};
-use crate::docker::{BuildSecret, BuildSpec, Builder, Docker};
+use crate::adapters::ci_env::Env;
+use crate::adapters::docker::{BuildSecret, BuildSpec, Builder, Docker};
+use crate::adapters::registry::{Backoff, Credentials, Manifest, Registry, RegistryAddress};
 use crate::images::Service;
-use crate::inline_cache;
-use crate::location::Location;
+use crate::images::inline_cache;
+use crate::images::location::Location;
+use crate::images::tags::{self, StageChoice, TagReport};
 use crate::plan::Command;
-use crate::progress::{Progress, TaskProgress};
-use crate::registry::{Backoff, Credentials, Manifest, Registry, RegistryAddress};
-use crate::tags::{self, StageChoice, TagReport};
+use crate::plan::progress::{Progress, TaskProgress};
 
 /// Options of `cargo xtask build`.
 #[derive(Args, Default)]
@@ -202,7 +202,7 @@ fn registry_manifest(registry: &Registry, repository: &str, reference: &str) -> 
 }
 
 /// Registry calls that move the `inline-cache` tag to the image `from` names, when that image's
-/// inline cache is complete (see [`crate::inline_cache`]): the next build on a fresh runner
+/// inline cache is complete (see [`crate::images::inline_cache`]): the next build on a fresh runner
 /// takes its cache from there as well as from the floating tags.
 #[derive(Debug, PartialEq, Eq)]
 pub struct CacheMark {
@@ -257,30 +257,8 @@ pub struct BuildPlan {
     pub images: Vec<ImagePlan>,
 }
 
-/// `cargo xtask build`.
-pub fn run(args: BuildArgs) -> Result<()> {
-    let env = ci_env::process_env();
-    let sh = Shell::new()?;
-    let (inputs, plan) = prepare(&sh, &args, &env, None)?;
-    if args.dry_run {
-        print!("{plan}");
-        return Ok(());
-    }
-    let started = Instant::now();
-    let results = execute_prepared(&sh, &inputs, &plan, args.jobs, args.json)?;
-    let summary = Summary { builder: plan.builder, registry: plan.registry.clone(), pushed: inputs.push, results };
-    if args.json {
-        println!("{}", summary.to_json());
-    } else {
-        print!("{summary}");
-        let logs = inputs.workspace.join(LOGS_DIR);
-        eprintln!("done in {:.1} s; logs in {}", started.elapsed().as_secs_f64(), logs.display());
-    }
-    Ok(())
-}
-
 /// Where each image's full build log goes, below the repository.
-const LOGS_DIR: &str = "target/xtask/logs";
+pub const LOGS_DIR: &str = "target/xtask/logs";
 
 /// Reads the inputs and plans the build as `cargo xtask build` does with `args`. For tasks that
 /// build on the way (`release --build`, `ci`): they show this plan in their own dry run and run
@@ -365,7 +343,7 @@ fn read_inputs(sh: &Shell, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
     let mut digests = BTreeMap::new();
     for &service in &services {
         let context = workspace.join(service.context_dir());
-        let digest = crate::context::inputs_digest(
+        let digest = crate::images::inputs::inputs_digest(
             &context,
             &context.join("Dockerfile"),
             Some(service.target()),
@@ -419,7 +397,7 @@ fn read_inputs(sh: &Shell, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
     }
     let registry_cache = args.push && docker.buildx_has_container_builder(sh, args.builder.as_deref());
     Ok(BuildInputs {
-        source: crate::git::Repo::open(&workspace).ok().and_then(|repo| repo.origin_url()),
+        source: crate::adapters::git::Repo::open(&workspace).ok().and_then(|repo| repo.origin_url()),
         report,
         services,
         registry,
@@ -572,7 +550,7 @@ fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String
         ("org.opencontainers.image.title".to_string(), format!("intric-{}", service.name())),
         ("org.opencontainers.image.version".to_string(), report.version.clone()),
         ("org.opencontainers.image.revision".to_string(), report.revision.clone()),
-        ("org.opencontainers.image.created".to_string(), crate::clock::rfc3339(report.commit_time)),
+        ("org.opencontainers.image.created".to_string(), crate::adapters::clock::rfc3339(report.commit_time)),
         (INPUTS_LABEL.to_string(), digest.to_string()),
     ];
     if let Some(source) = &inputs.source {
@@ -1049,8 +1027,8 @@ impl fmt::Display for Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::images::tags::Stage;
     use crate::plan::Secret;
-    use crate::tags::Stage;
 
     const DIGEST_BACKEND: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const DIGEST_WORKER: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";

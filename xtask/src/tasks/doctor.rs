@@ -17,10 +17,10 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::deploy::{Deployment, Target};
-use crate::docker;
-use crate::env::{self, Level};
-use crate::registry::{Backoff, Registry};
+use crate::adapters::docker;
+use crate::adapters::registry::{Backoff, Registry};
+use crate::stack::env_check::{self, Level};
+use crate::stack::{Deployment, Target};
 
 const GB: u64 = 1_000_000_000;
 /// The deployment guide's sizes: minimum and recommended.
@@ -171,9 +171,9 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         "add memory to the engine host (guide: 2 GB minimum, 4 GB recommended)",
     ));
 
-    let target_dir = env::deployment_dir(args.target.dir.clone());
+    let target_dir = env_check::deployment_dir(args.target.dir.clone());
     let disk_fix = "free or add disk space (guide: 10 GB minimum, 50 GB recommended; embeddings grow)";
-    let local_engine = crate::deploy::engine_host(std::env::var("DOCKER_HOST").ok().as_deref()).is_none();
+    let local_engine = crate::stack::deployment::engine_host(std::env::var("DOCKER_HOST").ok().as_deref()).is_none();
     match root_dir.filter(|dir| local_engine && Path::new(dir).exists()) {
         Some(dir) => checks.push(judge_size(&format!("disk {dir}"), free_bytes(Path::new(&dir)), DISK, disk_fix)),
         None if !local_engine => checks.push(check(
@@ -209,7 +209,7 @@ pub fn run(args: DoctorArgs) -> Result<()> {
                     }
                 }
             });
-            checks.push(match env::check_dir(&deployment.dir) {
+            checks.push(match env_check::check_dir(&deployment.dir) {
                 Err(error) => check("env check", Verdict::Fail, "unreadable", format!("{error:#}")),
                 Ok((_, problems)) => {
                     let errors = problems.iter().filter(|p| p.level == Level::Error).count();

@@ -571,7 +571,7 @@ H=\"\"\r
 
     #[test]
     fn the_shipped_example_parses() {
-        let path = crate::workspace_root().join("docker/.env.example");
+        let path = crate::adapters::workspace_root().join("docker/.env.example");
         let specs = parse_spec(&DotEnv::read(&path).unwrap()).unwrap();
         let jwt = specs.iter().find(|spec| spec.name == "JWT_SECRET").unwrap();
         assert!(jwt.required && jwt.secret && jwt.min_length() == 32);

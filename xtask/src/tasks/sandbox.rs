@@ -13,8 +13,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use xshell::Shell;
 
-use crate::docker::{BuildSpec, Docker};
-use crate::dotenv::random_hex;
+use crate::adapters::docker::{BuildSpec, Docker};
+use crate::adapters::dotenv::random_hex;
 use crate::images::{BASE_IMAGES, BaseImage};
 use crate::plan::{Command, FileContents, Plan, Secret, Step};
 
@@ -84,7 +84,7 @@ struct LabPaths {
 
 impl LabPaths {
     fn new() -> LabPaths {
-        LabPaths { dir: crate::workspace_root().join("target/xtask/sandbox") }
+        LabPaths { dir: crate::adapters::workspace_root().join("target/xtask/sandbox") }
     }
     /// KEY=VALUE lines printed by `env`, including the generated password: mode 0600.
     fn env_file(&self) -> PathBuf {
@@ -99,12 +99,6 @@ impl LabPaths {
     fn node_context(&self) -> PathBuf {
         self.dir.join("node-context")
     }
-}
-
-/// Brings the lab up on `port`, as `sandbox up` does: for tests that need a real registry.
-#[cfg(test)]
-pub fn up(port: u16) -> Result<()> {
-    run(SandboxCommand::Up(UpArgs { port, dry_run: false }))
 }
 
 pub fn run(command: SandboxCommand) -> Result<()> {
@@ -408,7 +402,7 @@ fn plan_debian_image(plan: &mut Plan, docker: &Docker, paths: &LabPaths, mirror:
 
 /// Builds `docker/lab/<name>.Dockerfile` on the Debian image.
 fn plan_stand_in(plan: &mut Plan, docker: &Docker, paths: &LabPaths, image: &BaseImage) {
-    let lab_dir = crate::workspace_root().join("docker/lab");
+    let lab_dir = crate::adapters::workspace_root().join("docker/lab");
     // The node stand-in takes npm from its registry tarball, packed on the host.
     let context = if image.name == "node" {
         let context = paths.node_context();
@@ -490,7 +484,7 @@ fn is_root() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::Builder;
+    use crate::adapters::docker::Builder;
 
     fn inputs(missing: Vec<(&'static BaseImage, Source)>) -> UpInputs {
         UpInputs {

@@ -19,7 +19,7 @@ use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 
-use crate::dotenv::DotEnv;
+use crate::adapters::dotenv::DotEnv;
 use crate::plan::Command;
 
 /// The compose file names compose itself looks for, in its order of preference.

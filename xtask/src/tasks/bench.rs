@@ -72,7 +72,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Tags { commits, tags, runs } => bench_tags(commits, tags, runs),
         BenchCommand::Build { runs } => bench_build(runs),
-        BenchCommand::Release { runs } => crate::release::bench(runs),
+        BenchCommand::Release { runs } => bench_release(runs),
     }
 }
 
@@ -82,7 +82,7 @@ const FILES: usize = 20;
 fn bench_tags(commits: usize, tags: usize, runs: usize) -> Result<()> {
     ensure!(tags > 0 && commits >= tags, "--commits ({commits}) must be at least --tags ({tags}), which must be > 0");
     ensure!(runs > 0, "--runs must be at least 1");
-    let dir = crate::workspace_root().join(format!("target/xtask/bench/tags-{commits}-{tags}"));
+    let dir = crate::adapters::workspace_root().join(format!("target/xtask/bench/tags-{commits}-{tags}"));
     let repos = generate_repos(&dir, commits, tags)?;
     let xtask = std::env::current_exe().context("cannot find the running xtask binary")?;
     let build = if cfg!(debug_assertions) {
@@ -213,6 +213,62 @@ fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
+/// `cargo xtask bench release`: on the lab, the time of `release X --execute` (promoting HEAD's
+/// pushed images) against a full rebuild of the same commit (`build --push --no-cache`), and
+/// their ratio. Both run the built xtask binary as a process, in a clone of the workspace's
+/// HEAD, against repositories of this run's own below the lab registry
+/// (`<registry>/release-bench-<pid>/intric/<service>`), so the lab's `latest` never moves.
+fn bench_release(runs: usize) -> Result<()> {
+    anyhow::ensure!(runs > 0, "--runs must be at least 1");
+    let env = crate::adapters::ci_env::process_env();
+    let lab = env
+        .get("NEXUS_REGISTRY")
+        .filter(|value| !value.is_empty())
+        .context("NEXUS_REGISTRY is not set: run `eval \"$(cargo xtask sandbox env)\"` first")?;
+    let registry = format!("{}/release-bench-{}", lab.trim_end_matches('/'), std::process::id());
+    let sh = Shell::new()?;
+    let scratch = std::env::temp_dir().join(format!("xtask-release-bench-{}", std::process::id()));
+    let repo = scratch.join("repo");
+    let workspace = crate::adapters::workspace_root();
+    xshell::cmd!(sh, "git clone --quiet {workspace} {repo}").run().context("cannot clone the workspace")?;
+    let xtask = std::env::current_exe().context("cannot find the running xtask binary")?;
+    let timed = |args: &[&str]| -> Result<f64> {
+        let started = std::time::Instant::now();
+        let output = std::process::Command::new(&xtask)
+            .args(args)
+            .args(["--registry", &registry, "--repo"])
+            .arg(&repo)
+            .output()
+            .with_context(|| format!("cannot run xtask {}", args.join(" ")))?;
+        if !output.status.success() {
+            bail!("xtask {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(started.elapsed().as_secs_f64())
+    };
+    let result = (|| -> Result<(f64, f64, f64)> {
+        eprintln!("main stage: build --push of HEAD into {registry} ...");
+        let first = timed(&["build", "--push"])?;
+        eprintln!("  {first:.1} s; full rebuild: build --push --no-cache ...");
+        let rebuild = timed(&["build", "--push", "--no-cache"])?;
+        eprintln!("  {rebuild:.1} s; {runs} promotions: release 1.0.N --execute ...");
+        let mut promotions = Vec::with_capacity(runs);
+        for run in 0..runs {
+            promotions.push(timed(&["release", &format!("1.0.{run}"), "--execute"])?);
+        }
+        promotions.sort_by(f64::total_cmp);
+        Ok((first, rebuild, promotions[promotions.len() / 2]))
+    })();
+    std::fs::remove_dir_all(&scratch).ok();
+    let (first, rebuild, promotion) = result?;
+    let ratio = promotion / rebuild;
+    println!("release promotion against a rebuild of the same commit, on {registry}:");
+    println!("  build --push (the main stage, first push to this run's repositories): {first:.1} s");
+    println!("  build --push --no-cache (a full rebuild): {rebuild:.1} s");
+    println!("  release 1.0.N --execute (promotion to 4 tags x 3 images): median {promotion:.3} s over {runs} runs");
+    println!("  ratio promotion/rebuild: {ratio:.4} (goal <= 0.02: {})", if ratio <= 0.02 { "met" } else { "NOT met" });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,15 +299,15 @@ struct Lab {
 
 fn bench_build(runs: usize) -> Result<()> {
     ensure!(runs > 0, "--runs must be at least 1");
-    let env = crate::ci_env::process_env();
+    let env = crate::adapters::ci_env::process_env();
     let registry = env
         .get("NEXUS_REGISTRY")
         .filter(|value| !value.is_empty())
         .context("NEXUS_REGISTRY is not set: run `eval \"$(cargo xtask sandbox env)\"` first")?
         .clone();
-    let lab = Lab { registry, base_images: crate::build::base_images(&env, None) };
+    let lab = Lab { registry, base_images: crate::images::build::base_images(&env, None) };
     let sh = Shell::new()?;
-    let docker = crate::docker::Docker::detect()?;
+    let docker = crate::adapters::docker::Docker::detect()?;
     let base_images = BaseImages::read(&sh, &docker, lab.base_images.values())?;
     let result = compare_builds(&sh, &docker, &lab, &base_images, runs);
     // Put the base images back whatever happened, so the lab (and `sandbox up`) find them.
@@ -269,7 +325,7 @@ const CASES: [(&str, bool, f64); 4] = [
 
 fn compare_builds(
     sh: &Shell,
-    docker: &crate::docker::Docker,
+    docker: &crate::adapters::docker::Docker,
     lab: &Lab,
     base_images: &BaseImages,
     runs: usize,
@@ -300,14 +356,14 @@ fn compare_builds(
 /// One run of the four cases in new registry repositories: the seconds of each side per case.
 fn run_cases(
     sh: &Shell,
-    docker: &crate::docker::Docker,
+    docker: &crate::adapters::docker::Docker,
     lab: &Lab,
     base_images: &BaseImages,
     scratch: &Path,
     run: usize,
 ) -> Result<Vec<[f64; 2]>> {
     let repo = scratch.join(format!("repo-{run}"));
-    let workspace = crate::workspace_root();
+    let workspace = crate::adapters::workspace_root();
     cmd!(sh, "git clone --quiet {workspace} {repo}").run().context("cannot clone the workspace")?;
     let run_id = format!("bench-{}-{run}", std::process::id());
     let namespace =
@@ -356,23 +412,31 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 /// The old script's procedure: `docker login --password-stdin` when NEXUS_USERNAME and
 /// NEXUS_PASSWORD are set (as `build --push` also does), then per image a build with
 /// `--cache-from <image>:latest` and inline cache metadata, then a push, one after the other.
-fn old_procedure(sh: &Shell, docker: &crate::docker::Docker, repo: &Path, namespace: &str, lab: &Lab) -> Result<()> {
-    if let Some(credentials) = crate::registry::Credentials::from_env(&crate::ci_env::process_env())? {
+fn old_procedure(
+    sh: &Shell,
+    docker: &crate::adapters::docker::Docker,
+    repo: &Path,
+    namespace: &str,
+    lab: &Lab,
+) -> Result<()> {
+    if let Some(credentials) =
+        crate::adapters::registry::Credentials::from_env(&crate::adapters::ci_env::process_env())?
+    {
         docker.login(&lab.registry, &credentials.username, credentials.password).read(sh)?;
     }
     for service in crate::images::Service::ALL {
         let image = format!("{namespace}/{}:latest", service.repository());
         let context = repo.join(service.context_dir());
-        let mut build_args = crate::build::base_image_args(service, &lab.base_images);
+        let mut build_args = crate::images::build::base_image_args(service, &lab.base_images);
         build_args.push(("BUILDKIT_INLINE_CACHE".into(), "1".into()));
-        let spec = crate::docker::BuildSpec {
+        let spec = crate::adapters::docker::BuildSpec {
             dockerfile: context.join("Dockerfile"),
             context,
             target: Some(service.target().to_string()),
             tags: vec![image.clone()],
             build_args,
             cache_from: vec![image.clone()],
-            ..crate::docker::BuildSpec::default()
+            ..crate::adapters::docker::BuildSpec::default()
         };
         docker.build(&spec).read(sh)?;
         docker.command().args(["push", &image]).read(sh)?;
@@ -383,7 +447,7 @@ fn old_procedure(sh: &Shell, docker: &crate::docker::Docker, repo: &Path, namesp
 /// What a fresh CI runner has: none of the benchmark's images, no base images, no BuildKit cache.
 fn fresh_runner(
     sh: &Shell,
-    docker: &crate::docker::Docker,
+    docker: &crate::adapters::docker::Docker,
     namespaces: &[String],
     base_images: &BaseImages,
 ) -> Result<()> {
@@ -397,7 +461,7 @@ fn fresh_runner(
 /// Removes every image below `namespaces`, and the images `more` names (by ID or reference).
 fn remove_images(
     sh: &Shell,
-    docker: &crate::docker::Docker,
+    docker: &crate::adapters::docker::Docker,
     namespaces: &[String],
     mut more: Vec<String>,
 ) -> Result<()> {
@@ -428,7 +492,7 @@ struct BaseImage {
 impl BaseImages {
     fn read<'a>(
         sh: &Shell,
-        docker: &crate::docker::Docker,
+        docker: &crate::adapters::docker::Docker,
         references: impl Iterator<Item = &'a String>,
     ) -> Result<BaseImages> {
         let mut images = Vec::new();
@@ -446,12 +510,12 @@ impl BaseImages {
     }
 
     /// The base images still in the engine.
-    fn present(&self, sh: &Shell, docker: &crate::docker::Docker) -> Vec<&BaseImage> {
+    fn present(&self, sh: &Shell, docker: &crate::adapters::docker::Docker) -> Vec<&BaseImage> {
         self.0.iter().filter(|image| docker.image_exists(sh, &image.id)).collect()
     }
 
     /// Pulls every base image back from the registry and gives it all its tags again.
-    fn restore(&self, sh: &Shell, docker: &crate::docker::Docker) -> Result<()> {
+    fn restore(&self, sh: &Shell, docker: &crate::adapters::docker::Docker) -> Result<()> {
         for image in &self.0 {
             docker.command().args(["pull", "--quiet", &image.reference]).read(sh)?;
             for tag in &image.tags {

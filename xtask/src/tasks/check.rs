@@ -7,10 +7,10 @@ use anyhow::Result;
 use clap::Args;
 use xshell::Shell;
 
-use crate::build::{base_image_args, base_images};
-use crate::ci_env;
-use crate::docker::{BuildSpec, Docker};
+use crate::adapters::ci_env;
+use crate::adapters::docker::{BuildSpec, Docker};
 use crate::images::Service;
+use crate::images::build::{base_image_args, base_images};
 use crate::plan::Plan;
 
 /// Options of `cargo xtask check`.
@@ -43,7 +43,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
     let docker = Docker::detect()?;
     let env = ci_env::process_env();
     let services = if args.services.is_empty() { vec![Service::Backend, Service::Frontend] } else { args.services };
-    let plan = plan(&docker, &services, &base_images(&env, None), &crate::workspace_root());
+    let plan = plan(&docker, &services, &base_images(&env, None), &crate::adapters::workspace_root());
     if args.dry_run {
         print!("{plan}");
         return Ok(());
@@ -85,7 +85,7 @@ fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::Builder;
+    use crate::adapters::docker::Builder;
 
     #[test]
     fn backend_tests_and_frontend_checks_are_builds_of_their_stages() {

@@ -7,6 +7,8 @@
 //! Secrets travel as [`Secret`]s: they go to a process's standard input or into a file with
 //! mode 0600, never into argv, and they print as their name only.
 
+pub mod progress;
+
 use std::fmt;
 use std::path::PathBuf;
 

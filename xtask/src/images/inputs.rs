@@ -874,7 +874,7 @@ mod tests {
 
     #[test]
     fn hashes_the_real_contexts_fast_and_ignores_their_excluded_files() {
-        let root = crate::workspace_root();
+        let root = crate::adapters::workspace_root();
         let cases: &[(&str, &[&str])] = &[
             (
                 "backend",

@@ -47,7 +47,7 @@ pub fn is_complete(config: &Value) -> bool {
 
 fn records(config: &Value) -> Option<Vec<Value>> {
     let encoded = config["moby.buildkit.cache.v0"].as_str()?;
-    let decoded = crate::registry::base64_decode(encoded)?;
+    let decoded = crate::adapters::registry::base64_decode(encoded)?;
     match serde_json::from_slice(&decoded).ok()? {
         Value::Array(records) => Some(records),
         _ => None,
@@ -75,7 +75,7 @@ mod tests {
 
     /// An image config with `layers` layers and this inline cache.
     fn config(layers: usize, records: Value) -> Value {
-        let encoded = crate::registry::base64_encode(records.to_string().as_bytes());
+        let encoded = crate::adapters::registry::base64_encode(records.to_string().as_bytes());
         json!({
             "rootfs": { "type": "layers", "diff_ids": vec!["sha256:0"; layers] },
             "moby.buildkit.cache.v0": encoded,

@@ -1,0 +1,23 @@
+//! Adapters: one module per outside system the xtask talks to (git, the docker client, compose,
+//! `.env` files, CI providers' variables, the registry's HTTP API, the clock). They know how to
+//! ask; they decide nothing about images or deployments.
+//!
+//! They use only the plan layer below them.
+
+pub mod ci_env;
+pub mod clock;
+pub mod compose;
+pub mod docker;
+pub mod dotenv;
+pub mod git;
+pub mod registry;
+
+use std::path::PathBuf;
+
+/// The workspace root: the directory holding the top-level `Cargo.toml`.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}

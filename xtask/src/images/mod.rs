@@ -1,0 +1,15 @@
+//! The images layer: what we build and how it is named. The service table, the tag rules,
+//! the inputs digest of a build context, the inline-cache check, and the build and release
+//! pipelines that the build, check, ci, release and bench tasks share.
+//!
+//! It uses the adapters and the plan layer, never the stack or a task.
+
+pub mod build;
+pub mod inline_cache;
+pub mod inputs;
+pub mod location;
+pub mod release;
+pub mod services;
+pub mod tags;
+
+pub use services::{BASE_IMAGES, BaseImage, Service};

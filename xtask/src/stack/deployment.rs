@@ -1,0 +1,210 @@
+//! A deployment directory, read once: its `.env`, its compose project and the registry it
+//! pulls from, and the options every operator task takes to name it.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::adapters::compose::Compose;
+use crate::adapters::dotenv::DotEnv;
+use crate::adapters::registry::{Backoff, Credentials, Registry, RegistryAddress};
+use crate::images::Service;
+use crate::plan::Command;
+use crate::stack::env_check::{self, Level};
+use crate::stack::history::HISTORY_FILE;
+use crate::stack::lock::LOCK_FILE;
+
+/// Where a deployment is: the options every operator task takes.
+#[derive(Args, Clone, Debug)]
+pub struct Target {
+    /// The deployment directory holding docker-compose.yml and .env [default: the repository's docker/].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The compose project name [default: the compose file's own, `intric`].
+    #[arg(long, value_name = "NAME")]
+    pub project: Option<String>,
+}
+
+/// How long `up --wait` may take until every service is healthy.
+pub const DEFAULT_TIMEOUT: u64 = 300;
+
+/// A deployment directory, read once: its `.env` and the compose project.
+pub struct Deployment {
+    pub dir: PathBuf,
+    pub env: DotEnv,
+    pub compose: Compose,
+}
+
+impl Deployment {
+    /// Opens `target`: the directory with a compose file and a `.env` that parses.
+    pub fn open(target: &Target) -> Result<Deployment> {
+        let dir = env_check::deployment_dir(target.dir.clone());
+        crate::adapters::compose::compose_file(&dir)?;
+        let dir = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+        let env_path = dir.join(".env");
+        if !env_path.is_file() {
+            bail!("{} does not exist: run `cargo xtask env init --dir {}` first", env_path.display(), dir.display());
+        }
+        let env = DotEnv::read(&env_path)?;
+        let compose = Compose::new(&dir, target.project.clone(), &env)?;
+        let shadowed: Vec<&str> = env
+            .entries()
+            .filter(|entry| std::env::var(&entry.key).is_ok_and(|value| value != entry.value))
+            .map(|entry| entry.key.as_str())
+            .collect();
+        if !shadowed.is_empty() {
+            eprintln!(
+                "note: ignoring {} from your environment: the deployment uses {} only",
+                shadowed.join(", "),
+                env_path.display()
+            );
+        }
+        Ok(Deployment { dir, env, compose })
+    }
+
+    /// [`Deployment::open`], then `env check`: every problem is printed, and errors stop here.
+    pub fn open_checked(target: &Target) -> Result<Deployment> {
+        let deployment = Deployment::open(target)?;
+        let (_, problems) = env_check::check_dir(&deployment.dir)?;
+        let path = deployment.env_path();
+        let errors: Vec<_> = problems.iter().filter(|problem| problem.level == Level::Error).collect();
+        if !errors.is_empty() {
+            print!("{}", env_check::report(&path, &problems));
+            let more = if errors.len() > 1 {
+                format!(" (and {} more, listed above)", errors.len() - 1)
+            } else {
+                String::new()
+            };
+            bail!(
+                "{} is not ready: {}{more}; fix it and run again (`cargo xtask env check` lists the problems)",
+                path.display(),
+                errors[0].message
+            );
+        }
+        for problem in &problems {
+            eprintln!("{problem}");
+        }
+        Ok(deployment)
+    }
+
+    pub fn env_path(&self) -> PathBuf {
+        self.dir.join(".env")
+    }
+
+    pub fn history_path(&self) -> PathBuf {
+        self.dir.join(HISTORY_FILE)
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join(LOCK_FILE)
+    }
+
+    /// `.env`'s `IMAGE_TAG`.
+    pub fn current_tag(&self) -> Option<String> {
+        self.env.get("IMAGE_TAG").filter(|tag| !tag.is_empty()).map(str::to_string)
+    }
+
+    /// The registry of `.env`, and the credentials to reach it: `.env`'s NEXUS_USERNAME and
+    /// NEXUS_PASSWORD, else the environment's, else the docker client's login. `login` tells
+    /// whether they came from `.env` or the environment (so `docker login` should use them).
+    pub fn registry(&self) -> Result<(RegistryAddress, Option<Credentials>, bool)> {
+        let setting = self
+            .env
+            .get("NEXUS_REGISTRY")
+            .filter(|value| !value.is_empty())
+            .with_context(|| format!("NEXUS_REGISTRY is not set in {}", self.env_path().display()))?;
+        let address = RegistryAddress::parse(setting)?;
+        let from_dotenv: crate::adapters::ci_env::Env = ["NEXUS_USERNAME", "NEXUS_PASSWORD"]
+            .iter()
+            .filter_map(|key| Some((key.to_string(), self.env.get(key)?.to_string())))
+            .collect();
+        let from_dotenv = Credentials::from_env(&from_dotenv)
+            .with_context(|| format!("the registry login in {} is incomplete", self.env_path().display()))?;
+        if let Some(credentials) = from_dotenv {
+            return Ok((address, Some(credentials), true));
+        }
+        let explicit = Credentials::from_env(&crate::adapters::ci_env::process_env())?;
+        if explicit.is_some() {
+            return Ok((address, explicit, true));
+        }
+        let found = Credentials::find(&address)?;
+        Ok((address, found, false))
+    }
+
+    /// Checks that `tag` exists in the registry for every image, before anything changes: a
+    /// cleanup policy may have deleted a tag that a rollback wants.
+    pub fn check_tag_exists(&self, tag: &str) -> Result<()> {
+        if !crate::images::tags::is_valid_image_tag(tag) {
+            bail!("{tag:?} is not an image tag ([A-Za-z0-9_][A-Za-z0-9_.-]*, at most 128 characters)");
+        }
+        let (address, credentials, _) = self.registry()?;
+        let registry = Registry::new(address.clone(), credentials, Backoff::STANDARD);
+        let mut missing = Vec::new();
+        for service in Service::ALL {
+            if registry.manifest_digest(&service.repository(), tag)?.is_none() {
+                missing.push(service.repository());
+            }
+        }
+        if !missing.is_empty() {
+            bail!(
+                "tag {tag} is not in the registry {address} for {} (never pushed, or deleted by a cleanup policy): \
+                 nothing was changed",
+                missing.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// The `docker login` to run before pulling, when `.env` or the environment holds a login.
+    pub fn login(&self) -> Result<Option<Command>> {
+        let (address, credentials, explicit) = self.registry()?;
+        Ok(match (credentials, explicit) {
+            (Some(credentials), true) => Some(crate::adapters::docker::login_with(
+                &self.compose.program,
+                &address.host,
+                &credentials.username,
+                credentials.password,
+            )),
+            _ => None,
+        })
+    }
+
+    /// Where the frontend answers, as an operator would open it.
+    pub fn url(&self) -> String {
+        let port = self.env.get("FRONTEND_PORT").filter(|port| !port.is_empty()).unwrap_or("3000");
+        let host = engine_host(std::env::var("DOCKER_HOST").ok().as_deref()).unwrap_or_else(|| {
+            match self.env.get("FRONTEND_BIND").filter(|bind| !bind.is_empty()) {
+                Some("0.0.0.0") | Some("::") | None => "localhost".to_string(),
+                Some(bind) => bind.to_string(),
+            }
+        });
+        format!("http://{host}:{port}")
+    }
+}
+
+/// The host of a remote engine (`ssh://user@host:22`, `tcp://host:2376`), `None` when local.
+pub fn engine_host(docker_host: Option<&str>) -> Option<String> {
+    let rest = docker_host?.split_once("://").filter(|(scheme, _)| *scheme == "ssh" || *scheme == "tcp")?.1;
+    let authority = rest.split('/').next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        host.split(':').next().unwrap_or(host)
+    };
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_engine_hosts() {
+        assert_eq!(engine_host(Some("ssh://ops@server.example:2222")).as_deref(), Some("server.example"));
+        assert_eq!(engine_host(Some("tcp://10.0.0.5:2376")).as_deref(), Some("10.0.0.5"));
+        assert_eq!(engine_host(Some("unix:///var/run/docker.sock")), None);
+        assert_eq!(engine_host(None), None);
+    }
+}

@@ -1,0 +1,18 @@
+//! The deployed stack: a deployment directory and what the operator tasks share about it.
+//! The directory and its `.env` check, the deploy lock, the deploy history, the steps that
+//! change the running stack, database dumps and restores, and the status report.
+//!
+//! It uses the images layer (the service table, tag rules), the adapters and the plan layer,
+//! never a task.
+
+pub mod database;
+pub mod deployment;
+pub mod env_check;
+pub mod executor;
+pub mod history;
+pub mod lock;
+pub mod status;
+pub mod steps;
+
+pub use deployment::{DEFAULT_TIMEOUT, Deployment, Target};
+pub use lock::LockArgs;

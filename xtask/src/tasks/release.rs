@@ -1,0 +1,88 @@
+//! `cargo xtask release`: promotes HEAD's tested images to a release version and tags the
+//! commit (the planning and promotion are `images::release`, shared with ci).
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::adapters::ci_env;
+use crate::images::location::Location;
+use crate::images::release::{Bump, Options, Requested, TagMode, release};
+
+/// Options of `cargo xtask release`.
+#[derive(Args)]
+#[command(after_help = "\
+A dry run unless --execute: it prints the git tag to create, the images to promote, the tags to add
+and the release notes. Refused, with every reason listed, unless: the version is valid semver and
+above every release of its X.Y line (a new line must be above every stable release; pre-releases of a
+version come before it, in order); neither git nor the registry has the version yet; the working tree
+is clean; HEAD is on the default branch or an --allow-branch; and the registry holds HEAD's images
+as sha-<12 hex> (pushed by the main stage), unless --build.
+
+--bump starts from the highest release tag in git: major, minor and patch step the highest stable
+release (1.4.2 -> 2.0.0, 1.5.0, 1.4.3); rc continues the highest release if it is an rc
+(1.5.0-rc.1 -> 1.5.0-rc.2) and otherwise starts the next patch's (1.4.2 -> 1.4.3-rc.1). For the
+first rc of a minor or major release, name it: `release 1.5.0-rc.1`.
+
+The registry comes from --registry or NEXUS_REGISTRY; NEXUS_USERNAME and NEXUS_PASSWORD log in
+(else the docker login).
+
+Examples:
+  cargo xtask release 1.4.0
+  cargo xtask release 1.4.0 --execute --push-tag
+  cargo xtask release --bump rc --execute
+  cargo xtask release 1.3.5 --allow-branch 'release/*' --execute --json")]
+pub struct ReleaseArgs {
+    /// The version to release: X.Y.Z or vX.Y.Z, with an optional pre-release (1.5.0-rc.1).
+    // Not called `version`: that id is clap's own `--version`.
+    #[arg(value_name = "VERSION", required_unless_present = "bump", conflicts_with = "bump")]
+    pub target: Option<String>,
+    /// Release the next version after the highest release instead of naming one.
+    #[arg(long, value_enum)]
+    pub bump: Option<Bump>,
+    /// Do it: promote the images and create the git tag. Without it, only print the plan.
+    #[arg(long)]
+    pub execute: bool,
+    /// Push the new git tag to `origin` (with --execute).
+    #[arg(long)]
+    pub push_tag: bool,
+    /// Also allow releasing from branches matching GLOB (`*` matches any characters, `/`
+    /// included); repeatable [default: only the default branch].
+    #[arg(long = "allow-branch", value_name = "GLOB")]
+    pub allow_branches: Vec<String>,
+    /// Build and push HEAD's images first when the registry lacks them.
+    #[arg(long)]
+    pub build: bool,
+    /// Print the result (version, git tag, revision, images with digest and tags) as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub location: Location,
+}
+
+/// `cargo xtask release`.
+pub fn run(args: ReleaseArgs) -> Result<()> {
+    let env = ci_env::process_env();
+    let requested = match (&args.target, args.bump) {
+        (Some(version), _) => Requested::Version(version.clone()),
+        (None, Some(bump)) => Requested::Bump(bump),
+        (None, None) => bail!("name the VERSION to release, or pass --bump major|minor|patch|rc"),
+    };
+    let options = Options {
+        repo: args.location.repo(),
+        registry: args.location.registry,
+        requested,
+        mode: TagMode::Create,
+        allow_branches: args.allow_branches,
+        build: args.build,
+        execute: args.execute,
+        push_tag: args.push_tag,
+        quiet: args.json,
+    };
+    let outcome = release(&options, &env)?;
+    if args.json {
+        println!("{}", outcome.to_json());
+    } else if outcome.executed {
+        print!("{outcome}");
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! `cargo xtask status`: prints each service's state, health, tag, digest and uptime (the
+//! report is `stack::status`).
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::Value;
+
+use crate::stack::status::{ServiceStatus, collect, render};
+use crate::stack::{Deployment, Target};
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  cargo xtask status
+  cargo xtask status --dir /srv/intric --json")]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Print JSON (an array, one object per service) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: StatusArgs) -> Result<()> {
+    let deployment = Deployment::open(&args.target)?;
+    let statuses = collect(&deployment)?;
+    if args.json {
+        let list: Vec<Value> = statuses.iter().map(ServiceStatus::to_json).collect();
+        println!("{}", serde_json::to_string_pretty(&Value::Array(list))?);
+    } else {
+        print!("{}", render(deployment.compose.project_name(), &statuses));
+    }
+    Ok(())
+}
