@@ -328,3 +328,21 @@ fn the_xtask_modules_import_no_circle() {
         }
     }
 }
+
+#[test]
+fn no_command_goes_through_a_shell() {
+    // Every external command is an argv: a shell string brings quoting bugs and, with values
+    // from `.env` or git, injection.
+    let mut found = Vec::new();
+    for (module, code) in xtask_modules() {
+        let flat: String = code.split_whitespace().collect::<Vec<_>>().join(" ");
+        for shell in ["sh", "bash", "/bin/sh", "/bin/bash"] {
+            for pattern in [format!("\"{shell}\", \"-c\""), format!("\"{shell} -c"), format!("{shell} -c ")] {
+                if flat.contains(&pattern) {
+                    found.push(format!("{}: {pattern}", module.join("::")));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "commands through a shell:\n{}", found.join("\n"));
+}

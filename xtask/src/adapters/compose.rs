@@ -9,18 +9,20 @@
 //!   dumps stream through `docker compose exec -T` to this side.
 //! - Compose reads the deployment's variables from `.env` itself, so no secret is ever on a
 //!   command line. Compose prefers a variable of the caller's environment over `.env`; the
-//!   commands here run with every variable that `.env` defines removed from their environment,
-//!   so the deployment is exactly what `.env` says (a stray `IMAGE_TAG` in the shell would
-//!   otherwise silently deploy another version).
+//!   commands here remove every variable that `.env` defines from their environment
+//!   ([`Command::env_remove`]), so the deployment is exactly what `.env` says (a stray
+//!   `IMAGE_TAG` in the shell would otherwise silently deploy another version).
+//! - Every command is an argv, run by the plan's runner; nothing goes through a shell. The
+//!   database's user and name, which `psql` and `pg_dump` need, come from compose's own
+//!   resolution of the file (`docker compose config`), read once when the project is opened.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 
 use crate::adapters::dotenv::DotEnv;
 use crate::plan::Command;
+use crate::plan::runner::Runner;
 
 /// The compose file names compose itself looks for, in its order of preference.
 const COMPOSE_FILES: [&str; 4] = ["compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml"];
@@ -42,6 +44,29 @@ pub struct Compose {
     pub project: Option<String>,
     /// The variables `.env` defines: removed from every compose process's environment.
     pub isolated: Vec<String>,
+    /// The `db` service's PostgreSQL user and database, as compose resolves them.
+    pub database: Database,
+}
+
+/// The stack's PostgreSQL user and database name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Database {
+    pub user: String,
+    pub name: String,
+}
+
+impl Database {
+    /// From `docker compose config --format json`: the `db` service's `POSTGRES_USER` and
+    /// `POSTGRES_DB`, with the defaults of the PostgreSQL image where they are not set.
+    pub fn from_config(config: &str) -> Result<Database> {
+        let config: serde_json::Value =
+            serde_json::from_str(config).context("`docker compose config --format json` printed no JSON")?;
+        let environment = &config["services"]["db"]["environment"];
+        let variable = |key: &str| environment.get(key).and_then(serde_json::Value::as_str).filter(|v| !v.is_empty());
+        let user = variable("POSTGRES_USER").unwrap_or("postgres").to_string();
+        let name = variable("POSTGRES_DB").unwrap_or(&user).to_string();
+        Ok(Database { user, name })
+    }
 }
 
 /// The compose file in `dir`, or a one-line error naming what is missing.
@@ -61,21 +86,28 @@ pub fn compose_file(dir: &Path) -> Result<PathBuf> {
 }
 
 impl Compose {
-    /// The project in `dir` (which must hold a compose file), isolated to the variables of `env`.
-    pub fn new(dir: &Path, project: Option<String>, env: &DotEnv) -> Result<Compose> {
+    /// The project in `dir` (which must hold a compose file), isolated to the variables of `env`;
+    /// `runner` reads compose's resolution of the file once.
+    pub fn open(dir: &Path, project: Option<String>, env: &DotEnv, runner: &dyn Runner) -> Result<Compose> {
         let file = compose_file(dir)?;
         if let Some(project) = &project
             && !is_valid_project_name(project)
         {
             bail!("--project {project:?} is not a compose project name (lowercase letters, digits, `-` and `_`)");
         }
-        Ok(Compose {
+        let mut compose = Compose {
             program: "docker".into(),
             dir: dir.to_path_buf(),
             file,
             project,
             isolated: env.entries().map(|entry| entry.key.clone()).collect(),
-        })
+            database: Database { user: String::new(), name: String::new() },
+        };
+        let config = runner
+            .read(&compose.command(["config", "--format", "json"]))
+            .with_context(|| format!("compose cannot read {}", compose.file.display()))?;
+        compose.database = Database::from_config(&config)?;
+        Ok(compose)
     }
 
     /// The project name as compose will use it.
@@ -96,6 +128,9 @@ impl Compose {
             .arg(self.dir.display().to_string());
         if let Some(project) = &self.project {
             command = command.args(["--project-name", project]);
+        }
+        for key in &self.isolated {
+            command = command.env_remove(key.clone());
         }
         command.args(args)
     }
@@ -136,114 +171,53 @@ impl Compose {
     }
 
     /// Runs the migrations of the backend image `.env` names, in a one-off container of that
-    /// image (not the running container, which has the old migrations). `revision` is the
-    /// database's current revision: when the image does not know it (the database was migrated
-    /// by a newer version, as after a rollback), nothing is migrated and the script says so.
-    pub fn migrate(&self, revision: &str) -> Command {
-        const SCRIPT: &str = "if [ -n \"$1\" ] && ! alembic show \"$1\" >/dev/null 2>&1; then \
-             echo \"migrations: the database is at revision $1, which this image does not know \
-             (a newer version migrated it): skipped\"; else exec alembic upgrade head; fi";
-        self.command(["run", "--rm", "--no-deps", "-T", "backend", "sh", "-c", SCRIPT, "migrate", revision])
-            .hint("the migrations failed: their output above says why")
+    /// image (not the running container, which has the old migrations).
+    pub fn migrate(&self) -> Command {
+        self.backend_once(["alembic", "upgrade", "head"]).hint("the migrations failed: their output above says why")
+    }
+
+    /// Succeeds when the backend image `.env` names knows migration `revision`. It does not when
+    /// a newer version migrated the database (as after a rollback): then nothing is migrated.
+    pub fn knows_revision(&self, revision: &str) -> Command {
+        self.backend_once(["alembic", "show", revision])
+    }
+
+    fn backend_once<const N: usize>(&self, command: [&str; N]) -> Command {
+        self.command(["run", "--rm", "--no-deps", "-T", "backend"]).args(command)
     }
 
     /// Runs one SQL statement in the `db` container as the stack's user on `database` (the
-    /// stack's database when `None`), printing the result unaligned. The SQL is an argument of
-    /// the shell inside the container, so it needs no quoting; the user and database names come
-    /// from the container's own environment.
+    /// stack's database when `None`), printing the result unaligned. The SQL is one argument.
     pub fn sql(&self, database: Option<&str>, sql: &str) -> Command {
-        let target = database.unwrap_or("$POSTGRES_DB");
-        let script = format!("psql -X -q -v ON_ERROR_STOP=1 -U \"$POSTGRES_USER\" -d \"{target}\" -tA -c \"$1\"");
-        self.command(["exec", "-T", "db", "sh", "-c", &script, "sql", sql])
+        let Database { user, name } = &self.database;
+        let database = database.unwrap_or(name);
+        self.command(["exec", "-T", "db", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", database])
+            .args(["-tA", "-c", sql])
     }
 
     /// `pg_dump` of the stack's database to standard output, plain SQL.
     pub fn dump(&self) -> Command {
-        self.command([
-            "exec",
-            "-T",
-            "db",
-            "sh",
-            "-c",
-            "pg_dump --no-owner --no-privileges -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\"",
-        ])
+        let Database { user, name } = &self.database;
+        self.command(["exec", "-T", "db", "pg_dump", "--no-owner", "--no-privileges", "-U", user, "-d", name])
     }
 
-    /// `psql` reading a plain dump from standard input into database `database` (a name
-    /// relative to the stack's: `$POSTGRES_DB` expands inside the container), stopping at the
-    /// first error.
+    /// `psql` reading a plain dump from standard input into database `database`, in one
+    /// transaction that stops at the first error; what the statements print is dropped.
     pub fn load(&self, database: &str) -> Command {
-        let script = format!(
-            "psql -X -q -v ON_ERROR_STOP=1 --single-transaction -U \"$POSTGRES_USER\" -d \"{database}\" >/dev/null"
-        );
-        self.command(["exec", "-T", "db", "sh", "-c", &script])
+        let user = &self.database.user;
+        self.command(["exec", "-T", "db", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]).args([
+            "-U",
+            user,
+            "-d",
+            database,
+            "-o",
+            "/dev/null",
+        ])
     }
 
     /// The stack's containers, one JSON object per line (or one array, on older compose).
     pub fn ps_json(&self) -> Command {
         self.command(["ps", "--all", "--format", "json"])
-    }
-
-    // -----------------------------------------------------------------------------------------
-    // Running
-
-    /// A process for `command`, with `.env`'s variables removed from its environment (and then
-    /// the command's own variables set).
-    pub fn process(&self, command: &Command) -> std::process::Command {
-        let mut process = std::process::Command::new(&command.program);
-        process.args(&command.args);
-        for key in &self.isolated {
-            process.env_remove(key);
-        }
-        for (key, value) in &command.env {
-            process.env(key, value);
-        }
-        process
-    }
-
-    /// Starts `command` with its output shown; a secret standard input is written and closed.
-    pub fn spawn(&self, command: &Command) -> Result<std::process::Child> {
-        let mut process = self.process(command);
-        process.stdin(if command.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-        // Compose's progress is for people: it goes to standard error, like all our chatter.
-        process.stdout(std::io::stderr());
-        let mut child = process.spawn().with_context(|| format!("cannot run {}", command.program))?;
-        if let (Some(secret), Some(mut stdin)) = (&command.stdin, child.stdin.take()) {
-            stdin
-                .write_all(secret.expose().as_bytes())
-                .with_context(|| format!("cannot write to {}", command.program))?;
-        }
-        Ok(child)
-    }
-
-    /// Runs `command` and returns its standard output, trimmed; standard error is shown only
-    /// when it fails (as part of the error).
-    pub fn read(&self, command: &Command) -> Result<String> {
-        let output = self
-            .process(command)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {}", command.program))?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let last = stderr.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("").trim();
-            let hint = if command.hint.is_empty() { String::new() } else { format!(": {}", command.hint) };
-            bail!("`{command}` failed ({}): {last}{hint}", output.status);
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-    }
-
-    /// `command` as a duct expression (for pipes), with `.env`'s variables removed from its
-    /// environment. Its standard input is not connected: the pipe decides.
-    pub fn expression(&self, command: &Command) -> duct::Expression {
-        let mut expression = duct::cmd(&command.program, &command.args);
-        for key in &self.isolated {
-            expression = expression.env_remove(key);
-        }
-        for (key, value) in &command.env {
-            expression = expression.env(key, value);
-        }
-        expression
     }
 }
 
@@ -265,6 +239,7 @@ mod tests {
             file: "/srv/intric/docker-compose.yml".into(),
             project: project.map(str::to_string),
             isolated: vec!["IMAGE_TAG".into(), "POSTGRES_PASSWORD".into()],
+            database: Database { user: "intric_user".into(), name: "intric".into() },
         }
     }
 
@@ -284,20 +259,28 @@ mod tests {
     fn a_new_tag_is_pulled_through_the_environment_not_by_editing_env() {
         let pull = compose(None).pull(Some("1.2.3"));
         assert_eq!(pull.env, [("IMAGE_TAG".to_string(), "1.2.3".to_string())]);
-        let process = compose(None).process(&pull);
-        let envs: Vec<_> = process.get_envs().map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned()))).collect();
-        assert!(envs.contains(&("IMAGE_TAG".into(), Some("1.2.3".into()))), "{envs:?}");
-        assert!(envs.contains(&("POSTGRES_PASSWORD".into(), None)), "removed: {envs:?}");
+        assert_eq!(pull.env_remove, ["IMAGE_TAG", "POSTGRES_PASSWORD"], "every .env variable is removed");
     }
 
     #[test]
-    fn sql_and_dumps_name_no_user_password_or_database() {
+    fn sql_and_dumps_name_the_user_and_database_and_no_password() {
         let c = compose(None);
-        for command in [c.sql(None, "select 1"), c.dump(), c.load("$POSTGRES_DB")] {
+        for command in [c.sql(None, "select 1"), c.dump(), c.load("intric_restore")] {
             let shown = command.to_string();
-            assert!(shown.contains("$POSTGRES_USER") && !shown.contains("PASSWORD"), "{shown}");
+            assert!(shown.contains(" -U intric_user -d intric") && !shown.contains("PASSWORD"), "{shown}");
         }
-        assert_eq!(c.sql(None, "select 'x'").args.last().unwrap(), "select 'x'");
+        assert_eq!(c.sql(Some("template1"), "select 'x'").args.last().unwrap(), "select 'x'");
+        assert!(c.sql(Some("template1"), "select 1").to_string().contains("-d template1"));
+    }
+
+    #[test]
+    fn the_database_comes_from_compose_config() {
+        let config = r#"{"services": {"db": {"environment": {"POSTGRES_USER": "app", "POSTGRES_DB": "intric"}}}}"#;
+        assert_eq!(Database::from_config(config).unwrap(), Database { user: "app".into(), name: "intric".into() });
+        // The PostgreSQL image's defaults: user `postgres`, database named after the user.
+        let bare = r#"{"services": {"db": {"environment": {"POSTGRES_PASSWORD": "x"}}}}"#;
+        assert_eq!(Database::from_config(bare).unwrap(), Database { user: "postgres".into(), name: "postgres".into() });
+        assert!(Database::from_config("not json").is_err());
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
-use xshell::{Shell, cmd};
 
+use crate::plan::runner::Runner;
 use crate::plan::{Command, Secret};
 
 /// How images are built.
@@ -53,7 +53,7 @@ impl Docker {
     /// Checks that an engine answers and picks the client and builder to use. The probes are
     /// separate processes that don't depend on each other, so they run at once: every build
     /// pays for them, a no-op one most visibly.
-    pub fn detect() -> Result<Docker> {
+    pub fn detect(runner: &dyn Runner) -> Result<Docker> {
         let mut candidates = vec!["docker".to_string()];
         if Path::new(DEBIAN_CLIENT).exists() {
             candidates.push(DEBIAN_CLIENT.to_string());
@@ -66,14 +66,12 @@ impl Docker {
                 .enumerate()
                 .map(|(index, program)| {
                     let buildx = scope.spawn(move || {
-                        let sh = Shell::new().ok()?;
-                        cmd!(sh, "{program} buildx version").quiet().ignore_stdout().ignore_stderr().run().ok()
+                        runner.read(&Command::new(program).args(["buildx", "version"])).ok().map(|_| ())
                     });
                     let version = scope.spawn(move || {
-                        let sh = Shell::new().ok()?;
                         let format =
                             if index == 0 { "{{.Client.Version}} {{.Server.Version}}" } else { "{{.Client.Version}}" };
-                        cmd!(sh, "{program} version --format {format}").quiet().ignore_stderr().read().ok()
+                        runner.read(&Command::new(program).args(["version", "--format", format])).ok()
                     });
                     (buildx, version)
                 })
@@ -175,13 +173,12 @@ impl Docker {
     /// Whether buildx builds with a builder that runs in its own container (the
     /// `docker-container`, `kubernetes` or `remote` drivers): such a builder has its own cache,
     /// which can be exported to the registry, unlike the engine's built-in `docker` driver.
-    pub fn buildx_has_container_builder(&self, sh: &Shell, builder: Option<&str>) -> bool {
+    pub fn buildx_has_container_builder(&self, runner: &dyn Runner, builder: Option<&str>) -> bool {
         if self.builder != Builder::Buildx {
             return false;
         }
-        let program = &self.program;
         let builder_args: Vec<&str> = builder.map(|name| vec!["--builder", name]).unwrap_or_default();
-        let inspect = cmd!(sh, "{program} buildx inspect {builder_args...}").quiet().ignore_stderr().read();
+        let inspect = runner.read(&self.command().args(["buildx", "inspect"]).args(builder_args));
         inspect.is_ok_and(|text| {
             text.lines().any(|line| {
                 line.strip_prefix("Driver:")
@@ -191,22 +188,13 @@ impl Docker {
     }
 
     /// Whether the engine has `image` (a name with tag, or an id).
-    pub fn image_exists(&self, sh: &Shell, image: &str) -> bool {
-        let program = &self.program;
-        let format = "{{.Id}}";
-        cmd!(sh, "{program} image inspect --format {format} {image}")
-            .quiet()
-            .ignore_stdout()
-            .ignore_stderr()
-            .run()
-            .is_ok()
+    pub fn image_exists(&self, runner: &dyn Runner, image: &str) -> bool {
+        runner.read(&self.command().args(["image", "inspect", "--format", "{{.Id}}", image])).is_ok()
     }
 
     /// The state of container `name` (`running`, `exited`, ...), or `None` if there is none.
-    pub fn container_state(&self, sh: &Shell, name: &str) -> Option<String> {
-        let program = &self.program;
-        let format = "{{.State.Status}}";
-        cmd!(sh, "{program} container inspect --format {format} {name}").quiet().ignore_stderr().read().ok()
+    pub fn container_state(&self, runner: &dyn Runner, name: &str) -> Option<String> {
+        runner.read(&self.command().args(["container", "inspect", "--format", "{{.State.Status}}", name])).ok()
     }
 }
 

@@ -14,17 +14,16 @@
 //! only go into labels and the last layer, so a commit that changes only the backend does not
 //! rebuild the frontend; a reused image's labels name the commit that built it.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use xshell::Shell;
 
 use crate::adapters::ci_env::Env;
 use crate::adapters::docker::{BuildSecret, BuildSpec, Builder, Docker};
@@ -35,6 +34,7 @@ use crate::images::location::Location;
 use crate::images::tags::{self, StageChoice, TagReport};
 use crate::plan::Command;
 use crate::plan::progress::{Progress, TaskProgress};
+use crate::plan::runner::Runner;
 
 /// Options of `cargo xtask build`.
 #[derive(Args, Default)]
@@ -264,8 +264,13 @@ pub const LOGS_DIR: &str = "target/xtask/logs";
 /// build on the way (`release --build`, `ci`): they show this plan in their own dry run and run
 /// it with [`execute_prepared`]. `tags`, when given, replaces the tag engine's tags: a release
 /// builds only HEAD's immutable `sha-` tag and then promotes that.
-pub fn prepare(sh: &Shell, args: &BuildArgs, env: &Env, tags: Option<Vec<String>>) -> Result<(BuildInputs, BuildPlan)> {
-    let mut inputs = read_inputs(sh, args, env)?;
+pub fn prepare(
+    runner: &dyn Runner,
+    args: &BuildArgs,
+    env: &Env,
+    tags: Option<Vec<String>>,
+) -> Result<(BuildInputs, BuildPlan)> {
+    let mut inputs = read_inputs(runner, args, env)?;
     if let Some(tags) = tags {
         inputs.report.tags = tags;
     }
@@ -276,7 +281,7 @@ pub fn prepare(sh: &Shell, args: &BuildArgs, env: &Env, tags: Option<Vec<String>
 /// Runs a prepared build with at most `jobs` images at once (default: the number of CPUs),
 /// logging under `target/xtask/logs/`; `quiet` keeps progress off standard output.
 pub fn execute_prepared(
-    sh: &Shell,
+    runner: &dyn Runner,
     inputs: &BuildInputs,
     plan: &BuildPlan,
     jobs: Option<usize>,
@@ -289,132 +294,137 @@ pub fn execute_prepared(
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)).max(1);
     let logs = inputs.workspace.join(LOGS_DIR);
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    execute(sh, plan, registry.as_ref(), &inputs.docker, jobs, &logs, quiet)
+    execute(runner, plan, registry.as_ref(), &inputs.docker, jobs, &logs, quiet)
 }
 
 /// Reads git state, the environment, the docker client, inputs digests and existing images.
-fn read_inputs(sh: &Shell, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
-    // The docker probes are processes; git state and digests are this process's work meanwhile.
-    let docker = std::thread::spawn(Docker::detect);
-    let workspace = args.location.repo();
-    let report = tags::resolve(&workspace, args.stage, env)?;
-    let registry = args.location.registry(env);
+fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
+    std::thread::scope(|scope| {
+        // The docker probes are processes; git state and digests are this process's work meanwhile.
+        let docker = scope.spawn(|| Docker::detect(runner));
+        let workspace = args.location.repo();
+        let report = tags::resolve(&workspace, args.stage, env)?;
+        let registry = args.location.registry(env);
 
-    let mut problems = Vec::new();
-    if args.push && registry.is_none() {
-        problems.push("--push needs a registry: set NEXUS_REGISTRY or pass --registry HOST[:PORT]".to_string());
-    }
-    if args.push && report.dirty && !args.allow_dirty {
-        problems.push(
-            "the working tree is dirty, so the images would match no commit: commit or stash the changes, \
-             or pass --allow-dirty"
-                .to_string(),
-        );
-    }
-    for tag in &args.extra_tags {
-        if !tags::is_valid_image_tag(tag) {
-            problems.push(format!(
-                "--tag {tag:?} is not a valid image tag: use letters, digits, '_', '.' and '-', at most 128, \
-                 not starting with '.' or '-'"
-            ));
+        let mut problems = Vec::new();
+        if args.push && registry.is_none() {
+            problems.push("--push needs a registry: set NEXUS_REGISTRY or pass --registry HOST[:PORT]".to_string());
         }
-    }
-    let secrets = args.secrets.iter().filter_map(|secret| match secret.split_once('=') {
-        Some((id, variable)) if !id.is_empty() && !variable.is_empty() => {
-            Some(BuildSecret { id: id.to_string(), env: variable.to_string() })
+        if args.push && report.dirty && !args.allow_dirty {
+            problems.push(
+                "the working tree is dirty, so the images would match no commit: commit or stash the changes, \
+                 or pass --allow-dirty"
+                    .to_string(),
+            );
         }
-        _ => {
-            problems.push(format!("--secret {secret:?} is not ID=ENV: name the secret and the variable holding it"));
-            None
-        }
-    });
-    let secrets: Vec<BuildSecret> = secrets.collect();
-    for secret in &secrets {
-        if !env.contains_key(&secret.env) {
-            problems.push(format!("--secret {}: variable {} is not set", secret.id, secret.env));
-        }
-    }
-    if !problems.is_empty() {
-        bail!("cannot build: {}", problems.join("; "));
-    }
-
-    let services = if args.services.is_empty() { Service::ALL.to_vec() } else { dedup(&args.services) };
-    let base_images = base_images(env, args.base_registry.as_deref());
-    let mut digests = BTreeMap::new();
-    for &service in &services {
-        let context = workspace.join(service.context_dir());
-        let digest = crate::images::inputs::inputs_digest(
-            &context,
-            &context.join("Dockerfile"),
-            Some(service.target()),
-            &base_image_args(service, &base_images),
-        )
-        .with_context(|| format!("cannot compute the inputs digest of {}", service.name()))?;
-        digests.insert(service, digest);
-    }
-    let docker = docker.join().map_err(|_| anyhow!("detecting the docker client panicked"))??;
-    // A login the docker client already holds needs no `docker login` (a process and a
-    // round trip on every build); the registry client checks the same credentials anyway.
-    let login = match (Credentials::from_env(env)?, &registry) {
-        (Some(credentials), Some(address)) if credentials.is_docker_login(&RegistryAddress::parse(address)?) => None,
-        (credentials, _) => credentials,
-    };
-    // The registry's tags of each image: where an unchanged image is found when pushing, and
-    // the cache sources of every build that knows a registry (a PR's too, which does not push).
-    let registry_tags: Option<BTreeMap<Service, Vec<String>>> = match &registry {
-        Some(address) => {
-            let listed = registry_client(address).and_then(|client| {
-                services.iter().map(|&service| Ok((service, client.tags(&service.repository())?))).collect()
-            });
-            match listed {
-                Ok(tags) => Some(tags),
-                Err(error) if !args.push => {
-                    eprintln!("warning: building without cache from {address}: {error:#}");
-                    None
-                }
-                Err(error) => return Err(error),
+        for tag in &args.extra_tags {
+            if !tags::is_valid_image_tag(tag) {
+                problems.push(format!(
+                    "--tag {tag:?} is not a valid image tag: use letters, digits, '_', '.' and '-', at most 128, \
+                     not starting with '.' or '-'"
+                ));
             }
         }
-        None => None,
-    };
-    let mut unchanged = BTreeSet::new();
-    let mut cache_from = BTreeMap::new();
-    let reuse_allowed = !args.no_cache && !args.pull;
-    for &service in &services {
-        let marker = inputs_tag(&digests[&service]);
-        let name = image_name(registry.as_deref(), service);
-        let existing = registry_tags.as_ref().map(|tags| &tags[&service]);
-        let present = || match existing {
-            Some(existing) if args.push => existing.contains(&marker),
-            _ => docker.image_exists(sh, &format!("{name}:{marker}")),
+        let secrets = args.secrets.iter().filter_map(|secret| match secret.split_once('=') {
+            Some((id, variable)) if !id.is_empty() && !variable.is_empty() => {
+                Some(BuildSecret { id: id.to_string(), env: variable.to_string() })
+            }
+            _ => {
+                problems
+                    .push(format!("--secret {secret:?} is not ID=ENV: name the secret and the variable holding it"));
+                None
+            }
+        });
+        let secrets: Vec<BuildSecret> = secrets.collect();
+        for secret in &secrets {
+            if !env.contains_key(&secret.env) {
+                problems.push(format!("--secret {}: variable {} is not set", secret.id, secret.env));
+            }
+        }
+        if !problems.is_empty() {
+            bail!("cannot build: {}", problems.join("; "));
+        }
+
+        let services = if args.services.is_empty() { Service::ALL.to_vec() } else { dedup(&args.services) };
+        let base_images = base_images(env, args.base_registry.as_deref());
+        let mut digests = BTreeMap::new();
+        for &service in &services {
+            let context = workspace.join(service.context_dir());
+            let digest = crate::images::inputs::inputs_digest(
+                &context,
+                &context.join("Dockerfile"),
+                Some(service.target()),
+                &base_image_args(service, &base_images),
+            )
+            .with_context(|| format!("cannot compute the inputs digest of {}", service.name()))?;
+            digests.insert(service, digest);
+        }
+        let docker = docker.join().map_err(|_| anyhow!("detecting the docker client panicked"))??;
+        // A login the docker client already holds needs no `docker login` (a process and a
+        // round trip on every build); the registry client checks the same credentials anyway.
+        let login = match (Credentials::from_env(env)?, &registry) {
+            (Some(credentials), Some(address)) if credentials.is_docker_login(&RegistryAddress::parse(address)?) => {
+                None
+            }
+            (credentials, _) => credentials,
         };
-        if reuse_allowed && present() {
-            unchanged.insert(service);
+        // The registry's tags of each image: where an unchanged image is found when pushing, and
+        // the cache sources of every build that knows a registry (a PR's too, which does not push).
+        let registry_tags: Option<BTreeMap<Service, Vec<String>>> = match &registry {
+            Some(address) => {
+                let listed = registry_client(address).and_then(|client| {
+                    services.iter().map(|&service| Ok((service, client.tags(&service.repository())?))).collect()
+                });
+                match listed {
+                    Ok(tags) => Some(tags),
+                    Err(error) if !args.push => {
+                        eprintln!("warning: building without cache from {address}: {error:#}");
+                        None
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            None => None,
+        };
+        let mut unchanged = BTreeSet::new();
+        let mut cache_from = BTreeMap::new();
+        let reuse_allowed = !args.no_cache && !args.pull;
+        for &service in &services {
+            let marker = inputs_tag(&digests[&service]);
+            let name = image_name(registry.as_deref(), service);
+            let existing = registry_tags.as_ref().map(|tags| &tags[&service]);
+            let present = || match existing {
+                Some(existing) if args.push => existing.contains(&marker),
+                _ => docker.image_exists(runner, &format!("{name}:{marker}")),
+            };
+            if reuse_allowed && present() {
+                unchanged.insert(service);
+            }
+            if let Some(existing) = existing {
+                cache_from.insert(service, cache_sources(&report, existing, &name));
+            }
         }
-        if let Some(existing) = existing {
-            cache_from.insert(service, cache_sources(&report, existing, &name));
-        }
-    }
-    let registry_cache = args.push && docker.buildx_has_container_builder(sh, args.builder.as_deref());
-    Ok(BuildInputs {
-        source: crate::adapters::git::Repo::open(&workspace).ok().and_then(|repo| repo.origin_url()),
-        report,
-        services,
-        registry,
-        push: args.push,
-        extra_tags: args.extra_tags.clone(),
-        docker,
-        base_images,
-        digests,
-        unchanged,
-        cache_from,
-        registry_cache,
-        login,
-        secrets,
-        builder: args.builder.clone(),
-        no_cache: args.no_cache,
-        pull: args.pull,
-        workspace,
+        let registry_cache = args.push && docker.buildx_has_container_builder(runner, args.builder.as_deref());
+        Ok(BuildInputs {
+            source: crate::adapters::git::Repo::open(&workspace).ok().and_then(|repo| repo.origin_url()),
+            report,
+            services,
+            registry,
+            push: args.push,
+            extra_tags: args.extra_tags.clone(),
+            docker,
+            base_images,
+            digests,
+            unchanged,
+            cache_from,
+            registry_cache,
+            login,
+            secrets,
+            builder: args.builder.clone(),
+            no_cache: args.no_cache,
+            pull: args.pull,
+            workspace,
+        })
     })
 }
 
@@ -681,12 +691,11 @@ struct Board {
     finished: BTreeMap<Service, bool>,
     running: usize,
     cancelled: bool,
-    processes: Vec<Arc<duct::ReaderHandle>>,
 }
 
 /// Runs the plan: login, then every image on its own thread, at most `jobs` at a time.
 fn execute(
-    sh: &Shell,
+    runner: &dyn Runner,
     plan: &BuildPlan,
     registry: Option<&Registry>,
     docker: &Docker,
@@ -695,7 +704,7 @@ fn execute(
     quiet: bool,
 ) -> Result<Vec<ImageResult>> {
     if let Some(login) = &plan.login {
-        login.read(sh)?;
+        runner.read(login)?;
     }
     let names: Vec<&str> = plan.images.iter().map(|image| image.service.name()).collect();
     let progress = Progress::new(&names, quiet);
@@ -708,7 +717,7 @@ fn execute(
                 let task = progress.task(image.service.name());
                 let board = &board;
                 scope.spawn(move || {
-                    let result = run_image(image, plan, registry, docker, jobs, logs, &task, board);
+                    let result = run_image(runner, image, plan, registry, docker, jobs, logs, &task, board);
                     match &result {
                         Ok(Some(done)) => task.finish(done.outcome.name()),
                         Ok(None) => task.finish("cancelled"),
@@ -739,6 +748,7 @@ fn execute(
 /// cancelled because another image failed.
 #[allow(clippy::too_many_arguments)]
 fn run_image(
+    runner: &dyn Runner,
     image: &ImagePlan,
     plan: &BuildPlan,
     registry: Option<&Registry>,
@@ -767,8 +777,8 @@ fn run_image(
     task.line("started");
     let started = Instant::now();
     let log_path = logs.join(format!("{}.log", image.service.name()));
-    let result = perform(image, plan, registry, &log_path, task, board).and_then(|(outcome, pushed)| {
-        let (digest, size) = describe(image, pushed.as_ref(), docker)?;
+    let result = perform(runner, image, plan, registry, &log_path, task, board).and_then(|(outcome, pushed)| {
+        let (digest, size) = describe(runner, image, pushed.as_ref(), docker)?;
         Ok(ImageResult {
             service: image.service,
             name: image.name.clone(),
@@ -787,9 +797,7 @@ fn run_image(
     if result.is_err() && !state.cancelled {
         // Stop the others cleanly: nothing new starts, running builds are killed.
         state.cancelled = true;
-        for process in &state.processes {
-            let _ = process.kill();
-        }
+        runner.cancel();
     }
     drop(state);
     changed.notify_all();
@@ -802,6 +810,7 @@ fn run_image(
 /// Runs one image's action, with its output going to its log and its progress line. Returns
 /// how the image came to be and, when it is in the registry, its manifest there.
 fn perform(
+    runner: &dyn Runner,
     image: &ImagePlan,
     plan: &BuildPlan,
     registry: Option<&Registry>,
@@ -813,9 +822,10 @@ fn perform(
     let registry = || registry.context("tagging in the registry needs a registry");
     match &image.action {
         Action::Build { build, push, retag, cache_mark } => {
-            let steps = stream(build, &mut log, log_path, task, board)?;
+            let steps = stream(runner, build, &mut log, log_path, task)?;
             if let Some(push) = push {
-                push_with_retries(push, &mut log, log_path, task, board, plan.registry.as_deref().unwrap_or_default())?;
+                let registry = plan.registry.as_deref().unwrap_or_default();
+                push_with_retries(runner, push, &mut log, log_path, task, board, registry)?;
             }
             // The pushed manifest is read once, by whichever step needs it first.
             let mut pushed = match retag {
@@ -835,7 +845,7 @@ fn perform(
         Action::RetagInRegistry(retag) => Ok((Outcome::Skipped, Some(retag.run(registry()?, &mut log, task)?))),
         Action::RetagLocally(commands) => {
             for command in commands {
-                stream(command, &mut log, log_path, task, board)?;
+                stream(runner, command, &mut log, log_path, task)?;
             }
             Ok((Outcome::Skipped, None))
         }
@@ -870,52 +880,35 @@ impl Steps {
     }
 }
 
-/// Runs a command with its output streamed to `log` and `task`; killable through the board.
-/// On failure the error carries the last lines of the output.
+/// Runs a command with its output streamed to `log` and `task`, noting which BuildKit steps
+/// ran. On failure the error names the full log and carries the last lines of the output.
 fn stream(
+    runner: &dyn Runner,
     command: &Command,
     log: &mut File,
     log_path: &Path,
     task: &TaskProgress,
-    board: &Mutex<Board>,
 ) -> Result<Steps> {
     writeln!(log, "$ {command}")?;
-    let mut expression = duct::cmd(&command.program, &command.args).stderr_to_stdout().unchecked();
-    for (key, value) in &command.env {
-        expression = expression.env(key, value);
-    }
-    if let Some(secret) = &command.stdin {
-        expression = expression.stdin_bytes(secret.expose().as_bytes().to_vec());
-    }
-    let handle = Arc::new(expression.reader().with_context(|| format!("cannot start {}", command.program))?);
-    board.lock().expect("board lock").processes.push(Arc::clone(&handle));
-    let mut tail = VecDeque::with_capacity(TAIL_LINES);
     let mut steps = Steps::default();
-    for line in BufReader::new(&*handle).lines() {
-        let line = line.unwrap_or_default();
-        writeln!(log, "{line}")?;
-        steps.note(&line);
-        task.line(&line);
-        if tail.len() == TAIL_LINES {
-            tail.pop_front();
+    let mut unwritten = None;
+    let command = command.clone().hint(format!("{} (full log: {})", command.hint, log_path.display()));
+    runner.run(&command, &mut |line| {
+        if let Err(error) = writeln!(log, "{line}") {
+            unwritten.get_or_insert(error);
         }
-        tail.push_back(line);
-    }
-    let status = handle.try_wait()?.map(|output| output.status);
-    board.lock().expect("board lock").processes.retain(|process| !Arc::ptr_eq(process, &handle));
-    match status {
-        Some(status) if status.success() => Ok(steps),
-        _ => {
-            let tail: Vec<String> = tail.into_iter().collect();
-            Err(anyhow!("{}", tail.join("\n"))).context(format!("{} (full log: {})", command.hint, log_path.display()))
-        }
+        steps.note(line);
+        task.line(line);
+    })?;
+    match unwritten {
+        Some(error) => Err(error).with_context(|| format!("cannot write {}", log_path.display())),
+        None => Ok(steps),
     }
 }
 
-const TAIL_LINES: usize = 25;
-
 /// Pushes with retries on what looks transient; a refused login fails at once.
 fn push_with_retries(
+    runner: &dyn Runner,
     push: &Command,
     log: &mut File,
     log_path: &Path,
@@ -926,7 +919,7 @@ fn push_with_retries(
     const ATTEMPTS: u32 = 4;
     let mut attempt = 1;
     loop {
-        match stream(push, log, log_path, task, board) {
+        match stream(runner, push, log, log_path, task) {
             Ok(_) => return Ok(()),
             Err(error) => {
                 let text = format!("{error:#}");
@@ -950,14 +943,19 @@ fn push_with_retries(
 }
 
 /// The digest and size of a finished image: from the registry when pushed, else the engine.
-fn describe(image: &ImagePlan, pushed: Option<&Manifest>, docker: &Docker) -> Result<(String, Option<u64>)> {
+fn describe(
+    runner: &dyn Runner,
+    image: &ImagePlan,
+    pushed: Option<&Manifest>,
+    docker: &Docker,
+) -> Result<(String, Option<u64>)> {
     if let Some(manifest) = pushed {
         return Ok((manifest.digest.clone(), manifest_size(&manifest.bytes)));
     }
     let first = image.tags.first().context("an image without tags")?;
     let reference = format!("{}:{first}", image.name);
     let format = "{{.Id}} {{.Size}}";
-    let output = docker.command().args(["image", "inspect", "--format", format, &reference]).read(&Shell::new()?)?;
+    let output = runner.read(&docker.command().args(["image", "inspect", "--format", format, &reference]))?;
     let (id, size) = output.split_once(' ').unwrap_or((output.as_str(), ""));
     Ok((id.to_string(), size.parse().ok()))
 }

@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use semver::{Prerelease, Version};
-use xshell::Shell;
 
 use crate::adapters::ci_env::Env;
 use crate::adapters::git::{self, Commit, Worktree};
@@ -33,6 +32,7 @@ use crate::images::build::{self, BuildArgs, BuildInputs, BuildPlan};
 use crate::images::location::{self, Location};
 use crate::images::tags::{self, release_version};
 use crate::plan::Command;
+use crate::plan::runner::{Processes, Runner};
 
 /// The `--bump` option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -75,6 +75,8 @@ pub struct ImageState {
 /// Everything the plan is made from, read once by [`read_inputs`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReleaseInputs {
+    /// The git repository: where the tag is created and pushed from.
+    pub repo: PathBuf,
     pub requested: Requested,
     pub mode: TagMode,
     pub head: git::Head,
@@ -190,7 +192,7 @@ impl fmt::Display for Outcome {
 
 /// Reads, plans and (with `execute`) runs a release; prints the plan unless it executes quietly.
 pub fn release(options: &Options, env: &Env) -> Result<Outcome> {
-    let sh = Shell::new()?;
+    let runner = Processes::new();
     let (inputs, registry) = read_inputs(options, env)?;
     let plan = plan(&inputs)?;
     // The build's own plan is read only when it will be needed, and shown with the release's.
@@ -198,7 +200,7 @@ pub fn release(options: &Options, env: &Env) -> Result<Outcome> {
         None
     } else {
         let args = build_args(&options.repo, &plan);
-        Some(build::prepare(&sh, &args, env, Some(vec![format!("sha-{}", &plan.revision[..12])]))?)
+        Some(build::prepare(&runner, &args, env, Some(vec![format!("sha-{}", &plan.revision[..12])]))?)
     };
     if !options.execute {
         let shown =
@@ -211,7 +213,7 @@ pub fn release(options: &Options, env: &Env) -> Result<Outcome> {
         return Ok(outcome(&plan, false));
     }
     let registry = registry.context("a release needs a registry")?;
-    execute(&sh, &options.repo, &plan, &registry, build.as_ref(), options.quiet)?;
+    execute(&runner, &options.repo, &plan, &registry, build.as_ref(), options.quiet)?;
     let mut done = outcome(&plan, true);
     // Built images' digests are known only now.
     for (service, _, digest, _) in &mut done.images {
@@ -288,6 +290,7 @@ pub fn read_inputs(options: &Options, env: &Env) -> Result<(ReleaseInputs, Optio
         }
     }
     let inputs = ReleaseInputs {
+        repo: options.repo.clone(),
         requested: options.requested.clone(),
         mode: options.mode.clone(),
         branch: repo.branch()?,
@@ -565,7 +568,8 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
     }
     let notes = release_notes(&version, inputs.previous_release.as_deref(), &inputs.commits);
     // A tag pipeline runs because the tag was pushed already.
-    let push_tag = (inputs.push_tag && inputs.mode == TagMode::Create).then(|| push_tag_command(&git_tag));
+    let push_tag =
+        (inputs.push_tag && inputs.mode == TagMode::Create).then(|| push_tag_command(&inputs.repo, &git_tag));
     Ok(ReleasePlan {
         create_tag: inputs.mode == TagMode::Create,
         git_tag,
@@ -585,8 +589,10 @@ fn allowed_list(globs: &[String]) -> String {
 }
 
 /// The `git push` of the new tag.
-pub fn push_tag_command(tag: &str) -> Command {
+pub fn push_tag_command(repo: &Path, tag: &str) -> Command {
     Command::new("git")
+        .arg("-C")
+        .arg(repo.display().to_string())
         .args(["push", "origin", &format!("refs/tags/{tag}")])
         .hint(format!("pushing git tag {tag} to origin failed; the images are promoted, push the tag by hand"))
 }
@@ -694,7 +700,7 @@ impl fmt::Display for ReleasePlan {
 
 /// Runs the plan: the build if any, the registry, then git.
 fn execute(
-    sh: &Shell,
+    runner: &dyn Runner,
     repo: &Path,
     plan: &ReleasePlan,
     registry: &Registry,
@@ -702,7 +708,8 @@ fn execute(
     quiet: bool,
 ) -> Result<()> {
     if let Some((inputs, build_plan)) = build {
-        build::execute_prepared(sh, inputs, build_plan, None, quiet).context("building the missing images failed")?;
+        build::execute_prepared(runner, inputs, build_plan, None, quiet)
+            .context("building the missing images failed")?;
     }
     for promotion in &plan.promotions {
         let manifest = registry.manifest(&promotion.repository, &promotion.source)?.with_context(|| {
@@ -741,8 +748,7 @@ fn execute(
         }
     }
     if let Some(push) = &plan.push_tag {
-        let _in_repo = sh.push_dir(repo);
-        push.run(sh)?;
+        runner.run(push, &mut |line| eprintln!("{line}"))?;
     }
     Ok(())
 }
@@ -773,6 +779,7 @@ mod tests {
     /// A clean `main` whose registry holds HEAD's three images, with release tags on older commits.
     fn inputs(version: &str, existing: &[&str]) -> ReleaseInputs {
         ReleaseInputs {
+            repo: "/src/intric".into(),
             requested: Requested::Version(version.into()),
             mode: TagMode::Create,
             head: git::Head { id: HEAD.into(), time: 1_700_000_000 },
@@ -923,7 +930,7 @@ mod tests {
         let mut pushing = inputs("2.0.0", &["v1.0.0"]);
         pushing.push_tag = true;
         let plan = plan(&pushing).unwrap();
-        assert_eq!(plan.push_tag.unwrap().to_string(), "git push origin refs/tags/v2.0.0");
+        assert_eq!(plan.push_tag.unwrap().to_string(), "git -C /src/intric push origin refs/tags/v2.0.0");
     }
 
     #[test]

@@ -8,12 +8,14 @@
 //! mode 0600, never into argv, and they print as their name only.
 
 pub mod progress;
+pub mod runner;
 
 use std::fmt;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use xshell::{Shell, cmd};
+
+use crate::plan::runner::Runner;
 
 /// A value that must never be shown: printing it gives its name, not its value.
 #[derive(Clone, PartialEq, Eq)]
@@ -45,20 +47,34 @@ impl fmt::Display for Secret {
     }
 }
 
-/// One external command: program, argv, extra environment, optional secret standard input,
-/// and a hint telling the user what to do when it fails.
+/// One external command: program, argv, extra environment, environment variables it must not
+/// inherit, optional secret standard input, and a hint telling the user what to do when it
+/// fails. A [`runner::Runner`] runs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Command {
     pub program: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Removed from the environment it inherits (compose commands: every variable `.env`
+    /// defines, so that the deployment is exactly what `.env` says). Not shown: it only takes away.
+    pub env_remove: Vec<String>,
+    /// The directory it runs in, when not this process's.
+    pub dir: Option<PathBuf>,
     pub stdin: Option<Secret>,
     pub hint: String,
 }
 
 impl Command {
     pub fn new(program: impl Into<String>) -> Command {
-        Command { program: program.into(), args: Vec::new(), env: Vec::new(), stdin: None, hint: String::new() }
+        Command {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            env_remove: Vec::new(),
+            dir: None,
+            stdin: None,
+            hint: String::new(),
+        }
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Command {
@@ -90,42 +106,22 @@ impl Command {
         self
     }
 
-    /// Runs the command with its output shown, failing with the command line and the hint.
-    pub fn run(&self, sh: &Shell) -> Result<()> {
-        self.to_xshell(sh).run().with_context(|| self.failure())
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Command {
+        self.dir = Some(dir.into());
+        self
     }
 
-    /// Runs the command silently and tells whether it succeeded: for probes and waits.
-    pub fn succeeds(&self, sh: &Shell) -> bool {
-        self.to_xshell(sh).ignore_stdout().ignore_stderr().run().is_ok()
-    }
-
-    /// Runs the command and returns its standard output, trimmed.
-    pub fn read(&self, sh: &Shell) -> Result<String> {
-        self.to_xshell(sh).quiet().read().with_context(|| self.failure())
-    }
-
-    fn to_xshell<'a>(&self, sh: &'a Shell) -> xshell::Cmd<'a> {
-        let program = &self.program;
-        let args = &self.args;
-        let mut command = cmd!(sh, "{program} {args...}").quiet();
-        for (key, value) in &self.env {
-            command = command.env(key, value);
-        }
-        if let Some(secret) = &self.stdin {
-            command = command.stdin(secret.expose());
-        }
-        command
-    }
-
-    fn failure(&self) -> String {
-        // xshell's own error already names the command line, so the context adds only the hint.
-        if self.hint.is_empty() { format!("{} failed", self.program) } else { self.hint.clone() }
+    pub fn env_remove(mut self, key: String) -> Command {
+        self.env_remove.push(key);
+        self
     }
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(dir) = &self.dir {
+            write!(f, "cd {} && ", shell_quote(&dir.display().to_string()))?;
+        }
         for (key, value) in &self.env {
             write!(f, "{key}={} ", shell_quote(value))?;
         }
@@ -258,20 +254,49 @@ impl Plan {
     pub fn write(&mut self, path: impl Into<PathBuf>, contents: FileContents, mode: u32) {
         self.steps.push(Step::Write { path: path.into(), contents, mode });
     }
+}
 
-    /// Runs every step in order, stopping at the first failure.
-    pub fn execute(&self, sh: &Shell) -> Result<()> {
-        self.execute_with(|step| match step {
-            Step::Run(command) => command.run(sh),
+impl Step {
+    /// Performs the step, every process through `runner`; their output goes to standard error.
+    pub fn perform(&self, runner: &dyn Runner) -> Result<()> {
+        match self {
+            Step::Run(command) => runner.run(command, &mut |line| eprintln!("{line}")),
             Step::Write { path, contents, mode } => write_atomically(path, contents.bytes(), *mode),
             Step::Capture { command, path, mode } => {
-                let output = command.read(sh)?;
+                let output = runner.read(command)?;
                 write_atomically(path, format!("{output}\n").as_bytes(), *mode)
             }
-            Step::WaitFor { command, seconds } => wait_for(sh, command, *seconds),
-        })
-        .map_err(Failure::into_error)
+            Step::WaitFor { command, seconds } => wait_for(runner, command, *seconds),
+        }
     }
+}
+
+/// What every task's plan is: data, built once from inputs read once, that prints as what it
+/// will do and runs exactly that. [`show_or_run`] is the one place that does either.
+pub trait TaskPlan: fmt::Display {
+    /// What running it gives back (a build's images, a release's outcome).
+    type Output;
+
+    /// Runs it, every process through `runner`.
+    fn execute(&self, runner: &dyn Runner) -> Result<Self::Output>;
+}
+
+impl TaskPlan for Plan {
+    type Output = ();
+
+    /// Runs every step in order, stopping at the first failure (after the recovery, if any).
+    fn execute(&self, runner: &dyn Runner) -> Result<()> {
+        self.execute_with(|step| step.perform(runner)).map_err(Failure::into_error)
+    }
+}
+
+/// A dry run prints `plan` to standard output and runs nothing; otherwise `plan` runs.
+pub fn show_or_run<P: TaskPlan>(plan: &P, dry_run: bool, runner: &dyn Runner) -> Result<Option<P::Output>> {
+    if dry_run {
+        print!("{plan}");
+        return Ok(None);
+    }
+    plan.execute(runner).map(Some)
 }
 
 impl<S: fmt::Display> fmt::Display for Plan<S> {
@@ -290,15 +315,15 @@ impl<S: fmt::Display> fmt::Display for Plan<S> {
 
 /// Reruns `command` every half second until it succeeds; after `seconds`, runs it once more
 /// with its output shown, so the failure explains itself.
-fn wait_for(sh: &Shell, command: &Command, seconds: u64) -> Result<()> {
+fn wait_for(runner: &dyn Runner, command: &Command, seconds: u64) -> Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     while std::time::Instant::now() < deadline {
-        if command.succeeds(sh) {
+        if runner.read(command).is_ok() {
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    command.run(sh).with_context(|| format!("still failing after {seconds} s"))
+    runner.run(command, &mut |line| eprintln!("{line}")).with_context(|| format!("still failing after {seconds} s"))
 }
 
 /// Writes `bytes` to `path` so that readers see either the old file or the complete new one:
@@ -343,6 +368,31 @@ mod tests {
         let shown = format!("{plan}{plan:?}{command:?}");
         assert!(!shown.contains("hunter2-canary"), "{shown}");
         assert!(shown.contains("< <NEXUS_PASSWORD>"), "{shown}");
+    }
+
+    #[test]
+    fn a_plan_runs_exactly_the_commands_it_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plan = Plan::default();
+        plan.run(Command::new("docker").args(["pull", "a b"]).current_dir("/src"));
+        plan.write(dir.path().join("lab.env"), FileContents::Secret(Secret::new("lab.env", "K=v")), 0o600);
+        plan.steps.push(Step::Capture { command: Command::new("date"), path: dir.path().join("date"), mode: 0o644 });
+        plan.steps.push(Step::WaitFor { command: Command::new("curl").arg("http://127.0.0.1:5000/v2/"), seconds: 5 });
+        let runner = runner::Recording::new();
+        plan.execute(&runner).unwrap();
+        let commands: Vec<String> = plan
+            .steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Run(command) | Step::Capture { command, .. } | Step::WaitFor { command, .. } => {
+                    Some(command.to_string())
+                }
+                Step::Write { .. } => None,
+            })
+            .collect();
+        assert_eq!(runner.executed(), commands);
+        assert!(plan.to_string().contains("cd /src && docker pull 'a b'"), "{plan}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("lab.env")).unwrap(), "K=v");
     }
 
     #[test]

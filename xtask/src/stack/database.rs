@@ -14,16 +14,16 @@
 //!   failed load leaves the current database untouched.
 //!
 //! The dump never touches the engine host's file system (no bind mounts), so `DOCKER_HOST=ssh://`
-//! works. Compression is the `gzip` binary, piped with duct: no gzip crate needed.
+//! works. Compression is the `gzip` binary, in a pipe the runner connects: no gzip crate needed.
 
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
 use crate::adapters::clock;
 use crate::adapters::compose::DUMP_COMPLETE;
+use crate::plan::Command;
+use crate::plan::runner::{Pipe, Runner};
 use crate::stack::executor::Executor;
 
 /// Backups kept by default.
@@ -109,36 +109,29 @@ pub fn check_writable(dir: &Path) -> Result<()> {
 
 /// Checks that `path` is a complete backup: a gzip file that decompresses fully, holding a
 /// plain pg_dump that ended normally.
-pub fn verify(path: &Path) -> Result<()> {
+pub fn verify(runner: &dyn Runner, path: &Path) -> Result<()> {
     if !path.is_file() {
         bail!("{} does not exist or is not a file", path.display());
     }
-    let test = duct::cmd!("gzip", "-t", path)
-        .stderr_capture()
-        .stdout_null()
-        .unchecked()
-        .run()
-        .with_context(|| "cannot run gzip (install it: it compresses and checks the backups)".to_string())?;
-    if !test.status.success() {
-        let why = String::from_utf8_lossy(&test.stderr);
-        let why = why.lines().find(|line| !line.trim().is_empty()).unwrap_or("");
+    let gzip = |flag: &str| Command::new("gzip").arg(flag).arg(path.display().to_string());
+    if let Err(error) = runner.read(&gzip("-t")) {
+        let why = format!("{error:#}");
         let why = why.rsplit(": ").next().unwrap_or("").trim().to_string();
         bail!("{} is not a complete gzip file ({why}): not a usable backup", path.display());
     }
-    let mut reader = duct::cmd!("gzip", "-dc", path).stderr_null().reader()?;
-    let mut tail = Vec::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let read = reader.read(&mut buffer).with_context(|| format!("cannot decompress {}", path.display()))?;
-        if read == 0 {
-            break;
-        }
-        tail.extend_from_slice(&buffer[..read]);
-        if tail.len() > 4096 {
-            tail.drain(..tail.len() - 1024);
-        }
-    }
-    if !String::from_utf8_lossy(&tail).contains(DUMP_COMPLETE) {
+    // pg_dump's last line says the dump is complete; only the last lines are kept.
+    let mut last = Vec::new();
+    runner
+        .run(&gzip("-dc"), &mut |line| {
+            if !line.trim().is_empty() {
+                last.push(line.to_string());
+                if last.len() > 8 {
+                    last.remove(0);
+                }
+            }
+        })
+        .with_context(|| format!("cannot decompress {}", path.display()))?;
+    if !last.iter().any(|line| line.contains(DUMP_COMPLETE)) {
         bail!(
             "{} does not hold a complete pg_dump (it lacks \"{DUMP_COMPLETE}\"): not a usable backup",
             path.display()
@@ -150,28 +143,22 @@ pub fn verify(path: &Path) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Running
 
-/// Dumps the database into `path`: through a temporary name, checked, then renamed.
-pub fn dump_to(exec: &mut Executor, path: &Path) -> Result<()> {
+/// Dumps the database into `path`: through a temporary name (mode 0600 from the start: it
+/// holds the whole database), checked, then renamed.
+pub fn dump_to(exec: &Executor, path: &Path) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = path.file_name().context("a backup needs a file name")?.to_string_lossy().to_string();
     let partial = dir.join(format!(".{name}.partial"));
-    let compose = exec.compose;
-    let dump = compose.dump();
-    eprintln!("$ {dump} | gzip > {}", partial.display());
-    // Mode 0600 from the start: the dump holds the whole database while it is being written.
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&partial)
-        .with_context(|| format!("cannot create {}", partial.display()))?;
-    let pipe = compose.expression(&dump).pipe(duct::cmd!("gzip", "-c")).stdout_file(file);
+    let pipe = Pipe {
+        commands: vec![exec.compose.dump(), Command::new("gzip").arg("-c")],
+        input: None,
+        output: Some(partial.clone()),
+    };
     let result = exec
-        .run_expression(&pipe)
+        .pipe(&pipe)
         .with_context(|| "pg_dump in the db container failed: is the stack running? (`cargo xtask status`)".to_string())
-        .and_then(|()| verify(&partial))
+        .and_then(|()| verify(exec.runner, &partial))
         .and_then(|()| std::fs::rename(&partial, path).with_context(|| format!("cannot rename to {}", path.display())));
     if result.is_err() {
         let _ = std::fs::remove_file(&partial);
@@ -180,11 +167,11 @@ pub fn dump_to(exec: &mut Executor, path: &Path) -> Result<()> {
 }
 
 /// Restores the database from the (verified) backup `path`; see the module documentation.
-pub fn restore_from(exec: &mut Executor, path: &Path) -> Result<()> {
+pub fn restore_from(exec: &Executor, path: &Path) -> Result<()> {
     let compose = exec.compose;
     let timeout = exec.timeout;
     exec.run(&compose.up(&["db"], timeout))?;
-    let name = compose.read(&compose.sql(None, "select current_database()"))?;
+    let name = exec.read(&compose.sql(None, "select current_database()"))?;
     let (staging, previous) = (format!("{name}_restore"), format!("{name}_before_restore"));
     let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
     let admin = |sql: String| compose.sql(Some("template1"), &sql);
@@ -199,10 +186,12 @@ pub fn restore_from(exec: &mut Executor, path: &Path) -> Result<()> {
         exec.run(&admin(format!("drop database if exists {} with (force)", quote(&staging))))?;
         exec.run(&admin(format!("drop database if exists {} with (force)", quote(&previous))))?;
         exec.run(&admin(format!("create database {}", quote(&staging))))?;
-        let load = compose.load(&staging);
-        eprintln!("$ gzip -dc {} | {load}", path.display());
-        exec.run_expression(&duct::cmd!("gzip", "-dc", path).pipe(compose.expression(&load)))
-            .with_context(|| format!("loading {} failed; the database was not changed", path.display()))
+        let load = Pipe {
+            commands: vec![Command::new("gzip").arg("-dc"), compose.load(&staging)],
+            input: Some(path.to_path_buf()),
+            output: None,
+        };
+        exec.pipe(&load).with_context(|| format!("loading {} failed; the database was not changed", path.display()))
     })();
     let swapped = loaded.and_then(|()| {
         exec.run(&disconnect(&name))?;
@@ -243,6 +232,7 @@ pub fn prune(dir: &Path, keep: usize, now: i64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::runner::Processes;
 
     #[test]
     fn backup_names_sort_by_time_and_sequence() {
@@ -347,16 +337,16 @@ mod tests {
             path
         };
         let good = write_gz("good.sql.gz", &format!("select 1;\n--\n{DUMP_COMPLETE}\n--\n"));
-        verify(&good).unwrap();
+        verify(&Processes::new(), &good).unwrap();
         let cut = write_gz("cut.sql.gz", "select 1;\n");
-        assert!(verify(&cut).unwrap_err().to_string().contains("does not hold a complete pg_dump"));
+        assert!(verify(&Processes::new(), &cut).unwrap_err().to_string().contains("does not hold a complete pg_dump"));
         let bytes = std::fs::read(&good).unwrap();
         let truncated = dir.path().join("truncated.sql.gz");
         std::fs::write(&truncated, &bytes[..bytes.len() - 6]).unwrap();
-        assert!(verify(&truncated).unwrap_err().to_string().contains("is not a complete gzip file"));
+        assert!(verify(&Processes::new(), &truncated).unwrap_err().to_string().contains("is not a complete gzip file"));
         let plain = dir.path().join("plain.sql.gz");
         std::fs::write(&plain, "not gzip").unwrap();
-        let error = verify(&plain).unwrap_err().to_string();
+        let error = verify(&Processes::new(), &plain).unwrap_err().to_string();
         assert!(error.contains("is not a complete gzip file (not in gzip format)"), "{error}");
     }
 }

@@ -11,6 +11,7 @@ use crate::adapters::dotenv::DotEnv;
 use crate::adapters::registry::{Backoff, Credentials, Registry, RegistryAddress};
 use crate::images::Service;
 use crate::plan::Command;
+use crate::plan::runner::Runner;
 use crate::stack::env_check::{self, Level};
 use crate::stack::history::HISTORY_FILE;
 use crate::stack::lock::LOCK_FILE;
@@ -37,8 +38,9 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// Opens `target`: the directory with a compose file and a `.env` that parses.
-    pub fn open(target: &Target) -> Result<Deployment> {
+    /// Opens `target`: the directory with a compose file and a `.env` that parses; `runner`
+    /// reads compose's resolution of the file.
+    pub fn open(target: &Target, runner: &dyn Runner) -> Result<Deployment> {
         let dir = env_check::deployment_dir(target.dir.clone());
         crate::adapters::compose::compose_file(&dir)?;
         let dir = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
@@ -47,7 +49,7 @@ impl Deployment {
             bail!("{} does not exist: run `cargo xtask env init --dir {}` first", env_path.display(), dir.display());
         }
         let env = DotEnv::read(&env_path)?;
-        let compose = Compose::new(&dir, target.project.clone(), &env)?;
+        let compose = Compose::open(&dir, target.project.clone(), &env, runner)?;
         let shadowed: Vec<&str> = env
             .entries()
             .filter(|entry| std::env::var(&entry.key).is_ok_and(|value| value != entry.value))
@@ -64,8 +66,8 @@ impl Deployment {
     }
 
     /// [`Deployment::open`], then `env check`: every problem is printed, and errors stop here.
-    pub fn open_checked(target: &Target) -> Result<Deployment> {
-        let deployment = Deployment::open(target)?;
+    pub fn open_checked(target: &Target, runner: &dyn Runner) -> Result<Deployment> {
+        let deployment = Deployment::open(target, runner)?;
         let (_, problems) = env_check::check_dir(&deployment.dir)?;
         let path = deployment.env_path();
         let errors: Vec<_> = problems.iter().filter(|problem| problem.level == Level::Error).collect();

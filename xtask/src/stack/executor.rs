@@ -1,17 +1,17 @@
-//! Runs the operator tasks' commands against a compose project, recording the docker commands
-//! it starts in the deploy lock, so that a successor taking over a stale lock can wait for them.
+//! Runs the operator tasks' commands against a compose project through the plan's runner,
+//! showing each command before it runs and its output as it comes.
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
 use crate::adapters::compose::Compose;
 use crate::plan::Command;
-use crate::stack::lock::Lock;
+use crate::plan::runner::{Pipe, Runner};
 
-/// Runs actions against a compose project, recording the docker commands it starts in the
-/// lock (if any), so that a successor taking over a stale lock can wait for them.
+/// Runs steps against a compose project. The deploy lock watches `runner`, so the docker
+/// commands it starts are recorded where a successor taking over a stale lock finds them.
 pub struct Executor<'a> {
     pub compose: &'a Compose,
-    pub lock: Option<&'a mut Lock>,
+    pub runner: &'a dyn Runner,
     pub timeout: u64,
 }
 
@@ -25,59 +25,48 @@ pub enum DbState {
 }
 
 impl Executor<'_> {
-    fn started(&mut self, pids: Vec<u32>) {
-        if let Some(lock) = self.lock.as_deref_mut() {
-            lock.set_children(pids);
-        }
-    }
-
     /// Runs `command` with its output shown.
-    pub fn run(&mut self, command: &Command) -> Result<()> {
+    pub fn run(&self, command: &Command) -> Result<()> {
         eprintln!("$ {command}");
-        let mut child = self.compose.spawn(command)?;
-        self.started(vec![child.id()]);
-        let status = child.wait();
-        self.started(Vec::new());
-        let status = status.with_context(|| format!("cannot wait for {}", command.program))?;
-        if status.success() {
-            return Ok(());
-        }
-        if command.hint.is_empty() {
-            bail!("`{command}` failed ({status})")
-        } else {
-            bail!("{} ({status})", command.hint)
-        }
+        self.runner.run(command, &mut |line| eprintln!("{line}"))
     }
 
-    /// Runs a duct expression (a pipe), recording its pids.
-    pub fn run_expression(&mut self, expression: &duct::Expression) -> Result<()> {
-        let handle = expression.start()?;
-        self.started(handle.pids());
-        let result = handle.wait().map(|_| ());
-        self.started(Vec::new());
-        Ok(result?)
+    /// Runs `pipe` (a database dump or load) with its standard error shown.
+    pub fn pipe(&self, pipe: &Pipe) -> Result<()> {
+        eprintln!("$ {pipe}");
+        self.runner.pipe(pipe)
+    }
+
+    /// Runs `command` and returns its output.
+    pub fn read(&self, command: &Command) -> Result<String> {
+        self.runner.read(command)
     }
 
     pub fn db_state(&self) -> Result<DbState> {
         let compose = self.compose;
-        let exists = compose.read(&compose.sql(None, "select to_regclass('public.alembic_version') is not null"))?;
+        let exists = self.read(&compose.sql(None, "select to_regclass('public.alembic_version') is not null"))?;
         if exists.trim() != "t" {
             return Ok(DbState::Uninitialized);
         }
-        let revision = compose
-            .read(&compose.sql(None, "select coalesce(string_agg(version_num, ','), '') from alembic_version"))?;
+        let revision =
+            self.read(&compose.sql(None, "select coalesce(string_agg(version_num, ','), '') from alembic_version"))?;
         Ok(DbState::At(revision.trim().to_string()))
     }
 
-    pub fn migrate(&mut self, planned: &Command) -> Result<()> {
-        let revision = match self.db_state()? {
-            DbState::Uninitialized => String::new(),
-            DbState::At(revision) => revision,
-        };
-        let mut command = planned.clone();
-        if let Some(last) = command.args.last_mut() {
-            *last = revision;
+    /// Runs `upgrade` (the image's migrations), unless the database is at a revision the image
+    /// does not know: a newer version migrated it (as after a rollback), so there is nothing
+    /// this image may do.
+    pub fn migrate(&self, upgrade: &Command) -> Result<()> {
+        if let DbState::At(revision) = self.db_state()?
+            && !revision.is_empty()
+            && self.read(&self.compose.knows_revision(&revision)).is_err()
+        {
+            eprintln!(
+                "migrations: the database is at revision {revision}, which this image does not know \
+                 (a newer version migrated it): skipped"
+            );
+            return Ok(());
         }
-        self.run(&command)
+        self.run(upgrade)
     }
 }

@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use crate::adapters::clock;
 use clap::Args;
 
+use crate::plan::runner::Watcher;
+
 pub const LOCK_FILE: &str = ".deploy.lock";
 
 /// The option of the tasks that take the deploy lock.
@@ -196,6 +198,18 @@ impl Lock {
             }
         }
         bail!("cannot take the lock {}: it keeps changing; is another deploy starting?", path.display())
+    }
+
+    /// A runner's watcher that records in the lock file the processes it runs, so that a
+    /// successor taking over a stale lock can wait for the docker commands they are.
+    pub fn watcher(&self) -> Watcher {
+        let (path, holder) = (self.path.clone(), std::sync::Mutex::new(self.holder.clone()));
+        Box::new(move |pids| {
+            let mut holder = holder.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            holder.children = pids.to_vec();
+            // Best effort: the lock stays valid without the pids.
+            let _ = crate::plan::write_atomically(&path, holder.to_json().as_bytes(), 0o644);
+        })
     }
 
     /// Records the docker commands now running, so a successor can wait for them.

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::adapters::clock;
 use crate::adapters::compose::SERVICES;
+use crate::plan::runner::Runner;
 use crate::stack::Deployment;
 
 /// One service as it runs now.
@@ -145,12 +146,12 @@ pub fn assemble(ps: &[Value], containers: &[Value], images: &[Value], now: i64) 
 }
 
 /// The status of `deployment`'s services, asked of the engine.
-pub fn collect(deployment: &Deployment) -> Result<Vec<ServiceStatus>> {
+pub fn collect(deployment: &Deployment, runner: &dyn Runner) -> Result<Vec<ServiceStatus>> {
     let compose = &deployment.compose;
-    let ps = parse_ps(&compose.read(&compose.ps_json())?)?;
+    let ps = parse_ps(&runner.read(&compose.ps_json())?)?;
     let ids: Vec<String> = ps.iter().filter_map(|entry| entry["ID"].as_str().map(String::from)).collect();
     let inspect = |command: crate::plan::Command| -> Result<Vec<Value>> {
-        let text = compose.read(&command)?;
+        let text = runner.read(&command)?;
         Ok(serde_json::from_str::<Value>(&text).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default())
     };
     let containers = if ids.is_empty() {
@@ -201,13 +202,13 @@ pub fn render(project: &str, statuses: &[ServiceStatus]) -> String {
 }
 
 /// The table for `deployment`, for the end of deploy, update and restore.
-pub fn report(deployment: &Deployment) -> Result<String> {
-    Ok(render(deployment.compose.project_name(), &collect(deployment)?))
+pub fn report(deployment: &Deployment, runner: &dyn Runner) -> Result<String> {
+    Ok(render(deployment.compose.project_name(), &collect(deployment, runner)?))
 }
 
 /// Prints the table at the end of a task that succeeded; failing to show it does not fail the task.
-pub fn print_report(deployment: &Deployment) {
-    match report(deployment) {
+pub fn print_report(deployment: &Deployment, runner: &dyn Runner) {
+    match report(deployment, runner) {
         Ok(table) => print!("{table}"),
         Err(error) => eprintln!("warning: cannot show the status: {error:#}"),
     }

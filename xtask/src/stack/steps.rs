@@ -21,8 +21,8 @@ pub enum Action {
     Run(Command),
     /// `db-init` when the database has no `alembic_version` table yet, else the migrations.
     InitOrMigrate { db_init: Command, migrate: Command },
-    /// The migrations of the backend image that `.env` names; the last argument of the command
-    /// is replaced by the database's revision when it runs.
+    /// The migrations of the backend image that `.env` names, unless the database is at a
+    /// revision that image does not know (a newer version migrated it).
     Migrate(Command),
     /// A backup of the database to `path`.
     Backup { path: PathBuf },
@@ -42,7 +42,7 @@ impl fmt::Display for Action {
             Action::InitOrMigrate { db_init, migrate } => {
                 write!(f, "if the database has no alembic_version table: {db_init}\n       else: {migrate}")
             }
-            Action::Migrate(command) => write!(f, "{command}"),
+            Action::Migrate(command) => write!(f, "unless the image does not know the database's revision: {command}"),
             Action::Backup { path } => {
                 write!(f, "back up the database (pg_dump | gzip, checked, then renamed) to {}", path.display())
             }
@@ -63,15 +63,12 @@ impl fmt::Display for Action {
     }
 }
 
-/// The placeholder for the database's revision in a planned migration.
-pub const REVISION_PLACEHOLDER: &str = "<database revision>";
-
 /// Deploy: login, pull, start the database, initialize or migrate it, start everything.
 pub fn plan_deploy(compose: &Compose, login: Option<Command>, timeout: u64) -> Plan<Action> {
     let mut steps: Vec<Action> = login.into_iter().map(Action::Run).collect();
     steps.push(Action::Run(compose.pull(None)));
     steps.push(Action::Run(compose.up(&["db", "redis"], timeout)));
-    steps.push(Action::InitOrMigrate { db_init: compose.db_init(), migrate: compose.migrate(REVISION_PLACEHOLDER) });
+    steps.push(Action::InitOrMigrate { db_init: compose.db_init(), migrate: compose.migrate() });
     steps.push(Action::Run(compose.up(&[], timeout)));
     Plan { steps, recovery: None }
 }
@@ -105,7 +102,7 @@ pub fn plan_update(inputs: &UpdateInputs) -> Result<Plan<Action>> {
     steps.push(Action::Backup { path: inputs.backup_path.clone() });
     let point_of_no_return = steps.len();
     steps.push(set_tag(&inputs.env_path, inputs.env, &inputs.to_tag)?);
-    steps.push(Action::Migrate(compose.migrate(REVISION_PLACEHOLDER)));
+    steps.push(Action::Migrate(compose.migrate()));
     steps.push(Action::Run(compose.up(&[], inputs.timeout)));
     let mut on_failure = vec![set_tag(&inputs.env_path, inputs.env, &inputs.from_tag)?];
     if inputs.restore_on_failure {
@@ -117,7 +114,7 @@ pub fn plan_update(inputs: &UpdateInputs) -> Result<Plan<Action>> {
 }
 
 impl Executor<'_> {
-    pub fn perform(&mut self, action: &Action) -> Result<()> {
+    pub fn perform(&self, action: &Action) -> Result<()> {
         match action {
             Action::Run(command) => self.run(command),
             Action::InitOrMigrate { db_init, migrate } => match self.db_state()? {
@@ -146,7 +143,7 @@ impl Executor<'_> {
     }
 
     /// Runs `plan`, and its recovery when a step at or after its point of no return fails.
-    pub fn execute(&mut self, plan: &Plan<Action>) -> std::result::Result<(), Failure> {
+    pub fn execute(&self, plan: &Plan<Action>) -> std::result::Result<(), Failure> {
         plan.execute_with(|step| self.perform(step))
     }
 }
@@ -162,6 +159,7 @@ mod tests {
             file: "/srv/intric/docker-compose.yml".into(),
             project: None,
             isolated: vec![],
+            database: crate::adapters::compose::Database { user: "postgres".into(), name: "intric".into() },
         }
     }
 

@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use crate::adapters::clock;
+use crate::plan::runner::{Processes, Runner};
 use crate::plan::{Failure, Plan};
 use crate::stack::database::{DEFAULT_KEEP, check_writable, next_path, restore_from, verify};
 use crate::stack::executor::Executor;
@@ -54,7 +55,8 @@ pub struct RestoreArgs {
 }
 
 pub fn run_backup(args: BackupArgs) -> Result<()> {
-    let deployment = Deployment::open(&args.target)?;
+    let runner = Processes::new();
+    let deployment = Deployment::open(&args.target, &runner)?;
     let out = args.out.clone().unwrap_or_else(|| deployment.dir.join("backups"));
     check_writable(&out)?;
     let path = next_path(&out, clock::now_unix());
@@ -67,14 +69,15 @@ pub fn run_backup(args: BackupArgs) -> Result<()> {
         print!("{plan}");
         return Ok(());
     }
-    let mut exec = Executor { compose: &deployment.compose, lock: None, timeout: DEFAULT_TIMEOUT };
+    let exec = Executor { compose: &deployment.compose, runner: &runner, timeout: DEFAULT_TIMEOUT };
     exec.execute(&plan).map_err(Failure::into_error)?;
     println!("{}", path.display());
     Ok(())
 }
 
 pub fn run_restore(args: RestoreArgs) -> Result<()> {
-    let deployment = Deployment::open(&args.target)?;
+    let runner = Processes::new();
+    let deployment = Deployment::open(&args.target, &runner)?;
     if !args.file.exists() {
         bail!(
             "{} does not exist: pass a backup file (`cargo xtask backup` writes them to DIR/backups)",
@@ -88,18 +91,18 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
             args.file.display()
         );
     }
-    verify(&args.file)?;
+    verify(&runner, &args.file)?;
     let tag = deployment.current_tag();
     let holder = holder("restore", tag.clone(), None);
-    let (mut lock, stale) = Lock::acquire(&deployment.lock_path(), holder, args.timeout, args.lock)?;
+    let (lock, stale) = Lock::acquire(&deployment.lock_path(), holder, args.timeout, args.lock)?;
     if let Some(stale) = &stale {
         record_interrupted(&deployment.history_path(), stale)?;
     }
     let started = std::time::Instant::now();
-    let result = restore_from(
-        &mut Executor { compose: &deployment.compose, lock: Some(&mut lock), timeout: args.timeout },
-        &args.file,
-    );
+    runner.watch(Some(lock.watcher()));
+    let result =
+        restore_from(&Executor { compose: &deployment.compose, runner: &runner, timeout: args.timeout }, &args.file);
+    runner.watch(None);
     if let Some(tag) = tag {
         append_history(
             &deployment.history_path(),
@@ -118,7 +121,7 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
     }
     result?;
     drop(lock);
-    crate::stack::status::print_report(&deployment);
+    crate::stack::status::print_report(&deployment, &runner);
     println!("restored {}", args.file.display());
     Ok(())
 }

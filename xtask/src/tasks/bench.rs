@@ -13,6 +13,8 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Subcommand;
 use xshell::{Shell, cmd};
 
+use crate::plan::runner::{Processes, Runner};
+
 /// The benchmarks.
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -307,11 +309,12 @@ fn bench_build(runs: usize) -> Result<()> {
         .clone();
     let lab = Lab { registry, base_images: crate::images::build::base_images(&env, None) };
     let sh = Shell::new()?;
-    let docker = crate::adapters::docker::Docker::detect()?;
-    let base_images = BaseImages::read(&sh, &docker, lab.base_images.values())?;
-    let result = compare_builds(&sh, &docker, &lab, &base_images, runs);
+    let runner = Processes::new();
+    let docker = crate::adapters::docker::Docker::detect(&runner)?;
+    let base_images = BaseImages::read(&runner, &docker, lab.base_images.values())?;
+    let result = compare_builds(&sh, &runner, &docker, &lab, &base_images, runs);
     // Put the base images back whatever happened, so the lab (and `sandbox up`) find them.
-    let restored = base_images.restore(&sh, &docker);
+    let restored = base_images.restore(&runner, &docker);
     result.and(restored)
 }
 
@@ -325,6 +328,7 @@ const CASES: [(&str, bool, f64); 4] = [
 
 fn compare_builds(
     sh: &Shell,
+    runner: &dyn Runner,
     docker: &crate::adapters::docker::Docker,
     lab: &Lab,
     base_images: &BaseImages,
@@ -334,7 +338,7 @@ fn compare_builds(
     // ratios[case] holds one ratio per run.
     let mut ratios = vec![Vec::new(); CASES.len()];
     for run in 1..=runs {
-        let seconds = run_cases(sh, docker, lab, base_images, &scratch, run)?;
+        let seconds = run_cases(sh, runner, docker, lab, base_images, &scratch, run)?;
         for (case, [old, ours]) in seconds.into_iter().enumerate() {
             let ratio = ours / old;
             eprintln!("run {run}/{runs}: {}: old {old:.1} s, xtask {ours:.1} s, ratio {ratio:.3}", CASES[case].0);
@@ -356,6 +360,7 @@ fn compare_builds(
 /// One run of the four cases in new registry repositories: the seconds of each side per case.
 fn run_cases(
     sh: &Shell,
+    runner: &dyn Runner,
     docker: &crate::adapters::docker::Docker,
     lab: &Lab,
     base_images: &BaseImages,
@@ -382,11 +387,11 @@ fn run_cases(
         let mut case = [0.0; 2];
         for (slot, side) in [Side::Old, Side::Ours].into_iter().enumerate() {
             if *fresh {
-                fresh_runner(sh, docker, &namespaces, base_images)?;
+                fresh_runner(runner, docker, &namespaces, base_images)?;
             }
             let started = Instant::now();
             match side {
-                Side::Old => old_procedure(sh, docker, &repo, &namespace(side), lab)?,
+                Side::Old => old_procedure(runner, docker, &repo, &namespace(side), lab)?,
                 Side::Ours => {
                     let xtask = std::env::current_exe()?;
                     let target = namespace(side);
@@ -398,7 +403,7 @@ fn run_cases(
         seconds.push(case);
     }
     // The last side's images would otherwise keep base layers in the engine for the next run.
-    remove_images(sh, docker, &namespaces, Vec::new())?;
+    remove_images(runner, docker, &namespaces, Vec::new())?;
     Ok(seconds)
 }
 
@@ -413,7 +418,7 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 /// NEXUS_PASSWORD are set (as `build --push` also does), then per image a build with
 /// `--cache-from <image>:latest` and inline cache metadata, then a push, one after the other.
 fn old_procedure(
-    sh: &Shell,
+    runner: &dyn Runner,
     docker: &crate::adapters::docker::Docker,
     repo: &Path,
     namespace: &str,
@@ -422,7 +427,7 @@ fn old_procedure(
     if let Some(credentials) =
         crate::adapters::registry::Credentials::from_env(&crate::adapters::ci_env::process_env())?
     {
-        docker.login(&lab.registry, &credentials.username, credentials.password).read(sh)?;
+        runner.read(&docker.login(&lab.registry, &credentials.username, credentials.password))?;
     }
     for service in crate::images::Service::ALL {
         let image = format!("{namespace}/{}:latest", service.repository());
@@ -438,35 +443,35 @@ fn old_procedure(
             cache_from: vec![image.clone()],
             ..crate::adapters::docker::BuildSpec::default()
         };
-        docker.build(&spec).read(sh)?;
-        docker.command().args(["push", &image]).read(sh)?;
+        runner.read(&docker.build(&spec))?;
+        runner.read(&docker.command().args(["push", &image]))?;
     }
     Ok(())
 }
 
 /// What a fresh CI runner has: none of the benchmark's images, no base images, no BuildKit cache.
 fn fresh_runner(
-    sh: &Shell,
+    runner: &dyn Runner,
     docker: &crate::adapters::docker::Docker,
     namespaces: &[String],
     base_images: &BaseImages,
 ) -> Result<()> {
     // By ID, with every tag: a tag left on another name would keep the layers in the engine.
-    let base_ids = base_images.present(sh, docker).into_iter().map(|image| image.id.clone()).collect();
-    remove_images(sh, docker, namespaces, base_ids)?;
-    docker.command().args(["builder", "prune", "--all", "--force"]).read(sh)?;
+    let base_ids = base_images.present(runner, docker).into_iter().map(|image| image.id.clone()).collect();
+    remove_images(runner, docker, namespaces, base_ids)?;
+    runner.read(&docker.command().args(["builder", "prune", "--all", "--force"]))?;
     Ok(())
 }
 
 /// Removes every image below `namespaces`, and the images `more` names (by ID or reference).
 fn remove_images(
-    sh: &Shell,
+    runner: &dyn Runner,
     docker: &crate::adapters::docker::Docker,
     namespaces: &[String],
     mut more: Vec<String>,
 ) -> Result<()> {
     let format = "{{.Repository}}:{{.Tag}}";
-    let images = docker.command().args(["images", "--format", format]).read(sh)?;
+    let images = runner.read(&docker.command().args(["images", "--format", format]))?;
     more.extend(
         images
             .lines()
@@ -474,7 +479,7 @@ fn remove_images(
             .map(str::to_string),
     );
     if !more.is_empty() {
-        docker.command().args(["image", "rm", "--force"]).args(more).read(sh)?;
+        runner.read(&docker.command().args(["image", "rm", "--force"]).args(more))?;
     }
     Ok(())
 }
@@ -491,7 +496,7 @@ struct BaseImage {
 
 impl BaseImages {
     fn read<'a>(
-        sh: &Shell,
+        runner: &dyn Runner,
         docker: &crate::adapters::docker::Docker,
         references: impl Iterator<Item = &'a String>,
     ) -> Result<BaseImages> {
@@ -499,7 +504,7 @@ impl BaseImages {
         for reference in references {
             let format = "{{.Id}}{{range .RepoTags}} {{.}}{{end}}";
             let output =
-                docker.command().args(["image", "inspect", "--format", format, reference]).read(sh).with_context(
+                runner.read(&docker.command().args(["image", "inspect", "--format", format, reference])).with_context(
                     || format!("cannot inspect the base image {reference}: is the lab up? (`cargo xtask sandbox up`)"),
                 )?;
             let mut words = output.split_whitespace().map(str::to_string);
@@ -510,16 +515,16 @@ impl BaseImages {
     }
 
     /// The base images still in the engine.
-    fn present(&self, sh: &Shell, docker: &crate::adapters::docker::Docker) -> Vec<&BaseImage> {
-        self.0.iter().filter(|image| docker.image_exists(sh, &image.id)).collect()
+    fn present(&self, runner: &dyn Runner, docker: &crate::adapters::docker::Docker) -> Vec<&BaseImage> {
+        self.0.iter().filter(|image| docker.image_exists(runner, &image.id)).collect()
     }
 
     /// Pulls every base image back from the registry and gives it all its tags again.
-    fn restore(&self, sh: &Shell, docker: &crate::adapters::docker::Docker) -> Result<()> {
+    fn restore(&self, runner: &dyn Runner, docker: &crate::adapters::docker::Docker) -> Result<()> {
         for image in &self.0 {
-            docker.command().args(["pull", "--quiet", &image.reference]).read(sh)?;
+            runner.read(&docker.command().args(["pull", "--quiet", &image.reference]))?;
             for tag in &image.tags {
-                docker.command().args(["tag", &image.reference, tag]).read(sh)?;
+                runner.read(&docker.command().args(["tag", &image.reference, tag]))?;
             }
         }
         Ok(())

@@ -4,23 +4,23 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use xshell::Shell;
 
 use crate::adapters::ci_env;
 pub use crate::images::build::BuildArgs;
 use crate::images::build::{LOGS_DIR, Summary, execute_prepared, prepare};
+use crate::plan::runner::Processes;
 
 /// `cargo xtask build`.
 pub fn run(args: BuildArgs) -> Result<()> {
     let env = ci_env::process_env();
-    let sh = Shell::new()?;
-    let (inputs, plan) = prepare(&sh, &args, &env, None)?;
+    let runner = Processes::new();
+    let (inputs, plan) = prepare(&runner, &args, &env, None)?;
     if args.dry_run {
         print!("{plan}");
         return Ok(());
     }
     let started = Instant::now();
-    let results = execute_prepared(&sh, &inputs, &plan, args.jobs, args.json)?;
+    let results = execute_prepared(&runner, &inputs, &plan, args.jobs, args.json)?;
     let summary = Summary { builder: plan.builder, registry: plan.registry.clone(), pushed: inputs.push, results };
     if args.json {
         println!("{}", summary.to_json());

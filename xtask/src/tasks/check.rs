@@ -5,13 +5,13 @@
 
 use anyhow::Result;
 use clap::Args;
-use xshell::Shell;
 
 use crate::adapters::ci_env;
 use crate::adapters::docker::{BuildSpec, Docker};
 use crate::images::Service;
 use crate::images::build::{base_image_args, base_images};
-use crate::plan::Plan;
+use crate::plan::runner::Processes;
+use crate::plan::{Plan, show_or_run};
 
 /// Options of `cargo xtask check`.
 #[derive(Args)]
@@ -39,16 +39,12 @@ fn check_target(service: Service) -> &'static str {
 }
 
 pub fn run(args: CheckArgs) -> Result<()> {
-    let sh = Shell::new()?;
-    let docker = Docker::detect()?;
+    let runner = Processes::new();
+    let docker = Docker::detect(&runner)?;
     let env = ci_env::process_env();
     let services = if args.services.is_empty() { vec![Service::Backend, Service::Frontend] } else { args.services };
     let plan = plan(&docker, &services, &base_images(&env, None), &crate::adapters::workspace_root());
-    if args.dry_run {
-        print!("{plan}");
-        return Ok(());
-    }
-    plan.execute(&sh)
+    show_or_run(&plan, args.dry_run, &runner).map(|_| ())
 }
 
 fn plan(

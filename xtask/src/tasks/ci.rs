@@ -27,7 +27,6 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use sha2::{Digest, Sha256};
-use xshell::Shell;
 
 use crate::adapters::ci_env::{self, CiContext, CiEvent, CiProvider, Env};
 use crate::images::Service;
@@ -35,7 +34,8 @@ use crate::images::build::{self, BuildArgs};
 use crate::images::location::Location;
 use crate::images::release::{self, Requested, TagMode};
 use crate::images::tags::{self, Stage, StageChoice, TagReport};
-use crate::plan::{Command, Plan, Step};
+use crate::plan::runner::{Processes, Runner};
+use crate::plan::{Command, Plan};
 
 /// The dotenv report written on GitLab CI and Jenkins, relative to the repository root.
 pub const DOTENV_FILE: &str = "xtask-ci.env";
@@ -100,10 +100,11 @@ pub fn stage_for(stage: Stage) -> CiStage {
     }
 }
 
-/// The checks and tests of the pr and main stages, as commands run in the repository. Pure.
-pub fn checks_plan() -> Plan {
+/// The checks and tests of the pr and main stages, as commands run in `repo`. Pure.
+pub fn checks_plan(repo: &Path) -> Plan {
     let mut plan = Plan::default();
-    let cargo = |args: &[&str], hint: &str| Command::new("cargo").args(args.iter().copied()).hint(hint);
+    let cargo =
+        |args: &[&str], hint: &str| Command::new("cargo").args(args.iter().copied()).current_dir(repo).hint(hint);
     plan.run(cargo(&["fmt", "--all", "--check"], "formatting differs: run `cargo fmt --all` and commit"));
     plan.run(cargo(
         &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
@@ -144,7 +145,7 @@ pub struct CiReport {
 /// `cargo xtask ci`.
 pub fn run(args: CiArgs) -> Result<()> {
     let env = ci_env::process_env();
-    let sh = Shell::new()?;
+    let runner = Processes::new();
     let repo = args.location.repo();
     let choice = match args.stage {
         CiStage::Release => StageChoice::Release,
@@ -159,7 +160,7 @@ pub fn run(args: CiArgs) -> Result<()> {
     eprintln!("ci: {} stage ({})", stage.name(), report.ci.unwrap_or("outside CI"));
     let outcome = match stage {
         CiStage::Release => release_stage(&args, &repo, &report, &env)?,
-        _ => checks_and_build(&args, &sh, &repo, stage, &env)?,
+        _ => checks_and_build(&args, &runner, &repo, stage, &env)?,
     };
     let Some(outcome) = outcome else { return Ok(()) };
     print!("{}", render_text(&outcome));
@@ -167,8 +168,14 @@ pub fn run(args: CiArgs) -> Result<()> {
 }
 
 /// The pr and main stages: the checks, then the build (pushed on main).
-fn checks_and_build(args: &CiArgs, sh: &Shell, repo: &Path, stage: CiStage, env: &Env) -> Result<Option<CiReport>> {
-    let checks = checks_plan();
+fn checks_and_build(
+    args: &CiArgs,
+    runner: &dyn Runner,
+    repo: &Path,
+    stage: CiStage,
+    env: &Env,
+) -> Result<Option<CiReport>> {
+    let checks = checks_plan(repo);
     let push = stage == CiStage::Main;
     let build_args = BuildArgs {
         location: Location { repo: Some(repo.to_path_buf()), registry: args.location.registry.clone() },
@@ -178,7 +185,7 @@ fn checks_and_build(args: &CiArgs, sh: &Shell, repo: &Path, stage: CiStage, env:
         dry_run: args.dry_run,
         ..BuildArgs::default()
     };
-    let (build_inputs, build_plan) = build::prepare(sh, &build_args, env, None)?;
+    let (build_inputs, build_plan) = build::prepare(runner, &build_args, env, None)?;
     if args.dry_run {
         print!(
             "{} stage, in {}:\n{checks}then build{}:\n{build_plan}",
@@ -189,21 +196,17 @@ fn checks_and_build(args: &CiArgs, sh: &Shell, repo: &Path, stage: CiStage, env:
         return Ok(None);
     }
     let mut ran = Vec::new();
-    let _in_repo = sh.push_dir(repo);
     for step in &checks.steps {
         let started = Instant::now();
         eprintln!("ci: {step}");
-        let result = match step {
-            Step::Run(command) => command.run(sh),
-            other => Plan { steps: vec![other.clone()], recovery: None }.execute(sh),
-        };
+        let result = step.perform(runner);
         if let Err(error) = result {
             eprint!("{}", render_checks(&ran, Some(&step.to_string())));
             return Err(error);
         }
         ran.push((step.to_string(), started.elapsed().as_secs_f64()));
     }
-    let results = build::execute_prepared(sh, &build_inputs, &build_plan, None, false)?;
+    let results = build::execute_prepared(runner, &build_inputs, &build_plan, None, false)?;
     let images = results
         .iter()
         .map(|result| ImageLine {
@@ -420,6 +423,7 @@ fn append(path: &Path, text: &str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::adapters::git::{Head, Worktree};
+    use crate::plan::Step;
 
     const REVISION: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -465,13 +469,19 @@ mod tests {
 
     #[test]
     fn the_checks_are_commands_with_hints() {
-        let shown = checks_plan().to_string();
+        let shown = checks_plan(Path::new("/src/intric")).to_string();
         assert_eq!(
             shown,
-            "  1. cargo fmt --all --check\n  2. cargo clippy --workspace --all-targets -- -D warnings\n  \
-             3. cargo test --workspace\n  4. cargo xtask check\n"
+            "  1. cd /src/intric && cargo fmt --all --check\n  \
+             2. cd /src/intric && cargo clippy --workspace --all-targets -- -D warnings\n  \
+             3. cd /src/intric && cargo test --workspace\n  4. cd /src/intric && cargo xtask check\n"
         );
-        assert!(checks_plan().steps.iter().all(|step| matches!(step, Step::Run(command) if !command.hint.is_empty())));
+        assert!(
+            checks_plan(Path::new("/src/intric"))
+                .steps
+                .iter()
+                .all(|step| matches!(step, Step::Run(command) if !command.hint.is_empty()))
+        );
     }
 
     fn report(stage: CiStage, pushed: bool) -> CiReport {

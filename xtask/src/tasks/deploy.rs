@@ -31,6 +31,7 @@ use clap::Args;
 
 use crate::adapters::clock;
 use crate::plan::Failure;
+use crate::plan::runner::{Processes, Runner};
 use crate::stack::executor::Executor;
 use crate::stack::history::{Outcome, Record, append_history, previous_tag, read_history, record_interrupted};
 use crate::stack::lock::{Lock, LockState, current_host, current_user, held_error, holder, holder_running, judge_lock};
@@ -105,7 +106,8 @@ pub struct RollbackArgs {
 }
 
 pub fn run_deploy(args: DeployArgs) -> Result<()> {
-    let deployment = Deployment::open_checked(&args.target)?;
+    let runner = Processes::new();
+    let deployment = Deployment::open_checked(&args.target, &runner)?;
     let tag = deployment.current_tag().context("IMAGE_TAG is not set in .env")?;
     deployment.check_tag_exists(&tag)?;
     let ChangeArgs { timeout, dry_run, lock: lock_args } = args.change;
@@ -116,7 +118,7 @@ pub fn run_deploy(args: DeployArgs) -> Result<()> {
     }
     let history = read_history(&deployment.history_path())?;
     let from_tag = history.iter().rev().find(|record| record.result == Outcome::Ok).map(|record| record.to_tag.clone());
-    let (mut lock, stale) = Lock::acquire(
+    let (lock, stale) = Lock::acquire(
         &deployment.lock_path(),
         holder("deploy", from_tag.clone(), Some(tag.clone())),
         timeout,
@@ -126,7 +128,9 @@ pub fn run_deploy(args: DeployArgs) -> Result<()> {
         record_interrupted(&deployment.history_path(), stale)?;
     }
     let started = Instant::now();
-    let result = Executor { compose: &deployment.compose, lock: Some(&mut lock), timeout }.execute(&plan);
+    runner.watch(Some(lock.watcher()));
+    let result = Executor { compose: &deployment.compose, runner: &runner, timeout }.execute(&plan);
+    runner.watch(None);
     let record = |result: Outcome, detail: Option<String>| Record {
         time: clock::rfc3339(clock::now_unix()),
         user: current_user(),
@@ -142,7 +146,7 @@ pub fn run_deploy(args: DeployArgs) -> Result<()> {
         Ok(()) => {
             append_history(&deployment.history_path(), &record(Outcome::Ok, None))?;
             drop(lock);
-            crate::stack::status::print_report(&deployment);
+            crate::stack::status::print_report(&deployment, &runner);
             println!("deployed {tag}: {}", deployment.url());
             Ok(())
         }
@@ -154,12 +158,14 @@ pub fn run_deploy(args: DeployArgs) -> Result<()> {
 }
 
 pub fn run_update(args: UpdateArgs) -> Result<()> {
-    let deployment = Deployment::open_checked(&args.target)?;
-    update(&deployment, "update", &args.tag, args.options)
+    let runner = Processes::new();
+    let deployment = Deployment::open_checked(&args.target, &runner)?;
+    update(&deployment, &runner, "update", &args.tag, args.options)
 }
 
 pub fn run_rollback(args: RollbackArgs) -> Result<()> {
-    let deployment = Deployment::open_checked(&args.target)?;
+    let runner = Processes::new();
+    let deployment = Deployment::open_checked(&args.target, &runner)?;
     let to = match args.to {
         Some(to) => to,
         None => {
@@ -172,11 +178,17 @@ pub fn run_rollback(args: RollbackArgs) -> Result<()> {
             })?
         }
     };
-    update(&deployment, "rollback", &to, args.options)
+    update(&deployment, &runner, "rollback", &to, args.options)
 }
 
 /// An update of `deployment` to `to_tag` (`command` is `update` or `rollback`).
-fn update(deployment: &Deployment, command: &str, to_tag: &str, options: UpdateOptions) -> Result<()> {
+fn update(
+    deployment: &Deployment,
+    runner: &Processes,
+    command: &str,
+    to_tag: &str,
+    options: UpdateOptions,
+) -> Result<()> {
     let UpdateOptions { restore_on_failure, backup_dir, change: ChangeArgs { timeout, dry_run, lock: lock_args } } =
         options;
     let current = deployment.current_tag().context("IMAGE_TAG is not set in .env")?;
@@ -239,7 +251,9 @@ fn update(deployment: &Deployment, command: &str, to_tag: &str, options: UpdateO
         })
         .expect("an update backs up");
     let started = Instant::now();
-    let result = Executor { compose: &deployment.compose, lock: Some(&mut lock), timeout }.execute(&plan);
+    runner.watch(Some(lock.watcher()));
+    let result = Executor { compose: &deployment.compose, runner, timeout }.execute(&plan);
+    runner.watch(None);
     let record = |result: Outcome, backup: Option<&Path>, detail: Option<String>| Record {
         time: clock::rfc3339(clock::now_unix()),
         user: current_user(),
@@ -256,7 +270,7 @@ fn update(deployment: &Deployment, command: &str, to_tag: &str, options: UpdateO
         Ok(()) => {
             append_history(&history, &record(Outcome::Ok, Some(&backup_path), None))?;
             drop(lock);
-            crate::stack::status::print_report(deployment);
+            crate::stack::status::print_report(deployment, runner);
             println!("{command} {from_tag} -> {to_tag} done: {} (backup: {})", deployment.url(), backup_path.display());
             Ok(())
         }

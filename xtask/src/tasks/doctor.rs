@@ -19,6 +19,8 @@ use clap::Args;
 
 use crate::adapters::docker;
 use crate::adapters::registry::{Backoff, Registry};
+use crate::plan::Command;
+use crate::plan::runner::{Processes, Runner};
 use crate::stack::env_check::{self, Level};
 use crate::stack::{Deployment, Target};
 
@@ -101,20 +103,15 @@ pub fn meminfo_total(text: &str) -> Option<u64> {
 }
 
 /// Free bytes of the file system holding `path` (`df -Pk`).
-fn free_bytes(path: &Path) -> Option<u64> {
-    let output = duct::cmd!("df", "-Pk", path).stderr_null().read().ok()?;
+fn free_bytes(runner: &dyn Runner, path: &Path) -> Option<u64> {
+    let output = probe(runner, &Command::new("df").arg("-Pk").arg(path.display().to_string()))?;
     let kib: u64 = output.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()?;
     Some(kib * 1024)
 }
 
 /// Reads a probe's output, `None` when it fails.
-fn probe(command: &crate::plan::Command) -> Option<String> {
-    let output = duct::cmd(&command.program, &command.args).stderr_null().stdout_capture().unchecked().run().ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
+fn probe(runner: &dyn Runner, command: &Command) -> Option<String> {
+    runner.read(command).ok().filter(|output| !output.is_empty())
 }
 
 pub fn render(checks: &[Check]) -> String {
@@ -131,8 +128,9 @@ pub fn render(checks: &[Check]) -> String {
 }
 
 pub fn run(args: DoctorArgs) -> Result<()> {
+    let runner = Processes::new();
     let mut checks = Vec::new();
-    let engine = probe(&docker::engine_version_command("docker"));
+    let engine = probe(&runner, &docker::engine_version_command("docker"));
     checks.push(judge_version(
         "docker engine",
         engine.as_deref(),
@@ -141,11 +139,11 @@ pub fn run(args: DoctorArgs) -> Result<()> {
     ));
     checks.push(judge_version(
         "docker compose",
-        probe(&docker::compose_version_command("docker")).as_deref(),
+        probe(&runner, &docker::compose_version_command("docker")).as_deref(),
         (2, 0),
         "install the compose plugin v2 (docker-compose-plugin)",
     ));
-    checks.push(match docker::Docker::detect() {
+    checks.push(match docker::Docker::detect(&runner) {
         Ok(found) => check("buildkit", Verdict::Ok, format!("{} ({})", found.builder, found.program), ""),
         Err(_) => check(
             "buildkit",
@@ -154,12 +152,12 @@ pub fn run(args: DoctorArgs) -> Result<()> {
             "only needed to build images here: install the buildx plugin",
         ),
     });
-    checks.push(match probe(&crate::plan::Command::new("git").arg("--version")) {
+    checks.push(match probe(&runner, &Command::new("git").arg("--version")) {
         Some(version) => check("git", Verdict::Ok, version.trim_start_matches("git version ").to_string(), ""),
         None => check("git", Verdict::Warn, "not found", "only needed to build and tag images here: install git"),
     });
 
-    let info = probe(&docker::engine_info_command("docker"));
+    let info = probe(&runner, &docker::engine_info_command("docker"));
     let mut info_lines = info.as_deref().unwrap_or("").lines();
     let engine_memory = info_lines.next().and_then(|bytes| bytes.trim().parse().ok());
     let root_dir = info_lines.next().map(str::trim).filter(|dir| !dir.is_empty()).map(String::from);
@@ -175,7 +173,9 @@ pub fn run(args: DoctorArgs) -> Result<()> {
     let disk_fix = "free or add disk space (guide: 10 GB minimum, 50 GB recommended; embeddings grow)";
     let local_engine = crate::stack::deployment::engine_host(std::env::var("DOCKER_HOST").ok().as_deref()).is_none();
     match root_dir.filter(|dir| local_engine && Path::new(dir).exists()) {
-        Some(dir) => checks.push(judge_size(&format!("disk {dir}"), free_bytes(Path::new(&dir)), DISK, disk_fix)),
+        Some(dir) => {
+            checks.push(judge_size(&format!("disk {dir}"), free_bytes(&runner, Path::new(&dir)), DISK, disk_fix))
+        }
         None if !local_engine => checks.push(check(
             "disk (engine)",
             Verdict::Warn,
@@ -185,10 +185,15 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         None => {}
     }
     if target_dir.is_dir() {
-        checks.push(judge_size(&format!("disk {}", target_dir.display()), free_bytes(&target_dir), DISK, disk_fix));
+        checks.push(judge_size(
+            &format!("disk {}", target_dir.display()),
+            free_bytes(&runner, &target_dir),
+            DISK,
+            disk_fix,
+        ));
     }
 
-    match Deployment::open(&args.target) {
+    match Deployment::open(&args.target, &runner) {
         Err(error) => checks.push(check("deployment", Verdict::Fail, "unusable", format!("{error:#}"))),
         Ok(deployment) => {
             checks.push(match deployment.registry() {

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use xshell::Shell;
 
 use crate::adapters::dotenv::{self, DotEnv, VarSpec};
-use crate::plan::{Command, FileContents, Plan, Secret};
+use crate::plan::runner::Processes;
+use crate::plan::{Command, FileContents, Plan, Secret, show_or_run};
 use crate::stack::env_check::{LLM_KEYS, Level, check_dir, deployment_dir, file_mode, has_llm_key, read_spec, report};
 
 /// Random bytes per generated secret: 32 bytes, 64 hex characters, enough for HS256 keys and
@@ -61,11 +61,7 @@ pub fn run(command: EnvCommand) -> Result<()> {
             let dir = deployment_dir(args.dir.dir);
             let inputs = read_init_inputs(&dir)?;
             let outcome = plan_init(&inputs)?;
-            if args.dry_run {
-                print!("{}", outcome.plan);
-            } else {
-                outcome.plan.execute(&Shell::new()?)?;
-            }
+            show_or_run(&outcome.plan, args.dry_run, &Processes::new())?;
             print!("{}", outcome.summary(&dir, args.dry_run));
             Ok(())
         }

@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use xshell::Shell;
 
 use crate::adapters::docker::{BuildSpec, Docker};
 use crate::adapters::dotenv::random_hex;
 use crate::images::{BASE_IMAGES, BaseImage};
-use crate::plan::{Command, FileContents, Plan, Secret, Step};
+use crate::plan::runner::{Processes, Runner};
+use crate::plan::{Command, FileContents, Plan, Secret, Step, show_or_run};
 
 #[derive(Subcommand)]
 pub enum SandboxCommand {
@@ -102,7 +102,7 @@ impl LabPaths {
 }
 
 pub fn run(command: SandboxCommand) -> Result<()> {
-    let sh = Shell::new()?;
+    let runner = Processes::new();
     let paths = LabPaths::new();
     match command {
         SandboxCommand::Up(args) => {
@@ -110,9 +110,9 @@ pub fn run(command: SandboxCommand) -> Result<()> {
             // waits, then finds the registry the first started and adopts its credentials
             // instead of racing it for the container's name.
             let _machine_wide = (!args.dry_run).then(|| lock_machine(args.port)).transpose()?;
-            let inputs = read_up_inputs(&sh, &paths, args.port)?;
+            let inputs = read_up_inputs(&runner, &paths, args.port)?;
             let plan = plan_up(&inputs, &paths);
-            finish(&sh, &plan, args.dry_run)?;
+            show_or_run(&plan, args.dry_run, &runner)?;
             if !args.dry_run {
                 eprintln!(
                     "lab registry on {} as user {LAB_USER}; `eval \"$(cargo xtask sandbox env)\"` to use it",
@@ -132,12 +132,12 @@ pub fn run(command: SandboxCommand) -> Result<()> {
             Ok(())
         }
         SandboxCommand::Down(args) => {
-            let docker = Docker::detect()?;
+            let docker = Docker::detect(&runner)?;
             let mut plan = Plan::default();
-            if docker.container_state(&sh, REGISTRY_CONTAINER).is_some() {
+            if docker.container_state(&runner, REGISTRY_CONTAINER).is_some() {
                 plan.run(docker.command().args(["rm", "--force", REGISTRY_CONTAINER]));
             }
-            finish(&sh, &plan, args.dry_run)
+            show_or_run(&plan, args.dry_run, &runner).map(|_| ())
         }
     }
 }
@@ -154,15 +154,6 @@ fn lock_machine(port: u16) -> Result<std::fs::File> {
         .with_context(|| format!("cannot open {}", path.display()))?;
     file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
     Ok(file)
-}
-
-/// Prints the plan with `--dry-run`, otherwise runs it.
-fn finish(sh: &Shell, plan: &Plan, dry_run: bool) -> Result<()> {
-    if dry_run {
-        print!("{plan}");
-        return Ok(());
-    }
-    plan.execute(sh)
 }
 
 /// How to provide one base image that the engine doesn't have yet.
@@ -191,16 +182,16 @@ struct UpInputs {
     adopted_htpasswd: Option<String>,
 }
 
-fn read_up_inputs(sh: &Shell, paths: &LabPaths, port: u16) -> Result<UpInputs> {
-    let docker = Docker::detect()?;
+fn read_up_inputs(runner: &dyn Runner, paths: &LabPaths, port: u16) -> Result<UpInputs> {
+    let docker = Docker::detect(runner)?;
     let registry = format!("127.0.0.1:{port}");
     // The registry container is one per machine, but every checkout has its own target/. The
     // container names the state directory whose credentials it was started with, so another
     // checkout adopts those instead of replacing the registry (and everyone's login) with new ones.
-    let state = docker.container_state(sh, REGISTRY_CONTAINER);
+    let state = docker.container_state(runner, REGISTRY_CONTAINER);
     let owner = state.as_ref().and_then(|_| {
         let format = format!("{{{{index .Config.Labels \"{STATE_LABEL}\"}}}}");
-        docker.command().args(["container", "inspect", "--format", &format, REGISTRY_CONTAINER]).read(sh).ok()
+        runner.read(&docker.command().args(["container", "inspect", "--format", &format, REGISTRY_CONTAINER])).ok()
     });
     let owner =
         owner.filter(|dir| !dir.is_empty() && Path::new(dir) != paths.dir).map(|dir| LabPaths { dir: dir.into() });
@@ -229,14 +220,14 @@ fn read_up_inputs(sh: &Shell, paths: &LabPaths, port: u16) -> Result<UpInputs> {
 
     let all_images = std::iter::once(&REGISTRY_IMAGE).chain(BASE_IMAGES);
     let absent: Vec<&'static BaseImage> =
-        all_images.filter(|image| !docker.image_exists(sh, &local_name(image))).collect();
+        all_images.filter(|image| !docker.image_exists(runner, &local_name(image))).collect();
     // Probing upstream pulls the registry image, which `up` needs anyway; a machine without
     // Docker Hub answers at once with a DNS or connection error.
     let upstream_reachable =
-        !absent.is_empty() && docker.command().args(["pull", "--quiet", REGISTRY_IMAGE.upstream]).succeeds(sh);
+        !absent.is_empty() && runner.read(&docker.command().args(["pull", "--quiet", REGISTRY_IMAGE.upstream])).is_ok();
     let source = if upstream_reachable { Source::Upstream } else { Source::StandIn };
     let missing: Vec<_> = absent.into_iter().map(|image| (image, source)).collect();
-    let debian_image_present = docker.image_exists(sh, DEBIAN_IMAGE);
+    let debian_image_present = docker.image_exists(runner, DEBIAN_IMAGE);
 
     let needs_debootstrap = missing.iter().any(|(_, source)| *source == Source::StandIn) && !debian_image_present;
     let mut problems = Vec::new();

@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::Value;
 
+use crate::plan::runner::Processes;
 use crate::stack::status::{ServiceStatus, collect, render};
 use crate::stack::{Deployment, Target};
 
@@ -21,8 +22,9 @@ pub struct StatusArgs {
 }
 
 pub fn run(args: StatusArgs) -> Result<()> {
-    let deployment = Deployment::open(&args.target)?;
-    let statuses = collect(&deployment)?;
+    let runner = Processes::new();
+    let deployment = Deployment::open(&args.target, &runner)?;
+    let statuses = collect(&deployment, &runner)?;
     if args.json {
         let list: Vec<Value> = statuses.iter().map(ServiceStatus::to_json).collect();
         println!("{}", serde_json::to_string_pretty(&Value::Array(list))?);

@@ -1,0 +1,404 @@
+//! The runner: the one place that starts external processes. Every task hands its plan a
+//! [`Runner`]; the plan's steps ask it to run commands, read their output or connect them in a
+//! pipe, and never start a process themselves.
+//!
+//! [`Processes`] is the real one. It takes argv only (a [`Command`] is a program and its
+//! arguments, never a shell string); sets and removes the environment variables each command
+//! names (compose commands run without the variables `.env` defines, so the deployment is
+//! exactly what `.env` says); hands secrets to standard input; streams each output line to the
+//! caller (a progress display, a log file); keeps the last lines for the error when a command
+//! fails; tells a watcher which processes are running (the deploy lock records them, so that a
+//! successor taking over a stale lock can wait for them); and kills what runs when the plan is
+//! cancelled. It uses duct, which gives the pids and the line stream that this needs.
+//!
+//! [`Recording`] (tests only) runs nothing: it records what would run, in order, and answers
+//! from a script, so unit tests can execute plans (recovery branches, schedules, orders).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::plan::Command;
+
+/// How many of a failed command's last output lines its error keeps.
+const TAIL_LINES: usize = 25;
+
+/// Commands connected output to input (`a | b`), the first reading a file, the last writing one
+/// (created with mode 0600: pipes here carry database dumps).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pipe {
+    pub commands: Vec<Command>,
+    pub input: Option<PathBuf>,
+    pub output: Option<PathBuf>,
+}
+
+impl fmt::Display for Pipe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let commands: Vec<String> = self.commands.iter().map(Command::to_string).collect();
+        write!(f, "{}", commands.join(" | "))?;
+        if let Some(input) = &self.input {
+            write!(f, " < {}", input.display())?;
+        }
+        if let Some(output) = &self.output {
+            write!(f, " > {} (mode 600)", output.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// Told the pids of the processes a runner has running, whenever that set changes.
+pub type Watcher = Box<dyn Fn(&[u32]) + Send + Sync>;
+
+/// What a plan's steps may ask of the outside world's processes.
+pub trait Runner: Sync {
+    /// Runs `command` to its end; each line of its output (standard output and error together)
+    /// goes to `output`. A failure names the command's hint and keeps its last output lines.
+    fn run(&self, command: &Command, output: &mut dyn FnMut(&str)) -> Result<()>;
+
+    /// Runs `command` and returns its standard output, trimmed; its standard error goes into
+    /// the error when it fails.
+    fn read(&self, command: &Command) -> Result<String>;
+
+    /// Runs the commands of `pipe` connected, to the end of the last one.
+    fn pipe(&self, pipe: &Pipe) -> Result<()>;
+
+    /// Kills every process this runner has running now (another part of the plan failed).
+    fn cancel(&self);
+
+    /// Sets (or, with `None`, clears) who is told the running processes' pids.
+    fn watch(&self, watcher: Option<Watcher>);
+}
+
+/// The real runner: operating system processes.
+#[derive(Default)]
+pub struct Processes {
+    state: Mutex<Running>,
+}
+
+#[derive(Default)]
+struct Running {
+    handles: Vec<Arc<duct::ReaderHandle>>,
+    pipes: Vec<Arc<duct::Handle>>,
+    watcher: Option<Watcher>,
+}
+
+impl Running {
+    fn changed(&self) {
+        if let Some(watcher) = &self.watcher {
+            let pids: Vec<u32> = self
+                .handles
+                .iter()
+                .flat_map(|handle| handle.pids())
+                .chain(self.pipes.iter().flat_map(|handle| handle.pids()))
+                .collect();
+            watcher(&pids);
+        }
+    }
+}
+
+impl Processes {
+    pub fn new() -> Processes {
+        Processes::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `command` as a duct expression, its standard input not yet decided.
+    fn expression(command: &Command) -> duct::Expression {
+        let mut expression = duct::cmd(&command.program, &command.args);
+        for key in &command.env_remove {
+            expression = expression.env_remove(key);
+        }
+        for (key, value) in &command.env {
+            expression = expression.env(key, value);
+        }
+        if let Some(dir) = &command.dir {
+            expression = expression.dir(dir);
+        }
+        expression
+    }
+
+    /// `command` as a duct expression reading its secret, or nothing, on standard input.
+    fn alone(command: &Command) -> duct::Expression {
+        let expression = Processes::expression(command);
+        match &command.stdin {
+            Some(secret) => expression.stdin_bytes(secret.expose().as_bytes().to_vec()),
+            None => expression.stdin_null(),
+        }
+    }
+
+    fn failure(command: &Command, status: Option<std::process::ExitStatus>) -> String {
+        let status = status.map_or_else(|| "killed".to_string(), |status| status.to_string());
+        if command.hint.is_empty() {
+            format!("`{command}` failed ({status})")
+        } else {
+            format!("{} ({status})", command.hint)
+        }
+    }
+}
+
+impl Runner for Processes {
+    fn run(&self, command: &Command, output: &mut dyn FnMut(&str)) -> Result<()> {
+        let expression = Processes::alone(command).stderr_to_stdout().unchecked();
+        let handle = Arc::new(
+            expression.reader().with_context(|| format!("cannot start {}: is it installed?", command.program))?,
+        );
+        {
+            let mut state = self.state();
+            state.handles.push(Arc::clone(&handle));
+            state.changed();
+        }
+        let mut tail = VecDeque::with_capacity(TAIL_LINES);
+        for line in BufReader::new(&*handle).lines() {
+            let line = line.unwrap_or_default();
+            output(&line);
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        let status = handle.try_wait().ok().flatten().map(|output| output.status);
+        {
+            let mut state = self.state();
+            state.handles.retain(|other| !Arc::ptr_eq(other, &handle));
+            state.changed();
+        }
+        match status {
+            Some(status) if status.success() => Ok(()),
+            status => {
+                let tail: Vec<String> = tail.into_iter().filter(|line| !line.trim().is_empty()).collect();
+                let error = Processes::failure(command, status);
+                if tail.is_empty() { Err(anyhow!(error)) } else { Err(anyhow!("{}", tail.join("\n")).context(error)) }
+            }
+        }
+    }
+
+    fn read(&self, command: &Command) -> Result<String> {
+        let expression = Processes::alone(command).stdout_capture().stderr_capture().unchecked();
+        let handle = Arc::new(
+            expression.start().with_context(|| format!("cannot start {}: is it installed?", command.program))?,
+        );
+        {
+            let mut state = self.state();
+            state.pipes.push(Arc::clone(&handle));
+            state.changed();
+        }
+        let result = handle.wait().cloned();
+        {
+            let mut state = self.state();
+            state.pipes.retain(|other| !Arc::ptr_eq(other, &handle));
+            state.changed();
+        }
+        let output = result.with_context(|| format!("cannot wait for {}", command.program))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let last = stderr.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("").trim();
+            let error = Processes::failure(command, Some(output.status));
+            if last.is_empty() {
+                bail!("{error}");
+            }
+            bail!("{error}: {last}");
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+
+    fn pipe(&self, pipe: &Pipe) -> Result<()> {
+        let mut commands = pipe.commands.iter();
+        let first = commands.next().context("a pipe needs a command")?;
+        // The pipe's input is the first command's: a file, else nothing. The others read the pipe.
+        let mut expression = match &pipe.input {
+            Some(input) => Processes::expression(first).stdin_path(input),
+            None => Processes::alone(first),
+        };
+        for command in commands {
+            expression = expression.pipe(Processes::expression(command));
+        }
+        if let Some(path) = &pipe.output {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            expression = expression.stdout_file(file);
+        }
+        let handle = Arc::new(expression.start().with_context(|| format!("cannot start `{pipe}`"))?);
+        {
+            let mut state = self.state();
+            state.pipes.push(Arc::clone(&handle));
+            state.changed();
+        }
+        let result = handle.wait().map(|_| ());
+        {
+            let mut state = self.state();
+            state.pipes.retain(|other| !Arc::ptr_eq(other, &handle));
+            state.changed();
+        }
+        result.with_context(|| format!("`{pipe}` failed"))
+    }
+
+    fn cancel(&self) {
+        let state = self.state();
+        for handle in &state.handles {
+            let _ = handle.kill();
+        }
+        for handle in &state.pipes {
+            let _ = handle.kill();
+        }
+    }
+
+    fn watch(&self, watcher: Option<Watcher>) {
+        self.state().watcher = watcher;
+    }
+}
+
+/// How the recording runner answers a command (as shown): its output, or the error it fails with.
+#[cfg(test)]
+type Reply = Box<dyn Fn(&str) -> std::result::Result<String, String> + Send + Sync>;
+
+/// A runner that runs nothing: it records each command (as it would print) in order, and
+/// answers from a script.
+#[cfg(test)]
+pub struct Recording {
+    executed: Mutex<Vec<String>>,
+    reply: Reply,
+}
+
+#[cfg(test)]
+impl Recording {
+    /// Every command succeeds with no output.
+    pub fn new() -> Recording {
+        Recording::replying(|_| Ok(String::new()))
+    }
+
+    /// Each command (as shown) gets `reply`'s answer: its output, or the error it fails with.
+    pub fn replying(reply: impl Fn(&str) -> std::result::Result<String, String> + Send + Sync + 'static) -> Recording {
+        Recording { executed: Mutex::new(Vec::new()), reply: Box::new(reply) }
+    }
+
+    /// What ran, in order.
+    pub fn executed(&self) -> Vec<String> {
+        self.executed.lock().unwrap().clone()
+    }
+
+    fn answer(&self, shown: String) -> Result<String> {
+        let reply = (self.reply)(&shown);
+        self.executed.lock().unwrap().push(shown);
+        reply.map_err(|error| anyhow!(error))
+    }
+}
+
+#[cfg(test)]
+impl Runner for Recording {
+    fn run(&self, command: &Command, output: &mut dyn FnMut(&str)) -> Result<()> {
+        let text = self.answer(command.to_string())?;
+        text.lines().for_each(output);
+        Ok(())
+    }
+
+    fn read(&self, command: &Command) -> Result<String> {
+        self.answer(command.to_string())
+    }
+
+    fn pipe(&self, pipe: &Pipe) -> Result<()> {
+        self.answer(pipe.to_string()).map(|_| ())
+    }
+
+    fn cancel(&self) {}
+
+    fn watch(&self, _: Option<Watcher>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Secret;
+
+    #[test]
+    fn output_streams_line_by_line_and_a_failure_keeps_the_last_lines() {
+        let runner = Processes::new();
+        let mut lines = Vec::new();
+        let printf = Command::new("printf").arg("one\\ntwo\\n");
+        runner.run(&printf, &mut |line| lines.push(line.to_string())).unwrap();
+        assert_eq!(lines, ["one", "two"]);
+        let failing = Command::new("ls").arg("/no/such/path").hint("listing failed: check the path");
+        let error = format!("{:#}", runner.run(&failing, &mut |_| {}).unwrap_err());
+        assert!(error.starts_with("listing failed: check the path (exit status: 2): "), "{error}");
+        assert!(error.contains("/no/such/path"), "{error}");
+    }
+
+    #[test]
+    fn environment_is_set_and_removed_and_secrets_go_to_standard_input() {
+        let runner = Processes::new();
+        // SAFETY: tests in this process read but never write this variable.
+        let inherited = std::env::var("PATH").unwrap();
+        let env = Command::new("env").env("XTASK_RUNNER_TEST", "set").env_remove("PATH".to_string());
+        let shown = runner.read(&env).unwrap();
+        assert!(shown.lines().any(|line| line == "XTASK_RUNNER_TEST=set"), "{shown}");
+        assert!(!shown.contains(&inherited), "PATH was removed: {shown}");
+        let cat = Command::new("cat").stdin(Secret::new("TOKEN", "s3cret-canary"));
+        assert_eq!(runner.read(&cat).unwrap(), "s3cret-canary");
+        assert!(!cat.to_string().contains("s3cret-canary"));
+    }
+
+    #[test]
+    fn pipes_connect_files_and_the_output_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (input, output) = (dir.path().join("in"), dir.path().join("out"));
+        std::fs::write(&input, "b\na\n").unwrap();
+        let pipe = Pipe {
+            commands: vec![Command::new("sort"), Command::new("tr").args(["a-z", "A-Z"])],
+            input: Some(input.clone()),
+            output: Some(output.clone()),
+        };
+        Processes::new().pipe(&pipe).unwrap();
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), "A\nB\n");
+        assert_eq!(std::fs::metadata(&output).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            pipe.to_string(),
+            format!("sort | tr a-z A-Z < {} > {} (mode 600)", input.display(), output.display())
+        );
+        let broken = Pipe { commands: vec![Command::new("false"), Command::new("cat")], input: None, output: None };
+        assert!(Processes::new().pipe(&broken).is_err());
+    }
+
+    #[test]
+    fn the_watcher_sees_running_processes_and_cancel_kills_them() {
+        let runner = Arc::new(Processes::new());
+        let seen = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
+        let record = Arc::clone(&seen);
+        runner.watch(Some(Box::new(move |pids| record.lock().unwrap().push(pids.to_vec()))));
+        let started = std::time::Instant::now();
+        let sleeper = {
+            let runner = Arc::clone(&runner);
+            std::thread::spawn(move || runner.run(&Command::new("sleep").arg("30"), &mut |_| {}))
+        };
+        while seen.lock().unwrap().iter().all(Vec::is_empty) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        runner.cancel();
+        assert!(sleeper.join().unwrap().is_err(), "a killed command fails");
+        assert!(started.elapsed().as_secs() < 20, "cancel killed the sleep");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.first().map(Vec::len), Some(1), "{seen:?}");
+        assert_eq!(seen.last(), Some(&Vec::new()), "{seen:?}");
+    }
+
+    #[test]
+    fn the_recording_runner_records_in_order_and_fails_where_scripted() {
+        let runner =
+            Recording::replying(|shown| if shown.contains("bad") { Err("no".into()) } else { Ok("out".into()) });
+        assert_eq!(runner.read(&Command::new("good")).unwrap(), "out");
+        assert!(runner.run(&Command::new("bad"), &mut |_| {}).is_err());
+        assert_eq!(runner.executed(), ["good", "bad"]);
+    }
+}
