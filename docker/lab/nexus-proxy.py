@@ -23,7 +23,7 @@ line (or the NEXUS_PROXY_* variable named in --help), so tests can pick them:
 - For tests, without authentication: POST /_lab/fail-after-puts?n=N[&scope=all] makes every manifest
   PUT after the next N (or every request, with scope=all) answer 503 until POST /_lab/reset;
   GET /_lab/log lists the manifest PUTs seen (method, path, status); GET /_lab/stats counts the
-  body bytes streamed each way.
+  body bytes streamed each way and the chunked request bodies.
 
 Bodies are streamed in both directions (blobs are hundreds of MB): request bodies with
 Content-Length or `Transfer-Encoding: chunked` (as the docker engine sends blob uploads) are passed
@@ -86,6 +86,7 @@ class State:
             self.log = []
             self.bytes_in = 0
             self.bytes_out = 0
+            self.chunked_requests = 0
 
     def arm(self, puts, everything):
         with self.lock:
@@ -214,6 +215,8 @@ class Handler(BaseHTTPRequestHandler):
         """The request body as pieces to stream, and the headers that describe it upstream."""
         self.body_consumed = True
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            with self.state.lock:
+                self.state.chunked_requests += 1
             return chunked_reader(self.rfile, self.state), {"Transfer-Encoding": "chunked"}
         length = int(self.headers.get("Content-Length") or 0)
         if length:
@@ -473,7 +476,8 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_lab/stats" and self.command == "GET":
             with self.state.lock:
                 body = json.dumps({"request_body_bytes": self.state.bytes_in,
-                                   "response_body_bytes": self.state.bytes_out})
+                                   "response_body_bytes": self.state.bytes_out,
+                                   "chunked_requests": self.state.chunked_requests})
             return self.answer(200, body.encode())
         self.answer(404, error_body("NOT_FOUND", "unknown control endpoint"))
 
