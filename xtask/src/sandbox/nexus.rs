@@ -116,9 +116,8 @@ pub(super) fn plan(
         return;
     };
     if !wanted.current {
-        let lab_dir = crate::workspace_root().join("docker/lab");
         let spec = BuildSpec {
-            context: lab_dir.clone(),
+            context: crate::workspace_root().join("docker/lab"),
             dockerfile: crate::workspace_root().join(DOCKERFILE),
             tags: vec![IMAGE.into()],
             build_args: vec![(PYTHON.variable.into(), local_name(&PYTHON))],
