@@ -5,7 +5,10 @@
 //! Dockerfiles and the compose stack need: pulled from upstream where that works, otherwise built
 //! from Debian packages (`docker/lab/*.Dockerfile` on a debootstrap root filesystem). It pushes
 //! them to the lab registry. `env` prints the variables that point the other tasks at the lab;
-//! `down` stops the registry and keeps images and registry data.
+//! `down` stops the registry and keeps images and registry data. With `--nexus`, `up` also starts
+//! a proxy in front of the registry that behaves like Nexus (`nexus.rs`).
+
+mod nexus;
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +42,16 @@ pub struct UpArgs {
     /// The port of the lab registry on 127.0.0.1.
     #[arg(long, default_value_t = 5000)]
     port: u16,
+    /// Also start a proxy in front of the registry that behaves like Sonatype Nexus 3:
+    /// repositories `dev` (redeploy allowed) and `release` (redeploy disabled) by path, a Bearer
+    /// token realm, HEAD on manifests answering 404, tag pages without `Link`.
+    ///
+    /// Example: cargo xtask sandbox up --nexus && NEXUS_REGISTRY=127.0.0.1:5001/dev cargo xtask build --push
+    #[arg(long)]
+    nexus: bool,
+    /// The Nexus look-alike's port on 127.0.0.1 [default: the registry's port + 1].
+    #[arg(long, requires = "nexus")]
+    nexus_port: Option<u16>,
     /// Print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -110,7 +123,8 @@ pub fn run(command: SandboxCommand) -> Result<()> {
             // waits, then finds the registry the first started and adopts its credentials
             // instead of racing it for the container's name.
             let _machine_wide = (!args.dry_run).then(|| lock_machine(args.port)).transpose()?;
-            let inputs = read_up_inputs(&runner, &paths, args.port)?;
+            let nexus_port = args.nexus.then(|| args.nexus_port.unwrap_or(args.port.saturating_add(1)));
+            let inputs = read_up_inputs(&runner, &paths, args.port, nexus_port)?;
             let plan = plan_up(&inputs, &paths);
             show_or_run(&plan, args.dry_run, &runner)?;
             if !args.dry_run {
@@ -118,6 +132,9 @@ pub fn run(command: SandboxCommand) -> Result<()> {
                     "lab registry on {} as user {LAB_USER}; `eval \"$(cargo xtask sandbox env)\"` to use it",
                     inputs.registry
                 );
+                if let Some(nexus) = &inputs.nexus.wanted {
+                    eprintln!("Nexus look-alike on {0}: repositories {0}/dev and {0}/release", nexus.address);
+                }
             }
             Ok(())
         }
@@ -129,11 +146,15 @@ pub fn run(command: SandboxCommand) -> Result<()> {
                 )
             })?;
             print!("{env}");
+            if let Some(nexus) = nexus::env_lines(&runner, &paths) {
+                print!("{nexus}");
+            }
             Ok(())
         }
         SandboxCommand::Down(args) => {
             let docker = Docker::detect(&runner)?;
             let mut plan = Plan::default();
+            nexus::plan_down(&runner, &docker, &mut plan);
             if docker.container_state(&runner, REGISTRY_CONTAINER).is_some() {
                 plan.run(docker.command().args(["rm", "--force", REGISTRY_CONTAINER]));
             }
@@ -180,9 +201,11 @@ struct UpInputs {
     debian_mirror: String,
     /// The password file of the checkout that started the running registry, when adopting it.
     adopted_htpasswd: Option<String>,
+    /// The Nexus look-alike: wanted (`--nexus`), and what runs already.
+    nexus: nexus::NexusInputs,
 }
 
-fn read_up_inputs(runner: &dyn Runner, paths: &LabPaths, port: u16) -> Result<UpInputs> {
+fn read_up_inputs(runner: &dyn Runner, paths: &LabPaths, port: u16, nexus_port: Option<u16>) -> Result<UpInputs> {
     let docker = Docker::detect(runner)?;
     let registry = format!("127.0.0.1:{port}");
     // The registry container is one per machine, but every checkout has its own target/. The
@@ -261,6 +284,7 @@ fn read_up_inputs(runner: &dyn Runner, paths: &LabPaths, port: u16) -> Result<Up
     if !problems.is_empty() {
         bail!("cannot start the lab: {}", problems.join("; "));
     }
+    let nexus = nexus::read(runner, &docker, paths, &registry, nexus_port, new_password || !same_port)?;
     Ok(UpInputs {
         docker,
         registry,
@@ -272,6 +296,7 @@ fn read_up_inputs(runner: &dyn Runner, paths: &LabPaths, port: u16) -> Result<Up
         debian_image_present,
         debian_mirror: debian_mirror.unwrap_or_default(),
         adopted_htpasswd: adopted.map(|(_, htpasswd)| htpasswd),
+        nexus,
     })
 }
 
@@ -350,6 +375,7 @@ fn plan_up(inputs: &UpInputs, paths: &LabPaths) -> Plan {
         plan.run(docker.command().args(["tag", &local_name(image), &remote]));
         plan.run(docker.command().args(["push", "--quiet", &remote]));
     }
+    nexus::plan(&mut plan, docker, paths, &inputs.registry, &inputs.password, &inputs.nexus);
     plan
 }
 
@@ -477,7 +503,7 @@ mod tests {
     use super::*;
     use crate::adapters::docker::Builder;
 
-    fn inputs(missing: Vec<(&'static BaseImage, Source)>) -> UpInputs {
+    pub(super) fn inputs(missing: Vec<(&'static BaseImage, Source)>) -> UpInputs {
         UpInputs {
             docker: Docker { program: "docker".into(), builder: Builder::Legacy, engine_version: "20.10.24".into() },
             registry: "127.0.0.1:5000".into(),
@@ -489,10 +515,11 @@ mod tests {
             debian_image_present: false,
             debian_mirror: "http://mirror.example/debian".into(),
             adopted_htpasswd: None,
+            nexus: nexus::NexusInputs::none(),
         }
     }
 
-    fn paths() -> LabPaths {
+    pub(super) fn paths() -> LabPaths {
         LabPaths { dir: "/lab".into() }
     }
 
@@ -578,6 +605,51 @@ mod tests {
         }
         for image in BASE_IMAGES {
             assert!(text.contains(&format!("{}=127.0.0.1:5000/lab/{}:lab", image.variable, image.name)), "{text}");
+        }
+    }
+
+    // `up --nexus`; the proxy's other plan tests are in nexus.rs.
+
+    #[test]
+    fn with_nexus_the_plan_builds_and_runs_the_proxy_after_the_registry() {
+        let mut inputs = inputs(Vec::new());
+        inputs.nexus = nexus::tests::wanted(false);
+        let shown = plan_up(&inputs, &paths()).to_string();
+        assert!(!shown.contains("canary-lab-password"), "the password must not show:\n{shown}");
+        let build = shown.find("build --progress plain --file ").expect("the proxy is built");
+        assert!(
+            shown[build..].starts_with(&format!(
+                "build --progress plain --file {}",
+                crate::adapters::workspace_root().join("docker/lab/nexus-proxy.Dockerfile").display()
+            )),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("--tag intric-lab/nexus-proxy:lab --build-arg PYTHON_IMAGE=intric-lab/python:lab"),
+            "{shown}"
+        );
+        assert!(shown.contains("write /lab/nexus-proxy.env (mode 600) from <nexus-proxy.env>"), "{shown}");
+        let run = shown
+            .find("run --detach --name intric-lab-nexus --restart unless-stopped --network host --env-file /lab/nexus-proxy.env")
+            .expect("the proxy runs");
+        assert!(
+            shown.contains("--label org.intric.lab.nexus-config=f1ngerpr1nt intric-lab/nexus-proxy:lab --listen 127.0.0.1:5001 --upstream 127.0.0.1:5000"),
+            "{shown}"
+        );
+        let registry_login =
+            shown.find("login --username lab --password-stdin 127.0.0.1:5000").expect("registry login");
+        let proxy_login = shown.find("login --username lab --password-stdin 127.0.0.1:5001").expect("proxy login");
+        let registry_run = shown.find("--name intric-lab-registry").expect("registry started");
+        assert!(registry_run < registry_login && registry_login < build && run < proxy_login, "{shown}");
+        assert!(shown.contains("write /lab/nexus.env (mode 600) from <nexus.env>"), "{shown}");
+        assert!(!shown.contains("rm --force intric-lab-nexus"), "no proxy to replace:\n{shown}");
+    }
+
+    #[test]
+    fn without_nexus_the_plan_has_no_proxy() {
+        let shown = plan_up(&inputs(Vec::new()), &paths()).to_string();
+        for absent in ["nexus", "5001"] {
+            assert!(!shown.contains(absent), "{absent} in\n{shown}");
         }
     }
 }
