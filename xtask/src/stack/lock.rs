@@ -5,7 +5,6 @@
 //! left running. A lock held by a live process refuses, naming it; one from another host, where
 //! this tool cannot tell, is broken only with `--break-lock`.
 
-use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -168,6 +167,23 @@ impl Found {
             Found::Free | Found::Unreadable { .. } => None,
         }
     }
+
+    /// What taking the lock at `path` does, as a plan shows it.
+    pub fn taking(&self, path: &Path) -> String {
+        let path = path.display();
+        match self {
+            Found::Free => format!("take the deploy lock {path}"),
+            Found::Stale { holder, .. } if holder.host != current_host() => {
+                format!("break the deploy lock {path} of {} as --break-lock says", holder.describe())
+            }
+            Found::Stale { holder, .. } => format!(
+                "take over the stale deploy lock {path} left by {}: that process is gone; wait for the \
+                 docker commands it left running",
+                holder.describe()
+            ),
+            Found::Unreadable { .. } => format!("replace {path}, which is not a lock this tool wrote (--break-lock)"),
+        }
+    }
 }
 
 /// Judges the lock file at `path` (its `contents`, `None` when there is none): pure, given
@@ -200,26 +216,6 @@ pub fn inspect(path: &Path, lock: LockArgs) -> Result<Found> {
         Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
     };
     judge_found(path, contents, &current_host(), holder_running, lock)
-}
-
-impl fmt::Display for Found {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Found::Free => write!(f, "take the deploy lock"),
-            Found::Stale { holder, .. } if holder.host != current_host() => {
-                write!(f, "break the deploy lock of {} as --break-lock says", holder.describe())
-            }
-            Found::Stale { holder, .. } => write!(
-                f,
-                "take over the stale deploy lock left by {} (that process is gone), once the docker \
-                 commands it left running ended",
-                holder.describe()
-            ),
-            Found::Unreadable { .. } => {
-                write!(f, "replace the lock file, which this tool did not write (--break-lock)")
-            }
-        }
-    }
 }
 
 /// The deploy lock, held until dropped.
@@ -430,6 +426,26 @@ mod tests {
     fn acquire(path: &Path, holder: Holder, lock: LockArgs) -> Result<(Lock, Option<Holder>)> {
         let found = inspect(path, lock)?;
         Ok((Lock::take(path, holder, &found, 1)?, found.stale().cloned()))
+    }
+
+    #[test]
+    fn what_a_plan_does_with_the_lock_it_found() {
+        let path = Path::new("/srv/intric/.deploy.lock");
+        let alive = |holder: &Holder| holder.pid == 10;
+        let keep = LockArgs::default();
+        assert_eq!(judge_found(path, None, "h", alive, keep).unwrap(), Found::Free);
+        let here = current_host();
+        let stale = judge_found(path, Some(holder_json(11, &here)), &here, alive, keep).unwrap();
+        assert_eq!(stale.stale().map(|holder| holder.pid), Some(11));
+        assert!(stale.taking(path).contains("/srv/intric/.deploy.lock left by pid 11 (update, user ops"));
+        let theirs = judge_found(path, Some(holder_json(11, "b")), &here, alive, LockArgs { break_lock: true });
+        assert!(theirs.unwrap().taking(path).starts_with("break the deploy lock /srv/intric/.deploy.lock of pid 11"));
+        let held = judge_found(path, Some(holder_json(10, "h")), "h", alive, keep).unwrap_err().to_string();
+        assert!(held.starts_with("another deployment task holds the lock /srv/intric/.deploy.lock: pid 10"), "{held}");
+        let unreadable = judge_found(path, Some("x".into()), "h", alive, keep).unwrap_err().to_string();
+        assert!(unreadable.ends_with("pass --break-lock if no deploy is running"), "{unreadable}");
+        let replaced = judge_found(path, Some("x".into()), "h", alive, LockArgs { break_lock: true }).unwrap();
+        assert_eq!(replaced, Found::Unreadable { contents: "x".into() });
     }
 
     #[test]

@@ -279,7 +279,7 @@ impl fmt::Display for StackPlan {
             writeln!(f, "{note}")?;
         }
         if let Some(LockStep { path, found, .. }) = &self.lock {
-            writeln!(f, "first: {found}: {}", path.display())?;
+            writeln!(f, "first: {}", found.taking(path))?;
             if let Some(stale) = found.stale().filter(|stale| stale.to_tag.is_some()) {
                 writeln!(f, "       and record its {} as interrupted in {}", stale.command, self.history.display())?;
             }
@@ -482,7 +482,7 @@ mod tests {
         assert_eq!(history[0].result, Outcome::Ok);
         assert!(!site.lock_path().exists(), "released");
         let shown = plan.to_string();
-        assert!(shown.starts_with("first: take the deploy lock: "), "{shown}");
+        assert!(shown.starts_with(&format!("first: take the deploy lock {}\n", site.lock_path().display())), "{shown}");
         assert!(
             shown.ends_with(
                 ".deploy-history.jsonl; release the lock; when it succeeded, show the status of project ops-test\n"
@@ -592,7 +592,8 @@ mod tests {
         assert!(matches!(&recovery.steps[0], Action::SetTag { tag, .. } if tag == "1.0.0"));
         assert_eq!(plan.lock.as_ref().unwrap().holder.from_tag.as_deref(), Some("1.0.0"), "the lock names it too");
         let shown = plan.to_string();
-        assert!(shown.contains("first: take over the stale deploy lock left by pid "), "{shown}");
+        assert!(shown.contains(".deploy.lock left by pid "), "{shown}");
+        assert!(shown.contains("that process is gone; wait for the docker commands it left running"), "{shown}");
         assert!(shown.contains("its update started from 1.0.0: the tag to go back to"), "{shown}");
     }
 
