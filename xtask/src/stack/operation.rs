@@ -520,18 +520,33 @@ mod tests {
         assert_eq!(record.backup, Some(backup.display().to_string()));
     }
 
-    #[test]
-    fn an_update_failing_after_the_switch_puts_env_back_and_starts_the_stack_again() {
+    /// An update from 1.0.0 to 1.1.0 whose final `up --wait` fails the first time: its
+    /// directory, deployment, backup path, printed plan, what ran, and the error.
+    struct FailedUpdate {
+        dir: tempfile::TempDir,
+        site: Deployment,
+        backup: PathBuf,
+        plan: StackPlan,
+        executed: Vec<String>,
+        error: String,
+    }
+
+    fn failed_update(restore_on_failure: bool) -> FailedUpdate {
         let dir = tempfile::tempdir().unwrap();
         let site = deployment(dir.path(), "1.0.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(inputs(&site), "update", "1.0.0", "1.1.0", backup.clone(), false).unwrap();
+        let plan = update(inputs(&site), "update", "1.0.0", "1.1.0", backup.clone(), restore_on_failure).unwrap();
+        let engine = engine(dir.path(), Some(site.compose.up(&[], 60).to_string()));
+        let error = plan.execute(&engine).unwrap_err().to_string();
+        FailedUpdate { executed: engine.executed(), dir, site, backup, plan, error }
+    }
+
+    #[test]
+    fn an_update_failing_after_the_switch_puts_env_back_and_starts_the_stack_again() {
+        let FailedUpdate { dir, site, backup, plan, executed, error } = failed_update(false);
         let c = &site.compose;
         let up = c.up(&[], 60).to_string();
-        let engine = engine(dir.path(), Some(up.clone()));
-        let error = plan.execute(&engine).unwrap_err().to_string();
         assert!(error.contains("failed and was rolled back to 1.0.0") && error.contains("NOT restored"), "{error}");
-        let executed = engine.executed();
         let expected =
             [before_the_switch(&site, &backup), strings(&migration(c)), vec![up.clone(), up.clone()]].concat();
         assert_eq!(executed, expected, "the failed `up`, then the recovery's");
@@ -549,16 +564,10 @@ mod tests {
 
     #[test]
     fn with_restore_on_failure_the_backup_is_restored_after_env_is_put_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let site = deployment(dir.path(), "1.0.0");
-        let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(inputs(&site), "update", "1.0.0", "1.1.0", backup.clone(), true).unwrap();
+        let FailedUpdate { dir, site, backup, executed, error, .. } = failed_update(true);
         let c = &site.compose;
         let up = c.up(&[], 60).to_string();
-        let engine = engine(dir.path(), Some(up.clone()));
-        let error = plan.execute(&engine).unwrap_err().to_string();
         assert!(error.contains(&format!("the database was restored from {}", backup.display())), "{error}");
-        let executed = engine.executed();
         let switched = before_the_switch(&site, &backup).len() + migration(c).len() + 1;
         let recovery = &executed[switched..];
         assert_eq!(recovery.first(), Some(&c.up(&["db"], 60).to_string()));
