@@ -237,39 +237,47 @@ impl Operation {
 
     /// The error when it failed: what happened, and what state the stack is in.
     fn failed(&self, failure: Failure) -> anyhow::Error {
-        let Operation::Update { command, from_tag, to_tag, backup, restore_on_failure } = self else {
-            return match (self, failure) {
-                (Operation::Deploy { tag, .. }, failure) => {
-                    failure.into_error().context(format!("deploy of {tag} failed"))
-                }
-                (_, failure) => failure.into_error(),
-            };
-        };
-        let backup = backup.display();
-        match failure {
-            Failure::Unchanged(error) => {
-                error.context(format!("{command} to {to_tag} failed before changing anything"))
+        match self {
+            Operation::Deploy { tag, .. } => failure.into_error().context(format!("deploy of {tag} failed")),
+            Operation::Update { command, from_tag, to_tag, backup, restore_on_failure } => {
+                update_failed(failure, command, from_tag, to_tag, &backup.display().to_string(), *restore_on_failure)
             }
-            Failure::Recovered(error) => {
-                let database = if *restore_on_failure {
-                    format!("the database was restored from {backup}")
-                } else {
-                    format!(
-                        "the database was NOT restored; its backup from before the {command} is {backup} \
-                         (`cargo xtask restore {backup} --yes` restores it)"
-                    )
-                };
-                anyhow!(
-                    "{command} to {to_tag} failed and was rolled back to {from_tag}, which is running again; \
-                     {database}; the cause: {error:#}"
-                )
-            }
-            Failure::RecoveryFailed(error, second) => anyhow!(
-                "{command} to {to_tag} failed ({error:#}), and putting {from_tag} back failed too ({second:#}): \
-                 .env names {from_tag}; the backup from before the {command} is {backup}; \
-                 check `docker compose logs` and run `cargo xtask deploy` once the cause is fixed"
-            ),
+            Operation::Backup { .. } | Operation::Restore { .. } => failure.into_error(),
         }
+    }
+}
+
+/// How an update (or rollback) from `from_tag` to `to_tag` that backed up to `backup` failed,
+/// and what the operator has now.
+fn update_failed(
+    failure: Failure,
+    command: &str,
+    from_tag: &str,
+    to_tag: &str,
+    backup: &str,
+    restore_on_failure: bool,
+) -> anyhow::Error {
+    match failure {
+        Failure::Unchanged(error) => error.context(format!("{command} to {to_tag} failed before changing anything")),
+        Failure::Recovered(error) => {
+            let database = if restore_on_failure {
+                format!("the database was restored from {backup}")
+            } else {
+                format!(
+                    "the database was NOT restored; its backup from before the {command} is {backup} \
+                     (`cargo xtask restore {backup} --yes` restores it)"
+                )
+            };
+            anyhow!(
+                "{command} to {to_tag} failed and was rolled back to {from_tag}, which is running again; \
+                 {database}; the cause: {error:#}"
+            )
+        }
+        Failure::RecoveryFailed(error, second) => anyhow!(
+            "{command} to {to_tag} failed ({error:#}), and putting {from_tag} back failed too ({second:#}): \
+             .env names {from_tag}; the backup from before the {command} is {backup}; \
+             check `docker compose logs` and run `cargo xtask deploy` once the cause is fixed"
+        ),
     }
 }
 
