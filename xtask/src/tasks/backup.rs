@@ -1,5 +1,9 @@
 //! `cargo xtask backup | restore`: dumps the stack's database into a verified, gzip'd backup,
 //! pruning old ones; replaces the database with a backup (see `stack::database` for how).
+//!
+//! Each reads its inputs once (the directory, the backup directory's writability or the backup
+//! file's check, the lock's state for restore) and builds one
+//! [`StackPlan`](crate::stack::operation::StackPlan), shown by `--dry-run` and run otherwise.
 
 use std::path::PathBuf;
 
@@ -34,6 +38,7 @@ pub struct BackupArgs {
 #[derive(Args)]
 #[command(after_help = "Examples:
   cargo xtask restore docker/backups/intric_20260101T120000Z.sql.gz --yes
+  cargo xtask restore docker/backups/intric_20260101T120000Z.sql.gz --dry-run
   cargo xtask restore /var/backups/intric/intric_20260101T120000Z.sql.gz --dir /srv/intric --yes")]
 pub struct RestoreArgs {
     #[command(flatten)]

@@ -19,9 +19,10 @@
 //! The history is `DIR/.deploy-history.jsonl`, one JSON object per line, only ever appended.
 //! The lock is `DIR/.deploy.lock`, created atomically with its holder in it (pid, user, host,
 //! command, since, tags, and the pids of the docker commands it is running). A lock whose
-//! holder's process is gone (same host, no `/proc/<pid>`) is stale: it is taken over with a
-//! notice, after waiting for docker commands the dead holder left running, so re-running an
-//! update that was killed converges. A lock held by a live process refuses, naming it; one
+//! holder's process is gone (same host, no `/proc/<pid>`) is stale: the plan says it takes it
+//! over (after the docker commands the dead holder left running ended) and that an update goes
+//! back to the tag the interrupted one started from, so re-running an update that was killed
+//! converges. A lock held by a live process refuses while the inputs are read, naming it; one
 //! from another host, where this tool cannot tell, is broken only with `--break-lock`.
 
 use std::path::PathBuf;
