@@ -1376,11 +1376,13 @@ pub(crate) mod tests {
         assert!(cache_sources(&report, &[], "r/intric/backend").is_empty());
     }
 
-    /// A local build (no registry, so no HTTP) of all images, logging below `logs`, with `jobs`.
-    pub(crate) fn local_plan(logs: &Path, jobs: usize) -> BuildPlan {
+    /// A local build (no registry, so no HTTP) of all images, logging below `logs`, with `jobs`,
+    /// reusing the local images of `unchanged`.
+    pub(crate) fn local_plan(logs: &Path, jobs: usize, unchanged: &[Service]) -> BuildPlan {
         let mut local = inputs(Builder::Legacy, None, false);
         local.login = None;
         local.jobs = jobs;
+        local.unchanged.extend(unchanged);
         let mut built = plan(&local);
         built.logs = logs.to_path_buf();
         built
@@ -1398,12 +1400,7 @@ pub(crate) mod tests {
     #[test]
     fn a_build_runs_exactly_the_commands_it_shows() {
         let dir = tempfile::tempdir().unwrap();
-        let mut local = inputs(Builder::Legacy, None, false);
-        local.login = None;
-        local.jobs = 1;
-        local.unchanged.insert(Service::Frontend);
-        let mut built = plan(&local);
-        built.logs = dir.path().join("logs");
+        let built = local_plan(&dir.path().join("logs"), 1, &[Service::Frontend]);
         let runner = Recording::replying(|shown| {
             Ok(if shown.contains(" inspect ") { "sha256:1 1000".into() } else { String::new() })
         });
@@ -1439,7 +1436,7 @@ pub(crate) mod tests {
     #[test]
     fn the_worker_is_built_after_the_backend() {
         let dir = tempfile::tempdir().unwrap();
-        let built = local_plan(dir.path(), 3);
+        let built = local_plan(dir.path(), 3, &[]);
         // The backend's build takes a while, so that the worker would overtake it if it could.
         let runner = Recording::replying(|shown| {
             if shown.contains("--target backend") {
@@ -1457,7 +1454,7 @@ pub(crate) mod tests {
     #[test]
     fn a_failed_build_cancels_the_images_not_started_and_names_its_image() {
         let dir = tempfile::tempdir().unwrap();
-        let built = local_plan(dir.path(), 1);
+        let built = local_plan(dir.path(), 1, &[]);
         let runner = Recording::replying(|shown| {
             if shown.contains("--target backend") { Err("exit status: 1".into()) } else { Ok(String::new()) }
         });
@@ -1470,7 +1467,7 @@ pub(crate) mod tests {
     fn jobs_bound_how_many_images_build_at_once() {
         let most_at_once = |jobs: usize| {
             let dir = tempfile::tempdir().unwrap();
-            let built = local_plan(dir.path(), jobs);
+            let built = local_plan(dir.path(), jobs, &[]);
             let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
             let (counter, peak) = (Arc::clone(&running), Arc::clone(&most));
             let runner = Recording::replying(move |_| {

@@ -501,15 +501,16 @@ mod tests {
         );
     }
 
+    /// The checks in /src/intric, then a local build of every image logging below `logs`.
+    fn stage_plan(stage: CiStage, logs: &Path) -> CiPlan {
+        let build = crate::images::build::tests::local_plan(logs, 1, &[]);
+        CiPlan { stage, repo: "/src/intric".into(), checks: checks_plan(Path::new("/src/intric")), build }
+    }
+
     #[test]
     fn a_stage_runs_exactly_the_checks_and_build_it_shows() {
         let dir = tempfile::tempdir().unwrap();
-        let plan = CiPlan {
-            stage: CiStage::Pr,
-            repo: "/src/intric".into(),
-            checks: checks_plan(Path::new("/src/intric")),
-            build: crate::images::build::tests::local_plan(dir.path(), 1),
-        };
+        let plan = stage_plan(CiStage::Pr, dir.path());
         let shown = plan.to_string();
         assert!(shown.starts_with("pr stage, in /src/intric:\n  1. cd /src/intric && cargo fmt"), "{shown}");
         assert!(shown.contains("then build:\nbuilder: legacy client"), "{shown}");
@@ -525,12 +526,7 @@ mod tests {
     #[test]
     fn a_failed_check_stops_the_stage_before_the_build() {
         let dir = tempfile::tempdir().unwrap();
-        let plan = CiPlan {
-            stage: CiStage::Main,
-            repo: "/src/intric".into(),
-            checks: checks_plan(Path::new("/src/intric")),
-            build: crate::images::build::tests::local_plan(dir.path(), 1),
-        };
+        let plan = stage_plan(CiStage::Main, dir.path());
         let runner = crate::plan::runner::Recording::replying(|shown| {
             if shown.ends_with("cargo test --workspace") { Err("tests failed".into()) } else { Ok(String::new()) }
         });
