@@ -4,9 +4,14 @@
 //! Reads once: the tag report, the docker client, the environment, each image's inputs digest
 //! (`context`), and what the registry (or the local engine) already holds. Plans: per image,
 //! either a build (docker argv, then pushes) or a retag of an existing image with the same
-//! inputs digest (registry API calls, or `docker tag` locally). Executes: independent images in
-//! parallel (`--jobs`), the worker after the backend so their shared stages come from cache,
-//! pushes overlapping with builds still running, and the first failure stops the rest.
+//! inputs digest (registry API calls, or `docker tag` locally). The plan ([`BuildPlan`], a
+//! [`TaskPlan`]) holds everything running it needs (registry access, jobs, logs directory), and
+//! prints every command it runs. Executes: independent images in parallel (`--jobs`), taking
+//! free slots in plan order, the worker after the backend so their shared stages come from
+//! cache, pushes overlapping with builds still running, and the first failure stops the rest.
+//!
+//! A dry run asks the registry once, with a short timeout, and never waits for it: what it
+//! could not learn (reuse of an unchanged image, cache sources) the plan shows as unknown.
 //!
 //! Skipping: every image we build carries the tag `inputs-<24 hex>` of its inputs digest. When
 //! that tag exists already, the image is what this build would produce, so the new tags are put
