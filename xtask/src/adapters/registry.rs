@@ -348,6 +348,10 @@ impl Backoff {
     /// Five attempts, waiting 0.5 s, 1 s, 2 s and 4 s between them: a registry restarting or a
     /// proxy hiccup is ridden out, while a registry that is down fails within ten seconds.
     pub const STANDARD: Backoff = Backoff { attempts: 5, first_delay: Duration::from_millis(500) };
+
+    /// One attempt: for a dry run, which reports a registry that does not answer instead of
+    /// waiting for it.
+    pub const NONE: Backoff = Backoff { attempts: 1, first_delay: Duration::ZERO };
 }
 
 /// An image manifest (or manifest list/index) exactly as the registry holds it.
@@ -439,12 +443,30 @@ impl Registry {
     /// A client for `address`, logging in with `credentials` (none: anonymous) and retrying
     /// transient failures by `backoff` ([`Backoff::STANDARD`] outside tests).
     pub fn new(address: RegistryAddress, credentials: Option<Credentials>, backoff: Backoff) -> Registry {
+        Registry::with_timeouts(address, credentials, backoff, CONNECT_TIMEOUT, IO_TIMEOUT)
+    }
+
+    /// A client for a dry run: one attempt per request, and at most `timeout` for connecting
+    /// and for each read or write, so that a registry that does not answer is reported at once.
+    pub fn impatient(address: RegistryAddress, credentials: Option<Credentials>, timeout: Duration) -> Registry {
+        Registry::with_timeouts(address, credentials, Backoff::NONE, timeout, timeout)
+    }
+
+    fn with_timeouts(
+        address: RegistryAddress,
+        credentials: Option<Credentials>,
+        backoff: Backoff,
+        connect: Duration,
+        io: Duration,
+    ) -> Registry {
         let config = ureq::Agent::config_builder()
             // Statuses are answers to interpret (404 means "no such tag"), not errors.
             .http_status_as_error(false)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_per_read(Some(IO_TIMEOUT))
-            .timeout_per_write(Some(IO_TIMEOUT))
+            // A host name that does not resolve can hang the system resolver for long.
+            .timeout_resolve(Some(connect))
+            .timeout_connect(Some(connect))
+            .timeout_per_read(Some(io))
+            .timeout_per_write(Some(io))
             // Blob downloads may be redirected to storage on another host, which must not see
             // the registry's credentials; a redirect within the registry host keeps them.
             .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)

@@ -28,11 +28,11 @@ use crate::adapters::ci_env::Env;
 use crate::adapters::git::{self, Commit, Worktree};
 use crate::adapters::registry::{Manifest, Registry};
 use crate::images::Service;
-use crate::images::build::{self, BuildArgs, BuildInputs, BuildPlan};
+use crate::images::build::{self, BuildArgs, BuildPlan};
 use crate::images::location::{self, Location};
 use crate::images::tags::{self, release_version};
-use crate::plan::Command;
 use crate::plan::runner::{Processes, Runner};
+use crate::plan::{Command, TaskPlan};
 
 /// The `--bump` option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -199,12 +199,12 @@ pub fn release(options: &Options, env: &Env) -> Result<Outcome> {
     let build = if plan.build.is_empty() {
         None
     } else {
-        let args = build_args(&options.repo, &plan);
-        Some(build::prepare(&runner, &args, env, Some(vec![format!("sha-{}", &plan.revision[..12])]))?)
+        let args = build_args(options, &plan);
+        Some(build::prepare(&runner, &args, env, Some(vec![tags::immutable_tag(&plan.revision)]))?)
     };
     if !options.execute {
         let shown =
-            format!("{plan}{}", build.as_ref().map(|(_, build)| format!("build first:\n{build}")).unwrap_or_default());
+            format!("{plan}{}", build.as_ref().map(|build| format!("build first:\n{build}")).unwrap_or_default());
         if options.quiet {
             eprint!("{shown}")
         } else {
@@ -218,18 +218,21 @@ pub fn release(options: &Options, env: &Env) -> Result<Outcome> {
     // Built images' digests are known only now.
     for (service, _, digest, _) in &mut done.images {
         if digest.is_none() {
-            *digest = registry.manifest_digest(&service.repository(), &format!("sha-{}", &plan.revision[..12]))?;
+            *digest = registry.manifest_digest(&service.repository(), &tags::immutable_tag(&plan.revision))?;
         }
     }
     Ok(done)
 }
 
-/// The build task's options for building and pushing HEAD's missing images.
-fn build_args(repo: &Path, plan: &ReleasePlan) -> BuildArgs {
+/// The build task's options for building and pushing HEAD's missing images: a dry run when
+/// the release is one, quiet when the release prints JSON.
+fn build_args(options: &Options, plan: &ReleasePlan) -> BuildArgs {
     BuildArgs {
-        location: Location { repo: Some(repo.to_path_buf()), registry: Some(plan.registry.clone()) },
+        location: Location { repo: Some(options.repo.clone()), registry: Some(plan.registry.clone()) },
         services: plan.build.clone(),
         push: true,
+        dry_run: !options.execute,
+        json: options.quiet,
         ..BuildArgs::default()
     }
 }
@@ -278,8 +281,8 @@ pub fn read_inputs(options: &Options, env: &Env) -> Result<(ReleaseInputs, Optio
         None => None,
     };
     if let Some(client) = &client {
-        let version_tag = target_version(&options.requested, &versions).ok().map(|version| image_tag(&version));
-        let source = format!("sha-{}", &head.id[..12]);
+        let version_tag = target_version(&options.requested, &versions).ok().map(|version| tags::version_tag(&version));
+        let source = tags::immutable_tag(&head.id);
         for service in Service::ALL {
             let repository = service.repository();
             let existing_release = match &version_tag {
@@ -308,12 +311,6 @@ pub fn read_inputs(options: &Options, env: &Env) -> Result<(ReleaseInputs, Optio
         tags,
     };
     Ok((inputs, client))
-}
-
-/// The image tag of a version: `+` is not allowed in image tags, `_` takes its place (as the
-/// tag engine does).
-fn image_tag(version: &Version) -> String {
-    version.to_string().replace('+', "_")
 }
 
 /// Release tags lower than `version` that the notes may start from, highest first. For a
@@ -507,7 +504,7 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
     if inputs.registry.is_none() {
         problems.push("no registry: set NEXUS_REGISTRY or pass --registry HOST[:PORT]".to_string());
     }
-    let source = format!("sha-{short}");
+    let source = tags::immutable_tag(&inputs.head.id);
     let version_tag = release_tags.first().cloned();
     let mut build = Vec::new();
     let mut promotions = Vec::new();
@@ -704,12 +701,11 @@ fn execute(
     repo: &Path,
     plan: &ReleasePlan,
     registry: &Registry,
-    build: Option<&(BuildInputs, BuildPlan)>,
+    build: Option<&BuildPlan>,
     quiet: bool,
 ) -> Result<()> {
-    if let Some((inputs, build_plan)) = build {
-        build::execute_prepared(runner, inputs, build_plan, None, quiet)
-            .context("building the missing images failed")?;
+    if let Some(build_plan) = build {
+        build_plan.execute(runner).context("building the missing images failed")?;
     }
     for promotion in &plan.promotions {
         let manifest = registry.manifest(&promotion.repository, &promotion.source)?.with_context(|| {

@@ -280,10 +280,10 @@ pub fn compute(inputs: &Inputs, choice: StageChoice) -> Result<TagReport> {
                     "IMAGE_TAG=`{tag}` is not applied: a dirty working tree gets only its sha-…-dirty tag"
                 ));
             }
-            (vec![format!("sha-{short_revision}-dirty-{}", &digest[..8])], false, None)
+            (vec![format!("{}-dirty-{}", immutable_tag(&inputs.head.id), &digest[..8])], false, None)
         }
         Worktree::Clean => {
-            let mut tags = vec![format!("sha-{short_revision}")];
+            let mut tags = vec![immutable_tag(&inputs.head.id)];
             tags.extend(stage_tags);
             if let Some(tag) = image_tag {
                 notes.push(format!("IMAGE_TAG adds the tag `{tag}`"));
@@ -345,8 +345,7 @@ pub fn release_version(tag: &str) -> Option<Version> {
 /// version, then `X.Y`, `X` and `latest` where it is the newest stable release of that range.
 /// Pre-releases get only their full version and are never "newer" than a stable release.
 pub fn release_tags(version: &Version, all: &[Version]) -> Result<Vec<String>> {
-    // Image tags cannot contain `+`; `_` keeps the build metadata readable in its place.
-    let full = version.to_string().replace('+', "_");
+    let full = version_tag(version);
     if !is_valid_image_tag(&full) {
         bail!("version {version} is too long for an image tag (at most 128 characters)");
     }
@@ -401,6 +400,18 @@ pub fn branch_slug(branch: &str) -> String {
     // Only ASCII is left, so truncating at a byte count is safe.
     slug.truncate(128);
     slug.trim_end_matches(['-', '.']).to_string()
+}
+
+/// The immutable tag of the images built from commit `revision` (a full commit id):
+/// `sha-` and its first 12 hex digits.
+pub fn immutable_tag(revision: &str) -> String {
+    format!("sha-{}", &revision[..revision.len().min(12)])
+}
+
+/// The image tag of a release version: image tags cannot contain `+`, so `_` takes its place
+/// and keeps the build metadata readable.
+pub fn version_tag(version: &Version) -> String {
+    version.to_string().replace('+', "_")
 }
 
 /// Whether `tag` is a valid image tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
