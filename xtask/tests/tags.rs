@@ -2,6 +2,8 @@
 //! built binary, and a controlled environment (CI variables of the machine running the tests
 //! are removed, then each case sets its own).
 
+mod common;
+
 use std::cell::Cell;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -462,4 +464,36 @@ fn help_has_an_example() {
     let output = xtask(Path::new("."), &["--help"], &[]);
     let help = String::from_utf8(output.stdout).unwrap();
     assert!(help.contains("Examples:") && help.contains("cargo xtask tags --json"), "{help}");
+}
+
+#[test]
+fn a_token_in_the_origin_url_never_reaches_the_build_plan() {
+    // The plan names the engine's builder, so `build --dry-run` needs one answering.
+    if !common::docker_available() {
+        return;
+    }
+    let repo = common::snapshot();
+    let canary = "glcbt-CANARY-7f3a9";
+    let origin = format!("https://gitlab-ci-token:{canary}@gitlab.example.com/group/intric.git?private_token={canary}");
+    common::git(repo.path(), &["remote", "add", "origin", &origin]);
+    let output = common::xtask(
+        &[
+            "build",
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--dry-run",
+            "--push",
+            "--registry",
+            "127.0.0.1:5000/canary",
+        ],
+        &[],
+        repo.path(),
+    );
+    common::assert_success(&output, "build --dry-run");
+    let shown = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!shown.contains("CANARY"), "the origin's token is in the plan:\n{shown}");
+    assert!(
+        shown.contains("org.opencontainers.image.source=https://gitlab.example.com/group/intric.git"),
+        "the source label is the URL without its credentials:\n{shown}"
+    );
 }
