@@ -435,6 +435,37 @@ fn image_tag_adds_a_tag_and_says_so() {
 }
 
 #[test]
+fn image_tag_from_a_sourced_env_file_cannot_move_latest() {
+    // A shell that sourced a deployment's .env has IMAGE_TAG=latest; on a feature branch that
+    // must not add `latest`, nor any other tag a stage moves.
+    let repo = Repo::new("main");
+    repo.git(&["checkout", "--quiet", "-b", "feature/login"]);
+    let error = failure(repo.path(), &[], &[("IMAGE_TAG", "latest")]);
+    assert!(error.contains("IMAGE_TAG=`latest`") && error.contains("release stage"), "{error}");
+    let error = failure(repo.path(), &["--json"], &[("IMAGE_TAG", "dev-latest")]);
+    assert!(error.contains("main stage"), "{error}");
+    let error = failure(repo.path(), &[], &[("IMAGE_TAG", "1.4")]);
+    assert!(error.contains("release stage"), "{error}");
+    let error = failure(repo.path(), &[], &[("IMAGE_TAG", "sha-0123456789ab")]);
+    assert!(error.contains("another commit"), "{error}");
+
+    // `build` reads the same rules before it builds anything.
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["build", "--repo", repo.path().to_str().unwrap(), "--push", "--registry", "127.0.0.1:9/none"])
+        .env("IMAGE_TAG", "latest")
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("IMAGE_TAG=`latest`") && stderr.trim_end().lines().count() == 1, "{stderr}");
+
+    // Its own commit's sha tag and a tag of one's own are fine.
+    assert_eq!(repo.tags(&[], &[("IMAGE_TAG", &repo.sha_tag())])["tags"].as_array().unwrap().len(), 2);
+    assert!(strings(&repo.tags(&[], &[("IMAGE_TAG", "qa")])["tags"]).contains(&"qa".to_string()));
+}
+
+#[test]
 fn bad_inputs_fail_with_one_line_naming_the_input() {
     let repo = Repo::new("main");
     let error = failure(repo.path(), &[], &[("IMAGE_TAG", "bad tag")]);
