@@ -333,6 +333,22 @@ fn dirty_tree_gets_one_tag_derived_from_its_changes() {
 type CiCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a [&'a str], &'a str);
 
 #[test]
+fn operator_files_in_a_deployment_directory_leave_the_tree_clean() {
+    // A server deploying from a checkout whose .gitignore does not know these files.
+    let repo = Repo::new("main");
+    let docker = repo.path().join("docker");
+    std::fs::create_dir_all(docker.join("backups")).unwrap();
+    std::fs::write(docker.join(".deploy-history.jsonl"), "{}\n").unwrap();
+    std::fs::write(docker.join(".deploy.lock"), "pid 1\n").unwrap();
+    std::fs::write(docker.join("backups/intric_20261127T084500Z.sql.gz"), "dump").unwrap();
+    assert_eq!(repo.image_tags(), with_sha(&repo, &["dev-latest"]));
+
+    std::fs::write(docker.join("docker-compose.override.yml"), "services: {}\n").unwrap();
+    let report = repo.tags(&[], &[]);
+    assert_eq!(report["dirty"], true, "any other file still makes the tree dirty: {report}");
+}
+
+#[test]
 fn shallow_detached_clone_in_ci() {
     let upstream = Repo::new("main");
     upstream.tag("v1.0.0");

@@ -191,7 +191,8 @@ impl Repo {
 
     /// Whether the working tree differs from HEAD, and a digest of how.
     ///
-    /// Counted: modified, deleted, staged and untracked files; not ignored ones. The digest
+    /// Counted: modified, deleted, staged and untracked files; not ignored ones, nor the files
+    /// the operator tasks write into a deployment directory (see [`is_operator_file`]). The digest
     /// covers each changed path, its status bits (so staging a change gives a new digest) and
     /// its current content in the working tree, which is what a build would copy. Index
     /// contents are not hashed: two states with the same files and statuses build the same
@@ -204,8 +205,11 @@ impl Repo {
             .repo
             .statuses(Some(&mut options))
             .with_context(|| format!("cannot read the working tree status of {}", self.path.display()))?;
-        let mut changes: Vec<(Vec<u8>, u32)> =
-            statuses.iter().map(|entry| (entry.path_bytes().to_vec(), entry.status().bits())).collect();
+        let mut changes: Vec<(Vec<u8>, u32)> = statuses
+            .iter()
+            .filter(|entry| !is_operator_file(entry.path_bytes()))
+            .map(|entry| (entry.path_bytes().to_vec(), entry.status().bits()))
+            .collect();
         if changes.is_empty() {
             return Ok(Worktree::Clean);
         }
@@ -312,6 +316,24 @@ fn content_digest(path: &Path) -> io::Result<[u8; 32]> {
     Ok(hasher.finalize().into())
 }
 
+/// Whether `path` (relative to the work tree) is a file the operator tasks write into a
+/// deployment directory: the deploy history, the deploy lock (and its temporary file), or a
+/// database backup under `backups/`. A server that deploys from a checkout writes them there,
+/// and a build from that checkout is no less clean for it. The names are those of
+/// `stack::history`, `stack::lock` and `stack::database`, which this layer cannot import.
+fn is_operator_file(path: &[u8]) -> bool {
+    let path = String::from_utf8_lossy(path);
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
+    let in_backups = parent == "backups" || parent.ends_with("/backups");
+    let backup = |name: &str| name.strip_prefix("intric_").is_some_and(|rest| rest.ends_with(".sql.gz"));
+    name == ".deploy-history.jsonl"
+        || name == ".deploy.lock"
+        || (name.starts_with(".deploy.lock.") && name.ends_with(".tmp"))
+        || (in_backups
+            && (backup(name)
+                || name.strip_prefix('.').and_then(|rest| rest.strip_suffix(".partial")).is_some_and(backup)))
+}
+
 /// A remote URL without its secrets, as a browser would open it.
 ///
 /// CI runners clone with a token in the URL (`https://gitlab-ci-token:<token>@host/group/repo.git`,
@@ -372,6 +394,28 @@ fn is_credential(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operator_files_are_recognised() {
+        for path in [
+            "docker/.deploy-history.jsonl",
+            ".deploy.lock",
+            "srv/.deploy.lock.4711.tmp",
+            "docker/backups/intric_20261127T084500Z.sql.gz",
+            "backups/intric_20261127T084500Z-2.sql.gz",
+            "docker/backups/.intric_20261127T084500Z.sql.gz.partial",
+        ] {
+            assert!(is_operator_file(path.as_bytes()), "{path}");
+        }
+        for path in [
+            "docker/docker-compose.yml",
+            "docker/intric_20261127T084500Z.sql.gz",
+            "docker/backups/notes.txt",
+            "backend/.deploy-history.json",
+        ] {
+            assert!(!is_operator_file(path.as_bytes()), "{path}");
+        }
+    }
 
     #[test]
     fn public_urls_carry_no_credentials() {
