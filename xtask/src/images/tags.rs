@@ -273,6 +273,12 @@ pub fn compute(inputs: &Inputs, choice: StageChoice) -> Result<TagReport> {
              fix or unset IMAGE_TAG"
         );
     }
+    if let Some((tag, mover)) = image_tag.and_then(|tag| moved_by(tag, &short_revision).map(|mover| (tag, mover))) {
+        bail!(
+            "IMAGE_TAG=`{tag}` would move a tag that {mover}; unset IMAGE_TAG (a shell that sourced \
+             a deployment's .env has it) or give it a tag of your own, e.g. IMAGE_TAG=qa-{short_revision}"
+        );
+    }
     let (tags, push, extra_tag) = match &inputs.worktree {
         Worktree::Dirty { digest } => {
             if let Some(tag) = image_tag {
@@ -412,6 +418,31 @@ pub fn immutable_tag(revision: &str) -> String {
 /// and keeps the build metadata readable.
 pub fn version_tag(version: &Version) -> String {
     version.to_string().replace('+', "_")
+}
+
+/// Which stage moves `tag`, when it is one that only its stage may move; `None` for a tag of
+/// one's own. IMAGE_TAG must not add such a tag: a shell that sourced a deployment's `.env`
+/// (`IMAGE_TAG=latest`) would otherwise make a feature branch's build move `latest` for every
+/// server that deploys it.
+fn moved_by(tag: &str, short_revision: &str) -> Option<&'static str> {
+    let numeric = |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit());
+    let parts: Vec<&str> = tag.split('.').collect();
+    if tag == "latest" {
+        Some("only the release stage moves, to the newest release")
+    } else if tag == "dev-latest" {
+        Some("the main stage moves on every build of the default branch")
+    } else if parts.len() <= 2 && parts.iter().all(|part| numeric(part)) {
+        Some("the release stage moves (`X` and `X.Y` name the newest release of their line)")
+    } else if release_version(&tag.replace('_', "+")).is_some() {
+        Some("the release stage gives a release (`cargo xtask release`)")
+    } else if let Some(revision) = tag.strip_prefix("sha-") {
+        let revision = revision.split('-').next().unwrap_or_default();
+        (revision != short_revision).then_some("names another commit (every build tags its own `sha-`)")
+    } else if tag.starts_with("inputs-") || tag == "inline-cache" || tag == "buildcache" {
+        Some("the build keeps for its cache and its unchanged-image check")
+    } else {
+        None
+    }
 }
 
 /// Whether `tag` is a valid image tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
@@ -643,7 +674,7 @@ mod tests {
             ),
             case(
                 "image tag already present",
-                |i| i.image_tag = Some("dev-latest".into()),
+                |i| i.image_tag = Some(SHA.into()),
                 Auto,
                 Stage::Main,
                 &[SHA, "dev-latest"],
@@ -791,6 +822,42 @@ mod tests {
             setup(&mut inputs);
             let error = format!("{:#}", compute(&inputs, stage).expect_err(name));
             assert!(error.contains(expected), "{name}: {error}");
+        }
+    }
+
+    #[test]
+    fn image_tag_cannot_add_a_tag_a_stage_moves() {
+        for (tag, mover) in [
+            ("latest", Some("release stage")),
+            ("dev-latest", Some("main stage")),
+            ("1", Some("release stage")),
+            ("1.2", Some("release stage")),
+            ("1.2.3", Some("release")),
+            ("v1.2.3", Some("release")),
+            ("1.2.3-rc.1", Some("release")),
+            ("1.2.3_build.5", Some("release")),
+            ("sha-fedcba987654", Some("another commit")),
+            ("sha-fedcba987654-dirty-01234567", Some("another commit")),
+            ("inputs-0123456789abcdef01234567", Some("cache")),
+            ("inline-cache", Some("cache")),
+            ("sha-0123456789ab", None),
+            ("qa", None),
+            ("hotfix-1", None),
+            ("latest-qa", None),
+            ("1.2.x", None),
+            ("release-1.2.3", None),
+        ] {
+            let mut inputs = base();
+            inputs.image_tag = Some(tag.to_string());
+            let result = compute(&inputs, StageChoice::Auto);
+            match mover {
+                Some(mover) => {
+                    let error = format!("{:#}", result.expect_err(tag));
+                    assert!(error.contains(&format!("IMAGE_TAG=`{tag}`")) && error.contains(mover), "{tag}: {error}");
+                    assert_eq!(error.lines().count(), 1, "{error}");
+                }
+                None => assert!(result.unwrap().tags.contains(&tag.to_string()), "{tag} is a tag of one's own"),
+            }
         }
     }
 

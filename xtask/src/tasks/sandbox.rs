@@ -13,13 +13,13 @@ mod nexus;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 use crate::adapters::docker::{BuildSpec, Docker};
-use crate::adapters::dotenv::random_hex;
+use crate::adapters::dotenv::{DotEnv, random_hex};
 use crate::images::{BASE_IMAGES, BaseImage};
 use crate::plan::runner::{Processes, Runner};
-use crate::plan::{Command, FileContents, Plan, Secret, Step, show_or_run};
+use crate::plan::{Command, FileContents, Plan, Secret, Step, shell_quote, show_or_run};
 
 #[derive(Subcommand)]
 pub enum SandboxCommand {
@@ -27,14 +27,33 @@ pub enum SandboxCommand {
     ///
     /// Example: cargo xtask sandbox up && eval "$(cargo xtask sandbox env)"
     Up(UpArgs),
-    /// Print KEY=VALUE lines that point builds and deploys at the lab.
+    /// Print the variables that point builds and deploys at the lab: `export KEY=VALUE` lines
+    /// for a POSIX shell to eval, or dotenv or JSON.
     ///
     /// Example: eval "$(cargo xtask sandbox env)"
-    Env,
+    Env(EnvArgs),
     /// Stop the lab registry; images and pushed data are kept.
     ///
     /// Example: cargo xtask sandbox down
     Down(DownArgs),
+}
+
+#[derive(Args)]
+pub struct EnvArgs {
+    /// `shell`: `export KEY=VALUE` lines, values quoted for a POSIX shell; `dotenv`: `KEY=VALUE`
+    /// lines as in a `.env` file (`--env-file`); `json`: one object.
+    ///
+    /// Example: cargo xtask sandbox env --format dotenv > lab.env
+    #[arg(long, value_enum, default_value_t = EnvFormat::Shell)]
+    format: EnvFormat,
+}
+
+/// How `sandbox env` prints the lab's variables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EnvFormat {
+    Shell,
+    Dotenv,
+    Json,
 }
 
 #[derive(Args)]
@@ -138,17 +157,18 @@ pub fn run(command: SandboxCommand) -> Result<()> {
             }
             Ok(())
         }
-        SandboxCommand::Env => {
-            let env = std::fs::read_to_string(paths.env_file()).with_context(|| {
-                format!(
-                    "the lab is not up ({} is missing): run `cargo xtask sandbox up` first",
-                    paths.env_file().display()
-                )
+        SandboxCommand::Env(args) => {
+            let env_file = paths.env_file();
+            let mut text = std::fs::read_to_string(&env_file).with_context(|| {
+                format!("the lab is not up ({} is missing): run `cargo xtask sandbox up` first", env_file.display())
             })?;
-            print!("{env}");
             if let Some(nexus) = nexus::env_lines(&runner, &paths) {
-                print!("{nexus}");
+                text.push_str(&nexus);
             }
+            let env = DotEnv::parse(&env_file, &text)?;
+            let pairs: Vec<(&str, &str)> =
+                env.entries().map(|entry| (entry.key.as_str(), entry.value.as_str())).collect();
+            print!("{}", format_env(&pairs, args.format));
             Ok(())
         }
         SandboxCommand::Down(args) => {
@@ -482,6 +502,20 @@ fn env_file_text(inputs: &UpInputs) -> String {
     text
 }
 
+/// The lab's variables as `format` wants them. The shell form quotes every value that needs it,
+/// so that `eval "$(cargo xtask sandbox env)"` exports exactly these values.
+fn format_env(pairs: &[(&str, &str)], format: EnvFormat) -> String {
+    match format {
+        EnvFormat::Shell => pairs.iter().map(|(key, value)| format!("export {key}={}\n", shell_quote(value))).collect(),
+        EnvFormat::Dotenv => pairs.iter().map(|(key, value)| format!("{key}={value}\n")).collect(),
+        EnvFormat::Json => {
+            let object: serde_json::Map<String, serde_json::Value> =
+                pairs.iter().map(|(key, value)| (key.to_string(), serde_json::Value::from(*value))).collect();
+            format!("{}\n", serde_json::Value::Object(object))
+        }
+    }
+}
+
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(program)).find(|path| path.is_file())
 }
@@ -595,6 +629,18 @@ mod tests {
         assert!(other.try_lock().is_err(), "a second `up` waits while the first holds the lock");
         drop(held);
         other.try_lock().unwrap();
+    }
+
+    #[test]
+    fn env_prints_exports_a_shell_can_eval_dotenv_and_json() {
+        let pairs = [("NEXUS_REGISTRY", "127.0.0.1:5000"), ("ODD", "it's $HOME; `x`")];
+        assert_eq!(
+            format_env(&pairs, EnvFormat::Shell),
+            "export NEXUS_REGISTRY=127.0.0.1:5000\nexport ODD='it'\\''s $HOME; `x`'\n"
+        );
+        assert_eq!(format_env(&pairs, EnvFormat::Dotenv), "NEXUS_REGISTRY=127.0.0.1:5000\nODD=it's $HOME; `x`\n");
+        let json: serde_json::Value = serde_json::from_str(&format_env(&pairs, EnvFormat::Json)).unwrap();
+        assert_eq!(json["ODD"], "it's $HOME; `x`");
     }
 
     #[test]
