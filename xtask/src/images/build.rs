@@ -118,7 +118,6 @@ pub struct BuildInputs {
     pub docker: Docker,
     /// Build args naming base images, by variable: `PYTHON_IMAGE` → the image to use.
     pub base_images: BTreeMap<String, String>,
-    pub source: Option<String>,
     /// Each service's inputs digest.
     pub digests: BTreeMap<Service, String>,
     /// Services whose inputs tag exists already (in the registry when pushing, else locally).
@@ -446,7 +445,6 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         }
         let registry_cache = args.push && docker.buildx_has_container_builder(runner, args.builder.as_deref());
         Ok(BuildInputs {
-            source: crate::adapters::git::Repo::open(&workspace).ok().and_then(|repo| repo.origin_url()),
             report,
             services,
             registry,
@@ -635,7 +633,7 @@ fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String
         ("org.opencontainers.image.created".to_string(), crate::adapters::clock::rfc3339(report.commit_time)),
         (INPUTS_LABEL.to_string(), digest.to_string()),
     ];
-    if let Some(source) = &inputs.source {
+    if let Some(source) = &inputs.report.source {
         labels.push(("org.opencontainers.image.source".to_string(), source.clone()));
     }
     let mut cache_from = inputs.cache_from.get(&service).cloned().unwrap_or_default();
@@ -1152,6 +1150,7 @@ pub(crate) mod tests {
             push: true,
             extra_tag: None,
             notes: Vec::new(),
+            source: Some("https://git.example/intric.git".into()),
         }
     }
 
@@ -1165,7 +1164,6 @@ pub(crate) mod tests {
             extra_tags: vec!["qa".into()],
             docker: Docker { program: "docker".into(), builder, engine_version: "20.10.24".into() },
             base_images: BTreeMap::from([("PYTHON_IMAGE".to_string(), "lab/python:lab".to_string())]),
-            source: Some("https://git.example/intric.git".into()),
             digests: BTreeMap::from([
                 (Service::Backend, DIGEST_BACKEND.to_string()),
                 (Service::Worker, DIGEST_WORKER.to_string()),

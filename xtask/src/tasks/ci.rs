@@ -460,6 +460,7 @@ mod tests {
             commits_since_release: 1,
             ci: CiContext::detect(&env).unwrap(),
             image_tag: None,
+            origin: None,
         };
         stage_for(tags::compute(&inputs, StageChoice::Auto).unwrap().stage)
     }
