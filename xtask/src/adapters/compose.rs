@@ -73,6 +73,11 @@ impl Database {
     }
 }
 
+/// The compose file in `dir`, by compose's own order of preference, if there is one.
+pub fn find_compose_file(dir: &Path) -> Option<PathBuf> {
+    COMPOSE_FILES.iter().map(|name| dir.join(name)).find(|path| path.is_file())
+}
+
 /// The compose file in `dir`, or a one-line error naming what is missing.
 pub fn compose_file(dir: &Path) -> Result<PathBuf> {
     if !dir.exists() {
@@ -81,7 +86,7 @@ pub fn compose_file(dir: &Path) -> Result<PathBuf> {
     if !dir.is_dir() {
         bail!("{} is not a directory (--dir takes the deployment directory holding docker-compose.yml)", dir.display());
     }
-    COMPOSE_FILES.iter().map(|name| dir.join(name)).find(|path| path.is_file()).with_context(|| {
+    find_compose_file(dir).with_context(|| {
         format!(
             "{} holds no compose file (docker-compose.yml): copy the repository's docker/docker-compose.yml there",
             dir.display()

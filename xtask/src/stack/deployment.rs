@@ -180,7 +180,7 @@ impl Deployment {
 
 /// `env check` of the deployment directory `dir`: every problem is printed, and errors stop here.
 fn check_env(dir: &Path, path: &Path) -> Result<()> {
-    let (_, problems) = env_check::check_dir(dir)?;
+    let (_, _, problems) = env_check::check_dir(dir)?;
     let errors: Vec<_> = problems.iter().filter(|problem| problem.level == Level::Error).collect();
     if !errors.is_empty() {
         print!("{}", env_check::report(path, &problems));

@@ -216,7 +216,7 @@ pub fn run(args: DoctorArgs) -> Result<()> {
             });
             checks.push(match env_check::check_dir(&deployment.dir) {
                 Err(error) => check("env check", Verdict::Fail, "unreadable", format!("{error:#}")),
-                Ok((_, problems)) => {
+                Ok((_, _, problems)) => {
                     let errors = problems.iter().filter(|p| p.level == Level::Error).count();
                     let warnings = problems.len() - errors;
                     let first = problems.first().map(|p| p.message.clone()).unwrap_or_default();
