@@ -1,5 +1,6 @@
-//! The `.env` adapter: every task that reads or rewrites a deployment's `.env` (or reads the
-//! annotations of `.env.example`) goes through [`DotEnv`] and [`VarSpec`].
+//! The `.env` adapter: every task that reads or rewrites a deployment's `.env` (or reads what a
+//! template such as `.env.example` says about each variable) goes through [`DotEnv`] and
+//! [`VarSpec`].
 //!
 //! The parser is lossless: a [`DotEnv`] keeps every line as it was written (comments, blank
 //! lines, order, quoting), so [`DotEnv::set`] changes one line and [`DotEnv::render`] gives back
