@@ -58,19 +58,27 @@ fn assert_one_error_line(output: &Output) {
     assert!(stderr.starts_with("error: ") && stderr.lines().count() == 1, "{stderr}");
 }
 
-#[test]
-fn init_writes_a_private_file_with_generated_secrets_and_is_idempotent() {
-    let dir = deployment();
-    let first = xtask(&["env", "init"], dir.path());
-    assert!(first.status.success(), "{}", shown(&first));
-    let path = env_file(&dir);
+/// Runs `env init` in `dir`, checks it wrote a private `.env` with POSTGRES_PASSWORD and
+/// JWT_SECRET as 32 random bytes that it did not print, and returns its output and the file.
+fn init_generating_secrets(dir: &tempfile::TempDir) -> (Output, String) {
+    let init = xtask(&["env", "init"], dir.path());
+    assert!(init.status.success(), "{}", shown(&init));
+    let path = env_file(dir);
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     let text = std::fs::read_to_string(&path).unwrap();
     for secret in ["POSTGRES_PASSWORD", "JWT_SECRET"] {
         let value = value_of(&text, secret);
         assert!(value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit()), "{secret} is not 32 random bytes");
-        assert!(!shown(&first).contains(&value), "{secret} was printed");
+        assert!(!shown(&init).contains(&value), "{secret} was printed");
     }
+    (init, text)
+}
+
+#[test]
+fn init_writes_a_private_file_with_generated_secrets_and_is_idempotent() {
+    let dir = deployment();
+    let (first, text) = init_generating_secrets(&dir);
+    let path = env_file(&dir);
     assert_ne!(value_of(&text, "POSTGRES_PASSWORD"), value_of(&text, "JWT_SECRET"));
     let out = stdout(&first);
     assert!(out.contains("generated: POSTGRES_PASSWORD, JWT_SECRET"), "{out}");
@@ -284,16 +292,8 @@ fn published_deployment() -> tempfile::TempDir {
 #[test]
 fn the_published_plain_template_is_initialised_and_its_placeholders_reported() {
     let dir = published_deployment();
-    let init = xtask(&["env", "init"], dir.path());
-    assert!(init.status.success(), "{}", shown(&init));
+    let (init, text) = init_generating_secrets(&dir);
     let path = env_file(&dir);
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-    let text = std::fs::read_to_string(&path).unwrap();
-    for secret in ["POSTGRES_PASSWORD", "JWT_SECRET"] {
-        let value = value_of(&text, secret);
-        assert!(value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit()), "{secret} was not generated");
-        assert!(!shown(&init).contains(&value), "{secret} was printed");
-    }
     assert_eq!(value_of(&text, "NEXUS_REGISTRY"), "your.nexus.registry.com", "only secrets are generated");
     assert_eq!(value_of(&text, "OPENAI_API_KEY"), "", "optional secrets are not generated");
     assert!(text.contains("# Database Configuration (REQUIRED)\nPOSTGRES_USER=postgres\n"), "{text}");

@@ -242,6 +242,22 @@ impl Compose {
     }
 }
 
+#[cfg(test)]
+impl Compose {
+    /// A project in `/srv/intric` that compose names `intric`, for tests of what runs against it.
+    pub fn for_tests(project: Option<&str>) -> Compose {
+        Compose {
+            program: "docker".into(),
+            dir: "/srv/intric".into(),
+            file: "/srv/intric/docker-compose.yml".into(),
+            project: project.map(str::to_string),
+            name: "intric".into(),
+            isolated: vec!["IMAGE_TAG".into(), "POSTGRES_PASSWORD".into()],
+            database: Database { user: "intric_user".into(), name: "intric".into() },
+        }
+    }
+}
+
 /// The top-level `name` of `docker compose config --format json`: the project name compose
 /// resolved.
 pub fn project_of_config(config: &str) -> Result<String> {
@@ -266,15 +282,7 @@ mod tests {
     use super::*;
 
     fn compose(project: Option<&str>) -> Compose {
-        Compose {
-            program: "docker".into(),
-            dir: "/srv/intric".into(),
-            file: "/srv/intric/docker-compose.yml".into(),
-            project: project.map(str::to_string),
-            name: "intric".into(),
-            isolated: vec!["IMAGE_TAG".into(), "POSTGRES_PASSWORD".into()],
-            database: Database { user: "intric_user".into(), name: "intric".into() },
-        }
+        Compose::for_tests(project)
     }
 
     #[test]

@@ -236,18 +236,6 @@ pub fn engine_host(docker_host: Option<&str>) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn compose(project: Option<&str>) -> Compose {
-        Compose {
-            program: "docker".into(),
-            dir: "/srv/intric".into(),
-            file: "/srv/intric/docker-compose.yml".into(),
-            project: project.map(str::to_string),
-            name: "intric".into(),
-            isolated: vec![],
-            database: crate::adapters::compose::Database { user: "postgres".into(), name: "intric".into() },
-        }
-    }
-
     #[test]
     fn another_project_beside_a_running_stack_is_refused() {
         let running = || {
@@ -256,18 +244,18 @@ mod tests {
                 Ok("0123456789ab\nba9876543210".into())
             })
         };
-        let error = refuse_a_second_stack(&compose(Some("prod")), &running()).unwrap_err().to_string();
+        let error = refuse_a_second_stack(&Compose::for_tests(Some("prod")), &running()).unwrap_err().to_string();
         assert!(error.starts_with("--project prod would start a second stack"), "{error}");
         assert!(error.contains("(intric) has 2 container(s)") && !error.contains('\n'), "{error}");
         // Compose's own name, or no --project: nothing to compare, nothing asked.
         for project in [None, Some("intric")] {
             let runner = running();
-            refuse_a_second_stack(&compose(project), &runner).unwrap();
+            refuse_a_second_stack(&Compose::for_tests(project), &runner).unwrap();
             assert!(runner.executed().is_empty());
         }
         // Nothing runs under compose's name: --project starts a stack of its own.
         let empty = crate::plan::runner::Recording::replying(|_| Ok(String::new()));
-        refuse_a_second_stack(&compose(Some("prod")), &empty).unwrap();
+        refuse_a_second_stack(&Compose::for_tests(Some("prod")), &empty).unwrap();
     }
 
     #[test]
