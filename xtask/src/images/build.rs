@@ -27,7 +27,7 @@ use clap::Args;
 
 use crate::adapters::ci_env::Env;
 use crate::adapters::docker::{BuildSecret, BuildSpec, Builder, Docker};
-use crate::adapters::registry::{Backoff, Credentials, Manifest, Registry, RegistryAddress};
+use crate::adapters::registry::{Credentials, Manifest, Registry, RegistryAddress};
 use crate::images::Service;
 use crate::images::inline_cache;
 use crate::images::location::Location;
@@ -288,7 +288,7 @@ pub fn execute_prepared(
     quiet: bool,
 ) -> Result<Vec<ImageResult>> {
     let registry = match (&plan.registry, inputs.push) {
-        (Some(address), true) => Some(registry_client(address)?),
+        (Some(address), true) => Some(registry_client(address, runner)?),
         _ => None,
     };
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)).max(1);
@@ -304,7 +304,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         let docker = scope.spawn(|| Docker::detect(runner));
         let workspace = args.location.repo();
         let report = tags::resolve(&workspace, args.stage, env)?;
-        let registry = args.location.registry(env);
+        let registry = args.location.registry(env)?.map(|address| address.to_string());
 
         let mut problems = Vec::new();
         if args.push && registry.is_none() {
@@ -346,7 +346,9 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         }
 
         let services = if args.services.is_empty() { Service::ALL.to_vec() } else { dedup(&args.services) };
-        let base_images = base_images(env, args.base_registry.as_deref());
+        // Checked like every registry setting; its image-name form is the prefix.
+        let base_registry = args.base_registry.as_deref().map(RegistryAddress::parse).transpose()?;
+        let base_images = base_images(env, base_registry.map(|address| address.to_string()).as_deref());
         let mut digests = BTreeMap::new();
         for &service in &services {
             let context = workspace.join(service.context_dir());
@@ -363,7 +365,9 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         // A login the docker client already holds needs no `docker login` (a process and a
         // round trip on every build); the registry client checks the same credentials anyway.
         let login = match (Credentials::from_env(env)?, &registry) {
-            (Some(credentials), Some(address)) if credentials.is_docker_login(&RegistryAddress::parse(address)?) => {
+            (Some(credentials), Some(address))
+                if credentials.is_docker_login(&RegistryAddress::parse(address)?, runner) =>
+            {
                 None
             }
             (credentials, _) => credentials,
@@ -372,7 +376,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         // the cache sources of every build that knows a registry (a PR's too, which does not push).
         let registry_tags: Option<BTreeMap<Service, Vec<String>>> = match &registry {
             Some(address) => {
-                let listed = registry_client(address).and_then(|client| {
+                let listed = registry_client(address, runner).and_then(|client| {
                     services.iter().map(|&service| Ok((service, client.tags(&service.repository())?))).collect()
                 });
                 match listed {
@@ -429,10 +433,8 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
 }
 
 /// The registry client, logged in as the environment or the docker login says.
-pub fn registry_client(address: &str) -> Result<Registry> {
-    let address = RegistryAddress::parse(address)?;
-    let credentials = Credentials::find(&address)?;
-    Ok(Registry::new(address, credentials, Backoff::STANDARD))
+pub fn registry_client(address: &str, runner: &dyn Runner) -> Result<Registry> {
+    Registry::connect(RegistryAddress::parse(address)?, runner)
 }
 
 /// The services in a fixed order, each once.

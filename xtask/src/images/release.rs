@@ -193,7 +193,7 @@ impl fmt::Display for Outcome {
 /// Reads, plans and (with `execute`) runs a release; prints the plan unless it executes quietly.
 pub fn release(options: &Options, env: &Env) -> Result<Outcome> {
     let runner = Processes::new();
-    let (inputs, registry) = read_inputs(options, env)?;
+    let (inputs, registry) = read_inputs(&runner, options, env)?;
     let plan = plan(&inputs)?;
     // The build's own plan is read only when it will be needed, and shown with the release's.
     let build = if plan.build.is_empty() {
@@ -254,7 +254,7 @@ fn outcome(plan: &ReleasePlan, executed: bool) -> Outcome {
 
 /// Reads git and the registry once. The version is worked out here already (by the same pure
 /// function the plan uses) because the release notes' starting point depends on it.
-pub fn read_inputs(options: &Options, env: &Env) -> Result<(ReleaseInputs, Option<Registry>)> {
+pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<(ReleaseInputs, Option<Registry>)> {
     let repo = git::Repo::open(&options.repo)?;
     let head = repo.head()?;
     let tags = repo.tags()?;
@@ -271,10 +271,10 @@ pub fn read_inputs(options: &Options, env: &Env) -> Result<(ReleaseInputs, Optio
     }
     let commits = repo.commit_log(&head.id, previous_release.as_ref().map(|tag| tag.commit.as_str()))?;
 
-    let registry_setting = location::registry_setting(options.registry.as_deref(), env);
+    let address = location::registry_setting(options.registry.as_deref(), env)?;
     let mut images = Vec::new();
-    let client = match &registry_setting {
-        Some(setting) => Some(build::registry_client(setting)?),
+    let client = match &address {
+        Some(address) => Some(Registry::connect(address.clone(), runner)?),
         None => None,
     };
     if let Some(client) = &client {
@@ -298,8 +298,7 @@ pub fn read_inputs(options: &Options, env: &Env) -> Result<(ReleaseInputs, Optio
         dirty,
         previous_release: previous_release.map(|tag| tag.name),
         commits,
-        registry: registry_setting
-            .map(|setting| client.as_ref().map_or(setting, |client| client.address().to_string())),
+        registry: address.map(|address| address.to_string()),
         images,
         allow_branches: options.allow_branches.clone(),
         build: options.build,
