@@ -182,18 +182,20 @@ impl Registry {
         }
     }
 
-    /// All tags of `repository`, sorted; empty when the repository does not exist. Pages with
-    /// `n` and `last` itself, since Nexus's `Link` header can be missing or wrong.
+    /// All tags of `repository`, sorted; empty when the repository does not exist.
+    ///
+    /// Pages until a page brings no tag it has not seen (an empty page, usually), whatever size
+    /// the registry makes its pages: Nexus caps them below the `n` asked for, so a short page
+    /// does not mean the last one. The next page is the `Link` header's when it names this
+    /// repository's tag list (Distribution); otherwise, or when it is missing or points
+    /// elsewhere (as Nexus has sent), `n` and `last` after the last tag of this page.
     pub fn tags(&self, repository: &str) -> Result<Vec<String>> {
         let context = || format!("cannot list the tags of {}/{repository}", self.address);
+        let list_path = format!("/v2/{}/tags/list", self.address.repository_path(repository));
         let mut tags = Vec::new();
         let mut seen = HashSet::new();
-        let mut last: Option<String> = None;
+        let mut url = self.address.api_url(repository, &format!("tags/list?n={TAGS_PAGE}"));
         loop {
-            let mut url = self.address.api_url(repository, &format!("tags/list?n={TAGS_PAGE}"));
-            if let Some(last) = &last {
-                url.push_str(&format!("&last={}", percent_encode(last)));
-            }
             let reply = self.execute(&Call::new("GET", url, Some(self.scope(repository)))).with_context(context)?;
             let page: Vec<String> = match reply.status {
                 200 => {
@@ -219,12 +221,19 @@ impl Registry {
                     tags.push(tag.clone());
                 }
             }
-            // A short page is the last one; a page with nothing new means the registry ignored
-            // `last`, and asking again would loop forever.
-            if page.len() < TAGS_PAGE || tags.len() == before {
+            // Nothing new: the end, or a registry that ignores `last`, where asking again would
+            // loop forever.
+            if tags.len() == before {
                 break;
             }
-            last = page.last().cloned();
+            let link = reply.header("link").and_then(next_link).filter(|next| next.starts_with(&list_path));
+            url = match (link, page.last()) {
+                (Some(next), _) => format!("{}{next}", self.address.base_url()),
+                (None, Some(last)) => {
+                    self.address.api_url(repository, &format!("tags/list?n={TAGS_PAGE}&last={}", percent_encode(last)))
+                }
+                (None, None) => break,
+            };
         }
         tags.sort();
         Ok(tags)
@@ -295,6 +304,25 @@ impl Registry {
     fn scope(&self, repository: &str) -> String {
         format!("repository:{}:pull,push", self.address.repository_path(repository))
     }
+}
+
+/// The path and query of a `Link` header's `rel="next"` target (RFC 8288), made relative to
+/// the registry when it is an absolute URL: `</v2/x/tags/list?n=2&last=b>; rel="next"`.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
+        let next = params.split(';').any(|param| {
+            let param = param.trim().to_ascii_lowercase();
+            param == "rel=\"next\"" || param == "rel=next"
+        });
+        if !next {
+            return None;
+        }
+        match target.split_once("://") {
+            Some((_, rest)) => rest.find('/').map(|slash| rest[slash..].to_string()),
+            None => Some(target.to_string()),
+        }
+    })
 }
 
 /// The media type of a manifest: the body's `mediaType` (which the registry checks against the
@@ -619,10 +647,85 @@ mod tests {
         let tags = registry.tags("xtask-test/paged").unwrap();
         assert_eq!(tags.len(), 2500);
         assert_eq!((tags[0].as_str(), tags[2499].as_str()), ("t0000", "t2499"));
-        assert_eq!(seen.lock().unwrap().len(), 3);
+        assert_eq!(seen.lock().unwrap().len(), 4, "three full pages, then an empty one");
         assert_eq!(registry.tags("xtask-test/none").unwrap(), Vec::<String>::new());
         let wrong = format!("{:#}", registry.tags("xtask-test/wrong").unwrap_err());
         assert!(wrong.contains("HTTP 404: NOT_FOUND"), "{wrong}");
+    }
+
+    /// A tag list like Nexus's: pages of at most `cap` tags whatever `n` asks, honouring
+    /// `last`, with no `Link` header.
+    fn capped_tag_list(all: Vec<String>, cap: usize) -> impl Fn(&Seen, &str) -> Answer + Send + 'static {
+        move |request, _| {
+            let n: usize = request.query("n").map_or(cap, |n| n.parse().unwrap());
+            let start = request.query("last").map_or(0, |last| all.iter().position(|tag| *tag == last).unwrap() + 1);
+            let page: Vec<&String> = all.iter().skip(start).take(n.min(cap)).collect();
+            answer(200, &[], json!({"name": "x", "tags": page}).to_string())
+        }
+    }
+
+    #[test]
+    fn capped_pages_are_followed_to_the_end_whatever_their_size() {
+        for (count, cap) in [(5usize, 2usize), (4, 2), (1, 2), (0, 2), (7, 1), (1001, 1000)] {
+            let all: Vec<String> = (0..count).map(|i| format!("t{i:04}")).collect();
+            let (address, seen) = fake_registry(capped_tag_list(all.clone(), cap));
+            let tags = Registry::new(address, None, QUICK).tags("xtask-test/capped").unwrap();
+            assert_eq!(tags, all, "{count} tags in pages of {cap}");
+            let requests = seen.lock().unwrap();
+            assert_eq!(requests.len(), count.div_ceil(cap) + 1, "every page, then an empty one");
+            let lasts: Vec<Option<String>> = requests.iter().map(|request| request.query("last")).collect();
+            assert_eq!(lasts[0], None);
+            for (page, last) in lasts.iter().skip(1).enumerate() {
+                let end = ((page + 1) * cap).min(count);
+                assert_eq!(last.as_deref(), Some(all[end - 1].as_str()), "{requests:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_link_header_naming_the_tag_list_is_followed() {
+        // Distribution's style: the next page is wherever `Link` says, with its own cursor.
+        let (address, seen) = fake_registry(|request, host| {
+            let (tags, link) = match request.query("cursor").as_deref() {
+                None => (
+                    json!(["a", "b"]),
+                    Some(format!(r#"<http://{host}/v2/xtask-test/linked/tags/list?n=2&cursor=2>; rel="next""#)),
+                ),
+                Some("2") => (
+                    json!(["c", "d"]),
+                    Some(r#"</v2/xtask-test/linked/tags/list?n=2&cursor=4>; rel="next""#.to_string()),
+                ),
+                Some(_) => (json!(["e"]), None),
+            };
+            let headers: Vec<(&str, &str)> = link.iter().map(|link| ("Link", link.as_str())).collect();
+            answer(200, &headers, json!({"name": "x", "tags": tags}).to_string())
+        });
+        let tags = Registry::new(address, None, QUICK).tags("xtask-test/linked").unwrap();
+        assert_eq!(tags, ["a", "b", "c", "d", "e"]);
+        let cursors: Vec<Option<String>> = seen.lock().unwrap().iter().map(|request| request.query("cursor")).collect();
+        assert_eq!(&cursors[..3], [None, Some("2".into()), Some("4".into())]);
+    }
+
+    #[test]
+    fn a_registry_ignoring_last_does_not_loop() {
+        let (address, seen) = fake_registry(|_, _| answer(200, &[], json!({"tags": ["a", "b"]}).to_string()));
+        assert_eq!(Registry::new(address, None, QUICK).tags("xtask-test/stuck").unwrap(), ["a", "b"]);
+        assert_eq!(seen.lock().unwrap().len(), 2, "the second page brought nothing new");
+    }
+
+    #[test]
+    fn next_links_are_read_from_relative_and_absolute_targets() {
+        assert_eq!(
+            next_link(r#"</v2/a/tags/list?n=2&last=b>; rel="next""#).as_deref(),
+            Some("/v2/a/tags/list?n=2&last=b")
+        );
+        assert_eq!(
+            next_link("<https://h:5000/v2/a/tags/list?last=b>; rel=next").as_deref(),
+            Some("/v2/a/tags/list?last=b")
+        );
+        assert_eq!(next_link(r#"</first>; rel="prev", </v2/x>; rel="next""#).as_deref(), Some("/v2/x"));
+        assert_eq!(next_link(r#"</v2/x>; rel="prev""#), None);
+        assert_eq!(next_link("garbage"), None);
     }
 
     #[test]
@@ -843,5 +946,39 @@ mod tests {
             );
             assert!(!text.contains(CANARY), "{text}");
         }
+    }
+
+    // --- The Nexus look-alike (`cargo xtask sandbox up --nexus`) ------------------------------
+
+    /// A client for a repository path of the lab's Nexus look-alike (`127.0.0.1:5001/<path>`,
+    /// with the lab's login), or `None` when it is not up; with `CI` set, a test fails instead.
+    fn nexus_lab(path: &str) -> Option<Registry> {
+        let (lab, credentials) = lab()?;
+        drop(lab);
+        if TcpStream::connect_timeout(&"127.0.0.1:5001".parse().unwrap(), Duration::from_secs(2)).is_err() {
+            assert!(std::env::var_os("CI").is_none(), "the Nexus look-alike is needed with CI set");
+            eprintln!("note: skipping a Nexus look-alike test; start it with `cargo xtask sandbox up --nexus`");
+            return None;
+        }
+        let address = RegistryAddress::parse(&format!("127.0.0.1:5001/{path}")).unwrap();
+        Some(Registry::new(address, Some(credentials), QUICK))
+    }
+
+    /// A name no other run of the tests used, for repositories in the shared lab.
+    fn unique(name: &str) -> String {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        format!("xtask-test/{name}-{}-{nanos}", std::process::id())
+    }
+
+    #[test]
+    fn nexus_lab_tag_lists_capped_at_two_per_page_are_read_whole() {
+        let Some(registry) = nexus_lab("dev") else { return };
+        let repository = unique("paged");
+        let manifest = push_tiny_image(&registry, &repository, "t1", "paging-test");
+        let expected = ["t1", "t2", "t3", "t4", "t5"];
+        for tag in &expected[1..] {
+            registry.put_manifest(&repository, tag, &manifest).unwrap();
+        }
+        assert_eq!(registry.tags(&repository).unwrap(), expected, "every page of at most 2 tags, without Link");
     }
 }
