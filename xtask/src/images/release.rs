@@ -26,7 +26,7 @@ use semver::{Prerelease, Version};
 
 use crate::adapters::ci_env::Env;
 use crate::adapters::git::{self, Commit, Worktree};
-use crate::adapters::registry::{Manifest, Registry};
+use crate::adapters::registry::{Manifest, Registry, Tagged};
 use crate::images::Service;
 use crate::images::build::{self, BuildArgs, BuildInputs, BuildPlan};
 use crate::images::location::{self, Location};
@@ -726,17 +726,10 @@ fn execute(
             );
         }
         for tag in &promotion.put {
-            let digest = registry.put_manifest(&promotion.repository, tag, &manifest)?;
-            if digest != manifest.digest {
-                bail!(
-                    "{}/{}:{tag} got digest {digest}, not {}: the registry rewrote the manifest",
-                    plan.registry,
-                    promotion.repository,
-                    manifest.digest
-                );
-            }
+            let tagged = registry.put_manifest(&promotion.repository, tag, &manifest)?;
             if !quiet {
-                eprintln!("{}/{}:{tag} -> {digest}", plan.registry, promotion.repository);
+                let how = if tagged == Tagged::AlreadyThere { " (already there)" } else { "" };
+                eprintln!("{}/{}:{tag} -> {}{how}", plan.registry, promotion.repository, manifest.digest);
             }
         }
     }

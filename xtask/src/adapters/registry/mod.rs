@@ -55,6 +55,15 @@ impl Manifest {
     }
 }
 
+/// What [`Registry::put_manifest`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tagged {
+    /// The tag was put: created, or moved where the repository allows it.
+    Put,
+    /// The tag already named the manifest: nothing was written.
+    AlreadyThere,
+}
+
 /// A client for one registry, shared by all threads of a task. It learns the registry's
 /// challenge (Basic or Bearer) from the first 401 and then authenticates up front, keeping one
 /// Bearer token per scope.
@@ -127,10 +136,18 @@ impl Registry {
     }
 
     /// Puts `manifest`'s bytes, unchanged and with their own media type, under
-    /// `repository:tag`, so the tag gets the same digest; returns the digest the registry
-    /// reports. Layers are not touched: they must already be in `repository`.
-    pub fn put_manifest(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<String> {
+    /// `repository:tag`, so the tag gets the same digest. Layers are not touched: they must
+    /// already be in `repository`.
+    ///
+    /// Idempotent: a tag that already names the manifest is left alone, without a PUT (which a
+    /// repository with redeploy disabled refuses even for the same digest), and a 400 to the PUT
+    /// counts as done when the tag names the manifest after all (another job put it meanwhile).
+    /// A tag that names another manifest where redeploy is disabled fails, saying so plainly.
+    pub fn put_manifest(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<Tagged> {
         let image = self.image(repository, tag);
+        if self.manifest_digest(repository, tag)?.as_deref() == Some(manifest.digest.as_str()) {
+            return Ok(Tagged::AlreadyThere);
+        }
         let mut call = Call::new(
             "PUT",
             self.address.api_url(repository, &format!("manifests/{tag}")),
@@ -140,26 +157,34 @@ impl Registry {
         call.body = Some(&manifest.bytes);
         let reply = self.execute(&call).with_context(|| format!("cannot tag {image}"))?;
         match reply.status {
-            200..=299 => {
-                Ok(reply.header("docker-content-digest").map_or_else(|| manifest.digest.clone(), str::to_string))
-            }
-            400 if is_redeploy_refusal(&reply.body) => {
-                // Nexus gives the same answer for an existing tag and (on some versions) for a
-                // new tag of a manifest it already holds; which one it is decides the advice.
-                let exists = self.manifest_digest(repository, tag).ok().flatten().is_some();
+            200..=299 => match reply.header("docker-content-digest") {
+                Some(digest) if digest != manifest.digest => bail!(
+                    "cannot tag {image}: it got digest {digest}, not {}: the registry rewrote the manifest",
+                    manifest.digest
+                ),
+                _ => Ok(Tagged::Put),
+            },
+            400 => {
+                let current = self
+                    .manifest_digest(repository, tag)
+                    .with_context(|| format!("cannot tag {image}: HTTP 400: {}", reply.errors()))?;
                 let repo = format!("{}/{repository}", self.address);
-                if exists {
-                    bail!(
-                        "cannot tag {image}: tag {tag} already exists in {repo} and the repository does not \
-                         allow redeploy; use a new tag or allow redeploy (Nexus: the hosted repository's \
-                         deployment policy)"
-                    )
-                } else {
-                    bail!(
+                match current {
+                    Some(digest) if digest == manifest.digest => Ok(Tagged::AlreadyThere),
+                    // Nexus gives the same answer for an existing tag and (on some versions) for a
+                    // new tag of a manifest it already holds; which one it is decides the advice.
+                    Some(digest) if is_redeploy_refusal(&reply.body) => bail!(
+                        "cannot tag {image}: tag {tag} already names {digest}, not {}, and {repo} does not allow \
+                         redeploy, so it cannot move; use a new tag, delete the old one, or allow redeploy (Nexus: \
+                         the hosted repository's deployment policy)",
+                        manifest.digest
+                    ),
+                    None if is_redeploy_refusal(&reply.body) => bail!(
                         "cannot tag {image}: {repo} refused the new tag {tag} because its deployment policy \
                          disables redeploy (some Nexus versions refuse any new tag for a manifest the repository \
                          already holds); allow redeploy, or promote into a separate release repository"
-                    )
+                    ),
+                    _ => bail!("cannot tag {image}: HTTP 400: {}", reply.errors()),
                 }
             }
             413 => bail!(
@@ -543,7 +568,9 @@ mod tests {
         let (address, seen) = fake_registry(move |request, _| match (request.method.as_str(), request.path()) {
             ("PUT", "/v2/xtask-test/fake/manifests/big") => answer(413, &[], "<html>Request Entity Too Large</html>"),
             ("PUT", _) => answer(400, &[("Content-Type", "application/json")], refusal),
-            ("HEAD", "/v2/xtask-test/fake/manifests/1.0.0") => answer(200, &[("Docker-Content-Digest", &digest)], ""),
+            ("HEAD", "/v2/xtask-test/fake/manifests/1.0.0") => {
+                answer(200, &[("Docker-Content-Digest", "sha256:another")], "")
+            }
             _ => answer(404, &[], r#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#),
         });
         let registry = Registry::new(address.clone(), None, QUICK);
@@ -551,11 +578,12 @@ mod tests {
         let existing = format!("{:#}", registry.put_manifest("xtask-test/fake", "1.0.0", &manifest).unwrap_err());
         assert!(
             existing.contains(&format!(
-                "tag 1.0.0 already exists in {address}/xtask-test/fake and the repository does not allow redeploy; \
-                 use a new tag or allow redeploy"
+                "cannot tag {address}/xtask-test/fake:1.0.0: tag 1.0.0 already names sha256:another, not {digest}, \
+                 and {address}/xtask-test/fake does not allow redeploy, so it cannot move; use a new tag"
             )),
             "{existing}"
         );
+        assert!(!existing.contains("blob upload invalid"), "said plainly: {existing}");
         let new = format!("{:#}", registry.put_manifest("xtask-test/fake", "1.0", &manifest).unwrap_err());
         assert!(new.contains("refused the new tag 1.0 because its deployment policy disables redeploy"), "{new}");
         let big = format!("{:#}", registry.put_manifest("xtask-test/fake", "big", &manifest).unwrap_err());
@@ -567,6 +595,39 @@ mod tests {
         let put = seen.lock().unwrap().iter().find(|request| request.method == "PUT").cloned().unwrap();
         assert_eq!(put.header("content-type"), Some(DOCKER_MANIFEST));
         assert_eq!(put.body, manifest.bytes, "the same bytes, so the same digest");
+    }
+
+    #[test]
+    fn a_tag_already_on_the_manifest_is_left_alone_and_a_refused_put_that_landed_is_done() {
+        let (body, digest) = fake_manifest();
+        let manifest = Manifest { media_type: DOCKER_MANIFEST.to_string(), digest: digest.clone(), bytes: body.into() };
+        let refusal = r#"{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"blob upload invalid"}]}"#;
+        // `raced` is missing until its PUT, which another job wins: the PUT gets Nexus's 400.
+        let put = Arc::new(AtomicUsize::new(0));
+        let (puts, served) = (Arc::clone(&put), manifest.bytes.clone());
+        let (address, seen) = fake_registry(move |request, _| {
+            let found =
+                answer(200, &[("Content-Type", DOCKER_MANIFEST), ("Docker-Content-Digest", &digest)], served.clone());
+            match (request.method.as_str(), request.path()) {
+                // Nexus answers 404 to HEAD; the GET finds the manifest.
+                ("HEAD", _) => answer(404, &[], ""),
+                ("GET", "/v2/xtask-test/fake/manifests/there") => found,
+                ("GET", "/v2/xtask-test/fake/manifests/raced") if puts.load(Ordering::SeqCst) > 0 => found,
+                ("PUT", _) => {
+                    puts.fetch_add(1, Ordering::SeqCst);
+                    answer(400, &[], refusal)
+                }
+                _ => answer(404, &[], r#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#),
+            }
+        });
+        let registry = Registry::new(address, None, QUICK);
+        assert_eq!(registry.put_manifest("xtask-test/fake", "there", &manifest).unwrap(), Tagged::AlreadyThere);
+        let methods = |seen: &Mutex<Vec<Seen>>| -> Vec<String> {
+            seen.lock().unwrap().iter().map(|request| request.method.clone()).collect()
+        };
+        assert_eq!(methods(&seen), ["HEAD", "GET"], "no PUT for a tag already there");
+        assert_eq!(registry.put_manifest("xtask-test/fake", "raced", &manifest).unwrap(), Tagged::AlreadyThere);
+        assert_eq!(methods(&seen)[2..], ["HEAD", "GET", "PUT", "HEAD", "GET"], "the 400 is checked with a GET");
     }
 
     #[test]
@@ -872,7 +933,7 @@ mod tests {
         }))
         .unwrap();
         let manifest = Manifest { media_type: DOCKER_MANIFEST.to_string(), digest: sha256_digest(&bytes), bytes };
-        assert_eq!(registry.put_manifest(repository, tag, &manifest).unwrap(), manifest.digest);
+        assert_eq!(registry.put_manifest(repository, tag, &manifest).unwrap(), Tagged::Put);
         manifest
     }
 
@@ -884,7 +945,8 @@ mod tests {
         let pushed = push_tiny_image(&registry, repository, "one", "retag-test");
         let one = registry.manifest(repository, "one").unwrap().expect("tag one exists");
         assert_eq!(one, pushed);
-        assert_eq!(registry.put_manifest(repository, "two", &one).unwrap(), one.digest);
+        assert_eq!(registry.put_manifest(repository, "two", &one).unwrap(), Tagged::Put);
+        assert_eq!(registry.put_manifest(repository, "two", &one).unwrap(), Tagged::AlreadyThere);
         assert_eq!(registry.manifest_digest(repository, "two").unwrap().as_deref(), Some(one.digest.as_str()));
         assert_eq!(registry.manifest_digest(repository, "one").unwrap().as_deref(), Some(one.digest.as_str()));
         let tags = registry.tags(repository).unwrap();
