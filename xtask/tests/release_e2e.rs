@@ -262,3 +262,37 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     assert!(dotenv.contains("IMAGE_TAG=1.1.0\nIMAGE_TAGS=1.1.0,1.1,1,latest\n"), "{dotenv}");
     assert!(dotenv.contains(&format!("BACKEND_IMAGE={host}/intric/backend\n")), "{dotenv}");
 }
+
+#[test]
+fn with_the_registry_down_every_offline_guard_is_listed_at_once_and_fast() {
+    // No engine needed: git and a registry port where nothing listens.
+    let repo = tempfile::tempdir().unwrap();
+    let repo = repo.path();
+    git(repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "a release test\n").unwrap();
+    commit_all(repo, "the first commit");
+    git(repo, &["tag", "-a", "-m", "Release 1.0.0", "v1.0.0"]);
+    git(repo, &["checkout", "-q", "-b", "topic"]);
+    std::fs::write(repo.join("README"), "not committed\n").unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    for (version, guard) in [
+        ("one", "`one` is not a semver version"),
+        ("0.9.0", "0.9.0 would start the 0.9 line below the newest release 1.0.0"),
+    ] {
+        let started = std::time::Instant::now();
+        let args = ["release", version, "--repo", repo.to_str().unwrap(), "--registry", &dead];
+        let refused = xtask(&args, &[], repo);
+        let elapsed = started.elapsed();
+        assert!(!refused.status.success());
+        let error = stderr(&refused);
+        for reason in [
+            guard,
+            "the working tree is dirty",
+            "branch topic is not allowed to release",
+            &format!("registry {dead} is unreachable"),
+        ] {
+            assert!(error.contains(reason), "{version}: missing {reason:?} in:\n{error}");
+        }
+        assert!(elapsed < std::time::Duration::from_secs(2), "{version}: took {elapsed:?}, retrying in planning?");
+    }
+}

@@ -1,12 +1,15 @@
 //! `cargo xtask release`: promotes HEAD's tested images to a release version and tags the
-//! commit (the planning and promotion are `images::release`, shared with ci).
+//! commit (the planning and promotion are `images::release`, shared with ci). It prepares the
+//! release plan and shows it, or with `--execute` runs it, through `plan::show_or_run`.
 
 use anyhow::{Result, bail};
 use clap::Args;
 
 use crate::adapters::ci_env;
 use crate::images::location::Location;
-use crate::images::release::{Bump, Options, Requested, TagMode, release};
+use crate::images::release::{Bump, Options, Requested, TagMode, prepare};
+use crate::plan::runner::Processes;
+use crate::plan::show_or_run;
 
 /// Options of `cargo xtask release`.
 #[derive(Args)]
@@ -78,11 +81,18 @@ pub fn run(args: ReleaseArgs) -> Result<()> {
         push_tag: args.push_tag,
         quiet: args.json,
     };
-    let outcome = release(&options, &env)?;
-    if args.json {
-        println!("{}", outcome.to_json());
-    } else if outcome.executed {
-        print!("{outcome}");
+    let runner = Processes::new();
+    let plan = prepare(&runner, &options, &env)?;
+    if args.json && !args.execute {
+        // Standard output is the JSON's alone, so the plan goes to standard error.
+        eprint!("{plan}");
+        println!("{}", plan.outcome(false).to_json());
+        return Ok(());
+    }
+    match show_or_run(&plan, !args.execute, &runner)? {
+        Some(outcome) if args.json => println!("{}", outcome.to_json()),
+        Some(outcome) => print!("{outcome}"),
+        None => {}
     }
     Ok(())
 }

@@ -48,6 +48,9 @@ impl Backoff {
     /// Five attempts, waiting 0.5 s, 1 s, 2 s and 4 s between them: a registry restarting or a
     /// proxy hiccup is ridden out, while a registry that is down fails within ten seconds.
     pub const STANDARD: Backoff = Backoff { attempts: 5, first_delay: Duration::from_millis(500) };
+    /// One attempt, no waiting: for reading what a plan is made of, where a registry that is
+    /// down is one problem to list among the others, at once.
+    pub const ONCE: Backoff = Backoff { attempts: 1, first_delay: Duration::ZERO };
 }
 
 /// One HTTP request to make, with what it needs for authentication.
@@ -108,6 +111,10 @@ impl Registry {
                 Err(Failure::Fatal(error)) => return Err(error),
                 Err(Failure::Transient(error)) => error,
             };
+            // A single attempt's error names the call already.
+            if attempts == 1 {
+                return Err(error);
+            }
             if attempt == attempts {
                 return Err(error.context(format!(
                     "{} {} failed after {attempts} attempts over {:.1} s",
