@@ -296,3 +296,88 @@ fn with_the_registry_down_every_offline_guard_is_listed_at_once_and_fast() {
         assert!(elapsed < std::time::Duration::from_secs(2), "{version}: took {elapsed:?}, retrying in planning?");
     }
 }
+
+/// Makes the Nexus look-alike fail every manifest PUT after the next `n`; the fault is lifted
+/// when dropped (also when the test fails), since the proxy is shared.
+struct PutFault;
+
+impl PutFault {
+    fn after(n: usize) -> PutFault {
+        // Armed before anything can fail, so that the fault is lifted whatever happens.
+        let fault = PutFault;
+        let (status, body) = http("POST", &format!("http://{NEXUS}/_lab/fail-after-puts?n={n}"), Some(""));
+        assert!((200..300).contains(&status), "arming the fault: HTTP {status} {body}");
+        fault
+    }
+}
+
+impl Drop for PutFault {
+    fn drop(&mut self) {
+        http("POST", &format!("http://{NEXUS}/_lab/reset"), Some(""));
+    }
+}
+
+/// The lab's Nexus look-alike (`sandbox up --nexus`): `dev` allows redeploy, `release` does not.
+const NEXUS: &str = "127.0.0.1:5001";
+
+#[test]
+fn on_the_nexus_look_alike_builds_run_twice_and_a_cut_off_release_completes_when_run_again() {
+    let _serial = serial();
+    if !docker_available() {
+        return;
+    }
+    lab();
+    assert_success(&xtask(&["sandbox", "up", "--nexus"], &[], &workspace()), "sandbox up --nexus");
+    // The lab's login opens the look-alike too; the registry is given with --registry.
+    let env: Vec<(String, String)> = lab_env().into_iter().filter(|(key, _)| key != "NEXUS_REGISTRY").collect();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let name = format!("xtask-e2e-{}-{nanos}", std::process::id());
+    let repo = snapshot();
+    let repo = repo.path();
+
+    // A build that changes nothing pushes nothing new, in either repository: in `release`
+    // (redeploy disabled) the tags it finds in place are left alone, not PUT again.
+    for repository in ["dev", "release"] {
+        let registry = format!("{NEXUS}/{repository}/{name}");
+        for run in ["first", "second (a no-op)"] {
+            let (output, _) = build(repo, &["--push", "--registry", &registry], &env);
+            assert_success(&output, &format!("the {run} build --push --registry {registry}"));
+        }
+    }
+
+    // A release cut off after two tag writes: the version tags of two images are in place.
+    let registry = format!("{NEXUS}/release/{name}");
+    let release_args = ["release", "1.0.0", "--execute", "--repo", repo.to_str().unwrap(), "--registry", &registry];
+    let cut = {
+        let _fault = PutFault::after(2);
+        xtask(&release_args, &env, repo)
+    };
+    assert!(!cut.status.success(), "the release was cut off:\n{}", stderr(&cut));
+    let error = stderr(&cut);
+    assert!(
+        error.contains(
+            "release 1.0.0 stopped part-way: 2 of 12 tags are in place (intric/backend:1.0.0, intric/worker:1.0.0)"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("run the same release again to finish it"), "{error}");
+    assert!(stdout(&run("git", &["tag"], repo)).trim().is_empty(), "git is not tagged after a cut-off release");
+
+    // Run again: the tags in place are left alone (the repository would refuse them), the rest
+    // are written, and git is tagged.
+    let again = xtask(&release_args, &env, repo);
+    assert_success(&again, "the same release, run again");
+    assert!(stdout(&again).contains("released 1.0.0"), "{}", stdout(&again));
+    assert!(stderr(&again).contains("(already there)"), "{}", stderr(&again));
+    assert_eq!(stdout(&run("git", &["tag"], repo)).trim(), "v1.0.0");
+    // Read back through the registry behind the look-alike, with code of the test's own.
+    let upstream = LabRegistry::new();
+    let sha = format!("sha-{}", &head(repo)[..12]);
+    for service in ["backend", "worker", "frontend"] {
+        let repository = format!("release/{name}/intric/{service}");
+        let source = upstream.manifest(&repository, &sha);
+        for tag in ["1.0.0", "1.0", "1", "latest"] {
+            assert_eq!(upstream.manifest(&repository, tag), source, "{repository}:{tag} is {sha}'s manifest");
+        }
+    }
+}

@@ -17,9 +17,13 @@ use crate::plan::show_or_run;
 A dry run unless --execute: it prints the git tag to create, the images to promote, the tags to add
 and the release notes. Refused, with every reason listed, unless: the version is valid semver and
 above every release of its X.Y line (a new line must be above every stable release; pre-releases of a
-version come before it, in order); neither git nor the registry has the version yet; the working tree
-is clean; HEAD is on the default branch or an --allow-branch; and the registry holds HEAD's images
-as sha-<12 hex> (pushed by the main stage), unless --build.
+version come before it, in order); git has no tag of the version yet, and the registry has it on no
+other image than HEAD's; the working tree is clean; HEAD is on the default branch or an
+--allow-branch; and the registry, which must answer, holds HEAD's images as sha-<12 hex> (pushed by
+the main stage), unless --build.
+
+--execute puts every image's version tag first, then the floating tags, then tags git. Tags already
+on HEAD's images are left alone, so a release cut off part-way is finished by running it again.
 
 --bump starts from the highest release tag in git: major, minor and patch step the highest stable
 release (1.4.2 -> 2.0.0, 1.5.0, 1.4.3); rc continues the highest release if it is an rc
