@@ -321,7 +321,7 @@ impl Drop for PutFault {
 const NEXUS: &str = "127.0.0.1:5001";
 
 #[test]
-fn on_the_nexus_look_alike_builds_run_twice_and_a_cut_off_release_completes_when_run_again() {
+fn on_the_nexus_look_alike_builds_and_releases_run_again_and_unmovable_floating_tags_are_known_first() {
     let _serial = serial();
     if !docker_available() {
         return;
@@ -368,7 +368,13 @@ fn on_the_nexus_look_alike_builds_run_twice_and_a_cut_off_release_completes_when
     let again = xtask(&release_args, &env, repo);
     assert_success(&again, "the same release, run again");
     assert!(stdout(&again).contains("released 1.0.0"), "{}", stdout(&again));
-    assert!(stderr(&again).contains("(already there)"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains(
+            "note: finishing an earlier run of this release: intric/backend:1.0.0, intric/worker:1.0.0 already hold"
+        ),
+        "{}",
+        stderr(&again)
+    );
     assert_eq!(stdout(&run("git", &["tag"], repo)).trim(), "v1.0.0");
     // Read back through the registry behind the look-alike, with code of the test's own.
     let upstream = LabRegistry::new();
@@ -380,4 +386,38 @@ fn on_the_nexus_look_alike_builds_run_twice_and_a_cut_off_release_completes_when
             assert_eq!(upstream.manifest(&repository, tag), source, "{repository}:{tag} is {sha}'s manifest");
         }
     }
+
+    // 1.1.0 of a new commit would move `1` and `latest` of the backend and worker, which the
+    // repository refuses: known before anything is written, and left alone when asked.
+    // The new images are built by the release (--build pushes the sha- tag only: a build's
+    // dev-latest could not move in this repository either).
+    change_backend(repo, &name, "feat: the second release");
+    let second =
+        ["release", "1.1.0", "--build", "--execute", "--repo", repo.to_str().unwrap(), "--registry", &registry];
+    let before = upstream.tags(&format!("release/{name}/intric/backend"));
+    let refused = xtask(&second, &env, repo);
+    assert!(!refused.status.success());
+    let error = stderr(&refused);
+    assert!(error.contains("does not allow redeploy, so these floating tags cannot move to it"), "{error}");
+    assert!(error.contains("intric/backend:1 (on ") && error.contains("intric/worker:latest (on "), "{error}");
+    assert!(error.contains("No release tag was written") && error.contains("--skip-immutable-floating"), "{error}");
+    let after: Vec<String> = upstream
+        .tags(&format!("release/{name}/intric/backend"))
+        .into_iter()
+        .filter(|tag| !before.contains(tag))
+        .collect();
+    assert!(after.contains(&format!("sha-{}", &head(repo)[..12])), "the build pushed HEAD's image: {after:?}");
+    assert!(
+        after.iter().all(|tag| tag.starts_with("sha-") || tag.starts_with("inputs-")),
+        "the build's tags, and no release tag: {after:?}"
+    );
+    let skipping = [&second[..], &["--skip-immutable-floating"]].concat();
+    let done = xtask(&skipping, &env, repo);
+    assert_success(&done, "release 1.1.0 --skip-immutable-floating");
+    assert!(stderr(&done).contains("note: leaving intric/backend:1 (on "), "{}", stderr(&done));
+    let backend = format!("release/{name}/intric/backend");
+    let new = upstream.manifest(&backend, &format!("sha-{}", &head(repo)[..12]));
+    assert_eq!(upstream.manifest(&backend, "1.1.0"), new);
+    assert_eq!(upstream.manifest(&backend, "1.1"), new);
+    assert_eq!(upstream.manifest(&backend, "latest"), upstream.manifest(&backend, "1.0.0"), "latest stays");
 }

@@ -21,6 +21,7 @@
 //! exists already ([`TagMode::Existing`]).
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -72,8 +73,11 @@ pub struct ImageState {
     pub service: Service,
     /// HEAD's `sha-` manifest, `None` when the registry lacks it.
     pub source: Option<Manifest>,
-    /// The digest under the release's version tag (`X.Y.Z`), `None` when it is free.
-    pub existing_release: Option<String>,
+    /// Every tag of the image in the registry: its release tags count for "newest" too.
+    pub tags: Vec<String>,
+    /// The digest under each tag this release may put (the version tag, `X.Y`, `X`,
+    /// `latest`) that exists already.
+    pub existing: BTreeMap<String, String>,
 }
 
 /// Everything the plan is made from, read once by [`read_inputs`].
@@ -116,9 +120,11 @@ pub struct Promotion {
     pub digest: Option<String>,
     /// The release tags the image gets: the version first, then the floating ones it earns.
     pub tags: Vec<String>,
-    /// Of `tags`, those that need a PUT: all of them, except in a tag pipeline the version tag
-    /// when it already holds this digest.
+    /// Of `tags`, those that need a PUT: all but those already on this digest.
     pub put: Vec<String>,
+    /// Of `put`, the floating tags that exist on another image now, with its digest: they move,
+    /// which a repository with redeploy disabled refuses (checked before the first write).
+    pub moves: Vec<(String, String)>,
 }
 
 /// The whole release, as data: what `--execute` does and the dry run prints.
@@ -142,6 +148,8 @@ pub struct ReleasePlan {
     pub push_tag: Option<Command>,
     /// Things worth knowing that are not problems (which floating tags stay where they are).
     pub remarks: Vec<String>,
+    /// Leave the floating tags that cannot move (redeploy disabled) instead of refusing.
+    pub skip_immutable_floating: bool,
     /// Keep progress off standard output (for --json).
     pub quiet: bool,
 }
@@ -156,6 +164,8 @@ pub struct Options {
     pub build: bool,
     pub execute: bool,
     pub push_tag: bool,
+    /// Leave the floating tags that a repository with redeploy disabled will not move.
+    pub skip_immutable_floating: bool,
     /// Keep progress and the plan off standard output (for --json).
     pub quiet: bool,
 }
@@ -207,6 +217,7 @@ pub fn prepare(runner: &dyn Runner, options: &Options, env: &Env) -> Result<Rele
     let inputs = read_inputs(runner, options, env)?;
     let mut plan = plan(&inputs)?;
     plan.quiet = options.quiet;
+    plan.skip_immutable_floating = options.skip_immutable_floating;
     // The build's own plan is read only when it will be needed, and shown with the release's.
     if !plan.build.is_empty() {
         let args = build_args(&options.repo, &plan);
@@ -261,9 +272,9 @@ pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<
     let commits = repo.commit_log(&head.id, previous_release.as_ref().map(|tag| tag.commit.as_str()))?;
 
     let registry = location::registry_setting(options.registry.as_deref(), env)?;
-    let version_tag = target_version(&options.requested, &versions).ok().map(|version| image_tag(&version));
+    let version = target_version(&options.requested, &versions).ok();
     let (images, registry_problem) = match &registry {
-        Some(address) => match read_images(runner, address, &source_tag(&head.id), version_tag.as_deref()) {
+        Some(address) => match read_images(runner, address, &source_tag(&head.id), version.as_ref()) {
             Ok(images) => (images, None),
             Err(error) => (Vec::new(), Some(format!("registry {address} is unreachable or refuses us: {error:#}"))),
         },
@@ -289,24 +300,37 @@ pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<
     })
 }
 
-/// What the registry holds of each image: HEAD's `source` manifest, and the digest under the
-/// release's `version_tag`. One attempt per request (see [`read_inputs`]).
+/// What the registry holds of each image: HEAD's `source` manifest, every tag, and the digest
+/// of each existing tag the release of `version` may put, so that the plan knows before the
+/// first write what each write does. One attempt per request (see [`read_inputs`]).
 fn read_images(
     runner: &dyn Runner,
     address: &RegistryAddress,
     source: &str,
-    version_tag: Option<&str>,
+    version: Option<&Version>,
 ) -> Result<Vec<ImageState>> {
     let credentials = Credentials::find(address, runner)?;
     let client = Registry::new(address.clone(), credentials, Backoff::ONCE);
+    let candidates: Vec<String> = match version {
+        Some(version) => vec![
+            image_tag(version),
+            format!("{}.{}", version.major, version.minor),
+            version.major.to_string(),
+            "latest".to_string(),
+        ],
+        None => Vec::new(),
+    };
     let mut images = Vec::new();
     for service in Service::ALL {
         let repository = service.repository();
-        let existing_release = match version_tag {
-            Some(tag) => client.manifest_digest(&repository, tag)?,
-            None => None,
-        };
-        images.push(ImageState { service, source: client.manifest(&repository, source)?, existing_release });
+        let tags = client.tags(&repository)?;
+        let mut existing = BTreeMap::new();
+        for tag in candidates.iter().filter(|tag| tags.contains(tag)) {
+            if let Some(digest) = client.manifest_digest(&repository, tag)? {
+                existing.insert(tag.clone(), digest);
+            }
+        }
+        images.push(ImageState { service, source: client.manifest(&repository, source)?, tags, existing });
     }
     Ok(images)
 }
@@ -422,6 +446,14 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
     let existing: Vec<(Version, &git::Tag)> =
         inputs.tags.iter().filter_map(|tag| release_version(&tag.name).map(|version| (version, tag))).collect();
     let versions: Vec<Version> = existing.iter().map(|(version, _)| version.clone()).collect();
+    // "Newest" is judged from the registry's release tags too: a release pushed from another
+    // clone, or whose git tag was never pushed, still counts.
+    let mut released = versions.clone();
+    for version in inputs.images.iter().flat_map(|image| &image.tags).filter_map(|tag| release_version(tag)) {
+        if !released.iter().any(|other| other.cmp_precedence(&version) == Ordering::Equal) {
+            released.push(version);
+        }
+    }
     let version = match target_version(&inputs.requested, &versions) {
         Ok(version) => Some(version),
         Err(problem) => {
@@ -438,7 +470,7 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
         // a rerun of an older tag's pipeline (an rc after its final release) must not fail;
         // its floating tags come from every git tag, so it moves nothing it should not.
         if inputs.mode == TagMode::Create
-            && let Some(problem) = ordering_problem(version, &versions)
+            && let Some(problem) = ordering_problem(version, &released)
         {
             problems.push(problem);
         }
@@ -471,9 +503,9 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
                 name.clone().or(on_head).unwrap_or_else(|| format!("v{version}"))
             }
         };
-        // The floating tags follow the git tags, the source of truth for "newest", exactly as
-        // a build of the tagged commit would get them from the tag engine.
-        let all: Vec<Version> = versions.iter().cloned().chain(std::iter::once(version.clone())).collect();
+        // The floating tags follow the releases, as a build of the tagged commit would get them
+        // from the tag engine, with the registry's release tags counted too.
+        let all: Vec<Version> = released.iter().cloned().chain(std::iter::once(version.clone())).collect();
         match tags::release_tags(version, &all) {
             Ok(tags) => release_tags = tags,
             Err(error) => problems.push(format!("{error:#}")),
@@ -527,22 +559,35 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
                 ));
             }
         }
-        let mut put = release_tags.clone();
-        if let (Some(version_tag), Some(existing)) = (&version_tag, &image.existing_release) {
+        let mut put = Vec::new();
+        let mut moves = Vec::new();
+        for tag in &release_tags {
+            let Some(existing) = image.existing.get(tag) else {
+                put.push(tag.clone());
+                continue;
+            };
             let same_image = digest.as_ref() == Some(existing);
+            if Some(tag) != version_tag.as_ref() {
+                // A floating tag: left alone where it is already right, else it moves.
+                if !same_image {
+                    put.push(tag.clone());
+                    moves.push((tag.clone(), existing.clone()));
+                }
+                continue;
+            }
             match &inputs.mode {
                 // A tag pipeline after `release --execute`: the version tag is already right.
-                TagMode::Existing(_) if same_image => put.retain(|tag| tag != version_tag),
+                TagMode::Existing(_) if same_image => {}
                 TagMode::Existing(_) => problems.push(format!(
-                    "{registry}/{repository}:{version_tag} already exists as {existing}, which is not HEAD's \
-                     image {}: release tags are immutable",
+                    "{registry}/{repository}:{tag} already exists as {existing}, which is not HEAD's image {}: \
+                     release tags are immutable",
                     digest.as_deref().unwrap_or("(missing)")
                 )),
                 // An earlier run of this release stopped before tagging git: it is finished now.
-                TagMode::Create if same_image && !git_tag_exists => resumed.push(format!("{repository}:{version_tag}")),
+                TagMode::Create if same_image && !git_tag_exists => resumed.push(format!("{repository}:{tag}")),
                 TagMode::Create => problems.push(format!(
-                    "{registry}/{repository}:{version_tag} already exists in the registry ({existing}): release \
-                     tags are immutable; release a new version"
+                    "{registry}/{repository}:{tag} already exists in the registry ({existing}): release tags are \
+                     immutable; release a new version"
                 )),
             }
         }
@@ -553,6 +598,7 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
             digest,
             tags: release_tags.clone(),
             put,
+            moves,
         });
     }
 
@@ -590,6 +636,7 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
         notes,
         push_tag,
         remarks,
+        skip_immutable_floating: false,
         quiet: false,
         version,
     })
@@ -691,6 +738,22 @@ impl fmt::Display for ReleasePlan {
         for (index, tag) in self.writes() {
             writeln!(f, "  PUT /v2/{}/manifests/{tag}", self.promotions[index].repository)?;
         }
+        let moves: Vec<String> = self
+            .promotions
+            .iter()
+            .flat_map(|promotion| {
+                promotion.moves.iter().map(move |(tag, from)| format!("{}:{tag} (now {from})", promotion.repository))
+            })
+            .collect();
+        if !moves.is_empty() {
+            writeln!(
+                f,
+                "floating tags that move from another image, checked before the first write (a repository with \
+                 redeploy disabled refuses them{}): {}",
+                if self.skip_immutable_floating { "; --skip-immutable-floating leaves those" } else { "" },
+                moves.join(", ")
+            )?;
+        }
         if self.create_tag {
             writeln!(f, "then git: annotated tag {} on {}", self.git_tag, &self.revision[..12])?;
         } else {
@@ -718,6 +781,8 @@ impl fmt::Display for ReleasePlan {
 pub trait ReleaseTarget {
     fn manifest(&self, repository: &str, reference: &str) -> Result<Option<Manifest>>;
     fn put_manifest(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<Tagged>;
+    /// Whether the existing tag may move (see [`Registry::allows_redeploy`]).
+    fn allows_redeploy(&self, repository: &str, tag: &str) -> Result<bool>;
     fn create_git_tag(&self, name: &str, revision: &str, notes: &str) -> Result<()>;
 }
 
@@ -734,6 +799,10 @@ impl ReleaseTarget for Live {
 
     fn put_manifest(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<Tagged> {
         self.registry.put_manifest(repository, tag, manifest)
+    }
+
+    fn allows_redeploy(&self, repository: &str, tag: &str) -> Result<bool> {
+        self.registry.allows_redeploy(repository, tag)
     }
 
     fn create_git_tag(&self, name: &str, revision: &str, notes: &str) -> Result<()> {
@@ -773,6 +842,9 @@ impl ReleasePlan {
     /// already in place are left alone, so running a release again after a failure finishes it;
     /// the error after a failure says so, and what was done.
     pub fn promote(&self, runner: &dyn Runner, target: &dyn ReleaseTarget) -> Result<Outcome> {
+        if !self.quiet {
+            self.remarks.iter().for_each(|remark| eprintln!("note: {remark}"));
+        }
         let mut manifests = Vec::new();
         for promotion in &self.promotions {
             let image = format!("{}/{}:{}", self.registry, promotion.repository, promotion.source);
@@ -789,12 +861,46 @@ impl ReleasePlan {
             }
             manifests.push(manifest);
         }
+        // Every floating tag that must move is checked before the first write, so that a
+        // repository with redeploy disabled refuses the release whole, not half-way.
+        let mut stuck = Vec::new();
+        for (index, promotion) in self.promotions.iter().enumerate() {
+            for (tag, from) in &promotion.moves {
+                if !target.allows_redeploy(&promotion.repository, tag)? {
+                    stuck.push((index, tag.as_str(), from.as_str()));
+                }
+            }
+        }
+        let named: Vec<String> = stuck
+            .iter()
+            .map(|(index, tag, from)| format!("{}:{tag} (on {from})", self.promotions[*index].repository))
+            .collect();
+        if !stuck.is_empty() && !self.skip_immutable_floating {
+            bail!(
+                "cannot release {}: {} does not allow redeploy, so these floating tags cannot move to it: {}. \
+                 No release tag was written. Allow redeploy for the repository (Nexus: its deployment policy, or \
+                 redeploy of `latest` only, if `latest` is all), delete those tags first, or pass \
+                 --skip-immutable-floating to leave them where they are",
+                self.version,
+                self.registry,
+                named.join(", ")
+            );
+        }
+        if !stuck.is_empty() && !self.quiet {
+            eprintln!("note: leaving {} where they are: the repository does not allow redeploy", named.join(", "));
+        }
+        let writes: Vec<(usize, &str)> = self
+            .writes()
+            .into_iter()
+            .filter(|(index, tag)| !stuck.iter().any(|(other, stuck_tag, _)| other == index && stuck_tag == tag))
+            .collect();
+        let total = writes.len();
         let mut done = Vec::new();
-        for (index, tag) in self.writes() {
+        for (index, tag) in writes {
             let promotion = &self.promotions[index];
             let manifest = &manifests[index];
             let tagged =
-                target.put_manifest(&promotion.repository, tag, manifest).map_err(|e| self.stopped(e, &done))?;
+                target.put_manifest(&promotion.repository, tag, manifest).map_err(|e| self.stopped(e, &done, total))?;
             if !self.quiet {
                 let how = if tagged == Tagged::AlreadyThere { " (already there)" } else { "" };
                 eprintln!("{}/{}:{tag} -> {}{how}", self.registry, promotion.repository, manifest.digest);
@@ -802,7 +908,9 @@ impl ReleasePlan {
             done.push(format!("{}:{tag}", promotion.repository));
         }
         if self.create_tag {
-            target.create_git_tag(&self.git_tag, &self.revision, &self.notes).map_err(|e| self.stopped(e, &done))?;
+            target
+                .create_git_tag(&self.git_tag, &self.revision, &self.notes)
+                .map_err(|e| self.stopped(e, &done, total))?;
             if !self.quiet {
                 eprintln!("created git tag {} on {}", self.git_tag, &self.revision[..12]);
             }
@@ -819,8 +927,7 @@ impl ReleasePlan {
     }
 
     /// The error of a promotion that stopped after the registry writes `done`.
-    fn stopped(&self, error: anyhow::Error, done: &[String]) -> anyhow::Error {
-        let total = self.writes().len();
+    fn stopped(&self, error: anyhow::Error, done: &[String], total: usize) -> anyhow::Error {
         let what = if done.is_empty() {
             "no tag was written".to_string()
         } else {
@@ -897,7 +1004,8 @@ mod tests {
                 .map(|&service| ImageState {
                     service,
                     source: Some(manifest(&format!("sha256:{}", service.name()))),
-                    existing_release: None,
+                    tags: Vec::new(),
+                    existing: BTreeMap::new(),
                 })
                 .collect(),
             allow_branches: Vec::new(),
@@ -954,7 +1062,7 @@ mod tests {
         refused.branch = Some("topic".into());
         refused.allow_branches = vec!["release/*".into()];
         refused.images[0].source = None;
-        refused.images[1].existing_release = Some("sha256:older".into());
+        refused.images[1].existing.insert("1.0.0".into(), "sha256:older".into());
         let error = error_of(&refused);
         for reason in [
             "cannot release 1.0.0",
@@ -1010,7 +1118,7 @@ mod tests {
         pipeline.tags.push(git::Tag { name: "v1.0.0".into(), commit: HEAD.into() });
         pipeline.mode = TagMode::Existing(None);
         pipeline.branch = None;
-        pipeline.images[0].existing_release = Some("sha256:backend".into());
+        pipeline.images[0].existing.insert("1.0.0".into(), "sha256:backend".into());
         let plan = plan(&pipeline).unwrap();
         assert!(!plan.create_tag);
         assert_eq!(plan.git_tag, "v1.0.0");
@@ -1021,10 +1129,10 @@ mod tests {
         let mut old_rc = pipeline.clone();
         old_rc.requested = Requested::Version("1.0.0-rc.1".into());
         old_rc.tags.push(git::Tag { name: "v1.0.0-rc.1".into(), commit: HEAD.into() });
-        old_rc.images[0].existing_release = None;
+        old_rc.images[0].existing.clear();
         assert_eq!(super::plan(&old_rc).unwrap().promotions[0].put, ["1.0.0-rc.1"]);
 
-        pipeline.images[1].existing_release = Some("sha256:another".into());
+        pipeline.images[1].existing.insert("1.0.0".into(), "sha256:another".into());
         assert!(error_of(&pipeline).contains("intric/worker:1.0.0 already exists as sha256:another"));
         pipeline.tags[0].commit = OTHER.into();
         assert!(error_of(&pipeline).contains("git tag v1.0.0 names fedcba987654 but HEAD is 0123456789ab"));
@@ -1167,12 +1275,12 @@ mod tests {
     #[test]
     fn a_release_that_stopped_before_tagging_git_is_finished_by_running_it_again() {
         let mut again = inputs("1.1.0", &["v1.0.0"]);
-        again.images[0].existing_release = Some("sha256:backend".into());
-        again.images[1].existing_release = Some("sha256:worker".into());
+        again.images[0].existing.insert("1.1.0".into(), "sha256:backend".into());
+        again.images[1].existing.insert("1.1.0".into(), "sha256:worker".into());
         let plan = plan(&again).unwrap();
         assert!(plan.remarks.iter().any(|remark| remark.contains("finishing an earlier run of this release")));
         // Another image under the version tag is a conflict, named precisely.
-        again.images[2].existing_release = Some("sha256:someone-else".into());
+        again.images[2].existing.insert("1.1.0".into(), "sha256:someone-else".into());
         let error = error_of(&again);
         assert!(
             error.contains(
@@ -1188,6 +1296,8 @@ mod tests {
     struct Recorded {
         log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
         fail_at: Option<usize>,
+        /// Tags (`intric/backend:latest`) the registry will not move.
+        immutable: Vec<String>,
     }
 
     impl ReleaseTarget for Recorded {
@@ -1207,6 +1317,12 @@ mod tests {
             Ok(Tagged::Put)
         }
 
+        fn allows_redeploy(&self, repository: &str, tag: &str) -> Result<bool> {
+            let image = format!("{repository}:{tag}");
+            self.log.lock().unwrap().push(format!("check {image}"));
+            Ok(!self.immutable.contains(&image))
+        }
+
         fn create_git_tag(&self, name: &str, revision: &str, _: &str) -> Result<()> {
             self.log.lock().unwrap().push(format!("git tag {name} {}", &revision[..12]));
             Ok(())
@@ -1220,7 +1336,7 @@ mod tests {
             commands.lock().unwrap().push(shown.to_string());
             Ok(String::new())
         });
-        (Recorded { log, fail_at }, runner)
+        (Recorded { log, fail_at, immutable: Vec::new() }, runner)
     }
 
     #[test]
@@ -1267,5 +1383,78 @@ mod tests {
         );
         assert!(error.ends_with("HTTP 503 from the registry"), "{error}");
         assert!(!target.log.lock().unwrap().iter().any(|line| line.starts_with("git")), "git is not tagged");
+    }
+
+    /// A second release, 1.1.0 of HEAD, after 1.0.0 of another commit put 1.0, 1 and latest.
+    fn second_release() -> ReleaseInputs {
+        let mut second = inputs("1.1.0", &["v1.0.0"]);
+        for image in &mut second.images {
+            image.tags = ["1.0.0", "1.0", "1", "latest", "sha-fedcba987654"].map(String::from).to_vec();
+            for tag in ["1", "latest"] {
+                image.existing.insert(tag.into(), format!("sha256:old-{}", image.service.name()));
+            }
+        }
+        second
+    }
+
+    #[test]
+    fn floating_tags_on_another_image_are_known_to_move_and_tags_in_place_are_left_alone() {
+        let mut second = second_release();
+        second.images[2].existing.insert("latest".into(), "sha256:frontend".into());
+        let plan = plan(&second).unwrap();
+        assert_eq!(plan.promotions[0].put, ["1.1.0", "1.1", "1", "latest"]);
+        assert_eq!(
+            plan.promotions[0].moves,
+            [
+                ("1".to_string(), "sha256:old-backend".to_string()),
+                ("latest".to_string(), "sha256:old-backend".to_string())
+            ]
+        );
+        assert_eq!(plan.promotions[2].put, ["1.1.0", "1.1", "1"], "latest is on HEAD's frontend already");
+        let shown = plan.to_string();
+        assert!(
+            shown.contains("floating tags that move from another image, checked before the first write"),
+            "{shown}"
+        );
+        assert!(shown.contains("intric/worker:latest (now sha256:old-worker)"), "{shown}");
+    }
+
+    #[test]
+    fn floating_tags_that_cannot_move_refuse_the_release_before_any_write_unless_skipped() {
+        let mut plan = plan(&second_release()).unwrap();
+        plan.quiet = true;
+        let (mut target, runner) = recorded(None);
+        target.immutable = vec!["intric/backend:latest".into(), "intric/frontend:1".into()];
+        let error = format!("{:#}", plan.promote(&runner, &target).unwrap_err());
+        assert!(
+            error.contains(
+                "cannot release 1.1.0: nexus.example:8082 does not allow redeploy, so these floating tags cannot move \
+                 to it: intric/backend:latest (on sha256:old-backend), intric/frontend:1 (on sha256:old-frontend). \
+                 No release tag was written."
+            ),
+            "{error}"
+        );
+        assert!(error.contains("--skip-immutable-floating"), "{error}");
+        assert!(target.log.lock().unwrap().iter().all(|line| line.starts_with("check ")), "nothing was written");
+
+        plan.skip_immutable_floating = true;
+        target.log.lock().unwrap().clear();
+        plan.promote(&runner, &target).unwrap();
+        let log = target.log.lock().unwrap();
+        let puts: Vec<&String> = log.iter().filter(|line| line.starts_with("PUT")).collect();
+        assert_eq!(puts.len(), 10, "12 writes but the two that cannot move: {log:?}");
+        assert!(!log.iter().any(|line| line.starts_with("PUT intric/backend:latest")), "{log:?}");
+        assert_eq!(log.last().unwrap(), "git tag v1.1.0 0123456789ab");
+    }
+
+    #[test]
+    fn release_tags_in_the_registry_count_for_newest() {
+        // 2.0.0 is in the registry, though its git tag is not here (pushed from another clone).
+        let mut behind = inputs("1.4.1", &["v1.4.0"]);
+        behind.images[0].tags = vec!["2.0.0".into(), "1.4.0".into()];
+        let plan = plan(&behind).unwrap();
+        assert_eq!(plan.promotions[0].tags, ["1.4.1", "1.4", "1"], "`latest` stays on 2.0.0");
+        behind.requested = Requested::Version("1.5.0".into());
+        assert!(error_of(&behind).contains("1.5.0 would start the 1.5 line below the newest release 2.0.0"));
     }
 }

@@ -24,6 +24,9 @@ the main stage), unless --build.
 
 --execute puts every image's version tag first, then the floating tags, then tags git. Tags already
 on HEAD's images are left alone, so a release cut off part-way is finished by running it again.
+Floating tags that must move from another image are checked first: where the repository does not
+allow redeploy (Nexus), the release is refused before any write, naming them, unless
+--skip-immutable-floating leaves them where they are.
 
 --bump starts from the highest release tag in git: major, minor and patch step the highest stable
 release (1.4.2 -> 2.0.0, 1.5.0, 1.4.3); rc continues the highest release if it is an rc
@@ -59,6 +62,10 @@ pub struct ReleaseArgs {
     /// Build and push HEAD's images first when the registry lacks them.
     #[arg(long)]
     pub build: bool,
+    /// Leave the floating tags (X.Y, X, latest) that the repository does not allow to move
+    /// (Nexus: redeploy disabled) where they are, instead of refusing the release.
+    #[arg(long)]
+    pub skip_immutable_floating: bool,
     /// Print the result (version, git tag, revision, images with digest and tags) as JSON.
     #[arg(long)]
     pub json: bool,
@@ -83,6 +90,7 @@ pub fn run(args: ReleaseArgs) -> Result<()> {
         build: args.build,
         execute: args.execute,
         push_tag: args.push_tag,
+        skip_immutable_floating: args.skip_immutable_floating,
         quiet: args.json,
     };
     let runner = Processes::new();

@@ -148,14 +148,7 @@ impl Registry {
         if self.manifest_digest(repository, tag)?.as_deref() == Some(manifest.digest.as_str()) {
             return Ok(Tagged::AlreadyThere);
         }
-        let mut call = Call::new(
-            "PUT",
-            self.address.api_url(repository, &format!("manifests/{tag}")),
-            Some(self.scope(repository)),
-        );
-        call.content_type = Some(&manifest.media_type);
-        call.body = Some(&manifest.bytes);
-        let reply = self.execute(&call).with_context(|| format!("cannot tag {image}"))?;
+        let reply = self.put(repository, tag, manifest).with_context(|| format!("cannot tag {image}"))?;
         match reply.status {
             200..=299 => match reply.header("docker-content-digest") {
                 Some(digest) if digest != manifest.digest => bail!(
@@ -205,6 +198,34 @@ impl Registry {
                 bail!("cannot tag {image}: HTTP {status}: {errors}{hint}")
             }
         }
+    }
+
+    /// Whether the existing tag `repository:tag` may move. Its own manifest is put back under
+    /// it: a write that changes nothing, which a repository with redeploy disabled refuses just
+    /// as it would refuse moving the tag (and allows for `latest` where Nexus's option lets
+    /// `latest` alone move). So a release knows before its first real write which floating
+    /// tags it cannot move.
+    pub fn allows_redeploy(&self, repository: &str, tag: &str) -> Result<bool> {
+        let image = self.image(repository, tag);
+        let manifest = self.manifest(repository, tag)?.with_context(|| format!("{image} is gone"))?;
+        let reply = self.put(repository, tag, &manifest).with_context(|| format!("cannot check {image}"))?;
+        match reply.status {
+            200..=299 => Ok(true),
+            400 if is_redeploy_refusal(&reply.body) => Ok(false),
+            status => bail!("cannot check whether {image} may move: HTTP {status}: {}", reply.errors()),
+        }
+    }
+
+    /// A PUT of `manifest`'s bytes under `repository:tag`, its answer as it is.
+    fn put(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<wire::Reply> {
+        let mut call = Call::new(
+            "PUT",
+            self.address.api_url(repository, &format!("manifests/{tag}")),
+            Some(self.scope(repository)),
+        );
+        call.content_type = Some(&manifest.media_type);
+        call.body = Some(&manifest.bytes);
+        self.execute(&call)
     }
 
     /// All tags of `repository`, sorted; empty when the repository does not exist.
