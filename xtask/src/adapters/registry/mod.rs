@@ -954,7 +954,9 @@ mod tests {
         }))
         .unwrap();
         let manifest = Manifest { media_type: DOCKER_MANIFEST.to_string(), digest: sha256_digest(&bytes), bytes };
-        assert_eq!(registry.put_manifest(repository, tag, &manifest).unwrap(), Tagged::Put);
+        // The lab outlives test runs: an earlier run may have put the same bytes already.
+        registry.put_manifest(repository, tag, &manifest).unwrap();
+        assert_eq!(registry.manifest_digest(repository, tag).unwrap().as_deref(), Some(manifest.digest.as_str()));
         manifest
     }
 
@@ -966,8 +968,8 @@ mod tests {
         let pushed = push_tiny_image(&registry, repository, "one", "retag-test");
         let one = registry.manifest(repository, "one").unwrap().expect("tag one exists");
         assert_eq!(one, pushed);
-        assert_eq!(registry.put_manifest(repository, "two", &one).unwrap(), Tagged::Put);
-        assert_eq!(registry.put_manifest(repository, "two", &one).unwrap(), Tagged::AlreadyThere);
+        registry.put_manifest(repository, "two", &one).unwrap();
+        assert_eq!(registry.put_manifest(repository, "two", &one).unwrap(), Tagged::AlreadyThere, "no second PUT");
         assert_eq!(registry.manifest_digest(repository, "two").unwrap().as_deref(), Some(one.digest.as_str()));
         assert_eq!(registry.manifest_digest(repository, "one").unwrap().as_deref(), Some(one.digest.as_str()));
         let tags = registry.tags(repository).unwrap();
