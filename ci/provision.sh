@@ -2,7 +2,8 @@
 # Provisions a fresh Debian 12 machine with what the xtask's tests need: a Docker engine with
 # BuildKit, the Compose v2 plugin, the Distribution registry (the lab's stand-in for Nexus),
 # htpasswd for its credentials, debootstrap for base images built from Debian packages, and
-# skopeo, a second registry client the Nexus look-alike's tests check pushes with.
+# skopeo, a second registry client the Nexus look-alike's tests check pushes with, and tmux, the
+# real terminal the progress display is tested in.
 # Idempotent: every step checks before it installs or starts anything.
 # Facts behind each step: shared/ENVIRONMENT.md (what was verified to work on these machines).
 set -euo pipefail
@@ -10,7 +11,7 @@ set -euo pipefail
 log() { printf 'provision: %s\n' "$*"; }
 
 need_pkgs=()
-for pkg in docker.io docker-registry apache2-utils debootstrap skopeo git curl ca-certificates; do
+for pkg in docker.io docker-registry apache2-utils debootstrap skopeo tmux git curl ca-certificates; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -27,7 +27,7 @@ fn lab() -> &'static BTreeMap<String, String> {
     LAB.get_or_init(|| {
         let up = xtask(&["sandbox", "up", "--nexus"], &[], &workspace());
         assert_success(&up, "sandbox up --nexus");
-        let env = xtask(&["sandbox", "env"], &[], &workspace());
+        let env = xtask(&["sandbox", "env", "--format", "dotenv"], &[], &workspace());
         assert_success(&env, "sandbox env");
         let lab: BTreeMap<String, String> = String::from_utf8(env.stdout)
             .unwrap()

@@ -75,14 +75,19 @@ fn xtask(args: &[&str], dir: &Path) -> Output {
     for key in ["CI", "IMAGE_TAG", "NEXUS_REGISTRY", "NEXUS_USERNAME", "NEXUS_PASSWORD"] {
         command.env_remove(key);
     }
-    // No engine answers here, and no login of the machine is used.
+    // No engine answers here, and no login of the machine is used. The client still finds its
+    // plugins (compose), which a separate DOCKER_CONFIG would hide: they are linked in.
+    let plugins = std::env::var("HOME").ok().map(|home| Path::new(&home).join(".docker/cli-plugins"));
+    if let Some(plugins) = plugins.filter(|plugins| plugins.is_dir()) {
+        std::os::unix::fs::symlink(plugins, docker_config.path().join("cli-plugins")).unwrap();
+    }
     command.env("DOCKER_HOST", "unix:///nonexistent/xtask-bad-inputs.sock");
     command.env("DOCKER_CONFIG", docker_config.path());
     command.output().unwrap()
 }
 
-/// Every file under `dir`: its mode and contents.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
+/// Every file under `dir`: its mode, modification time and contents.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, std::time::SystemTime, Vec<u8>)> {
     let mut files = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(current) = stack.pop() {
@@ -91,9 +96,10 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
             let meta = std::fs::symlink_metadata(&path).unwrap();
             if meta.is_dir() {
                 stack.push(path.clone());
-                files.insert(path, (meta.permissions().mode(), Vec::new()));
+                files.insert(path, (meta.permissions().mode(), meta.modified().unwrap(), Vec::new()));
             } else {
-                files.insert(path.clone(), (meta.permissions().mode(), std::fs::read(&path).unwrap()));
+                let contents = std::fs::read(&path).unwrap();
+                files.insert(path.clone(), (meta.permissions().mode(), meta.modified().unwrap(), contents));
             }
         }
     }
@@ -359,4 +365,47 @@ fn bad_inputs_fail_in_one_line_and_change_nothing() {
     }
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
     eprintln!("{} bad inputs, each one error line and no change (pid {pid})", cases.len());
+}
+
+/// Every task's `--dry-run` prints its plan and changes nothing: no file of the deployment
+/// directory is created, removed or touched (a stale lock from a killed update included), and
+/// docker is asked nothing but compose's reading of its file.
+#[test]
+fn dry_runs_print_the_plan_and_change_nothing() {
+    let registry = fake_registry();
+    let dir = deployment(&registry);
+    let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
+    gzip(&backup, "select 1;\n-- PostgreSQL database dump complete\n");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    // A killed update's lock: a pid no process has.
+    let stale = serde_json::json!({
+        "pid": u32::MAX - 1, "user": "ops", "host": host, "command": "update",
+        "since": "2026-01-01T00:00:00Z", "from_tag": "0.9.0", "to_tag": KNOWN_TAG, "children": []
+    });
+    std::fs::write(dir.path().join(".deploy.lock"), stale.to_string()).unwrap();
+    let root = dir.path().to_str().unwrap();
+    let file = backup.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["deploy", "--dry-run", "--dir", root], ".deploy.lock left by pid 4294967294 (update, user ops"),
+        (
+            &["update", "--tag", KNOWN_TAG, "--dry-run", "--dir", root],
+            "its update started from 0.9.0: the tag to go back to",
+        ),
+        (&["rollback", "--to", KNOWN_TAG, "--dry-run", "--dir", root], "back up the database"),
+        (
+            &["backup", "--dry-run", "--dir", root, "--out", &format!("{root}/new/backups")],
+            "new/backups beyond the newest 10",
+        ),
+        (&["restore", file, "--dry-run", "--dir", root], &format!("load {file} into a new database")),
+    ];
+    for (args, expected) in cases {
+        let before = snapshot(dir.path());
+        let output = xtask(args, dir.path());
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{args:?}\n{stdout}{stderr}");
+        assert!(stdout.contains(expected), "{args:?} lacks {expected:?}:\n{stdout}");
+        assert!(!format!("{stdout}{stderr}").contains("canary"), "{args:?} showed a secret");
+        assert_eq!(snapshot(dir.path()), before, "{args:?} changed the deployment directory");
+    }
 }

@@ -2,6 +2,8 @@
 //! built binary, and a controlled environment (CI variables of the machine running the tests
 //! are removed, then each case sets its own).
 
+mod common;
+
 use std::cell::Cell;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -331,6 +333,22 @@ fn dirty_tree_gets_one_tag_derived_from_its_changes() {
 type CiCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a [&'a str], &'a str);
 
 #[test]
+fn operator_files_in_a_deployment_directory_leave_the_tree_clean() {
+    // A server deploying from a checkout whose .gitignore does not know these files.
+    let repo = Repo::new("main");
+    let docker = repo.path().join("docker");
+    std::fs::create_dir_all(docker.join("backups")).unwrap();
+    std::fs::write(docker.join(".deploy-history.jsonl"), "{}\n").unwrap();
+    std::fs::write(docker.join(".deploy.lock"), "pid 1\n").unwrap();
+    std::fs::write(docker.join("backups/intric_20261127T084500Z.sql.gz"), "dump").unwrap();
+    assert_eq!(repo.image_tags(), with_sha(&repo, &["dev-latest"]));
+
+    std::fs::write(docker.join("docker-compose.override.yml"), "services: {}\n").unwrap();
+    let report = repo.tags(&[], &[]);
+    assert_eq!(report["dirty"], true, "any other file still makes the tree dirty: {report}");
+}
+
+#[test]
 fn shallow_detached_clone_in_ci() {
     let upstream = Repo::new("main");
     upstream.tag("v1.0.0");
@@ -433,6 +451,37 @@ fn image_tag_adds_a_tag_and_says_so() {
 }
 
 #[test]
+fn image_tag_from_a_sourced_env_file_cannot_move_latest() {
+    // A shell that sourced a deployment's .env has IMAGE_TAG=latest; on a feature branch that
+    // must not add `latest`, nor any other tag a stage moves.
+    let repo = Repo::new("main");
+    repo.git(&["checkout", "--quiet", "-b", "feature/login"]);
+    let error = failure(repo.path(), &[], &[("IMAGE_TAG", "latest")]);
+    assert!(error.contains("IMAGE_TAG=`latest`") && error.contains("release stage"), "{error}");
+    let error = failure(repo.path(), &["--json"], &[("IMAGE_TAG", "dev-latest")]);
+    assert!(error.contains("main stage"), "{error}");
+    let error = failure(repo.path(), &[], &[("IMAGE_TAG", "1.4")]);
+    assert!(error.contains("release stage"), "{error}");
+    let error = failure(repo.path(), &[], &[("IMAGE_TAG", "sha-0123456789ab")]);
+    assert!(error.contains("another commit"), "{error}");
+
+    // `build` reads the same rules before it builds anything.
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["build", "--repo", repo.path().to_str().unwrap(), "--push", "--registry", "127.0.0.1:9/none"])
+        .env("IMAGE_TAG", "latest")
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("IMAGE_TAG=`latest`") && stderr.trim_end().lines().count() == 1, "{stderr}");
+
+    // Its own commit's sha tag and a tag of one's own are fine.
+    assert_eq!(repo.tags(&[], &[("IMAGE_TAG", &repo.sha_tag())])["tags"].as_array().unwrap().len(), 2);
+    assert!(strings(&repo.tags(&[], &[("IMAGE_TAG", "qa")])["tags"]).contains(&"qa".to_string()));
+}
+
+#[test]
 fn bad_inputs_fail_with_one_line_naming_the_input() {
     let repo = Repo::new("main");
     let error = failure(repo.path(), &[], &[("IMAGE_TAG", "bad tag")]);
@@ -462,4 +511,36 @@ fn help_has_an_example() {
     let output = xtask(Path::new("."), &["--help"], &[]);
     let help = String::from_utf8(output.stdout).unwrap();
     assert!(help.contains("Examples:") && help.contains("cargo xtask tags --json"), "{help}");
+}
+
+#[test]
+fn a_token_in_the_origin_url_never_reaches_the_build_plan() {
+    // The plan names the engine's builder, so `build --dry-run` needs one answering.
+    if !common::docker_available() {
+        return;
+    }
+    let repo = common::snapshot();
+    let canary = "glcbt-CANARY-7f3a9";
+    let origin = format!("https://gitlab-ci-token:{canary}@gitlab.example.com/group/intric.git?private_token={canary}");
+    common::git(repo.path(), &["remote", "add", "origin", &origin]);
+    let output = common::xtask(
+        &[
+            "build",
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--dry-run",
+            "--push",
+            "--registry",
+            "127.0.0.1:5000/canary",
+        ],
+        &[],
+        repo.path(),
+    );
+    common::assert_success(&output, "build --dry-run");
+    let shown = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!shown.contains("CANARY"), "the origin's token is in the plan:\n{shown}");
+    assert!(
+        shown.contains("org.opencontainers.image.source=https://gitlab.example.com/group/intric.git"),
+        "the source label is the URL without its credentials:\n{shown}"
+    );
 }

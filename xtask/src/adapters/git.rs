@@ -183,14 +183,16 @@ impl Repo {
             .map(str::to_string)
     }
 
-    /// The URL of the `origin` remote, if there is one: the OCI `source` label of images.
+    /// The URL of the `origin` remote, if there is one, made fit to publish (see
+    /// [`public_url`]): it becomes the OCI `source` label of images and appears in plans.
     pub fn origin_url(&self) -> Option<String> {
-        self.repo.find_remote("origin").ok()?.url().ok().map(|url| url.to_string())
+        self.repo.find_remote("origin").ok()?.url().ok().map(public_url)
     }
 
     /// Whether the working tree differs from HEAD, and a digest of how.
     ///
-    /// Counted: modified, deleted, staged and untracked files; not ignored ones. The digest
+    /// Counted: modified, deleted, staged and untracked files; not ignored ones, nor the files
+    /// the operator tasks write into a deployment directory (see [`is_operator_file`]). The digest
     /// covers each changed path, its status bits (so staging a change gives a new digest) and
     /// its current content in the working tree, which is what a build would copy. Index
     /// contents are not hashed: two states with the same files and statuses build the same
@@ -203,8 +205,11 @@ impl Repo {
             .repo
             .statuses(Some(&mut options))
             .with_context(|| format!("cannot read the working tree status of {}", self.path.display()))?;
-        let mut changes: Vec<(Vec<u8>, u32)> =
-            statuses.iter().map(|entry| (entry.path_bytes().to_vec(), entry.status().bits())).collect();
+        let mut changes: Vec<(Vec<u8>, u32)> = statuses
+            .iter()
+            .filter(|entry| !is_operator_file(entry.path_bytes()))
+            .map(|entry| (entry.path_bytes().to_vec(), entry.status().bits()))
+            .collect();
         if changes.is_empty() {
             return Ok(Worktree::Clean);
         }
@@ -309,4 +314,141 @@ fn content_digest(path: &Path) -> io::Result<[u8; 32]> {
         }
     }
     Ok(hasher.finalize().into())
+}
+
+/// Whether `path` (relative to the work tree) is a file the operator tasks write into a
+/// deployment directory: the deploy history, the deploy lock (and its temporary file), or a
+/// database backup under `backups/`. A server that deploys from a checkout writes them there,
+/// and a build from that checkout is no less clean for it. The names are those of
+/// `stack::history`, `stack::lock` and `stack::database`, which this layer cannot import.
+fn is_operator_file(path: &[u8]) -> bool {
+    let path = String::from_utf8_lossy(path);
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
+    let in_backups = parent == "backups" || parent.ends_with("/backups");
+    let backup = |name: &str| name.strip_prefix("intric_").is_some_and(|rest| rest.ends_with(".sql.gz"));
+    name == ".deploy-history.jsonl"
+        || name == ".deploy.lock"
+        || (name.starts_with(".deploy.lock.") && name.ends_with(".tmp"))
+        || (in_backups
+            && (backup(name)
+                || name.strip_prefix('.').and_then(|rest| rest.strip_suffix(".partial")).is_some_and(backup)))
+}
+
+/// A remote URL without its secrets, as a browser would open it.
+///
+/// CI runners clone with a token in the URL (`https://gitlab-ci-token:<token>@host/group/repo.git`,
+/// or `?private_token=...`), and whatever reads `origin` would copy it into image labels, logs
+/// and plans. So the user information goes, and so do query parameters whose names say they
+/// carry a credential, and the fragment. SSH remotes (`git@host:group/repo.git`,
+/// `ssh://git@host:2222/group/repo.git`) become the project's web address,
+/// `https://host/group/repo`. A local path stays as it is.
+pub fn public_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return match scp_like(url) {
+            Some((host, path)) => web_address(host, path),
+            None => url.to_string(),
+        };
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let rest = rest.split_once('#').map_or(rest, |(rest, _fragment)| rest);
+    let (rest, query) = rest.split_once('?').map_or((rest, ""), |(rest, query)| (rest, query));
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    // The user information ends at the last `@`: a password may itself contain one.
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    if matches!(scheme.as_str(), "ssh" | "git+ssh" | "ssh+git") {
+        // The SSH port is no web port.
+        let host = host.rsplit_once(':').map_or(host, |(host, _port)| host);
+        return web_address(host, path);
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|parameter| !parameter.is_empty())
+        .filter(|parameter| !is_credential(parameter.split('=').next().unwrap_or_default()))
+        .collect();
+    let query = if kept.is_empty() { String::new() } else { format!("?{}", kept.join("&")) };
+    format!("{scheme}://{host}{path}{query}")
+}
+
+/// git's scp-like syntax, `[user@]host:path`: a colon before any slash. Returns host and path.
+fn scp_like(url: &str) -> Option<(&str, &str)> {
+    let (authority, path) = url.split_once(':')?;
+    if authority.is_empty() || authority.contains('/') {
+        return None;
+    }
+    Some((authority.rsplit_once('@').map_or(authority, |(_, host)| host), path))
+}
+
+/// `https://host/path` without a trailing `.git`: the project's page on GitLab or GitHub.
+fn web_address(host: &str, path: &str) -> String {
+    let path = path.trim_matches('/');
+    format!("https://{host}/{}", path.strip_suffix(".git").unwrap_or(path))
+}
+
+/// Whether a query parameter's name says it carries a credential (`private_token`, `apikey`,
+/// `X-Amz-Signature`, `password`, ...).
+fn is_credential(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["token", "auth", "key", "secret", "pass", "pwd", "sig", "cred", "session"].iter().any(|word| name.contains(word))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_files_are_recognised() {
+        for path in [
+            "docker/.deploy-history.jsonl",
+            ".deploy.lock",
+            "srv/.deploy.lock.4711.tmp",
+            "docker/backups/intric_20261127T084500Z.sql.gz",
+            "backups/intric_20261127T084500Z-2.sql.gz",
+            "docker/backups/.intric_20261127T084500Z.sql.gz.partial",
+        ] {
+            assert!(is_operator_file(path.as_bytes()), "{path}");
+        }
+        for path in [
+            "docker/docker-compose.yml",
+            "docker/intric_20261127T084500Z.sql.gz",
+            "docker/backups/notes.txt",
+            "backend/.deploy-history.json",
+        ] {
+            assert!(!is_operator_file(path.as_bytes()), "{path}");
+        }
+    }
+
+    #[test]
+    fn public_urls_carry_no_credentials() {
+        for (remote, public) in [
+            (
+                "https://gitlab-ci-token:glcbt-CANARY@gitlab.example.com/group/intric.git",
+                "https://gitlab.example.com/group/intric.git",
+            ),
+            (
+                "https://oauth2:p@ss@word@gitlab.example.com:8443/group/intric.git",
+                "https://gitlab.example.com:8443/group/intric.git",
+            ),
+            ("https://x-access-token@github.example/org/intric", "https://github.example/org/intric"),
+            (
+                "https://gitlab.example.com/group/intric.git?private_token=CANARY",
+                "https://gitlab.example.com/group/intric.git",
+            ),
+            (
+                "https://host/intric.git?ref=main&access_token=CANARY&X-Amz-Signature=CANARY",
+                "https://host/intric.git?ref=main",
+            ),
+            ("https://host/intric.git#token=CANARY", "https://host/intric.git"),
+            ("HTTP://user:pw@host", "http://host"),
+            ("git@gitlab.example.com:group/intric.git", "https://gitlab.example.com/group/intric"),
+            ("gitlab.example.com:group/sub/intric", "https://gitlab.example.com/group/sub/intric"),
+            ("ssh://git@gitlab.example.com:2222/group/intric.git", "https://gitlab.example.com/group/intric"),
+            ("git+ssh://deploy:CANARY@host/intric.git/", "https://host/intric"),
+            ("https://gitlab.example.com/group/intric.git", "https://gitlab.example.com/group/intric.git"),
+            ("/srv/git/intric.git", "/srv/git/intric.git"),
+            ("file:///srv/git/intric.git", "file:///srv/git/intric.git"),
+            ("../intric", "../intric"),
+        ] {
+            assert_eq!(public_url(remote), public, "{remote}");
+        }
+    }
 }

@@ -4,9 +4,14 @@
 //! Reads once: the tag report, the docker client, the environment, each image's inputs digest
 //! (`context`), and what the registry (or the local engine) already holds. Plans: per image,
 //! either a build (docker argv, then pushes) or a retag of an existing image with the same
-//! inputs digest (registry API calls, or `docker tag` locally). Executes: independent images in
-//! parallel (`--jobs`), the worker after the backend so their shared stages come from cache,
-//! pushes overlapping with builds still running, and the first failure stops the rest.
+//! inputs digest (registry API calls, or `docker tag` locally). The plan ([`BuildPlan`], a
+//! [`TaskPlan`]) holds everything running it needs (registry access, jobs, logs directory), and
+//! prints every command it runs. Executes: independent images in parallel (`--jobs`), taking
+//! free slots in plan order, the worker after the backend so their shared stages come from
+//! cache, pushes overlapping with builds still running, and the first failure stops the rest.
+//!
+//! A dry run asks the registry once, with a short timeout, and never waits for it: what it
+//! could not learn (reuse of an unchanged image, cache sources) the plan shows as unknown.
 //!
 //! Skipping: every image we build carries the tag `inputs-<24 hex>` of its inputs digest. When
 //! that tag exists already, the image is what this build would produce, so the new tags are put
@@ -27,14 +32,14 @@ use clap::Args;
 
 use crate::adapters::ci_env::Env;
 use crate::adapters::docker::{BuildSecret, BuildSpec, Builder, Docker};
-use crate::adapters::registry::{Credentials, Manifest, Registry, RegistryAddress};
+use crate::adapters::registry::{Backoff, Credentials, Manifest, Registry, RegistryAddress};
 use crate::images::Service;
 use crate::images::inline_cache;
 use crate::images::location::Location;
 use crate::images::tags::{self, StageChoice, TagReport};
-use crate::plan::Command;
 use crate::plan::progress::{Progress, TaskProgress};
 use crate::plan::runner::Runner;
+use crate::plan::{Command, TaskPlan};
 
 /// Options of `cargo xtask build`.
 #[derive(Args, Default)]
@@ -113,7 +118,6 @@ pub struct BuildInputs {
     pub docker: Docker,
     /// Build args naming base images, by variable: `PYTHON_IMAGE` → the image to use.
     pub base_images: BTreeMap<String, String>,
-    pub source: Option<String>,
     /// Each service's inputs digest.
     pub digests: BTreeMap<Service, String>,
     /// Services whose inputs tag exists already (in the registry when pushing, else locally).
@@ -131,7 +135,41 @@ pub struct BuildInputs {
     pub no_cache: bool,
     pub pull: bool,
     pub workspace: PathBuf,
+    /// Where the registry API calls go and whose credentials they use, when there is a registry.
+    pub registry_access: Option<RegistryAccess>,
+    /// Why the registry could not be read, when a dry run (or a build that does not push) goes
+    /// on without it: what depends on it is then unknown (a dry run) or done without (cache).
+    pub registry_unreachable: Option<String>,
+    /// How many images to build at once.
+    pub jobs: usize,
+    /// Keep progress off the terminal (`--json`: standard output carries one document).
+    pub quiet: bool,
 }
+
+/// The registry's address and the credentials its API calls use, decided when planning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryAccess {
+    pub address: RegistryAddress,
+    pub credentials: Option<Credentials>,
+}
+
+impl RegistryAccess {
+    /// The address `setting` names, with the credentials of the environment or the docker login
+    /// (a credential helper runs through `runner`).
+    pub fn read(setting: &str, runner: &dyn Runner) -> Result<RegistryAccess> {
+        let address = RegistryAddress::parse(setting)?;
+        let credentials = Credentials::find(&address, runner)?;
+        Ok(RegistryAccess { address, credentials })
+    }
+
+    /// A client that rides out a registry restarting (see [`Backoff::STANDARD`]).
+    pub fn client(&self) -> Registry {
+        Registry::new(self.address.clone(), self.credentials.clone(), Backoff::STANDARD)
+    }
+}
+
+/// How long a dry run waits for each registry request: it shows what it cannot know instead.
+const DRY_RUN_REGISTRY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What happens to one image.
 #[derive(Debug)]
@@ -142,6 +180,11 @@ pub struct ImagePlan {
     pub tags: Vec<String>,
     pub inputs_digest: String,
     pub action: Action,
+    /// The local engine's `image inspect` of the result, for its id and size, when it is not
+    /// pushed (a pushed image's digest and size come from its manifest).
+    pub describe: Option<Command>,
+    /// What the plan could not know (the registry did not answer), in words.
+    pub unknown: Option<String>,
 }
 
 // A plan holds three of these at most, so the size difference between variants costs nothing.
@@ -248,13 +291,24 @@ impl CacheMark {
     }
 }
 
-/// The whole build.
+/// The whole build: what runs, and everything running it needs, decided when planning.
 #[derive(Debug)]
 pub struct BuildPlan {
     pub builder: Builder,
     pub registry: Option<String>,
+    /// Why the registry could not be read (see [`BuildInputs::registry_unreachable`]).
+    pub registry_unreachable: Option<String>,
+    /// The registry API's address and credentials, when pushing.
+    pub registry_access: Option<RegistryAccess>,
     pub login: Option<Command>,
     pub images: Vec<ImagePlan>,
+    /// The tag engine's report the tags come from (version, revision), for the summaries.
+    pub report: TagReport,
+    pub push: bool,
+    pub jobs: usize,
+    /// Where each image's full log goes ([`LOGS_DIR`] below the repository).
+    pub logs: PathBuf,
+    pub quiet: bool,
 }
 
 /// Where each image's full build log goes, below the repository.
@@ -262,92 +316,67 @@ pub const LOGS_DIR: &str = "target/xtask/logs";
 
 /// Reads the inputs and plans the build as `cargo xtask build` does with `args`. For tasks that
 /// build on the way (`release --build`, `ci`): they show this plan in their own dry run and run
-/// it with [`execute_prepared`]. `tags`, when given, replaces the tag engine's tags: a release
-/// builds only HEAD's immutable `sha-` tag and then promotes that.
-pub fn prepare(
-    runner: &dyn Runner,
-    args: &BuildArgs,
-    env: &Env,
-    tags: Option<Vec<String>>,
-) -> Result<(BuildInputs, BuildPlan)> {
+/// it through its [`TaskPlan`] implementation. `tags`, when given, replaces the tag engine's
+/// tags: a release builds only HEAD's immutable `sha-` tag and then promotes that.
+pub fn prepare(runner: &dyn Runner, args: &BuildArgs, env: &Env, tags: Option<Vec<String>>) -> Result<BuildPlan> {
     let mut inputs = read_inputs(runner, args, env)?;
     if let Some(tags) = tags {
         inputs.report.tags = tags;
     }
-    let plan = plan(&inputs);
-    Ok((inputs, plan))
-}
-
-/// Runs a prepared build with at most `jobs` images at once (default: the number of CPUs),
-/// logging under `target/xtask/logs/`; `quiet` keeps progress off standard output.
-pub fn execute_prepared(
-    runner: &dyn Runner,
-    inputs: &BuildInputs,
-    plan: &BuildPlan,
-    jobs: Option<usize>,
-    quiet: bool,
-) -> Result<Vec<ImageResult>> {
-    let registry = match (&plan.registry, inputs.push) {
-        (Some(address), true) => Some(registry_client(address, runner)?),
-        _ => None,
-    };
-    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)).max(1);
-    let logs = inputs.workspace.join(LOGS_DIR);
-    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    execute(runner, plan, registry.as_ref(), &inputs.docker, jobs, &logs, quiet)
+    Ok(plan(&inputs))
 }
 
 /// Reads git state, the environment, the docker client, inputs digests and existing images.
+/// Every problem with the inputs is collected and reported together. A dry run asks the
+/// registry once, briefly, and notes what it could not learn instead of failing.
 fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
     std::thread::scope(|scope| {
         // The docker probes are processes; git state and digests are this process's work meanwhile.
         let docker = scope.spawn(|| Docker::detect(runner));
         let workspace = args.location.repo();
-        let report = tags::resolve(&workspace, args.stage, env)?;
-        let registry = args.location.registry(env)?.map(|address| address.to_string());
-
         let mut problems = Vec::new();
+        let mut problem = |error: anyhow::Error| problems.push(format!("{error:#}"));
+        // Image names start with the setting's image-name form: without a scheme.
+        let registry = args.location.registry(env).map_err(&mut problem).ok().flatten().map(|a| a.to_string());
+
+        let report = tags::resolve(&workspace, args.stage, env).map_err(&mut problem).ok();
         if args.push && registry.is_none() {
-            problems.push("--push needs a registry: set NEXUS_REGISTRY or pass --registry HOST[:PORT]".to_string());
+            problem(anyhow!("--push needs a registry: set NEXUS_REGISTRY or pass --registry HOST[:PORT]"));
         }
-        if args.push && report.dirty && !args.allow_dirty {
-            problems.push(
+        if args.push && report.as_ref().is_some_and(|report| report.dirty) && !args.allow_dirty {
+            problem(anyhow!(
                 "the working tree is dirty, so the images would match no commit: commit or stash the changes, \
                  or pass --allow-dirty"
-                    .to_string(),
-            );
+            ));
         }
         for tag in &args.extra_tags {
             if !tags::is_valid_image_tag(tag) {
-                problems.push(format!(
+                problem(anyhow!(
                     "--tag {tag:?} is not a valid image tag: use letters, digits, '_', '.' and '-', at most 128, \
                      not starting with '.' or '-'"
                 ));
             }
         }
-        let secrets = args.secrets.iter().filter_map(|secret| match secret.split_once('=') {
-            Some((id, variable)) if !id.is_empty() && !variable.is_empty() => {
-                Some(BuildSecret { id: id.to_string(), env: variable.to_string() })
-            }
-            _ => {
-                problems
-                    .push(format!("--secret {secret:?} is not ID=ENV: name the secret and the variable holding it"));
-                None
-            }
-        });
-        let secrets: Vec<BuildSecret> = secrets.collect();
-        for secret in &secrets {
-            if !env.contains_key(&secret.env) {
-                problems.push(format!("--secret {}: variable {} is not set", secret.id, secret.env));
+        let mut secrets = Vec::new();
+        for secret in &args.secrets {
+            match secret.split_once('=') {
+                Some((id, variable)) if !id.is_empty() && !variable.is_empty() => {
+                    if !env.contains_key(variable) {
+                        problem(anyhow!("--secret {id}: variable {variable} is not set"));
+                    }
+                    secrets.push(BuildSecret { id: id.to_string(), env: variable.to_string() });
+                }
+                _ => problem(anyhow!("--secret {secret:?} is not ID=ENV: name the secret and the variable holding it")),
             }
         }
-        if !problems.is_empty() {
-            bail!("cannot build: {}", problems.join("; "));
-        }
+        let credentials = Credentials::from_env(env).map_err(&mut problem).ok().flatten();
+        let registry_access =
+            registry.as_deref().and_then(|setting| RegistryAccess::read(setting, runner).map_err(&mut problem).ok());
 
         let services = if args.services.is_empty() { Service::ALL.to_vec() } else { dedup(&args.services) };
         // Checked like every registry setting; its image-name form is the prefix.
-        let base_registry = args.base_registry.as_deref().map(RegistryAddress::parse).transpose()?;
+        let base_registry = args.base_registry.as_deref().map(RegistryAddress::parse).transpose();
+        let base_registry = base_registry.context("--base-registry").map_err(&mut problem).ok().flatten();
         let base_images = base_images(env, base_registry.map(|address| address.to_string()).as_deref());
         let mut digests = BTreeMap::new();
         for &service in &services {
@@ -358,37 +387,45 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
                 Some(service.target()),
                 &base_image_args(service, &base_images),
             )
-            .with_context(|| format!("cannot compute the inputs digest of {}", service.name()))?;
-            digests.insert(service, digest);
+            .with_context(|| format!("cannot compute the inputs digest of {}", service.name()));
+            match digest {
+                Ok(digest) => {
+                    digests.insert(service, digest);
+                }
+                Err(error) => problem(error),
+            }
         }
-        let docker = docker.join().map_err(|_| anyhow!("detecting the docker client panicked"))??;
+        let docker = docker.join().map_err(|_| anyhow!("detecting the docker client panicked"))?;
+        let docker = docker.map_err(&mut problem).ok();
+        let (Some(report), Some(docker), true) = (report, docker, problems.is_empty()) else {
+            bail!("cannot build: {}", problems.join("; "));
+        };
+
         // A login the docker client already holds needs no `docker login` (a process and a
         // round trip on every build); the registry client checks the same credentials anyway.
-        let login = match (Credentials::from_env(env)?, &registry) {
-            (Some(credentials), Some(address))
-                if credentials.is_docker_login(&RegistryAddress::parse(address)?, runner) =>
-            {
-                None
-            }
+        let login = match (credentials, &registry_access) {
+            (Some(credentials), Some(access)) if credentials.is_docker_login(&access.address, runner) => None,
             (credentials, _) => credentials,
         };
         // The registry's tags of each image: where an unchanged image is found when pushing, and
         // the cache sources of every build that knows a registry (a PR's too, which does not push).
-        let registry_tags: Option<BTreeMap<Service, Vec<String>>> = match &registry {
-            Some(address) => {
-                let listed = registry_client(address, runner).and_then(|client| {
-                    services.iter().map(|&service| Ok((service, client.tags(&service.repository())?))).collect()
-                });
-                match listed {
-                    Ok(tags) => Some(tags),
-                    Err(error) if !args.push => {
-                        eprintln!("warning: building without cache from {address}: {error:#}");
-                        None
-                    }
-                    Err(error) => return Err(error),
-                }
-            }
-            None => None,
+        let listed = registry_access.as_ref().map(|access| {
+            let client = if args.dry_run {
+                Registry::impatient(access.address.clone(), access.credentials.clone(), DRY_RUN_REGISTRY_TIMEOUT)
+            } else {
+                access.client()
+            };
+            services
+                .iter()
+                .map(|&service| Ok((service, client.tags(&service.repository())?)))
+                .collect::<Result<BTreeMap<Service, Vec<String>>>>()
+        });
+        let (registry_tags, registry_unreachable) = match listed {
+            None => (None, None),
+            Some(Ok(tags)) => (Some(tags), None),
+            // A real push cannot decide what to reuse without the registry, nor push to it.
+            Some(Err(error)) if args.push && !args.dry_run => return Err(error),
+            Some(Err(error)) => (None, Some(format!("{error:#}"))),
         };
         let mut unchanged = BTreeSet::new();
         let mut cache_from = BTreeMap::new();
@@ -397,9 +434,12 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             let marker = inputs_tag(&digests[&service]);
             let name = image_name(registry.as_deref(), service);
             let existing = registry_tags.as_ref().map(|tags| &tags[&service]);
+            // Pushing reuses what the registry holds (unknown when it did not answer: the plan
+            // says so); a local build reuses what the engine holds.
             let present = || match existing {
-                Some(existing) if args.push => existing.contains(&marker),
-                _ => docker.image_exists(runner, &format!("{name}:{marker}")),
+                _ if !args.push => docker.image_exists(runner, &format!("{name}:{marker}")),
+                Some(existing) => existing.contains(&marker),
+                None => false,
             };
             if reuse_allowed && present() {
                 unchanged.insert(service);
@@ -410,7 +450,6 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         }
         let registry_cache = args.push && docker.buildx_has_container_builder(runner, args.builder.as_deref());
         Ok(BuildInputs {
-            source: crate::adapters::git::Repo::open(&workspace).ok().and_then(|repo| repo.origin_url()),
             report,
             services,
             registry,
@@ -428,13 +467,12 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             no_cache: args.no_cache,
             pull: args.pull,
             workspace,
+            registry_access,
+            registry_unreachable,
+            jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)).max(1),
+            quiet: args.json,
         })
     })
-}
-
-/// The registry client, logged in as the environment or the docker login says.
-pub fn registry_client(address: &str, runner: &dyn Runner) -> Result<Registry> {
-    Registry::connect(RegistryAddress::parse(address)?, runner)
 }
 
 /// The services in a fixed order, each once.
@@ -527,7 +565,11 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
             let marker = inputs_tag(&digest);
             let action = if inputs.unchanged.contains(&service) {
                 if inputs.push {
-                    Action::RetagInRegistry(Retag { repository: service.repository(), from: marker, to: tags.clone() })
+                    Action::RetagInRegistry(Retag {
+                        repository: service.repository(),
+                        from: marker.clone(),
+                        to: tags.clone(),
+                    })
                 } else {
                     let source = format!("{name}:{marker}");
                     Action::RetagLocally(
@@ -539,10 +581,36 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
             } else {
                 plan_build(inputs, service, &name, &tags, &digest)
             };
-            ImagePlan { service, name, tags: tags.clone(), inputs_digest: digest, action }
+            let unknown = match (&inputs.registry_unreachable, &action, inputs.push) {
+                (Some(_), Action::Build { .. }, true) => Some(format!(
+                    "registry unreachable: would build unless {name}:{marker} exists (then only tag it), \
+                     without cache from the registry"
+                )),
+                (Some(_), Action::Build { .. }, false) => {
+                    Some(format!("registry unreachable: would build without cache from {}", registry.unwrap_or("it")))
+                }
+                _ => None,
+            };
+            let describe = (!inputs.push).then(|| {
+                let reference = format!("{name}:{}", tags[0]);
+                docker.command().args(["image", "inspect", "--format", "{{.Id}} {{.Size}}", &reference])
+            });
+            ImagePlan { service, name, tags: tags.clone(), inputs_digest: digest, action, describe, unknown }
         })
         .collect();
-    BuildPlan { builder: docker.builder, registry: inputs.registry.clone(), login, images }
+    BuildPlan {
+        builder: docker.builder,
+        registry: inputs.registry.clone(),
+        registry_unreachable: inputs.registry_unreachable.clone(),
+        registry_access: inputs.registry_access.clone().filter(|_| inputs.push),
+        login,
+        images,
+        report: inputs.report.clone(),
+        push: inputs.push,
+        jobs: inputs.jobs,
+        logs: inputs.workspace.join(LOGS_DIR),
+        quiet: inputs.quiet,
+    }
 }
 
 fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String], digest: &str) -> Action {
@@ -565,7 +633,7 @@ fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String
         ("org.opencontainers.image.created".to_string(), crate::adapters::clock::rfc3339(report.commit_time)),
         (INPUTS_LABEL.to_string(), digest.to_string()),
     ];
-    if let Some(source) = &inputs.source {
+    if let Some(source) = &inputs.report.source {
         labels.push(("org.opencontainers.image.source".to_string(), source.clone()));
     }
     let mut cache_from = inputs.cache_from.get(&service).cloned().unwrap_or_default();
@@ -598,7 +666,7 @@ fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String
         no_cache: inputs.no_cache,
         pull: inputs.pull,
     };
-    let build = inputs.docker.build(&spec).hint(format!("the {} build failed", service.name()));
+    let build = inputs.docker.build(&spec).hint("the build failed");
     // Pushed images carry inline cache whatever the builder, and a container builder's
     // `buildcache` export may have been refused (ignore-error): keep `inline-cache` current.
     let cache_mark = inputs.push.then(|| CacheMark { repository: service.repository(), from: tags[0].clone() });
@@ -618,12 +686,18 @@ fn plan_build(inputs: &BuildInputs, service: Service, name: &str, tags: &[String
 impl fmt::Display for BuildPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "builder: {}", self.builder)?;
+        if let (Some(registry), Some(reason)) = (&self.registry, &self.registry_unreachable) {
+            writeln!(f, "registry: {registry} unreachable, so what depends on it is unknown: {reason}")?;
+        }
         if let Some(login) = &self.login {
             writeln!(f, "login: {login}")?;
         }
         let registry = self.registry.as_deref().unwrap_or_default();
         for image in &self.images {
             writeln!(f, "{} (inputs {}):", image.service.name(), &image.inputs_digest[..24])?;
+            if let Some(unknown) = &image.unknown {
+                writeln!(f, "  {unknown}")?;
+            }
             match &image.action {
                 Action::Build { build, push, retag, cache_mark } => {
                     writeln!(f, "  {build}")?;
@@ -647,6 +721,9 @@ impl fmt::Display for BuildPlan {
                         writeln!(f, "  {command}")?;
                     }
                 }
+            }
+            if let Some(describe) = &image.describe {
+                writeln!(f, "  {describe}")?;
             }
         }
         Ok(())
@@ -687,111 +764,140 @@ pub struct ImageResult {
     pub inputs_digest: String,
 }
 
-/// Shared between the image threads: who finished how, whether to stop, what to kill.
+/// Shared between the image threads: who started, who finished how, whether to stop.
 #[derive(Default)]
 struct Board {
+    started: BTreeSet<Service>,
     finished: BTreeMap<Service, bool>,
     running: usize,
     cancelled: bool,
 }
 
-/// Runs the plan: login, then every image on its own thread, at most `jobs` at a time.
-fn execute(
-    runner: &dyn Runner,
-    plan: &BuildPlan,
-    registry: Option<&Registry>,
-    docker: &Docker,
-    jobs: usize,
-    logs: &Path,
-    quiet: bool,
-) -> Result<Vec<ImageResult>> {
-    if let Some(login) = &plan.login {
-        runner.read(login)?;
+impl Board {
+    /// Whether `image` may start now: it was not cancelled, its dependency (the backend, for
+    /// the worker) succeeded, or is not built, and it is not waiting for one. For a schedule
+    /// that does not depend on the threads' luck, images take free slots in plan order: no
+    /// earlier image that could start is still waiting.
+    fn may_start(&self, plan: &BuildPlan, index: usize, jobs: usize) -> bool {
+        self.running < jobs
+            && self.ready(plan, &plan.images[index])
+            && !plan.images[..index]
+                .iter()
+                .any(|earlier| !self.started.contains(&earlier.service) && self.ready(plan, earlier))
     }
-    let names: Vec<&str> = plan.images.iter().map(|image| image.service.name()).collect();
-    let progress = Progress::new(&names, quiet);
-    let board = (Mutex::new(Board::default()), Condvar::new());
-    let results: Vec<Result<Option<ImageResult>>> = std::thread::scope(|scope| {
-        let threads: Vec<_> = plan
-            .images
-            .iter()
-            .map(|image| {
-                let task = progress.task(image.service.name());
-                let board = &board;
-                scope.spawn(move || {
-                    let result = run_image(runner, image, plan, registry, docker, jobs, logs, &task, board);
-                    match &result {
-                        Ok(Some(done)) => task.finish(done.outcome.name()),
-                        Ok(None) => task.finish("cancelled"),
-                        Err(_) => task.finish("failed"),
-                    }
-                    result
-                })
-            })
-            .collect();
-        threads.into_iter().map(|thread| thread.join().expect("an image thread panicked")).collect()
-    });
-    let mut done = Vec::new();
-    let mut errors = Vec::new();
-    for result in results {
-        match result {
-            Ok(Some(image)) => done.push(image),
-            Ok(None) => {}
-            Err(error) => errors.push(error),
-        }
+
+    /// Whether `image`'s dependency, if it is built at all, has succeeded.
+    fn ready(&self, plan: &BuildPlan, image: &ImagePlan) -> bool {
+        dependency(plan, image).is_none_or(|service| self.finished.get(&service) == Some(&true))
     }
-    match errors.into_iter().next() {
-        Some(error) => Err(error),
-        None => Ok(done),
+
+    /// Whether `image` will never start: another image failed, or its dependency did.
+    fn never(&self, plan: &BuildPlan, image: &ImagePlan) -> bool {
+        self.cancelled || dependency(plan, image).is_some_and(|service| self.finished.get(&service) == Some(&false))
     }
 }
 
-/// One image: wait for its turn, run its action, report to the board. `Ok(None)` when it was
-/// cancelled because another image failed.
-#[allow(clippy::too_many_arguments)]
+/// The image `image` is built after, when the plan builds it too.
+fn dependency(plan: &BuildPlan, image: &ImagePlan) -> Option<Service> {
+    image.service.built_after().filter(|service| plan.images.iter().any(|other| other.service == *service))
+}
+
+impl TaskPlan for BuildPlan {
+    type Output = Vec<ImageResult>;
+
+    /// Logs in, then runs every image on its own thread, at most `jobs` at a time and the
+    /// worker after the backend; the first failure cancels the rest. Logs go to `logs`.
+    fn execute(&self, runner: &dyn Runner) -> Result<Vec<ImageResult>> {
+        if let (Some(registry), Some(reason)) = (&self.registry, &self.registry_unreachable) {
+            eprintln!("warning: building without cache from {registry}: {reason}");
+        }
+        let registry = self.registry_access.as_ref().map(RegistryAccess::client);
+        std::fs::create_dir_all(&self.logs).with_context(|| format!("cannot create {}", self.logs.display()))?;
+        if let Some(login) = &self.login {
+            runner.read(login)?;
+        }
+        let names: Vec<&str> = self.images.iter().map(|image| image.service.name()).collect();
+        let progress = Progress::new(&names, self.quiet);
+        let board = (Mutex::new(Board::default()), Condvar::new());
+        let results: Vec<Result<Option<ImageResult>>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..self.images.len())
+                .map(|index| {
+                    let task = progress.task(self.images[index].service.name());
+                    let (board, registry) = (&board, registry.as_ref());
+                    scope.spawn(move || {
+                        let result = run_image(runner, self, index, registry, &task, board);
+                        match &result {
+                            Ok(Some(done)) => task.finish(done.outcome.name()),
+                            Ok(None) => task.finish("cancelled"),
+                            Err(_) => task.finish("failed"),
+                        }
+                        result
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|thread| thread.join().expect("an image thread panicked")).collect()
+        });
+        let mut done = Vec::new();
+        let mut errors = Vec::new();
+        for result in results {
+            match result {
+                Ok(Some(image)) => done.push(image),
+                Ok(None) => {}
+                Err(error) => errors.push(error),
+            }
+        }
+        match errors.into_iter().next() {
+            Some(error) => Err(error),
+            None => Ok(done),
+        }
+    }
+}
+
+/// One image (the plan's `index`th): wait for its turn, run its action, report to the board.
+/// `Ok(None)` when it was cancelled because another image failed. The error names the image.
 fn run_image(
     runner: &dyn Runner,
-    image: &ImagePlan,
     plan: &BuildPlan,
+    index: usize,
     registry: Option<&Registry>,
-    docker: &Docker,
-    jobs: usize,
-    logs: &Path,
     task: &TaskProgress,
     (board, changed): &(Mutex<Board>, Condvar),
 ) -> Result<Option<ImageResult>> {
-    let dependency =
-        image.service.built_after().filter(|service| plan.images.iter().any(|other| other.service == *service));
+    let image = &plan.images[index];
     {
         let mut state = board.lock().expect("board lock");
         loop {
-            let dependency_done = dependency.map(|service| state.finished.get(&service).copied());
-            if state.cancelled || dependency_done == Some(Some(false)) {
+            if state.never(plan, image) {
                 return Ok(None);
             }
-            if state.running < jobs && matches!(dependency_done, None | Some(Some(true))) {
+            if state.may_start(plan, index, plan.jobs) {
                 state.running += 1;
+                state.started.insert(image.service);
                 break;
             }
             state = changed.wait(state).expect("board lock");
         }
     }
+    // A later image may be waiting for this one to take its slot first.
+    changed.notify_all();
     task.line("started");
     let started = Instant::now();
-    let log_path = logs.join(format!("{}.log", image.service.name()));
-    let result = perform(runner, image, plan, registry, &log_path, task, board).and_then(|(outcome, pushed)| {
-        let (digest, size) = describe(runner, image, pushed.as_ref(), docker)?;
-        Ok(ImageResult {
-            service: image.service,
-            name: image.name.clone(),
-            tags: image.tags.clone(),
-            digest,
-            size,
-            seconds: started.elapsed().as_secs_f64(),
-            outcome,
-            inputs_digest: image.inputs_digest.clone(),
+    let log_path = plan.logs.join(format!("{}.log", image.service.name()));
+    let result = perform(runner, image, plan, registry, &log_path, task, board)
+        .and_then(|(outcome, pushed)| {
+            let (digest, size) = describe(runner, image, pushed.as_ref())?;
+            Ok(ImageResult {
+                service: image.service,
+                name: image.name.clone(),
+                tags: image.tags.clone(),
+                digest,
+                size,
+                seconds: started.elapsed().as_secs_f64(),
+                outcome,
+                inputs_digest: image.inputs_digest.clone(),
+            })
         })
-    });
+        .with_context(|| format!("image {}", image.service.name()));
     let mut state = board.lock().expect("board lock");
     state.running -= 1;
     state.finished.insert(image.service, result.is_ok());
@@ -945,19 +1051,12 @@ fn push_with_retries(
 }
 
 /// The digest and size of a finished image: from the registry when pushed, else the engine.
-fn describe(
-    runner: &dyn Runner,
-    image: &ImagePlan,
-    pushed: Option<&Manifest>,
-    docker: &Docker,
-) -> Result<(String, Option<u64>)> {
+fn describe(runner: &dyn Runner, image: &ImagePlan, pushed: Option<&Manifest>) -> Result<(String, Option<u64>)> {
     if let Some(manifest) = pushed {
         return Ok((manifest.digest.clone(), manifest_size(&manifest.bytes)));
     }
-    let first = image.tags.first().context("an image without tags")?;
-    let reference = format!("{}:{first}", image.name);
-    let format = "{{.Id}} {{.Size}}";
-    let output = runner.read(&docker.command().args(["image", "inspect", "--format", format, &reference]))?;
+    let inspect = image.describe.as_ref().context("an image neither pushed nor inspected")?;
+    let output = runner.read(inspect)?;
     let (id, size) = output.split_once(' ').unwrap_or((output.as_str(), ""));
     Ok((id.to_string(), size.parse().ok()))
 }
@@ -1025,10 +1124,13 @@ impl fmt::Display for Summary {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::images::tags::Stage;
     use crate::plan::Secret;
+    use crate::plan::runner::Recording;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     const DIGEST_BACKEND: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const DIGEST_WORKER: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -1048,10 +1150,12 @@ mod tests {
             push: true,
             extra_tag: None,
             notes: Vec::new(),
+            source: Some("https://git.example/intric.git".into()),
         }
     }
 
-    fn inputs(builder: Builder, registry: Option<&str>, push: bool) -> BuildInputs {
+    /// Inputs of a build of all three images, as if read from `/ws` (ci's tests use them too).
+    pub(crate) fn inputs(builder: Builder, registry: Option<&str>, push: bool) -> BuildInputs {
         BuildInputs {
             report: report(),
             services: Service::ALL.to_vec(),
@@ -1060,7 +1164,6 @@ mod tests {
             extra_tags: vec!["qa".into()],
             docker: Docker { program: "docker".into(), builder, engine_version: "20.10.24".into() },
             base_images: BTreeMap::from([("PYTHON_IMAGE".to_string(), "lab/python:lab".to_string())]),
-            source: Some("https://git.example/intric.git".into()),
             digests: BTreeMap::from([
                 (Service::Backend, DIGEST_BACKEND.to_string()),
                 (Service::Worker, DIGEST_WORKER.to_string()),
@@ -1078,6 +1181,10 @@ mod tests {
             no_cache: false,
             pull: false,
             workspace: "/ws".into(),
+            registry_access: None,
+            registry_unreachable: None,
+            jobs: 3,
+            quiet: true,
         }
     }
 
@@ -1270,6 +1377,149 @@ mod tests {
             "the newest image with a complete inline cache comes last"
         );
         assert!(cache_sources(&report, &[], "r/intric/backend").is_empty());
+    }
+
+    /// A local build (no registry, so no HTTP) of all images, logging below `logs`, with `jobs`,
+    /// reusing the local images of `unchanged`.
+    pub(crate) fn local_plan(logs: &Path, jobs: usize, unchanged: &[Service]) -> BuildPlan {
+        let mut local = inputs(Builder::Legacy, None, false);
+        local.login = None;
+        local.jobs = jobs;
+        local.unchanged.extend(unchanged);
+        let mut built = plan(&local);
+        built.logs = logs.to_path_buf();
+        built
+    }
+
+    /// What a recorded command did, for schedules: `build backend`, `inspect worker`.
+    fn step(command: &str) -> String {
+        let service = Service::ALL.into_iter().find(|service| command.contains(&format!("intric/{}:", service.name())));
+        let service = service.map_or("?", Service::name);
+        let verb =
+            ["build", "inspect", "tag"].into_iter().find(|verb| command.contains(&format!(" {verb} "))).unwrap_or("?");
+        format!("{verb} {service}")
+    }
+
+    #[test]
+    fn a_build_runs_exactly_the_commands_it_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let built = local_plan(&dir.path().join("logs"), 1, &[Service::Frontend]);
+        let runner = Recording::replying(|shown| {
+            Ok(if shown.contains(" inspect ") { "sha256:1 1000".into() } else { String::new() })
+        });
+        let results = built.execute(&runner).unwrap();
+        runner.assert_ran_as_shown(&built.to_string());
+        let steps: Vec<String> = runner.executed().iter().map(|command| step(command)).collect();
+        assert_eq!(
+            steps,
+            [
+                "build backend",
+                "inspect backend",
+                "build worker",
+                "inspect worker",
+                "tag frontend",
+                "tag frontend",
+                "tag frontend",
+                "inspect frontend"
+            ]
+        );
+        let outcomes: Vec<(Service, Outcome, Option<u64>)> =
+            results.iter().map(|result| (result.service, result.outcome, result.size)).collect();
+        assert_eq!(
+            outcomes,
+            [
+                (Service::Backend, Outcome::Built, Some(1000)),
+                (Service::Worker, Outcome::Built, Some(1000)),
+                (Service::Frontend, Outcome::Skipped, Some(1000))
+            ]
+        );
+        assert!(dir.path().join("logs/backend.log").exists(), "each image logs to its own file");
+    }
+
+    #[test]
+    fn the_worker_is_built_after_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let built = local_plan(dir.path(), 3, &[]);
+        // The backend's build takes a while, so that the worker would overtake it if it could.
+        let runner = Recording::replying(|shown| {
+            if shown.contains("--target backend") {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(String::new())
+        });
+        built.execute(&runner).unwrap();
+        let steps: Vec<String> = runner.executed().iter().map(|command| step(command)).collect();
+        let at = |wanted: &str| steps.iter().position(|step| step == wanted).unwrap();
+        assert!(at("build worker") > at("inspect backend"), "{steps:?}");
+        assert!(at("build frontend") < at("inspect backend"), "the frontend does not wait: {steps:?}");
+    }
+
+    #[test]
+    fn a_failed_build_cancels_the_images_not_started_and_names_its_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let built = local_plan(dir.path(), 1, &[]);
+        let runner = Recording::replying(|shown| {
+            if shown.contains("--target backend") { Err("exit status: 1".into()) } else { Ok(String::new()) }
+        });
+        let error = format!("{:#}", built.execute(&runner).unwrap_err());
+        assert!(error.starts_with("image backend: "), "{error}");
+        assert_eq!(runner.executed().len(), 1, "neither the worker nor the frontend started: {:?}", runner.executed());
+    }
+
+    #[test]
+    fn jobs_bound_how_many_images_build_at_once() {
+        let most_at_once = |jobs: usize| {
+            let dir = tempfile::tempdir().unwrap();
+            let built = local_plan(dir.path(), jobs, &[]);
+            let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let (counter, peak) = (Arc::clone(&running), Arc::clone(&most));
+            let runner = Recording::replying(move |_| {
+                let now = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(30));
+                counter.fetch_sub(1, Ordering::SeqCst);
+                Ok(String::new())
+            });
+            built.execute(&runner).unwrap();
+            let steps: Vec<String> = runner.executed().iter().map(|command| step(command)).collect();
+            (most.load(Ordering::SeqCst), steps)
+        };
+        let (one, steps) = most_at_once(1);
+        assert_eq!(one, 1);
+        assert_eq!(
+            steps,
+            [
+                "build backend",
+                "inspect backend",
+                "build worker",
+                "inspect worker",
+                "build frontend",
+                "inspect frontend"
+            ],
+            "one at a time, in plan order"
+        );
+        assert_eq!(most_at_once(3).0, 2, "the backend and the frontend at once; the worker after the backend");
+    }
+
+    #[test]
+    fn an_unreachable_registry_leaves_reuse_and_cache_unknown() {
+        let mut pushing = inputs(Builder::Legacy, Some("r:5000"), true);
+        pushing.cache_from.clear();
+        pushing.registry_unreachable = Some("connection refused".into());
+        let shown = plan(&pushing).to_string();
+        assert!(
+            shown.contains("registry: r:5000 unreachable, so what depends on it is unknown: connection refused"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(
+                "registry unreachable: would build unless r:5000/intric/backend:inputs-aaaaaaaaaaaaaaaaaaaaaaaa exists"
+            ),
+            "{shown}"
+        );
+        let mut local = inputs(Builder::Legacy, Some("r:5000"), false);
+        local.registry_unreachable = Some("connection refused".into());
+        assert!(plan(&local).to_string().contains("registry unreachable: would build without cache from r:5000"));
     }
 
     #[test]

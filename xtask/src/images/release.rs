@@ -33,7 +33,7 @@ use crate::adapters::ci_env::Env;
 use crate::adapters::git::{self, Commit, Worktree};
 use crate::adapters::registry::{Backoff, Credentials, Manifest, Registry, RegistryAddress, Tagged};
 use crate::images::Service;
-use crate::images::build::{self, BuildArgs, BuildInputs, BuildPlan};
+use crate::images::build::{self, BuildArgs, BuildPlan};
 use crate::images::location::{self, Location};
 use crate::images::tags::{self, release_version};
 use crate::plan::runner::{Processes, Runner};
@@ -140,8 +140,8 @@ pub struct ReleasePlan {
     pub registry: RegistryAddress,
     /// The images to build and push before promoting (with --build, when missing).
     pub build: Vec<Service>,
-    /// The build task's inputs and plan for them, read by [`prepare`] when `build` is not empty.
-    pub build_first: Option<(BuildInputs, BuildPlan)>,
+    /// The build task's plan for them, read by [`prepare`] when `build` is not empty.
+    pub build_first: Option<BuildPlan>,
     pub promotions: Vec<Promotion>,
     /// The annotated tag's message.
     pub notes: String,
@@ -220,8 +220,8 @@ pub fn prepare(runner: &dyn Runner, options: &Options, env: &Env) -> Result<Rele
     plan.skip_immutable_floating = options.skip_immutable_floating;
     // The build's own plan is read only when it will be needed, and shown with the release's.
     if !plan.build.is_empty() {
-        let args = build_args(&options.repo, &plan);
-        plan.build_first = Some(build::prepare(runner, &args, env, Some(vec![source_tag(&plan.revision)]))?);
+        let args = build_args(options, &plan);
+        plan.build_first = Some(build::prepare(runner, &args, env, Some(vec![tags::immutable_tag(&plan.revision)]))?);
     }
     Ok(plan)
 }
@@ -233,17 +233,15 @@ pub fn release(options: &Options, env: &Env) -> Result<Outcome> {
     Ok(show_or_run(&plan, !options.execute, &runner)?.unwrap_or_else(|| plan.outcome(false)))
 }
 
-/// HEAD's immutable image tag, which the main stage pushed: `sha-<12 hex>`.
-fn source_tag(revision: &str) -> String {
-    format!("sha-{}", &revision[..12])
-}
-
-/// The build task's options for building and pushing HEAD's missing images.
-fn build_args(repo: &Path, plan: &ReleasePlan) -> BuildArgs {
+/// The build task's options for building and pushing HEAD's missing images: a dry run when
+/// the release is one, quiet when the release prints JSON.
+fn build_args(options: &Options, plan: &ReleasePlan) -> BuildArgs {
     BuildArgs {
-        location: Location { repo: Some(repo.to_path_buf()), registry: Some(plan.registry.to_string()) },
+        location: Location { repo: Some(options.repo.clone()), registry: Some(plan.registry.to_string()) },
         services: plan.build.clone(),
         push: true,
+        dry_run: !options.execute,
+        json: options.quiet,
         ..BuildArgs::default()
     }
 }
@@ -274,7 +272,7 @@ pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<
     let registry = location::registry_setting(options.registry.as_deref(), env)?;
     let version = target_version(&options.requested, &versions).ok();
     let (images, registry_problem) = match &registry {
-        Some(address) => match read_images(runner, address, &source_tag(&head.id), version.as_ref()) {
+        Some(address) => match read_images(runner, address, &tags::immutable_tag(&head.id), version.as_ref()) {
             Ok(images) => (images, None),
             Err(error) => (Vec::new(), Some(format!("registry {address} is unreachable or refuses us: {error:#}"))),
         },
@@ -310,10 +308,10 @@ fn read_images(
     version: Option<&Version>,
 ) -> Result<Vec<ImageState>> {
     let credentials = Credentials::find(address, runner)?;
-    let client = Registry::new(address.clone(), credentials, Backoff::ONCE);
+    let client = Registry::new(address.clone(), credentials, Backoff::NONE);
     let candidates: Vec<String> = match version {
         Some(version) => vec![
-            image_tag(version),
+            tags::version_tag(version),
             format!("{}.{}", version.major, version.minor),
             version.major.to_string(),
             "latest".to_string(),
@@ -333,12 +331,6 @@ fn read_images(
         images.push(ImageState { service, source: client.manifest(&repository, source)?, tags, existing });
     }
     Ok(images)
-}
-
-/// The image tag of a version: `+` is not allowed in image tags, `_` takes its place (as the
-/// tag engine does).
-fn image_tag(version: &Version) -> String {
-    version.to_string().replace('+', "_")
 }
 
 /// Release tags lower than `version` that the notes may start from, highest first. For a
@@ -542,7 +534,7 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
     }
     problems.extend(inputs.registry_problem.clone());
     let mut resumed = Vec::new();
-    let source = source_tag(&inputs.head.id);
+    let source = tags::immutable_tag(&inputs.head.id);
     let version_tag = release_tags.first().cloned();
     let mut build = Vec::new();
     let mut promotions = Vec::new();
@@ -769,7 +761,7 @@ impl fmt::Display for ReleasePlan {
         for line in self.notes.lines() {
             writeln!(f, "  | {line}")?;
         }
-        if let Some((_, build)) = &self.build_first {
+        if let Some(build) = &self.build_first {
             write!(f, "build first:\n{build}")?;
         }
         Ok(())
@@ -815,9 +807,8 @@ impl TaskPlan for ReleasePlan {
 
     /// Builds the missing images if any, then promotes (see [`ReleasePlan::promote`]).
     fn execute(&self, runner: &dyn Runner) -> Result<Outcome> {
-        if let Some((inputs, build_plan)) = &self.build_first {
-            build::execute_prepared(runner, inputs, build_plan, None, self.quiet)
-                .context("building the missing images failed")?;
+        if let Some(build_plan) = &self.build_first {
+            build_plan.execute(runner).context("building the missing images failed")?;
         }
         let live = Live { registry: Registry::connect(self.registry.clone(), runner)?, repo: self.repo.clone() };
         self.promote(runner, &live)

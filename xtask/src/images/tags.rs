@@ -82,6 +82,8 @@ pub struct TagReport {
     pub extra_tag: Option<String>,
     /// Things the user should know: ignored tags or variables, guesses made.
     pub notes: Vec<String>,
+    /// Where the source lives: `origin`'s URL without credentials (the images' source label).
+    pub source: Option<String>,
 }
 
 impl TagReport {
@@ -125,6 +127,8 @@ pub struct Inputs {
     pub ci: Option<CiContext>,
     /// `IMAGE_TAG` from the environment, not yet validated.
     pub image_tag: Option<String>,
+    /// `origin`'s URL without credentials, when there is an origin.
+    pub origin: Option<String>,
 }
 
 /// The tags for `repo` as seen from the environment `env`: what other tasks call.
@@ -152,6 +156,7 @@ pub fn read_inputs(repo_path: &Path, env: &Env) -> Result<Inputs> {
         commits_since_release,
         ci,
         image_tag,
+        origin: repo.origin_url(),
         head,
     })
 }
@@ -273,6 +278,12 @@ pub fn compute(inputs: &Inputs, choice: StageChoice) -> Result<TagReport> {
              fix or unset IMAGE_TAG"
         );
     }
+    if let Some((tag, mover)) = image_tag.and_then(|tag| moved_by(tag, &short_revision).map(|mover| (tag, mover))) {
+        bail!(
+            "IMAGE_TAG=`{tag}` would move a tag that {mover}; unset IMAGE_TAG (a shell that sourced \
+             a deployment's .env has it) or give it a tag of your own, e.g. IMAGE_TAG=qa-{short_revision}"
+        );
+    }
     let (tags, push, extra_tag) = match &inputs.worktree {
         Worktree::Dirty { digest } => {
             if let Some(tag) = image_tag {
@@ -280,10 +291,10 @@ pub fn compute(inputs: &Inputs, choice: StageChoice) -> Result<TagReport> {
                     "IMAGE_TAG=`{tag}` is not applied: a dirty working tree gets only its sha-…-dirty tag"
                 ));
             }
-            (vec![format!("sha-{short_revision}-dirty-{}", &digest[..8])], false, None)
+            (vec![format!("{}-dirty-{}", immutable_tag(&inputs.head.id), &digest[..8])], false, None)
         }
         Worktree::Clean => {
-            let mut tags = vec![format!("sha-{short_revision}")];
+            let mut tags = vec![immutable_tag(&inputs.head.id)];
             tags.extend(stage_tags);
             if let Some(tag) = image_tag {
                 notes.push(format!("IMAGE_TAG adds the tag `{tag}`"));
@@ -312,6 +323,7 @@ pub fn compute(inputs: &Inputs, choice: StageChoice) -> Result<TagReport> {
         push,
         extra_tag,
         notes,
+        source: inputs.origin.clone(),
     })
 }
 
@@ -345,8 +357,7 @@ pub fn release_version(tag: &str) -> Option<Version> {
 /// version, then `X.Y`, `X` and `latest` where it is the newest stable release of that range.
 /// Pre-releases get only their full version and are never "newer" than a stable release.
 pub fn release_tags(version: &Version, all: &[Version]) -> Result<Vec<String>> {
-    // Image tags cannot contain `+`; `_` keeps the build metadata readable in its place.
-    let full = version.to_string().replace('+', "_");
+    let full = version_tag(version);
     if !is_valid_image_tag(&full) {
         bail!("version {version} is too long for an image tag (at most 128 characters)");
     }
@@ -403,6 +414,43 @@ pub fn branch_slug(branch: &str) -> String {
     slug.trim_end_matches(['-', '.']).to_string()
 }
 
+/// The immutable tag of the images built from commit `revision` (a full commit id):
+/// `sha-` and its first 12 hex digits.
+pub fn immutable_tag(revision: &str) -> String {
+    format!("sha-{}", &revision[..revision.len().min(12)])
+}
+
+/// The image tag of a release version: image tags cannot contain `+`, so `_` takes its place
+/// and keeps the build metadata readable.
+pub fn version_tag(version: &Version) -> String {
+    version.to_string().replace('+', "_")
+}
+
+/// Which stage moves `tag`, when it is one that only its stage may move; `None` for a tag of
+/// one's own. IMAGE_TAG must not add such a tag: a shell that sourced a deployment's `.env`
+/// (`IMAGE_TAG=latest`) would otherwise make a feature branch's build move `latest` for every
+/// server that deploys it.
+fn moved_by(tag: &str, short_revision: &str) -> Option<&'static str> {
+    let numeric = |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit());
+    let parts: Vec<&str> = tag.split('.').collect();
+    if tag == "latest" {
+        Some("only the release stage moves, to the newest release")
+    } else if tag == "dev-latest" {
+        Some("the main stage moves on every build of the default branch")
+    } else if parts.len() <= 2 && parts.iter().all(|part| numeric(part)) {
+        Some("the release stage moves (`X` and `X.Y` name the newest release of their line)")
+    } else if release_version(&tag.replace('_', "+")).is_some() {
+        Some("the release stage gives a release (`cargo xtask release`)")
+    } else if let Some(revision) = tag.strip_prefix("sha-") {
+        let revision = revision.split('-').next().unwrap_or_default();
+        (revision != short_revision).then_some("names another commit (every build tags its own `sha-`)")
+    } else if tag.starts_with("inputs-") || tag == "inline-cache" || tag == "buildcache" {
+        Some("the build keeps for its cache and its unchanged-image check")
+    } else {
+        None
+    }
+}
+
 /// Whether `tag` is a valid image tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
 pub fn is_valid_image_tag(tag: &str) -> bool {
     let mut chars = tag.chars();
@@ -433,6 +481,7 @@ mod tests {
             commits_since_release: 3,
             ci: None,
             image_tag: None,
+            origin: None,
         }
     }
 
@@ -632,7 +681,7 @@ mod tests {
             ),
             case(
                 "image tag already present",
-                |i| i.image_tag = Some("dev-latest".into()),
+                |i| i.image_tag = Some(SHA.into()),
                 Auto,
                 Stage::Main,
                 &[SHA, "dev-latest"],
@@ -780,6 +829,42 @@ mod tests {
             setup(&mut inputs);
             let error = format!("{:#}", compute(&inputs, stage).expect_err(name));
             assert!(error.contains(expected), "{name}: {error}");
+        }
+    }
+
+    #[test]
+    fn image_tag_cannot_add_a_tag_a_stage_moves() {
+        for (tag, mover) in [
+            ("latest", Some("release stage")),
+            ("dev-latest", Some("main stage")),
+            ("1", Some("release stage")),
+            ("1.2", Some("release stage")),
+            ("1.2.3", Some("release")),
+            ("v1.2.3", Some("release")),
+            ("1.2.3-rc.1", Some("release")),
+            ("1.2.3_build.5", Some("release")),
+            ("sha-fedcba987654", Some("another commit")),
+            ("sha-fedcba987654-dirty-01234567", Some("another commit")),
+            ("inputs-0123456789abcdef01234567", Some("cache")),
+            ("inline-cache", Some("cache")),
+            ("sha-0123456789ab", None),
+            ("qa", None),
+            ("hotfix-1", None),
+            ("latest-qa", None),
+            ("1.2.x", None),
+            ("release-1.2.3", None),
+        ] {
+            let mut inputs = base();
+            inputs.image_tag = Some(tag.to_string());
+            let result = compute(&inputs, StageChoice::Auto);
+            match mover {
+                Some(mover) => {
+                    let error = format!("{:#}", result.expect_err(tag));
+                    assert!(error.contains(&format!("IMAGE_TAG=`{tag}`")) && error.contains(mover), "{tag}: {error}");
+                    assert_eq!(error.lines().count(), 1, "{error}");
+                }
+                None => assert!(result.unwrap().tags.contains(&tag.to_string()), "{tag} is a tag of one's own"),
+            }
         }
     }
 

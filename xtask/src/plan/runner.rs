@@ -310,6 +310,18 @@ impl Recording {
         self.executed.lock().unwrap().clone()
     }
 
+    /// Asserts that every command that ran appears in `shown` (a printed plan), in the order
+    /// they ran: what a dry run shows is what runs.
+    pub fn assert_ran_as_shown(&self, shown: &str) {
+        let mut rest = shown;
+        for command in self.executed() {
+            match rest.find(&command) {
+                Some(at) => rest = &rest[at + command.len()..],
+                None => panic!("`{command}` ran, but the plan does not show it there:\n{shown}"),
+            }
+        }
+    }
+
     fn answer(&self, shown: String) -> Result<String> {
         let reply = (self.reply)(&shown);
         self.executed.lock().unwrap().push(shown);

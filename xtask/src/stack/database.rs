@@ -88,23 +88,74 @@ pub fn next_path(dir: &Path, now: i64) -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // Checks before anything runs
 
-/// Checks that backups can be written to `dir` (creating nothing): it is a directory we can
-/// write to, or it does not exist yet and its nearest existing parent is one.
+/// Checks that backups can be written to `dir`, creating nothing (a dry run runs it too): it is
+/// a directory this process may write to, or it does not exist yet and its nearest existing
+/// parent is one. Reasoned from the directory's owner, group and mode bits against this
+/// process's user and groups (see [`may_write`]), without creating a probe file.
 pub fn check_writable(dir: &Path) -> Result<()> {
     let existing = dir.ancestors().find(|ancestor| ancestor.exists()).unwrap_or(Path::new("/"));
-    if !existing.is_dir() {
+    let meta = std::fs::metadata(existing).with_context(|| format!("cannot read {}", existing.display()))?;
+    if !meta.is_dir() {
         bail!("cannot write backups to {}: {} is not a directory", dir.display(), existing.display());
     }
-    let probe = existing.join(format!(".xtask-write-probe-{}", std::process::id()));
-    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(error) => {
-            bail!("cannot write backups to {}: {} is not writable ({error})", dir.display(), existing.display())
+    if let Some(me) = Credentials::of_this_process() {
+        use std::os::unix::fs::MetadataExt;
+        if !may_write(&me, meta.uid(), meta.gid(), meta.mode()) {
+            bail!(
+                "cannot write backups to {}: {} is not writable (mode {:o}, owner uid {}): pass another directory",
+                dir.display(),
+                existing.display(),
+                meta.mode() & 0o7777,
+                meta.uid()
+            );
         }
     }
+    Ok(())
+}
+
+/// Who this process is to the file system: its effective user and its groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl Credentials {
+    /// This process's, from `/proc/self/status` (`Uid:`/`Gid:` list real, effective, saved and
+    /// file-system ids; `Groups:` the supplementary ones). `None` where there is no `/proc`.
+    pub fn of_this_process() -> Option<Credentials> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let ids = |key: &str| -> Vec<u32> {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .map(|rest| rest.split_whitespace().filter_map(|id| id.parse().ok()).collect())
+                .unwrap_or_default()
+        };
+        // The file-system ids (the fourth) are the ones permission checks use.
+        let uid = *ids("Uid:").get(3)?;
+        let mut groups = ids("Groups:");
+        groups.extend(ids("Gid:").get(3));
+        Some(Credentials { uid, groups })
+    }
+}
+
+/// Whether `me` may create files in a directory of owner `uid`, group `gid` and `mode`: the
+/// write and search bits of the class `me` falls in (owner, else group, else others). Root
+/// passes any permission check, but a directory without any write bit is meant to be
+/// read-only (`/proc`, a mount made read-only): it counts as not writable for root too.
+pub fn may_write(me: &Credentials, uid: u32, gid: u32, mode: u32) -> bool {
+    if me.uid == 0 {
+        return mode & 0o222 != 0;
+    }
+    let bits = if me.uid == uid {
+        mode >> 6
+    } else if me.groups.contains(&gid) {
+        mode >> 3
+    } else {
+        mode
+    };
+    bits & 0o3 == 0o3
 }
 
 /// Checks that `path` is a complete backup: a gzip file that decompresses fully, holding a
@@ -317,10 +368,33 @@ mod tests {
     }
 
     #[test]
+    fn write_permission_follows_the_class_of_the_user() {
+        let user = Credentials { uid: 1000, groups: vec![1000, 27] };
+        assert!(may_write(&user, 1000, 1000, 0o700));
+        assert!(!may_write(&user, 1000, 1000, 0o500), "the owner's bits, even if others may write");
+        assert!(!may_write(&user, 1000, 1000, 0o577));
+        assert!(may_write(&user, 0, 27, 0o770), "a supplementary group");
+        assert!(!may_write(&user, 0, 27, 0o757), "the group's bits, not the others'");
+        assert!(may_write(&user, 0, 0, 0o1777), "/tmp");
+        assert!(!may_write(&user, 0, 0, 0o755));
+        assert!(!may_write(&user, 1000, 1000, 0o600), "no search bit: nothing can be created");
+        let root = Credentials { uid: 0, groups: vec![0] };
+        assert!(may_write(&root, 1000, 1000, 0o700));
+        assert!(!may_write(&root, 0, 0, 0o555), "read-only on purpose");
+    }
+
+    #[test]
     fn writability_is_checked_without_creating_anything() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         check_writable(&dir.path().join("new/backups")).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let read_only = dir.path().join("read-only");
+        std::fs::create_dir(&read_only).unwrap();
+        std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let error = check_writable(&read_only.join("backups")).unwrap_err().to_string();
+        assert!(error.contains("read-only is not writable (mode 555"), "{error}");
+        assert_eq!(std::fs::read_dir(&read_only).unwrap().count(), 0);
         let file = dir.path().join("file");
         std::fs::write(&file, "").unwrap();
         let error = check_writable(&file.join("sub")).unwrap_err().to_string();

@@ -1,7 +1,7 @@
 //! A deployment directory, read once: its `.env`, its compose project and the registry it
 //! pulls from, and the options every operator task takes to name it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -41,6 +41,17 @@ impl Deployment {
     /// Opens `target`: the directory with a compose file and a `.env` that parses; `runner`
     /// reads compose's resolution of the file.
     pub fn open(target: &Target, runner: &dyn Runner) -> Result<Deployment> {
+        Deployment::open_with(target, runner, false)
+    }
+
+    /// [`Deployment::open`] with `env check` first: every problem is printed, and errors stop
+    /// there, before compose reads the file (its own complaint about a bad `.env` would name
+    /// the compose file's interpolation, not the variable and its fix).
+    pub fn open_checked(target: &Target, runner: &dyn Runner) -> Result<Deployment> {
+        Deployment::open_with(target, runner, true)
+    }
+
+    fn open_with(target: &Target, runner: &dyn Runner, check: bool) -> Result<Deployment> {
         let dir = env_check::deployment_dir(target.dir.clone());
         crate::adapters::compose::compose_file(&dir)?;
         let dir = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
@@ -49,6 +60,9 @@ impl Deployment {
             bail!("{} does not exist: run `cargo xtask env init --dir {}` first", env_path.display(), dir.display());
         }
         let env = DotEnv::read(&env_path)?;
+        if check {
+            check_env(&dir, &env_path)?;
+        }
         let compose = Compose::open(&dir, target.project.clone(), &env, runner)?;
         let shadowed: Vec<&str> = env
             .entries()
@@ -63,31 +77,6 @@ impl Deployment {
             );
         }
         Ok(Deployment { dir, env, compose })
-    }
-
-    /// [`Deployment::open`], then `env check`: every problem is printed, and errors stop here.
-    pub fn open_checked(target: &Target, runner: &dyn Runner) -> Result<Deployment> {
-        let deployment = Deployment::open(target, runner)?;
-        let (_, problems) = env_check::check_dir(&deployment.dir)?;
-        let path = deployment.env_path();
-        let errors: Vec<_> = problems.iter().filter(|problem| problem.level == Level::Error).collect();
-        if !errors.is_empty() {
-            print!("{}", env_check::report(&path, &problems));
-            let more = if errors.len() > 1 {
-                format!(" (and {} more, listed above)", errors.len() - 1)
-            } else {
-                String::new()
-            };
-            bail!(
-                "{} is not ready: {}{more}; fix it and run again (`cargo xtask env check` lists the problems)",
-                path.display(),
-                errors[0].message
-            );
-        }
-        for problem in &problems {
-            eprintln!("{problem}");
-        }
-        Ok(deployment)
     }
 
     pub fn env_path(&self) -> PathBuf {
@@ -185,6 +174,26 @@ impl Deployment {
         });
         format!("http://{host}:{port}")
     }
+}
+
+/// `env check` of the deployment directory `dir`: every problem is printed, and errors stop here.
+fn check_env(dir: &Path, path: &Path) -> Result<()> {
+    let (_, problems) = env_check::check_dir(dir)?;
+    let errors: Vec<_> = problems.iter().filter(|problem| problem.level == Level::Error).collect();
+    if !errors.is_empty() {
+        print!("{}", env_check::report(path, &problems));
+        let more =
+            if errors.len() > 1 { format!(" (and {} more, listed above)", errors.len() - 1) } else { String::new() };
+        bail!(
+            "{} is not ready: {}{more}; fix it and run again (`cargo xtask env check` lists the problems)",
+            path.display(),
+            errors[0].message
+        );
+    }
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    Ok(())
 }
 
 /// The host of a remote engine (`ssh://user@host:22`, `tcp://host:2376`), `None` when local.

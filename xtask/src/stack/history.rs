@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::adapters::clock;
-use crate::stack::lock::Holder;
+use crate::stack::lock::{Holder, current_user};
 
 pub const HISTORY_FILE: &str = ".deploy-history.jsonl";
 
@@ -53,6 +53,31 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record of a `command` by this user that started at `started` (Unix seconds) and
+    /// ends now with `result`.
+    pub fn new(
+        command: &str,
+        from_tag: Option<String>,
+        to_tag: String,
+        result: Outcome,
+        started: i64,
+        backup: Option<&Path>,
+        detail: Option<String>,
+    ) -> Record {
+        let now = clock::now_unix();
+        Record {
+            time: clock::rfc3339(now),
+            user: current_user(),
+            command: command.to_string(),
+            from_tag,
+            to_tag,
+            result,
+            seconds: u64::try_from(now - started).unwrap_or(0),
+            backup: backup.map(|path| path.display().to_string()),
+            detail,
+        }
+    }
+
     /// The record as one line of JSON, with its newline.
     pub fn to_line(&self) -> String {
         let mut value = json!({
@@ -152,24 +177,17 @@ pub fn append_history(path: &Path, record: &Record) -> Result<()> {
     file.write_all(record.to_line().as_bytes()).with_context(|| format!("cannot append to {}", path.display()))
 }
 
-/// Records in the history that a stale lock's holder was interrupted.
+/// Records in the history that a stale lock's holder was interrupted: its run, as its user,
+/// from when it took the lock until now.
 pub fn record_interrupted(history: &Path, stale: &Holder) -> Result<()> {
     let Some(to_tag) = stale.to_tag.clone() else { return Ok(()) };
     let since = clock::parse_rfc3339(&stale.since).unwrap_or_else(clock::now_unix);
-    append_history(
-        history,
-        &Record {
-            time: clock::rfc3339(clock::now_unix()),
-            user: stale.user.clone(),
-            command: stale.command.clone(),
-            from_tag: stale.from_tag.clone(),
-            to_tag,
-            result: Outcome::Failed,
-            seconds: u64::try_from(clock::now_unix() - since).unwrap_or(0),
-            backup: None,
-            detail: Some(format!("interrupted: pid {} ended without releasing the lock", stale.pid)),
-        },
-    )
+    let detail = format!("interrupted: pid {} ended without releasing the lock", stale.pid);
+    let record = Record {
+        user: stale.user.clone(),
+        ..Record::new(&stale.command, stale.from_tag.clone(), to_tag, Outcome::Failed, since, None, Some(detail))
+    };
+    append_history(history, &record)
 }
 
 #[cfg(test)]

@@ -77,7 +77,8 @@ impl Holder {
         })
     }
 
-    fn describe(&self) -> String {
+    /// `pid N (command, user U, host H, since T)`.
+    pub fn describe(&self) -> String {
         format!("pid {} ({}, user {}, host {}, since {})", self.pid, self.command, self.user, self.host, self.since)
     }
 }
@@ -144,6 +145,79 @@ fn process_start(pid: u32) -> Option<i64> {
     Some(boot + ticks / 100)
 }
 
+/// The deploy lock as a task finds it while reading its inputs: what its plan says it will do
+/// with the lock. A lock held by a live holder is no such state: [`inspect`] refuses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// No lock file: the lock is taken.
+    Free,
+    /// A lock whose holder is gone (or, with `--break-lock`, ran on another host): it is taken
+    /// over, after the docker commands it left running on this host ended. `contents` is the
+    /// file as read, so that a lock someone else took meanwhile is never removed.
+    Stale { holder: Holder, contents: String },
+    /// A file this tool did not write, replaced as `--break-lock` says.
+    Unreadable { contents: String },
+}
+
+impl Found {
+    /// The holder whose lock is taken over, if any.
+    pub fn stale(&self) -> Option<&Holder> {
+        match self {
+            Found::Stale { holder, .. } => Some(holder),
+            Found::Free | Found::Unreadable { .. } => None,
+        }
+    }
+
+    /// What taking the lock at `path` does, as a plan shows it.
+    pub fn taking(&self, path: &Path) -> String {
+        let path = path.display();
+        match self {
+            Found::Free => format!("take the deploy lock {path}"),
+            Found::Stale { holder, .. } if holder.host != current_host() => {
+                format!("break the deploy lock {path} of {} as --break-lock says", holder.describe())
+            }
+            Found::Stale { holder, .. } => format!(
+                "take over the stale deploy lock {path} left by {}: that process is gone; wait for the \
+                 docker commands it left running",
+                holder.describe()
+            ),
+            Found::Unreadable { .. } => format!("replace {path}, which is not a lock this tool wrote (--break-lock)"),
+        }
+    }
+}
+
+/// Judges the lock file at `path` (its `contents`, `None` when there is none): pure, given
+/// whether a holder runs on this host. A live holder, and a file this tool did not write
+/// without `--break-lock`, refuse with the one-line error to show.
+pub fn judge_found(
+    path: &Path,
+    contents: Option<String>,
+    this_host: &str,
+    alive: impl Fn(&Holder) -> bool,
+    lock: LockArgs,
+) -> Result<Found> {
+    let Some(contents) = contents else { return Ok(Found::Free) };
+    match judge_lock(&contents, this_host, alive, lock) {
+        LockState::Held(other) => Err(held_error(path, &other)),
+        LockState::Stale(holder) => Ok(Found::Stale { holder, contents }),
+        LockState::Unreadable if lock.break_lock => Ok(Found::Unreadable { contents }),
+        LockState::Unreadable => bail!(
+            "{} exists but is not a lock this tool wrote: pass --break-lock if no deploy is running",
+            path.display()
+        ),
+    }
+}
+
+/// Reads and judges the lock file at `path` (see [`judge_found`]); it changes nothing.
+pub fn inspect(path: &Path, lock: LockArgs) -> Result<Found> {
+    let contents = match std::fs::read_to_string(path) {
+        Ok(contents) => Some(contents),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
+    };
+    judge_found(path, contents, &current_host(), holder_running, lock)
+}
+
 /// The deploy lock, held until dropped.
 pub struct Lock {
     path: PathBuf,
@@ -151,53 +225,39 @@ pub struct Lock {
 }
 
 impl Lock {
-    /// Takes the lock at `path` for `holder`. A live holder refuses with an error naming it; a
-    /// stale one is taken over (after its leftover docker commands on this host ended) and
-    /// returned. With `--break-lock`, an unreadable lock file is replaced too.
-    pub fn acquire(path: &Path, holder: Holder, wait_seconds: u64, lock: LockArgs) -> Result<(Lock, Option<Holder>)> {
-        let mut taken_over = None;
-        for _ in 0..3 {
-            if try_create(path, &holder.to_json())? {
-                return Ok((Lock { path: path.to_path_buf(), holder }, taken_over));
+    /// Takes the lock at `path` for `holder`, doing with the lock file what `found` (read when
+    /// the plan was made) says. A lock file that changed since then refuses: another task
+    /// started meanwhile, and its lock is not ours to remove.
+    pub fn take(path: &Path, holder: Holder, found: &Found, wait_seconds: u64) -> Result<Lock> {
+        match found {
+            Found::Free => {}
+            Found::Stale { holder: stale, contents } if stale.host != current_host() => {
+                eprintln!(
+                    "notice: breaking the lock of pid {} on host {} ({}, user {}, since {}) as --break-lock says",
+                    stale.pid, stale.host, stale.command, stale.user, stale.since
+                );
+                remove_if_unchanged(path, contents)?;
             }
-            let contents = match std::fs::read_to_string(path) {
-                Ok(contents) => contents,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
-            };
-            match judge_lock(&contents, &current_host(), holder_running, lock) {
-                LockState::Held(other) => return Err(held_error(path, &other)),
-                LockState::Unreadable if lock.break_lock => {
-                    eprintln!(
-                        "notice: replacing {}, which is not a lock this tool wrote (--break-lock)",
-                        path.display()
-                    );
-                    remove_if_unchanged(path, &contents)?;
-                }
-                LockState::Unreadable => bail!(
-                    "{} exists but is not a lock this tool wrote: pass --break-lock if no deploy is running",
-                    path.display()
-                ),
-                LockState::Stale(stale) if stale.host != current_host() => {
-                    eprintln!(
-                        "notice: breaking the lock of pid {} on host {} ({}, user {}, since {}) as --break-lock says",
-                        stale.pid, stale.host, stale.command, stale.user, stale.since
-                    );
-                    remove_if_unchanged(path, &contents)?;
-                    taken_over = Some(stale);
-                }
-                LockState::Stale(stale) => {
-                    eprintln!(
-                        "notice: taking over the stale lock left by pid {} ({}, user {}, since {}): that process is gone",
-                        stale.pid, stale.command, stale.user, stale.since
-                    );
-                    wait_for_leftovers(&stale.children, wait_seconds)?;
-                    remove_if_unchanged(path, &contents)?;
-                    taken_over = Some(stale);
-                }
+            Found::Stale { holder: stale, contents } => {
+                eprintln!(
+                    "notice: taking over the stale lock left by pid {} ({}, user {}, since {}): that process is gone",
+                    stale.pid, stale.command, stale.user, stale.since
+                );
+                wait_for_leftovers(&stale.children, wait_seconds)?;
+                remove_if_unchanged(path, contents)?;
+            }
+            Found::Unreadable { contents } => {
+                eprintln!("notice: replacing {}, which is not a lock this tool wrote (--break-lock)", path.display());
+                remove_if_unchanged(path, contents)?;
             }
         }
-        bail!("cannot take the lock {}: it keeps changing; is another deploy starting?", path.display())
+        if try_create(path, &holder.to_json())? {
+            return Ok(Lock { path: path.to_path_buf(), holder });
+        }
+        match std::fs::read_to_string(path).ok().as_deref().and_then(Holder::parse) {
+            Some(other) => Err(held_error(path, &other)),
+            None => bail!("cannot take the lock {}: it changed just now; is another deploy starting?", path.display()),
+        }
     }
 
     /// A runner's watcher that records in the lock file the processes it runs, so that a
@@ -210,13 +270,6 @@ impl Lock {
             // Best effort: the lock stays valid without the pids.
             let _ = crate::plan::write_atomically(&path, holder.to_json().as_bytes(), 0o644);
         })
-    }
-
-    /// Records the docker commands now running, so a successor can wait for them.
-    pub fn set_children(&mut self, children: Vec<u32>) {
-        self.holder.children = children;
-        // Best effort: the lock stays valid without the pids.
-        let _ = crate::plan::write_atomically(&self.path, self.holder.to_json().as_bytes(), 0o644);
     }
 }
 
@@ -232,12 +285,16 @@ impl Drop for Lock {
     }
 }
 
-/// Removes the lock file at `path` if it still holds `contents`: another task may have replaced it.
+/// Removes the lock file at `path` if it still holds `contents`; another task may have replaced
+/// it since it was read, and then it is that task's lock: refuse.
 fn remove_if_unchanged(path: &Path, contents: &str) -> Result<()> {
-    if std::fs::read_to_string(path).ok().as_deref() == Some(contents) {
-        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+    match std::fs::read_to_string(path) {
+        Ok(now) if now == contents => {
+            std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => bail!("the lock {} changed since this task read it: another deploy started; run again", path.display()),
     }
-    Ok(())
 }
 
 /// Creates `path` with `contents` only if it does not exist: the contents go to a temporary file
@@ -365,22 +422,48 @@ mod tests {
         assert_eq!(judge_lock("{\"pid\": \"x\"}", "h", alive, keep), LockState::Unreadable);
     }
 
+    /// Inspects the lock, then takes it as found: what a task's plan does in two steps.
+    fn acquire(path: &Path, holder: Holder, lock: LockArgs) -> Result<(Lock, Option<Holder>)> {
+        let found = inspect(path, lock)?;
+        Ok((Lock::take(path, holder, &found, 1)?, found.stale().cloned()))
+    }
+
+    #[test]
+    fn what_a_plan_does_with_the_lock_it_found() {
+        let path = Path::new("/srv/intric/.deploy.lock");
+        let alive = |holder: &Holder| holder.pid == 10;
+        let keep = LockArgs::default();
+        assert_eq!(judge_found(path, None, "h", alive, keep).unwrap(), Found::Free);
+        let here = current_host();
+        let stale = judge_found(path, Some(holder_json(11, &here)), &here, alive, keep).unwrap();
+        assert_eq!(stale.stale().map(|holder| holder.pid), Some(11));
+        assert!(stale.taking(path).contains("/srv/intric/.deploy.lock left by pid 11 (update, user ops"));
+        let theirs = judge_found(path, Some(holder_json(11, "b")), &here, alive, LockArgs { break_lock: true });
+        assert!(theirs.unwrap().taking(path).starts_with("break the deploy lock /srv/intric/.deploy.lock of pid 11"));
+        let held = judge_found(path, Some(holder_json(10, "h")), "h", alive, keep).unwrap_err().to_string();
+        assert!(held.starts_with("another deployment task holds the lock /srv/intric/.deploy.lock: pid 10"), "{held}");
+        let unreadable = judge_found(path, Some("x".into()), "h", alive, keep).unwrap_err().to_string();
+        assert!(unreadable.ends_with("pass --break-lock if no deploy is running"), "{unreadable}");
+        let replaced = judge_found(path, Some("x".into()), "h", alive, LockArgs { break_lock: true }).unwrap();
+        assert_eq!(replaced, Found::Unreadable { contents: "x".into() });
+    }
+
     #[test]
     fn a_lock_refuses_a_live_holder_and_takes_over_a_stale_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(LOCK_FILE);
         let me = holder("update", None, Some("2".into()));
         let keep = LockArgs::default();
-        let (lock, stale) = Lock::acquire(&path, me.clone(), 1, keep).unwrap();
+        let (lock, stale) = acquire(&path, me.clone(), keep).unwrap();
         assert!(stale.is_none());
-        let error = Lock::acquire(&path, me.clone(), 1, LockArgs { break_lock: true }).err().unwrap().to_string();
+        let error = acquire(&path, me.clone(), LockArgs { break_lock: true }).err().unwrap().to_string();
         assert!(error.contains(&format!("pid {} (update, user", std::process::id())), "{error}");
         drop(lock);
         assert!(!path.exists(), "released");
         // A dead pid on this host: no process has pid u32::MAX - 1.
         let dead = Holder { pid: u32::MAX - 1, host: current_host(), children: vec![], ..me.clone() };
         std::fs::write(&path, dead.to_json()).unwrap();
-        let (lock, stale) = Lock::acquire(&path, me.clone(), 1, keep).unwrap();
+        let (lock, stale) = acquire(&path, me.clone(), keep).unwrap();
         assert_eq!(stale.unwrap().pid, u32::MAX - 1);
         assert_eq!(Holder::parse(&std::fs::read_to_string(&path).unwrap()).unwrap().pid, std::process::id());
         drop(lock);
@@ -408,16 +491,16 @@ mod tests {
         let theirs =
             Holder { pid: 4242, host: "workstation-b".into(), children: vec![std::process::id()], ..me.clone() };
         std::fs::write(&path, theirs.to_json()).unwrap();
-        let error = Lock::acquire(&path, me.clone(), 1, LockArgs::default()).err().unwrap().to_string();
+        let error = acquire(&path, me.clone(), LockArgs::default()).err().unwrap().to_string();
         assert!(error.contains("host workstation-b") && error.contains("pass --break-lock"), "{error}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), theirs.to_json(), "refused: the lock is untouched");
         // Its children are pids on the other host: breaking does not wait for this host's pids.
-        let (lock, broken) = Lock::acquire(&path, me.clone(), 1, LockArgs { break_lock: true }).unwrap();
+        let (lock, broken) = acquire(&path, me.clone(), LockArgs { break_lock: true }).unwrap();
         assert_eq!(broken, Some(theirs), "the broken holder is returned, for the history");
         drop(lock);
         std::fs::write(&path, "not a lock").unwrap();
-        assert!(Lock::acquire(&path, me.clone(), 1, LockArgs::default()).is_err());
-        let (lock, replaced) = Lock::acquire(&path, me, 1, LockArgs { break_lock: true }).unwrap();
+        assert!(acquire(&path, me.clone(), LockArgs::default()).is_err());
+        let (lock, replaced) = acquire(&path, me, LockArgs { break_lock: true }).unwrap();
         assert_eq!(replaced, None);
         drop(lock);
     }

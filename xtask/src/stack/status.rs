@@ -10,9 +10,8 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::adapters::clock;
-use crate::adapters::compose::SERVICES;
+use crate::adapters::compose::{Compose, SERVICES};
 use crate::plan::runner::Runner;
-use crate::stack::Deployment;
 
 /// One service as it runs now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -145,9 +144,8 @@ pub fn assemble(ps: &[Value], containers: &[Value], images: &[Value], now: i64) 
     list
 }
 
-/// The status of `deployment`'s services, asked of the engine.
-pub fn collect(deployment: &Deployment, runner: &dyn Runner) -> Result<Vec<ServiceStatus>> {
-    let compose = &deployment.compose;
+/// The status of the services of `compose`'s project, asked of the engine.
+pub fn collect(compose: &Compose, runner: &dyn Runner) -> Result<Vec<ServiceStatus>> {
     let ps = parse_ps(&runner.read(&compose.ps_json())?)?;
     let ids: Vec<String> = ps.iter().filter_map(|entry| entry["ID"].as_str().map(String::from)).collect();
     let inspect = |command: crate::plan::Command| -> Result<Vec<Value>> {
@@ -201,14 +199,14 @@ pub fn render(project: &str, statuses: &[ServiceStatus]) -> String {
     text
 }
 
-/// The table for `deployment`, for the end of deploy, update and restore.
-pub fn report(deployment: &Deployment, runner: &dyn Runner) -> Result<String> {
-    Ok(render(deployment.compose.project_name(), &collect(deployment, runner)?))
+/// The table for `compose`'s project, for the end of deploy, update and restore.
+pub fn report(compose: &Compose, runner: &dyn Runner) -> Result<String> {
+    Ok(render(compose.project_name(), &collect(compose, runner)?))
 }
 
 /// Prints the table at the end of a task that succeeded; failing to show it does not fail the task.
-pub fn print_report(deployment: &Deployment, runner: &dyn Runner) {
-    match report(deployment, runner) {
+pub fn print_report(compose: &Compose, runner: &dyn Runner) {
+    match report(compose, runner) {
         Ok(table) => print!("{table}"),
         Err(error) => eprintln!("warning: cannot show the status: {error:#}"),
     }

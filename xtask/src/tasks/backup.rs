@@ -1,5 +1,9 @@
 //! `cargo xtask backup | restore`: dumps the stack's database into a verified, gzip'd backup,
 //! pruning old ones; replaces the database with a backup (see `stack::database` for how).
+//!
+//! Each reads its inputs once (the directory, the backup directory's writability or the backup
+//! file's check, the lock's state for restore) and builds one
+//! [`StackPlan`](crate::stack::operation::StackPlan), shown by `--dry-run` and run otherwise.
 
 use std::path::PathBuf;
 
@@ -7,14 +11,11 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use crate::adapters::clock;
-use crate::plan::runner::{Processes, Runner};
-use crate::plan::{Failure, Plan};
-use crate::stack::database::{DEFAULT_KEEP, check_writable, next_path, restore_from, verify};
-use crate::stack::executor::Executor;
-use crate::stack::history::{Outcome, Record, append_history, record_interrupted};
-use crate::stack::lock::{Lock, holder};
-use crate::stack::steps::Action;
-use crate::stack::{DEFAULT_TIMEOUT, Deployment, LockArgs, Target};
+use crate::plan::runner::Processes;
+use crate::plan::show_or_run;
+use crate::stack::database::{DEFAULT_KEEP, check_writable, next_path, verify};
+use crate::stack::operation::{self, Inputs};
+use crate::stack::{DEFAULT_TIMEOUT, Deployment, LockArgs, Target, lock};
 
 #[derive(Args)]
 #[command(after_help = "Examples:
@@ -37,6 +38,7 @@ pub struct BackupArgs {
 #[derive(Args)]
 #[command(after_help = "Examples:
   cargo xtask restore docker/backups/intric_20260101T120000Z.sql.gz --yes
+  cargo xtask restore docker/backups/intric_20260101T120000Z.sql.gz --dry-run
   cargo xtask restore /var/backups/intric/intric_20260101T120000Z.sql.gz --dir /srv/intric --yes")]
 pub struct RestoreArgs {
     #[command(flatten)]
@@ -50,6 +52,9 @@ pub struct RestoreArgs {
     /// Seconds to wait for every service to become healthy again.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+    /// Print what would happen and change nothing (FILE is checked all the same).
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub lock: LockArgs,
 }
@@ -59,20 +64,9 @@ pub fn run_backup(args: BackupArgs) -> Result<()> {
     let deployment = Deployment::open(&args.target, &runner)?;
     let out = args.out.clone().unwrap_or_else(|| deployment.dir.join("backups"));
     check_writable(&out)?;
-    let path = next_path(&out, clock::now_unix());
     let keep = usize::try_from(args.keep).unwrap_or(usize::MAX);
-    let plan = Plan {
-        steps: vec![Action::Backup { path: path.clone() }, Action::PruneBackups { dir: out, keep }],
-        recovery: None,
-    };
-    if args.dry_run {
-        print!("{plan}");
-        return Ok(());
-    }
-    let exec = Executor { compose: &deployment.compose, runner: &runner, timeout: DEFAULT_TIMEOUT };
-    exec.execute(&plan).map_err(Failure::into_error)?;
-    println!("{}", path.display());
-    Ok(())
+    let plan = operation::backup(&deployment, next_path(&out, clock::now_unix()), keep);
+    show_or_run(&plan, args.dry_run, &runner).map(|_| ())
 }
 
 pub fn run_restore(args: RestoreArgs) -> Result<()> {
@@ -84,7 +78,7 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
             args.file.display()
         );
     }
-    if !args.yes {
+    if !args.yes && !args.dry_run {
         bail!(
             "restore replaces the whole database of project {} with {}: pass --yes to confirm",
             deployment.compose.project_name(),
@@ -92,36 +86,13 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
         );
     }
     verify(&runner, &args.file)?;
-    let tag = deployment.current_tag();
-    let holder = holder("restore", tag.clone(), None);
-    let (lock, stale) = Lock::acquire(&deployment.lock_path(), holder, args.timeout, args.lock)?;
-    if let Some(stale) = &stale {
-        record_interrupted(&deployment.history_path(), stale)?;
-    }
-    let started = std::time::Instant::now();
-    runner.watch(Some(lock.watcher()));
-    let result =
-        restore_from(&Executor { compose: &deployment.compose, runner: &runner, timeout: args.timeout }, &args.file);
-    runner.watch(None);
-    if let Some(tag) = tag {
-        append_history(
-            &deployment.history_path(),
-            &Record {
-                time: clock::rfc3339(clock::now_unix()),
-                user: crate::stack::lock::current_user(),
-                command: "restore".into(),
-                from_tag: Some(tag.clone()),
-                to_tag: tag,
-                result: if result.is_ok() { Outcome::Ok } else { Outcome::Failed },
-                seconds: started.elapsed().as_secs(),
-                backup: Some(args.file.display().to_string()),
-                detail: result.as_ref().err().map(|error| format!("{error:#}")),
-            },
-        )?;
-    }
-    result?;
-    drop(lock);
-    crate::stack::status::print_report(&deployment, &runner);
-    println!("restored {}", args.file.display());
-    Ok(())
+    let inputs = Inputs {
+        deployment: &deployment,
+        lock: lock::inspect(&deployment.lock_path(), args.lock)?,
+        login: None,
+        timeout: args.timeout,
+        url: deployment.url(),
+    };
+    let plan = operation::restore(inputs, args.file);
+    show_or_run(&plan, args.dry_run, &runner).map(|_| ())
 }

@@ -2,18 +2,18 @@
 //!
 //! Benchmarks are commands, not tests: their numbers depend on the machine, so they report
 //! rather than assert. For representative numbers run them from a release build:
-//! `cargo run --release -p xtask -- bench tags`.
+//! `cargo run --release -p xtask -- bench tags`. Every process they time or prepare with (git,
+//! docker, the xtask binary itself) runs through the runner.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use clap::Subcommand;
-use xshell::{Shell, cmd};
 
-use crate::plan::runner::{Processes, Runner};
+use crate::plan::Command;
+use crate::plan::runner::{Pipe, Processes, Runner};
 
 /// The benchmarks.
 #[derive(Subcommand)]
@@ -85,7 +85,8 @@ fn bench_tags(commits: usize, tags: usize, runs: usize) -> Result<()> {
     ensure!(tags > 0 && commits >= tags, "--commits ({commits}) must be at least --tags ({tags}), which must be > 0");
     ensure!(runs > 0, "--runs must be at least 1");
     let dir = crate::adapters::workspace_root().join(format!("target/xtask/bench/tags-{commits}-{tags}"));
-    let repos = generate_repos(&dir, commits, tags)?;
+    let runner = Processes::new();
+    let repos = generate_repos(&runner, &dir, commits, tags)?;
     let xtask = std::env::current_exe().context("cannot find the running xtask binary")?;
     let build = if cfg!(debug_assertions) {
         "debug build; `cargo run --release -p xtask -- bench tags` for release numbers"
@@ -96,7 +97,7 @@ fn bench_tags(commits: usize, tags: usize, runs: usize) -> Result<()> {
     println!("xtask tags ({build}) vs the old script (git rev-parse, describe, status), medians of {runs} runs:");
     let mut worst: f64 = 0.0;
     for (layout, repo) in &repos {
-        let (ours, old) = time_tags(&xtask, repo, runs)?;
+        let (ours, old) = time_tags(&runner, &xtask, repo, runs)?;
         let ratio = ours.as_secs_f64() / old.as_secs_f64();
         worst = worst.max(ratio);
         println!("  {layout}: xtask {:.2} ms, old {:.2} ms, ratio {ratio:.2}", millis(ours), millis(old));
@@ -106,13 +107,14 @@ fn bench_tags(commits: usize, tags: usize, runs: usize) -> Result<()> {
 }
 
 /// The median times of `xtask tags` and of the old script's three git processes on `repo`.
-fn time_tags(xtask: &Path, repo: &Path, runs: usize) -> Result<(Duration, Duration)> {
-    let ours = || run_checked(Command::new(xtask).arg("tags").arg("--repo").arg(repo)).map(drop);
+fn time_tags(runner: &dyn Runner, xtask: &Path, repo: &Path, runs: usize) -> Result<(Duration, Duration)> {
+    let tags = xtask_command(xtask, &["tags", "--repo", &repo.display().to_string()]);
+    let ours = || runner.read(&tags).map(drop);
     let old = || {
         // What the old script runs: describe fails (exit 128) when HEAD carries no tag, which is
         // a normal outcome for it, so only the process time counts here.
         for args in [&["rev-parse", "HEAD"][..], &["describe", "--tags", "--exact-match"], &["status", "--porcelain"]] {
-            Command::new("git").args(args).current_dir(repo).output().context("cannot run git")?;
+            let _ = runner.read(&Command::new("git").args(args.iter().copied()).current_dir(repo));
         }
         Ok(())
     };
@@ -135,7 +137,12 @@ fn time_tags(xtask: &Path, repo: &Path, runs: usize) -> Result<(Duration, Durati
 ///
 /// `git fast-import` writes all commits and tags into one pack in a single process, which takes
 /// well under a second where 5,000 `git commit`s would take minutes.
-fn generate_repos(dir: &Path, commits: usize, tags: usize) -> Result<[(&'static str, PathBuf); 2]> {
+fn generate_repos(
+    runner: &dyn Runner,
+    dir: &Path,
+    commits: usize,
+    tags: usize,
+) -> Result<[(&'static str, PathBuf); 2]> {
     let (loose, packed) = (dir.join("loose"), dir.join("packed"));
     let repos = [("loose refs", loose.clone()), ("packed refs", packed.clone())];
     let complete = dir.join("complete");
@@ -147,13 +154,17 @@ fn generate_repos(dir: &Path, commits: usize, tags: usize) -> Result<[(&'static 
     }
     std::fs::create_dir_all(&loose).with_context(|| format!("cannot create {}", loose.display()))?;
     eprintln!("generating {} ({commits} commits, {tags} tags)...", dir.display());
-    let sh = Shell::new()?;
-    sh.change_dir(&loose);
-    let stream = fast_import_stream(commits, tags);
-    cmd!(sh, "git init --quiet -b main").run()?;
-    cmd!(sh, "git fast-import --quiet").stdin(stream).run().context("git fast-import failed")?;
-    cmd!(sh, "git checkout --quiet --force main").run()?;
-    cmd!(sh, "git clone --quiet {loose} {packed}").run()?;
+    let git = |args: &[&str]| Command::new("git").args(args.iter().copied()).current_dir(&loose);
+    // The stream goes to fast-import's standard input from a file beside the repository.
+    let stream = dir.join("stream.fi");
+    std::fs::write(&stream, fast_import_stream(commits, tags))
+        .with_context(|| format!("cannot write {}", stream.display()))?;
+    runner.read(&git(&["init", "--quiet", "-b", "main"]))?;
+    let import = Pipe { commands: vec![git(&["fast-import", "--quiet"])], input: Some(stream.clone()), output: None };
+    runner.pipe(&import).context("git fast-import failed")?;
+    std::fs::remove_file(&stream).with_context(|| format!("cannot remove {}", stream.display()))?;
+    runner.read(&git(&["checkout", "--quiet", "--force", "main"]))?;
+    runner.read(&git_clone(&loose, &packed))?;
     std::fs::write(&complete, "").with_context(|| format!("cannot write {}", complete.display()))?;
     Ok(repos)
 }
@@ -191,13 +202,14 @@ fn fast_import_stream(commits: usize, tags: usize) -> String {
     stream
 }
 
-/// Runs `command` with its output captured, failing unless it succeeds.
-fn run_checked(command: &mut Command) -> Result<Output> {
-    let output = command.stdin(Stdio::null()).output().with_context(|| format!("cannot run {command:?}"))?;
-    if !output.status.success() {
-        bail!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
-    }
-    Ok(output)
+/// The running xtask binary with `args`.
+fn xtask_command(xtask: &Path, args: &[&str]) -> Command {
+    Command::new(xtask.display().to_string()).args(args.iter().copied())
+}
+
+/// `git clone --quiet from to`.
+fn git_clone(from: &Path, to: &Path) -> Command {
+    Command::new("git").args(["clone", "--quiet"]).arg(from.display().to_string()).arg(to.display().to_string())
 }
 
 fn timed(run: impl FnOnce() -> Result<()>) -> Result<Duration> {
@@ -228,23 +240,17 @@ fn bench_release(runs: usize) -> Result<()> {
         .filter(|value| !value.is_empty())
         .context("NEXUS_REGISTRY is not set: run `eval \"$(cargo xtask sandbox env)\"` first")?;
     let registry = format!("{}/release-bench-{}", lab.trim_end_matches('/'), std::process::id());
-    let sh = Shell::new()?;
+    let runner = Processes::new();
     let scratch = std::env::temp_dir().join(format!("xtask-release-bench-{}", std::process::id()));
     let repo = scratch.join("repo");
     let workspace = crate::adapters::workspace_root();
-    xshell::cmd!(sh, "git clone --quiet {workspace} {repo}").run().context("cannot clone the workspace")?;
+    runner.read(&git_clone(&workspace, &repo)).context("cannot clone the workspace")?;
     let xtask = std::env::current_exe().context("cannot find the running xtask binary")?;
     let timed = |args: &[&str]| -> Result<f64> {
         let started = std::time::Instant::now();
-        let output = std::process::Command::new(&xtask)
-            .args(args)
-            .args(["--registry", &registry, "--repo"])
-            .arg(&repo)
-            .output()
-            .with_context(|| format!("cannot run xtask {}", args.join(" ")))?;
-        if !output.status.success() {
-            bail!("xtask {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
-        }
+        let command =
+            xtask_command(&xtask, args).args(["--registry", &registry, "--repo"]).arg(repo.display().to_string());
+        runner.read(&command).with_context(|| format!("xtask {} failed", args.join(" ")))?;
         Ok(started.elapsed().as_secs_f64())
     };
     let result = (|| -> Result<(f64, f64, f64)> {
@@ -308,11 +314,10 @@ fn bench_build(runs: usize) -> Result<()> {
         .context("NEXUS_REGISTRY is not set: run `eval \"$(cargo xtask sandbox env)\"` first")?
         .clone();
     let lab = Lab { registry, base_images: crate::images::build::base_images(&env, None) };
-    let sh = Shell::new()?;
     let runner = Processes::new();
     let docker = crate::adapters::docker::Docker::detect(&runner)?;
     let base_images = BaseImages::read(&runner, &docker, lab.base_images.values())?;
-    let result = compare_builds(&sh, &runner, &docker, &lab, &base_images, runs);
+    let result = compare_builds(&runner, &docker, &lab, &base_images, runs);
     // Put the base images back whatever happened, so the lab (and `sandbox up`) find them.
     let restored = base_images.restore(&runner, &docker);
     result.and(restored)
@@ -327,7 +332,6 @@ const CASES: [(&str, bool, f64); 4] = [
 ];
 
 fn compare_builds(
-    sh: &Shell,
     runner: &dyn Runner,
     docker: &crate::adapters::docker::Docker,
     lab: &Lab,
@@ -338,7 +342,7 @@ fn compare_builds(
     // ratios[case] holds one ratio per run.
     let mut ratios = vec![Vec::new(); CASES.len()];
     for run in 1..=runs {
-        let seconds = run_cases(sh, runner, docker, lab, base_images, &scratch, run)?;
+        let seconds = run_cases(runner, docker, lab, base_images, &scratch, run)?;
         for (case, [old, ours]) in seconds.into_iter().enumerate() {
             let ratio = ours / old;
             eprintln!("run {run}/{runs}: {}: old {old:.1} s, xtask {ours:.1} s, ratio {ratio:.3}", CASES[case].0);
@@ -359,7 +363,6 @@ fn compare_builds(
 
 /// One run of the four cases in new registry repositories: the seconds of each side per case.
 fn run_cases(
-    sh: &Shell,
     runner: &dyn Runner,
     docker: &crate::adapters::docker::Docker,
     lab: &Lab,
@@ -369,7 +372,7 @@ fn run_cases(
 ) -> Result<Vec<[f64; 2]>> {
     let repo = scratch.join(format!("repo-{run}"));
     let workspace = crate::adapters::workspace_root();
-    cmd!(sh, "git clone --quiet {workspace} {repo}").run().context("cannot clone the workspace")?;
+    runner.read(&git_clone(&workspace, &repo)).context("cannot clone the workspace")?;
     let run_id = format!("bench-{}-{run}", std::process::id());
     let namespace =
         |side: Side| format!("{}/{run_id}/{}", lab.registry, if side == Side::Old { "old" } else { "ours" });
@@ -381,8 +384,9 @@ fn run_cases(
             let mut text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             text.push_str("\n# bench: one changed backend source file\n");
             std::fs::write(&file, text)?;
-            cmd!(sh, "git -C {repo} -c user.name=bench -c user.email=bench@example.com commit --quiet -am bench")
-                .run()?;
+            let commit =
+                ["-c", "user.name=bench", "-c", "user.email=bench@example.com", "commit", "--quiet", "-am", "bench"];
+            runner.read(&Command::new("git").args(commit).current_dir(&repo))?;
         }
         let mut case = [0.0; 2];
         for (slot, side) in [Side::Old, Side::Ours].into_iter().enumerate() {
@@ -395,7 +399,9 @@ fn run_cases(
                 Side::Ours => {
                     let xtask = std::env::current_exe()?;
                     let target = namespace(side);
-                    cmd!(sh, "{xtask} build --push --registry {target} --repo {repo}").quiet().ignore_stdout().run()?;
+                    let repo = repo.display().to_string();
+                    runner
+                        .read(&xtask_command(&xtask, &["build", "--push", "--registry", &target, "--repo", &repo]))?;
                 }
             }
             case[slot] = started.elapsed().as_secs_f64();

@@ -94,4 +94,14 @@ mod tests {
         assert!(shown.contains("--file /ws/frontend/Dockerfile --target build /ws/frontend"), "{shown}");
         assert!(!shown.contains("--tag"), "checks tag nothing:\n{shown}");
     }
+
+    #[test]
+    fn the_checks_run_exactly_the_commands_they_show() {
+        let docker = Docker { program: "docker".into(), builder: Builder::Legacy, engine_version: "20.10.24".into() };
+        let plan = plan(&docker, &[Service::Backend, Service::Frontend], &Default::default(), "/ws".as_ref());
+        let runner = crate::plan::runner::Recording::new();
+        show_or_run(&plan, false, &runner).unwrap();
+        runner.assert_ran_as_shown(&plan.to_string());
+        assert_eq!(runner.executed().len(), 2, "{:?}", runner.executed());
+    }
 }

@@ -11,8 +11,9 @@
 //!   only if they are missing). Running it again after `release --execute` changes nothing.
 //!
 //! `auto` takes the stage from the CI variables (else git) exactly as `cargo xtask tags` does.
-//! Reads once: the tag report and, for the build, the build task's inputs; plans the checks as
-//! [`Plan`] commands (what `--dry-run` prints) and the build as the build task's plan; runs them.
+//! Reads once: the tag report and, for the build, the build task's inputs. The pr and main
+//! stages are one [`CiPlan`]: the checks as [`Plan`] commands and the build task's plan, shown
+//! together by `--dry-run` and run together otherwise.
 //! Finally it reports for the CI system: on GitHub Actions it appends to `$GITHUB_OUTPUT`
 //! (stage, version, revision, image_tag, tags, images, `<service>_digest`) and
 //! `$GITHUB_STEP_SUMMARY` (a markdown table); on GitLab CI and Jenkins it writes the dotenv file
@@ -20,7 +21,7 @@
 //! `<SERVICE>_IMAGE`, `<SERVICE>_DIGEST`), for `artifacts: reports: dotenv` or `readProperties`.
 //! The renderers are pure functions; writing is a separate small step.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -30,12 +31,12 @@ use sha2::{Digest, Sha256};
 
 use crate::adapters::ci_env::{self, CiContext, CiEvent, CiProvider, Env};
 use crate::images::Service;
-use crate::images::build::{self, BuildArgs};
+use crate::images::build::{self, BuildArgs, BuildPlan};
 use crate::images::location::Location;
 use crate::images::release::{self, Requested, TagMode};
 use crate::images::tags::{self, Stage, StageChoice, TagReport};
 use crate::plan::runner::{Processes, Runner};
-use crate::plan::{Command, Plan};
+use crate::plan::{Command, Plan, TaskPlan, show_or_run};
 
 /// The dotenv report written on GitLab CI and Jenkins, relative to the repository root.
 pub const DOTENV_FILE: &str = "xtask-ci.env";
@@ -160,22 +161,24 @@ pub fn run(args: CiArgs) -> Result<()> {
     eprintln!("ci: {} stage ({})", stage.name(), report.ci.unwrap_or("outside CI"));
     let outcome = match stage {
         CiStage::Release => release_stage(&args, &repo, &report, &env)?,
-        _ => checks_and_build(&args, &runner, &repo, stage, &env)?,
+        _ => show_or_run(&ci_plan(&args, &runner, &repo, stage, &env)?, args.dry_run, &runner)?,
     };
     let Some(outcome) = outcome else { return Ok(()) };
     print!("{}", render_text(&outcome));
     write_reports(&env, &repo, &outcome)
 }
 
-/// The pr and main stages: the checks, then the build (pushed on main).
-fn checks_and_build(
-    args: &CiArgs,
-    runner: &dyn Runner,
-    repo: &Path,
-    stage: CiStage,
-    env: &Env,
-) -> Result<Option<CiReport>> {
-    let checks = checks_plan(repo);
+/// The pr and main stages as one plan: the checks, then the build (pushed on main).
+#[derive(Debug)]
+pub struct CiPlan {
+    pub stage: CiStage,
+    pub repo: PathBuf,
+    pub checks: Plan,
+    pub build: BuildPlan,
+}
+
+/// Reads the build's inputs and plans the pr or main stage in `repo`.
+fn ci_plan(args: &CiArgs, runner: &dyn Runner, repo: &Path, stage: CiStage, env: &Env) -> Result<CiPlan> {
     let push = stage == CiStage::Main;
     let build_args = BuildArgs {
         location: Location { repo: Some(repo.to_path_buf()), registry: args.location.registry.clone() },
@@ -185,47 +188,61 @@ fn checks_and_build(
         dry_run: args.dry_run,
         ..BuildArgs::default()
     };
-    let (build_inputs, build_plan) = build::prepare(runner, &build_args, env, None)?;
-    if args.dry_run {
-        print!(
-            "{} stage, in {}:\n{checks}then build{}:\n{build_plan}",
-            stage.name(),
-            repo.display(),
-            if push { " and push" } else { "" }
-        );
-        return Ok(None);
+    let build = build::prepare(runner, &build_args, env, None)?;
+    Ok(CiPlan { stage, repo: repo.to_path_buf(), checks: checks_plan(repo), build })
+}
+
+impl fmt::Display for CiPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let and_push = if self.build.push { " and push" } else { "" };
+        write!(
+            f,
+            "{} stage, in {}:\n{}then build{and_push}:\n{}",
+            self.stage.name(),
+            self.repo.display(),
+            self.checks,
+            self.build
+        )
     }
-    let mut ran = Vec::new();
-    for step in &checks.steps {
-        let started = Instant::now();
-        eprintln!("ci: {step}");
-        let result = step.perform(runner);
-        if let Err(error) = result {
-            eprint!("{}", render_checks(&ran, Some(&step.to_string())));
-            return Err(error);
+}
+
+impl TaskPlan for CiPlan {
+    type Output = CiReport;
+
+    /// Runs the checks in order, timing each (a failure prints which passed and which failed),
+    /// then the build.
+    fn execute(&self, runner: &dyn Runner) -> Result<CiReport> {
+        let mut ran = Vec::new();
+        for step in &self.checks.steps {
+            let started = Instant::now();
+            eprintln!("ci: {step}");
+            if let Err(error) = step.perform(runner) {
+                eprint!("{}", render_checks(&ran, Some(&step.to_string())));
+                return Err(error);
+            }
+            ran.push((step.to_string(), started.elapsed().as_secs_f64()));
         }
-        ran.push((step.to_string(), started.elapsed().as_secs_f64()));
-    }
-    let results = build::execute_prepared(runner, &build_inputs, &build_plan, None, false)?;
-    let images = results
-        .iter()
-        .map(|result| ImageLine {
-            service: result.service,
-            image: result.name.clone(),
-            digest: Some(result.digest.clone()),
-            tags: result.tags.clone(),
+        let results = self.build.execute(runner)?;
+        let report = &self.build.report;
+        Ok(CiReport {
+            stage: self.stage,
+            version: report.version.clone(),
+            revision: report.revision.clone(),
+            image_tag: report.tags.first().cloned().unwrap_or_default(),
+            tags: report.tags.clone(),
+            images: results
+                .iter()
+                .map(|result| ImageLine {
+                    service: result.service,
+                    image: result.name.clone(),
+                    digest: Some(result.digest.clone()),
+                    tags: result.tags.clone(),
+                })
+                .collect(),
+            checks: ran,
+            pushed: self.build.push,
         })
-        .collect();
-    Ok(Some(CiReport {
-        stage,
-        version: build_inputs.report.version.clone(),
-        revision: build_inputs.report.revision.clone(),
-        image_tag: build_inputs.report.tags.first().cloned().unwrap_or_default(),
-        tags: build_inputs.report.tags.clone(),
-        images,
-        checks: ran,
-        pushed: push,
-    }))
+    }
 }
 
 /// The release stage: promote HEAD's images to the release its tag names.
@@ -444,6 +461,7 @@ mod tests {
             commits_since_release: 1,
             ci: CiContext::detect(&env).unwrap(),
             image_tag: None,
+            origin: None,
         };
         stage_for(tags::compute(&inputs, StageChoice::Auto).unwrap().stage)
     }
@@ -483,6 +501,39 @@ mod tests {
                 .iter()
                 .all(|step| matches!(step, Step::Run(command) if !command.hint.is_empty()))
         );
+    }
+
+    /// The checks in /src/intric, then a local build of every image logging below `logs`.
+    fn stage_plan(stage: CiStage, logs: &Path) -> CiPlan {
+        let build = crate::images::build::tests::local_plan(logs, 1, &[]);
+        CiPlan { stage, repo: "/src/intric".into(), checks: checks_plan(Path::new("/src/intric")), build }
+    }
+
+    #[test]
+    fn a_stage_runs_exactly_the_checks_and_build_it_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = stage_plan(CiStage::Pr, dir.path());
+        let shown = plan.to_string();
+        assert!(shown.starts_with("pr stage, in /src/intric:\n  1. cd /src/intric && cargo fmt"), "{shown}");
+        assert!(shown.contains("then build:\nbuilder: legacy client"), "{shown}");
+        let runner = crate::plan::runner::Recording::new();
+        let report = plan.execute(&runner).unwrap();
+        runner.assert_ran_as_shown(&shown);
+        assert_eq!(runner.executed().len(), 4 + 6, "four checks, then a build and an inspect per image");
+        assert_eq!(report.checks.len(), 4);
+        assert_eq!(report.images.len(), 3);
+        assert_eq!(report.image_tag, "sha-0123456789ab");
+    }
+
+    #[test]
+    fn a_failed_check_stops_the_stage_before_the_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = stage_plan(CiStage::Main, dir.path());
+        let runner = crate::plan::runner::Recording::replying(|shown| {
+            if shown.ends_with("cargo test --workspace") { Err("tests failed".into()) } else { Ok(String::new()) }
+        });
+        assert!(plan.execute(&runner).is_err());
+        assert_eq!(runner.executed().len(), 3, "{:?}", runner.executed());
     }
 
     fn report(stage: CiStage, pushed: bool) -> CiReport {

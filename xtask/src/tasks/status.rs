@@ -24,7 +24,7 @@ pub struct StatusArgs {
 pub fn run(args: StatusArgs) -> Result<()> {
     let runner = Processes::new();
     let deployment = Deployment::open(&args.target, &runner)?;
-    let statuses = collect(&deployment, &runner)?;
+    let statuses = collect(&deployment.compose, &runner)?;
     if args.json {
         let list: Vec<Value> = statuses.iter().map(ServiceStatus::to_json).collect();
         println!("{}", serde_json::to_string_pretty(&Value::Array(list))?);

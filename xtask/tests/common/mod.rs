@@ -39,7 +39,7 @@ pub fn docker_available() -> bool {
     answers
 }
 
-/// The lab's variables (`sandbox env`), after one `sandbox up` per test run.
+/// The lab's variables (`sandbox env --format dotenv`), after one `sandbox up` per test run.
 pub fn lab() -> &'static BTreeMap<String, String> {
     static LAB: OnceLock<BTreeMap<String, String>> = OnceLock::new();
     LAB.get_or_init(|| {
@@ -47,7 +47,7 @@ pub fn lab() -> &'static BTreeMap<String, String> {
         let up = xtask(&["sandbox", "up"], &[], &workspace());
         assert_success(&up, "sandbox up");
         eprintln!("timing: sandbox up took {:.1} s", started.elapsed().as_secs_f64());
-        let env = xtask(&["sandbox", "env"], &[], &workspace());
+        let env = xtask(&["sandbox", "env", "--format", "dotenv"], &[], &workspace());
         assert_success(&env, "sandbox env");
         String::from_utf8(env.stdout)
             .unwrap()

@@ -22,6 +22,7 @@ pub mod wire;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -32,7 +33,7 @@ pub use address::RegistryAddress;
 use auth::AuthState;
 pub use auth::Credentials;
 pub use wire::{Backoff, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
-use wire::{Call, MANIFEST_ACCEPT, error_codes, is_redeploy_refusal, percent_encode};
+use wire::{CONNECT_TIMEOUT, Call, IO_TIMEOUT, MANIFEST_ACCEPT, error_codes, is_redeploy_refusal, percent_encode};
 
 /// Tags asked for per page of `tags/list`.
 const TAGS_PAGE: usize = 1000;
@@ -79,7 +80,23 @@ impl Registry {
     /// A client for `address`, logging in with `credentials` (none: anonymous) and retrying
     /// transient failures by `backoff` ([`Backoff::STANDARD`] outside tests).
     pub fn new(address: RegistryAddress, credentials: Option<Credentials>, backoff: Backoff) -> Registry {
-        Registry { address, credentials, backoff, agent: wire::agent(), auth: Mutex::default() }
+        Registry::with_timeouts(address, credentials, backoff, CONNECT_TIMEOUT, IO_TIMEOUT)
+    }
+
+    /// A client for a dry run: one attempt per request, and at most `timeout` for connecting
+    /// and for each read or write, so that a registry that does not answer is reported at once.
+    pub fn impatient(address: RegistryAddress, credentials: Option<Credentials>, timeout: Duration) -> Registry {
+        Registry::with_timeouts(address, credentials, Backoff::NONE, timeout, timeout)
+    }
+
+    fn with_timeouts(
+        address: RegistryAddress,
+        credentials: Option<Credentials>,
+        backoff: Backoff,
+        connect: Duration,
+        io: Duration,
+    ) -> Registry {
+        Registry { address, credentials, backoff, agent: wire::agent(connect, io), auth: Mutex::default() }
     }
 
     /// A client for `address`, logged in as [`Credentials::find`] says (a credential helper runs

@@ -28,9 +28,9 @@ pub(super) const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.ma
      application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
 
 /// How long to wait for a TCP (and TLS) connection before treating the registry as unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a single read or write may stall; a registry that is slow but moving is fine.
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Manifests are limited to 4 MiB by Distribution and image configs are far smaller, so a larger
 /// answer means something is wrong rather than a body worth reading.
 const MAX_BODY: u64 = 16 * 1024 * 1024;
@@ -48,9 +48,10 @@ impl Backoff {
     /// Five attempts, waiting 0.5 s, 1 s, 2 s and 4 s between them: a registry restarting or a
     /// proxy hiccup is ridden out, while a registry that is down fails within ten seconds.
     pub const STANDARD: Backoff = Backoff { attempts: 5, first_delay: Duration::from_millis(500) };
-    /// One attempt, no waiting: for reading what a plan is made of, where a registry that is
-    /// down is one problem to list among the others, at once.
-    pub const ONCE: Backoff = Backoff { attempts: 1, first_delay: Duration::ZERO };
+
+    /// One attempt: for a dry run or a plan's reading, which reports a registry that does not
+    /// answer (as one problem among the others) instead of waiting for it.
+    pub const NONE: Backoff = Backoff { attempts: 1, first_delay: Duration::ZERO };
 }
 
 /// One HTTP request to make, with what it needs for authentication.
@@ -249,14 +250,17 @@ pub(super) fn percent_encode(value: &str) -> String {
         .collect()
 }
 
-/// The HTTP agent every call of a [`Registry`] goes through.
-pub(super) fn agent() -> ureq::Agent {
+/// The HTTP agent every call of a [`Registry`] goes through, waiting at most `connect` to
+/// resolve and connect and `io` for each read or write.
+pub(super) fn agent(connect: Duration, io: Duration) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         // Statuses are answers to interpret (404 means "no such tag"), not errors.
         .http_status_as_error(false)
-        .timeout_connect(Some(CONNECT_TIMEOUT))
-        .timeout_per_read(Some(IO_TIMEOUT))
-        .timeout_per_write(Some(IO_TIMEOUT))
+        // A host name that does not resolve can hang the system resolver for long.
+        .timeout_resolve(Some(connect))
+        .timeout_connect(Some(connect))
+        .timeout_per_read(Some(io))
+        .timeout_per_write(Some(io))
         // Blob downloads may be redirected to storage on another host, which must not see
         // the registry's credentials; a redirect within the registry host keeps them.
         .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)

@@ -1,0 +1,723 @@
+//! The operator tasks' plans, whole: `deploy`, `update` (and `rollback`, an update to an
+//! earlier tag), `backup` and `restore` are each one [`StackPlan`], built once from inputs read
+//! once (the deployment, how the deploy lock stands, the history, the registry login), shown by
+//! `--dry-run` and run by [`TaskPlan::execute`] exactly as shown.
+//!
+//! Running one: take the deploy lock as the plan found it (free, or a stale lock taken over
+//! and its holder's run recorded in the history as interrupted); run the steps (and the
+//! recovery, when a step after the point of no return fails) with the lock recording the docker
+//! commands running; append the outcome to the history; release the lock; show the status
+//! report and one last line. `backup` takes no lock and records nothing: it changes no service.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use anyhow::{Result, anyhow};
+
+use crate::adapters::clock;
+use crate::adapters::compose::Compose;
+use crate::plan::runner::Runner;
+use crate::plan::{Command, Failure, Plan, TaskPlan};
+use crate::stack::Deployment;
+use crate::stack::executor::Executor;
+use crate::stack::history::{Outcome, Record, append_history, record_interrupted};
+use crate::stack::lock::{Found, Holder, Lock, holder};
+use crate::stack::status::print_report;
+use crate::stack::steps::{Action, UpdateInputs, plan_deploy, plan_update};
+
+/// What an operator task does, with what it reports and records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Deploy {
+        /// The tag of the last successful change in the history, if any.
+        from_tag: Option<String>,
+        tag: String,
+    },
+    Update {
+        /// `update` or `rollback`.
+        command: &'static str,
+        from_tag: String,
+        to_tag: String,
+        /// The backup taken before the switch.
+        backup: PathBuf,
+        restore_on_failure: bool,
+    },
+    Backup {
+        path: PathBuf,
+    },
+    Restore {
+        file: PathBuf,
+        /// `.env`'s `IMAGE_TAG`; without one, nothing goes into the history (it keys on tags).
+        tag: Option<String>,
+    },
+}
+
+/// Taking the deploy lock, as the plan found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockStep {
+    pub path: PathBuf,
+    pub found: Found,
+    /// This process, as the lock file will name it.
+    pub holder: Holder,
+}
+
+/// One operator task, whole: see the module documentation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackPlan {
+    pub operation: Operation,
+    pub compose: Compose,
+    pub timeout: u64,
+    /// The deploy lock, for every task but `backup`.
+    pub lock: Option<LockStep>,
+    pub steps: Plan<Action>,
+    /// The deploy history, `DIR/.deploy-history.jsonl`.
+    pub history: PathBuf,
+    /// Where the frontend answers, for the last line.
+    pub url: String,
+    /// Said before anything runs.
+    pub notes: Vec<String>,
+}
+
+/// What every plan that changes the stack is made from, read once by its task.
+pub struct Inputs<'a> {
+    pub deployment: &'a Deployment,
+    /// How the deploy lock stands.
+    pub lock: Found,
+    /// The `docker login` to run before pulling, if any.
+    pub login: Option<Command>,
+    pub timeout: u64,
+    /// Where the frontend answers.
+    pub url: String,
+}
+
+impl Inputs<'_> {
+    fn lock_step(&self, holder: Holder) -> Option<LockStep> {
+        Some(LockStep { path: self.deployment.lock_path(), found: self.lock.clone(), holder })
+    }
+
+    fn plan(&self, operation: Operation, lock: Option<LockStep>, steps: Plan<Action>) -> StackPlan {
+        StackPlan {
+            operation,
+            compose: self.deployment.compose.clone(),
+            timeout: self.timeout,
+            lock,
+            steps,
+            history: self.deployment.history_path(),
+            url: self.url.clone(),
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// The tag an update of a deployment at `current` goes back to when it fails. After an
+/// interrupted update (its stale lock is taken over) `.env` may already name the tag it was
+/// going to; then the tag to go back to is the one that run started from.
+pub fn resume_from(current: &str, lock: &Found) -> String {
+    match lock.stale() {
+        Some(Holder { to_tag: Some(to), from_tag: Some(from), .. }) if to == current => from.clone(),
+        _ => current.to_string(),
+    }
+}
+
+/// `deploy`: the tag `.env` names; `from_tag` is the history's last good one.
+pub fn deploy(inputs: Inputs, from_tag: Option<String>, tag: String) -> StackPlan {
+    let steps = plan_deploy(&inputs.deployment.compose, inputs.login.clone(), inputs.timeout);
+    let lock = inputs.lock_step(holder("deploy", from_tag.clone(), Some(tag.clone())));
+    inputs.plan(Operation::Deploy { from_tag, tag }, lock, steps)
+}
+
+/// `update` or `rollback` (`command`) from `.env`'s `current` tag to `to_tag`, backing up to
+/// `backup` first.
+pub fn update(
+    inputs: Inputs,
+    command: &'static str,
+    current: &str,
+    to_tag: &str,
+    backup: PathBuf,
+    restore_on_failure: bool,
+) -> Result<StackPlan> {
+    let from_tag = resume_from(current, &inputs.lock);
+    let steps = plan_update(&UpdateInputs {
+        compose: &inputs.deployment.compose,
+        env_path: inputs.deployment.env_path(),
+        env: &inputs.deployment.env,
+        from_tag: from_tag.clone(),
+        to_tag: to_tag.to_string(),
+        login: inputs.login.clone(),
+        backup_path: backup.clone(),
+        timeout: inputs.timeout,
+        restore_on_failure,
+    })?;
+    let lock = inputs.lock_step(holder(command, Some(from_tag.clone()), Some(to_tag.to_string())));
+    let mut plan = inputs.plan(
+        Operation::Update {
+            command,
+            from_tag: from_tag.clone(),
+            to_tag: to_tag.to_string(),
+            backup,
+            restore_on_failure,
+        },
+        lock,
+        steps,
+    );
+    if from_tag == to_tag {
+        plan.notes.push(format!(
+            "note: {to_tag} is already the deployed tag: updating anyway (pull, migrate, recreate what changed)"
+        ));
+    }
+    Ok(plan)
+}
+
+/// `restore` of the (verified) backup `file`.
+pub fn restore(inputs: Inputs, file: PathBuf) -> StackPlan {
+    let tag = inputs.deployment.current_tag();
+    let steps = Plan { steps: vec![Action::Restore { path: file.clone() }], recovery: None };
+    let lock = inputs.lock_step(holder("restore", tag.clone(), None));
+    inputs.plan(Operation::Restore { file, tag }, lock, steps)
+}
+
+/// `backup` to `path`, then pruning its directory to the newest `keep`.
+pub fn backup(deployment: &Deployment, path: PathBuf, keep: usize) -> StackPlan {
+    let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+    let steps =
+        Plan { steps: vec![Action::Backup { path: path.clone() }, Action::PruneBackups { dir, keep }], recovery: None };
+    StackPlan {
+        operation: Operation::Backup { path },
+        compose: deployment.compose.clone(),
+        timeout: crate::stack::DEFAULT_TIMEOUT,
+        lock: None,
+        steps,
+        history: deployment.history_path(),
+        url: String::new(),
+        notes: Vec::new(),
+    }
+}
+
+impl Operation {
+    /// The history record of how it ended (`failure` is `None` when it succeeded), for the
+    /// tasks that keep one.
+    fn record(&self, failure: Option<&Failure>, started: i64) -> Option<Record> {
+        let result = match failure {
+            None => Outcome::Ok,
+            Some(Failure::Recovered(_)) => Outcome::RolledBack,
+            Some(Failure::Unchanged(_) | Failure::RecoveryFailed(..)) => Outcome::Failed,
+        };
+        let detail = failure.map(|failure| match failure {
+            Failure::Unchanged(error) | Failure::Recovered(error) => format!("{error:#}"),
+            Failure::RecoveryFailed(error, second) => format!("{error:#}; rollback: {second:#}"),
+        });
+        match self {
+            Operation::Deploy { from_tag, tag } => {
+                Some(Record::new("deploy", from_tag.clone(), tag.clone(), result, started, None, detail))
+            }
+            Operation::Update { command, from_tag, to_tag, backup, .. } => {
+                // A failure before the switch changed nothing, and the backup is not a way back.
+                let backup = (!matches!(failure, Some(Failure::Unchanged(_)))).then_some(backup.as_path());
+                Some(Record::new(command, Some(from_tag.clone()), to_tag.clone(), result, started, backup, detail))
+            }
+            Operation::Backup { .. } => None,
+            Operation::Restore { file, tag } => {
+                let tag = tag.clone()?;
+                Some(Record::new("restore", Some(tag.clone()), tag, result, started, Some(file), detail))
+            }
+        }
+    }
+
+    /// The last line when it succeeded.
+    fn done(&self, url: &str) -> String {
+        match self {
+            Operation::Deploy { tag, .. } => format!("deployed {tag}: {url}"),
+            Operation::Update { command, from_tag, to_tag, backup, .. } => {
+                format!("{command} {from_tag} -> {to_tag} done: {url} (backup: {})", backup.display())
+            }
+            Operation::Backup { path } => path.display().to_string(),
+            Operation::Restore { file, .. } => format!("restored {}", file.display()),
+        }
+    }
+
+    /// The error when it failed: what happened, and what state the stack is in.
+    fn failed(&self, failure: Failure) -> anyhow::Error {
+        match self {
+            Operation::Deploy { tag, .. } => failure.into_error().context(format!("deploy of {tag} failed")),
+            Operation::Update { command, from_tag, to_tag, backup, restore_on_failure } => {
+                update_failed(failure, command, from_tag, to_tag, &backup.display().to_string(), *restore_on_failure)
+            }
+            Operation::Backup { .. } | Operation::Restore { .. } => failure.into_error(),
+        }
+    }
+}
+
+/// How an update (or rollback) from `from_tag` to `to_tag` that backed up to `backup` failed,
+/// and what the operator has now.
+fn update_failed(
+    failure: Failure,
+    command: &str,
+    from_tag: &str,
+    to_tag: &str,
+    backup: &str,
+    restore_on_failure: bool,
+) -> anyhow::Error {
+    match failure {
+        Failure::Unchanged(error) => error.context(format!("{command} to {to_tag} failed before changing anything")),
+        Failure::Recovered(error) => {
+            let database = if restore_on_failure {
+                format!("the database was restored from {backup}")
+            } else {
+                format!(
+                    "the database was NOT restored; its backup from before the {command} is {backup} \
+                     (`cargo xtask restore {backup} --yes` restores it)"
+                )
+            };
+            anyhow!(
+                "{command} to {to_tag} failed and was rolled back to {from_tag}, which is running again; \
+                 {database}; the cause: {error:#}"
+            )
+        }
+        Failure::RecoveryFailed(error, second) => anyhow!(
+            "{command} to {to_tag} failed ({error:#}), and putting {from_tag} back failed too ({second:#}): \
+             .env names {from_tag}; the backup from before the {command} is {backup}; \
+             check `docker compose logs` and run `cargo xtask deploy` once the cause is fixed"
+        ),
+    }
+}
+
+impl fmt::Display for StackPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for note in &self.notes {
+            writeln!(f, "{note}")?;
+        }
+        if let Some(LockStep { path, found, .. }) = &self.lock {
+            writeln!(f, "first: {}", found.taking(path))?;
+            if let Some(stale) = found.stale().filter(|stale| stale.to_tag.is_some()) {
+                writeln!(f, "       and record its {} as interrupted in {}", stale.command, self.history.display())?;
+            }
+            if let (Some(stale), Operation::Update { from_tag, .. }) = (found.stale(), &self.operation)
+                && stale.from_tag.as_ref() == Some(from_tag)
+            {
+                writeln!(f, "       its {} started from {from_tag}: the tag to go back to", stale.command)?;
+            }
+        }
+        write!(f, "{}", self.steps)?;
+        let finish = match &self.operation {
+            Operation::Backup { .. } => "then: print the backup's path".to_string(),
+            operation => {
+                let record = match operation {
+                    Operation::Restore { tag: None, .. } => String::new(),
+                    _ => format!("append the outcome to {}; ", self.history.display()),
+                };
+                format!(
+                    "then: {record}release the lock; when it succeeded, show the status of project {}",
+                    self.compose.project_name()
+                )
+            }
+        };
+        writeln!(f, "{finish}")
+    }
+}
+
+impl TaskPlan for StackPlan {
+    type Output = ();
+
+    fn execute(&self, runner: &dyn Runner) -> Result<()> {
+        for note in &self.notes {
+            eprintln!("{note}");
+        }
+        let lock = match &self.lock {
+            Some(LockStep { path, found, holder }) => {
+                let lock = Lock::take(path, holder.clone(), found, self.timeout)?;
+                if let Some(stale) = found.stale() {
+                    record_interrupted(&self.history, stale)?;
+                }
+                Some(lock)
+            }
+            None => None,
+        };
+        let started = clock::now_unix();
+        if let Some(lock) = &lock {
+            runner.watch(Some(lock.watcher()));
+        }
+        let result = Executor { compose: &self.compose, runner, timeout: self.timeout }.execute(&self.steps);
+        runner.watch(None);
+        if let Some(record) = self.operation.record(result.as_ref().err(), started) {
+            append_history(&self.history, &record)?;
+        }
+        match result {
+            Ok(()) => {
+                drop(lock);
+                if self.lock.is_some() {
+                    print_report(&self.compose, runner);
+                }
+                println!("{}", self.operation.done(&self.url));
+                Ok(())
+            }
+            Err(failure) => Err(self.operation.failed(failure)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::adapters::compose::{DUMP_COMPLETE, Database};
+    use crate::adapters::dotenv::DotEnv;
+    use crate::plan::runner::Recording;
+    use crate::stack::history::read_history;
+    use crate::stack::lock::{LockArgs, current_host, inspect};
+
+    const ENV: &str = "IMAGE_TAG=1.0.0\nPOSTGRES_PASSWORD=canary-pw-0123456789\n";
+
+    /// A deployment in `dir` whose `.env` names `tag`, written to disk as a task finds it.
+    fn deployment(dir: &Path, tag: &str) -> Deployment {
+        let mut env = DotEnv::parse(&dir.join(".env"), ENV).unwrap();
+        env.set("IMAGE_TAG", tag).unwrap();
+        std::fs::write(dir.join(".env"), env.render()).unwrap();
+        let compose = Compose {
+            program: "docker".into(),
+            dir: dir.to_path_buf(),
+            file: dir.join("docker-compose.yml"),
+            project: Some("ops-test".into()),
+            isolated: vec!["IMAGE_TAG".into(), "POSTGRES_PASSWORD".into()],
+            database: Database { user: "intric".into(), name: "intric".into() },
+        };
+        Deployment { dir: dir.to_path_buf(), env, compose }
+    }
+
+    fn inputs(deployment: &Deployment) -> Inputs<'_> {
+        Inputs {
+            deployment,
+            lock: inspect(&deployment.lock_path(), LockArgs::default()).unwrap(),
+            login: None,
+            timeout: 60,
+            url: "http://localhost:3000".into(),
+        }
+    }
+
+    /// The engine as these tests script it: an initialized database at revision 0001 that the
+    /// images know, a `pg_dump` that writes its (partial) file, complete dumps, and `fail`
+    /// (the end of a command as shown) failing the first time it runs.
+    fn engine(dir: &Path, fail: Option<String>) -> Recording {
+        let dir = dir.to_path_buf();
+        let failed = AtomicBool::new(false);
+        Recording::replying(move |shown| {
+            if fail.as_ref().is_some_and(|fail| shown.ends_with(fail.as_str())) && !failed.swap(true, Ordering::SeqCst)
+            {
+                return Err("container ops-test-backend-1 is unhealthy".into());
+            }
+            if shown.contains(" pg_dump ") {
+                let partial = shown.split(" > ").nth(1).unwrap().trim_end_matches(" (mode 600)");
+                std::fs::write(Path::new(partial), "").unwrap();
+                assert!(partial.starts_with(dir.to_str().unwrap()));
+            }
+            Ok(match shown {
+                _ if shown.contains("to_regclass") => "t".into(),
+                _ if shown.contains("string_agg(version_num") => "0001".into(),
+                _ if shown.contains("gzip -dc") => DUMP_COMPLETE.into(),
+                _ if shown.contains("select current_database()") => "intric".into(),
+                _ => String::new(),
+            })
+        })
+    }
+
+    /// The commands that ran which the printed plan shows as steps of their own, in order.
+    fn shown_steps(plan: &StackPlan, executed: &[String]) -> Vec<String> {
+        let printed = plan.to_string();
+        executed
+            .iter()
+            .filter(|command| printed.lines().any(|line| line.ends_with(command.as_str())))
+            .cloned()
+            .collect()
+    }
+
+    fn strings(commands: &[Command]) -> Vec<String> {
+        commands.iter().map(Command::to_string).collect()
+    }
+
+    /// What the database-state check runs: whether alembic's table exists, then its revision.
+    fn db_state(compose: &Compose) -> Vec<Command> {
+        vec![
+            compose.sql(None, "select to_regclass('public.alembic_version') is not null"),
+            compose.sql(None, "select coalesce(string_agg(version_num, ','), '') from alembic_version"),
+        ]
+    }
+
+    /// What a migration runs: the state, whether the image knows the revision, the upgrade.
+    fn migration(compose: &Compose) -> Vec<Command> {
+        [db_state(compose), vec![compose.knows_revision("0001"), compose.migrate()]].concat()
+    }
+
+    /// What a backup to `path` runs: the dump into the partial file, then its two checks.
+    fn backup_commands(compose: &Compose, path: &Path) -> Vec<String> {
+        let partial = path.with_file_name(format!(".{}.partial", path.file_name().unwrap().to_string_lossy()));
+        let dump = crate::plan::runner::Pipe {
+            commands: vec![compose.dump(), Command::new("gzip").arg("-c")],
+            input: None,
+            output: Some(partial.clone()),
+        };
+        let gzip = |flag: &str| Command::new("gzip").arg(flag).arg(partial.display().to_string()).to_string();
+        vec![dump.to_string(), gzip("-t"), gzip("-dc")]
+    }
+
+    fn env_tag(dir: &Path) -> String {
+        DotEnv::read(&dir.join(".env")).unwrap().get("IMAGE_TAG").unwrap().to_string()
+    }
+
+    #[test]
+    fn deploy_runs_the_commands_it_shows_then_records_and_releases() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = deployment(dir.path(), "1.0.0");
+        let plan = deploy(inputs(&site), None, "1.0.0".into());
+        let engine = engine(dir.path(), None);
+        plan.execute(&engine).unwrap();
+        let c = &site.compose;
+        let executed = engine.executed();
+        let expected = [
+            strings(&[c.pull(None), c.up(&["db", "redis"], 60)]),
+            strings(&[db_state(c), migration(c)].concat()),
+            strings(&[c.up(&[], 60), c.ps_json()]),
+        ]
+        .concat();
+        assert_eq!(executed, expected);
+        assert_eq!(
+            shown_steps(&plan, &executed),
+            strings(&[c.pull(None), c.up(&["db", "redis"], 60), c.migrate(), c.up(&[], 60)])
+        );
+        let history = read_history(&site.history_path()).unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!((history[0].command.as_str(), history[0].to_tag.as_str()), ("deploy", "1.0.0"));
+        assert_eq!(history[0].result, Outcome::Ok);
+        assert!(!site.lock_path().exists(), "released");
+        let shown = plan.to_string();
+        assert!(shown.starts_with(&format!("first: take the deploy lock {}\n", site.lock_path().display())), "{shown}");
+        assert!(
+            shown.ends_with(
+                ".deploy-history.jsonl; release the lock; when it succeeded, show the status of project ops-test\n"
+            ),
+            "{shown}"
+        );
+    }
+
+    /// The commands of an update from 1.0.0 to 1.1.0 up to the switch of `.env`.
+    fn before_the_switch(site: &Deployment, backup: &Path) -> Vec<String> {
+        let c = &site.compose;
+        [strings(&[c.pull(Some("1.1.0")), c.up(&["db"], 60)]), backup_commands(c, backup)].concat()
+    }
+
+    #[test]
+    fn update_runs_the_commands_it_shows_switches_env_and_keeps_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = deployment(dir.path(), "1.0.0");
+        let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
+        let plan = update(inputs(&site), "update", "1.0.0", "1.1.0", backup.clone(), false).unwrap();
+        let engine = engine(dir.path(), None);
+        plan.execute(&engine).unwrap();
+        let c = &site.compose;
+        let executed = engine.executed();
+        let after = strings(&[migration(c), vec![c.up(&[], 60), c.ps_json()]].concat());
+        assert_eq!(executed, [before_the_switch(&site, &backup), after].concat());
+        assert_eq!(
+            shown_steps(&plan, &executed),
+            strings(&[c.pull(Some("1.1.0")), c.up(&["db"], 60), c.migrate(), c.up(&[], 60)])
+        );
+        assert_eq!(env_tag(dir.path()), "1.1.0");
+        assert!(backup.is_file(), "the checked dump was renamed into place");
+        let record = read_history(&site.history_path()).unwrap().pop().unwrap();
+        assert_eq!((record.result, record.from_tag.as_deref()), (Outcome::Ok, Some("1.0.0")));
+        assert_eq!(record.backup, Some(backup.display().to_string()));
+    }
+
+    /// An update from 1.0.0 to 1.1.0 whose final `up --wait` fails the first time: its
+    /// directory, deployment, backup path, printed plan, what ran, and the error.
+    struct FailedUpdate {
+        dir: tempfile::TempDir,
+        site: Deployment,
+        backup: PathBuf,
+        plan: StackPlan,
+        executed: Vec<String>,
+        error: String,
+    }
+
+    fn failed_update(restore_on_failure: bool) -> FailedUpdate {
+        let dir = tempfile::tempdir().unwrap();
+        let site = deployment(dir.path(), "1.0.0");
+        let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
+        let plan = update(inputs(&site), "update", "1.0.0", "1.1.0", backup.clone(), restore_on_failure).unwrap();
+        let engine = engine(dir.path(), Some(site.compose.up(&[], 60).to_string()));
+        let error = plan.execute(&engine).unwrap_err().to_string();
+        FailedUpdate { executed: engine.executed(), dir, site, backup, plan, error }
+    }
+
+    #[test]
+    fn an_update_failing_after_the_switch_puts_env_back_and_starts_the_stack_again() {
+        let FailedUpdate { dir, site, backup, plan, executed, error } = failed_update(false);
+        let c = &site.compose;
+        let up = c.up(&[], 60).to_string();
+        assert!(error.contains("failed and was rolled back to 1.0.0") && error.contains("NOT restored"), "{error}");
+        let expected =
+            [before_the_switch(&site, &backup), strings(&migration(c)), vec![up.clone(), up.clone()]].concat();
+        assert_eq!(executed, expected, "the failed `up`, then the recovery's");
+        assert_eq!(shown_steps(&plan, &executed).last(), Some(&up));
+        assert!(
+            plan.to_string()
+                .contains(&format!("if step 4 or a later one fails:\n  1. write {}", site.env_path().display()))
+        );
+        assert_eq!(env_tag(dir.path()), "1.0.0", ".env names the previous tag again");
+        let record = read_history(&site.history_path()).unwrap().pop().unwrap();
+        assert_eq!(record.result, Outcome::RolledBack);
+        assert!(record.detail.unwrap().contains("unhealthy"));
+        assert!(!site.lock_path().exists());
+    }
+
+    #[test]
+    fn with_restore_on_failure_the_backup_is_restored_after_env_is_put_back() {
+        let FailedUpdate { dir, site, backup, executed, error, .. } = failed_update(true);
+        let c = &site.compose;
+        let up = c.up(&[], 60).to_string();
+        assert!(error.contains(&format!("the database was restored from {}", backup.display())), "{error}");
+        let switched = before_the_switch(&site, &backup).len() + migration(c).len() + 1;
+        let recovery = &executed[switched..];
+        assert_eq!(recovery.first(), Some(&c.up(&["db"], 60).to_string()));
+        assert_eq!(recovery[1], c.sql(None, "select current_database()").to_string());
+        assert_eq!(recovery[2], c.stop(&["backend", "worker"]).to_string());
+        let load = format!("gzip -dc | {} < {}", c.load("intric_restore"), backup.display());
+        assert!(recovery.contains(&load), "{recovery:#?}");
+        let swap = c.sql(Some("template1"), "alter database \"intric_restore\" rename to \"intric\"").to_string();
+        assert!(recovery.iter().position(|c| *c == swap) > recovery.iter().position(|c| *c == load));
+        assert_eq!(recovery.last(), Some(&up), "the stack is started again");
+        assert_eq!(env_tag(dir.path()), "1.0.0");
+    }
+
+    #[test]
+    fn a_stale_lock_decides_the_tag_to_go_back_to() {
+        let stale = |from: &str, to: &str| Found::Stale {
+            holder: Holder { from_tag: Some(from.into()), to_tag: Some(to.into()), ..holder("update", None, None) },
+            contents: String::new(),
+        };
+        assert_eq!(resume_from("1.1.0", &Found::Free), "1.1.0");
+        assert_eq!(resume_from("1.1.0", &stale("1.0.0", "1.1.0")), "1.0.0", ".env was switched before it died");
+        assert_eq!(resume_from("1.0.0", &stale("1.0.0", "1.1.0")), "1.0.0", "it died before the switch");
+        assert_eq!(resume_from("1.2.0", &stale("1.0.0", "1.1.0")), "1.2.0", "someone changed .env since");
+        let dir = tempfile::tempdir().unwrap();
+        let site = deployment(dir.path(), "1.1.0");
+        let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
+        let inputs = Inputs { lock: stale("1.0.0", "1.1.0"), ..inputs(&site) };
+        let plan = update(inputs, "update", "1.1.0", "1.1.0", backup, false).unwrap();
+        assert!(matches!(&plan.operation, Operation::Update { from_tag, .. } if from_tag == "1.0.0"));
+        let recovery = plan.steps.recovery.as_ref().unwrap();
+        assert!(matches!(&recovery.steps[0], Action::SetTag { tag, .. } if tag == "1.0.0"));
+        assert_eq!(plan.lock.as_ref().unwrap().holder.from_tag.as_deref(), Some("1.0.0"), "the lock names it too");
+        let shown = plan.to_string();
+        assert!(shown.contains(".deploy.lock left by pid "), "{shown}");
+        assert!(shown.contains("that process is gone; wait for the docker commands it left running"), "{shown}");
+        assert!(shown.contains("its update started from 1.0.0: the tag to go back to"), "{shown}");
+    }
+
+    #[test]
+    fn rerunning_a_killed_update_takes_over_its_lock_and_records_it_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = deployment(dir.path(), "1.1.0");
+        // A dead pid on this host: no process has pid u32::MAX - 1.
+        let dead = Holder {
+            pid: u32::MAX - 1,
+            host: current_host(),
+            from_tag: Some("1.0.0".into()),
+            to_tag: Some("1.1.0".into()),
+            ..holder("update", None, None)
+        };
+        std::fs::write(site.lock_path(), dead.to_json()).unwrap();
+        let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
+        let plan = update(inputs(&site), "rollback", "1.1.0", "1.0.0", backup, false).unwrap();
+        assert!(matches!(&plan.operation, Operation::Update { from_tag, .. } if from_tag == "1.0.0"));
+        let engine = engine(dir.path(), None);
+        plan.execute(&engine).unwrap();
+        let history = read_history(&site.history_path()).unwrap();
+        assert_eq!(history.len(), 2);
+        assert!(history[0].detail.as_deref().unwrap().starts_with("interrupted: pid 4294967294"), "{history:?}");
+        assert_eq!((history[0].command.as_str(), history[0].result), ("update", Outcome::Failed));
+        assert_eq!((history[1].command.as_str(), history[1].result), ("rollback", Outcome::Ok));
+        assert_eq!(env_tag(dir.path()), "1.0.0");
+        assert!(!site.lock_path().exists());
+    }
+
+    #[test]
+    fn a_lock_taken_between_planning_and_running_refuses_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = deployment(dir.path(), "1.0.0");
+        let plan = deploy(inputs(&site), None, "1.0.0".into());
+        let other = holder("update", Some("1.0.0".into()), Some("1.1.0".into()));
+        std::fs::write(site.lock_path(), other.to_json()).unwrap();
+        let engine = engine(dir.path(), None);
+        let error = plan.execute(&engine).unwrap_err().to_string();
+        assert!(error.contains("holds the lock"), "{error}");
+        assert!(engine.executed().is_empty());
+        assert!(!site.history_path().exists());
+    }
+
+    #[test]
+    fn backup_runs_the_dump_it_shows_then_prunes_without_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = deployment(dir.path(), "1.0.0");
+        let backups = dir.path().join("backups");
+        std::fs::create_dir(&backups).unwrap();
+        for old in ["intric_20250101T000000Z.sql.gz", "intric_20250102T000000Z.sql.gz"] {
+            std::fs::write(backups.join(old), "").unwrap();
+        }
+        let path = backups.join("intric_20260101T000000Z.sql.gz");
+        let plan = backup(&site, path.clone(), 2);
+        let engine = engine(dir.path(), None);
+        plan.execute(&engine).unwrap();
+        assert_eq!(engine.executed(), backup_commands(&site.compose, &path));
+        let mut left: Vec<String> =
+            std::fs::read_dir(&backups).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["intric_20250102T000000Z.sql.gz", "intric_20260101T000000Z.sql.gz"]);
+        assert!(!site.history_path().exists() && plan.lock.is_none());
+        assert!(plan.to_string().contains("back up the database (pg_dump | gzip, checked, then renamed) to "));
+    }
+
+    #[test]
+    fn restore_runs_its_steps_under_the_lock_and_records_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = deployment(dir.path(), "1.0.0");
+        let file = dir.path().join("intric_20260101T000000Z.sql.gz");
+        let plan = restore(inputs(&site), file.clone());
+        let engine = engine(dir.path(), None);
+        plan.execute(&engine).unwrap();
+        let c = &site.compose;
+        let executed = engine.executed();
+        assert_eq!(
+            executed[..3],
+            strings(&[c.up(&["db"], 60), c.sql(None, "select current_database()"), c.stop(&["backend", "worker"])])
+        );
+        assert!(executed.contains(&format!("gzip -dc | {} < {}", c.load("intric_restore"), file.display())));
+        assert_eq!(executed[executed.len() - 2..], strings(&[c.up(&[], 60), c.ps_json()]));
+        let record = read_history(&site.history_path()).unwrap().pop().unwrap();
+        assert_eq!((record.command.as_str(), record.backup), ("restore", Some(file.display().to_string())));
+        assert!(plan.to_string().contains(&format!("load {} into a new database", file.display())));
+    }
+
+    #[test]
+    fn a_dry_run_runs_nothing_and_prints_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = deployment(dir.path(), "1.0.0");
+        let login = crate::adapters::docker::login_with(
+            "docker",
+            "r:5000",
+            "ci",
+            crate::plan::Secret::new("NEXUS_PASSWORD", "canary-registry"),
+        );
+        let inputs = Inputs { login: Some(login), ..inputs(&site) };
+        let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
+        let plan = update(inputs, "update", "1.0.0", "1.1.0", backup, true).unwrap();
+        let engine = engine(dir.path(), None);
+        assert!(crate::plan::show_or_run(&plan, true, &engine).unwrap().is_none());
+        assert!(engine.executed().is_empty());
+        let shown = format!("{plan}{plan:?}");
+        assert!(!shown.contains("canary"), "{shown}");
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(names, [".env"]);
+    }
+}
