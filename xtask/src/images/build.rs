@@ -154,10 +154,11 @@ pub struct RegistryAccess {
 }
 
 impl RegistryAccess {
-    /// The address `setting` names, with the credentials of the environment or the docker login.
-    pub fn read(setting: &str) -> Result<RegistryAccess> {
+    /// The address `setting` names, with the credentials of the environment or the docker login
+    /// (a credential helper runs through `runner`).
+    pub fn read(setting: &str, runner: &dyn Runner) -> Result<RegistryAccess> {
         let address = RegistryAddress::parse(setting)?;
-        let credentials = Credentials::find(&address)?;
+        let credentials = Credentials::find(&address, runner)?;
         Ok(RegistryAccess { address, credentials })
     }
 
@@ -333,9 +334,10 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         // The docker probes are processes; git state and digests are this process's work meanwhile.
         let docker = scope.spawn(|| Docker::detect(runner));
         let workspace = args.location.repo();
-        let registry = args.location.registry(env);
         let mut problems = Vec::new();
         let mut problem = |error: anyhow::Error| problems.push(format!("{error:#}"));
+        // Image names start with the setting's image-name form: without a scheme.
+        let registry = args.location.registry(env).map_err(&mut problem).ok().flatten().map(|a| a.to_string());
 
         let report = tags::resolve(&workspace, args.stage, env).map_err(&mut problem).ok();
         if args.push && registry.is_none() {
@@ -369,10 +371,13 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         }
         let credentials = Credentials::from_env(env).map_err(&mut problem).ok().flatten();
         let registry_access =
-            registry.as_deref().and_then(|setting| RegistryAccess::read(setting).map_err(&mut problem).ok());
+            registry.as_deref().and_then(|setting| RegistryAccess::read(setting, runner).map_err(&mut problem).ok());
 
         let services = if args.services.is_empty() { Service::ALL.to_vec() } else { dedup(&args.services) };
-        let base_images = base_images(env, args.base_registry.as_deref());
+        // Checked like every registry setting; its image-name form is the prefix.
+        let base_registry = args.base_registry.as_deref().map(RegistryAddress::parse).transpose();
+        let base_registry = base_registry.context("--base-registry").map_err(&mut problem).ok().flatten();
+        let base_images = base_images(env, base_registry.map(|address| address.to_string()).as_deref());
         let mut digests = BTreeMap::new();
         for &service in &services {
             let context = workspace.join(service.context_dir());
@@ -399,7 +404,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         // A login the docker client already holds needs no `docker login` (a process and a
         // round trip on every build); the registry client checks the same credentials anyway.
         let login = match (credentials, &registry_access) {
-            (Some(credentials), Some(access)) if credentials.is_docker_login(&access.address) => None,
+            (Some(credentials), Some(access)) if credentials.is_docker_login(&access.address, runner) => None,
             (credentials, _) => credentials,
         };
         // The registry's tags of each image: where an unchanged image is found when pushing, and
@@ -468,11 +473,6 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             quiet: args.json,
         })
     })
-}
-
-/// The registry client, logged in as the environment or the docker login says.
-pub fn registry_client(setting: &str) -> Result<Registry> {
-    Ok(RegistryAccess::read(setting)?.client())
 }
 
 /// The services in a fixed order, each once.

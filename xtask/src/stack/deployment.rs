@@ -123,7 +123,9 @@ impl Deployment {
         if explicit.is_some() {
             return Ok((address, explicit, true));
         }
-        let found = Credentials::find(&address)?;
+        // A credential helper is a process; this runs it without a runner parameter, to keep the
+        // change to this module small (the tasks calling it could pass theirs).
+        let found = Credentials::find(&address, &crate::plan::runner::Processes::new())?;
         Ok((address, found, false))
     }
 

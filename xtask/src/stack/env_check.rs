@@ -215,36 +215,11 @@ fn type_problem(kind: VarType, value: &str) -> Option<&'static str> {
     })
 }
 
-/// `host[:port][/path]` as docker accepts a registry prefix: DNS labels or an IPv4 address,
-/// a port from 1 to 65535, lowercase path components.
+/// `host[:port][/path]`, read by the registry adapter's parser like every registry setting.
+/// Compose puts the value in front of image names as written, so a scheme (which the parser
+/// allows, to choose the protocol) is refused here.
 fn is_valid_registry(value: &str) -> bool {
-    let (authority, path) = match value.split_once('/') {
-        Some((authority, path)) => (authority, Some(path)),
-        None => (value, None),
-    };
-    let (host, port) = match authority.split_once(':') {
-        Some((host, port)) => (host, Some(port)),
-        None => (authority, None),
-    };
-    let label_ok = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-    };
-    let port_ok = port.is_none_or(|port| {
-        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0)
-    });
-    let component_ok = |component: &str| {
-        component.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && component.chars().last().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && component.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-    };
-    host.len() <= 253
-        && host.split('.').all(label_ok)
-        && port_ok
-        && path.is_none_or(|path| path.split('/').all(component_ok))
+    !value.contains("://") && crate::adapters::registry::RegistryAddress::parse(value).is_ok()
 }
 
 /// Whether a secret's value is one of the stand-ins people leave in templates.

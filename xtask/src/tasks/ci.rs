@@ -260,6 +260,7 @@ fn release_stage(args: &CiArgs, repo: &Path, report: &TagReport, env: &Env) -> R
         build: true,
         execute: !args.dry_run,
         push_tag: false,
+        skip_immutable_floating: false,
         quiet: false,
     };
     let outcome = release::release(&options, env)?;
