@@ -299,4 +299,27 @@ mod tests {
         let outcome = plan_init(&inputs(Some(&complete), 0o100644)).unwrap();
         assert_eq!(outcome.plan.to_string(), "  1. chmod 600 d/.env\n");
     }
+
+    #[test]
+    fn init_runs_exactly_what_it_shows() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        // A new file, then the mode of an existing one: a write, then a chmod.
+        let mut new = inputs(None, 0);
+        new.env_path = path.clone();
+        let outcome = plan_init(&new).unwrap();
+        let runner = crate::plan::runner::Recording::new();
+        crate::plan::TaskPlan::execute(&outcome.plan, &runner).unwrap();
+        assert!(runner.executed().is_empty(), "writing .env runs no command: {:?}", runner.executed());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), written(&outcome).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let mut loose = inputs(Some(&written(&outcome).unwrap()), 0o100644);
+        loose.env_path = path.clone();
+        let chmod = plan_init(&loose).unwrap();
+        let runner = crate::plan::runner::Recording::new();
+        crate::plan::TaskPlan::execute(&chmod.plan, &runner).unwrap();
+        runner.assert_ran_as_shown(&chmod.plan.to_string());
+        assert_eq!(runner.executed(), [format!("chmod 600 {}", path.display())]);
+    }
 }
