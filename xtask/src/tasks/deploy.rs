@@ -86,6 +86,10 @@ pub struct UpdateOptions {
     /// Where the backup taken first goes [default: DIR/backups].
     #[arg(long, value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
+    /// Recreate the containers in place (a short outage) instead of replacing them beside the
+    /// running ones: needed when a migration drops or renames what the running version uses.
+    #[arg(long)]
+    pub allow_downtime: bool,
     #[command(flatten)]
     pub change: ChangeArgs,
 }
@@ -160,7 +164,7 @@ fn update(
     to_tag: &str,
     options: UpdateOptions,
 ) -> Result<()> {
-    let UpdateOptions { restore_on_failure, backup_dir, change } = options;
+    let UpdateOptions { restore_on_failure, backup_dir, allow_downtime: _, change } = options;
     let current = deployment.current_tag().context("IMAGE_TAG is not set in .env")?;
     let inputs = change_inputs(deployment, change)?;
     deployment.check_tag_exists(to_tag)?;
