@@ -592,7 +592,7 @@ fn bench_update() -> Result<()> {
             runner.read(&build).with_context(|| format!("build --push --tag {tag} failed"))?;
         }
         for file in ["docker-compose.yml", ".env.example"] {
-            std::fs::copy(workspace.join("docker").join(file), site.join(file))
+            std::fs::copy(repo.join("docker").join(file), site.join(file))
                 .with_context(|| format!("cannot copy docker/{file} to {}", site.display()))?;
         }
         runner.read(&on_site(&["env", "init"]))?;
@@ -609,6 +609,8 @@ fn bench_update() -> Result<()> {
             ("REDIS_IMAGE", lab_value("REDIS_IMAGE")?),
             ("EDGE_IMAGE", lab_value("NGINX_IMAGE")?),
             ("FRONTEND_BIND", "127.0.0.1".into()),
+            // env check wants an LLM provider; nothing here asks one anything.
+            ("OPENAI_API_KEY", "sk-bench-update-not-a-real-key".into()),
             ("FRONTEND_PORT", frontend_port),
             ("BACKEND_PORT", backend_port),
         ] {
