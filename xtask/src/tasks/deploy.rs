@@ -90,6 +90,10 @@ pub struct UpdateOptions {
     /// running ones: needed when a migration drops or renames what the running version uses.
     #[arg(long)]
     pub allow_downtime: bool,
+    /// Seconds the old containers keep serving once the new ones are healthy, and then have to
+    /// finish what they serve: longer than the longest request.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3)]
+    pub drain: u64,
     #[command(flatten)]
     pub change: ChangeArgs,
 }
@@ -164,13 +168,14 @@ fn update(
     to_tag: &str,
     options: UpdateOptions,
 ) -> Result<()> {
-    let UpdateOptions { restore_on_failure, backup_dir, allow_downtime: _, change } = options;
+    let UpdateOptions { restore_on_failure, backup_dir, allow_downtime, drain, change } = options;
     let current = deployment.current_tag().context("IMAGE_TAG is not set in .env")?;
     let inputs = change_inputs(deployment, change)?;
     deployment.check_tag_exists(to_tag)?;
     let backup_dir = backup_dir.unwrap_or_else(|| deployment.dir.join("backups"));
     database::check_writable(&backup_dir)?;
     let backup = database::next_path(&backup_dir, clock::now_unix());
-    let plan = operation::update(inputs, command, &current, to_tag, backup, restore_on_failure)?;
+    let switch = operation::Switch { allow_downtime, drain };
+    let plan = operation::update(inputs, command, &current, to_tag, backup, restore_on_failure, switch)?;
     show_or_run(&plan, change.dry_run, runner).map(|_| ())
 }
