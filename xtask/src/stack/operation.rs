@@ -173,9 +173,9 @@ pub fn update(
         steps,
     );
     if from_tag == to_tag {
-        plan.notes.push(format!(
-            "note: {to_tag} is already the deployed tag: updating anyway (pull, migrate, recreate what changed)"
-        ));
+        let containers = if switch.allow_downtime { "recreate what changed" } else { "replace the containers" };
+        plan.notes
+            .push(format!("note: {to_tag} is already the deployed tag: updating anyway (pull, migrate, {containers})"));
     }
     Ok(plan)
 }

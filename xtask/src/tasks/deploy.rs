@@ -9,10 +9,15 @@
 //! - `deploy`: login → pull → start `db` and `redis` → `db-init` when the database was never initialized
 //!   (no `alembic_version` table), else the image's migrations → `up --wait` → status and URL.
 //! - `update --tag T`: T must exist for all three images in the registry (cleanup policies
-//!   delete tags) before anything happens; then the lock; pull T; back up the database; write
-//!   `IMAGE_TAG=T` into `.env`; migrate with T's backend image in a one-off container; `up
-//!   --wait`. If a step after the backup fails, `.env` gets the previous tag back and the stack
-//!   is started again (and the backup restored with `--restore-on-failure`).
+//!   delete tags) before anything happens; then the lock; pull T; refuse when T's migrations
+//!   drop or rename something (`stack::migrations`); back up the database; write `IMAGE_TAG=T`
+//!   into `.env`; migrate with T's backend image in a one-off container while the old version
+//!   serves; start new backend, worker and frontend containers beside the old ones, wait until
+//!   they are healthy, drain (`--drain`) and remove the old ones; `up --wait` for the rest. If a
+//!   step after the backup fails, `.env` gets the previous tag back and the stack is started
+//!   again (new containers that never got healthy are removed, the old ones never stopped; the
+//!   backup is restored with `--restore-on-failure`). `--allow-downtime` skips the migration
+//!   check and recreates the containers in place instead (`up --wait`).
 //! - `rollback [--to T]`: an update to T, or to the last tag that was deployed successfully
 //!   before the current one, from the history.
 //!
