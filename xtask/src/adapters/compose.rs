@@ -234,21 +234,22 @@ impl Compose {
         ])
     }
 
-    /// The IDs of the containers of `services`, running or not, one per line.
-    pub fn container_ids(&self, services: &[&str]) -> Command {
-        self.command(["ps", "--all", "--quiet"]).args(services.iter().copied())
+    /// The IDs of the containers of `service`, running or not, one per line.
+    pub fn container_ids(&self, service: &str) -> Command {
+        self.command(["ps", "--all", "--quiet", service])
     }
 
-    /// Starts containers of each service (to `count` in all) from the configuration `.env`
-    /// names now, beside the ones running, which stay as they are; no other service is touched.
-    pub fn start_beside(&self, scale: &[(&str, usize)]) -> Command {
-        let mut command = self.command(["up", "--detach", "--no-deps", "--no-recreate"]);
-        for (service, count) in scale {
-            command = command.arg("--scale").arg(format!("{service}={count}"));
-        }
-        command
-            .args(scale.iter().map(|(service, _)| *service))
-            .hint(format!("starting the new containers failed: see `docker compose logs` in {}", self.dir.display()))
+    /// Starts containers of `service` (to `count` in all) from the configuration `.env` names
+    /// now, beside the ones running, which stay as they are; no other service is touched or
+    /// waited for (one service per command: compose would wait for a sibling's health).
+    pub fn start_beside(&self, service: &str, count: usize) -> Command {
+        self.command(["up", "--detach", "--no-deps", "--no-recreate", "--scale"])
+            .arg(format!("{service}={count}"))
+            .arg(service)
+            .hint(format!(
+                "starting a new {service} container failed: see `docker compose logs` in {}",
+                self.dir.display()
+            ))
     }
 
     /// Name, state, health and restart count of each container in `ids`, one line each.

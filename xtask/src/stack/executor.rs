@@ -109,17 +109,19 @@ impl Executor<'_> {
     /// which never stopped serving, stay: that is the rollback.
     pub fn replace(&self, services: &[&str], drain: u64) -> Result<()> {
         let compose = self.compose;
-        let mut old = Vec::new();
-        let mut scale = Vec::new();
+        let (mut old, mut new) = (Vec::new(), Vec::new());
+        let mut started = Ok(());
         for service in services {
-            let ids = ids(&self.read(&compose.container_ids(&[service]))?);
+            let before = ids(&self.read(&compose.container_ids(service))?);
             // One more than there are: after an interrupted update there may be two already.
-            scale.push((*service, ids.len() + 1));
-            old.extend(ids);
+            started = self.run(&compose.start_beside(service, before.len() + 1));
+            let after = ids(&self.read(&compose.container_ids(service))?);
+            new.extend(after.into_iter().filter(|id| !before.contains(id)));
+            old.extend(before);
+            if started.is_err() {
+                break;
+            }
         }
-        let started = self.run(&compose.start_beside(&scale));
-        let new: Vec<String> =
-            ids(&self.read(&compose.container_ids(services))?).into_iter().filter(|id| !old.contains(id)).collect();
         if let Err(error) = started.and_then(|()| self.wait_healthy(&new)) {
             if !new.is_empty() {
                 eprintln!("the new containers are not healthy: removing them; the old ones keep serving");

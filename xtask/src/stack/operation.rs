@@ -430,6 +430,7 @@ mod tests {
     fn scripted(dir: &Path, fail: Option<String>, health: &'static str, migrations: &'static str) -> Recording {
         let dir = dir.to_path_buf();
         let failed = AtomicBool::new(false);
+        let listed = std::sync::Mutex::new(std::collections::BTreeSet::new());
         Recording::replying(move |shown| {
             if fail.as_ref().is_some_and(|fail| shown.ends_with(fail.as_str())) && !failed.swap(true, Ordering::SeqCst)
             {
@@ -446,10 +447,12 @@ mod tests {
                 _ if shown.contains("gzip -dc") => DUMP_COMPLETE.into(),
                 _ if shown.contains("select current_database()") => "intric".into(),
                 _ if shown.contains("alembic/versions") => migrations.into(),
-                _ if shown.ends_with("ps --all --quiet backend worker frontend") => {
-                    [containers("old"), containers("new")].concat().join("\n")
+                _ if shown.contains(" ps --all --quiet ") => {
+                    // Before its start, a service has its old container; after, the new one too.
+                    let service = shown.rsplit(' ').next().unwrap();
+                    let started = listed.lock().unwrap().insert(service.to_string());
+                    if started { format!("old-{service}") } else { format!("old-{service}\nnew-{service}") }
                 }
-                _ if shown.contains(" ps --all --quiet ") => format!("old-{}", shown.rsplit(' ').next().unwrap()),
                 _ if shown.starts_with("docker inspect ") => {
                     STATELESS.iter().map(|service| format!("/ops-test-{service}-2 running {health} 0\n")).collect()
                 }
@@ -547,9 +550,11 @@ mod tests {
     /// What replacing the stateless services runs up to the new containers' health check:
     /// their containers now, per service, the start beside them, their containers then.
     fn starting_beside(c: &Compose) -> Vec<Command> {
-        let mut commands: Vec<Command> = STATELESS.iter().map(|service| c.container_ids(&[service])).collect();
-        let scale: Vec<(&str, usize)> = STATELESS.iter().map(|service| (*service, 2)).collect();
-        commands.extend([c.start_beside(&scale), c.container_ids(&STATELESS), c.container_states(&containers("new"))]);
+        let mut commands: Vec<Command> = STATELESS
+            .iter()
+            .flat_map(|service| [c.container_ids(service), c.start_beside(service, 2), c.container_ids(service)])
+            .collect();
+        commands.push(c.container_states(&containers("new")));
         commands
     }
 
@@ -571,18 +576,13 @@ mod tests {
         let executed = engine.executed();
         let after = strings(&[migration(c), replacing(c), vec![c.up(&[], 60), c.ps_json()]].concat());
         assert_eq!(executed, [before_the_switch(&site, &backup), after].concat());
-        let start = c.start_beside(&STATELESS.map(|service| (service, 2)));
-        assert_eq!(
-            shown_steps(&plan, &executed),
-            strings(&[
-                c.pull(Some("1.1.0")),
-                c.up(&["db"], 60),
-                c.migration_files("1.1.0"),
-                c.migrate(),
-                start,
-                c.up(&[], 60)
-            ])
-        );
+        let starts = STATELESS.map(|service| c.start_beside(service, 2));
+        let shown = [
+            vec![c.pull(Some("1.1.0")), c.up(&["db"], 60), c.migration_files("1.1.0"), c.migrate()],
+            starts.to_vec(),
+            vec![c.up(&[], 60)],
+        ];
+        assert_eq!(shown_steps(&plan, &executed), strings(&shown.concat()));
         assert_eq!(env_tag(dir.path()), "1.1.0");
         assert!(backup.is_file(), "the checked dump was renamed into place");
         let record = read_history(&site.history_path()).unwrap().pop().unwrap();

@@ -44,10 +44,10 @@ pub enum Action {
     /// Refuses when the migrations of the new backend image (`list` prints them) after the
     /// database's revision drop or rename a column or table.
     CheckMigrations { list: Command },
-    /// `services` replaced without downtime by `start` (with `--scale S=N+1` where S has N
-    /// containers), then, once the new ones are healthy, `drain` seconds and the old ones
-    /// stopped and removed.
-    Replace { services: Vec<String>, start: Command, drain: u64, timeout: u64 },
+    /// `services` replaced without downtime: `starts`, one per service (shown with `--scale
+    /// S=2`; it is N+1 where S has N containers), then, once the new ones are healthy, `drain`
+    /// seconds and the old ones stopped and removed.
+    Replace { services: Vec<String>, starts: Vec<Command>, drain: u64, timeout: u64 },
 }
 
 impl fmt::Display for Action {
@@ -79,14 +79,18 @@ impl fmt::Display for Action {
                 "refuse if the new image's migrations after the database's revision drop or rename a column or \
                  table (--allow-downtime overrides): {list}"
             ),
-            Action::Replace { services, start, drain, timeout } => write!(
-                f,
-                "start new {} containers beside the running ones: {start}\n       \
-                 wait (at most {timeout} s) until they are healthy; if one never is, stop and remove them \
-                 (the old ones keep serving)\n       \
-                 else after {drain} s stop the old ones (docker stop --time {drain}) and remove them (docker rm)",
-                services.join(", ")
-            ),
+            Action::Replace { services, starts, drain, timeout } => {
+                writeln!(f, "start new {} containers beside the running ones:", services.join(", "))?;
+                for start in starts {
+                    writeln!(f, "       {start}")?;
+                }
+                write!(
+                    f,
+                    "       wait (at most {timeout} s) until they are healthy; if one never is, stop and remove \
+                     them (the old ones keep serving)\n       \
+                     else after {drain} s stop the old ones (docker stop --time {drain}) and remove them (docker rm)"
+                )
+            }
         }
     }
 }
@@ -143,10 +147,9 @@ pub fn plan_update(inputs: &UpdateInputs) -> Result<Plan<Action>> {
     steps.push(set_tag(&inputs.env_path, inputs.env, &inputs.to_tag)?);
     steps.push(Action::Migrate(compose.migrate()));
     if !inputs.allow_downtime {
-        let scale: Vec<(&str, usize)> = STATELESS.iter().map(|service| (*service, 2)).collect();
         steps.push(Action::Replace {
             services: STATELESS.iter().map(|service| service.to_string()).collect(),
-            start: compose.start_beside(&scale),
+            starts: STATELESS.iter().map(|service| compose.start_beside(service, 2)).collect(),
             drain: inputs.drain,
             timeout: inputs.timeout,
         });
@@ -284,15 +287,13 @@ mod tests {
         assert_eq!(list.env, pull.env, "the new image's migrations, before .env changes");
         let Action::Migrate(migrate) = &plan.steps[6] else { panic!() };
         assert!(migrate.args.windows(4).any(|w| w == ["run", "--rm", "--no-deps", "-T"]), "a one-off container");
-        let Action::Replace { services, start, drain, .. } = &plan.steps[7] else { panic!() };
+        let Action::Replace { services, starts, drain, .. } = &plan.steps[7] else { panic!() };
         assert_eq!((services.join(" "), *drain), ("backend worker frontend".to_string(), 3));
-        assert!(
-            start.to_string().ends_with(
-                "up --detach --no-deps --no-recreate --scale backend=2 --scale worker=2 --scale frontend=2 \
-                 backend worker frontend"
-            ),
-            "db, redis and the edge are never doubled: {start}"
-        );
+        let starts: Vec<String> = starts.iter().map(|start| start.to_string()).collect();
+        for (start, service) in starts.iter().zip(["backend", "worker", "frontend"]) {
+            let scaled = format!("up --detach --no-deps --no-recreate --scale {service}=2 {service}");
+            assert!(start.ends_with(&scaled), "db, redis and the edge are never doubled: {start}");
+        }
         let Action::Run(up) = &plan.steps[8] else { panic!() };
         assert!(up.args.contains(&"--wait".into()) && up.args.contains(&"--remove-orphans".into()));
         assert!(up.args.windows(2).any(|w| w == ["--wait-timeout", "90"]));
