@@ -257,9 +257,10 @@ impl Compose {
         Command::new(&self.program).args(["inspect", "--format", CONTAINER_STATE]).args(ids.iter().cloned())
     }
 
-    /// Stops the containers `ids`, each given `grace` seconds to finish what it serves.
+    /// Stops the containers `ids`, each given `grace` seconds to finish what it serves. `-t`
+    /// is `--time` to the 20.10 client and `--timeout` to newer ones, which deprecate `--time`.
     pub fn stop_containers(&self, ids: &[String], grace: u64) -> Command {
-        Command::new(&self.program).args(["stop", "--time"]).arg(grace.to_string()).args(ids.iter().cloned())
+        Command::new(&self.program).args(["stop", "-t"]).arg(grace.to_string()).args(ids.iter().cloned())
     }
 
     /// Removes the (stopped) containers `ids`.

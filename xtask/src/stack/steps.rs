@@ -88,7 +88,7 @@ impl fmt::Display for Action {
                     f,
                     "       wait (at most {timeout} s) until they are healthy; if one never is, stop and remove \
                      them (the old ones keep serving)\n       \
-                     else after {drain} s stop the old ones (docker stop --time {drain}) and remove them (docker rm)"
+                     else after {drain} s stop the old ones (docker stop -t {drain}) and remove them (docker rm)"
                 )
             }
         }
