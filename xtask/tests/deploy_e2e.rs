@@ -52,13 +52,7 @@ impl Deployment {
 
     /// The xtask with `--dir` and `--project` of this deployment; its output is recorded.
     fn xtask(&self, args: &[&str]) -> Output {
-        let dir = self.dir_arg();
-        let mut full = args.to_vec();
-        full.extend(["--dir", &dir]);
-        if args[0] != "env" {
-            full.extend(["--project", PROJECT]);
-        }
-        let output = xtask(&full, &[], self.path());
+        let output = xtask_in(self.path(), PROJECT, args);
         self.record(&output);
         output
     }
@@ -102,10 +96,7 @@ impl Deployment {
     }
 
     fn compose(&self, args: &[&str]) -> Output {
-        let dir = self.dir_arg();
-        let mut full = vec!["compose", "--project-name", PROJECT, "--project-directory", &dir];
-        full.extend_from_slice(args);
-        run("docker", &full, self.path())
+        compose_in(self.path(), PROJECT, args)
     }
 
     fn psql(&self, sql: &str) -> String {
@@ -116,8 +107,7 @@ impl Deployment {
     }
 
     fn env_value(&self, key: &str) -> String {
-        let text = std::fs::read_to_string(self.path().join(".env")).unwrap();
-        text.lines().find_map(|line| line.strip_prefix(&format!("{key}="))).unwrap_or_default().to_string()
+        env_value_in(self.path(), key)
     }
 
     fn set(&self, key: &str, value: &str) {
@@ -244,6 +234,7 @@ fn deploy_update_rollback_backup_restore_lock_and_kill() {
         ("IMAGE_TAG", V1),
         ("POSTGRES_IMAGE", lab["POSTGRES_IMAGE"].as_str()),
         ("REDIS_IMAGE", lab["REDIS_IMAGE"].as_str()),
+        ("EDGE_IMAGE", lab["NGINX_IMAGE"].as_str()),
         ("OPENAI_API_KEY", CANARY),
         ("FRONTEND_PORT", FRONTEND_PORT),
         ("BACKEND_PORT", BACKEND_PORT),

@@ -98,6 +98,7 @@ fn stack_builds_starts_healthy_serves_and_keeps_data() {
             ("IMAGE_TAG", "e2e-stack".into()),
             ("POSTGRES_IMAGE", lab["POSTGRES_IMAGE"].clone()),
             ("REDIS_IMAGE", lab["REDIS_IMAGE"].clone()),
+            ("EDGE_IMAGE", lab["NGINX_IMAGE"].clone()),
             ("OPENAI_API_KEY", "sk-e2e-not-a-real-key-0000".into()),
             ("FRONTEND_PORT", "23000".into()),
             ("BACKEND_PORT", "28123".into()),

@@ -27,7 +27,7 @@ fn compose_images() -> Vec<String> {
 #[test]
 fn compose_images_are_ours_or_pinned_upstream() {
     let images = compose_images();
-    assert_eq!(images.len(), 6, "db, redis, backend, worker, frontend, db-init: {images:?}");
+    assert_eq!(images.len(), 7, "db, redis, backend, worker, frontend, edge, db-init: {images:?}");
     for image in images {
         if let Some(rest) = image.strip_prefix("${NEXUS_REGISTRY") {
             let service = rest.split("/intric/").nth(1).and_then(|rest| rest.split(':').next());

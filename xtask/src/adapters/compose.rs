@@ -28,7 +28,16 @@ use crate::plan::runner::Runner;
 const COMPOSE_FILES: [&str; 4] = ["compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml"];
 
 /// The services of the stack, in start order; `db-init` is the one-off of profile `init`.
-pub const SERVICES: [&str; 5] = ["db", "redis", "backend", "worker", "frontend"];
+pub const SERVICES: [&str; 6] = ["db", "redis", "backend", "worker", "frontend", "edge"];
+
+/// The services an update replaces beside the running containers: they keep no state, and
+/// traffic reaches them through Docker's DNS, which follows the containers that run.
+pub const STATELESS: [&str; 3] = ["backend", "worker", "frontend"];
+
+/// What [`Compose::container_states`] prints per container: name, state, health (`none`
+/// without a healthcheck) and how often the engine restarted it.
+const CONTAINER_STATE: &str =
+    "{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}}";
 
 /// What `pg_dump` writes last in a plain-format dump: a dump without it was cut short.
 pub const DUMP_COMPLETE: &str = "-- PostgreSQL database dump complete";
@@ -203,6 +212,16 @@ impl Compose {
         self.backend_once(["alembic", "show", revision])
     }
 
+    /// Prints the alembic migration files of the backend image with `tag` as one JSON object
+    /// (file name → text), from a one-off container of that image.
+    pub fn migration_files(&self, tag: &str) -> Command {
+        const PRINT: &str = "import json, pathlib; print(json.dumps({p.name: p.read_text() \
+                             for p in sorted(pathlib.Path('alembic/versions').glob('*.py'))}))";
+        self.backend_once(["python", "-c", PRINT])
+            .env("IMAGE_TAG", tag)
+            .hint("reading the new backend image's migrations failed: its output above says why")
+    }
+
     fn backend_once<const N: usize>(&self, command: [&str; N]) -> Command {
         self.command(["run", "--rm", "--no-deps", "-T", "backend"]).args(command)
     }
@@ -234,6 +253,40 @@ impl Compose {
             "-o",
             "/dev/null",
         ])
+    }
+
+    /// The IDs of the containers of `service`, running or not, one per line.
+    pub fn container_ids(&self, service: &str) -> Command {
+        self.command(["ps", "--all", "--quiet", service])
+    }
+
+    /// Starts containers of `service` (to `count` in all) from the configuration `.env` names
+    /// now, beside the ones running, which stay as they are; no other service is touched or
+    /// waited for (one service per command: compose would wait for a sibling's health).
+    pub fn start_beside(&self, service: &str, count: usize) -> Command {
+        self.command(["up", "--detach", "--no-deps", "--no-recreate", "--scale"])
+            .arg(format!("{service}={count}"))
+            .arg(service)
+            .hint(format!(
+                "starting a new {service} container failed: see `docker compose logs` in {}",
+                self.dir.display()
+            ))
+    }
+
+    /// Name, state, health and restart count of each container in `ids`, one line each.
+    pub fn container_states(&self, ids: &[String]) -> Command {
+        Command::new(&self.program).args(["inspect", "--format", CONTAINER_STATE]).args(ids.iter().cloned())
+    }
+
+    /// Stops the containers `ids`, each given `grace` seconds to finish what it serves. `-t`
+    /// is `--time` to the 20.10 client and `--timeout` to newer ones, which deprecate `--time`.
+    pub fn stop_containers(&self, ids: &[String], grace: u64) -> Command {
+        Command::new(&self.program).args(["stop", "-t"]).arg(grace.to_string()).args(ids.iter().cloned())
+    }
+
+    /// Removes the (stopped) containers `ids`.
+    pub fn remove_containers(&self, ids: &[String]) -> Command {
+        Command::new(&self.program).arg("rm").args(ids.iter().cloned())
     }
 
     /// The stack's containers, one JSON object per line (or one array, on older compose).

@@ -1,6 +1,7 @@
 //! The deployed stack: a deployment directory and what the operator tasks share about it.
 //! The directory and its `.env` check, the deploy lock, the deploy history, the steps that
-//! change the running stack, the operator tasks' whole plans (`operation`), database dumps and
+//! change the running stack, the check of pending migrations for updates without downtime, the
+//! operator tasks' whole plans (`operation`), database dumps and
 //! restores, and the status report.
 //!
 //! It uses the images layer (the service table, tag rules), the adapters and the plan layer,
@@ -12,6 +13,7 @@ pub mod env_check;
 pub mod executor;
 pub mod history;
 pub mod lock;
+pub mod migrations;
 pub mod operation;
 pub mod status;
 pub mod steps;

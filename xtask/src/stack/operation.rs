@@ -126,6 +126,15 @@ pub fn deploy(inputs: Inputs, from_tag: Option<String>, tag: String) -> StackPla
     inputs.plan(Operation::Deploy { from_tag, tag }, lock, steps)
 }
 
+/// How an update switches the containers to the new version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Switch {
+    /// Recreate them in place (a short outage) instead of starting new ones beside them.
+    pub allow_downtime: bool,
+    /// Seconds the old containers keep serving once the new ones are healthy.
+    pub drain: u64,
+}
+
 /// `update` or `rollback` (`command`) from `.env`'s `current` tag to `to_tag`, backing up to
 /// `backup` first.
 pub fn update(
@@ -135,6 +144,7 @@ pub fn update(
     to_tag: &str,
     backup: PathBuf,
     restore_on_failure: bool,
+    switch: Switch,
 ) -> Result<StackPlan> {
     let from_tag = resume_from(current, &inputs.lock);
     let steps = plan_update(&UpdateInputs {
@@ -147,6 +157,8 @@ pub fn update(
         backup_path: backup.clone(),
         timeout: inputs.timeout,
         restore_on_failure,
+        allow_downtime: switch.allow_downtime,
+        drain: switch.drain,
     })?;
     let lock = inputs.lock_step(holder(command, Some(from_tag.clone()), Some(to_tag.to_string())));
     let mut plan = inputs.plan(
@@ -161,9 +173,9 @@ pub fn update(
         steps,
     );
     if from_tag == to_tag {
-        plan.notes.push(format!(
-            "note: {to_tag} is already the deployed tag: updating anyway (pull, migrate, recreate what changed)"
-        ));
+        let containers = if switch.allow_downtime { "recreate what changed" } else { "replace the containers" };
+        plan.notes
+            .push(format!("note: {to_tag} is already the deployed tag: updating anyway (pull, migrate, {containers})"));
     }
     Ok(plan)
 }
@@ -361,11 +373,13 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
-    use crate::adapters::compose::{DUMP_COMPLETE, Database};
+    use crate::adapters::compose::{DUMP_COMPLETE, Database, STATELESS};
     use crate::adapters::dotenv::DotEnv;
     use crate::plan::runner::Recording;
     use crate::stack::history::read_history;
     use crate::stack::lock::{LockArgs, current_host, inspect};
+
+    const ZERO_DOWNTIME: Switch = Switch { allow_downtime: false, drain: 0 };
 
     const ENV: &str = "IMAGE_TAG=1.0.0\nPOSTGRES_PASSWORD=canary-pw-0123456789\n";
 
@@ -400,8 +414,24 @@ mod tests {
     /// images know, a `pg_dump` that writes its (partial) file, complete dumps, and `fail`
     /// (the end of a command as shown) failing the first time it runs.
     fn engine(dir: &Path, fail: Option<String>) -> Recording {
+        scripted(dir, fail, "healthy", SAFE_MIGRATIONS)
+    }
+
+    /// The migration files of the images in [`engine`]: the initial one only.
+    const SAFE_MIGRATIONS: &str = r#"{"0001_initial.py": "revision = \"0001\"\ndown_revision = None\n"}"#;
+
+    /// The container IDs of the stateless services before the update (`old-backend`, ...) and
+    /// the ones the update starts beside them (`new-backend`, ...).
+    fn containers(age: &str) -> Vec<String> {
+        STATELESS.iter().map(|service| format!("{age}-{service}")).collect()
+    }
+
+    /// [`engine`], with the new containers' health as `health` and the new image's migration
+    /// files `migrations` (JSON, as the one-off container prints them).
+    fn scripted(dir: &Path, fail: Option<String>, health: &'static str, migrations: &'static str) -> Recording {
         let dir = dir.to_path_buf();
         let failed = AtomicBool::new(false);
+        let listed = std::sync::Mutex::new(std::collections::BTreeSet::new());
         Recording::replying(move |shown| {
             if fail.as_ref().is_some_and(|fail| shown.ends_with(fail.as_str())) && !failed.swap(true, Ordering::SeqCst)
             {
@@ -417,6 +447,16 @@ mod tests {
                 _ if shown.contains("string_agg(version_num") => "0001".into(),
                 _ if shown.contains("gzip -dc") => DUMP_COMPLETE.into(),
                 _ if shown.contains("select current_database()") => "intric".into(),
+                _ if shown.contains("alembic/versions") => migrations.into(),
+                _ if shown.contains(" ps --all --quiet ") => {
+                    // Before its start, a service has its old container; after, the new one too.
+                    let service = shown.rsplit(' ').next().unwrap();
+                    let started = listed.lock().unwrap().insert(service.to_string());
+                    if started { format!("old-{service}") } else { format!("old-{service}\nnew-{service}") }
+                }
+                _ if shown.starts_with("docker inspect ") => {
+                    STATELESS.iter().map(|service| format!("/ops-test-{service}-2 running {health} 0\n")).collect()
+                }
                 _ => String::new(),
             })
         })
@@ -503,7 +543,26 @@ mod tests {
     /// The commands of an update from 1.0.0 to 1.1.0 up to the switch of `.env`.
     fn before_the_switch(site: &Deployment, backup: &Path) -> Vec<String> {
         let c = &site.compose;
-        [strings(&[c.pull(Some("1.1.0")), c.up(&["db"], 60)]), backup_commands(c, backup)].concat()
+        let check = [db_state(c), vec![c.migration_files("1.1.0")]].concat();
+        [strings(&[vec![c.pull(Some("1.1.0")), c.up(&["db"], 60)], check].concat()), backup_commands(c, backup)]
+            .concat()
+    }
+
+    /// What replacing the stateless services runs up to the new containers' health check:
+    /// their containers now, per service, the start beside them, their containers then.
+    fn starting_beside(c: &Compose) -> Vec<Command> {
+        let mut commands: Vec<Command> = STATELESS
+            .iter()
+            .flat_map(|service| [c.container_ids(service), c.start_beside(service, 2), c.container_ids(service)])
+            .collect();
+        commands.push(c.container_states(&containers("new")));
+        commands
+    }
+
+    /// What a replacement whose new containers got healthy runs.
+    fn replacing(c: &Compose) -> Vec<Command> {
+        let old = containers("old");
+        [starting_beside(c), vec![c.stop_containers(&old, 0), c.remove_containers(&old)]].concat()
     }
 
     #[test]
@@ -511,17 +570,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let site = deployment(dir.path(), "1.0.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(inputs(&site), "update", "1.0.0", "1.1.0", backup.clone(), false).unwrap();
+        let plan = update(inputs(&site), "update", "1.0.0", "1.1.0", backup.clone(), false, ZERO_DOWNTIME).unwrap();
         let engine = engine(dir.path(), None);
         plan.execute(&engine).unwrap();
         let c = &site.compose;
         let executed = engine.executed();
-        let after = strings(&[migration(c), vec![c.up(&[], 60), c.ps_json()]].concat());
+        let after = strings(&[migration(c), replacing(c), vec![c.up(&[], 60), c.ps_json()]].concat());
         assert_eq!(executed, [before_the_switch(&site, &backup), after].concat());
-        assert_eq!(
-            shown_steps(&plan, &executed),
-            strings(&[c.pull(Some("1.1.0")), c.up(&["db"], 60), c.migrate(), c.up(&[], 60)])
-        );
+        let starts = STATELESS.map(|service| c.start_beside(service, 2));
+        let shown = [
+            vec![c.pull(Some("1.1.0")), c.up(&["db"], 60), c.migration_files("1.1.0"), c.migrate()],
+            starts.to_vec(),
+            vec![c.up(&[], 60)],
+        ];
+        assert_eq!(shown_steps(&plan, &executed), strings(&shown.concat()));
         assert_eq!(env_tag(dir.path()), "1.1.0");
         assert!(backup.is_file(), "the checked dump was renamed into place");
         let record = read_history(&site.history_path()).unwrap().pop().unwrap();
@@ -544,7 +606,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let site = deployment(dir.path(), "1.0.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(inputs(&site), "update", "1.0.0", "1.1.0", backup.clone(), restore_on_failure).unwrap();
+        let plan = update(inputs(&site), "update", "1.0.0", "1.1.0", backup.clone(), restore_on_failure, ZERO_DOWNTIME)
+            .unwrap();
         let engine = engine(dir.path(), Some(site.compose.up(&[], 60).to_string()));
         let error = plan.execute(&engine).unwrap_err().to_string();
         FailedUpdate { executed: engine.executed(), dir, site, backup, plan, error }
@@ -556,13 +619,13 @@ mod tests {
         let c = &site.compose;
         let up = c.up(&[], 60).to_string();
         assert!(error.contains("failed and was rolled back to 1.0.0") && error.contains("NOT restored"), "{error}");
-        let expected =
-            [before_the_switch(&site, &backup), strings(&migration(c)), vec![up.clone(), up.clone()]].concat();
+        let switched = [strings(&migration(c)), strings(&replacing(c))].concat();
+        let expected = [before_the_switch(&site, &backup), switched, vec![up.clone(), up.clone()]].concat();
         assert_eq!(executed, expected, "the failed `up`, then the recovery's");
         assert_eq!(shown_steps(&plan, &executed).last(), Some(&up));
         assert!(
             plan.to_string()
-                .contains(&format!("if step 4 or a later one fails:\n  1. write {}", site.env_path().display()))
+                .contains(&format!("if step 5 or a later one fails:\n  1. write {}", site.env_path().display()))
         );
         assert_eq!(env_tag(dir.path()), "1.0.0", ".env names the previous tag again");
         let record = read_history(&site.history_path()).unwrap().pop().unwrap();
@@ -577,7 +640,7 @@ mod tests {
         let c = &site.compose;
         let up = c.up(&[], 60).to_string();
         assert!(error.contains(&format!("the database was restored from {}", backup.display())), "{error}");
-        let switched = before_the_switch(&site, &backup).len() + migration(c).len() + 1;
+        let switched = before_the_switch(&site, &backup).len() + migration(c).len() + replacing(c).len() + 1;
         let recovery = &executed[switched..];
         assert_eq!(recovery.first(), Some(&c.up(&["db"], 60).to_string()));
         assert_eq!(recovery[1], c.sql(None, "select current_database()").to_string());
@@ -588,6 +651,56 @@ mod tests {
         assert!(recovery.iter().position(|c| *c == swap) > recovery.iter().position(|c| *c == load));
         assert_eq!(recovery.last(), Some(&up), "the stack is started again");
         assert_eq!(env_tag(dir.path()), "1.0.0");
+    }
+
+    #[test]
+    fn new_containers_that_never_get_healthy_are_removed_and_the_old_ones_keep_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = deployment(dir.path(), "1.0.0");
+        let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
+        let plan = update(inputs(&site), "update", "1.0.0", "1.1.0", backup.clone(), false, ZERO_DOWNTIME).unwrap();
+        let engine = scripted(dir.path(), None, "unhealthy", SAFE_MIGRATIONS);
+        let error = plan.execute(&engine).unwrap_err().to_string();
+        assert!(error.contains("rolled back to 1.0.0") && error.contains("ops-test-backend-2 is unhealthy"), "{error}");
+        let c = &site.compose;
+        let new = containers("new");
+        let replaced =
+            [strings(&starting_beside(c)), strings(&[c.stop_containers(&new, 0), c.remove_containers(&new)])];
+        let expected = [
+            before_the_switch(&site, &backup),
+            strings(&migration(c)),
+            replaced.concat(),
+            vec![c.up(&[], 60).to_string()],
+        ];
+        assert_eq!(engine.executed(), expected.concat(), "only the new containers stop; the recovery's `up`");
+        assert!(!engine.executed().iter().any(|command| command.contains("old-")), "the old ones are never touched");
+        assert_eq!(env_tag(dir.path()), "1.0.0");
+        let record = read_history(&site.history_path()).unwrap().pop().unwrap();
+        assert_eq!(record.result, Outcome::RolledBack);
+    }
+
+    #[test]
+    fn an_update_whose_migrations_drop_a_column_is_refused_before_anything_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = deployment(dir.path(), "1.0.0");
+        let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
+        let plan = update(inputs(&site), "update", "1.0.0", "1.1.0", backup.clone(), false, ZERO_DOWNTIME).unwrap();
+        let dropping = r#"{"0001_initial.py": "revision = \"0001\"\n", "0002_drop.py": "revision = \"0002\"\ndown_revision = \"0001\"\ndef upgrade():\n    op.drop_column(\"jobs\", \"text\")\n"}"#;
+        let engine = scripted(dir.path(), None, "healthy", dropping);
+        let error = format!("{:#}", plan.execute(&engine).unwrap_err());
+        assert!(error.starts_with("update to 1.1.0 failed before changing anything"), "{error}");
+        assert!(error.contains("0002_drop.py:4: op.drop_column(\"jobs\", \"text\")"), "{error}");
+        assert!(error.contains("--allow-downtime"), "{error}");
+        let c = &site.compose;
+        let checked = strings(
+            &[vec![c.pull(Some("1.1.0")), c.up(&["db"], 60)], db_state(c), vec![c.migration_files("1.1.0")]].concat(),
+        );
+        assert_eq!(engine.executed()[..checked.len()], checked, "the check runs before the backup");
+        assert_eq!(engine.executed().len(), checked.len(), "nothing after the check");
+        assert_eq!(env_tag(dir.path()), "1.0.0");
+        assert!(!backup.exists());
+        let record = read_history(&site.history_path()).unwrap().pop().unwrap();
+        assert_eq!((record.result, record.backup), (Outcome::Failed, None));
     }
 
     #[test]
@@ -604,7 +717,7 @@ mod tests {
         let site = deployment(dir.path(), "1.1.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
         let inputs = Inputs { lock: stale("1.0.0", "1.1.0"), ..inputs(&site) };
-        let plan = update(inputs, "update", "1.1.0", "1.1.0", backup, false).unwrap();
+        let plan = update(inputs, "update", "1.1.0", "1.1.0", backup, false, ZERO_DOWNTIME).unwrap();
         assert!(matches!(&plan.operation, Operation::Update { from_tag, .. } if from_tag == "1.0.0"));
         let recovery = plan.steps.recovery.as_ref().unwrap();
         assert!(matches!(&recovery.steps[0], Action::SetTag { tag, .. } if tag == "1.0.0"));
@@ -629,7 +742,7 @@ mod tests {
         };
         std::fs::write(site.lock_path(), dead.to_json()).unwrap();
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(inputs(&site), "rollback", "1.1.0", "1.0.0", backup, false).unwrap();
+        let plan = update(inputs(&site), "rollback", "1.1.0", "1.0.0", backup, false, ZERO_DOWNTIME).unwrap();
         assert!(matches!(&plan.operation, Operation::Update { from_tag, .. } if from_tag == "1.0.0"));
         let engine = engine(dir.path(), None);
         plan.execute(&engine).unwrap();
@@ -711,7 +824,7 @@ mod tests {
         );
         let inputs = Inputs { login: Some(login), ..inputs(&site) };
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(inputs, "update", "1.0.0", "1.1.0", backup, true).unwrap();
+        let plan = update(inputs, "update", "1.0.0", "1.1.0", backup, true, ZERO_DOWNTIME).unwrap();
         let engine = engine(dir.path(), None);
         assert!(crate::plan::show_or_run(&plan, true, &engine).unwrap().is_none());
         assert!(engine.executed().is_empty());

@@ -1,6 +1,14 @@
 //! The steps that change a running stack (pull, start, initialize or migrate the database,
-//! back up, switch `IMAGE_TAG`, restore), the plans of deploy and update made of them, and how
-//! each step is performed.
+//! back up, switch `IMAGE_TAG`, replace the stateless services beside the running ones,
+//! restore), the plans of deploy and update made of them, and how each step is performed.
+//!
+//! An update replaces backend, worker and frontend without downtime: their new containers
+//! start beside the old ones, and the old ones stop only once the new ones are healthy (see
+//! [`Executor::replace`]); db and redis are never doubled, and the edge proxy, which owns the
+//! host ports, is never replaced. Migrations run first, with the new image, while the old
+//! version serves, so they must only add (see [`crate::stack::migrations`]); an update whose
+//! migrations drop or rename something is refused before anything changes, unless it is one
+//! with downtime (`--allow-downtime`: the containers are recreated in place, as `up` does).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -8,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use crate::adapters::clock;
-use crate::adapters::compose::Compose;
+use crate::adapters::compose::{Compose, STATELESS};
 use crate::adapters::dotenv::DotEnv;
 use crate::plan::{Command, Failure, Plan, Recovery, Secret};
 use crate::stack::database;
@@ -33,6 +41,13 @@ pub enum Action {
     SetTag { path: PathBuf, tag: String, contents: Secret },
     /// The database restored from the backup at `path`.
     Restore { path: PathBuf },
+    /// Refuses when the migrations of the new backend image (`list` prints them) after the
+    /// database's revision drop or rename a column or table.
+    CheckMigrations { list: Command },
+    /// `services` replaced without downtime: `starts`, one per service (shown with `--scale
+    /// S=2`; it is N+1 where S has N containers), then, once the new ones are healthy, `drain`
+    /// seconds and the old ones stopped and removed.
+    Replace { services: Vec<String>, starts: Vec<Command>, drain: u64, timeout: u64 },
 }
 
 impl fmt::Display for Action {
@@ -59,6 +74,23 @@ impl fmt::Display for Action {
                 "stop backend and worker; load {} into a new database; swap it in; start the stack",
                 path.display()
             ),
+            Action::CheckMigrations { list } => write!(
+                f,
+                "refuse if the new image's migrations after the database's revision drop or rename a column or \
+                 table (--allow-downtime overrides): {list}"
+            ),
+            Action::Replace { services, starts, drain, timeout } => {
+                writeln!(f, "start new {} containers beside the running ones:", services.join(", "))?;
+                for start in starts {
+                    writeln!(f, "       {start}")?;
+                }
+                write!(
+                    f,
+                    "       wait (at most {timeout} s) until they are healthy; if one never is, stop and remove \
+                     them (the old ones keep serving)\n       \
+                     else after {drain} s stop the old ones (docker stop -t {drain}) and remove them (docker rm)"
+                )
+            }
         }
     }
 }
@@ -84,6 +116,11 @@ pub struct UpdateInputs<'a> {
     pub backup_path: PathBuf,
     pub timeout: u64,
     pub restore_on_failure: bool,
+    /// Recreate the containers in place (`up`) instead of replacing them beside the old ones.
+    pub allow_downtime: bool,
+    /// Seconds the old containers keep serving after the new ones are healthy, and then have
+    /// to finish what they serve once stopped.
+    pub drain: u64,
 }
 
 /// `.env` with `IMAGE_TAG=tag`, as a step.
@@ -93,16 +130,30 @@ fn set_tag(path: &Path, env: &DotEnv, tag: &str) -> Result<Action> {
     Ok(Action::SetTag { path: path.to_path_buf(), tag: tag.to_string(), contents: Secret::new(".env", env.render()) })
 }
 
-/// Update (and rollback): pull the new images first (nothing changes yet), back up, then switch.
+/// Update (and rollback): pull the new images first and check their migrations (nothing
+/// changes yet), back up, then switch: `.env`, the migrations, the stateless services replaced
+/// beside the running ones (or, with `allow_downtime`, recreated in place), then `up` for the
+/// rest (which finds nothing to change unless the compose file did).
 pub fn plan_update(inputs: &UpdateInputs) -> Result<Plan<Action>> {
     let compose = inputs.compose;
     let mut steps: Vec<Action> = inputs.login.clone().into_iter().map(Action::Run).collect();
     steps.push(Action::Run(compose.pull(Some(&inputs.to_tag))));
     steps.push(Action::Run(compose.up(&["db"], inputs.timeout)));
+    if !inputs.allow_downtime {
+        steps.push(Action::CheckMigrations { list: compose.migration_files(&inputs.to_tag) });
+    }
     steps.push(Action::Backup { path: inputs.backup_path.clone() });
     let point_of_no_return = steps.len();
     steps.push(set_tag(&inputs.env_path, inputs.env, &inputs.to_tag)?);
     steps.push(Action::Migrate(compose.migrate()));
+    if !inputs.allow_downtime {
+        steps.push(Action::Replace {
+            services: STATELESS.iter().map(|service| service.to_string()).collect(),
+            starts: STATELESS.iter().map(|service| compose.start_beside(service, 2)).collect(),
+            drain: inputs.drain,
+            timeout: inputs.timeout,
+        });
+    }
     steps.push(Action::Run(compose.up(&[], inputs.timeout)));
     let mut on_failure = vec![set_tag(&inputs.env_path, inputs.env, &inputs.from_tag)?];
     if inputs.restore_on_failure {
@@ -139,6 +190,11 @@ impl Executor<'_> {
             }
             Action::PruneBackups { dir, keep } => database::prune(dir, *keep, clock::now_unix()),
             Action::Restore { path } => database::restore_from(self, path),
+            Action::CheckMigrations { list } => self.check_migrations(list),
+            Action::Replace { services, drain, .. } => {
+                let services: Vec<&str> = services.iter().map(String::as_str).collect();
+                self.replace(&services, *drain)
+            }
         }
     }
 
@@ -185,6 +241,8 @@ mod tests {
             backup_path: "/srv/intric/backups/intric_20260101T000000Z.sql.gz".into(),
             timeout: 90,
             restore_on_failure: restore,
+            allow_downtime: false,
+            drain: 3,
         }
     }
 
@@ -207,25 +265,48 @@ mod tests {
                 Action::PruneBackups { .. } => "prune".into(),
                 Action::SetTag { tag, .. } => format!("set {tag}"),
                 Action::Restore { .. } => "restore".into(),
+                Action::CheckMigrations { .. } => "check migrations".into(),
+                Action::Replace { .. } => "replace".into(),
             })
             .collect()
     }
 
     #[test]
-    fn update_pulls_and_backs_up_before_changing_env_then_migrates_and_recreates() {
+    fn update_checks_and_backs_up_before_changing_env_then_migrates_and_replaces_beside() {
         let (compose, env) = (compose(), env());
         let plan = plan_update(&update_inputs(&compose, &env, false)).unwrap();
-        assert_eq!(names(&plan.steps), ["login", "pull", "up db", "backup", "set 1.1.0", "migrate", "up"]);
+        assert_eq!(
+            names(&plan.steps),
+            ["login", "pull", "up db", "check migrations", "backup", "set 1.1.0", "migrate", "replace", "up"]
+        );
         let recovery = plan.recovery.as_ref().unwrap();
-        assert_eq!(recovery.from, 4, "failures before .env changes need no rollback");
+        assert_eq!(recovery.from, 5, "failures before .env changes need no rollback");
         assert_eq!(names(&recovery.steps), ["set 1.0.0", "up"]);
         let Action::Run(pull) = &plan.steps[1] else { panic!() };
         assert_eq!(pull.env, [("IMAGE_TAG".to_string(), "1.1.0".to_string())], "pulled before .env changes");
-        let Action::Migrate(migrate) = &plan.steps[5] else { panic!() };
+        let Action::CheckMigrations { list } = &plan.steps[3] else { panic!() };
+        assert_eq!(list.env, pull.env, "the new image's migrations, before .env changes");
+        let Action::Migrate(migrate) = &plan.steps[6] else { panic!() };
         assert!(migrate.args.windows(4).any(|w| w == ["run", "--rm", "--no-deps", "-T"]), "a one-off container");
-        let Action::Run(up) = &plan.steps[6] else { panic!() };
+        let Action::Replace { services, starts, drain, .. } = &plan.steps[7] else { panic!() };
+        assert_eq!((services.join(" "), *drain), ("backend worker frontend".to_string(), 3));
+        let starts: Vec<String> = starts.iter().map(|start| start.to_string()).collect();
+        for (start, service) in starts.iter().zip(["backend", "worker", "frontend"]) {
+            let scaled = format!("up --detach --no-deps --no-recreate --scale {service}=2 {service}");
+            assert!(start.ends_with(&scaled), "db, redis and the edge are never doubled: {start}");
+        }
+        let Action::Run(up) = &plan.steps[8] else { panic!() };
         assert!(up.args.contains(&"--wait".into()) && up.args.contains(&"--remove-orphans".into()));
         assert!(up.args.windows(2).any(|w| w == ["--wait-timeout", "90"]));
+    }
+
+    #[test]
+    fn with_downtime_allowed_an_update_recreates_in_place_unchecked() {
+        let (compose, env) = (compose(), env());
+        let inputs = UpdateInputs { allow_downtime: true, ..update_inputs(&compose, &env, false) };
+        let plan = plan_update(&inputs).unwrap();
+        assert_eq!(names(&plan.steps), ["login", "pull", "up db", "backup", "set 1.1.0", "migrate", "up"]);
+        assert_eq!(plan.recovery.as_ref().unwrap().from, 4);
     }
 
     #[test]
@@ -236,7 +317,7 @@ mod tests {
         assert_eq!(names(&recovery.steps), ["set 1.0.0", "restore"]);
         let Action::SetTag { contents, .. } = &recovery.steps[0] else { panic!() };
         assert!(contents.expose().starts_with("IMAGE_TAG=1.0.0\nPOSTGRES_PASSWORD="));
-        let Action::SetTag { contents, .. } = &plan.steps[4] else { panic!() };
+        let Action::SetTag { contents, .. } = &plan.steps[5] else { panic!() };
         assert!(contents.expose().starts_with("IMAGE_TAG=1.1.0\n"));
     }
 
@@ -246,7 +327,7 @@ mod tests {
         let plan = plan_update(&update_inputs(&compose, &env, true)).unwrap();
         let shown = format!("{plan}{plan:?}");
         assert!(!shown.contains("canary"), "{shown}");
-        assert!(shown.contains("if step 5 or a later one fails:"), "{shown}");
+        assert!(shown.contains("if step 6 or a later one fails:"), "{shown}");
     }
 
     #[test]

@@ -68,6 +68,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Count the requests an `update` fails: today's procedure against the zero-downtime one.
+    ///
+    /// On the lab, builds HEAD's images into a namespace of this run's own below the lab
+    /// registry, tags them three times (the same images under three tags, so an update only
+    /// replaces containers), deploys them in a deployment directory of its own (project
+    /// `intric-bench-update`, frontend on 127.0.0.1:24200), then updates twice while a probe
+    /// requests `/` and `/api/v1/healthz` through the frontend's host port every 20 ms: once
+    /// with `--allow-downtime` (the procedure that recreates containers in place) and once
+    /// with the zero-downtime replacement. Needs the lab: `eval "$(cargo xtask sandbox env)"`.
+    #[command(after_help = "Examples:\n  eval \"$(cargo xtask sandbox env)\" && cargo xtask bench update")]
+    Update,
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
@@ -75,6 +86,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Tags { commits, tags, runs } => bench_tags(commits, tags, runs),
         BenchCommand::Build { runs } => bench_build(runs),
         BenchCommand::Release { runs } => bench_release(runs),
+        BenchCommand::Update => bench_update(),
     }
 }
 
@@ -235,10 +247,7 @@ fn millis(duration: Duration) -> f64 {
 fn bench_release(runs: usize) -> Result<()> {
     anyhow::ensure!(runs > 0, "--runs must be at least 1");
     let env = crate::adapters::ci_env::process_env();
-    let lab = env
-        .get("NEXUS_REGISTRY")
-        .filter(|value| !value.is_empty())
-        .context("NEXUS_REGISTRY is not set: run `eval \"$(cargo xtask sandbox env)\"` first")?;
+    let lab = lab_registry(&env)?;
     let registry = format!("{}/release-bench-{}", lab.trim_end_matches('/'), std::process::id());
     let runner = Processes::new();
     let scratch = std::env::temp_dir().join(format!("xtask-release-bench-{}", std::process::id()));
@@ -308,11 +317,7 @@ struct Lab {
 fn bench_build(runs: usize) -> Result<()> {
     ensure!(runs > 0, "--runs must be at least 1");
     let env = crate::adapters::ci_env::process_env();
-    let registry = env
-        .get("NEXUS_REGISTRY")
-        .filter(|value| !value.is_empty())
-        .context("NEXUS_REGISTRY is not set: run `eval \"$(cargo xtask sandbox env)\"` first")?
-        .clone();
+    let registry = lab_registry(&env)?;
     let lab = Lab { registry, base_images: crate::images::build::base_images(&env, None) };
     let runner = Processes::new();
     let docker = crate::adapters::docker::Docker::detect(&runner)?;
@@ -534,5 +539,231 @@ impl BaseImages {
             }
         }
         Ok(())
+    }
+}
+
+/// The lab registry's address from the environment `sandbox env` prints.
+fn lab_registry(env: &std::collections::BTreeMap<String, String>) -> Result<String> {
+    env.get("NEXUS_REGISTRY")
+        .filter(|value| !value.is_empty())
+        .cloned()
+        .context("NEXUS_REGISTRY is not set: run `eval \"$(cargo xtask sandbox env)\"` first")
+}
+
+/// The compose project and the host ports of `bench update`'s deployment.
+const UPDATE_PROJECT: &str = "intric-bench-update";
+const UPDATE_FRONTEND_PORT: u16 = 24200;
+const UPDATE_BACKEND_PORT: u16 = 29200;
+/// The probe's interval, and how long it may run at most whatever happens.
+const PROBE_INTERVAL: Duration = Duration::from_millis(20);
+const PROBE_LIMIT: Duration = Duration::from_secs(900);
+/// Goals: no failed request, and the zero-downtime update at most this much slower.
+const UPDATE_SLOWDOWN_GOAL: f64 = 1.5;
+
+/// `cargo xtask bench update`: see [`BenchCommand::Update`].
+fn bench_update() -> Result<()> {
+    let env = crate::adapters::ci_env::process_env();
+    let lab = lab_registry(&env)?;
+    let registry = format!("{}/update-bench-{}", lab.trim_end_matches('/'), std::process::id());
+    let runner = Processes::new();
+    let scratch = tempfile_dir()?;
+    let repo = scratch.join("repo");
+    let workspace = crate::adapters::workspace_root();
+    runner.read(&git_clone(&workspace, &repo)).context("cannot clone the workspace")?;
+    let xtask = std::env::current_exe().context("cannot find the running xtask binary")?;
+    let site = scratch.join("deployment");
+    std::fs::create_dir_all(&site).with_context(|| format!("cannot create {}", site.display()))?;
+    // The deployment's tool runs see only what `.env` says, not the lab's variables.
+    let on_site = |args: &[&str]| {
+        let mut command = xtask_command(&xtask, args).arg("--dir").arg(site.display().to_string());
+        if args[0] != "env" {
+            command = command.args(["--project", UPDATE_PROJECT]);
+        }
+        ["IMAGE_TAG", "NEXUS_REGISTRY", "NEXUS_USERNAME", "NEXUS_PASSWORD", "CI"]
+            .into_iter()
+            .fold(command, |command, key| command.env_remove(key.to_string()))
+    };
+    let result = (|| -> Result<[UpdateRun; 2]> {
+        let tags = ["bench-a", "bench-b", "bench-c"];
+        for tag in tags {
+            eprintln!("build --push --tag {tag} of HEAD into {registry} ...");
+            let build = xtask_command(&xtask, &["build", "--push", "--tag", tag, "--registry", &registry, "--repo"])
+                .arg(repo.display().to_string());
+            runner.read(&build).with_context(|| format!("build --push --tag {tag} failed"))?;
+        }
+        for file in ["docker-compose.yml", ".env.example"] {
+            std::fs::copy(repo.join("docker").join(file), site.join(file))
+                .with_context(|| format!("cannot copy docker/{file} to {}", site.display()))?;
+        }
+        runner.read(&on_site(&["env", "init"]))?;
+        let env_path = site.join(".env");
+        let mut dotenv = crate::adapters::dotenv::DotEnv::read(&env_path)?;
+        let (frontend_port, backend_port) = (UPDATE_FRONTEND_PORT.to_string(), UPDATE_BACKEND_PORT.to_string());
+        let lab_value = |key: &str| env.get(key).cloned().with_context(|| format!("{key} is not set by sandbox env"));
+        for (key, value) in [
+            ("NEXUS_REGISTRY", registry.clone()),
+            ("NEXUS_USERNAME", lab_value("NEXUS_USERNAME")?),
+            ("NEXUS_PASSWORD", lab_value("NEXUS_PASSWORD")?),
+            ("IMAGE_TAG", tags[0].to_string()),
+            ("POSTGRES_IMAGE", lab_value("POSTGRES_IMAGE")?),
+            ("REDIS_IMAGE", lab_value("REDIS_IMAGE")?),
+            ("EDGE_IMAGE", lab_value("NGINX_IMAGE")?),
+            ("FRONTEND_BIND", "127.0.0.1".into()),
+            // env check wants an LLM provider; nothing here asks one anything.
+            ("OPENAI_API_KEY", "sk-bench-update-not-a-real-key".into()),
+            ("FRONTEND_PORT", frontend_port),
+            ("BACKEND_PORT", backend_port),
+        ] {
+            match dotenv.get(key) {
+                Some(_) => dotenv.set(key, &value)?,
+                None => dotenv.insert_after(None, &[], key, &value)?,
+            }
+        }
+        crate::plan::write_atomically(&env_path, dotenv.render().as_bytes(), 0o600)?;
+        eprintln!("deploy {} in {} ...", tags[0], site.display());
+        runner.read(&on_site(&["deploy", "--timeout", "240"])).context("deploy failed")?;
+        let sides = [("today (--allow-downtime)", tags[1], true), ("zero-downtime", tags[2], false)];
+        let mut runs = Vec::new();
+        for (name, tag, allow_downtime) in sides {
+            eprintln!("{name}: update --tag {tag} with the probe running ...");
+            let mut args = vec!["update", "--tag", tag, "--timeout", "240"];
+            if allow_downtime {
+                args.push("--allow-downtime");
+            }
+            let probe = Probe::start(UPDATE_FRONTEND_PORT);
+            // The probe sees the stack answering before the update starts, and after it ends.
+            std::thread::sleep(Duration::from_secs(1));
+            let started = Instant::now();
+            let updated = runner.read(&on_site(&args));
+            let seconds = started.elapsed().as_secs_f64();
+            std::thread::sleep(Duration::from_secs(1));
+            let outcome = probe.stop();
+            updated.with_context(|| format!("update --tag {tag} failed"))?;
+            runs.push(UpdateRun { name, seconds, outcome });
+        }
+        let [today, new] = <[UpdateRun; 2]>::try_from(runs).ok().context("two sides ran")?;
+        Ok([today, new])
+    })();
+    let compose = Command::new("docker")
+        .args(["compose", "--project-name", UPDATE_PROJECT, "--project-directory"])
+        .arg(site.display().to_string())
+        .args(["--profile", "init", "down", "--volumes", "--remove-orphans"]);
+    if site.join(".env").exists() {
+        runner.read(&compose).ok();
+    }
+    std::fs::remove_dir_all(&scratch).ok();
+    let [today, new] = result?;
+    println!("update with the same images under a new tag, probe every 20 ms on / and /api/v1/healthz:");
+    for run in [&today, &new] {
+        println!(
+            "  {:<26} {:>4} of {:>5} requests failed, longest outage {:>5.2} s, update took {:>5.1} s",
+            run.name,
+            run.outcome.failed,
+            run.outcome.total,
+            run.outcome.longest_outage.as_secs_f64(),
+            run.seconds
+        );
+    }
+    let ratio = new.seconds / today.seconds;
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    println!("  goal: 0 failed requests in the zero-downtime update: {}", verdict(new.outcome.failed == 0));
+    println!(
+        "  goal: zero-downtime update <= {UPDATE_SLOWDOWN_GOAL}x today's duration (ratio {ratio:.2}): {}",
+        verdict(ratio <= UPDATE_SLOWDOWN_GOAL)
+    );
+    Ok(())
+}
+
+/// One side of `bench update`.
+struct UpdateRun {
+    name: &'static str,
+    seconds: f64,
+    outcome: ProbeOutcome,
+}
+
+/// A thread requesting the page `/` and the API's `/api/v1/healthz` in turn, through the
+/// frontend's host port on the loopback, every [`PROBE_INTERVAL`] until stopped (or for
+/// [`PROBE_LIMIT`] at most).
+struct Probe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Instant, bool)>>,
+}
+
+/// What a probe saw.
+#[derive(Debug, PartialEq)]
+struct ProbeOutcome {
+    total: usize,
+    failed: usize,
+    /// From the first failed request of a run of failures to the next answered one.
+    longest_outage: Duration,
+}
+
+impl Probe {
+    fn start(port: u16) -> Probe {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let agent: ureq::Agent =
+                ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into();
+            let urls = ["/", "/api/v1/healthz"].map(|path| format!("http://127.0.0.1:{port}{path}"));
+            let started = Instant::now();
+            let mut seen = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::SeqCst) && started.elapsed() < PROBE_LIMIT {
+                let at = Instant::now();
+                let answered = agent.get(&urls[seen.len() % 2]).call().is_ok();
+                seen.push((at, answered));
+                std::thread::sleep(PROBE_INTERVAL.saturating_sub(at.elapsed()));
+            }
+            seen
+        });
+        Probe { stop, thread }
+    }
+
+    fn stop(self) -> ProbeOutcome {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        ProbeOutcome::of(&self.thread.join().unwrap_or_default())
+    }
+}
+
+impl ProbeOutcome {
+    /// From the requests' start times and whether each got a 2xx answer.
+    fn of(seen: &[(Instant, bool)]) -> ProbeOutcome {
+        let mut longest = Duration::ZERO;
+        let mut down_since: Option<Instant> = None;
+        for &(at, answered) in seen {
+            match (answered, down_since) {
+                (false, None) => down_since = Some(at),
+                (true, Some(since)) => {
+                    longest = longest.max(at - since);
+                    down_since = None;
+                }
+                _ => {}
+            }
+        }
+        if let (Some(since), Some(&(last, _))) = (down_since, seen.last()) {
+            longest = longest.max(last - since);
+        }
+        ProbeOutcome {
+            total: seen.len(),
+            failed: seen.iter().filter(|(_, answered)| !answered).count(),
+            longest_outage: longest,
+        }
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_outage_runs_from_the_first_failure_to_the_next_answer() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let seen = [(at(0), true), (at(20), false), (at(40), false), (at(60), true), (at(80), false), (at(90), true)];
+        let outcome = ProbeOutcome::of(&seen);
+        assert_eq!(outcome, ProbeOutcome { total: 6, failed: 3, longest_outage: Duration::from_millis(40) });
+        let still_down = ProbeOutcome::of(&[(at(0), false), (at(500), false)]);
+        assert_eq!(still_down.longest_outage, Duration::from_millis(500));
+        assert_eq!(ProbeOutcome::of(&[]).failed, 0);
     }
 }

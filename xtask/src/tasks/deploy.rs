@@ -9,10 +9,15 @@
 //! - `deploy`: login → pull → start `db` and `redis` → `db-init` when the database was never initialized
 //!   (no `alembic_version` table), else the image's migrations → `up --wait` → status and URL.
 //! - `update --tag T`: T must exist for all three images in the registry (cleanup policies
-//!   delete tags) before anything happens; then the lock; pull T; back up the database; write
-//!   `IMAGE_TAG=T` into `.env`; migrate with T's backend image in a one-off container; `up
-//!   --wait`. If a step after the backup fails, `.env` gets the previous tag back and the stack
-//!   is started again (and the backup restored with `--restore-on-failure`).
+//!   delete tags) before anything happens; then the lock; pull T; refuse when T's migrations
+//!   drop or rename something (`stack::migrations`); back up the database; write `IMAGE_TAG=T`
+//!   into `.env`; migrate with T's backend image in a one-off container while the old version
+//!   serves; start new backend, worker and frontend containers beside the old ones, wait until
+//!   they are healthy, drain (`--drain`) and remove the old ones; `up --wait` for the rest. If a
+//!   step after the backup fails, `.env` gets the previous tag back and the stack is started
+//!   again (new containers that never got healthy are removed, the old ones never stopped; the
+//!   backup is restored with `--restore-on-failure`). `--allow-downtime` skips the migration
+//!   check and recreates the containers in place instead (`up --wait`).
 //! - `rollback [--to T]`: an update to T, or to the last tag that was deployed successfully
 //!   before the current one, from the history.
 //!
@@ -86,6 +91,14 @@ pub struct UpdateOptions {
     /// Where the backup taken first goes [default: DIR/backups].
     #[arg(long, value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
+    /// Recreate the containers in place (a short outage) instead of replacing them beside the
+    /// running ones: needed when a migration drops or renames what the running version uses.
+    #[arg(long)]
+    pub allow_downtime: bool,
+    /// Seconds the old containers keep serving once the new ones are healthy, and then have to
+    /// finish what they serve: longer than the longest request.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3)]
+    pub drain: u64,
     #[command(flatten)]
     pub change: ChangeArgs,
 }
@@ -160,13 +173,14 @@ fn update(
     to_tag: &str,
     options: UpdateOptions,
 ) -> Result<()> {
-    let UpdateOptions { restore_on_failure, backup_dir, change } = options;
+    let UpdateOptions { restore_on_failure, backup_dir, allow_downtime, drain, change } = options;
     let current = deployment.current_tag().context("IMAGE_TAG is not set in .env")?;
     let inputs = change_inputs(deployment, change)?;
     deployment.check_tag_exists(to_tag)?;
     let backup_dir = backup_dir.unwrap_or_else(|| deployment.dir.join("backups"));
     database::check_writable(&backup_dir)?;
     let backup = database::next_path(&backup_dir, clock::now_unix());
-    let plan = operation::update(inputs, command, &current, to_tag, backup, restore_on_failure)?;
+    let switch = operation::Switch { allow_downtime, drain };
+    let plan = operation::update(inputs, command, &current, to_tag, backup, restore_on_failure, switch)?;
     show_or_run(&plan, change.dry_run, runner).map(|_| ())
 }

@@ -255,6 +255,31 @@ pub fn http(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
     }
 }
 
+/// The xtask on the deployment directory `dir` (`--dir`, and `--project project` for every task
+/// but `env`).
+pub fn xtask_in(dir: &Path, project: &str, args: &[&str]) -> Output {
+    let dir_arg = dir.to_str().unwrap();
+    let mut full = args.to_vec();
+    full.extend(["--dir", dir_arg]);
+    if args[0] != "env" {
+        full.extend(["--project", project]);
+    }
+    xtask(&full, &[], dir)
+}
+
+/// `docker compose` on the deployment directory `dir` as project `project`.
+pub fn compose_in(dir: &Path, project: &str, args: &[&str]) -> Output {
+    let mut full = vec!["compose", "--project-name", project, "--project-directory", dir.to_str().unwrap()];
+    full.extend_from_slice(args);
+    run("docker", &full, dir)
+}
+
+/// What `.env` in `dir` sets `key` to (empty when nothing).
+pub fn env_value_in(dir: &Path, key: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(".env")).unwrap();
+    text.lines().find_map(|line| line.strip_prefix(&format!("{key}="))).unwrap_or_default().to_string()
+}
+
 /// Sets `key` in a `.env` file the simple way an operator's editor would: its line replaced, or
 /// one appended. The file keeps its mode.
 pub fn set_env_var(path: &Path, key: &str, value: &str) {
