@@ -172,7 +172,7 @@ pub struct Options {
 
 /// What a release did (or would do, in a dry run): for the summary, `--json` and CI outputs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
+pub struct ReleaseReport {
     pub executed: bool,
     pub version: String,
     pub git_tag: String,
@@ -182,7 +182,7 @@ pub struct Outcome {
     pub images: Vec<(Service, String, Option<String>, Vec<String>)>,
 }
 
-impl Outcome {
+impl ReleaseReport {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "executed": self.executed,
@@ -200,7 +200,7 @@ impl Outcome {
     }
 }
 
-impl fmt::Display for Outcome {
+impl fmt::Display for ReleaseReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let done = if self.executed { "released" } else { "would release" };
         writeln!(f, "{done} {} ({}) from {}", self.version, self.git_tag, &self.revision[..12])?;
@@ -227,7 +227,7 @@ pub fn prepare(runner: &dyn Runner, options: &Options, env: &Env) -> Result<Rele
 }
 
 /// Prepares a release and shows it, or with `execute` runs it: the tag pipeline's release.
-pub fn release(options: &Options, env: &Env) -> Result<Outcome> {
+pub fn release(options: &Options, env: &Env) -> Result<ReleaseReport> {
     let runner = Processes::new();
     let plan = prepare(&runner, options, env)?;
     Ok(show_or_run(&plan, !options.execute, &runner)?.unwrap_or_else(|| plan.outcome(false)))
@@ -803,10 +803,10 @@ impl ReleaseTarget for Live {
 }
 
 impl TaskPlan for ReleasePlan {
-    type Output = Outcome;
+    type Output = ReleaseReport;
 
     /// Builds the missing images if any, then promotes (see [`ReleasePlan::promote`]).
-    fn execute(&self, runner: &dyn Runner) -> Result<Outcome> {
+    fn execute(&self, runner: &dyn Runner) -> Result<ReleaseReport> {
         if let Some(build_plan) = &self.build_first {
             build_plan.execute(runner).context("building the missing images failed")?;
         }
@@ -832,7 +832,7 @@ impl ReleasePlan {
     /// [`ReleasePlan::writes`] order, then creates the git tag and, if asked, pushes it. Tags
     /// already in place are left alone, so running a release again after a failure finishes it;
     /// the error after a failure says so, and what was done.
-    pub fn promote(&self, runner: &dyn Runner, target: &dyn ReleaseTarget) -> Result<Outcome> {
+    pub fn promote(&self, runner: &dyn Runner, target: &dyn ReleaseTarget) -> Result<ReleaseReport> {
         if !self.quiet {
             self.remarks.iter().for_each(|remark| eprintln!("note: {remark}"));
         }
@@ -933,8 +933,8 @@ impl ReleasePlan {
     }
 
     /// What the release did (`executed`) or would do.
-    pub fn outcome(&self, executed: bool) -> Outcome {
-        Outcome {
+    pub fn outcome(&self, executed: bool) -> ReleaseReport {
+        ReleaseReport {
             executed,
             version: self.version.to_string(),
             git_tag: self.git_tag.clone(),

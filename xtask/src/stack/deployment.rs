@@ -14,11 +14,11 @@ use crate::plan::Command;
 use crate::plan::runner::Runner;
 use crate::stack::env_check::{self, Level};
 use crate::stack::history::HISTORY_FILE;
-use crate::stack::lock::LOCK_FILE;
+use crate::stack::lock::{LOCK_FILE, LockArgs};
 
 /// Where a deployment is: the options every operator task takes.
 #[derive(Args, Clone, Debug)]
-pub struct Target {
+pub struct DeploymentArgs {
     /// The deployment directory holding docker-compose.yml and .env [default: the repository's docker/].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
@@ -31,6 +31,20 @@ pub struct Target {
 /// How long `up --wait` may take until every service is healthy.
 pub const DEFAULT_TIMEOUT: u64 = 300;
 
+/// What the tasks that change the running stack (deploy, update, rollback, restore) share:
+/// how long to wait for health, a dry run, and the deploy lock.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct ChangeArgs {
+    /// Seconds to wait for every service to become healthy.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
 /// A deployment directory, read once: its `.env` and the compose project.
 pub struct Deployment {
     pub dir: PathBuf,
@@ -39,21 +53,21 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// Opens `target`: the directory with a compose file and a `.env` that parses; `runner`
-    /// reads compose's resolution of the file.
-    pub fn open(target: &Target, runner: &dyn Runner) -> Result<Deployment> {
-        Deployment::open_with(target, runner, false)
+    /// Opens the deployment `args` names: the directory with a compose file and a `.env` that
+    /// parses; `runner` reads compose's resolution of the file.
+    pub fn open(args: &DeploymentArgs, runner: &dyn Runner) -> Result<Deployment> {
+        Deployment::open_with(args, runner, false)
     }
 
     /// [`Deployment::open`] with `env check` first: every problem is printed, and errors stop
     /// there, before compose reads the file (its own complaint about a bad `.env` would name
     /// the compose file's interpolation, not the variable and its fix).
-    pub fn open_checked(target: &Target, runner: &dyn Runner) -> Result<Deployment> {
-        Deployment::open_with(target, runner, true)
+    pub fn open_checked(args: &DeploymentArgs, runner: &dyn Runner) -> Result<Deployment> {
+        Deployment::open_with(args, runner, true)
     }
 
-    fn open_with(target: &Target, runner: &dyn Runner, check: bool) -> Result<Deployment> {
-        let dir = env_check::deployment_dir(target.dir.clone());
+    fn open_with(args: &DeploymentArgs, runner: &dyn Runner, check: bool) -> Result<Deployment> {
+        let dir = env_check::deployment_dir(args.dir.clone());
         crate::adapters::compose::compose_file(&dir)?;
         let dir = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
         let env_path = dir.join(".env");
@@ -64,7 +78,7 @@ impl Deployment {
         if check {
             check_env(&dir, &env_path)?;
         }
-        let compose = Compose::open(&dir, target.project.clone(), &env, runner)?;
+        let compose = Compose::open(&dir, args.project.clone(), &env, runner)?;
         if check {
             refuse_a_second_stack(&compose, runner)?;
         }

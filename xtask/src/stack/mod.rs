@@ -18,5 +18,4 @@ pub mod operation;
 pub mod status;
 pub mod steps;
 
-pub use deployment::{DEFAULT_TIMEOUT, Deployment, Target};
-pub use lock::LockArgs;
+pub use deployment::{ChangeArgs, DEFAULT_TIMEOUT, Deployment, DeploymentArgs};

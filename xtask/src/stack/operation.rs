@@ -23,7 +23,7 @@ use crate::stack::executor::Executor;
 use crate::stack::history::{Outcome, Record, append_history, record_interrupted};
 use crate::stack::lock::{Found, Holder, Lock, holder};
 use crate::stack::status::print_report;
-use crate::stack::steps::{Action, UpdateInputs, plan_deploy, plan_update};
+use crate::stack::steps::{StackStep, UpdateInputs, plan_deploy, plan_update};
 
 /// What an operator task does, with what it reports and records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +69,7 @@ pub struct StackPlan {
     pub timeout: u64,
     /// The deploy lock, for every task but `backup`.
     pub lock: Option<LockStep>,
-    pub steps: Plan<Action>,
+    pub steps: Plan<StackStep>,
     /// The deploy history, `DIR/.deploy-history.jsonl`.
     pub history: PathBuf,
     /// Where the frontend answers, for the last line.
@@ -95,7 +95,7 @@ impl Inputs<'_> {
         Some(LockStep { path: self.deployment.lock_path(), found: self.lock.clone(), holder })
     }
 
-    fn plan(&self, operation: Operation, lock: Option<LockStep>, steps: Plan<Action>) -> StackPlan {
+    fn plan(&self, operation: Operation, lock: Option<LockStep>, steps: Plan<StackStep>) -> StackPlan {
         StackPlan {
             operation,
             compose: self.deployment.compose.clone(),
@@ -183,7 +183,7 @@ pub fn update(
 /// `restore` of the (verified) backup `file`.
 pub fn restore(inputs: Inputs, file: PathBuf) -> StackPlan {
     let tag = inputs.deployment.current_tag();
-    let steps = Plan { steps: vec![Action::Restore { path: file.clone() }], recovery: None };
+    let steps = Plan { steps: vec![StackStep::Restore { path: file.clone() }], recovery: None };
     let lock = inputs.lock_step(holder("restore", tag.clone(), None));
     inputs.plan(Operation::Restore { file, tag }, lock, steps)
 }
@@ -191,8 +191,10 @@ pub fn restore(inputs: Inputs, file: PathBuf) -> StackPlan {
 /// `backup` to `path`, then pruning its directory to the newest `keep`.
 pub fn backup(deployment: &Deployment, path: PathBuf, keep: usize) -> StackPlan {
     let dir = path.parent().map(PathBuf::from).unwrap_or_default();
-    let steps =
-        Plan { steps: vec![Action::Backup { path: path.clone() }, Action::PruneBackups { dir, keep }], recovery: None };
+    let steps = Plan {
+        steps: vec![StackStep::Backup { path: path.clone() }, StackStep::PruneBackups { dir, keep }],
+        recovery: None,
+    };
     StackPlan {
         operation: Operation::Backup { path },
         compose: deployment.compose.clone(),
@@ -720,7 +722,7 @@ mod tests {
         let plan = update(inputs, "update", "1.1.0", "1.1.0", backup, false, ZERO_DOWNTIME).unwrap();
         assert!(matches!(&plan.operation, Operation::Update { from_tag, .. } if from_tag == "1.0.0"));
         let recovery = plan.steps.recovery.as_ref().unwrap();
-        assert!(matches!(&recovery.steps[0], Action::SetTag { tag, .. } if tag == "1.0.0"));
+        assert!(matches!(&recovery.steps[0], StackStep::SetTag { tag, .. } if tag == "1.0.0"));
         assert_eq!(plan.lock.as_ref().unwrap().holder.from_tag.as_deref(), Some("1.0.0"), "the lock names it too");
         let shown = plan.to_string();
         assert!(shown.contains(".deploy.lock left by pid "), "{shown}");

@@ -24,7 +24,7 @@ use crate::stack::executor::{DbState, Executor};
 
 /// One step of an operator plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum StackStep {
     /// An external command (compose, docker login).
     Run(Command),
     /// `db-init` when the database has no `alembic_version` table yet, else the migrations.
@@ -50,36 +50,38 @@ pub enum Action {
     Replace { services: Vec<String>, starts: Vec<Command>, drain: u64, timeout: u64 },
 }
 
-impl fmt::Display for Action {
+impl fmt::Display for StackStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::Run(command) => write!(f, "{command}"),
-            Action::InitOrMigrate { db_init, migrate } => {
+            StackStep::Run(command) => write!(f, "{command}"),
+            StackStep::InitOrMigrate { db_init, migrate } => {
                 write!(f, "if the database has no alembic_version table: {db_init}\n       else: {migrate}")
             }
-            Action::Migrate(command) => write!(f, "unless the image does not know the database's revision: {command}"),
-            Action::Backup { path } => {
+            StackStep::Migrate(command) => {
+                write!(f, "unless the image does not know the database's revision: {command}")
+            }
+            StackStep::Backup { path } => {
                 write!(f, "back up the database (pg_dump | gzip, checked, then renamed) to {}", path.display())
             }
-            Action::PruneBackups { dir, keep } => write!(
+            StackStep::PruneBackups { dir, keep } => write!(
                 f,
                 "remove backups in {} beyond the newest {keep}, and partial ones older than a day",
                 dir.display()
             ),
-            Action::SetTag { path, tag, contents } => {
+            StackStep::SetTag { path, tag, contents } => {
                 write!(f, "write {} with IMAGE_TAG={tag} (mode 600) from {contents}", path.display())
             }
-            Action::Restore { path } => write!(
+            StackStep::Restore { path } => write!(
                 f,
                 "stop backend and worker; load {} into a new database; swap it in; start the stack",
                 path.display()
             ),
-            Action::CheckMigrations { list } => write!(
+            StackStep::CheckMigrations { list } => write!(
                 f,
                 "refuse if the new image's migrations after the database's revision drop or rename a column or \
                  table (--allow-downtime overrides): {list}"
             ),
-            Action::Replace { services, starts, drain, timeout } => {
+            StackStep::Replace { services, starts, drain, timeout } => {
                 writeln!(f, "start new {} containers beside the running ones:", services.join(", "))?;
                 for start in starts {
                     writeln!(f, "       {start}")?;
@@ -96,12 +98,12 @@ impl fmt::Display for Action {
 }
 
 /// Deploy: login, pull, start the database, initialize or migrate it, start everything.
-pub fn plan_deploy(compose: &Compose, login: Option<Command>, timeout: u64) -> Plan<Action> {
-    let mut steps: Vec<Action> = login.into_iter().map(Action::Run).collect();
-    steps.push(Action::Run(compose.pull(None)));
-    steps.push(Action::Run(compose.up(&["db", "redis"], timeout)));
-    steps.push(Action::InitOrMigrate { db_init: compose.db_init(), migrate: compose.migrate() });
-    steps.push(Action::Run(compose.up(&[], timeout)));
+pub fn plan_deploy(compose: &Compose, login: Option<Command>, timeout: u64) -> Plan<StackStep> {
+    let mut steps: Vec<StackStep> = login.into_iter().map(StackStep::Run).collect();
+    steps.push(StackStep::Run(compose.pull(None)));
+    steps.push(StackStep::Run(compose.up(&["db", "redis"], timeout)));
+    steps.push(StackStep::InitOrMigrate { db_init: compose.db_init(), migrate: compose.migrate() });
+    steps.push(StackStep::Run(compose.up(&[], timeout)));
     Plan { steps, recovery: None }
 }
 
@@ -124,51 +126,55 @@ pub struct UpdateInputs<'a> {
 }
 
 /// `.env` with `IMAGE_TAG=tag`, as a step.
-fn set_tag(path: &Path, env: &DotEnv, tag: &str) -> Result<Action> {
+fn set_tag(path: &Path, env: &DotEnv, tag: &str) -> Result<StackStep> {
     let mut env = env.clone();
     env.set("IMAGE_TAG", tag)?;
-    Ok(Action::SetTag { path: path.to_path_buf(), tag: tag.to_string(), contents: Secret::new(".env", env.render()) })
+    Ok(StackStep::SetTag {
+        path: path.to_path_buf(),
+        tag: tag.to_string(),
+        contents: Secret::new(".env", env.render()),
+    })
 }
 
 /// Update (and rollback): pull the new images first and check their migrations (nothing
 /// changes yet), back up, then switch: `.env`, the migrations, the stateless services replaced
 /// beside the running ones (or, with `allow_downtime`, recreated in place), then `up` for the
 /// rest (which finds nothing to change unless the compose file did).
-pub fn plan_update(inputs: &UpdateInputs) -> Result<Plan<Action>> {
+pub fn plan_update(inputs: &UpdateInputs) -> Result<Plan<StackStep>> {
     let compose = inputs.compose;
-    let mut steps: Vec<Action> = inputs.login.clone().into_iter().map(Action::Run).collect();
-    steps.push(Action::Run(compose.pull(Some(&inputs.to_tag))));
-    steps.push(Action::Run(compose.up(&["db"], inputs.timeout)));
+    let mut steps: Vec<StackStep> = inputs.login.clone().into_iter().map(StackStep::Run).collect();
+    steps.push(StackStep::Run(compose.pull(Some(&inputs.to_tag))));
+    steps.push(StackStep::Run(compose.up(&["db"], inputs.timeout)));
     if !inputs.allow_downtime {
-        steps.push(Action::CheckMigrations { list: compose.migration_files(&inputs.to_tag) });
+        steps.push(StackStep::CheckMigrations { list: compose.migration_files(&inputs.to_tag) });
     }
-    steps.push(Action::Backup { path: inputs.backup_path.clone() });
+    steps.push(StackStep::Backup { path: inputs.backup_path.clone() });
     let point_of_no_return = steps.len();
     steps.push(set_tag(&inputs.env_path, inputs.env, &inputs.to_tag)?);
-    steps.push(Action::Migrate(compose.migrate()));
+    steps.push(StackStep::Migrate(compose.migrate()));
     if !inputs.allow_downtime {
-        steps.push(Action::Replace {
+        steps.push(StackStep::Replace {
             services: STATELESS.iter().map(|service| service.to_string()).collect(),
             starts: STATELESS.iter().map(|service| compose.start_beside(service, 2)).collect(),
             drain: inputs.drain,
             timeout: inputs.timeout,
         });
     }
-    steps.push(Action::Run(compose.up(&[], inputs.timeout)));
+    steps.push(StackStep::Run(compose.up(&[], inputs.timeout)));
     let mut on_failure = vec![set_tag(&inputs.env_path, inputs.env, &inputs.from_tag)?];
     if inputs.restore_on_failure {
-        on_failure.push(Action::Restore { path: inputs.backup_path.clone() });
+        on_failure.push(StackStep::Restore { path: inputs.backup_path.clone() });
     } else {
-        on_failure.push(Action::Run(compose.up(&[], inputs.timeout)));
+        on_failure.push(StackStep::Run(compose.up(&[], inputs.timeout)));
     }
     Ok(Plan { steps, recovery: Some(Recovery { from: point_of_no_return, steps: on_failure }) })
 }
 
 impl Executor<'_> {
-    pub fn perform(&self, action: &Action) -> Result<()> {
+    pub fn perform(&self, action: &StackStep) -> Result<()> {
         match action {
-            Action::Run(command) => self.run(command),
-            Action::InitOrMigrate { db_init, migrate } => match self.db_state()? {
+            StackStep::Run(command) => self.run(command),
+            StackStep::InitOrMigrate { db_init, migrate } => match self.db_state()? {
                 DbState::Uninitialized => {
                     eprintln!("the database was never initialized: running db-init");
                     self.run(db_init)
@@ -178,20 +184,20 @@ impl Executor<'_> {
                     self.migrate(migrate)
                 }
             },
-            Action::Migrate(command) => self.migrate(command),
-            Action::Backup { path } => {
+            StackStep::Migrate(command) => self.migrate(command),
+            StackStep::Backup { path } => {
                 let path = path.clone();
                 database::dump_to(self, &path)?;
                 eprintln!("backup: {}", path.display());
                 Ok(())
             }
-            Action::SetTag { path, contents, .. } => {
+            StackStep::SetTag { path, contents, .. } => {
                 crate::plan::write_atomically(path, contents.expose().as_bytes(), 0o600)
             }
-            Action::PruneBackups { dir, keep } => database::prune(dir, *keep, clock::now_unix()),
-            Action::Restore { path } => database::restore_from(self, path),
-            Action::CheckMigrations { list } => self.check_migrations(list),
-            Action::Replace { services, drain, .. } => {
+            StackStep::PruneBackups { dir, keep } => database::prune(dir, *keep, clock::now_unix()),
+            StackStep::Restore { path } => database::restore_from(self, path),
+            StackStep::CheckMigrations { list } => self.check_migrations(list),
+            StackStep::Replace { services, drain, .. } => {
                 let services: Vec<&str> = services.iter().map(String::as_str).collect();
                 self.replace(&services, *drain)
             }
@@ -199,7 +205,7 @@ impl Executor<'_> {
     }
 
     /// Runs `plan`, and its recovery when a step at or after its point of no return fails.
-    pub fn execute(&self, plan: &Plan<Action>) -> std::result::Result<(), Failure> {
+    pub fn execute(&self, plan: &Plan<StackStep>) -> std::result::Result<(), Failure> {
         plan.execute_with(|step| self.perform(step))
     }
 }
@@ -247,11 +253,11 @@ mod tests {
     }
 
     /// A short name for each step, to compare orders.
-    fn names(steps: &[Action]) -> Vec<String> {
+    fn names(steps: &[StackStep]) -> Vec<String> {
         steps
             .iter()
             .map(|step| match step {
-                Action::Run(command) => {
+                StackStep::Run(command) => {
                     let words: Vec<&str> = command.args.iter().map(String::as_str).collect();
                     match words.iter().position(|word| ["up", "pull", "login", "stop"].contains(word)) {
                         Some(index) if words[index] == "up" && words.contains(&"db") => "up db".into(),
@@ -259,14 +265,14 @@ mod tests {
                         None => words.join(" "),
                     }
                 }
-                Action::InitOrMigrate { .. } => "init-or-migrate".into(),
-                Action::Migrate(_) => "migrate".into(),
-                Action::Backup { .. } => "backup".into(),
-                Action::PruneBackups { .. } => "prune".into(),
-                Action::SetTag { tag, .. } => format!("set {tag}"),
-                Action::Restore { .. } => "restore".into(),
-                Action::CheckMigrations { .. } => "check migrations".into(),
-                Action::Replace { .. } => "replace".into(),
+                StackStep::InitOrMigrate { .. } => "init-or-migrate".into(),
+                StackStep::Migrate(_) => "migrate".into(),
+                StackStep::Backup { .. } => "backup".into(),
+                StackStep::PruneBackups { .. } => "prune".into(),
+                StackStep::SetTag { tag, .. } => format!("set {tag}"),
+                StackStep::Restore { .. } => "restore".into(),
+                StackStep::CheckMigrations { .. } => "check migrations".into(),
+                StackStep::Replace { .. } => "replace".into(),
             })
             .collect()
     }
@@ -282,20 +288,20 @@ mod tests {
         let recovery = plan.recovery.as_ref().unwrap();
         assert_eq!(recovery.from, 5, "failures before .env changes need no rollback");
         assert_eq!(names(&recovery.steps), ["set 1.0.0", "up"]);
-        let Action::Run(pull) = &plan.steps[1] else { panic!() };
+        let StackStep::Run(pull) = &plan.steps[1] else { panic!() };
         assert_eq!(pull.env, [("IMAGE_TAG".to_string(), "1.1.0".to_string())], "pulled before .env changes");
-        let Action::CheckMigrations { list } = &plan.steps[3] else { panic!() };
+        let StackStep::CheckMigrations { list } = &plan.steps[3] else { panic!() };
         assert_eq!(list.env, pull.env, "the new image's migrations, before .env changes");
-        let Action::Migrate(migrate) = &plan.steps[6] else { panic!() };
+        let StackStep::Migrate(migrate) = &plan.steps[6] else { panic!() };
         assert!(migrate.args.windows(4).any(|w| w == ["run", "--rm", "--no-deps", "-T"]), "a one-off container");
-        let Action::Replace { services, starts, drain, .. } = &plan.steps[7] else { panic!() };
+        let StackStep::Replace { services, starts, drain, .. } = &plan.steps[7] else { panic!() };
         assert_eq!((services.join(" "), *drain), ("backend worker frontend".to_string(), 3));
         let starts: Vec<String> = starts.iter().map(|start| start.to_string()).collect();
         for (start, service) in starts.iter().zip(["backend", "worker", "frontend"]) {
             let scaled = format!("up --detach --no-deps --no-recreate --scale {service}=2 {service}");
             assert!(start.ends_with(&scaled), "db, redis and the edge are never doubled: {start}");
         }
-        let Action::Run(up) = &plan.steps[8] else { panic!() };
+        let StackStep::Run(up) = &plan.steps[8] else { panic!() };
         assert!(up.args.contains(&"--wait".into()) && up.args.contains(&"--remove-orphans".into()));
         assert!(up.args.windows(2).any(|w| w == ["--wait-timeout", "90"]));
     }
@@ -315,9 +321,9 @@ mod tests {
         let plan = plan_update(&update_inputs(&compose, &env, true)).unwrap();
         let recovery = plan.recovery.as_ref().unwrap();
         assert_eq!(names(&recovery.steps), ["set 1.0.0", "restore"]);
-        let Action::SetTag { contents, .. } = &recovery.steps[0] else { panic!() };
+        let StackStep::SetTag { contents, .. } = &recovery.steps[0] else { panic!() };
         assert!(contents.expose().starts_with("IMAGE_TAG=1.0.0\nPOSTGRES_PASSWORD="));
-        let Action::SetTag { contents, .. } = &plan.steps[5] else { panic!() };
+        let StackStep::SetTag { contents, .. } = &plan.steps[5] else { panic!() };
         assert!(contents.expose().starts_with("IMAGE_TAG=1.1.0\n"));
     }
 
@@ -335,7 +341,7 @@ mod tests {
         let plan = plan_deploy(&compose(), None, 60);
         assert_eq!(names(&plan.steps), ["pull", "up db", "init-or-migrate", "up"]);
         assert!(plan.recovery.is_none());
-        let Action::InitOrMigrate { db_init, .. } = &plan.steps[2] else { panic!() };
+        let StackStep::InitOrMigrate { db_init, .. } = &plan.steps[2] else { panic!() };
         assert!(db_init.to_string().ends_with("--profile init run --rm -T db-init"));
     }
 }

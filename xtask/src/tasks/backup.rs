@@ -15,7 +15,7 @@ use crate::plan::runner::Processes;
 use crate::plan::show_or_run;
 use crate::stack::database::{DEFAULT_KEEP, check_writable, next_path, verify};
 use crate::stack::operation::{self, Inputs};
-use crate::stack::{DEFAULT_TIMEOUT, Deployment, LockArgs, Target, lock};
+use crate::stack::{ChangeArgs, Deployment, DeploymentArgs, lock};
 
 #[derive(Args)]
 #[command(after_help = "Examples:
@@ -23,7 +23,7 @@ use crate::stack::{DEFAULT_TIMEOUT, Deployment, LockArgs, Target, lock};
   cargo xtask backup --dir /srv/intric --out /var/backups/intric --keep 30")]
 pub struct BackupArgs {
     #[command(flatten)]
-    pub target: Target,
+    pub deployment: DeploymentArgs,
     /// The directory for backups [default: DIR/backups].
     #[arg(long, value_name = "OUT")]
     pub out: Option<PathBuf>,
@@ -42,26 +42,21 @@ pub struct BackupArgs {
   cargo xtask restore /var/backups/intric/intric_20260101T120000Z.sql.gz --dir /srv/intric --yes")]
 pub struct RestoreArgs {
     #[command(flatten)]
-    pub target: Target,
+    pub deployment: DeploymentArgs,
     /// The backup to restore: a file `cargo xtask backup` wrote.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
-    /// Confirm that the stack's database is to be replaced by FILE's contents.
+    /// Confirm that the stack's database is to be replaced by FILE's contents (not needed with
+    /// --dry-run, which checks FILE all the same).
     #[arg(long)]
     pub yes: bool,
-    /// Seconds to wait for every service to become healthy again.
-    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout: u64,
-    /// Print what would happen and change nothing (FILE is checked all the same).
-    #[arg(long)]
-    pub dry_run: bool,
     #[command(flatten)]
-    pub lock: LockArgs,
+    pub change: ChangeArgs,
 }
 
 pub fn run_backup(args: BackupArgs) -> Result<()> {
     let runner = Processes::new();
-    let deployment = Deployment::open(&args.target, &runner)?;
+    let deployment = Deployment::open(&args.deployment, &runner)?;
     let out = args.out.clone().unwrap_or_else(|| deployment.dir.join("backups"));
     check_writable(&out)?;
     let keep = usize::try_from(args.keep).unwrap_or(usize::MAX);
@@ -71,14 +66,14 @@ pub fn run_backup(args: BackupArgs) -> Result<()> {
 
 pub fn run_restore(args: RestoreArgs) -> Result<()> {
     let runner = Processes::new();
-    let deployment = Deployment::open(&args.target, &runner)?;
+    let deployment = Deployment::open(&args.deployment, &runner)?;
     if !args.file.exists() {
         bail!(
             "{} does not exist: pass a backup file (`cargo xtask backup` writes them to DIR/backups)",
             args.file.display()
         );
     }
-    if !args.yes && !args.dry_run {
+    if !args.yes && !args.change.dry_run {
         bail!(
             "restore replaces the whole database of project {} with {}: pass --yes to confirm",
             deployment.compose.project_name(),
@@ -88,11 +83,11 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
     verify(&runner, &args.file)?;
     let inputs = Inputs {
         deployment: &deployment,
-        lock: lock::inspect(&deployment.lock_path(), args.lock)?,
+        lock: lock::inspect(&deployment.lock_path(), args.change.lock)?,
         login: None,
-        timeout: args.timeout,
+        timeout: args.change.timeout,
         url: deployment.url(),
     };
     let plan = operation::restore(inputs, args.file);
-    show_or_run(&plan, args.dry_run, &runner).map(|_| ())
+    show_or_run(&plan, args.change.dry_run, &runner).map(|_| ())
 }

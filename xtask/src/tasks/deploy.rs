@@ -40,7 +40,7 @@ use crate::plan::runner::Processes;
 use crate::plan::show_or_run;
 use crate::stack::history::{Outcome, previous_tag, read_history};
 use crate::stack::operation::{self, Inputs};
-use crate::stack::{DEFAULT_TIMEOUT, Deployment, LockArgs, Target, database, lock};
+use crate::stack::{ChangeArgs, Deployment, DeploymentArgs, database, lock};
 
 #[derive(Args)]
 #[command(after_help = "Examples:
@@ -49,22 +49,9 @@ use crate::stack::{DEFAULT_TIMEOUT, Deployment, LockArgs, Target, database, lock
   DOCKER_HOST=ssh://ops@server cargo xtask deploy --dir ./server-config")]
 pub struct DeployArgs {
     #[command(flatten)]
-    pub target: Target,
+    pub deployment: DeploymentArgs,
     #[command(flatten)]
     pub change: ChangeArgs,
-}
-
-/// What deploy, update and rollback share: they change the running stack under the lock.
-#[derive(Args, Clone, Copy, Debug)]
-pub struct ChangeArgs {
-    /// Seconds to wait for every service to become healthy.
-    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout: u64,
-    /// Print the plan and change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    #[command(flatten)]
-    pub lock: LockArgs,
 }
 
 #[derive(Args)]
@@ -74,7 +61,7 @@ pub struct ChangeArgs {
   cargo xtask update --tag 1.4.0 --dry-run")]
 pub struct UpdateArgs {
     #[command(flatten)]
-    pub target: Target,
+    pub deployment: DeploymentArgs,
     /// The image tag to update to; it must exist in the registry for backend, worker and frontend.
     #[arg(long, value_name = "TAG")]
     pub tag: String,
@@ -109,7 +96,7 @@ pub struct UpdateOptions {
   cargo xtask rollback --to 1.3.2 --dir /srv/intric")]
 pub struct RollbackArgs {
     #[command(flatten)]
-    pub target: Target,
+    pub deployment: DeploymentArgs,
     /// The tag to go back to [default: the last tag deployed successfully before the current one].
     #[arg(long, value_name = "TAG")]
     pub to: Option<String>,
@@ -131,7 +118,7 @@ fn change_inputs<'a>(deployment: &'a Deployment, change: ChangeArgs) -> Result<I
 
 pub fn run_deploy(args: DeployArgs) -> Result<()> {
     let runner = Processes::new();
-    let deployment = Deployment::open_checked(&args.target, &runner)?;
+    let deployment = Deployment::open_checked(&args.deployment, &runner)?;
     let tag = deployment.current_tag().context("IMAGE_TAG is not set in .env")?;
     let history = read_history(&deployment.history_path())?;
     let from_tag = history.iter().rev().find(|record| record.result == Outcome::Ok).map(|record| record.to_tag.clone());
@@ -143,14 +130,14 @@ pub fn run_deploy(args: DeployArgs) -> Result<()> {
 
 pub fn run_update(args: UpdateArgs) -> Result<()> {
     let runner = Processes::new();
-    let deployment = Deployment::open_checked(&args.target, &runner)?;
+    let deployment = Deployment::open_checked(&args.deployment, &runner)?;
     read_history(&deployment.history_path())?;
     update(&deployment, &runner, "update", &args.tag, args.options)
 }
 
 pub fn run_rollback(args: RollbackArgs) -> Result<()> {
     let runner = Processes::new();
-    let deployment = Deployment::open_checked(&args.target, &runner)?;
+    let deployment = Deployment::open_checked(&args.deployment, &runner)?;
     let history = read_history(&deployment.history_path())?;
     let to = match args.to {
         Some(to) => to,

@@ -31,7 +31,7 @@ use crate::adapters::registry::{Backoff, Registry};
 use crate::plan::Command;
 use crate::plan::runner::{Processes, Runner};
 use crate::stack::env_check::{self, Level};
-use crate::stack::{Deployment, Target};
+use crate::stack::{Deployment, DeploymentArgs};
 
 const GB: u64 = 1_000_000_000;
 /// The deployment guide's sizes: minimum and recommended.
@@ -44,7 +44,7 @@ const DISK: (u64, u64) = (10 * GB, 50 * GB);
   DOCKER_HOST=ssh://ops@server cargo xtask doctor --dir ./server-config")]
 pub struct DoctorArgs {
     #[command(flatten)]
-    pub target: Target,
+    pub deployment: DeploymentArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -178,7 +178,7 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         "add memory to the engine host (guide: 2 GB minimum, 4 GB recommended)",
     ));
 
-    let target_dir = env_check::deployment_dir(args.target.dir.clone());
+    let target_dir = env_check::deployment_dir(args.deployment.dir.clone());
     let disk_fix = "free or add disk space (guide: 10 GB minimum, 50 GB recommended; embeddings grow)";
     let local_engine = crate::stack::deployment::engine_host(std::env::var("DOCKER_HOST").ok().as_deref()).is_none();
     match root_dir.filter(|dir| local_engine && Path::new(dir).exists()) {
@@ -202,7 +202,7 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         ));
     }
 
-    match Deployment::open(&args.target, &runner) {
+    match Deployment::open(&args.deployment, &runner) {
         Err(error) => checks.push(check("deployment", Verdict::Fail, "unusable", format!("{error:#}"))),
         Ok(deployment) => {
             checks.push(match deployment.registry() {

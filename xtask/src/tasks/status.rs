@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::plan::runner::Processes;
 use crate::stack::status::{ServiceStatus, collect, render};
-use crate::stack::{Deployment, Target};
+use crate::stack::{Deployment, DeploymentArgs};
 
 #[derive(Args)]
 #[command(after_help = "Examples:
@@ -15,7 +15,7 @@ use crate::stack::{Deployment, Target};
   cargo xtask status --dir /srv/intric --json")]
 pub struct StatusArgs {
     #[command(flatten)]
-    pub target: Target,
+    pub deployment: DeploymentArgs,
     /// Print JSON (an array, one object per service) instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -23,7 +23,7 @@ pub struct StatusArgs {
 
 pub fn run(args: StatusArgs) -> Result<()> {
     let runner = Processes::new();
-    let deployment = Deployment::open(&args.target, &runner)?;
+    let deployment = Deployment::open(&args.deployment, &runner)?;
     let statuses = collect(&deployment.compose, &runner)?;
     if args.json {
         let list: Vec<Value> = statuses.iter().map(ServiceStatus::to_json).collect();
