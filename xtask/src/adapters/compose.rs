@@ -85,6 +85,26 @@ pub fn compose_file(dir: &Path) -> Result<PathBuf> {
     })
 }
 
+/// `docker compose --file F config --no-interpolate --format json`: compose's own reading of a
+/// source file (the `build:` sections of `build` and `check`), with paths resolved and anchors
+/// merged but variables left as written, because the required variables of a deployment
+/// (`${JWT_SECRET:?...}`) are not set where images are built.
+pub fn source_config(program: &str, file: &Path) -> Command {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    Command::new(program)
+        .arg("compose")
+        .arg("--file")
+        .arg(file.display().to_string())
+        .arg("--project-directory")
+        .arg(dir.display().to_string())
+        .args(["config", "--no-interpolate", "--format", "json"])
+        .hint(format!(
+            "compose cannot read {}; `docker compose --file {} config` says why",
+            file.display(),
+            file.display()
+        ))
+}
+
 impl Compose {
     /// The project in `dir` (which must hold a compose file), isolated to the variables of `env`;
     /// `runner` reads compose's resolution of the file once.
