@@ -61,7 +61,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
 /// The checks of `images`, and what is skipped and why. Fails when nothing would be checked.
 fn plan(docker: &Docker, images: &[Image]) -> Result<(Plan, Vec<String>)> {
     let mut plan = Plan::default();
-    let mut warnings: Vec<String> = images.iter().flat_map(Image::ignored_args).collect();
+    let mut skipped = Vec::new();
     let mut checked = Vec::new();
     for image in images {
         // The worker's tests are the backend's: one Dockerfile, one test stage.
@@ -70,7 +70,7 @@ fn plan(docker: &Docker, images: &[Image]) -> Result<(Plan, Vec<String>)> {
         }
         checked.push(&image.dockerfile);
         let Some(stage) = CHECK_STAGES.into_iter().find(|stage| image.parsed.has_stage(stage)) else {
-            warnings.push(format!(
+            skipped.push(format!(
                 "{} is not checked: {} has no `test` or `build` stage (its stages: {}); add a `test` stage that \
                  runs its tests",
                 image.name,
@@ -89,8 +89,9 @@ fn plan(docker: &Docker, images: &[Image]) -> Result<(Plan, Vec<String>)> {
         plan.run(docker.build(&spec).hint(format!("the {} checks failed; the output above says which", image.name)));
     }
     if plan.steps.is_empty() {
-        bail!("nothing to check: {}", warnings.join("; "));
+        bail!("nothing to check: {}", skipped.join("; "));
     }
+    let warnings = images.iter().flat_map(Image::ignored_args).chain(skipped).collect();
     Ok((plan, warnings))
 }
 
