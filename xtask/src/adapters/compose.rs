@@ -46,6 +46,10 @@ pub struct Compose {
     pub isolated: Vec<String>,
     /// The `db` service's PostgreSQL user and database, as compose resolves them.
     pub database: Database,
+    /// The images the services run, as compose resolves them (registry and tag from `.env`),
+    /// each once: what a deploy needs from the registry (the published worker runs the backend
+    /// image, so that layout has no worker image).
+    pub images: Vec<String>,
 }
 
 /// The stack's PostgreSQL user and database name.
@@ -67,6 +71,22 @@ impl Database {
         let name = variable("POSTGRES_DB").unwrap_or(&user).to_string();
         Ok(Database { user, name })
     }
+}
+
+/// The distinct `image:` of the services in `docker compose config --format json`, in the
+/// order compose prints them.
+pub fn service_images(config: &str) -> Result<Vec<String>> {
+    let config: serde_json::Value =
+        serde_json::from_str(config).context("`docker compose config --format json` printed no JSON")?;
+    let mut images: Vec<String> = Vec::new();
+    for service in config["services"].as_object().into_iter().flat_map(|services| services.values()) {
+        if let Some(image) = service["image"].as_str()
+            && !images.iter().any(|known| known == image)
+        {
+            images.push(image.to_string());
+        }
+    }
+    Ok(images)
 }
 
 /// The compose file in `dir`, or a one-line error naming what is missing.
@@ -122,11 +142,13 @@ impl Compose {
             project,
             isolated: env.entries().map(|entry| entry.key.clone()).collect(),
             database: Database { user: String::new(), name: String::new() },
+            images: Vec::new(),
         };
         let config = runner
             .read(&compose.command(["config", "--format", "json"]))
             .with_context(|| format!("compose cannot read {}", compose.file.display()))?;
         compose.database = Database::from_config(&config)?;
+        compose.images = service_images(&config)?;
         Ok(compose)
     }
 
@@ -252,6 +274,13 @@ pub fn is_valid_project_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn service_images_are_listed_once_each() {
+        let config = r#"{"services": {"backend": {"image": "r/intric/backend:1"}, "db-init": {"image": "r/intric/backend:1"},
+            "db": {"image": "pg"}, "builder-only": {"build": {}}}}"#;
+        assert_eq!(service_images(config).unwrap(), ["r/intric/backend:1", "pg"]);
+    }
+
     fn compose(project: Option<&str>) -> Compose {
         Compose {
             program: "docker".into(),
@@ -260,6 +289,7 @@ mod tests {
             project: project.map(str::to_string),
             isolated: vec!["IMAGE_TAG".into(), "POSTGRES_PASSWORD".into()],
             database: Database { user: "intric_user".into(), name: "intric".into() },
+            images: Vec::new(),
         }
     }
 

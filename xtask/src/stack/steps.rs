@@ -160,6 +160,7 @@ mod tests {
             project: None,
             isolated: vec![],
             database: crate::adapters::compose::Database { user: "postgres".into(), name: "intric".into() },
+            images: Vec::new(),
         }
     }
 
