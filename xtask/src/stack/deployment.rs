@@ -131,10 +131,11 @@ impl Deployment {
         }
         let (address, credentials, _) = self.registry()?;
         let registry = Registry::new(address.clone(), credentials, Backoff::STANDARD);
-        let repositories = repositories_in(&self.compose.images, &address);
+        let repositories = repositories_in(&self.compose.images, &address, self.env.get("IMAGE_TAG"));
         if repositories.is_empty() {
             bail!(
-                "{} runs no image from {address} (NEXUS_REGISTRY in {}): its images are {}",
+                "{} runs no image from {address} tagged with IMAGE_TAG (NEXUS_REGISTRY and IMAGE_TAG in {}): its \
+                 images are {}",
                 self.compose.file.display(),
                 self.env_path().display(),
                 self.compose.images.join(", ")
@@ -216,17 +217,19 @@ pub fn engine_host(docker_host: Option<&str>) -> Option<String> {
     (!host.is_empty()).then(|| host.to_string())
 }
 
-/// The repositories below `address` that `images` (compose's resolved `image:` values) name,
-/// each once: `127.0.0.1:5000/intric/backend:1.2` → `intric/backend`. Images from elsewhere
-/// (the database's, Redis's) are not ours to check.
-fn repositories_in(images: &[String], address: &RegistryAddress) -> Vec<String> {
+/// The repositories below `address` that `images` (compose's resolved `image:` values) name
+/// with the deployed tag `current_tag`, each once: `127.0.0.1:5000/intric/backend:1.2` →
+/// `intric/backend`. Those are the images a new IMAGE_TAG changes; the others (the database's,
+/// Redis's, even a stand-in in the same registry) keep their own tags and are not checked.
+fn repositories_in(images: &[String], address: &RegistryAddress, current_tag: Option<&str>) -> Vec<String> {
     let prefix = format!("{address}/");
     let mut repositories: Vec<String> = Vec::new();
     for image in images {
         let Some(path) = image.strip_prefix(&prefix) else { continue };
-        let repository = path.split([':', '@']).next().unwrap_or_default().to_string();
-        if !repository.is_empty() && !repositories.contains(&repository) {
-            repositories.push(repository);
+        let (repository, tag) = path.split_once(':').unwrap_or((path, "latest"));
+        let follows_image_tag = current_tag.is_none_or(|current| current == tag);
+        if follows_image_tag && !repository.is_empty() && !repositories.iter().any(|known| known == repository) {
+            repositories.push(repository.to_string());
         }
     }
     repositories
@@ -242,16 +245,18 @@ mod tests {
         let images: Vec<String> = [
             "nexus.example:8082/intric/frontend:1.2",
             "nexus.example:8082/intric/backend:1.2",
+            "nexus.example:8082/lab/postgres:lab",
             "pgvector/pgvector:pg16",
             "redis",
         ]
         .map(String::from)
         .to_vec();
         assert_eq!(
-            repositories_in(&images, &address),
+            repositories_in(&images, &address, Some("1.2")),
             ["intric/frontend", "intric/backend"],
-            "the published layout: the worker and db-init run the backend image"
+            "the published layout: the worker and db-init run the backend image; the stand-in keeps its tag"
         );
+        assert_eq!(repositories_in(&images, &address, None).len(), 3, "without IMAGE_TAG: all from the registry");
     }
 
     #[test]
