@@ -9,15 +9,15 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::{
-    LabRegistry, assert_success, build, commit_all, docker_available, git, lab, lab_env, results, serial, xtask,
+    LabRegistry, assert_success, build, commit_all, docker_available, docker_login, git, lab, lab_env, results, serial,
+    xtask,
 };
 
-/// A fresh one-commit git repository holding the fixture, with `change` applied to its files
+/// A fresh one-commit git repository holding the fixture, with `changes` applied to its files
 /// (relative path, text replaced, replacement) before the commit.
 fn published_layout(changes: &[(&str, &str, &str)]) -> tempfile::TempDir {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/intric-layout");
@@ -158,20 +158,6 @@ fn check_skips_an_image_without_tests_and_checks_the_frontend_build() {
     assert!(frontend.contains("--build-arg NODE_IMAGE="), "{stdout}");
     assert!(frontend.ends_with(&format!(" {}/frontend", repo.path().display())), "{stdout}");
     assert_eq!(stdout.lines().filter(|line| line.contains(" build ")).count(), 1, "only the frontend: {stdout}");
-}
-
-/// `docker login` to the lab registry with its credentials, on stdin.
-fn docker_login(host: &str) {
-    let lab = lab();
-    let mut child = Command::new("docker")
-        .args(["login", "--username", &lab["NEXUS_USERNAME"], "--password-stdin", host])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(lab["NEXUS_PASSWORD"].as_bytes()).unwrap();
-    assert_success(&child.wait_with_output().unwrap(), &format!("docker login {host}"));
 }
 
 fn docker(args: &[&str], env: &[(&str, &str)]) {
