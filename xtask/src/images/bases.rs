@@ -2,12 +2,13 @@
 //! substitution) resolved to the digest it names now, so that the digest goes into the inputs
 //! digest and an updated base rebuilds while an unchanged one still skips.
 //!
-//! A reference with a registry host (`127.0.0.1:5000/lab/python:lab`, `nexus:8083/library/...`)
-//! is asked of that registry: one HEAD (GET where HEAD is refused) through the registry adapter,
-//! with the credentials of the environment or the docker login. A Docker Hub reference
-//! (`python:3.10-slim`), or one the registry does not answer for, comes from the local engine
-//! (`docker image inspect`: its id, the digest of its config), which is what a build without
-//! `--pull` starts from. What neither knows is unknown: a build then never reuses an image.
+//! Each reference is asked of its registry: one HEAD (GET where HEAD is refused) through the
+//! registry adapter, with the credentials of the environment or the docker login; a Docker Hub
+//! reference (`python:3.10-slim`) of `registry-1.docker.io` (anonymously: HEAD requests do not
+//! count against its pull limits), except in a dry run, which stays offline and quick. One the
+//! registry does not answer for comes from the local engine (`docker image inspect`: its id,
+//! the digest of its config), which is what a build without `--pull` starts from. What neither
+//! knows is unknown: a build then never reuses an image.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -42,6 +43,11 @@ fn split(image: &str) -> Reference<'_> {
     Reference { host, repository, reference }
 }
 
+/// Where Docker Hub's registry API is, and how long a build waits for it: a machine without
+/// Docker Hub (this lab, an air-gapped runner) should lose seconds, not minutes.
+const DOCKER_HUB: &str = "registry-1.docker.io";
+const DOCKER_HUB_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Resolves every reference of `images` once; `None` where the digest is unknown. A dry run
 /// waits at most `patience` for each registry request.
 pub fn resolve<'a>(
@@ -64,7 +70,18 @@ fn resolve_one(runner: &dyn Runner, docker: &Docker, image: &str, patience: Opti
     if reference.starts_with("sha256:") {
         return Some(reference.to_string());
     }
-    let from_registry = host.and_then(|host| {
+    // Where to ask: the reference's own registry; Docker Hub's for the rest, but not in a dry run.
+    let official;
+    let asked = match host {
+        Some(host) => Some((host, repository, patience)),
+        None if patience.is_some() => None,
+        None => {
+            // Official images live under `library/` in the API.
+            official = if repository.contains('/') { repository.to_string() } else { format!("library/{repository}") };
+            Some((DOCKER_HUB, official.as_str(), Some(DOCKER_HUB_PATIENCE)))
+        }
+    };
+    let from_registry = asked.and_then(|(host, repository, patience)| {
         let address = RegistryAddress::parse(host).ok()?;
         let credentials = Credentials::find(&address).ok().flatten();
         let registry = match patience {
@@ -102,13 +119,14 @@ mod tests {
     }
 
     #[test]
-    fn docker_hub_images_come_from_the_local_engine_or_stay_unknown() {
+    fn in_a_dry_run_docker_hub_images_come_from_the_local_engine_or_stay_unknown() {
         let docker = Docker { program: "docker".into(), builder: Builder::Legacy, engine_version: "20.10.24".into() };
         let runner = Recording::replying(|shown| {
             if shown.contains("python:3.10") { Ok("sha256:local\n".into()) } else { Err("No such image".into()) }
         });
         let images = ["python:3.10".to_string(), "node:22".to_string(), "x@sha256:pinned".to_string()];
-        let digests = resolve(&runner, &docker, &images, None);
+        // As a dry run: Docker Hub is not asked.
+        let digests = resolve(&runner, &docker, &images, Some(Duration::from_secs(1)));
         assert_eq!(digests["python:3.10"].as_deref(), Some("sha256:local"));
         assert_eq!(digests["node:22"], None);
         assert_eq!(digests["x@sha256:pinned"].as_deref(), Some("sha256:pinned"), "a pinned digest needs no asking");
