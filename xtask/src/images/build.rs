@@ -1,21 +1,26 @@
-//! The build pipeline: BuildKit builds of the backend, worker and frontend images, tagged from
-//! git state (see `tags`), optionally pushed to the registry, skipping what didn't change.
+//! The build pipeline: BuildKit builds of the images the compose file's `build:` sections
+//! describe (ours: backend, worker, frontend; the published layout: backend, frontend), tagged
+//! from git state (see `tags`), optionally pushed to the registry, skipping what didn't change.
 //!
-//! Reads once: the tag report, the docker client, the environment, each image's inputs digest
-//! (`context`), and what the registry (or the local engine) already holds. Plans: per image,
+//! Reads once: the tag report, the docker client, the environment, the compose file's images
+//! with their Dockerfiles parsed and checked (`services`, `dockerfile`: a missing target stops
+//! the plan, an undeclared build arg is a warning), the digest of each base image (`bases`),
+//! each image's inputs digest (`inputs`), and what the registry (or the local engine) already
+//! holds. Plans: per image,
 //! either a build (docker argv, then pushes) or a retag of an existing image with the same
 //! inputs digest (registry API calls, or `docker tag` locally). The plan ([`BuildPlan`], a
 //! [`TaskPlan`]) holds everything running it needs (registry access, jobs, logs directory), and
 //! prints every command it runs. Executes: independent images in parallel (`--jobs`), taking
-//! free slots in plan order, the worker after the backend so their shared stages come from
-//! cache, pushes overlapping with builds still running, and the first failure stops the rest.
+//! free slots in plan order, an image after the one whose stage it builds on (our worker after
+//! the backend) so their shared stages come from cache, pushes overlapping with builds still running, and the first failure stops the rest.
 //!
 //! A dry run asks the registry once, with a short timeout, and never waits for it: what it
 //! could not learn (reuse of an unchanged image, cache sources) the plan shows as unknown.
 //!
 //! Skipping: every image we build carries the tag `inputs-<24 hex>` of its inputs digest. When
 //! that tag exists already, the image is what this build would produce, so the new tags are put
-//! on its manifest (no pull, no layer upload). The digest leaves out VERSION and REVISION, which
+//! on its manifest (no pull, no layer upload). The digest covers the base images' digests, so an
+//! updated base rebuilds; an unknown one means no reuse. It leaves out VERSION and REVISION, which
 //! only go into labels and the last layer, so a commit that changes only the backend does not
 //! rebuild the frontend; a reused image's labels name the commit that built it.
 
