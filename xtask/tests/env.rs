@@ -1,5 +1,7 @@
 //! `cargo xtask env init | check` run as an operator runs them: the built binary on a temporary
-//! deployment directory holding a copy of the repository's `docker/.env.example`.
+//! deployment directory holding a copy of the repository's `docker/.env.example`, or a copy of
+//! `tests/fixtures/published-env` (laid out as the published deployment: compose file without
+//! `name:`, plain `.env.production.example` with the published placeholders).
 
 mod common;
 
@@ -56,19 +58,27 @@ fn assert_one_error_line(output: &Output) {
     assert!(stderr.starts_with("error: ") && stderr.lines().count() == 1, "{stderr}");
 }
 
-#[test]
-fn init_writes_a_private_file_with_generated_secrets_and_is_idempotent() {
-    let dir = deployment();
-    let first = xtask(&["env", "init"], dir.path());
-    assert!(first.status.success(), "{}", shown(&first));
-    let path = env_file(&dir);
+/// Runs `env init` in `dir`, checks it wrote a private `.env` with POSTGRES_PASSWORD and
+/// JWT_SECRET as 32 random bytes that it did not print, and returns its output and the file.
+fn init_generating_secrets(dir: &tempfile::TempDir) -> (Output, String) {
+    let init = xtask(&["env", "init"], dir.path());
+    assert!(init.status.success(), "{}", shown(&init));
+    let path = env_file(dir);
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     let text = std::fs::read_to_string(&path).unwrap();
     for secret in ["POSTGRES_PASSWORD", "JWT_SECRET"] {
         let value = value_of(&text, secret);
         assert!(value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit()), "{secret} is not 32 random bytes");
-        assert!(!shown(&first).contains(&value), "{secret} was printed");
+        assert!(!shown(&init).contains(&value), "{secret} was printed");
     }
+    (init, text)
+}
+
+#[test]
+fn init_writes_a_private_file_with_generated_secrets_and_is_idempotent() {
+    let dir = deployment();
+    let (first, text) = init_generating_secrets(&dir);
+    let path = env_file(&dir);
     assert_ne!(value_of(&text, "POSTGRES_PASSWORD"), value_of(&text, "JWT_SECRET"));
     let out = stdout(&first);
     assert!(out.contains("generated: POSTGRES_PASSWORD, JWT_SECRET"), "{out}");
@@ -176,8 +186,8 @@ fn an_invalid_secret_is_named_but_its_value_never_shown() {
         "IMAGE_TAG is \"1.2.3+build\", not an image tag",
         "FRONTEND_PORT is \"80000\", not a port",
         "JWT_SECRET is shorter than 32 characters",
-        "POSTGRES_PASSWORD is a placeholder",
-        "OPENAI_API_KEY is a placeholder",
+        "POSTGRES_PASSWORD is still the template's placeholder",
+        "OPENAI_API_KEY is still the template's placeholder",
         "(mode 644)",
         "warning: UNKNOWN_SETTING is not in .env.example",
     ] {
@@ -226,7 +236,11 @@ fn missing_inputs_are_one_clear_error_and_nothing_is_written() {
     for command in ["init", "check"] {
         let output = xtask(&["env", command], empty.path());
         assert_one_error_line(&output);
-        assert!(stderr(&output).contains(".env.example does not exist"), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("holds no .env template (.env.example, .env.production.example, .env.template)"),
+            "{}",
+            stderr(&output)
+        );
         assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0, "{command} wrote something");
     }
     // No directory.
@@ -263,4 +277,67 @@ fn help_shows_an_example_per_subcommand() {
         assert!(help.contains(&format!("Example: cargo xtask env {command} --dir")), "{help}");
         assert!(help.contains("--dir <DIR>"), "{help}");
     }
+}
+
+/// A deployment directory laid out as the published Intric deployment.
+fn published_deployment() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/published-env");
+    for name in ["docker-compose.yml", ".env.production.example"] {
+        std::fs::copy(fixture.join(name), dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn the_published_plain_template_is_initialised_and_its_placeholders_reported() {
+    let dir = published_deployment();
+    let (init, text) = init_generating_secrets(&dir);
+    let path = env_file(&dir);
+    assert_eq!(value_of(&text, "NEXUS_REGISTRY"), "your.nexus.registry.com", "only secrets are generated");
+    assert_eq!(value_of(&text, "OPENAI_API_KEY"), "", "optional secrets are not generated");
+    assert!(text.contains("# Database Configuration (REQUIRED)\nPOSTGRES_USER=postgres\n"), "{text}");
+    let out = stdout(&init);
+    assert!(out.contains("(mode 600) from .env.production.example"), "{out}");
+    assert!(out.contains("generated: POSTGRES_PASSWORD, JWT_SECRET\n"), "{out}");
+    assert!(
+        out.contains(
+            "fill in before deploying: NEXUS_REGISTRY; SERVICE_FQDN_FRONTEND; JWT_ISSUER; API_KEY_HEADER_NAME; one of"
+        ),
+        "{out}"
+    );
+
+    let check = xtask(&["env", "check"], dir.path());
+    assert_one_error_line(&check);
+    let out = stdout(&check);
+    let problems: Vec<&str> = out.lines().filter(|line| line.starts_with("  ")).map(str::trim).collect();
+    assert_eq!(
+        problems,
+        [
+            "error: NEXUS_REGISTRY is still the template's placeholder \"your.nexus.registry.com\": set the real value",
+            "error: SERVICE_FQDN_FRONTEND is still the template's placeholder \"example.com\": set the real value",
+            "error: JWT_ISSUER is still the template's placeholder \"EXAMPLE\": set the real value",
+            "error: API_KEY_HEADER_NAME is still the template's placeholder \"example\": set the real value",
+            "error: no LLM provider key: set at least one of OPENAI_API_KEY, ANTHROPIC_API_KEY, AZURE_API_KEY, MISTRAL_API_KEY",
+        ],
+        "{out}"
+    );
+    assert!(out.starts_with("checked against .env.production.example and docker-compose.yml\n"), "{out}");
+
+    // Emptied, the compose file's plain ${NEXUS_REGISTRY} and ${JWT_SECRET} make them required.
+    set_env_var(&path, "NEXUS_REGISTRY", "");
+    set_env_var(&path, "JWT_SECRET", "");
+    let out = stdout(&xtask(&["env", "check"], dir.path()));
+    assert!(out.contains("error: NEXUS_REGISTRY is empty but required (read by frontend, backend)\n"), "{out}");
+    assert!(out.contains("error: JWT_SECRET is empty but required (read by backend); `cargo xtask env init`"), "{out}");
+
+    set_env_var(&path, "NEXUS_REGISTRY", "nexus.intric.se:8082");
+    set_env_var(&path, "JWT_SECRET", "0123456789abcdef0123456789abcdef");
+    set_env_var(&path, "SERVICE_FQDN_FRONTEND", "intric.kommun.se");
+    set_env_var(&path, "JWT_ISSUER", "INTRIC");
+    set_env_var(&path, "API_KEY_HEADER_NAME", "X-API-Key");
+    set_env_var(&path, "OPENAI_API_KEY", "sk-proj-canary-0123456789abcdef");
+    let passing = xtask(&["env", "check"], dir.path());
+    assert!(passing.status.success(), "{}", shown(&passing));
+    assert!(!shown(&passing).contains("canary") && !shown(&check).contains(&value_of(&text, "JWT_SECRET")));
 }

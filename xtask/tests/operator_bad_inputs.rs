@@ -9,10 +9,10 @@
 
 mod common;
 
+use common::fake_registry::answer;
 use common::set_env_var;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -21,54 +21,23 @@ const KNOWN_TAG: &str = "1.0.0";
 
 /// A registry that knows `intric/{backend,worker,frontend}:1.0.0` and nothing else.
 fn fake_registry() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request = String::new();
-            if reader.read_line(&mut request).is_err() {
-                continue;
-            }
-            loop {
-                let mut header = String::new();
-                if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
-                    break;
-                }
-            }
-            let mut words = request.split_whitespace();
-            let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-            let known = ["backend", "worker", "frontend"]
-                .iter()
-                .any(|service| path == format!("/v2/intric/{service}/manifests/{KNOWN_TAG}"));
-            let (status, headers, body) = if path == "/v2/" {
-                ("200 OK", String::new(), "{}".to_string())
-            } else if known {
-                let body = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":2,"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000"},"layers":[]}"#;
-                (
-                    "200 OK",
-                    "Content-Type: application/vnd.docker.distribution.manifest.v2+json\r\n\
-                     Docker-Content-Digest: sha256:1111111111111111111111111111111111111111111111111111111111111111\r\n"
-                        .to_string(),
-                    body.to_string(),
-                )
-            } else {
-                (
-                    "404 Not Found",
-                    "Content-Type: application/json\r\n".to_string(),
-                    r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#.to_string(),
-                )
-            };
-            let body = if method == "HEAD" { String::new() } else { body };
-            let length = if method == "HEAD" && known { 230 } else { body.len() };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\n{headers}Content-Length: {length}\r\nConnection: close\r\n\r\n{body}"
-            );
+    let (host, _) = common::fake_registry::serve(|request, _| {
+        let known = ["backend", "worker", "frontend"]
+            .iter()
+            .any(|service| request.path() == format!("/v2/intric/{service}/manifests/{KNOWN_TAG}"));
+        if request.path() == "/v2/" {
+            answer(200, &[], "{}")
+        } else if known {
+            let body = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":2,"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000"},"layers":[]}"#;
+            let digest = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+            let media_type = "application/vnd.docker.distribution.manifest.v2+json";
+            answer(200, &[("Content-Type", media_type), ("Docker-Content-Digest", digest)], body)
+        } else {
+            let body = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+            answer(404, &[("Content-Type", "application/json")], body)
         }
     });
-    address
+    host
 }
 
 /// A deployment directory that passes `env check`, pointing at `registry`.

@@ -262,3 +262,162 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     assert!(dotenv.contains("IMAGE_TAG=1.1.0\nIMAGE_TAGS=1.1.0,1.1,1,latest\n"), "{dotenv}");
     assert!(dotenv.contains(&format!("BACKEND_IMAGE={host}/intric/backend\n")), "{dotenv}");
 }
+
+#[test]
+fn with_the_registry_down_every_offline_guard_is_listed_at_once_and_fast() {
+    // No engine needed: git and a registry port where nothing listens.
+    let repo = tempfile::tempdir().unwrap();
+    let repo = repo.path();
+    git(repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "a release test\n").unwrap();
+    commit_all(repo, "the first commit");
+    git(repo, &["tag", "-a", "-m", "Release 1.0.0", "v1.0.0"]);
+    git(repo, &["checkout", "-q", "-b", "topic"]);
+    std::fs::write(repo.join("README"), "not committed\n").unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    for (version, guard) in [
+        ("one", "`one` is not a semver version"),
+        ("0.9.0", "0.9.0 would start the 0.9 line below the newest release 1.0.0"),
+    ] {
+        let started = std::time::Instant::now();
+        let args = ["release", version, "--repo", repo.to_str().unwrap(), "--registry", &dead];
+        let refused = xtask(&args, &[], repo);
+        let elapsed = started.elapsed();
+        assert!(!refused.status.success());
+        let error = stderr(&refused);
+        for reason in [
+            guard,
+            "the working tree is dirty",
+            "branch topic is not allowed to release",
+            &format!("registry {dead} is unreachable"),
+        ] {
+            assert!(error.contains(reason), "{version}: missing {reason:?} in:\n{error}");
+        }
+        assert!(elapsed < std::time::Duration::from_secs(2), "{version}: took {elapsed:?}, retrying in planning?");
+    }
+}
+
+/// Makes the Nexus look-alike fail every manifest PUT after the next `n`; the fault is lifted
+/// when dropped (also when the test fails), since the proxy is shared.
+struct PutFault;
+
+impl PutFault {
+    fn after(n: usize) -> PutFault {
+        // Armed before anything can fail, so that the fault is lifted whatever happens.
+        let fault = PutFault;
+        let (status, body) = http("POST", &format!("http://{NEXUS}/_lab/fail-after-puts?n={n}"), Some(""));
+        assert!((200..300).contains(&status), "arming the fault: HTTP {status} {body}");
+        fault
+    }
+}
+
+impl Drop for PutFault {
+    fn drop(&mut self) {
+        http("POST", &format!("http://{NEXUS}/_lab/reset"), Some(""));
+    }
+}
+
+/// The lab's Nexus look-alike (`sandbox up --nexus`): `dev` allows redeploy, `release` does not.
+const NEXUS: &str = "127.0.0.1:5001";
+
+#[test]
+fn on_the_nexus_look_alike_builds_and_releases_run_again_and_unmovable_floating_tags_are_known_first() {
+    let _serial = serial();
+    if !docker_available() {
+        return;
+    }
+    lab();
+    assert_success(&xtask(&["sandbox", "up", "--nexus"], &[], &workspace()), "sandbox up --nexus");
+    // The lab's login opens the look-alike too; the registry is given with --registry.
+    let env: Vec<(String, String)> = lab_env().into_iter().filter(|(key, _)| key != "NEXUS_REGISTRY").collect();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let name = format!("xtask-e2e-{}-{nanos}", std::process::id());
+    let repo = snapshot();
+    let repo = repo.path();
+
+    // A build that changes nothing pushes nothing new, in either repository: in `release`
+    // (redeploy disabled) the tags it finds in place are left alone, not PUT again.
+    for repository in ["dev", "release"] {
+        let registry = format!("{NEXUS}/{repository}/{name}");
+        for run in ["first", "second (a no-op)"] {
+            let (output, _) = build(repo, &["--push", "--registry", &registry], &env);
+            assert_success(&output, &format!("the {run} build --push --registry {registry}"));
+        }
+    }
+
+    // A release cut off after two tag writes: the version tags of two images are in place.
+    let registry = format!("{NEXUS}/release/{name}");
+    let release_args = ["release", "1.0.0", "--execute", "--repo", repo.to_str().unwrap(), "--registry", &registry];
+    let cut = {
+        let _fault = PutFault::after(2);
+        xtask(&release_args, &env, repo)
+    };
+    assert!(!cut.status.success(), "the release was cut off:\n{}", stderr(&cut));
+    let error = stderr(&cut);
+    assert!(
+        error.contains(
+            "release 1.0.0 stopped part-way: 2 of 12 tags are in place (intric/backend:1.0.0, intric/worker:1.0.0)"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("run the same release again to finish it"), "{error}");
+    assert!(stdout(&run("git", &["tag"], repo)).trim().is_empty(), "git is not tagged after a cut-off release");
+
+    // Run again: the tags in place are left alone (the repository would refuse them), the rest
+    // are written, and git is tagged.
+    let again = xtask(&release_args, &env, repo);
+    assert_success(&again, "the same release, run again");
+    assert!(stdout(&again).contains("released 1.0.0"), "{}", stdout(&again));
+    assert!(
+        stderr(&again).contains(
+            "note: finishing an earlier run of this release: intric/backend:1.0.0, intric/worker:1.0.0 already hold"
+        ),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(stdout(&run("git", &["tag"], repo)).trim(), "v1.0.0");
+    // Read back through the registry behind the look-alike, with code of the test's own.
+    let upstream = LabRegistry::new();
+    let sha = format!("sha-{}", &head(repo)[..12]);
+    for service in ["backend", "worker", "frontend"] {
+        let repository = format!("release/{name}/intric/{service}");
+        let source = upstream.manifest(&repository, &sha);
+        for tag in ["1.0.0", "1.0", "1", "latest"] {
+            assert_eq!(upstream.manifest(&repository, tag), source, "{repository}:{tag} is {sha}'s manifest");
+        }
+    }
+
+    // 1.1.0 of a new commit would move `1` and `latest` of the backend and worker, which the
+    // repository refuses: known before anything is written, and left alone when asked.
+    // The new images are built by the release (--build pushes the sha- tag only: a build's
+    // dev-latest could not move in this repository either).
+    change_backend(repo, &name, "feat: the second release");
+    let second =
+        ["release", "1.1.0", "--build", "--execute", "--repo", repo.to_str().unwrap(), "--registry", &registry];
+    let before = upstream.tags(&format!("release/{name}/intric/backend"));
+    let refused = xtask(&second, &env, repo);
+    assert!(!refused.status.success());
+    let error = stderr(&refused);
+    assert!(error.contains("does not allow redeploy, so these floating tags cannot move to it"), "{error}");
+    assert!(error.contains("intric/backend:1 (on ") && error.contains("intric/worker:latest (on "), "{error}");
+    assert!(error.contains("No release tag was written") && error.contains("--skip-immutable-floating"), "{error}");
+    let after: Vec<String> = upstream
+        .tags(&format!("release/{name}/intric/backend"))
+        .into_iter()
+        .filter(|tag| !before.contains(tag))
+        .collect();
+    assert!(after.contains(&format!("sha-{}", &head(repo)[..12])), "the build pushed HEAD's image: {after:?}");
+    assert!(
+        after.iter().all(|tag| tag.starts_with("sha-") || tag.starts_with("inputs-")),
+        "the build's tags, and no release tag: {after:?}"
+    );
+    let skipping = [&second[..], &["--skip-immutable-floating"]].concat();
+    let done = xtask(&skipping, &env, repo);
+    assert_success(&done, "release 1.1.0 --skip-immutable-floating");
+    assert!(stderr(&done).contains("note: leaving intric/backend:1 (on "), "{}", stderr(&done));
+    let backend = format!("release/{name}/intric/backend");
+    let new = upstream.manifest(&backend, &format!("sha-{}", &head(repo)[..12]));
+    assert_eq!(upstream.manifest(&backend, "1.1.0"), new);
+    assert_eq!(upstream.manifest(&backend, "1.1"), new);
+    assert_eq!(upstream.manifest(&backend, "latest"), upstream.manifest(&backend, "1.0.0"), "latest stays");
+}

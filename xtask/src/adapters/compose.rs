@@ -40,8 +40,12 @@ pub struct Compose {
     pub program: String,
     pub dir: PathBuf,
     pub file: PathBuf,
-    /// `--project`; `None` is the compose file's own `name:` (`intric`).
+    /// `--project`, when given; `None` leaves the name to compose ([`Compose::name`]).
     pub project: Option<String>,
+    /// The project name compose itself resolves for this directory without `--project`
+    /// (`COMPOSE_PROJECT_NAME`, else the file's `name:`, else the directory's name normalised),
+    /// from `docker compose config`: the name of a stack started by hand with `docker compose up`.
+    pub name: String,
     /// The variables `.env` defines: removed from every compose process's environment.
     pub isolated: Vec<String>,
     /// The `db` service's PostgreSQL user and database, as compose resolves them.
@@ -89,6 +93,11 @@ pub fn service_images(config: &str) -> Result<Vec<String>> {
     Ok(images)
 }
 
+/// The compose file in `dir`, by compose's own order of preference, if there is one.
+pub fn find_compose_file(dir: &Path) -> Option<PathBuf> {
+    COMPOSE_FILES.iter().map(|name| dir.join(name)).find(|path| path.is_file())
+}
+
 /// The compose file in `dir`, or a one-line error naming what is missing.
 pub fn compose_file(dir: &Path) -> Result<PathBuf> {
     if !dir.exists() {
@@ -97,7 +106,7 @@ pub fn compose_file(dir: &Path) -> Result<PathBuf> {
     if !dir.is_dir() {
         bail!("{} is not a directory (--dir takes the deployment directory holding docker-compose.yml)", dir.display());
     }
-    COMPOSE_FILES.iter().map(|name| dir.join(name)).find(|path| path.is_file()).with_context(|| {
+    find_compose_file(dir).with_context(|| {
         format!(
             "{} holds no compose file (docker-compose.yml): copy the repository's docker/docker-compose.yml there",
             dir.display()
@@ -139,22 +148,34 @@ impl Compose {
             program: "docker".into(),
             dir: dir.to_path_buf(),
             file,
-            project,
+            project: None,
+            name: String::new(),
             isolated: env.entries().map(|entry| entry.key.clone()).collect(),
             database: Database { user: String::new(), name: String::new() },
             images: Vec::new(),
         };
+        // Read without `--project`, so that `name` is compose's own choice, which `--project`
+        // may then differ from (the adoption check of `deploy` compares the two).
         let config = runner
             .read(&compose.command(["config", "--format", "json"]))
             .with_context(|| format!("compose cannot read {}", compose.file.display()))?;
         compose.database = Database::from_config(&config)?;
         compose.images = service_images(&config)?;
+        compose.name = project_of_config(&config)?;
+        compose.project = project;
         Ok(compose)
     }
 
-    /// The project name as compose will use it.
+    /// The project name as compose will use it: `--project`, else compose's own.
     pub fn project_name(&self) -> &str {
-        self.project.as_deref().unwrap_or("intric")
+        self.project.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The ids of every container, running or not, of compose project `project`.
+    pub fn containers_of(&self, project: &str) -> Command {
+        Command::new(&self.program)
+            .args(["ps", "--all", "--quiet", "--filter"])
+            .arg(format!("label=com.docker.compose.project={project}"))
     }
 
     /// `docker compose --file F --project-directory D [--project-name P] ARGS...`.
@@ -263,6 +284,35 @@ impl Compose {
     }
 }
 
+#[cfg(test)]
+impl Compose {
+    /// A project in `/srv/intric` that compose names `intric`, for tests of what runs against it.
+    pub fn for_tests(project: Option<&str>) -> Compose {
+        Compose {
+            program: "docker".into(),
+            dir: "/srv/intric".into(),
+            file: "/srv/intric/docker-compose.yml".into(),
+            project: project.map(str::to_string),
+            name: "intric".into(),
+            isolated: vec!["IMAGE_TAG".into(), "POSTGRES_PASSWORD".into()],
+            database: Database { user: "intric_user".into(), name: "intric".into() },
+            images: Vec::new(),
+        }
+    }
+}
+
+/// The top-level `name` of `docker compose config --format json`: the project name compose
+/// resolved.
+pub fn project_of_config(config: &str) -> Result<String> {
+    let config: serde_json::Value =
+        serde_json::from_str(config).context("`docker compose config --format json` printed no JSON")?;
+    config["name"]
+        .as_str()
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .context("`docker compose config --format json` printed no project name (compose v2 is needed)")
+}
+
 /// Compose's rule for project names: lowercase letters, digits, dashes and underscores,
 /// starting with a letter or digit.
 pub fn is_valid_project_name(name: &str) -> bool {
@@ -282,15 +332,7 @@ mod tests {
     }
 
     fn compose(project: Option<&str>) -> Compose {
-        Compose {
-            program: "docker".into(),
-            dir: "/srv/intric".into(),
-            file: "/srv/intric/docker-compose.yml".into(),
-            project: project.map(str::to_string),
-            isolated: vec!["IMAGE_TAG".into(), "POSTGRES_PASSWORD".into()],
-            database: Database { user: "intric_user".into(), name: "intric".into() },
-            images: Vec::new(),
-        }
+        Compose::for_tests(project)
     }
 
     #[test]
@@ -331,6 +373,18 @@ mod tests {
         let bare = r#"{"services": {"db": {"environment": {"POSTGRES_PASSWORD": "x"}}}}"#;
         assert_eq!(Database::from_config(bare).unwrap(), Database { user: "postgres".into(), name: "postgres".into() });
         assert!(Database::from_config("not json").is_err());
+    }
+
+    #[test]
+    fn the_project_name_is_compose_s_own_unless_given() {
+        assert_eq!(project_of_config(r#"{"name": "intric-adopt-7", "services": {}}"#).unwrap(), "intric-adopt-7");
+        assert!(project_of_config(r#"{"services": {}}"#).is_err());
+        assert_eq!(compose(None).project_name(), "intric");
+        assert_eq!(compose(Some("other")).project_name(), "other");
+        assert_eq!(
+            compose(None).containers_of("intric").to_string(),
+            "docker ps --all --quiet --filter label=com.docker.compose.project=intric"
+        );
     }
 
     #[test]

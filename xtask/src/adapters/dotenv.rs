@@ -1,5 +1,6 @@
-//! The `.env` adapter: every task that reads or rewrites a deployment's `.env` (or reads the
-//! annotations of `.env.example`) goes through [`DotEnv`] and [`VarSpec`].
+//! The `.env` adapter: every task that reads or rewrites a deployment's `.env` (or reads what a
+//! template such as `.env.example` says about each variable) goes through [`DotEnv`] and
+//! [`VarSpec`].
 //!
 //! The parser is lossless: a [`DotEnv`] keeps every line as it was written (comments, blank
 //! lines, order, quoting), so [`DotEnv::set`] changes one line and [`DotEnv::render`] gives back
@@ -332,21 +333,28 @@ impl VarType {
     ];
 }
 
-/// What `.env.example` says about one variable, from the annotation on the line above it:
-/// `# <required|optional>, <type>[, secret]: <description>. Example: <value>`.
+/// What the template (`.env.example` and the like) says about one variable. An annotation on
+/// the line above gives everything:
+/// `# <required|optional>, <type>[, secret]: <description>. Example: <value>`; a plain
+/// `KEY=value` line (as in the published `.env.production.example`) gives only the name and the
+/// default, and the name alone says whether it is a secret ([`is_secret_name`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VarSpec {
     pub name: String,
     pub required: bool,
     pub kind: VarType,
     pub secret: bool,
+    /// Empty when nothing describes it.
     pub description: String,
     /// The annotation's example, empty when it gives none.
     pub example: String,
-    /// The value `.env.example` assigns (the default `env init` copies).
+    /// The value the template assigns (the default `env init` copies).
     pub default: String,
-    /// The annotation line and the definition line, verbatim, for copying into a `.env`.
+    /// The annotation line (when there is one) and the definition line, verbatim, for copying
+    /// into a `.env`; empty for a variable only the compose file reads.
     pub lines: Vec<String>,
+    /// The services whose compose definition reads it; empty when unknown.
+    pub services: Vec<String>,
 }
 
 impl VarSpec {
@@ -360,30 +368,66 @@ impl VarSpec {
             .and_then(|window| window[2].parse().ok())
             .unwrap_or(16)
     }
+
+    /// Whether the template defines it (else only the compose file reads it).
+    pub fn in_template(&self) -> bool {
+        !self.lines.is_empty()
+    }
 }
 
-/// The annotations of every variable in `example` (a parsed `.env.example`), in file order.
-/// A variable without an annotation, or with one that doesn't parse, is an error naming
-/// FILE:LINE; all of them are reported together.
+/// Whether a variable's name says it holds a secret: `*_SECRET`, `*_PASSWORD`, `*_KEY`, `*_TOKEN`.
+pub fn is_secret_name(name: &str) -> bool {
+    ["_SECRET", "_PASSWORD", "_KEY", "_TOKEN"].iter().any(|suffix| name.ends_with(suffix))
+}
+
+/// Whether `value` is one of the stand-ins published templates ship, which no real setting
+/// is: `your_*_here`, `your.nexus.registry.com`, a host under `example.com`, `example` (any
+/// case), `changeme`.
+pub fn is_template_placeholder(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    let example_host = lower.split(['/', ':', '@']).any(|part| {
+        ["example.com", "example.org", "example.net"]
+            .iter()
+            .any(|domain| part == *domain || part.ends_with(&format!(".{domain}")))
+    });
+    ["your_", "your.", "your-"].iter().any(|prefix| lower.starts_with(prefix))
+        || example_host
+        || lower == "example"
+        || ["changeme", "change_me", "change-me"].iter().any(|word| lower.contains(word))
+}
+
+/// What the template says about every variable it defines, in file order. A comment right
+/// above a variable that starts with `required` or `optional` is its annotation and must
+/// parse; a malformed one is an error naming FILE:LINE, all of them reported together.
 pub fn parse_spec(example: &DotEnv) -> Result<Vec<VarSpec>> {
     let mut specs = Vec::new();
     let mut errors = Vec::new();
     for (index, line) in example.lines.iter().enumerate() {
         let Some(entry) = &line.entry else { continue };
         let location = format!("{}:{}", example.path.display(), index + 1);
-        let annotation = example.comments_above(index).last().copied();
+        let annotation = example.comments_above(index).last().copied().filter(|comment| is_annotation(comment));
+        let plain = VarSpec {
+            name: entry.key.clone(),
+            required: false,
+            kind: VarType::String,
+            secret: is_secret_name(&entry.key),
+            description: String::new(),
+            example: String::new(),
+            default: entry.value.clone(),
+            lines: vec![line.raw.clone()],
+            services: Vec::new(),
+        };
         match annotation.map(parse_annotation) {
-            None => errors.push(format!("{location}: {} has no annotation on the line above", entry.key)),
+            None => specs.push(plain),
             Some(Err(problem)) => errors.push(format!("{location}: the annotation of {}: {problem}", entry.key)),
             Some(Ok((required, kind, secret, description, example))) => specs.push(VarSpec {
-                name: entry.key.clone(),
                 required,
                 kind,
-                secret,
+                secret: secret || plain.secret,
                 description,
                 example,
-                default: entry.value.clone(),
                 lines: vec![annotation.unwrap_or_default().to_string(), line.raw.clone()],
+                ..plain
             }),
         }
     }
@@ -391,6 +435,14 @@ pub fn parse_spec(example: &DotEnv) -> Result<Vec<VarSpec>> {
         bail!("{}", errors.join("; "));
     }
     Ok(specs)
+}
+
+/// Whether a comment is meant as an annotation: its first word is `required` or `optional`.
+/// Section headings such as `# Database Configuration (REQUIRED)` are not.
+fn is_annotation(comment: &str) -> bool {
+    let text = comment.trim_start().trim_start_matches('#').trim_start();
+    let first = text.split([',', ':', ' ']).next().unwrap_or_default();
+    first == "required" || first == "optional"
 }
 
 type Annotation = (bool, VarType, bool, String, String);
@@ -555,9 +607,6 @@ H=\"\"\r
     #[test]
     fn bad_annotations_are_errors_naming_the_line() {
         let cases = [
-            ("A=1\n", "t/.env:1: A has no annotation"),
-            ("# required, int: x\n\nA=1\n", "t/.env:3: A has no annotation"),
-            ("# mandatory, int: x\nA=1\n", "t/.env:2: the annotation of A: expected"),
             ("# required, number: x\nA=1\n", "t/.env:2: the annotation of A: unknown or missing type"),
             ("# required: x\nA=1\n", "t/.env:2: the annotation of A: unknown or missing type"),
             ("# required, int, hidden: x\nA=1\n", "t/.env:2: the annotation of A: expected"),
@@ -577,6 +626,52 @@ H=\"\"\r
         assert!(jwt.required && jwt.secret && jwt.min_length() == 32);
         let tag = specs.iter().find(|spec| spec.name == "IMAGE_TAG").unwrap();
         assert_eq!(tag.kind, VarType::ImageTag);
+    }
+
+    #[test]
+    fn a_plain_template_with_section_comments_gives_plain_specs() {
+        let example = parse(
+            "# Database Configuration (REQUIRED)\nPOSTGRES_HOST=db\nPOSTGRES_PASSWORD=your_secure_password_here\n\n\
+             # Max Sizes (OPTIONAL - Defaults will be used if not provided)\n# mandatory, but not an annotation\n\
+             UPLOAD_MAX_FILE_SIZE=10485760\nOPENAI_API_KEY=\nJWT_TOKEN_PREFIX=\n",
+        )
+        .unwrap();
+        let specs = parse_spec(&example).unwrap();
+        let shown: Vec<(&str, bool, bool, &str)> =
+            specs.iter().map(|s| (s.name.as_str(), s.required, s.secret, s.default.as_str())).collect();
+        assert_eq!(
+            shown,
+            [
+                ("POSTGRES_HOST", false, false, "db"),
+                ("POSTGRES_PASSWORD", false, true, "your_secure_password_here"),
+                ("UPLOAD_MAX_FILE_SIZE", false, false, "10485760"),
+                ("OPENAI_API_KEY", false, true, ""),
+                ("JWT_TOKEN_PREFIX", false, false, ""),
+            ]
+        );
+        assert!(specs.iter().all(|spec| spec.kind == VarType::String && spec.lines.len() == 1));
+        assert_eq!(specs[2].lines, ["UPLOAD_MAX_FILE_SIZE=10485760"], "section comments stay where they are");
+    }
+
+    #[test]
+    fn template_placeholders() {
+        for value in [
+            "your.nexus.registry.com",
+            "your_secure_jwt_secret_here",
+            "example.com",
+            "intric.example.com",
+            "https://nexus.example.org:8443/x",
+            "example",
+            "EXAMPLE",
+            "ChangeMe",
+        ] {
+            assert!(is_template_placeholder(value), "{value}");
+        }
+        for value in ["", "latest", "X-API-Key", "INTRIC", "nexus.intric.se:8082", "examples-team", "yourself"] {
+            assert!(!is_template_placeholder(value), "{value}");
+        }
+        assert!(is_secret_name("JWT_SECRET") && is_secret_name("OPENAI_API_KEY") && is_secret_name("NEXUS_PASSWORD"));
+        assert!(!is_secret_name("API_KEY_LENGTH") && !is_secret_name("JWT_TOKEN_PREFIX"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod ci_env;
 pub mod clock;
 pub mod compose;
+pub mod compose_vars;
 pub mod docker;
 pub mod dotenv;
 pub mod git;

@@ -83,7 +83,7 @@ fn resolve_one(runner: &dyn Runner, docker: &Docker, image: &str, patience: Opti
     };
     let from_registry = asked.and_then(|(host, repository, patience)| {
         let address = RegistryAddress::parse(host).ok()?;
-        let credentials = Credentials::find(&address).ok().flatten();
+        let credentials = credentials_for(&address, runner);
         let registry = match patience {
             Some(timeout) => Registry::impatient(address, credentials, timeout),
             None => Registry::new(address, credentials, Backoff::STANDARD),
@@ -97,6 +97,19 @@ fn resolve_one(runner: &dyn Runner, docker: &Docker, image: &str, patience: Opti
             .map(|id| id.trim().to_string())
             .filter(|id| !id.is_empty())
     })
+}
+
+/// The login to ask `address` with: NEXUS_USERNAME and NEXUS_PASSWORD only for the registry
+/// NEXUS_REGISTRY names (they must not go to Docker Hub or any other host), else the docker
+/// client's own login for the host, else none.
+fn credentials_for(address: &RegistryAddress, runner: &dyn Runner) -> Option<Credentials> {
+    let env = crate::adapters::ci_env::process_env();
+    let nexus = env.get("NEXUS_REGISTRY").and_then(|setting| RegistryAddress::parse(setting).ok());
+    let found = match nexus {
+        Some(nexus) if nexus.host == address.host => Credentials::find(address, runner),
+        _ => Credentials::from_docker_config(address, runner),
+    };
+    found.ok().flatten()
 }
 
 #[cfg(test)]

@@ -128,7 +128,6 @@ pub struct BuildInputs {
     pub push: bool,
     pub extra_tags: Vec<String>,
     pub docker: Docker,
-    pub source: Option<String>,
     /// Each image's base images (what its `FROM` lines pull) and their digests, `None` where
     /// unknown (see `images::bases`).
     pub bases: BTreeMap<String, Vec<(String, Option<String>)>>,
@@ -170,10 +169,11 @@ pub struct RegistryAccess {
 }
 
 impl RegistryAccess {
-    /// The address `setting` names, with the credentials of the environment or the docker login.
-    pub fn read(setting: &str) -> Result<RegistryAccess> {
+    /// The address `setting` names, with the credentials of the environment or the docker login
+    /// (a credential helper runs through `runner`).
+    pub fn read(setting: &str, runner: &dyn Runner) -> Result<RegistryAccess> {
         let address = RegistryAddress::parse(setting)?;
-        let credentials = Credentials::find(&address)?;
+        let credentials = Credentials::find(&address, runner)?;
         Ok(RegistryAccess { address, credentials })
     }
 
@@ -361,9 +361,10 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             let file = compose_file(&workspace, args.compose.as_deref())?;
             ComposeImages::read(runner, "docker", &file, env, &workspace)
         });
-        let registry = args.location.registry(env);
         let mut problems = Vec::new();
         let mut problem = |error: anyhow::Error| problems.push(format!("{error:#}"));
+        // Image names start with the setting's image-name form: without a scheme.
+        let registry = args.location.registry(env).map_err(&mut problem).ok().flatten().map(|a| a.to_string());
 
         let report = tags::resolve(&workspace, args.stage, env).map_err(&mut problem).ok();
         if args.push && registry.is_none() {
@@ -397,12 +398,16 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         }
         let credentials = Credentials::from_env(env).map_err(&mut problem).ok().flatten();
         let registry_access =
-            registry.as_deref().and_then(|setting| RegistryAccess::read(setting).map_err(&mut problem).ok());
+            registry.as_deref().and_then(|setting| RegistryAccess::read(setting, runner).map_err(&mut problem).ok());
 
+        // Checked like every registry setting; its image-name form is the prefix.
+        let base_registry = args.base_registry.as_deref().map(RegistryAddress::parse).transpose();
+        let base_registry = base_registry.context("--base-registry").map_err(&mut problem).ok().flatten();
+        let base_registry = base_registry.map(|address| address.to_string());
         let compose = compose.join().map_err(|_| anyhow!("reading the compose file panicked"))?;
         let services = compose
             .and_then(|compose| compose.select(&args.services))
-            .map(|images| with_base_registry(images, args.base_registry.as_deref()))
+            .map(|images| with_base_registry(images, base_registry.as_deref()))
             .map_err(&mut problem)
             .ok();
         let docker = docker.join().map_err(|_| anyhow!("detecting the docker client panicked"))?;
@@ -416,7 +421,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         // A login the docker client already holds needs no `docker login` (a process and a
         // round trip on every build); the registry client checks the same credentials anyway.
         let login = match (credentials, &registry_access) {
-            (Some(credentials), Some(access)) if credentials.is_docker_login(&access.address) => None,
+            (Some(credentials), Some(access)) if credentials.is_docker_login(&access.address, runner) => None,
             (credentials, _) => credentials,
         };
         // The registry's tags of each image: where an unchanged image is found when pushing, and
@@ -464,7 +469,6 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         }
         let registry_cache = args.push && docker.buildx_has_container_builder(runner, args.builder.as_deref());
         Ok(BuildInputs {
-            source: crate::adapters::git::Repo::open(&workspace).ok().and_then(|repo| repo.origin_url()),
             report,
             services,
             registry,
@@ -552,11 +556,6 @@ fn inputs_digests(
         digests.insert(image.name.clone(), digest);
     }
     Ok((bases, digests))
-}
-
-/// The registry client, logged in as the environment or the docker login says.
-pub fn registry_client(setting: &str) -> Result<Registry> {
-    Ok(RegistryAccess::read(setting)?.client())
 }
 
 /// The lab's stand-ins by variable, for `bench`'s emulation of the old script (which knows its
@@ -724,7 +723,7 @@ fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], 
         ("org.opencontainers.image.created".to_string(), crate::adapters::clock::rfc3339(report.commit_time)),
         (INPUTS_LABEL.to_string(), digest.to_string()),
     ];
-    if let Some(source) = &inputs.source {
+    if let Some(source) = &inputs.report.source {
         labels.push(("org.opencontainers.image.source".to_string(), source.clone()));
     }
     let mut cache_from = inputs.cache_from.get(&image.name).cloned().unwrap_or_default();
@@ -1254,6 +1253,7 @@ pub(crate) mod tests {
             push: true,
             extra_tag: None,
             notes: Vec::new(),
+            source: Some("https://git.example/intric.git".into()),
         }
     }
 
@@ -1270,7 +1270,6 @@ pub(crate) mod tests {
                 .into_iter()
                 .map(|name| (name.to_string(), vec![("lab/python:lab".to_string(), Some("sha256:base".to_string()))]))
                 .collect(),
-            source: Some("https://git.example/intric.git".into()),
             digests: BTreeMap::from([
                 ("backend".to_string(), DIGEST_BACKEND.to_string()),
                 ("worker".to_string(), DIGEST_WORKER.to_string()),

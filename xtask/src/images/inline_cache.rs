@@ -10,6 +10,7 @@
 //! image whose cache is whole and adds it to the cache sources, so each build finds every
 //! unchanged step in one of them.
 
+use base64::Engine;
 use serde_json::Value;
 
 /// The tag `build --push` keeps on the newest image of a repository whose inline cache is whole.
@@ -47,7 +48,7 @@ pub fn is_complete(config: &Value) -> bool {
 
 fn records(config: &Value) -> Option<Vec<Value>> {
     let encoded = config["moby.buildkit.cache.v0"].as_str()?;
-    let decoded = crate::adapters::registry::base64_decode(encoded)?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
     match serde_json::from_slice(&decoded).ok()? {
         Value::Array(records) => Some(records),
         _ => None,
@@ -75,7 +76,7 @@ mod tests {
 
     /// An image config with `layers` layers and this inline cache.
     fn config(layers: usize, records: Value) -> Value {
-        let encoded = crate::adapters::registry::base64_encode(records.to_string().as_bytes());
+        let encoded = base64::engine::general_purpose::STANDARD.encode(records.to_string());
         json!({
             "rootfs": { "type": "layers", "diff_ids": vec!["sha256:0"; layers] },
             "moby.buildkit.cache.v0": encoded,

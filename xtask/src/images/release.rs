@@ -3,20 +3,25 @@
 //!
 //! Reads once ([`read_inputs`]): git (HEAD, branch, default branch, clean or not, every tag,
 //! the commits since the previous release) and the registry (HEAD's `sha-` manifest of each
-//! image, and whether the release's version tag exists already). Plans ([`plan`], pure): the
-//! guards, all checked together; the version (given, or `--bump`ed from the newest release);
-//! the release tags of each image (`X.Y.Z`, and `X.Y`, `X`, `latest` by the tag engine's
-//! [`tags::release_tags`], from the git tags); the annotated git tag and its release notes.
-//! Executes only with `--execute`: first the registry (a `PUT` of each `sha-` manifest's own
-//! bytes under every release tag, so the digests are equal and no layer moves), then the git
-//! tag, so a failure part-way leaves no git tag behind; then, with `--push-tag`,
-//! `git push origin vX.Y.Z`. With `--build`, images missing from the registry are built and
-//! pushed first by the build task (`sha-` tag only), then promoted like the others.
+//! image, and whether the release's version tag exists already), the registry with one attempt
+//! per request, so that a registry that is down is listed with the other problems at once.
+//! Plans ([`plan`], pure): the guards, all checked together; the version (given, or `--bump`ed
+//! from the newest release); the release tags of each image (`X.Y.Z`, and `X.Y`, `X`, `latest`
+//! by the tag engine's [`tags::release_tags`], from the git tags); the annotated git tag and its
+//! release notes. [`prepare`] adds the build task's plan for `--build`.
+//!
+//! The [`ReleasePlan`] is a [`TaskPlan`]: shown, or run with `--execute`. Running it builds
+//! the missing images (if any), then puts each `sha-` manifest's own bytes under every release
+//! tag (so the digests are equal and no layer moves): every image's version tag first, then the
+//! floating tags, then the git tag, so a failure part-way leaves no git tag behind. Tags already
+//! in place are left alone, so running the same release again after a failure finishes it;
+//! with `--push-tag`, `git push origin vX.Y.Z` follows.
 //!
 //! `cargo xtask ci --stage release` runs the same code for a tag pipeline, where the git tag
 //! exists already ([`TagMode::Existing`]).
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -26,13 +31,13 @@ use semver::{Prerelease, Version};
 
 use crate::adapters::ci_env::Env;
 use crate::adapters::git::{self, Commit, Worktree};
-use crate::adapters::registry::{Manifest, Registry};
+use crate::adapters::registry::{Backoff, Credentials, Manifest, Registry, RegistryAddress, Tagged};
 use crate::images::Service;
 use crate::images::build::{self, BuildArgs, BuildPlan};
 use crate::images::location::{self, Location};
 use crate::images::tags::{self, release_version};
 use crate::plan::runner::{Processes, Runner};
-use crate::plan::{Command, TaskPlan};
+use crate::plan::{Command, TaskPlan, show_or_run};
 
 /// The `--bump` option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -68,8 +73,11 @@ pub struct ImageState {
     pub service: Service,
     /// HEAD's `sha-` manifest, `None` when the registry lacks it.
     pub source: Option<Manifest>,
-    /// The digest under the release's version tag (`X.Y.Z`), `None` when it is free.
-    pub existing_release: Option<String>,
+    /// Every tag of the image in the registry: its release tags count for "newest" too.
+    pub tags: Vec<String>,
+    /// The digest under each tag this release may put (the version tag, `X.Y`, `X`,
+    /// `latest`) that exists already.
+    pub existing: BTreeMap<String, String>,
 }
 
 /// Everything the plan is made from, read once by [`read_inputs`].
@@ -90,8 +98,10 @@ pub struct ReleaseInputs {
     /// The commits since `previous_release` (all, without one), newest first.
     pub commits: Vec<Commit>,
     /// The registry as configured, `None` when neither --registry nor NEXUS_REGISTRY is set.
-    pub registry: Option<String>,
-    /// One per service, when there is a registry.
+    pub registry: Option<RegistryAddress>,
+    /// Why the registry could not be read, when it could not (unreachable, login refused).
+    pub registry_problem: Option<String>,
+    /// One per service, when the registry was read.
     pub images: Vec<ImageState>,
     pub allow_branches: Vec<String>,
     pub build: bool,
@@ -110,13 +120,14 @@ pub struct Promotion {
     pub digest: Option<String>,
     /// The release tags the image gets: the version first, then the floating ones it earns.
     pub tags: Vec<String>,
-    /// Of `tags`, those that need a PUT: all of them, except in a tag pipeline the version tag
-    /// when it already holds this digest.
+    /// Of `tags`, those that need a PUT: all but those already on this digest.
     pub put: Vec<String>,
+    /// Of `put`, the floating tags that exist on another image now, with its digest: they move,
+    /// which a repository with redeploy disabled refuses (checked before the first write).
+    pub moves: Vec<(String, String)>,
 }
 
 /// The whole release, as data: what `--execute` does and the dry run prints.
-#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReleasePlan {
     pub version: Version,
     /// The git tag: `vX.Y.Z`, or the existing tag's name.
@@ -124,15 +135,23 @@ pub struct ReleasePlan {
     /// Whether the git tag is created (false in a tag pipeline).
     pub create_tag: bool,
     pub revision: String,
-    pub registry: String,
+    /// The git repository the tag is created in.
+    pub repo: PathBuf,
+    pub registry: RegistryAddress,
     /// The images to build and push before promoting (with --build, when missing).
     pub build: Vec<Service>,
+    /// The build task's plan for them, read by [`prepare`] when `build` is not empty.
+    pub build_first: Option<BuildPlan>,
     pub promotions: Vec<Promotion>,
     /// The annotated tag's message.
     pub notes: String,
     pub push_tag: Option<Command>,
     /// Things worth knowing that are not problems (which floating tags stay where they are).
     pub remarks: Vec<String>,
+    /// Leave the floating tags that cannot move (redeploy disabled) instead of refusing.
+    pub skip_immutable_floating: bool,
+    /// Keep progress off standard output (for --json).
+    pub quiet: bool,
 }
 
 /// How a release runs: `cargo xtask release`'s options, or a tag pipeline's.
@@ -145,6 +164,8 @@ pub struct Options {
     pub build: bool,
     pub execute: bool,
     pub push_tag: bool,
+    /// Leave the floating tags that a repository with redeploy disabled will not move.
+    pub skip_immutable_floating: bool,
     /// Keep progress and the plan off standard output (for --json).
     pub quiet: bool,
 }
@@ -190,45 +211,33 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// Reads, plans and (with `execute`) runs a release; prints the plan unless it executes quietly.
+/// Reads the inputs and plans the release (with the build's plan, for `--build`): what
+/// `cargo xtask release` and the tag pipeline show or run.
+pub fn prepare(runner: &dyn Runner, options: &Options, env: &Env) -> Result<ReleasePlan> {
+    let inputs = read_inputs(runner, options, env)?;
+    let mut plan = plan(&inputs)?;
+    plan.quiet = options.quiet;
+    plan.skip_immutable_floating = options.skip_immutable_floating;
+    // The build's own plan is read only when it will be needed, and shown with the release's.
+    if !plan.build.is_empty() {
+        let args = build_args(options, &plan);
+        plan.build_first = Some(build::prepare(runner, &args, env, Some(vec![tags::immutable_tag(&plan.revision)]))?);
+    }
+    Ok(plan)
+}
+
+/// Prepares a release and shows it, or with `execute` runs it: the tag pipeline's release.
 pub fn release(options: &Options, env: &Env) -> Result<Outcome> {
     let runner = Processes::new();
-    let (inputs, registry) = read_inputs(options, env)?;
-    let plan = plan(&inputs)?;
-    // The build's own plan is read only when it will be needed, and shown with the release's.
-    let build = if plan.build.is_empty() {
-        None
-    } else {
-        let args = build_args(options, &plan);
-        Some(build::prepare(&runner, &args, env, Some(vec![tags::immutable_tag(&plan.revision)]))?)
-    };
-    if !options.execute {
-        let shown =
-            format!("{plan}{}", build.as_ref().map(|build| format!("build first:\n{build}")).unwrap_or_default());
-        if options.quiet {
-            eprint!("{shown}")
-        } else {
-            print!("{shown}")
-        }
-        return Ok(outcome(&plan, false));
-    }
-    let registry = registry.context("a release needs a registry")?;
-    execute(&runner, &options.repo, &plan, &registry, build.as_ref(), options.quiet)?;
-    let mut done = outcome(&plan, true);
-    // Built images' digests are known only now.
-    for (service, _, digest, _) in &mut done.images {
-        if digest.is_none() {
-            *digest = registry.manifest_digest(&service.repository(), &tags::immutable_tag(&plan.revision))?;
-        }
-    }
-    Ok(done)
+    let plan = prepare(&runner, options, env)?;
+    Ok(show_or_run(&plan, !options.execute, &runner)?.unwrap_or_else(|| plan.outcome(false)))
 }
 
 /// The build task's options for building and pushing HEAD's missing images: a dry run when
 /// the release is one, quiet when the release prints JSON.
 fn build_args(options: &Options, plan: &ReleasePlan) -> BuildArgs {
     BuildArgs {
-        location: Location { repo: Some(options.repo.clone()), registry: Some(plan.registry.clone()) },
+        location: Location { repo: Some(options.repo.clone()), registry: Some(plan.registry.to_string()) },
         services: plan.build.iter().map(|service| service.name().to_string()).collect(),
         push: true,
         dry_run: !options.execute,
@@ -237,27 +246,13 @@ fn build_args(options: &Options, plan: &ReleasePlan) -> BuildArgs {
     }
 }
 
-fn outcome(plan: &ReleasePlan, executed: bool) -> Outcome {
-    Outcome {
-        executed,
-        version: plan.version.to_string(),
-        git_tag: plan.git_tag.clone(),
-        revision: plan.revision.clone(),
-        registry: plan.registry.clone(),
-        images: plan
-            .promotions
-            .iter()
-            .map(|promotion| {
-                let image = format!("{}/{}", plan.registry, promotion.repository);
-                (promotion.service, image, promotion.digest.clone(), promotion.tags.clone())
-            })
-            .collect(),
-    }
-}
-
 /// Reads git and the registry once. The version is worked out here already (by the same pure
 /// function the plan uses) because the release notes' starting point depends on it.
-pub fn read_inputs(options: &Options, env: &Env) -> Result<(ReleaseInputs, Option<Registry>)> {
+///
+/// The registry is read without retries: a registry that is down is one of the problems the
+/// plan lists at once with the others, not a wait. A registry that cannot be read is recorded
+/// as such; the plan refuses with it.
+pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<ReleaseInputs> {
     let repo = git::Repo::open(&options.repo)?;
     let head = repo.head()?;
     let tags = repo.tags()?;
@@ -274,25 +269,16 @@ pub fn read_inputs(options: &Options, env: &Env) -> Result<(ReleaseInputs, Optio
     }
     let commits = repo.commit_log(&head.id, previous_release.as_ref().map(|tag| tag.commit.as_str()))?;
 
-    let registry_setting = location::registry_setting(options.registry.as_deref(), env);
-    let mut images = Vec::new();
-    let client = match &registry_setting {
-        Some(setting) => Some(build::registry_client(setting)?),
-        None => None,
+    let registry = location::registry_setting(options.registry.as_deref(), env)?;
+    let version = target_version(&options.requested, &versions).ok();
+    let (images, registry_problem) = match &registry {
+        Some(address) => match read_images(runner, address, &tags::immutable_tag(&head.id), version.as_ref()) {
+            Ok(images) => (images, None),
+            Err(error) => (Vec::new(), Some(format!("registry {address} is unreachable or refuses us: {error:#}"))),
+        },
+        None => (Vec::new(), None),
     };
-    if let Some(client) = &client {
-        let version_tag = target_version(&options.requested, &versions).ok().map(|version| tags::version_tag(&version));
-        let source = tags::immutable_tag(&head.id);
-        for service in Service::ALL {
-            let repository = service.repository();
-            let existing_release = match &version_tag {
-                Some(tag) => client.manifest_digest(&repository, tag)?,
-                None => None,
-            };
-            images.push(ImageState { service, source: client.manifest(&repository, &source)?, existing_release });
-        }
-    }
-    let inputs = ReleaseInputs {
+    Ok(ReleaseInputs {
         repo: options.repo.clone(),
         requested: options.requested.clone(),
         mode: options.mode.clone(),
@@ -301,16 +287,50 @@ pub fn read_inputs(options: &Options, env: &Env) -> Result<(ReleaseInputs, Optio
         dirty,
         previous_release: previous_release.map(|tag| tag.name),
         commits,
-        registry: registry_setting
-            .map(|setting| client.as_ref().map_or(setting, |client| client.address().to_string())),
+        registry,
+        registry_problem,
         images,
         allow_branches: options.allow_branches.clone(),
         build: options.build,
         push_tag: options.push_tag,
         head,
         tags,
+    })
+}
+
+/// What the registry holds of each image: HEAD's `source` manifest, every tag, and the digest
+/// of each existing tag the release of `version` may put, so that the plan knows before the
+/// first write what each write does. One attempt per request (see [`read_inputs`]).
+fn read_images(
+    runner: &dyn Runner,
+    address: &RegistryAddress,
+    source: &str,
+    version: Option<&Version>,
+) -> Result<Vec<ImageState>> {
+    let credentials = Credentials::find(address, runner)?;
+    let client = Registry::new(address.clone(), credentials, Backoff::NONE);
+    let candidates: Vec<String> = match version {
+        Some(version) => vec![
+            tags::version_tag(version),
+            format!("{}.{}", version.major, version.minor),
+            version.major.to_string(),
+            "latest".to_string(),
+        ],
+        None => Vec::new(),
     };
-    Ok((inputs, client))
+    let mut images = Vec::new();
+    for service in Service::ALL {
+        let repository = service.repository();
+        let tags = client.tags(&repository)?;
+        let mut existing = BTreeMap::new();
+        for tag in candidates.iter().filter(|tag| tags.contains(tag)) {
+            if let Some(digest) = client.manifest_digest(&repository, tag)? {
+                existing.insert(tag.clone(), digest);
+            }
+        }
+        images.push(ImageState { service, source: client.manifest(&repository, source)?, tags, existing });
+    }
+    Ok(images)
 }
 
 /// Release tags lower than `version` that the notes may start from, highest first. For a
@@ -418,6 +438,14 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
     let existing: Vec<(Version, &git::Tag)> =
         inputs.tags.iter().filter_map(|tag| release_version(&tag.name).map(|version| (version, tag))).collect();
     let versions: Vec<Version> = existing.iter().map(|(version, _)| version.clone()).collect();
+    // "Newest" is judged from the registry's release tags too: a release pushed from another
+    // clone, or whose git tag was never pushed, still counts.
+    let mut released = versions.clone();
+    for version in inputs.images.iter().flat_map(|image| &image.tags).filter_map(|tag| release_version(tag)) {
+        if !released.iter().any(|other| other.cmp_precedence(&version) == Ordering::Equal) {
+            released.push(version);
+        }
+    }
     let version = match target_version(&inputs.requested, &versions) {
         Ok(version) => Some(version),
         Err(problem) => {
@@ -434,7 +462,7 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
         // a rerun of an older tag's pipeline (an rc after its final release) must not fail;
         // its floating tags come from every git tag, so it moves nothing it should not.
         if inputs.mode == TagMode::Create
-            && let Some(problem) = ordering_problem(version, &versions)
+            && let Some(problem) = ordering_problem(version, &released)
         {
             problems.push(problem);
         }
@@ -467,9 +495,9 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
                 name.clone().or(on_head).unwrap_or_else(|| format!("v{version}"))
             }
         };
-        // The floating tags follow the git tags, the source of truth for "newest", exactly as
-        // a build of the tagged commit would get them from the tag engine.
-        let all: Vec<Version> = versions.iter().cloned().chain(std::iter::once(version.clone())).collect();
+        // The floating tags follow the releases, as a build of the tagged commit would get them
+        // from the tag engine, with the registry's release tags counted too.
+        let all: Vec<Version> = released.iter().cloned().chain(std::iter::once(version.clone())).collect();
         match tags::release_tags(version, &all) {
             Ok(tags) => release_tags = tags,
             Err(error) => problems.push(format!("{error:#}")),
@@ -500,10 +528,12 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
         }
     }
 
-    let registry = inputs.registry.clone().unwrap_or_default();
+    let registry = inputs.registry.as_ref().map_or_else(String::new, ToString::to_string);
     if inputs.registry.is_none() {
         problems.push("no registry: set NEXUS_REGISTRY or pass --registry HOST[:PORT]".to_string());
     }
+    problems.extend(inputs.registry_problem.clone());
+    let mut resumed = Vec::new();
     let source = tags::immutable_tag(&inputs.head.id);
     let version_tag = release_tags.first().cloned();
     let mut build = Vec::new();
@@ -521,25 +551,35 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
                 ));
             }
         }
-        let mut put = release_tags.clone();
-        if let (Some(version_tag), Some(existing)) = (&version_tag, &image.existing_release) {
+        let mut put = Vec::new();
+        let mut moves = Vec::new();
+        for tag in &release_tags {
+            let Some(existing) = image.existing.get(tag) else {
+                put.push(tag.clone());
+                continue;
+            };
             let same_image = digest.as_ref() == Some(existing);
+            if Some(tag) != version_tag.as_ref() {
+                // A floating tag: left alone where it is already right, else it moves.
+                if !same_image {
+                    put.push(tag.clone());
+                    moves.push((tag.clone(), existing.clone()));
+                }
+                continue;
+            }
             match &inputs.mode {
                 // A tag pipeline after `release --execute`: the version tag is already right.
-                TagMode::Existing(_) if same_image => put.retain(|tag| tag != version_tag),
+                TagMode::Existing(_) if same_image => {}
                 TagMode::Existing(_) => problems.push(format!(
-                    "{registry}/{repository}:{version_tag} already exists as {existing}, which is not HEAD's \
-                     image {}: release tags are immutable",
+                    "{registry}/{repository}:{tag} already exists as {existing}, which is not HEAD's image {}: \
+                     release tags are immutable",
                     digest.as_deref().unwrap_or("(missing)")
                 )),
+                // An earlier run of this release stopped before tagging git: it is finished now.
+                TagMode::Create if same_image && !git_tag_exists => resumed.push(format!("{repository}:{tag}")),
                 TagMode::Create => problems.push(format!(
-                    "{registry}/{repository}:{version_tag} already exists in the registry ({existing}{}): release \
-                     tags are immutable; release a new version",
-                    if same_image && !git_tag_exists {
-                        ", HEAD's image: did an earlier release stop before tagging git?"
-                    } else {
-                        ""
-                    }
+                    "{registry}/{repository}:{tag} already exists in the registry ({existing}): release tags are \
+                     immutable; release a new version"
                 )),
             }
         }
@@ -550,6 +590,7 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
             digest,
             tags: release_tags.clone(),
             put,
+            moves,
         });
     }
 
@@ -558,7 +599,15 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
         bail!("cannot {what}:\n  - {}", problems.join("\n  - "));
     }
     let version = version.expect("no problems means a version");
+    let registry = inputs.registry.clone().expect("no problems means a registry");
     let mut remarks = Vec::new();
+    if !resumed.is_empty() {
+        remarks.push(format!(
+            "finishing an earlier run of this release: {} already hold HEAD's images, and tags already in place \
+             are left alone",
+            resumed.join(", ")
+        ));
+    }
     let floating: Vec<&str> = ["latest"].into_iter().filter(|tag| !release_tags.iter().any(|own| own == tag)).collect();
     if !floating.is_empty() {
         remarks.push(format!("{version} is not the newest stable release, so `latest` stays where it is"));
@@ -571,12 +620,16 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
         create_tag: inputs.mode == TagMode::Create,
         git_tag,
         revision: inputs.head.id.clone(),
+        repo: inputs.repo.clone(),
         registry,
         build,
+        build_first: None,
         promotions,
         notes,
         push_tag,
         remarks,
+        skip_immutable_floating: false,
+        quiet: false,
         version,
     })
 }
@@ -672,12 +725,29 @@ impl fmt::Display for ReleasePlan {
         for promotion in &self.promotions {
             let digest = promotion.digest.as_deref().unwrap_or("to be built");
             writeln!(f, "  {}:{} ({digest}) -> {}", promotion.repository, promotion.source, promotion.tags.join(", "))?;
-            for tag in &promotion.put {
-                writeln!(f, "    PUT /v2/{}/manifests/{tag}", promotion.repository)?;
-            }
+        }
+        writeln!(f, "in this order, release tags first (a tag already in place is left alone):")?;
+        for (index, tag) in self.writes() {
+            writeln!(f, "  PUT /v2/{}/manifests/{tag}", self.promotions[index].repository)?;
+        }
+        let moves: Vec<String> = self
+            .promotions
+            .iter()
+            .flat_map(|promotion| {
+                promotion.moves.iter().map(move |(tag, from)| format!("{}:{tag} (now {from})", promotion.repository))
+            })
+            .collect();
+        if !moves.is_empty() {
+            writeln!(
+                f,
+                "floating tags that move from another image, checked before the first write (a repository with \
+                 redeploy disabled refuses them{}): {}",
+                if self.skip_immutable_floating { "; --skip-immutable-floating leaves those" } else { "" },
+                moves.join(", ")
+            )?;
         }
         if self.create_tag {
-            writeln!(f, "git: annotated tag {} on {}", self.git_tag, &self.revision[..12])?;
+            writeln!(f, "then git: annotated tag {} on {}", self.git_tag, &self.revision[..12])?;
         } else {
             writeln!(f, "git: tag {} exists on {}", self.git_tag, &self.revision[..12])?;
         }
@@ -691,62 +761,195 @@ impl fmt::Display for ReleasePlan {
         for line in self.notes.lines() {
             writeln!(f, "  | {line}")?;
         }
+        if let Some(build) = &self.build_first {
+            write!(f, "build first:\n{build}")?;
+        }
         Ok(())
     }
 }
 
-/// Runs the plan: the build if any, the registry, then git.
-fn execute(
-    runner: &dyn Runner,
-    repo: &Path,
-    plan: &ReleasePlan,
-    registry: &Registry,
-    build: Option<&BuildPlan>,
-    quiet: bool,
-) -> Result<()> {
-    if let Some(build_plan) = build {
-        build_plan.execute(runner).context("building the missing images failed")?;
+/// What a release changes besides running processes: the registry's tags and git's.
+/// [`Live`] is the real one; unit tests record the calls instead.
+pub trait ReleaseTarget {
+    fn manifest(&self, repository: &str, reference: &str) -> Result<Option<Manifest>>;
+    fn put_manifest(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<Tagged>;
+    /// Whether the existing tag may move (see [`Registry::allows_redeploy`]).
+    fn allows_redeploy(&self, repository: &str, tag: &str) -> Result<bool>;
+    fn create_git_tag(&self, name: &str, revision: &str, notes: &str) -> Result<()>;
+}
+
+/// The registry (retrying transient failures) and the git repository.
+struct Live {
+    registry: Registry,
+    repo: PathBuf,
+}
+
+impl ReleaseTarget for Live {
+    fn manifest(&self, repository: &str, reference: &str) -> Result<Option<Manifest>> {
+        self.registry.manifest(repository, reference)
     }
-    for promotion in &plan.promotions {
-        let manifest = registry.manifest(&promotion.repository, &promotion.source)?.with_context(|| {
-            format!("{}/{}:{} is missing from the registry", plan.registry, promotion.repository, promotion.source)
-        })?;
-        if let Some(expected) = &promotion.digest
-            && *expected != manifest.digest
-        {
-            bail!(
-                "{}/{}:{} changed while releasing ({expected} became {}): nothing was tagged in git; run the release again",
-                plan.registry,
-                promotion.repository,
-                promotion.source,
-                manifest.digest
-            );
+
+    fn put_manifest(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<Tagged> {
+        self.registry.put_manifest(repository, tag, manifest)
+    }
+
+    fn allows_redeploy(&self, repository: &str, tag: &str) -> Result<bool> {
+        self.registry.allows_redeploy(repository, tag)
+    }
+
+    fn create_git_tag(&self, name: &str, revision: &str, notes: &str) -> Result<()> {
+        git::Repo::open(&self.repo)?.create_annotated_tag(name, revision, notes)
+    }
+}
+
+impl TaskPlan for ReleasePlan {
+    type Output = Outcome;
+
+    /// Builds the missing images if any, then promotes (see [`ReleasePlan::promote`]).
+    fn execute(&self, runner: &dyn Runner) -> Result<Outcome> {
+        if let Some(build_plan) = &self.build_first {
+            build_plan.execute(runner).context("building the missing images failed")?;
         }
-        for tag in &promotion.put {
-            let digest = registry.put_manifest(&promotion.repository, tag, &manifest)?;
-            if digest != manifest.digest {
+        let live = Live { registry: Registry::connect(self.registry.clone(), runner)?, repo: self.repo.clone() };
+        self.promote(runner, &live)
+    }
+}
+
+impl ReleasePlan {
+    /// The registry writes, in order: every image's version tag (immutable) first, then the
+    /// floating tags. A failure part-way then leaves no floating tag pointing at a release
+    /// whose version tag is missing somewhere, and git is tagged only after all of them.
+    pub fn writes(&self) -> Vec<(usize, &str)> {
+        let is_version = |promotion: &Promotion, tag: &str| promotion.tags.first().is_some_and(|first| first == tag);
+        let all =
+            || self.promotions.iter().enumerate().flat_map(|(index, p)| p.put.iter().map(move |tag| (index, p, tag)));
+        let immutable = all().filter(|(_, promotion, tag)| is_version(promotion, tag));
+        let floating = all().filter(|(_, promotion, tag)| !is_version(promotion, tag));
+        immutable.chain(floating).map(|(index, _, tag)| (index, tag.as_str())).collect()
+    }
+
+    /// Promotes: reads each `sha-` manifest (it must still be the planned one), puts every tag in
+    /// [`ReleasePlan::writes`] order, then creates the git tag and, if asked, pushes it. Tags
+    /// already in place are left alone, so running a release again after a failure finishes it;
+    /// the error after a failure says so, and what was done.
+    pub fn promote(&self, runner: &dyn Runner, target: &dyn ReleaseTarget) -> Result<Outcome> {
+        if !self.quiet {
+            self.remarks.iter().for_each(|remark| eprintln!("note: {remark}"));
+        }
+        let mut manifests = Vec::new();
+        for promotion in &self.promotions {
+            let image = format!("{}/{}:{}", self.registry, promotion.repository, promotion.source);
+            let manifest = target
+                .manifest(&promotion.repository, &promotion.source)?
+                .with_context(|| format!("{image} is missing from the registry: nothing was tagged"))?;
+            if let Some(expected) = &promotion.digest
+                && *expected != manifest.digest
+            {
                 bail!(
-                    "{}/{}:{tag} got digest {digest}, not {}: the registry rewrote the manifest",
-                    plan.registry,
-                    promotion.repository,
+                    "{image} changed while releasing ({expected} became {}): nothing was tagged; run the release again",
                     manifest.digest
                 );
             }
-            if !quiet {
-                eprintln!("{}/{}:{tag} -> {digest}", plan.registry, promotion.repository);
+            manifests.push(manifest);
+        }
+        // Every floating tag that must move is checked before the first write, so that a
+        // repository with redeploy disabled refuses the release whole, not half-way.
+        let mut stuck = Vec::new();
+        for (index, promotion) in self.promotions.iter().enumerate() {
+            for (tag, from) in &promotion.moves {
+                if !target.allows_redeploy(&promotion.repository, tag)? {
+                    stuck.push((index, tag.as_str(), from.as_str()));
+                }
             }
         }
+        let named: Vec<String> = stuck
+            .iter()
+            .map(|(index, tag, from)| format!("{}:{tag} (on {from})", self.promotions[*index].repository))
+            .collect();
+        if !stuck.is_empty() && !self.skip_immutable_floating {
+            bail!(
+                "cannot release {}: {} does not allow redeploy, so these floating tags cannot move to it: {}. \
+                 No release tag was written. Allow redeploy for the repository (Nexus: its deployment policy, or \
+                 redeploy of `latest` only, if `latest` is all), delete those tags first, or pass \
+                 --skip-immutable-floating to leave them where they are",
+                self.version,
+                self.registry,
+                named.join(", ")
+            );
+        }
+        if !stuck.is_empty() && !self.quiet {
+            eprintln!("note: leaving {} where they are: the repository does not allow redeploy", named.join(", "));
+        }
+        let writes: Vec<(usize, &str)> = self
+            .writes()
+            .into_iter()
+            .filter(|(index, tag)| !stuck.iter().any(|(other, stuck_tag, _)| other == index && stuck_tag == tag))
+            .collect();
+        let total = writes.len();
+        let mut done = Vec::new();
+        for (index, tag) in writes {
+            let promotion = &self.promotions[index];
+            let manifest = &manifests[index];
+            let tagged =
+                target.put_manifest(&promotion.repository, tag, manifest).map_err(|e| self.stopped(e, &done, total))?;
+            if !self.quiet {
+                let how = if tagged == Tagged::AlreadyThere { " (already there)" } else { "" };
+                eprintln!("{}/{}:{tag} -> {}{how}", self.registry, promotion.repository, manifest.digest);
+            }
+            done.push(format!("{}:{tag}", promotion.repository));
+        }
+        if self.create_tag {
+            target
+                .create_git_tag(&self.git_tag, &self.revision, &self.notes)
+                .map_err(|e| self.stopped(e, &done, total))?;
+            if !self.quiet {
+                eprintln!("created git tag {} on {}", self.git_tag, &self.revision[..12]);
+            }
+        }
+        if let Some(push) = &self.push_tag {
+            runner.run(push, &mut |line| eprintln!("{line}"))?;
+        }
+        let mut outcome = self.outcome(true);
+        // Built images' digests are known only now.
+        for ((_, _, digest, _), manifest) in outcome.images.iter_mut().zip(&manifests) {
+            *digest = Some(manifest.digest.clone());
+        }
+        Ok(outcome)
     }
-    if plan.create_tag {
-        git::Repo::open(repo)?.create_annotated_tag(&plan.git_tag, &plan.revision, &plan.notes)?;
-        if !quiet {
-            eprintln!("created git tag {} on {}", plan.git_tag, &plan.revision[..12]);
+
+    /// The error of a promotion that stopped after the registry writes `done`.
+    fn stopped(&self, error: anyhow::Error, done: &[String], total: usize) -> anyhow::Error {
+        let what = if done.is_empty() {
+            "no tag was written".to_string()
+        } else {
+            format!("{} of {total} tags are in place ({})", done.len(), done.join(", "))
+        };
+        let git = if self.create_tag { format!(" and git tag {} is not created", self.git_tag) } else { String::new() };
+        error.context(format!(
+            "release {} stopped part-way: {what}{git}; run the same release again to finish it (tags already in \
+             place are left alone)",
+            self.version
+        ))
+    }
+
+    /// What the release did (`executed`) or would do.
+    pub fn outcome(&self, executed: bool) -> Outcome {
+        Outcome {
+            executed,
+            version: self.version.to_string(),
+            git_tag: self.git_tag.clone(),
+            revision: self.revision.clone(),
+            registry: self.registry.to_string(),
+            images: self
+                .promotions
+                .iter()
+                .map(|promotion| {
+                    let image = format!("{}/{}", self.registry, promotion.repository);
+                    (promotion.service, image, promotion.digest.clone(), promotion.tags.clone())
+                })
+                .collect(),
         }
     }
-    if let Some(push) = &plan.push_tag {
-        runner.run(push, &mut |line| eprintln!("{line}"))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -785,13 +988,15 @@ mod tests {
             tags: existing.iter().map(|name| git::Tag { name: name.to_string(), commit: OTHER.into() }).collect(),
             previous_release: existing.last().map(|name| name.to_string()),
             commits: vec![Commit { id: HEAD.into(), subject: "feat: a thing".into(), body: String::new() }],
-            registry: Some("nexus.example:8082".into()),
+            registry: Some(RegistryAddress::parse("nexus.example:8082").unwrap()),
+            registry_problem: None,
             images: Service::ALL
                 .iter()
                 .map(|&service| ImageState {
                     service,
                     source: Some(manifest(&format!("sha256:{}", service.name()))),
-                    existing_release: None,
+                    tags: Vec::new(),
+                    existing: BTreeMap::new(),
                 })
                 .collect(),
             allow_branches: Vec::new(),
@@ -801,7 +1006,10 @@ mod tests {
     }
 
     fn error_of(inputs: &ReleaseInputs) -> String {
-        format!("{:#}", plan(inputs).expect_err("the release is refused"))
+        match plan(inputs) {
+            Ok(_) => panic!("the release is refused"),
+            Err(error) => format!("{error:#}"),
+        }
     }
 
     #[test]
@@ -845,7 +1053,7 @@ mod tests {
         refused.branch = Some("topic".into());
         refused.allow_branches = vec!["release/*".into()];
         refused.images[0].source = None;
-        refused.images[1].existing_release = Some("sha256:older".into());
+        refused.images[1].existing.insert("1.0.0".into(), "sha256:older".into());
         let error = error_of(&refused);
         for reason in [
             "cannot release 1.0.0",
@@ -901,7 +1109,7 @@ mod tests {
         pipeline.tags.push(git::Tag { name: "v1.0.0".into(), commit: HEAD.into() });
         pipeline.mode = TagMode::Existing(None);
         pipeline.branch = None;
-        pipeline.images[0].existing_release = Some("sha256:backend".into());
+        pipeline.images[0].existing.insert("1.0.0".into(), "sha256:backend".into());
         let plan = plan(&pipeline).unwrap();
         assert!(!plan.create_tag);
         assert_eq!(plan.git_tag, "v1.0.0");
@@ -912,10 +1120,10 @@ mod tests {
         let mut old_rc = pipeline.clone();
         old_rc.requested = Requested::Version("1.0.0-rc.1".into());
         old_rc.tags.push(git::Tag { name: "v1.0.0-rc.1".into(), commit: HEAD.into() });
-        old_rc.images[0].existing_release = None;
+        old_rc.images[0].existing.clear();
         assert_eq!(super::plan(&old_rc).unwrap().promotions[0].put, ["1.0.0-rc.1"]);
 
-        pipeline.images[1].existing_release = Some("sha256:another".into());
+        pipeline.images[1].existing.insert("1.0.0".into(), "sha256:another".into());
         assert!(error_of(&pipeline).contains("intric/worker:1.0.0 already exists as sha256:another"));
         pipeline.tags[0].commit = OTHER.into();
         assert!(error_of(&pipeline).contains("git tag v1.0.0 names fedcba987654 but HEAD is 0123456789ab"));
@@ -1031,5 +1239,213 @@ mod tests {
         assert_eq!(names("1.1.0"), ["v1.0.0"]);
         assert_eq!(names("1.1.0-rc.3"), ["v1.1.0-rc.2", "v1.1.0-rc.1", "v1.0.0"]);
         assert_eq!(names("1.0.0"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_unreadable_registry_is_listed_with_every_guard_checked_offline() {
+        let mut refused = inputs("0.9.0", &["v1.0.0"]);
+        refused.dirty = true;
+        refused.branch = Some("topic".into());
+        refused.images.clear();
+        refused.registry_problem = Some("registry 127.0.0.1:9 is unreachable or refuses us: connection refused".into());
+        let error = error_of(&refused);
+        for reason in [
+            "cannot release 0.9.0:",
+            "would start the 0.9 line below the newest release 1.0.0",
+            "the working tree is dirty",
+            "branch topic is not allowed to release",
+            "registry 127.0.0.1:9 is unreachable",
+        ] {
+            assert!(error.contains(reason), "missing {reason:?} in:\n{error}");
+        }
+        let bad = Requested::Version("one".into());
+        refused.requested = bad;
+        assert!(error_of(&refused).contains("`one` is not a semver version"));
+    }
+
+    #[test]
+    fn a_release_that_stopped_before_tagging_git_is_finished_by_running_it_again() {
+        let mut again = inputs("1.1.0", &["v1.0.0"]);
+        again.images[0].existing.insert("1.1.0".into(), "sha256:backend".into());
+        again.images[1].existing.insert("1.1.0".into(), "sha256:worker".into());
+        let plan = plan(&again).unwrap();
+        assert!(plan.remarks.iter().any(|remark| remark.contains("finishing an earlier run of this release")));
+        // Another image under the version tag is a conflict, named precisely.
+        again.images[2].existing.insert("1.1.0".into(), "sha256:someone-else".into());
+        let error = error_of(&again);
+        assert!(
+            error.contains(
+                "nexus.example:8082/intric/frontend:1.1.0 already exists in the registry (sha256:someone-else)"
+            ),
+            "{error}"
+        );
+        assert_eq!(error.matches("\n  - ").count(), 1, "{error}");
+    }
+
+    /// A registry and git that record, in one list with the runner's commands, what the release
+    /// does, and fail the `fail_at`-th tag write if asked.
+    struct Recorded {
+        log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        fail_at: Option<usize>,
+        /// Tags (`intric/backend:latest`) the registry will not move.
+        immutable: Vec<String>,
+    }
+
+    impl ReleaseTarget for Recorded {
+        fn manifest(&self, repository: &str, reference: &str) -> Result<Option<Manifest>> {
+            let service = repository.trim_start_matches("intric/");
+            assert_eq!(reference, "sha-0123456789ab");
+            Ok(Some(manifest(&format!("sha256:{service}"))))
+        }
+
+        fn put_manifest(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<Tagged> {
+            let mut log = self.log.lock().unwrap();
+            let writes = log.iter().filter(|line| line.starts_with("PUT")).count();
+            if self.fail_at == Some(writes + 1) {
+                bail!("HTTP 503 from the registry");
+            }
+            log.push(format!("PUT {repository}:{tag} {}", manifest.digest));
+            Ok(Tagged::Put)
+        }
+
+        fn allows_redeploy(&self, repository: &str, tag: &str) -> Result<bool> {
+            let image = format!("{repository}:{tag}");
+            self.log.lock().unwrap().push(format!("check {image}"));
+            Ok(!self.immutable.contains(&image))
+        }
+
+        fn create_git_tag(&self, name: &str, revision: &str, _: &str) -> Result<()> {
+            self.log.lock().unwrap().push(format!("git tag {name} {}", &revision[..12]));
+            Ok(())
+        }
+    }
+
+    fn recorded(fail_at: Option<usize>) -> (Recorded, crate::plan::runner::Recording) {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let commands = std::sync::Arc::clone(&log);
+        let runner = crate::plan::runner::Recording::replying(move |shown| {
+            commands.lock().unwrap().push(shown.to_string());
+            Ok(String::new())
+        });
+        (Recorded { log, fail_at, immutable: Vec::new() }, runner)
+    }
+
+    #[test]
+    fn promotion_puts_every_release_tag_then_the_floating_ones_then_tags_git() {
+        let mut pushing = inputs("1.0.0", &[]);
+        pushing.push_tag = true;
+        let mut plan = plan(&pushing).unwrap();
+        plan.quiet = true;
+        let (target, runner) = recorded(None);
+        let outcome = plan.promote(&runner, &target).unwrap();
+        let mut expected: Vec<String> = ["backend", "worker", "frontend"]
+            .iter()
+            .map(|service| format!("PUT intric/{service}:1.0.0 sha256:{service}"))
+            .collect();
+        for service in ["backend", "worker", "frontend"] {
+            for tag in ["1.0", "1", "latest"] {
+                expected.push(format!("PUT intric/{service}:{tag} sha256:{service}"));
+            }
+        }
+        expected.push("git tag v1.0.0 0123456789ab".into());
+        expected.push("git -C /src/intric push origin refs/tags/v1.0.0".into());
+        assert_eq!(*target.log.lock().unwrap(), expected);
+        assert!(outcome.executed);
+        assert_eq!(outcome.images[2].2.as_deref(), Some("sha256:frontend"));
+        let shown = plan.to_string();
+        let order: Vec<&str> = shown.lines().filter(|line| line.trim_start().starts_with("PUT ")).collect();
+        assert_eq!(order.len(), 12);
+        assert_eq!(order[2].trim(), "PUT /v2/intric/frontend/manifests/1.0.0", "{shown}");
+        assert_eq!(order[3].trim(), "PUT /v2/intric/backend/manifests/1.0", "{shown}");
+    }
+
+    #[test]
+    fn a_promotion_cut_off_says_what_was_done_and_that_running_it_again_finishes_it() {
+        let mut plan = plan(&inputs("1.0.0", &[])).unwrap();
+        plan.quiet = true;
+        let (target, runner) = recorded(Some(3));
+        let error = format!("{:#}", plan.promote(&runner, &target).unwrap_err());
+        assert!(
+            error.starts_with(
+                "release 1.0.0 stopped part-way: 2 of 12 tags are in place (intric/backend:1.0.0, \
+                 intric/worker:1.0.0) and git tag v1.0.0 is not created; run the same release again to finish it"
+            ),
+            "{error}"
+        );
+        assert!(error.ends_with("HTTP 503 from the registry"), "{error}");
+        assert!(!target.log.lock().unwrap().iter().any(|line| line.starts_with("git")), "git is not tagged");
+    }
+
+    /// A second release, 1.1.0 of HEAD, after 1.0.0 of another commit put 1.0, 1 and latest.
+    fn second_release() -> ReleaseInputs {
+        let mut second = inputs("1.1.0", &["v1.0.0"]);
+        for image in &mut second.images {
+            image.tags = ["1.0.0", "1.0", "1", "latest", "sha-fedcba987654"].map(String::from).to_vec();
+            for tag in ["1", "latest"] {
+                image.existing.insert(tag.into(), format!("sha256:old-{}", image.service.name()));
+            }
+        }
+        second
+    }
+
+    #[test]
+    fn floating_tags_on_another_image_are_known_to_move_and_tags_in_place_are_left_alone() {
+        let mut second = second_release();
+        second.images[2].existing.insert("latest".into(), "sha256:frontend".into());
+        let plan = plan(&second).unwrap();
+        assert_eq!(plan.promotions[0].put, ["1.1.0", "1.1", "1", "latest"]);
+        assert_eq!(
+            plan.promotions[0].moves,
+            [
+                ("1".to_string(), "sha256:old-backend".to_string()),
+                ("latest".to_string(), "sha256:old-backend".to_string())
+            ]
+        );
+        assert_eq!(plan.promotions[2].put, ["1.1.0", "1.1", "1"], "latest is on HEAD's frontend already");
+        let shown = plan.to_string();
+        assert!(
+            shown.contains("floating tags that move from another image, checked before the first write"),
+            "{shown}"
+        );
+        assert!(shown.contains("intric/worker:latest (now sha256:old-worker)"), "{shown}");
+    }
+
+    #[test]
+    fn floating_tags_that_cannot_move_refuse_the_release_before_any_write_unless_skipped() {
+        let mut plan = plan(&second_release()).unwrap();
+        plan.quiet = true;
+        let (mut target, runner) = recorded(None);
+        target.immutable = vec!["intric/backend:latest".into(), "intric/frontend:1".into()];
+        let error = format!("{:#}", plan.promote(&runner, &target).unwrap_err());
+        assert!(
+            error.contains(
+                "cannot release 1.1.0: nexus.example:8082 does not allow redeploy, so these floating tags cannot move \
+                 to it: intric/backend:latest (on sha256:old-backend), intric/frontend:1 (on sha256:old-frontend). \
+                 No release tag was written."
+            ),
+            "{error}"
+        );
+        assert!(error.contains("--skip-immutable-floating"), "{error}");
+        assert!(target.log.lock().unwrap().iter().all(|line| line.starts_with("check ")), "nothing was written");
+
+        plan.skip_immutable_floating = true;
+        target.log.lock().unwrap().clear();
+        plan.promote(&runner, &target).unwrap();
+        let log = target.log.lock().unwrap();
+        let puts: Vec<&String> = log.iter().filter(|line| line.starts_with("PUT")).collect();
+        assert_eq!(puts.len(), 10, "12 writes but the two that cannot move: {log:?}");
+        assert!(!log.iter().any(|line| line.starts_with("PUT intric/backend:latest")), "{log:?}");
+        assert_eq!(log.last().unwrap(), "git tag v1.1.0 0123456789ab");
+    }
+
+    #[test]
+    fn release_tags_in_the_registry_count_for_newest() {
+        // 2.0.0 is in the registry, though its git tag is not here (pushed from another clone).
+        let mut behind = inputs("1.4.1", &["v1.4.0"]);
+        behind.images[0].tags = vec!["2.0.0".into(), "1.4.0".into()];
+        let plan = plan(&behind).unwrap();
+        assert_eq!(plan.promotions[0].tags, ["1.4.1", "1.4", "1"], "`latest` stays on 2.0.0");
+        behind.requested = Requested::Version("1.5.0".into());
+        assert!(error_of(&behind).contains("1.5.0 would start the 1.5 line below the newest release 2.0.0"));
     }
 }

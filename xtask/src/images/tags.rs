@@ -82,6 +82,8 @@ pub struct TagReport {
     pub extra_tag: Option<String>,
     /// Things the user should know: ignored tags or variables, guesses made.
     pub notes: Vec<String>,
+    /// Where the source lives: `origin`'s URL without credentials (the images' source label).
+    pub source: Option<String>,
 }
 
 impl TagReport {
@@ -125,6 +127,8 @@ pub struct Inputs {
     pub ci: Option<CiContext>,
     /// `IMAGE_TAG` from the environment, not yet validated.
     pub image_tag: Option<String>,
+    /// `origin`'s URL without credentials, when there is an origin.
+    pub origin: Option<String>,
 }
 
 /// The tags for `repo` as seen from the environment `env`: what other tasks call.
@@ -152,6 +156,7 @@ pub fn read_inputs(repo_path: &Path, env: &Env) -> Result<Inputs> {
         commits_since_release,
         ci,
         image_tag,
+        origin: repo.origin_url(),
         head,
     })
 }
@@ -318,6 +323,7 @@ pub fn compute(inputs: &Inputs, choice: StageChoice) -> Result<TagReport> {
         push,
         extra_tag,
         notes,
+        source: inputs.origin.clone(),
     })
 }
 
@@ -475,6 +481,7 @@ mod tests {
             commits_since_release: 3,
             ci: None,
             image_tag: None,
+            origin: None,
         }
     }
 

@@ -51,6 +51,14 @@ impl fmt::Display for Pipe {
     }
 }
 
+/// How a command ended, and its standard output and error, as [`Runner::output`] gives them.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
 /// Told the pids of the processes a runner has running, whenever that set changes.
 pub type Watcher = Box<dyn Fn(&[u32]) + Send + Sync>;
 
@@ -63,6 +71,11 @@ pub trait Runner: Sync {
     /// Runs `command` and returns its standard output, trimmed; its standard error goes into
     /// the error when it fails.
     fn read(&self, command: &Command) -> Result<String>;
+
+    /// Runs `command` to its end and returns how it ended and everything it printed, failing only
+    /// when it cannot be started: for programs whose failure is an answer to read (a docker
+    /// credential helper says "credentials not found" on standard output and exits non-zero).
+    fn output(&self, command: &Command) -> Result<Finished>;
 
     /// Runs the commands of `pipe` connected, to the end of the last one.
     fn pipe(&self, pipe: &Pipe) -> Result<()>;
@@ -181,6 +194,19 @@ impl Runner for Processes {
     }
 
     fn read(&self, command: &Command) -> Result<String> {
+        let finished = self.output(command)?;
+        if !finished.status.success() {
+            let last = finished.stderr.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("").trim();
+            let error = Processes::failure(command, Some(finished.status));
+            if last.is_empty() {
+                bail!("{error}");
+            }
+            bail!("{error}: {last}");
+        }
+        Ok(finished.stdout.trim().to_string())
+    }
+
+    fn output(&self, command: &Command) -> Result<Finished> {
         let expression = Processes::alone(command).stdout_capture().stderr_capture().unchecked();
         let handle = Arc::new(
             expression.start().with_context(|| format!("cannot start {}: is it installed?", command.program))?,
@@ -197,16 +223,11 @@ impl Runner for Processes {
             state.changed();
         }
         let output = result.with_context(|| format!("cannot wait for {}", command.program))?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let last = stderr.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("").trim();
-            let error = Processes::failure(command, Some(output.status));
-            if last.is_empty() {
-                bail!("{error}");
-            }
-            bail!("{error}: {last}");
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+        Ok(Finished {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
     }
 
     fn pipe(&self, pipe: &Pipe) -> Result<()> {
@@ -320,6 +341,20 @@ impl Runner for Recording {
         self.answer(command.to_string())
     }
 
+    /// The script's output is standard output; an error's text is standard output too (as a
+    /// credential helper prints "credentials not found"), with exit status 1.
+    fn output(&self, command: &Command) -> Result<Finished> {
+        use std::os::unix::process::ExitStatusExt;
+        let shown = command.to_string();
+        let reply = (self.reply)(&shown);
+        self.executed.lock().unwrap().push(shown);
+        let (code, stdout) = match reply {
+            Ok(stdout) => (0, stdout),
+            Err(stdout) => (1, stdout),
+        };
+        Ok(Finished { status: std::process::ExitStatus::from_raw(code << 8), stdout, stderr: String::new() })
+    }
+
     fn pipe(&self, pipe: &Pipe) -> Result<()> {
         self.answer(pipe.to_string()).map(|_| ())
     }
@@ -411,6 +446,19 @@ mod tests {
             Recording::replying(|shown| if shown.contains("bad") { Err("no".into()) } else { Ok("out".into()) });
         assert_eq!(runner.read(&Command::new("good")).unwrap(), "out");
         assert!(runner.run(&Command::new("bad"), &mut |_| {}).is_err());
-        assert_eq!(runner.executed(), ["good", "bad"]);
+        let failed = runner.output(&Command::new("bad")).unwrap();
+        assert_eq!((failed.status.success(), failed.stdout.as_str()), (false, "no"));
+        assert_eq!(runner.executed(), ["good", "bad", "bad"]);
+    }
+
+    #[test]
+    fn output_keeps_both_streams_and_the_status_of_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("present"), "").unwrap();
+        let failing = Command::new("ls").args(["present", "absent"]).current_dir(dir.path());
+        let finished = Processes::new().output(&failing).unwrap();
+        assert_eq!(finished.status.code(), Some(2));
+        assert_eq!(finished.stdout, "present\n");
+        assert!(finished.stderr.contains("absent"), "{}", finished.stderr);
     }
 }

@@ -21,7 +21,8 @@ pub struct Target {
     /// The deployment directory holding docker-compose.yml and .env [default: the repository's docker/].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// The compose project name [default: the compose file's own, `intric`].
+    /// The compose project name [default: the one compose itself gives the directory:
+    /// COMPOSE_PROJECT_NAME, else the compose file's `name:`, else the directory's name].
     #[arg(long, value_name = "NAME")]
     pub project: Option<String>,
 }
@@ -63,6 +64,9 @@ impl Deployment {
             check_env(&dir, &env_path)?;
         }
         let compose = Compose::open(&dir, target.project.clone(), &env, runner)?;
+        if check {
+            refuse_a_second_stack(&compose, runner)?;
+        }
         let shadowed: Vec<&str> = env
             .entries()
             .filter(|entry| std::env::var(&entry.key).is_ok_and(|value| value != entry.value))
@@ -118,7 +122,9 @@ impl Deployment {
         if explicit.is_some() {
             return Ok((address, explicit, true));
         }
-        let found = Credentials::find(&address)?;
+        // A credential helper is a process; this runs it without a runner parameter, to keep the
+        // change to this module small (the tasks calling it could pass theirs).
+        let found = Credentials::find(&address, &crate::plan::runner::Processes::new())?;
         Ok((address, found, false))
     }
 
@@ -186,7 +192,7 @@ impl Deployment {
 
 /// `env check` of the deployment directory `dir`: every problem is printed, and errors stop here.
 fn check_env(dir: &Path, path: &Path) -> Result<()> {
-    let (_, problems) = env_check::check_dir(dir)?;
+    let (_, _, problems) = env_check::check_dir(dir)?;
     let errors: Vec<_> = problems.iter().filter(|problem| problem.level == Level::Error).collect();
     if !errors.is_empty() {
         print!("{}", env_check::report(path, &problems));
@@ -200,6 +206,27 @@ fn check_env(dir: &Path, path: &Path) -> Result<()> {
     }
     for problem in &problems {
         eprintln!("{problem}");
+    }
+    Ok(())
+}
+
+/// Refuses to start a second stack beside the one compose itself names this directory: a
+/// `--project` other than compose's own name, while containers of compose's project exist
+/// (started by hand with `docker compose up`, say), would get new, empty volumes.
+fn refuse_a_second_stack(compose: &Compose, runner: &dyn Runner) -> Result<()> {
+    let Some(project) = compose.project.as_deref().filter(|project| *project != compose.name) else {
+        return Ok(());
+    };
+    let containers = runner
+        .read(&compose.containers_of(&compose.name))
+        .with_context(|| format!("cannot list the containers of compose project {}", compose.name))?;
+    if !containers.trim().is_empty() {
+        bail!(
+            "--project {project} would start a second stack with empty volumes: the project compose names {}              ({}) has {} container(s); drop --project to adopt it, or remove that stack first",
+            compose.dir.display(),
+            compose.name,
+            containers.lines().count()
+        );
     }
     Ok(())
 }
@@ -257,6 +284,28 @@ mod tests {
             "the published layout: the worker and db-init run the backend image; the stand-in keeps its tag"
         );
         assert_eq!(repositories_in(&images, &address, None).len(), 3, "without IMAGE_TAG: all from the registry");
+    }
+
+    #[test]
+    fn another_project_beside_a_running_stack_is_refused() {
+        let running = || {
+            crate::plan::runner::Recording::replying(|shown| {
+                assert!(shown.ends_with("label=com.docker.compose.project=intric"), "{shown}");
+                Ok("0123456789ab\nba9876543210".into())
+            })
+        };
+        let error = refuse_a_second_stack(&Compose::for_tests(Some("prod")), &running()).unwrap_err().to_string();
+        assert!(error.starts_with("--project prod would start a second stack"), "{error}");
+        assert!(error.contains("(intric) has 2 container(s)") && !error.contains('\n'), "{error}");
+        // Compose's own name, or no --project: nothing to compare, nothing asked.
+        for project in [None, Some("intric")] {
+            let runner = running();
+            refuse_a_second_stack(&Compose::for_tests(project), &runner).unwrap();
+            assert!(runner.executed().is_empty());
+        }
+        // Nothing runs under compose's name: --project starts a stack of its own.
+        let empty = crate::plan::runner::Recording::replying(|_| Ok(String::new()));
+        refuse_a_second_stack(&Compose::for_tests(Some("prod")), &empty).unwrap();
     }
 
     #[test]

@@ -1,14 +1,21 @@
-//! The deployment's `.env` check: a pure function from the parsed file, the annotations of
-//! `.env.example`, the file mode and whether git tracks the file to every [`Problem`]; `env
-//! check`, `doctor` and `deploy` call it through [`check_dir`]. No message ever contains a
-//! secret's value.
+//! The deployment's `.env` check: a pure function from the parsed file, what the template and
+//! the compose file say about each variable ([`Template`]), the file mode and whether git tracks
+//! the file to every [`Problem`]; `env check`, `doctor` and `deploy` call it through
+//! [`check_dir`]. No message ever contains a secret's value.
+//!
+//! The template is the first of [`TEMPLATES`] in the directory: our annotated `.env.example`,
+//! or a plain `KEY=value` one such as the published `.env.production.example`. The compose
+//! file beside it says which variables are required (`${VAR:?message}`, or `${VAR}` without a
+//! default for a variable the template lists), their defaults and which services read them.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::adapters::dotenv::{self, DotEnv, VarSpec, VarType};
+use crate::adapters::compose::find_compose_file;
+use crate::adapters::compose_vars::{self, ComposeVar};
+use crate::adapters::dotenv::{self, DotEnv, VarSpec, VarType, is_template_placeholder};
 
 /// The LLM provider keys: the backend starts without any, but answers nothing.
 pub const LLM_KEYS: [&str; 4] = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "AZURE_API_KEY", "MISTRAL_API_KEY"];
@@ -57,11 +64,11 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Reads DIR/.env.example and DIR/.env, the file's mode and whether git tracks it, and checks
-/// them: for `env check`, `doctor` and `deploy`. Problems are returned, not raised; an error
-/// means the files could not be read at all.
-pub fn check_dir(dir: &Path) -> Result<(DotEnv, Vec<Problem>)> {
-    let (_, specs) = read_spec(dir)?;
+/// Reads DIR's template and compose file, DIR/.env, the file's mode and whether git tracks it,
+/// and checks them: for `env check`, `doctor` and `deploy`. Problems are returned, not raised;
+/// an error means the files could not be read at all.
+pub fn check_dir(dir: &Path) -> Result<(Template, DotEnv, Vec<Problem>)> {
+    let template = read_template(dir)?;
     let env_path = dir.join(".env");
     if !env_path.exists() {
         bail!("{} does not exist: run `cargo xtask env init --dir {}` first", env_path.display(), dir.display());
@@ -69,12 +76,13 @@ pub fn check_dir(dir: &Path) -> Result<(DotEnv, Vec<Problem>)> {
     let env = DotEnv::read(&env_path)?;
     let mode = file_mode(&env_path)?;
     let tracked = is_tracked(&env_path)?;
-    let problems = check(&env, &specs, mode, tracked);
-    Ok((env, problems))
+    let problems = check(&env, &template.specs, &template.name(), mode, tracked);
+    Ok((template, env, problems))
 }
 
-/// Every problem of `env` against `spec`, errors first, in the order of the spec.
-pub fn check(env: &DotEnv, spec: &[VarSpec], file_mode: u32, tracked: bool) -> Vec<Problem> {
+/// Every problem of `env` against `spec` (read from the template named `template`), errors
+/// first, in the order of the spec.
+pub fn check(env: &DotEnv, spec: &[VarSpec], template: &str, file_mode: u32, tracked: bool) -> Vec<Problem> {
     let file = env.path().display();
     let mut problems = Vec::new();
     for var in spec {
@@ -89,10 +97,14 @@ pub fn check(env: &DotEnv, spec: &[VarSpec], file_mode: u32, tracked: bool) -> V
                 } else {
                     format!("; example: {}", var.example)
                 };
-                problems.push(Problem::error(
-                    name,
-                    format!("{} is {state} but required ({}){hint}", var.name, var.description),
-                ));
+                let readers = (!var.services.is_empty()).then(|| format!("read by {}", var.services.join(", ")));
+                let about: Vec<&str> = [Some(var.description.as_str()), readers.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                let about = if about.is_empty() { String::new() } else { format!(" ({})", about.join("; ")) };
+                problems.push(Problem::error(name, format!("{} is {state} but required{about}{hint}", var.name)));
             }
             None | Some("") => {}
             Some(value) => problems.extend(check_value(var, value)),
@@ -124,7 +136,7 @@ pub fn check(env: &DotEnv, spec: &[VarSpec], file_mode: u32, tracked: bool) -> V
         if !spec.iter().any(|var| var.name == entry.key) {
             problems.push(Problem::warning(
                 Some(&entry.key),
-                format!("{} is not in .env.example: a typo, or a variable nothing reads", entry.key),
+                format!("{} is not in {template}: a typo, or a variable nothing reads", entry.key),
             ));
         }
     }
@@ -136,6 +148,17 @@ pub fn check(env: &DotEnv, spec: &[VarSpec], file_mode: u32, tracked: bool) -> V
 /// The problems of one non-empty value: its type, and for a secret its strength.
 fn check_value(var: &VarSpec, value: &str) -> Vec<Problem> {
     let name = Some(var.name.as_str());
+    if is_template_placeholder(value) {
+        let message = if var.secret {
+            format!(
+                "{} is still the template's placeholder (the value is secret and not shown): set a real one",
+                var.name
+            )
+        } else {
+            format!("{} is still the template's placeholder {value:?}: set the real value", var.name)
+        };
+        return vec![Problem::error(name, message)];
+    }
     let mut problems = Vec::new();
     if let Some(expected) = type_problem(var.kind, value) {
         let message = if var.secret {
@@ -160,8 +183,6 @@ fn check_value(var: &VarSpec, value: &str) -> Vec<Problem> {
                 Problem::warning(name, message)
             });
         }
-    } else if !var.example.is_empty() && value == var.example && var.example.contains("example") {
-        problems.push(Problem::warning(name, format!("{} is still the example value {value:?}", var.name)));
     }
     problems
 }
@@ -194,36 +215,11 @@ fn type_problem(kind: VarType, value: &str) -> Option<&'static str> {
     })
 }
 
-/// `host[:port][/path]` as docker accepts a registry prefix: DNS labels or an IPv4 address,
-/// a port from 1 to 65535, lowercase path components.
+/// `host[:port][/path]`, read by the registry adapter's parser like every registry setting.
+/// Compose puts the value in front of image names as written, so a scheme (which the parser
+/// allows, to choose the protocol) is refused here.
 fn is_valid_registry(value: &str) -> bool {
-    let (authority, path) = match value.split_once('/') {
-        Some((authority, path)) => (authority, Some(path)),
-        None => (value, None),
-    };
-    let (host, port) = match authority.split_once(':') {
-        Some((host, port)) => (host, Some(port)),
-        None => (authority, None),
-    };
-    let label_ok = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-    };
-    let port_ok = port.is_none_or(|port| {
-        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0)
-    });
-    let component_ok = |component: &str| {
-        component.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && component.chars().last().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && component.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-    };
-    host.len() <= 253
-        && host.split('.').all(label_ok)
-        && port_ok
-        && path.is_none_or(|path| path.split('/').all(component_ok))
+    !value.contains("://") && crate::adapters::registry::RegistryAddress::parse(value).is_ok()
 }
 
 /// Whether a secret's value is one of the stand-ins people leave in templates.
@@ -279,18 +275,85 @@ pub fn report(file: &Path, problems: &[Problem]) -> String {
 // ---------------------------------------------------------------------------------------------
 // inputs
 
-/// DIR/.env.example, parsed, with its annotations.
-pub fn read_spec(dir: &Path) -> Result<(DotEnv, Vec<VarSpec>)> {
+/// The templates a deployment directory may hold, in order of preference: ours, the name the
+/// published deployment guide uses, and a common third.
+pub const TEMPLATES: [&str; 3] = [".env.example", ".env.production.example", ".env.template"];
+
+/// What the deployment directory says `.env` should hold.
+pub struct Template {
+    /// The template, parsed.
+    pub file: DotEnv,
+    /// Its variables, then those only the compose file reads, with what both say of them.
+    pub specs: Vec<VarSpec>,
+    /// The compose file whose interpolations were read, when the directory has one.
+    pub compose_file: Option<PathBuf>,
+}
+
+impl Template {
+    /// The template's file name, as messages name it.
+    pub fn name(&self) -> String {
+        file_name(self.file.path())
+    }
+
+    /// What the specs were read from: the template, and the compose file when there is one.
+    pub fn sources(&self) -> String {
+        match &self.compose_file {
+            Some(compose) => format!("{} and {}", self.name(), file_name(compose)),
+            None => self.name(),
+        }
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned())
+}
+
+/// DIR's template (the first of [`TEMPLATES`]) and compose file, read and merged.
+pub fn read_template(dir: &Path) -> Result<Template> {
     if !dir.is_dir() {
         bail!("the deployment directory {} does not exist (pass --dir DIR)", dir.display());
     }
-    let path = dir.join(".env.example");
-    if !path.exists() {
-        bail!("{} does not exist: the deployment directory needs the template .env.example", path.display());
+    let Some(path) = TEMPLATES.iter().map(|name| dir.join(name)).find(|path| path.is_file()) else {
+        bail!(
+            "{} holds no .env template ({}): copy the repository's docker/.env.example there",
+            dir.display(),
+            TEMPLATES.join(", ")
+        );
+    };
+    let file = DotEnv::read(&path)?;
+    let mut specs = dotenv::parse_spec(&file)?;
+    let compose_file = find_compose_file(dir);
+    if let Some(compose) = &compose_file {
+        let text = std::fs::read_to_string(compose).with_context(|| format!("cannot read {}", compose.display()))?;
+        merge_compose(&mut specs, &compose_vars::scan(&text));
     }
-    let example = DotEnv::read(&path)?;
-    let specs = dotenv::parse_spec(&example)?;
-    Ok((example, specs))
+    Ok(Template { file, specs, compose_file })
+}
+
+/// Adds what the compose file says to the template's specs: a variable compose requires, or one
+/// the template lists that compose reads without a default, is required; the services reading
+/// it; and the variables compose requires that the template lacks. A variable only the compose
+/// file reads plainly (`${HOME}`) stays optional: compose may well get it from the environment.
+fn merge_compose(specs: &mut Vec<VarSpec>, vars: &[ComposeVar]) {
+    for var in vars {
+        match specs.iter_mut().find(|spec| spec.name == var.name) {
+            Some(spec) => {
+                spec.required |= var.required || var.default.is_none();
+                spec.services = var.services.clone();
+            }
+            None => specs.push(VarSpec {
+                name: var.name.clone(),
+                required: var.required,
+                kind: VarType::String,
+                secret: dotenv::is_secret_name(&var.name),
+                description: String::new(),
+                example: String::new(),
+                default: var.default.clone().unwrap_or_default(),
+                lines: Vec::new(),
+                services: var.services.clone(),
+            }),
+        }
+    }
 }
 
 pub fn file_mode(path: &Path) -> Result<u32> {
@@ -383,12 +446,12 @@ mod tests {
         for (key, value) in changes {
             env.set(key, value).unwrap();
         }
-        check(&env, &specs(), mode, tracked)
+        check(&env, &specs(), ".env.example", mode, tracked)
     }
 
     #[test]
     fn a_complete_file_passes() {
-        assert_eq!(check(&good(), &specs(), 0o100600, false), []);
+        assert_eq!(check(&good(), &specs(), ".env.example", 0o100600, false), []);
     }
 
     #[test]
@@ -414,12 +477,28 @@ mod tests {
             (&[("JWT_SECRET", CANARY)], 0o600, false, "JWT_SECRET is shorter than 32 characters"),
             (&[("JWT_SECRET", "canary-0123456789abcdef012345")], 0o600, false, "shorter than 32"),
             (&[("POSTGRES_PASSWORD", "canary-short")], 0o600, false, "POSTGRES_PASSWORD is shorter than 16"),
-            (&[("POSTGRES_PASSWORD", "changeme")], 0o600, false, "POSTGRES_PASSWORD is a placeholder"),
+            (
+                &[("POSTGRES_PASSWORD", "changeme")],
+                0o600,
+                false,
+                "POSTGRES_PASSWORD is still the template's placeholder",
+            ),
             (&[("POSTGRES_PASSWORD", "Password123")], 0o600, false, "is a placeholder"),
             (&[("JWT_SECRET", "<your jwt secret goes here, canary>")], 0o600, false, "JWT_SECRET is a placeholder"),
-            (&[("JWT_SECRET", "your_jwt_secret_canary_0123456789abc")], 0o600, false, "is a placeholder"),
+            (
+                &[("JWT_SECRET", "your_jwt_secret_canary_0123456789abc")],
+                0o600,
+                false,
+                "still the template's placeholder",
+            ),
             (&[("JWT_SECRET", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx")], 0o600, false, "is a placeholder"),
-            (&[("JWT_SECRET", "change_me_canary_0123456789abcdef")], 0o600, false, "is a placeholder"),
+            (&[("JWT_SECRET", "change_me_canary_0123456789abcdef")], 0o600, false, "still the template's placeholder"),
+            (
+                &[("NEXUS_REGISTRY", "your.nexus.registry.com")],
+                0o600,
+                false,
+                "NEXUS_REGISTRY is still the template's placeholder \"your.nexus.registry.com\": set the real value",
+            ),
             (&[("OPENAI_API_KEY", "sk-...")], 0o600, false, "OPENAI_API_KEY is a placeholder"),
             (&[("OPENAI_API_KEY", "")], 0o600, false, "no LLM provider key"),
             (&[], 0o644, false, "readable or writable by group or others (mode 644)"),
@@ -444,7 +523,7 @@ mod tests {
     #[test]
     fn a_missing_required_variable_is_an_error_and_all_problems_come_together() {
         let env = DotEnv::parse(Path::new("d/.env"), "UNKNOWN=1\nFRONTEND_PORT=http\n").unwrap();
-        let problems = check(&env, &specs(), 0o644, true);
+        let problems = check(&env, &specs(), ".env.example", 0o644, true);
         let shown = report(Path::new("d/.env"), &problems);
         for expected in [
             "NEXUS_REGISTRY is missing but required (Registry); example: nexus.example.com:8082",
@@ -466,12 +545,65 @@ mod tests {
     }
 
     #[test]
-    fn optional_secrets_and_values_only_warn_where_unsure() {
-        let problems =
-            problems_of(&[("NEXUS_PASSWORD", "canary-1"), ("NEXUS_REGISTRY", "nexus.example.com:8082")], 0o600, false);
-        assert!(problems.iter().all(|problem| problem.level == Level::Warning), "{problems:#?}");
-        assert_eq!(problems.len(), 2, "{problems:#?}");
+    fn a_short_optional_secret_only_warns() {
+        let problems = problems_of(&[("NEXUS_PASSWORD", "canary-1")], 0o600, false);
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert_eq!(problems[0].level, Level::Warning);
+        assert!(problems[0].message.contains("NEXUS_PASSWORD is shorter than 16 characters"), "{problems:#?}");
         assert!(!report(Path::new("d/.env"), &problems).contains(CANARY));
+    }
+
+    /// A plain template laid out as the published `.env.production.example`, and a compose file
+    /// reading its variables the published way.
+    const PLAIN_TEMPLATE: &str = "\
+# Deployment (REQUIRED)
+NEXUS_REGISTRY=your.nexus.registry.com
+IMAGE_TAG=latest
+
+# Database Configuration (REQUIRED)
+POSTGRES_PASSWORD=your_secure_password_here
+JWT_SECRET=your_secure_jwt_secret_here
+JWT_ISSUER=EXAMPLE
+
+# LLM keys (at least one)
+OPENAI_API_KEY=
+";
+    const PLAIN_COMPOSE: &str = "\
+services:
+  backend:
+    image: ${NEXUS_REGISTRY}/intric/backend:${IMAGE_TAG:-latest}
+    environment:
+      POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:-postgres}
+      JWT_SECRET: ${JWT_SECRET}
+      JWT_ISSUER: ${JWT_ISSUER:-INTRIC}
+      REDIS_HOST: ${REDIS_HOST:?set REDIS_HOST}
+      HOME_DIR: ${HOME}
+";
+
+    #[test]
+    fn a_plain_template_and_its_compose_file_say_what_is_required() {
+        let mut specs =
+            dotenv::parse_spec(&DotEnv::parse(Path::new(".env.production.example"), PLAIN_TEMPLATE).unwrap()).unwrap();
+        merge_compose(&mut specs, &compose_vars::scan(PLAIN_COMPOSE));
+        let required: Vec<&str> = specs.iter().filter(|s| s.required).map(|s| s.name.as_str()).collect();
+        assert_eq!(required, ["NEXUS_REGISTRY", "JWT_SECRET", "REDIS_HOST"], "plain ${{VAR}} of the template, and :?");
+        assert!(!specs.iter().any(|s| s.name == "HOME" && s.required), "compose's own plain reads stay optional");
+
+        let mut env = DotEnv::parse(Path::new("d/.env"), PLAIN_TEMPLATE).unwrap();
+        env.set("POSTGRES_PASSWORD", "0123456789abcdef0123456789abcdef").unwrap();
+        env.set("JWT_SECRET", "").unwrap();
+        let problems = check(&env, &specs, ".env.production.example", 0o600, false);
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "error: NEXUS_REGISTRY is still the template's placeholder \"your.nexus.registry.com\": set the real value",
+                "error: JWT_SECRET is empty but required (read by backend); `cargo xtask env init` generates it",
+                "error: JWT_ISSUER is still the template's placeholder \"EXAMPLE\": set the real value",
+                "error: REDIS_HOST is missing but required (read by backend)",
+                "error: no LLM provider key: set at least one of OPENAI_API_KEY, ANTHROPIC_API_KEY, AZURE_API_KEY, MISTRAL_API_KEY",
+            ]
+        );
     }
 
     #[test]
@@ -481,7 +613,7 @@ mod tests {
         spec.last_mut().unwrap().name = "SENTRY_DSN".into();
         let mut env = good();
         env.set("SENTRY_DSN", "canary-not-a-url-0123456789").unwrap();
-        let problems = check(&env, &spec, 0o600, false);
+        let problems = check(&env, &spec, ".env.example", 0o600, false);
         assert_eq!(problems.len(), 1, "{problems:#?}");
         assert!(problems[0].message.contains("SENTRY_DSN is not an http:// or https:// URL"), "{problems:#?}");
         assert!(!problems[0].message.contains(CANARY));

@@ -379,6 +379,7 @@ mod tests {
             dir: dir.to_path_buf(),
             file: dir.join("docker-compose.yml"),
             project: Some("ops-test".into()),
+            name: "intric".into(),
             isolated: vec!["IMAGE_TAG".into(), "POSTGRES_PASSWORD".into()],
             database: Database { user: "intric".into(), name: "intric".into() },
             images: Vec::new(),

@@ -158,6 +158,7 @@ mod tests {
             dir: "/srv/intric".into(),
             file: "/srv/intric/docker-compose.yml".into(),
             project: None,
+            name: "intric".into(),
             isolated: vec![],
             database: crate::adapters::compose::Database { user: "postgres".into(), name: "intric".into() },
             images: Vec::new(),

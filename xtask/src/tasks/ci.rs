@@ -260,6 +260,7 @@ fn release_stage(args: &CiArgs, repo: &Path, report: &TagReport, env: &Env) -> R
         build: true,
         execute: !args.dry_run,
         push_tag: false,
+        skip_immutable_floating: false,
         quiet: false,
     };
     let outcome = release::release(&options, env)?;
@@ -461,6 +462,7 @@ mod tests {
             commits_since_release: 1,
             ci: CiContext::detect(&env).unwrap(),
             image_tag: None,
+            origin: None,
         };
         stage_for(tags::compute(&inputs, StageChoice::Auto).unwrap().stage)
     }

@@ -5,7 +5,14 @@
 //! Checks: engine ≥ 20.10 and compose ≥ 2 (fail), BuildKit and git (warn: only building needs
 //! them), memory and free disk against the deployment guide (fail below the minimum of 2 GB RAM
 //! and 10 GB disk, warn below the recommended 4 GB and 50 GB), the registry of `.env` reachable
-//! with the login this machine has (fail), and `env check` (fail on errors, warn on warnings).
+//! with the login this machine has (fail), `env check` (fail on errors, warn on warnings), and
+//! for each service with a healthcheck whether its command exists in the service's image (fail:
+//! such a healthcheck never passes, and `deploy` would wait minutes for it).
+//!
+//! The healthcheck probe runs no shell and nothing of the image: it creates a container that is
+//! never started (`docker create`, pulling the image if needed), copies the command's file out of
+//! it (`docker cp CONTAINER:FILE -`, trying each directory of the image's PATH; the tar stream is
+//! read and dropped), and removes the container. `CMD-SHELL` checks need `/bin/sh` and the command's first word.
 //!
 //! Memory is the engine host's (`docker info`), so it is right for a remote `DOCKER_HOST` too;
 //! free disk is measured where it can be from here: the deployment directory, and the engine's
@@ -13,6 +20,8 @@
 
 use std::fmt;
 use std::path::Path;
+
+use serde_json::Value;
 
 use anyhow::{Result, bail};
 use clap::Args;
@@ -216,7 +225,7 @@ pub fn run(args: DoctorArgs) -> Result<()> {
             });
             checks.push(match env_check::check_dir(&deployment.dir) {
                 Err(error) => check("env check", Verdict::Fail, "unreadable", format!("{error:#}")),
-                Ok((_, problems)) => {
+                Ok((_, _, problems)) => {
                     let errors = problems.iter().filter(|p| p.level == Level::Error).count();
                     let warnings = problems.len() - errors;
                     let first = problems.first().map(|p| p.message.clone()).unwrap_or_default();
@@ -232,6 +241,8 @@ pub fn run(args: DoctorArgs) -> Result<()> {
                     check("env check", verdict, found, fix)
                 }
             });
+
+            checks.extend(healthcheck_checks(&deployment, &runner));
         }
     }
 
@@ -242,6 +253,141 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         bail!("{} check(s) failed ({}): see the fixes above", failed.len(), failed.join(", "));
     }
     Ok(())
+}
+
+/// The PATH of an image without one of its own: docker's default.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Words of `CMD-SHELL` commands the shell itself runs, which need no file in the image.
+const SHELL_BUILTINS: [&str; 8] = ["exit", "true", "false", "test", "[", ":", "cd", "!"];
+
+/// One service's healthcheck: what it runs, and the programs that must be in the image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Healthcheck {
+    pub service: String,
+    pub image: String,
+    /// The command as an operator reads it.
+    pub command: String,
+    pub programs: Vec<String>,
+}
+
+/// The healthchecks of `docker compose config --format json`, in service order; disabled ones
+/// (`NONE`, `disable: true`) and services without an image are left out.
+pub fn healthchecks(config: &Value) -> Vec<Healthcheck> {
+    let Some(services) = config["services"].as_object() else { return Vec::new() };
+    let mut found = Vec::new();
+    for (service, definition) in services {
+        let healthcheck = &definition["healthcheck"];
+        let (Some(test), Some(image)) = (healthcheck["test"].as_array(), definition["image"].as_str()) else {
+            continue;
+        };
+        if healthcheck["disable"].as_bool() == Some(true) {
+            continue;
+        }
+        let words: Vec<&str> = test.iter().filter_map(Value::as_str).collect();
+        let (command, programs) = match words.as_slice() {
+            ["CMD", program, ..] => (words[1..].join(" "), vec![program.to_string()]),
+            ["CMD-SHELL", script] => {
+                let first = script
+                    .split_whitespace()
+                    .find(|word| !word.contains('='))
+                    .filter(|word| !SHELL_BUILTINS.contains(word) && !word.starts_with('$'));
+                let programs = ["/bin/sh"].into_iter().chain(first).map(str::to_string).collect();
+                (script.to_string(), programs)
+            }
+            _ => continue,
+        };
+        found.push(Healthcheck { service: service.clone(), image: image.to_string(), command, programs });
+    }
+    found
+}
+
+/// Where `program` may be in an image whose PATH is `path`.
+pub fn candidates(program: &str, path: &str) -> Vec<String> {
+    if program.contains('/') {
+        return vec![program.to_string()];
+    }
+    path.split(':')
+        .filter(|dir| dir.starts_with('/'))
+        .map(|dir| format!("{}/{program}", dir.trim_end_matches('/')))
+        .collect()
+}
+
+/// The image's PATH, from `docker image inspect`'s `Config.Env`.
+fn image_path(runner: &dyn Runner, program: &str, image: &str) -> String {
+    let inspect = runner.read(&docker::image_inspect_command(program, &[image])).unwrap_or_default();
+    let config: Value = serde_json::from_str(&inspect).unwrap_or_default();
+    config[0]["Config"]["Env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find_map(|entry| entry.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
+        .to_string()
+}
+
+/// The programs of `healthcheck` missing from its image; an error when the image cannot be
+/// looked into at all.
+fn missing_programs(runner: &dyn Runner, docker: &str, healthcheck: &Healthcheck) -> Result<Vec<String>> {
+    let image = &healthcheck.image;
+    let create = Command::new(docker).args(["create", "--entrypoint", "/xtask-doctor-never-started"]).arg(image);
+    let container = runner.read(&create)?.lines().last().unwrap_or_default().trim().to_string();
+    let path = image_path(runner, docker, image);
+    let missing = healthcheck
+        .programs
+        .iter()
+        .filter(|program| {
+            !candidates(program, &path).iter().any(|candidate| {
+                let copy = Command::new(docker).arg("cp").arg(format!("{container}:{candidate}")).arg("-");
+                runner.read(&copy).is_ok()
+            })
+        })
+        .cloned()
+        .collect();
+    // The container was never started; removing it can only fail if it is gone already.
+    let _ = runner.read(&Command::new(docker).args(["rm", "--force"]).arg(&container));
+    Ok(missing)
+}
+
+/// One doctor line per healthcheck of the deployment's compose file.
+fn healthcheck_checks(deployment: &Deployment, runner: &dyn Runner) -> Vec<Check> {
+    let compose = &deployment.compose;
+    let config = runner.read(&compose.command(["config", "--format", "json"])).ok();
+    let Some(config) = config.and_then(|text| serde_json::from_str::<Value>(&text).ok()) else {
+        return vec![check("healthchecks", Verdict::Warn, "unknown", "compose cannot print the configuration")];
+    };
+    healthchecks(&config)
+        .iter()
+        .map(|healthcheck| judge_healthcheck(healthcheck, missing_programs(runner, &compose.program, healthcheck)))
+        .collect()
+}
+
+/// The line for one healthcheck, from the programs found missing in its image.
+pub fn judge_healthcheck(healthcheck: &Healthcheck, missing: Result<Vec<String>>) -> Check {
+    let Healthcheck { service, image, command, .. } = healthcheck;
+    let name = format!("healthcheck {service}");
+    match missing {
+        Err(error) => check(
+            &name,
+            Verdict::Warn,
+            "not checked",
+            format!("cannot look into {image} ({error:#}): pull it, then run doctor again"),
+        ),
+        Ok(missing) if missing.is_empty() => {
+            check(&name, Verdict::Ok, format!("{} in {image}", healthcheck.programs.join(", ")), "")
+        }
+        Ok(missing) => check(
+            &name,
+            Verdict::Fail,
+            format!("{} not in {image}", missing.join(", ")),
+            format!(
+                "the healthcheck `{command}` of {service} can never pass in {image}: \
+                 change the healthcheck in the compose file or add {} to the image",
+                missing.join(", ")
+            ),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -270,6 +416,79 @@ mod tests {
         assert_eq!(judge_size("d", Some(9 * GB), DISK, "f").found, "9.0 GB (minimum 10.0 GB)");
         assert_eq!(judge_size("d", None, DISK, "f").verdict, Verdict::Warn);
         assert_eq!(meminfo_total("MemTotal:       16318480 kB\nMemFree: 1 kB\n"), Some(16_710_123_520));
+    }
+
+    #[test]
+    fn healthchecks_and_the_programs_they_need() {
+        let config = serde_json::json!({"services": {
+            "frontend": {"image": "n/intric/frontend:1", "healthcheck": {"test": ["CMD", "wget", "--spider", "http://localhost:3000"]}},
+            "db": {"image": "pg", "healthcheck": {"test": ["CMD-SHELL", "PGUSER=x pg_isready -q || exit 1"]}},
+            "shell": {"image": "s", "healthcheck": {"test": ["CMD-SHELL", "[ -f /ready ]"]}},
+            "off": {"image": "o", "healthcheck": {"test": ["NONE"]}},
+            "disabled": {"image": "d", "healthcheck": {"test": ["CMD", "x"], "disable": true}},
+            "worker": {"image": "w"},
+        }});
+        let found = healthchecks(&config);
+        let shown: Vec<(&str, &str, Vec<&str>)> = found
+            .iter()
+            .map(|h| (h.service.as_str(), h.command.as_str(), h.programs.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("db", "PGUSER=x pg_isready -q || exit 1", vec!["/bin/sh", "pg_isready"]),
+                ("frontend", "wget --spider http://localhost:3000", vec!["wget"]),
+                ("shell", "[ -f /ready ]", vec!["/bin/sh"]),
+            ]
+        );
+        assert_eq!(candidates("wget", "/usr/local/bin:/usr/bin/:relative"), ["/usr/local/bin/wget", "/usr/bin/wget"]);
+        assert_eq!(candidates("/opt/bin/probe", DEFAULT_PATH), ["/opt/bin/probe"]);
+    }
+
+    #[test]
+    fn a_missing_healthcheck_program_is_one_line_naming_service_command_and_image() {
+        let frontend = Healthcheck {
+            service: "frontend".into(),
+            image: "n/intric/frontend:1".into(),
+            command: "wget --spider http://localhost:3000".into(),
+            programs: vec!["wget".into()],
+        };
+        let line = judge_healthcheck(&frontend, Ok(vec!["wget".into()]));
+        assert_eq!((line.verdict, line.found.as_str()), (Verdict::Fail, "wget not in n/intric/frontend:1"));
+        assert!(
+            line.fix.starts_with("the healthcheck `wget --spider http://localhost:3000` of frontend can never pass in n/intric/frontend:1"),
+            "{}",
+            line.fix
+        );
+        assert_eq!(judge_healthcheck(&frontend, Ok(vec![])).verdict, Verdict::Ok);
+        assert_eq!(judge_healthcheck(&frontend, Err(anyhow::anyhow!("no such image"))).verdict, Verdict::Warn);
+    }
+
+    #[test]
+    fn the_probe_copies_each_candidate_and_removes_its_container() {
+        let runner = crate::plan::runner::Recording::replying(|shown| match shown {
+            _ if shown.starts_with("docker create") => Ok("c0ffee".into()),
+            _ if shown.starts_with("docker image inspect") => Ok(r#"[{"Config": {"Env": ["PATH=/a:/b"]}}]"#.into()),
+            _ if shown == "docker cp c0ffee:/b/present -" => Ok(String::new()),
+            _ if shown.starts_with("docker cp") => Err("Could not find the file".into()),
+            _ => Ok(String::new()),
+        });
+        let healthcheck = Healthcheck {
+            service: "s".into(),
+            image: "img".into(),
+            command: "present && absent".into(),
+            programs: vec!["present".into(), "absent".into()],
+        };
+        assert_eq!(missing_programs(&runner, "docker", &healthcheck).unwrap(), ["absent"]);
+        let ran = runner.executed();
+        assert_eq!(ran[0], "docker create --entrypoint /xtask-doctor-never-started img");
+        let copies: Vec<String> = ran
+            .iter()
+            .filter(|c| c.starts_with("docker cp"))
+            .map(|c| c.split(' ').nth(2).unwrap().to_string())
+            .collect();
+        assert_eq!(copies, ["c0ffee:/a/present", "c0ffee:/b/present", "c0ffee:/a/absent", "c0ffee:/b/absent"]);
+        assert_eq!(ran.last().unwrap(), "docker rm --force c0ffee");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! `cargo xtask env init | check`: the deployment's `.env`, written and validated against the
-//! annotations of `.env.example` beside it.
+//! template beside it (`.env.example`, `.env.production.example` or `.env.template`) and the
+//! compose file that reads it.
 //!
-//! - `init` reads `.env.example` and any existing `.env` once, plans the merged file (pure:
-//!   [`plan_init`]) and writes it atomically with mode 0600. Existing values always win; what
-//!   it generates are the empty required secrets, from the kernel's CSPRNG.
+//! - `init` reads the template, the compose file and any existing `.env` once, plans the merged
+//!   file (pure: [`plan_init`]) and writes it atomically with mode 0600. Existing values always
+//!   win; what it generates, from the kernel's CSPRNG, are the empty required secrets and, in a
+//!   new file, the secrets the template leaves at a placeholder (`your_secure_password_here`).
 //! - `check` prints every problem `stack::env_check` finds, secrets by name only.
 
 use std::collections::BTreeMap;
@@ -12,10 +14,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 
-use crate::adapters::dotenv::{self, DotEnv, VarSpec};
+use crate::adapters::dotenv::{self, DotEnv, is_template_placeholder};
 use crate::plan::runner::Processes;
 use crate::plan::{Command, FileContents, Plan, Secret, show_or_run};
-use crate::stack::env_check::{LLM_KEYS, Level, check_dir, deployment_dir, file_mode, has_llm_key, read_spec, report};
+use crate::stack::env_check::{
+    LLM_KEYS, Level, Template, check_dir, deployment_dir, file_mode, has_llm_key, read_template, report,
+};
 
 /// Random bytes per generated secret: 32 bytes, 64 hex characters, enough for HS256 keys and
 /// safe in any URL or shell without quoting.
@@ -23,17 +27,19 @@ const SECRET_BYTES: usize = 32;
 
 #[derive(Subcommand)]
 pub enum EnvCommand {
-    /// Write DIR/.env from DIR/.env.example, generating every empty required secret.
+    /// Write DIR/.env from DIR's template, generating every empty required secret.
     ///
-    /// Values already set in an existing .env are never changed; variables new in the example
-    /// are added with their comments. Running it again changes nothing. The file gets mode 0600.
+    /// The template is DIR/.env.example, else .env.production.example, else .env.template; the
+    /// compose file beside it says which variables are required. Values already set in an
+    /// existing .env are never changed; variables new in the template are added with their
+    /// comments. Running it again changes nothing. The file gets mode 0600.
     ///
     /// Example: cargo xtask env init --dir /srv/intric
     Init(InitArgs),
-    /// Check DIR/.env against the annotations in DIR/.env.example and list every problem.
+    /// Check DIR/.env against DIR's template and compose file and list every problem.
     ///
-    /// Required variables set, types right, secrets long and not placeholders, an LLM key, mode
-    /// 0600, not tracked by git. Secret values are never printed.
+    /// Required variables set, types right, no template placeholders left, secrets long, an LLM
+    /// key, mode 0600, not tracked by git. Secret values are never printed.
     ///
     /// Example: cargo xtask env check --dir /srv/intric
     Check(DirArgs),
@@ -41,7 +47,7 @@ pub enum EnvCommand {
 
 #[derive(Args)]
 pub struct DirArgs {
-    /// The deployment directory holding .env.example and .env [default: the repository's docker/].
+    /// The deployment directory holding the template and .env [default: the repository's docker/].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }
@@ -67,7 +73,8 @@ pub fn run(command: EnvCommand) -> Result<()> {
         }
         EnvCommand::Check(args) => {
             let dir = deployment_dir(args.dir);
-            let (env, problems) = check_dir(&dir)?;
+            let (template, env, problems) = check_dir(&dir)?;
+            println!("checked against {}", template.sources());
             print!("{}", report(env.path(), &problems));
             let errors = problems.iter().filter(|problem| problem.level == Level::Error).count();
             if errors > 0 {
@@ -84,16 +91,16 @@ pub fn run(command: EnvCommand) -> Result<()> {
 /// Everything `init` decides from, read once.
 struct InitInputs {
     env_path: PathBuf,
-    example: DotEnv,
-    specs: Vec<VarSpec>,
+    template: Template,
     /// The current `.env` and its permission bits, when there is one.
     existing: Option<(DotEnv, u32)>,
-    /// A fresh random value for every required secret; used only where the value is empty.
+    /// A fresh random value for every secret of the template; used only where [`plan_init`]
+    /// generates one.
     fresh: BTreeMap<String, Secret>,
 }
 
 fn read_init_inputs(dir: &Path) -> Result<InitInputs> {
-    let (example, specs) = read_spec(dir)?;
+    let template = read_template(dir)?;
     let env_path = dir.join(".env");
     let existing = if env_path.exists() {
         let env = DotEnv::read(&env_path)?;
@@ -102,10 +109,10 @@ fn read_init_inputs(dir: &Path) -> Result<InitInputs> {
         None
     };
     let mut fresh = BTreeMap::new();
-    for spec in specs.iter().filter(|spec| spec.required && spec.secret) {
+    for spec in template.specs.iter().filter(|spec| spec.secret && spec.in_template()) {
         fresh.insert(spec.name.clone(), Secret::new(&spec.name, dotenv::random_hex(SECRET_BYTES)?));
     }
-    Ok(InitInputs { env_path, example, specs, existing, fresh })
+    Ok(InitInputs { env_path, template, existing, fresh })
 }
 
 /// What `init` is about to do, and what it tells the operator.
@@ -115,42 +122,49 @@ struct InitOutcome {
     generated: Vec<String>,
     /// Variables added to an existing `.env` from the example.
     added: Vec<String>,
-    /// Required variables still empty, for the operator to fill in.
+    /// Required variables still empty and template placeholders left, for the operator to fill in.
     to_fill: Vec<String>,
     /// No `.env` existed.
     created: bool,
+    /// The template's file name, for the summary.
+    template: String,
 }
 
-/// Merges the example into the existing `.env` (or copies it): the existing file stays as it
+/// Merges the template into the existing `.env` (or copies it): the existing file stays as it
 /// is, byte for byte, except for variables it lacks (inserted after their predecessor in the
-/// example, with their annotation) and empty required secrets (filled in place).
+/// template, with their annotation) and empty required secrets (filled in place). In a new file
+/// the secrets the template leaves at a placeholder are generated too; in an existing one they
+/// are left for `env check` to report, since a running database may already use them.
 fn plan_init(inputs: &InitInputs) -> Result<InitOutcome> {
+    let specs = &inputs.template.specs;
     let (mut env, created) = match &inputs.existing {
         Some((existing, _)) => (existing.clone(), false),
-        None => (DotEnv::parse(&inputs.env_path, &inputs.example.render())?, true),
+        None => (DotEnv::parse(&inputs.env_path, &inputs.template.file.render())?, true),
     };
     let mut added = Vec::new();
     let mut generated = Vec::new();
     let mut previous: Option<&str> = None;
-    for spec in &inputs.specs {
+    for spec in specs.iter().filter(|spec| spec.in_template()) {
         if env.get(&spec.name).is_none() {
             let comments = &spec.lines[..spec.lines.len() - 1];
             env.insert_after(previous, comments, &spec.name, &spec.default)?;
             added.push(spec.name.clone());
         }
-        if env.get(&spec.name) == Some("")
-            && let Some(secret) = inputs.fresh.get(&spec.name)
-        {
+        let value = env.get(&spec.name).unwrap_or_default();
+        let wanted = (value.is_empty() && spec.required) || (created && is_template_placeholder(value));
+        if wanted && let Some(secret) = inputs.fresh.get(&spec.name) {
             env.set(&spec.name, secret.expose())?;
             generated.push(spec.name.clone());
         }
         previous = Some(&spec.name);
     }
 
-    let mut to_fill: Vec<String> = inputs
-        .specs
+    let mut to_fill: Vec<String> = specs
         .iter()
-        .filter(|spec| spec.required && env.get(&spec.name).is_none_or(str::is_empty))
+        .filter(|spec| {
+            let value = env.get(&spec.name).unwrap_or_default();
+            (spec.required && value.is_empty()) || is_template_placeholder(value)
+        })
         .map(|spec| spec.name.clone())
         .collect();
     if !has_llm_key(&env) {
@@ -167,7 +181,7 @@ fn plan_init(inputs: &InitInputs) -> Result<InitOutcome> {
         }
         _ => plan.write(&inputs.env_path, FileContents::Secret(Secret::new(".env", text)), 0o600),
     }
-    Ok(InitOutcome { plan, generated, added, to_fill, created })
+    Ok(InitOutcome { plan, generated, added, to_fill, created, template: inputs.template.name() })
 }
 
 impl InitOutcome {
@@ -178,7 +192,7 @@ impl InitOutcome {
         let mut text = if self.plan.steps.is_empty() {
             format!("{} is up to date\n", path.display())
         } else if self.created {
-            format!("{} {} (mode 600) from .env.example\n", word("created", "create"), path.display())
+            format!("{} {} (mode 600) from {}\n", word("created", "create"), path.display(), self.template)
         } else {
             format!("{} {} (mode 600); values already set are kept\n", word("updated", "update"), path.display())
         };
@@ -186,7 +200,7 @@ impl InitOutcome {
             text.push_str(&format!("{}: {}\n", word("generated", "generate"), self.generated.join(", ")));
         }
         if !self.added.is_empty() {
-            text.push_str(&format!("{} from .env.example: {}\n", word("added", "add"), self.added.join(", ")));
+            text.push_str(&format!("{} from {}: {}\n", word("added", "add"), self.template, self.added.join(", ")));
         }
         if !self.to_fill.is_empty() {
             text.push_str(&format!("fill in before deploying: {}\n", self.to_fill.join("; ")));
@@ -202,11 +216,11 @@ mod tests {
     use crate::stack::env_check::{TEST_CANARY as CANARY, TEST_EXAMPLE as EXAMPLE};
 
     fn inputs(existing: Option<&str>, mode: u32) -> InitInputs {
-        let example = DotEnv::parse(Path::new("d/.env.example"), EXAMPLE).unwrap();
-        let specs = dotenv::parse_spec(&example).unwrap();
+        let file = DotEnv::parse(Path::new("d/.env.example"), EXAMPLE).unwrap();
+        let specs = dotenv::parse_spec(&file).unwrap();
         let fresh = specs
             .iter()
-            .filter(|spec| spec.required && spec.secret)
+            .filter(|spec| spec.secret)
             .map(|spec| {
                 (
                     spec.name.clone(),
@@ -216,8 +230,7 @@ mod tests {
             .collect();
         InitInputs {
             env_path: "d/.env".into(),
-            example,
-            specs,
+            template: Template { file, specs, compose_file: None },
             existing: existing.map(|text| (DotEnv::parse(Path::new("d/.env"), text).unwrap(), mode)),
             fresh,
         }
@@ -285,5 +298,28 @@ mod tests {
         let complete = written(&plan_init(&inputs(None, 0)).unwrap()).unwrap();
         let outcome = plan_init(&inputs(Some(&complete), 0o100644)).unwrap();
         assert_eq!(outcome.plan.to_string(), "  1. chmod 600 d/.env\n");
+    }
+
+    #[test]
+    fn init_runs_exactly_what_it_shows() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        // A new file, then the mode of an existing one: a write, then a chmod.
+        let mut new = inputs(None, 0);
+        new.env_path = path.clone();
+        let outcome = plan_init(&new).unwrap();
+        let runner = crate::plan::runner::Recording::new();
+        crate::plan::TaskPlan::execute(&outcome.plan, &runner).unwrap();
+        assert!(runner.executed().is_empty(), "writing .env runs no command: {:?}", runner.executed());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), written(&outcome).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let mut loose = inputs(Some(&written(&outcome).unwrap()), 0o100644);
+        loose.env_path = path.clone();
+        let chmod = plan_init(&loose).unwrap();
+        let runner = crate::plan::runner::Recording::new();
+        crate::plan::TaskPlan::execute(&chmod.plan, &runner).unwrap();
+        runner.assert_ran_as_shown(&chmod.plan.to_string());
+        assert_eq!(runner.executed(), [format!("chmod 600 {}", path.display())]);
     }
 }

@@ -1,12 +1,15 @@
 //! `cargo xtask release`: promotes HEAD's tested images to a release version and tags the
-//! commit (the planning and promotion are `images::release`, shared with ci).
+//! commit (the planning and promotion are `images::release`, shared with ci). It prepares the
+//! release plan and shows it, or with `--execute` runs it, through `plan::show_or_run`.
 
 use anyhow::{Result, bail};
 use clap::Args;
 
 use crate::adapters::ci_env;
 use crate::images::location::Location;
-use crate::images::release::{Bump, Options, Requested, TagMode, release};
+use crate::images::release::{Bump, Options, Requested, TagMode, prepare};
+use crate::plan::runner::Processes;
+use crate::plan::show_or_run;
 
 /// Options of `cargo xtask release`.
 #[derive(Args)]
@@ -14,9 +17,16 @@ use crate::images::release::{Bump, Options, Requested, TagMode, release};
 A dry run unless --execute: it prints the git tag to create, the images to promote, the tags to add
 and the release notes. Refused, with every reason listed, unless: the version is valid semver and
 above every release of its X.Y line (a new line must be above every stable release; pre-releases of a
-version come before it, in order); neither git nor the registry has the version yet; the working tree
-is clean; HEAD is on the default branch or an --allow-branch; and the registry holds HEAD's images
-as sha-<12 hex> (pushed by the main stage), unless --build.
+version come before it, in order); git has no tag of the version yet, and the registry has it on no
+other image than HEAD's; the working tree is clean; HEAD is on the default branch or an
+--allow-branch; and the registry, which must answer, holds HEAD's images as sha-<12 hex> (pushed by
+the main stage), unless --build.
+
+--execute puts every image's version tag first, then the floating tags, then tags git. Tags already
+on HEAD's images are left alone, so a release cut off part-way is finished by running it again.
+Floating tags that must move from another image are checked first: where the repository does not
+allow redeploy (Nexus), the release is refused before any write, naming them, unless
+--skip-immutable-floating leaves them where they are.
 
 --bump starts from the highest release tag in git: major, minor and patch step the highest stable
 release (1.4.2 -> 2.0.0, 1.5.0, 1.4.3); rc continues the highest release if it is an rc
@@ -52,6 +62,10 @@ pub struct ReleaseArgs {
     /// Build and push HEAD's images first when the registry lacks them.
     #[arg(long)]
     pub build: bool,
+    /// Leave the floating tags (X.Y, X, latest) that the repository does not allow to move
+    /// (Nexus: redeploy disabled) where they are, instead of refusing the release.
+    #[arg(long)]
+    pub skip_immutable_floating: bool,
     /// Print the result (version, git tag, revision, images with digest and tags) as JSON.
     #[arg(long)]
     pub json: bool,
@@ -76,13 +90,21 @@ pub fn run(args: ReleaseArgs) -> Result<()> {
         build: args.build,
         execute: args.execute,
         push_tag: args.push_tag,
+        skip_immutable_floating: args.skip_immutable_floating,
         quiet: args.json,
     };
-    let outcome = release(&options, &env)?;
-    if args.json {
-        println!("{}", outcome.to_json());
-    } else if outcome.executed {
-        print!("{outcome}");
+    let runner = Processes::new();
+    let plan = prepare(&runner, &options, &env)?;
+    if args.json && !args.execute {
+        // Standard output is the JSON's alone, so the plan goes to standard error.
+        eprint!("{plan}");
+        println!("{}", plan.outcome(false).to_json());
+        return Ok(());
+    }
+    match show_or_run(&plan, !args.execute, &runner)? {
+        Some(outcome) if args.json => println!("{}", outcome.to_json()),
+        Some(outcome) => print!("{outcome}"),
+        None => {}
     }
     Ok(())
 }

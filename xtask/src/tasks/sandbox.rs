@@ -17,6 +17,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use crate::adapters::docker::{BuildSpec, Docker};
 use crate::adapters::dotenv::{DotEnv, random_hex};
+use crate::adapters::registry::{Credentials, Registry, RegistryAddress};
 use crate::images::{BASE_IMAGES, BaseImage};
 use crate::plan::runner::{Processes, Runner};
 use crate::plan::{Command, FileContents, Plan, Secret, Step, shell_quote, show_or_run};
@@ -143,7 +144,7 @@ pub fn run(command: SandboxCommand) -> Result<()> {
             // instead of racing it for the container's name.
             let _machine_wide = (!args.dry_run).then(|| lock_machine(args.port)).transpose()?;
             let nexus_port = args.nexus.then(|| args.nexus_port.unwrap_or(args.port.saturating_add(1)));
-            let inputs = read_up_inputs(&runner, &paths, args.port, nexus_port)?;
+            let inputs = read_up_inputs(&runner, &paths, args.port, nexus_port, args.dry_run)?;
             let plan = plan_up(&inputs, &paths);
             show_or_run(&plan, args.dry_run, &runner)?;
             if !args.dry_run {
@@ -200,7 +201,11 @@ fn lock_machine(port: u16) -> Result<std::fs::File> {
 /// How to provide one base image that the engine doesn't have yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {
+    /// Pulled from Docker Hub (or its mirror), where that answers.
     Upstream,
+    /// Pulled back from the lab registry, which holds it from an earlier `up`.
+    LabRegistry,
+    /// Built from Debian packages (`docker/lab/`).
     StandIn,
 }
 
@@ -225,7 +230,13 @@ struct UpInputs {
     nexus: nexus::NexusInputs,
 }
 
-fn read_up_inputs(runner: &dyn Runner, paths: &LabPaths, port: u16, nexus_port: Option<u16>) -> Result<UpInputs> {
+fn read_up_inputs(
+    runner: &dyn Runner,
+    paths: &LabPaths,
+    port: u16,
+    nexus_port: Option<u16>,
+    dry_run: bool,
+) -> Result<UpInputs> {
     let docker = Docker::detect(runner)?;
     let registry = format!("127.0.0.1:{port}");
     // The registry container is one per machine, but every checkout has its own target/. The
@@ -264,12 +275,37 @@ fn read_up_inputs(runner: &dyn Runner, paths: &LabPaths, port: u16, nexus_port: 
     let all_images = std::iter::once(&REGISTRY_IMAGE).chain(BASE_IMAGES);
     let absent: Vec<&'static BaseImage> =
         all_images.filter(|image| !docker.image_exists(runner, &local_name(image))).collect();
+    // A base image the running lab registry holds from an earlier `up` is taken back from there:
+    // built again, a stand-in gets a new digest (apt lists, timestamps), which would silently
+    // invalidate every build cache keyed on it.
+    let in_lab_registry = |image: &BaseImage| {
+        let Ok(address) = RegistryAddress::parse(&registry) else { return false };
+        let password = Secret::new("NEXUS_PASSWORD", password.clone());
+        let credentials = Credentials { username: LAB_USER.to_string(), password };
+        let lab = Registry::impatient(address, Some(credentials), std::time::Duration::from_secs(2));
+        lab.manifest_digest(&format!("lab/{}", image.name), "lab").is_ok_and(|digest| digest.is_some())
+    };
+    let (kept, absent): (Vec<&'static BaseImage>, Vec<&'static BaseImage>) = absent
+        .into_iter()
+        .partition(|image| registry_running && !std::ptr::eq(*image, &REGISTRY_IMAGE) && in_lab_registry(image));
     // Probing upstream pulls the registry image, which `up` needs anyway; a machine without
-    // Docker Hub answers at once with a DNS or connection error.
-    let upstream_reachable =
-        !absent.is_empty() && runner.read(&docker.command().args(["pull", "--quiet", REGISTRY_IMAGE.upstream])).is_ok();
+    // Docker Hub answers at once with a DNS or connection error. A dry run changes nothing, so
+    // it does not probe: it shows the offline plan and says so.
+    let upstream_reachable = !absent.is_empty()
+        && !dry_run
+        && runner.read(&docker.command().args(["pull", "--quiet", REGISTRY_IMAGE.upstream])).is_ok();
+    if dry_run && !absent.is_empty() {
+        eprintln!(
+            "note: a dry run does not try Docker Hub; if it answers, `up` pulls {} instead of building stand-ins",
+            absent.iter().map(|image| image.upstream).collect::<Vec<_>>().join(", ")
+        );
+    }
     let source = if upstream_reachable { Source::Upstream } else { Source::StandIn };
-    let missing: Vec<_> = absent.into_iter().map(|image| (image, source)).collect();
+    let missing: Vec<_> = kept
+        .into_iter()
+        .map(|image| (image, Source::LabRegistry))
+        .chain(absent.into_iter().map(|image| (image, source)))
+        .collect();
     let debian_image_present = docker.image_exists(runner, DEBIAN_IMAGE);
 
     let needs_debootstrap = missing.iter().any(|(_, source)| *source == Source::StandIn) && !debian_image_present;
@@ -364,6 +400,11 @@ fn plan_up(inputs: &UpInputs, paths: &LabPaths) -> Plan {
             Source::Upstream => {
                 plan.run(docker.command().args(["pull", image.upstream]));
                 plan.run(docker.command().args(["tag", image.upstream, &local_name(image)]));
+            }
+            Source::LabRegistry => {
+                let remote = registry_name(image, &inputs.registry);
+                plan.run(docker.command().args(["pull", "--quiet", &remote]));
+                plan.run(docker.command().args(["tag", &remote, &local_name(image)]));
             }
             Source::StandIn => plan_stand_in(&mut plan, docker, paths, image),
         }
@@ -573,6 +614,38 @@ mod tests {
         let push = shown.find("push --quiet 127.0.0.1:5000/lab/postgres:lab").expect("push");
         assert!(run < login && login < push, "{shown}");
         assert!(!shown.contains("push --quiet 127.0.0.1:5000/lab/registry"), "the registry image is not pushed");
+    }
+
+    #[test]
+    fn up_runs_exactly_the_commands_it_shows() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let paths = LabPaths { dir: dir.path().to_path_buf() };
+        let missing =
+            std::iter::once(&REGISTRY_IMAGE).chain(BASE_IMAGES).map(|image| (image, Source::StandIn)).collect();
+        let plan = plan_up(&inputs(missing), &paths);
+        let runner = crate::plan::runner::Recording::new();
+        crate::plan::TaskPlan::execute(&plan, &runner).unwrap();
+        runner.assert_ran_as_shown(&plan.to_string());
+        let ran = runner.executed();
+        assert!(ran.iter().any(|command| command.starts_with("debootstrap ")), "{ran:?}");
+        assert!(ran.iter().any(|command| command.ends_with("push --quiet 127.0.0.1:5000/lab/redis:lab")), "{ran:?}");
+        let mode = std::fs::metadata(paths.env_file()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the lab's env file holds its password");
+    }
+
+    #[test]
+    fn base_images_the_lab_registry_holds_are_pulled_back_not_rebuilt() {
+        let mut inputs = inputs(BASE_IMAGES.iter().map(|image| (*image, Source::LabRegistry)).collect());
+        inputs.new_password = false;
+        inputs.registry_running = true;
+        inputs.registry_exists = true;
+        let shown = plan_up(&inputs, &paths()).to_string();
+        for absent in ["debootstrap", "docker build", "docker pull redis"] {
+            assert!(!shown.contains(absent), "{absent} in\n{shown}");
+        }
+        assert!(shown.contains("docker pull --quiet 127.0.0.1:5000/lab/python:lab\n"), "{shown}");
+        assert!(shown.contains("docker tag 127.0.0.1:5000/lab/python:lab intric-lab/python:lab"), "{shown}");
     }
 
     #[test]

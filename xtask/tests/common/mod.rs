@@ -1,10 +1,12 @@
 //! Helpers shared by the end-to-end test files (`e2e.rs`, `release_e2e.rs`): the xtask binary,
 //! the lab (`sandbox up` once per test binary, its variables), clean repository snapshots, a
-//! small client for the registry's HTTP API, and waiting.
+//! small client for the registry's HTTP API, a fake registry ([`fake_registry`]), and waiting.
 //!
 //! Each test binary compiles this module on its own and uses only part of it, hence the
 //! `dead_code` allowance: an unused helper in one binary is used by another.
 #![allow(dead_code)]
+
+pub mod fake_registry;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -233,16 +235,10 @@ impl LabRegistry {
     }
 }
 
+/// Standard base64, for Basic auth headers.
 pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, byte)| n | (u32::from(*byte) << (16 - 8 * i)));
-        for i in 0..4 {
-            out.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char } else { '=' });
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Waits until `check` returns `Some`, polling every half second for at most `seconds`.
