@@ -14,6 +14,8 @@ use std::fmt;
 
 use anyhow::{Result, bail};
 
+use crate::adapters::compose_vars::closing_brace;
+
 /// One instruction: its keyword in upper case, its text with continuations joined, and the
 /// line it starts on (1-based).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -359,20 +361,6 @@ pub fn substitute(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String
     }
     out.push_str(rest);
     out
-}
-
-/// Where the `}` that closes a `${` is, counting nested `${...}` in defaults.
-fn closing_brace(inner: &str) -> Option<usize> {
-    let mut depth = 0;
-    for (index, c) in inner.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' if depth == 0 => return Some(index),
-            '}' => depth -= 1,
-            _ => {}
-        }
-    }
-    None
 }
 
 /// One `${...}` expression, without the braces.
