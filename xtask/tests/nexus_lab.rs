@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{assert_success, base64, docker_available, serial, workspace, xtask};
+use common::{assert_success, base64, docker_available, docker_login, serial, workspace, xtask};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -252,20 +252,6 @@ fn skopeo_available() -> bool {
 
 fn docker(args: &[&str]) -> Output {
     common::run("docker", args, &workspace())
-}
-
-fn docker_login(host: &str) {
-    let lab = lab();
-    let mut child = Command::new("docker")
-        .args(["login", "--username", &lab["NEXUS_USERNAME"], "--password-stdin", host])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(lab["NEXUS_PASSWORD"].as_bytes()).unwrap();
-    assert_success(&child.wait_with_output().unwrap(), &format!("docker login {host}"));
 }
 
 /// An image in the engine holding one file of `size` pseudo-random bytes (the same ones for the

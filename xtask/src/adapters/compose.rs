@@ -59,6 +59,10 @@ pub struct Compose {
     pub isolated: Vec<String>,
     /// The `db` service's PostgreSQL user and database, as compose resolves them.
     pub database: Database,
+    /// The images the services run, as compose resolves them (registry and tag from `.env`),
+    /// each once: what a deploy needs from the registry (the published worker runs the backend
+    /// image, so that layout has no worker image).
+    pub images: Vec<String>,
 }
 
 /// The stack's PostgreSQL user and database name.
@@ -82,6 +86,22 @@ impl Database {
     }
 }
 
+/// The distinct `image:` of the services in `docker compose config --format json`, in the
+/// order compose prints them.
+pub fn service_images(config: &str) -> Result<Vec<String>> {
+    let config: serde_json::Value =
+        serde_json::from_str(config).context("`docker compose config --format json` printed no JSON")?;
+    let mut images: Vec<String> = Vec::new();
+    for service in config["services"].as_object().into_iter().flat_map(|services| services.values()) {
+        if let Some(image) = service["image"].as_str()
+            && !images.iter().any(|known| known == image)
+        {
+            images.push(image.to_string());
+        }
+    }
+    Ok(images)
+}
+
 /// The compose file in `dir`, by compose's own order of preference, if there is one.
 pub fn find_compose_file(dir: &Path) -> Option<PathBuf> {
     COMPOSE_FILES.iter().map(|name| dir.join(name)).find(|path| path.is_file())
@@ -103,6 +123,26 @@ pub fn compose_file(dir: &Path) -> Result<PathBuf> {
     })
 }
 
+/// `docker compose --file F config --no-interpolate --format json`: compose's own reading of a
+/// source file (the `build:` sections of `build` and `check`), with paths resolved and anchors
+/// merged but variables left as written, because the required variables of a deployment
+/// (`${JWT_SECRET:?...}`) are not set where images are built.
+pub fn source_config(program: &str, file: &Path) -> Command {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    Command::new(program)
+        .arg("compose")
+        .arg("--file")
+        .arg(file.display().to_string())
+        .arg("--project-directory")
+        .arg(dir.display().to_string())
+        .args(["config", "--no-interpolate", "--format", "json"])
+        .hint(format!(
+            "compose cannot read {}; `docker compose --file {} config` says why",
+            file.display(),
+            file.display()
+        ))
+}
+
 impl Compose {
     /// The project in `dir` (which must hold a compose file), isolated to the variables of `env`;
     /// `runner` reads compose's resolution of the file once.
@@ -121,6 +161,7 @@ impl Compose {
             name: String::new(),
             isolated: env.entries().map(|entry| entry.key.clone()).collect(),
             database: Database { user: String::new(), name: String::new() },
+            images: Vec::new(),
         };
         // Read without `--project`, so that `name` is compose's own choice, which `--project`
         // may then differ from (the adoption check of `deploy` compares the two).
@@ -128,6 +169,7 @@ impl Compose {
             .read(&compose.command(["config", "--format", "json"]))
             .with_context(|| format!("compose cannot read {}", compose.file.display()))?;
         compose.database = Database::from_config(&config)?;
+        compose.images = service_images(&config)?;
         compose.name = project_of_config(&config)?;
         compose.project = project;
         Ok(compose)
@@ -307,6 +349,7 @@ impl Compose {
             name: "intric".into(),
             isolated: vec!["IMAGE_TAG".into(), "POSTGRES_PASSWORD".into()],
             database: Database { user: "intric_user".into(), name: "intric".into() },
+            images: Vec::new(),
         }
     }
 }
@@ -333,6 +376,13 @@ pub fn is_valid_project_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_images_are_listed_once_each() {
+        let config = r#"{"services": {"backend": {"image": "r/intric/backend:1"}, "db-init": {"image": "r/intric/backend:1"},
+            "db": {"image": "pg"}, "builder-only": {"build": {}}}}"#;
+        assert_eq!(service_images(config).unwrap(), ["r/intric/backend:1", "pg"]);
+    }
 
     fn compose(project: Option<&str>) -> Compose {
         Compose::for_tests(project)

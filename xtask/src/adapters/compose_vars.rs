@@ -165,8 +165,9 @@ fn mentions(text: &str) -> Vec<Mention> {
     found
 }
 
-/// The index of the `}` closing a `${` whose body starts `text`.
-fn closing_brace(text: &str) -> Option<usize> {
+/// The index of the `}` closing a `${` whose body starts `text` (nested `${...}` in defaults
+/// counted); Dockerfile substitution uses it too.
+pub fn closing_brace(text: &str) -> Option<usize> {
     let mut depth = 0;
     for (index, c) in text.char_indices() {
         match c {

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 /// The version of the digest scheme, hashed first. Changing what goes into the digest (or how it
 /// is encoded) must change this tag, so that no digest of the old scheme can equal one of the new
 /// and wrongly skip a build.
-pub const DIGEST_SCHEME: &str = "intric-inputs-v1";
+pub const DIGEST_SCHEME: &str = "intric-inputs-v2";
 
 /// The `.dockerignore` patterns of one build, in file order.
 #[derive(Clone, Debug, Default)]
@@ -387,7 +387,9 @@ struct Entry {
 
 /// The SHA-256 of everything that decides an image, as 64 lowercase hex digits: the scheme tag,
 /// the content of `dockerfile` (inside `context` or not), the `--target` stage, the build args
-/// sorted by key (for a repeated key the last one wins, as with docker), and every directory, file
+/// sorted by key (for a repeated key the last one wins, as with docker), the digest of each base
+/// image the build pulls (`bases`: reference and digest, sorted; see `images::bases`, so that an
+/// updated base rebuilds), and every directory, file
 /// and symlink of `context` that the ignore file does not exclude, sorted by relative path (a file
 /// by its path, executable bit and content; a symlink by its target, never followed).
 ///
@@ -401,6 +403,7 @@ pub fn inputs_digest(
     dockerfile: &Path,
     target: Option<&str>,
     build_args: &[(String, String)],
+    bases: &[(String, String)],
 ) -> Result<String> {
     let ignore = DockerIgnore::for_build(context, dockerfile)?;
     let dockerfile = fs::read(dockerfile).with_context(|| format!("cannot read {}", dockerfile.display()))?;
@@ -432,6 +435,12 @@ pub fn inputs_digest(
     for (key, value) in build_args {
         field(&mut hasher, key.as_bytes());
         field(&mut hasher, value.as_bytes());
+    }
+    let bases: BTreeMap<&str, &str> = bases.iter().map(|(image, digest)| (image.as_str(), digest.as_str())).collect();
+    hasher.update((bases.len() as u64).to_le_bytes());
+    for (image, digest) in bases {
+        field(&mut hasher, image.as_bytes());
+        field(&mut hasher, digest.as_bytes());
     }
 
     // One buffer for every file: the context may hold thousands of small files.
@@ -658,6 +667,7 @@ mod tests {
         dockerfile: PathBuf,
         target: Option<String>,
         build_args: Vec<(String, String)>,
+        bases: Vec<(String, String)>,
     }
 
     impl Fixture {
@@ -674,6 +684,7 @@ mod tests {
                 dockerfile,
                 target: Some("app".to_string()),
                 build_args: vec![("VERSION".to_string(), "1.0".to_string())],
+                bases: vec![("lab/python:lab".to_string(), "sha256:1".to_string())],
             };
             fixture.write("src/main.py", "print('hello')\n");
             fixture.write("README.md", "# app\n");
@@ -687,7 +698,8 @@ mod tests {
         }
 
         fn digest(&self) -> String {
-            inputs_digest(&self.context, &self.dockerfile, self.target.as_deref(), &self.build_args).unwrap()
+            inputs_digest(&self.context, &self.dockerfile, self.target.as_deref(), &self.build_args, &self.bases)
+                .unwrap()
         }
     }
 
@@ -718,6 +730,8 @@ mod tests {
             ("no target", |f| f.target = None),
             ("a build arg value", |f| f.build_args[0].1 = "1.1".to_string()),
             ("a new build arg", |f| f.build_args.push(("REVISION".to_string(), "abc".to_string()))),
+            ("a base image's digest", |f| f.bases[0].1 = "sha256:2".to_string()),
+            ("another base image", |f| f.bases.push(("node:22".to_string(), "sha256:3".to_string()))),
             ("the ignore file", |f| f.write(".dockerignore", "README.md")),
         ];
         for (what, change) in changes {
@@ -848,7 +862,7 @@ mod tests {
     fn errors_name_the_file() {
         let fixture = Fixture::new("");
         fs::remove_file(&fixture.dockerfile).unwrap();
-        let error = inputs_digest(&fixture.context, &fixture.dockerfile, None, &[]).unwrap_err();
+        let error = inputs_digest(&fixture.context, &fixture.dockerfile, None, &[], &[]).unwrap_err();
         assert!(format!("{error:#}").contains(&fixture.dockerfile.display().to_string()), "{error:#}");
     }
 
@@ -887,13 +901,13 @@ mod tests {
             let dockerfile = context.join("Dockerfile");
             let args = [("PYTHON_IMAGE".to_string(), "python:3.12-slim".to_string())];
             let start = Instant::now();
-            let digest = inputs_digest(&context, &dockerfile, Some("runtime"), &args).unwrap();
+            let digest = inputs_digest(&context, &dockerfile, Some("runtime"), &args, &[]).unwrap();
             eprintln!("{service}: {digest} in {:.1?}", start.elapsed());
 
             let copy = tempfile::tempdir().unwrap();
             copy_tree(&context, copy.path());
             let copied =
-                || inputs_digest(copy.path(), &copy.path().join("Dockerfile"), Some("runtime"), &args).unwrap();
+                || inputs_digest(copy.path(), &copy.path().join("Dockerfile"), Some("runtime"), &args, &[]).unwrap();
             assert_eq!(copied(), digest, "a copy of {service} elsewhere hashes the same");
             for path in junk {
                 let path = copy.path().join(path);

@@ -4,7 +4,9 @@
 //!
 //! It uses the adapters and the plan layer, never the stack or a task.
 
+pub mod bases;
 pub mod build;
+pub mod dockerfile;
 pub mod inline_cache;
 pub mod inputs;
 pub mod location;

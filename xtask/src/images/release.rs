@@ -238,7 +238,7 @@ pub fn release(options: &Options, env: &Env) -> Result<ReleaseReport> {
 fn build_args(options: &Options, plan: &ReleasePlan) -> BuildArgs {
     BuildArgs {
         location: Location { repo: Some(options.repo.clone()), registry: Some(plan.registry.to_string()) },
-        services: plan.build.clone(),
+        services: plan.build.iter().map(|service| service.name().to_string()).collect(),
         push: true,
         dry_run: !options.execute,
         json: options.quiet,

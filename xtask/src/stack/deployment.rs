@@ -9,7 +9,6 @@ use clap::Args;
 use crate::adapters::compose::Compose;
 use crate::adapters::dotenv::DotEnv;
 use crate::adapters::registry::{Backoff, Credentials, Registry, RegistryAddress};
-use crate::images::Service;
 use crate::plan::Command;
 use crate::plan::runner::Runner;
 use crate::stack::env_check::{self, Level};
@@ -143,18 +142,29 @@ impl Deployment {
         Ok((address, found, false))
     }
 
-    /// Checks that `tag` exists in the registry for every image, before anything changes: a
-    /// cleanup policy may have deleted a tag that a rollback wants.
+    /// Checks that `tag` exists in the registry for every image of ours the services run (the
+    /// compose file says which), before anything changes: a cleanup policy may have deleted a
+    /// tag that a rollback wants.
     pub fn check_tag_exists(&self, tag: &str) -> Result<()> {
         if !crate::images::tags::is_valid_image_tag(tag) {
             bail!("{tag:?} is not an image tag ([A-Za-z0-9_][A-Za-z0-9_.-]*, at most 128 characters)");
         }
         let (address, credentials, _) = self.registry()?;
         let registry = Registry::new(address.clone(), credentials, Backoff::STANDARD);
+        let repositories = repositories_in(&self.compose.images, &address, self.env.get("IMAGE_TAG"));
+        if repositories.is_empty() {
+            bail!(
+                "{} runs no image from {address} tagged with IMAGE_TAG (NEXUS_REGISTRY and IMAGE_TAG in {}): its \
+                 images are {}",
+                self.compose.file.display(),
+                self.env_path().display(),
+                self.compose.images.join(", ")
+            );
+        }
         let mut missing = Vec::new();
-        for service in Service::ALL {
-            if registry.manifest_digest(&service.repository(), tag)?.is_none() {
-                missing.push(service.repository());
+        for repository in repositories {
+            if registry.manifest_digest(&repository, tag)?.is_none() {
+                missing.push(repository);
             }
         }
         if !missing.is_empty() {
@@ -248,9 +258,47 @@ pub fn engine_host(docker_host: Option<&str>) -> Option<String> {
     (!host.is_empty()).then(|| host.to_string())
 }
 
+/// The repositories below `address` that `images` (compose's resolved `image:` values) name
+/// with the deployed tag `current_tag`, each once: `127.0.0.1:5000/intric/backend:1.2` →
+/// `intric/backend`. Those are the images a new IMAGE_TAG changes; the others (the database's,
+/// Redis's, even a stand-in in the same registry) keep their own tags and are not checked.
+fn repositories_in(images: &[String], address: &RegistryAddress, current_tag: Option<&str>) -> Vec<String> {
+    let prefix = format!("{address}/");
+    let mut repositories: Vec<String> = Vec::new();
+    for image in images {
+        let Some(path) = image.strip_prefix(&prefix) else { continue };
+        let (repository, tag) = path.split_once(':').unwrap_or((path, "latest"));
+        let follows_image_tag = current_tag.is_none_or(|current| current == tag);
+        if follows_image_tag && !repository.is_empty() && !repositories.iter().any(|known| known == repository) {
+            repositories.push(repository.to_string());
+        }
+    }
+    repositories
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_repositories_to_check_are_those_of_the_registry_the_services_run() {
+        let address = RegistryAddress::parse("nexus.example:8082").unwrap();
+        let images: Vec<String> = [
+            "nexus.example:8082/intric/frontend:1.2",
+            "nexus.example:8082/intric/backend:1.2",
+            "nexus.example:8082/lab/postgres:lab",
+            "pgvector/pgvector:pg16",
+            "redis",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            repositories_in(&images, &address, Some("1.2")),
+            ["intric/frontend", "intric/backend"],
+            "the published layout: the worker and db-init run the backend image; the stand-in keeps its tag"
+        );
+        assert_eq!(repositories_in(&images, &address, None).len(), 3, "without IMAGE_TAG: all from the registry");
+    }
 
     #[test]
     fn another_project_beside_a_running_stack_is_refused() {

@@ -398,6 +398,7 @@ mod tests {
             name: "intric".into(),
             isolated: vec!["IMAGE_TAG".into(), "POSTGRES_PASSWORD".into()],
             database: Database { user: "intric".into(), name: "intric".into() },
+            images: Vec::new(),
         };
         Deployment { dir: dir.to_path_buf(), env, compose }
     }

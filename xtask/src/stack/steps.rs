@@ -223,6 +223,7 @@ mod tests {
             name: "intric".into(),
             isolated: vec![],
             database: crate::adapters::compose::Database { user: "postgres".into(), name: "intric".into() },
+            images: Vec::new(),
         }
     }
 

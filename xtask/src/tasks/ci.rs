@@ -30,7 +30,6 @@ use clap::{Args, ValueEnum};
 use sha2::{Digest, Sha256};
 
 use crate::adapters::ci_env::{self, CiContext, CiEvent, CiProvider, Env};
-use crate::images::Service;
 use crate::images::build::{self, BuildArgs, BuildPlan};
 use crate::images::location::Location;
 use crate::images::release::{self, Requested, TagMode};
@@ -119,7 +118,8 @@ pub fn checks_plan(repo: &Path) -> Plan {
 /// One image as the stage left it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageLine {
-    pub service: Service,
+    /// The compose service that builds the image.
+    pub service: String,
     /// `<registry>/intric/<service>` (without a registry: `intric/<service>`).
     pub image: String,
     /// The manifest digest when pushed, else the local image id.
@@ -233,7 +233,7 @@ impl TaskPlan for CiPlan {
             images: results
                 .iter()
                 .map(|result| ImageLine {
-                    service: result.service,
+                    service: result.service.clone(),
                     image: result.name.clone(),
                     digest: Some(result.digest.clone()),
                     tags: result.tags.clone(),
@@ -278,7 +278,7 @@ fn release_stage(args: &CiArgs, repo: &Path, report: &TagReport, env: &Env) -> R
             .images
             .iter()
             .map(|(service, image, digest, tags)| ImageLine {
-                service: *service,
+                service: service.name().to_string(),
                 image: image.clone(),
                 digest: digest.clone(),
                 tags: tags.clone(),
@@ -302,7 +302,7 @@ pub fn render_github_output(report: &CiReport) -> String {
     single("revision", &report.revision);
     single("image_tag", &report.image_tag);
     for image in &report.images {
-        single(&format!("{}_digest", image.service.name()), image.digest.as_deref().unwrap_or_default());
+        single(&format!("{}_digest", image.service), image.digest.as_deref().unwrap_or_default());
     }
     let images: Vec<String> = report
         .images
@@ -368,7 +368,8 @@ pub fn render_dotenv(report: &CiReport) -> String {
     line("IMAGE_TAG", &report.image_tag);
     line("IMAGE_TAGS", &report.tags.join(","));
     for image in &report.images {
-        let prefix = image.service.name().to_ascii_uppercase();
+        // A variable name: `db-init` → `DB_INIT`.
+        let prefix = image.service.to_ascii_uppercase().replace('-', "_");
         line(&format!("{prefix}_IMAGE"), &image.image);
         line(&format!("{prefix}_DIGEST"), image.digest.as_deref().unwrap_or_default());
     }
@@ -402,7 +403,7 @@ pub fn render_text(report: &CiReport) -> String {
         let _ = writeln!(
             out,
             "  {:<9} {}  {}",
-            image.service.name(),
+            image.service,
             image.digest.as_deref().unwrap_or("-"),
             image.tags.join(", ")
         );
@@ -537,9 +538,9 @@ mod tests {
     }
 
     fn report(stage: CiStage, pushed: bool) -> CiReport {
-        let image = |service: Service, digest: &str| ImageLine {
-            service,
-            image: format!("nexus:8082/intric/{}", service.name()),
+        let image = |service: &str, digest: &str| ImageLine {
+            service: service.to_string(),
+            image: format!("nexus:8082/intric/{service}"),
             digest: Some(digest.into()),
             tags: vec!["sha-0123456789ab".into(), "dev-latest".into()],
         };
@@ -549,11 +550,7 @@ mod tests {
             revision: REVISION.into(),
             image_tag: "sha-0123456789ab".into(),
             tags: vec!["sha-0123456789ab".into(), "dev-latest".into()],
-            images: vec![
-                image(Service::Backend, "sha256:b"),
-                image(Service::Worker, "sha256:w"),
-                image(Service::Frontend, "sha256:f"),
-            ],
+            images: vec![image("backend", "sha256:b"), image("worker", "sha256:w"), image("frontend", "sha256:f")],
             checks: vec![("cargo fmt --all --check".into(), 1.25), ("cargo test --workspace".into(), 60.0)],
             pushed,
         }

@@ -9,8 +9,9 @@
 pub mod fake_registry;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,20 @@ pub fn xtask(args: &[&str], env: &[(String, String)], dir: &Path) -> Output {
     }
     command.envs(env.iter().map(|(key, value)| (key, value)));
     command.output().unwrap()
+}
+
+/// `docker login` to `host` with the lab's credentials, the password on stdin.
+pub fn docker_login(host: &str) {
+    let lab = lab();
+    let mut child = Command::new("docker")
+        .args(["login", "--username", &lab["NEXUS_USERNAME"], "--password-stdin", host])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(lab["NEXUS_PASSWORD"].as_bytes()).unwrap();
+    assert_success(&child.wait_with_output().unwrap(), &format!("docker login {host}"));
 }
 
 pub fn assert_success(output: &Output, what: &str) {
