@@ -199,7 +199,7 @@ pub struct ImagePlan {
     pub bases: Vec<(String, Option<String>)>,
     pub tags: Vec<String>,
     pub inputs_digest: String,
-    pub action: Action,
+    pub action: ImageAction,
     /// The local engine's `image inspect` of the result, for its id and size, when it is not
     /// pushed (a pushed image's digest and size come from its manifest).
     pub describe: Option<Command>,
@@ -210,7 +210,7 @@ pub struct ImagePlan {
 // A plan holds three of these at most, so the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-pub enum Action {
+pub enum ImageAction {
     /// Build. When pushing with the classic client: push the first tag, then put the others on
     /// its manifest through the registry API, which costs one request per tag where another
     /// `docker push` would check every layer again. The `inputs-` tag comes last, so it only
@@ -644,14 +644,14 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
             let marker = inputs_tag(&digest);
             let action = if inputs.unchanged.contains(&image.name) {
                 if inputs.push {
-                    Action::RetagInRegistry(Retag {
+                    ImageAction::RetagInRegistry(Retag {
                         repository: image.repository.clone(),
                         from: marker.clone(),
                         to: tags.clone(),
                     })
                 } else {
                     let source = format!("{name}:{marker}");
-                    Action::RetagLocally(
+                    ImageAction::RetagLocally(
                         tags.iter()
                             .map(|tag| docker.command().args(["tag", &source, &format!("{name}:{tag}")]))
                             .collect(),
@@ -661,11 +661,11 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
                 plan_build(inputs, image, &name, &tags, &digest)
             };
             let unknown = match (&inputs.registry_unreachable, &action, inputs.push) {
-                (Some(_), Action::Build { .. }, true) => Some(format!(
+                (Some(_), ImageAction::Build { .. }, true) => Some(format!(
                     "registry unreachable: would build unless {name}:{marker} exists (then only tag it), \
                      without cache from the registry"
                 )),
-                (Some(_), Action::Build { .. }, false) => {
+                (Some(_), ImageAction::Build { .. }, false) => {
                     Some(format!("registry unreachable: would build without cache from {}", registry.unwrap_or("it")))
                 }
                 _ => None,
@@ -703,7 +703,7 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
     }
 }
 
-fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], digest: &str) -> Action {
+fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], digest: &str) -> ImageAction {
     let report = &inputs.report;
     let marker = inputs_tag(digest);
     let all_tags: Vec<String> =
@@ -761,7 +761,7 @@ fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], 
     // `buildcache` export may have been refused (ignore-error): keep `inline-cache` current.
     let cache_mark = inputs.push.then(|| CacheMark { repository: image.repository.clone(), from: tags[0].clone() });
     if !inputs.push || buildx_pushes {
-        return Action::Build { build, push: None, retag: None, cache_mark };
+        return ImageAction::Build { build, push: None, retag: None, cache_mark };
     }
     let first = &all_tags[0];
     let push = inputs.docker.command().args(["push", first]).hint(format!("pushing {first} failed"));
@@ -770,7 +770,7 @@ fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], 
         from: tags[0].clone(),
         to: tags[1..].iter().cloned().chain(std::iter::once(marker)).collect(),
     };
-    Action::Build { build, push: Some(push), retag: Some(retag), cache_mark }
+    ImageAction::Build { build, push: Some(push), retag: Some(retag), cache_mark }
 }
 
 impl fmt::Display for BuildPlan {
@@ -799,7 +799,7 @@ impl fmt::Display for BuildPlan {
                 writeln!(f, "  {unknown}")?;
             }
             match &image.action {
-                Action::Build { build, push, retag, cache_mark } => {
+                ImageAction::Build { build, push, retag, cache_mark } => {
                     writeln!(f, "  {build}")?;
                     if let Some(push) = push {
                         writeln!(f, "  {push}")?;
@@ -811,11 +811,11 @@ impl fmt::Display for BuildPlan {
                         cache_mark.show(f, registry)?;
                     }
                 }
-                Action::RetagInRegistry(retag) => {
+                ImageAction::RetagInRegistry(retag) => {
                     writeln!(f, "  unchanged: reuse {registry}/{}:{}", retag.repository, retag.from)?;
                     retag.show(f, registry)?;
                 }
-                Action::RetagLocally(commands) => {
+                ImageAction::RetagLocally(commands) => {
                     writeln!(f, "  unchanged: reuse the local image")?;
                     for command in commands {
                         writeln!(f, "  {command}")?;
@@ -832,7 +832,7 @@ impl fmt::Display for BuildPlan {
 
 /// How an image came to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum ImageOutcome {
     /// Built, with at least one step run.
     Built,
     /// Built, every step from BuildKit's cache.
@@ -841,12 +841,12 @@ pub enum Outcome {
     Skipped,
 }
 
-impl Outcome {
+impl ImageOutcome {
     fn name(self) -> &'static str {
         match self {
-            Outcome::Built => "built",
-            Outcome::Cached => "cached",
-            Outcome::Skipped => "skipped",
+            ImageOutcome::Built => "built",
+            ImageOutcome::Cached => "cached",
+            ImageOutcome::Skipped => "skipped",
         }
     }
 }
@@ -860,7 +860,7 @@ pub struct ImageResult {
     pub digest: String,
     pub size: Option<u64>,
     pub seconds: f64,
-    pub outcome: Outcome,
+    pub outcome: ImageOutcome,
     pub inputs_digest: String,
 }
 
@@ -1028,11 +1028,11 @@ fn perform(
     log_path: &Path,
     task: &TaskProgress,
     board: &Mutex<Board>,
-) -> Result<(Outcome, Option<Manifest>)> {
+) -> Result<(ImageOutcome, Option<Manifest>)> {
     let mut log = File::create(log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
     let registry = || registry.context("tagging in the registry needs a registry");
     match &image.action {
-        Action::Build { build, push, retag, cache_mark } => {
+        ImageAction::Build { build, push, retag, cache_mark } => {
             let steps = stream(runner, build, &mut log, log_path, task)?;
             if let Some(push) = push {
                 let registry = plan.registry.as_deref().unwrap_or_default();
@@ -1051,14 +1051,16 @@ fn perform(
                 cache_mark.run(registry()?, &manifest, &mut log, task)?;
                 pushed = Some(manifest);
             }
-            Ok((if steps.all_cached() { Outcome::Cached } else { Outcome::Built }, pushed))
+            Ok((if steps.all_cached() { ImageOutcome::Cached } else { ImageOutcome::Built }, pushed))
         }
-        Action::RetagInRegistry(retag) => Ok((Outcome::Skipped, Some(retag.run(registry()?, &mut log, task)?))),
-        Action::RetagLocally(commands) => {
+        ImageAction::RetagInRegistry(retag) => {
+            Ok((ImageOutcome::Skipped, Some(retag.run(registry()?, &mut log, task)?)))
+        }
+        ImageAction::RetagLocally(commands) => {
             for command in commands {
                 stream(runner, command, &mut log, log_path, task)?;
             }
-            Ok((Outcome::Skipped, None))
+            Ok((ImageOutcome::Skipped, None))
         }
     }
 }
@@ -1301,7 +1303,7 @@ pub(crate) mod tests {
 
     fn build_of<'a>(plan: &'a BuildPlan, service: &str) -> (&'a Command, &'a Option<Command>, &'a Option<Retag>) {
         match &plan.images.iter().find(|image| image.service == service).unwrap().action {
-            Action::Build { build, push, retag, .. } => (build, push, retag),
+            ImageAction::Build { build, push, retag, .. } => (build, push, retag),
             other => panic!("{service:?} is not built: {other:?}"),
         }
     }
@@ -1392,7 +1394,7 @@ pub(crate) mod tests {
     #[test]
     fn pushed_builds_with_inline_cache_may_move_the_inline_cache_tag() {
         let cache_mark = |plan: &BuildPlan| match &plan.images[0].action {
-            Action::Build { cache_mark, .. } => {
+            ImageAction::Build { cache_mark, .. } => {
                 cache_mark.as_ref().map(|mark| (mark.repository.clone(), mark.from.clone()))
             }
             other => panic!("not built: {other:?}"),
@@ -1436,7 +1438,7 @@ pub(crate) mod tests {
         pushing.unchanged.insert("frontend".to_string());
         let built = plan(&pushing);
         match &built.images[2].action {
-            Action::RetagInRegistry(Retag { repository, from, to }) => {
+            ImageAction::RetagInRegistry(Retag { repository, from, to }) => {
                 assert_eq!(repository, "intric/frontend");
                 assert_eq!(from, "inputs-cccccccccccccccccccccccc");
                 assert_eq!(to, &["sha-0123456789ab", "dev-latest", "qa"]);
@@ -1446,7 +1448,7 @@ pub(crate) mod tests {
         let mut local = inputs(Builder::Legacy, None, false);
         local.unchanged.insert("backend".to_string());
         match &plan(&local).images[0].action {
-            Action::RetagLocally(commands) => assert_eq!(
+            ImageAction::RetagLocally(commands) => assert_eq!(
                 commands[0].args,
                 ["tag", "intric/backend:inputs-aaaaaaaaaaaaaaaaaaaaaaaa", "intric/backend:sha-0123456789ab"]
             ),
@@ -1536,14 +1538,14 @@ pub(crate) mod tests {
                 "inspect frontend"
             ]
         );
-        let outcomes: Vec<(&str, Outcome, Option<u64>)> =
+        let outcomes: Vec<(&str, ImageOutcome, Option<u64>)> =
             results.iter().map(|result| (result.service.as_str(), result.outcome, result.size)).collect();
         assert_eq!(
             outcomes,
             [
-                ("backend", Outcome::Built, Some(1000)),
-                ("worker", Outcome::Built, Some(1000)),
-                ("frontend", Outcome::Skipped, Some(1000))
+                ("backend", ImageOutcome::Built, Some(1000)),
+                ("worker", ImageOutcome::Built, Some(1000)),
+                ("frontend", ImageOutcome::Skipped, Some(1000))
             ]
         );
         assert!(dir.path().join("logs/backend.log").exists(), "each image logs to its own file");
