@@ -89,6 +89,9 @@ fn every_template_runs_each_stage_with_secrets_cache_and_concurrency_control() {
     }
     let jenkins = read("ci/Jenkinsfile");
     assert!(jenkins.contains("disableConcurrentBuilds()"));
+    // Jenkins has no cache step: the target directory stays in the agent's workspace, where
+    // cargo rebuilds only the crates that a changed Cargo.lock changes.
+    assert!(jenkins.contains(r#"CARGO_TARGET_DIR = "${env.WORKSPACE}/target""#), "Jenkins keeps the target directory");
     assert!(jenkins.contains("usernamePassword(credentialsId:"));
     assert_eq!(jenkins.matches('{').count(), jenkins.matches('}').count(), "Jenkinsfile braces balance");
 }
@@ -107,8 +110,10 @@ fn github_workflow_is_valid_yaml_with_one_job_per_stage() {
         let cached = steps.iter().any(|step| {
             step["uses"].as_str().is_some_and(|uses| uses.starts_with("actions/cache@"))
                 && step["with"]["path"].as_str().is_some_and(|path| path.lines().any(|line| line.trim() == "target"))
+                // A new Cargo.lock gets a new cache (restored from the newest older one).
+                && step["with"]["key"].as_str().is_some_and(|key| key.contains("hashFiles('Cargo.lock')"))
         });
-        assert!(cached, "job {stage} caches the cargo target directory");
+        assert!(cached, "job {stage} caches the cargo target directory, keyed on Cargo.lock");
         let checkout =
             steps.iter().find(|step| step["uses"].as_str().is_some_and(|uses| uses.starts_with("actions/checkout@")));
         assert_eq!(checkout.unwrap()["with"]["fetch-depth"].as_i64(), Some(0), "{stage} fetches every tag");
@@ -128,6 +133,8 @@ fn gitlab_pipeline_is_valid_yaml_with_one_job_per_stage() {
     let base = &pipeline[".xtask"];
     let paths = base["cache"]["paths"].as_vec().unwrap();
     assert!(paths.iter().any(|path| path.as_str() == Some("target/")), "the target directory is cached");
+    let key_files = base["cache"]["key"]["files"].as_vec().expect("the cache key is computed from files");
+    assert_eq!(key_files.iter().filter_map(Yaml::as_str).collect::<Vec<_>>(), ["Cargo.lock"], "keyed on Cargo.lock");
     assert_eq!(base["artifacts"]["reports"]["dotenv"].as_str(), Some("xtask-ci.env"));
     for stage in ["pr", "main", "release"] {
         let job = &pipeline[stage];

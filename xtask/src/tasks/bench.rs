@@ -5,6 +5,8 @@
 //! `cargo run --release -p xtask -- bench tags`. Every process they time or prepare with (git,
 //! docker, the xtask binary itself) runs through the runner.
 
+mod compile;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -79,10 +81,54 @@ pub enum BenchCommand {
     /// with the zero-downtime replacement. Needs the lab: `eval "$(cargo xtask sandbox env)"`.
     #[command(after_help = "Examples:\n  eval \"$(cargo xtask sandbox env)\" && cargo xtask bench update")]
     Update,
+    /// Time a cold `cargo build -p xtask` against an empty crate with the same dependencies.
+    ///
+    /// Both sides build in fresh temporary target directories, offline and `--locked`, one after
+    /// the other: the xtask from this workspace, and a generated crate whose manifest has
+    /// xtask/Cargo.toml's dependency tables and the workspace's profiles, with the workspace's
+    /// Cargo.lock and .cargo/config.toml, and an empty `main`. The generated crate is named and
+    /// versioned like the xtask, so the lock file fits it unchanged and every version is the
+    /// same. The ratio is what our own code adds to what the dependencies cost; the goals are a
+    /// cold build of at most 40 s on two cores, and at most 1.5 times the dependencies alone.
+    /// Other builds on the machine slow both sides: the load average is shown beside each.
+    #[command(
+        after_help = "Examples:\n  cargo xtask bench compile\n  cargo xtask bench compile --runs 3 --jobs 2 --timings"
+    )]
+    Compile {
+        /// Cold builds of each side; the verdicts are on the medians.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// At most N compiler jobs at once (cargo's `-j`), e.g. 2 to stand for a two-core runner.
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Keep cargo's `--timings` report of every build (time per crate) in target/xtask/bench/compile/.
+        #[arg(long)]
+        timings: bool,
+    },
+    /// Time the inputs digest that `build` computes to skip unchanged images, against `sha256sum`.
+    ///
+    /// On the real build contexts (backend, frontend), and on a generated context (cached
+    /// under target/xtask/bench/) of --files files of --kib KiB each, where hashing dominates
+    /// and an unoptimised sha2 would show. `sha256sum` (coreutils, optimised C) reads and
+    /// hashes the same files in one process: the reference, not a goal.
+    #[command(after_help = "Examples:\n  cargo xtask bench digest\n  cargo xtask bench digest --files 200 --kib 1024")]
+    Digest {
+        /// Files in the generated context.
+        #[arg(long, default_value_t = 2000)]
+        files: usize,
+        /// Size of each generated file in KiB.
+        #[arg(long, default_value_t = 32)]
+        kib: usize,
+        /// Timed runs of each side.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
+        BenchCommand::Compile { runs, jobs, timings } => compile::bench_compile(runs, jobs, timings),
+        BenchCommand::Digest { files, kib, runs } => compile::bench_digest(files, kib, runs),
         BenchCommand::Tags { commits, tags, runs } => bench_tags(commits, tags, runs),
         BenchCommand::Build { runs } => bench_build(runs),
         BenchCommand::Release { runs } => bench_release(runs),
