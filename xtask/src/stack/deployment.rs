@@ -73,10 +73,14 @@ impl Deployment {
         if !env_path.is_file() {
             bail!("{} does not exist: run `cargo xtask env init --dir {}` first", env_path.display(), dir.display());
         }
-        let env = DotEnv::read(&env_path)?;
-        if check {
-            check_env(&dir, &env_path)?;
-        }
+        // With the check, `.env` is read once, by the check, and that reading is the one used.
+        let env = if check {
+            let (_, env, problems) = env_check::check_dir(&dir)?;
+            refuse_problems(&env_path, &problems)?;
+            env
+        } else {
+            DotEnv::read(&env_path)?
+        };
         let compose = Compose::open(&dir, args.project.clone(), &env, runner)?;
         if check {
             refuse_a_second_stack(&compose, runner)?;
@@ -204,12 +208,11 @@ impl Deployment {
     }
 }
 
-/// `env check` of the deployment directory `dir`: every problem is printed, and errors stop here.
-fn check_env(dir: &Path, path: &Path) -> Result<()> {
-    let (_, _, problems) = env_check::check_dir(dir)?;
+/// What `env check` found in `path`: every problem is printed, and errors stop here.
+fn refuse_problems(path: &Path, problems: &[env_check::Problem]) -> Result<()> {
     let errors: Vec<_> = problems.iter().filter(|problem| problem.level == Level::Error).collect();
     if !errors.is_empty() {
-        print!("{}", env_check::report(path, &problems));
+        print!("{}", env_check::report(path, problems));
         let more =
             if errors.len() > 1 { format!(" (and {} more, listed above)", errors.len() - 1) } else { String::new() };
         bail!(
@@ -218,7 +221,7 @@ fn check_env(dir: &Path, path: &Path) -> Result<()> {
             errors[0].message
         );
     }
-    for problem in &problems {
+    for problem in problems {
         eprintln!("{problem}");
     }
     Ok(())
