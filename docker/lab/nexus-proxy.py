@@ -139,14 +139,7 @@ def chunked_reader(stream, state):
             while stream.readline(1024) not in (b"\r\n", b"\n", b""):
                 pass  # trailers
             return
-        remaining = size
-        while remaining:
-            data = stream.read(min(remaining, CHUNK))
-            if not data:
-                raise ConnectionError("the client closed the connection in the middle of a chunked body")
-            remaining -= len(data)
-            state.count(inbound=len(data))
-            yield data
+        yield from length_reader(stream, size, state)
         stream.readline(1024)  # the CRLF after each chunk
 
 
