@@ -1,0 +1,146 @@
+//! The fast path on the lab: a pushed worker (a metadata-only stage on the backend) is derived
+//! from the backend's manifest in the registry, and is the image BuildKit's worker stage is.
+//!
+//! Runs on the real engine and the lab's authenticated registry (127.0.0.1:5000), in registry
+//! namespaces of its own: `fast-path-e2e-<pid>` (derived) and `fast-path-e2e-<pid>-buildkit`
+//! (BuildKit's worker, `--no-fast-path`). Starts no compose project and uses no host port; the
+//! containers it runs are `--rm`, and it removes the local tags it pulled or built. With `CI`
+//! set, a missing engine fails it.
+
+mod common;
+
+use serde_json::Value;
+
+use common::*;
+
+/// An image's manifest and config, read from the lab registry.
+struct Pushed {
+    manifest: Value,
+    config: Value,
+}
+
+fn pushed(registry: &LabRegistry, repository: &str, tag: &str) -> Pushed {
+    let manifest = registry.manifest(repository, tag);
+    let digest = manifest["config"]["digest"].as_str().unwrap();
+    let (status, body) = registry.get(&format!("/v2/{repository}/blobs/{digest}"), "*/*");
+    assert_eq!(status, 200, "config of {repository}:{tag}");
+    Pushed { manifest, config: serde_json::from_slice(&body).unwrap() }
+}
+
+/// Everything of a config that says what the image is and does, times aside.
+fn essentials(config: &Value) -> Value {
+    let settings = &config["config"];
+    let history: Vec<Value> = config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| serde_json::json!([entry["created_by"], entry["empty_layer"], entry["comment"]]))
+        .collect();
+    serde_json::json!({
+        "Env": settings["Env"],
+        "Cmd": settings["Cmd"],
+        "Entrypoint": settings["Entrypoint"],
+        "WorkingDir": settings["WorkingDir"],
+        "User": settings["User"],
+        "Labels": settings["Labels"],
+        "ExposedPorts": settings["ExposedPorts"],
+        "Healthcheck": settings["Healthcheck"],
+        "StopSignal": settings["StopSignal"],
+        "ArgsEscaped": settings["ArgsEscaped"],
+        "Volumes": settings["Volumes"],
+        "history": history,
+        "diff_ids": config["rootfs"]["diff_ids"],
+        "os": config["os"],
+        "architecture": config["architecture"],
+    })
+}
+
+#[test]
+fn the_derived_worker_is_buildkits_worker_stage_and_runs() {
+    let _serial = serial();
+    if !docker_available() {
+        return;
+    }
+    let env = lab_env();
+    let host = lab()["NEXUS_REGISTRY"].clone();
+    let repo = snapshot();
+    let namespace = format!("fast-path-e2e-{}", std::process::id());
+    let derived_registry = format!("{host}/{namespace}");
+    let buildkit_registry = format!("{host}/{namespace}-buildkit");
+
+    let (output, summary) = build(repo.path(), &["--push", "--registry", &derived_registry, "backend", "worker"], &env);
+    assert_success(&output, "build --push backend worker");
+    let summary = summary.unwrap();
+    assert_eq!(results(&summary)["worker"], "derived", "{summary}");
+    let worker_path = summary["images"].as_array().unwrap().iter().find(|image| image["service"] == "worker").unwrap()
+        ["path"]
+        .clone();
+    assert_eq!(worker_path, "derived from backend's manifest (metadata only)");
+
+    // BuildKit's own worker stage of the same commit, with the backend stage from the cache the
+    // first build left.
+    let (output, summary) =
+        build(repo.path(), &["--push", "--registry", &buildkit_registry, "--no-fast-path", "worker"], &env);
+    assert_success(&output, "build --push --no-fast-path worker");
+    let summary = summary.unwrap();
+    assert_ne!(results(&summary)["worker"], "derived", "{summary}");
+    let tag = summary["images"][0]["tags"][0].as_str().unwrap().to_string();
+
+    let registry = LabRegistry::new();
+    let derived = pushed(&registry, &format!("{namespace}/intric/worker"), &tag);
+    let buildkit = pushed(&registry, &format!("{namespace}-buildkit/intric/worker"), &tag);
+    assert_eq!(essentials(&derived.config), essentials(&buildkit.config), "the configs differ");
+    let layers = |pushed: &Pushed| pushed.manifest["layers"].as_array().unwrap().len();
+    assert_eq!(layers(&derived), layers(&buildkit));
+    assert_eq!(layers(&derived), derived.config["rootfs"]["diff_ids"].as_array().unwrap().len());
+    // Same diff_ids: the same uncompressed layers, so the same filesystem, file for file.
+    assert_eq!(derived.config["rootfs"]["diff_ids"], buildkit.config["rootfs"]["diff_ids"]);
+    let backend = pushed(&registry, &format!("{namespace}/intric/backend"), &tag);
+    assert_eq!(derived.manifest["layers"], backend.manifest["layers"], "the backend's layers, not copies");
+
+    // The engine takes the derived image (it checks the layers against the diff_ids), and a
+    // container from it runs the worker's Python with arq and the worker module in place. (It
+    // answering its healthcheck needs Redis and Postgres: the stack test of `e2e` runs the
+    // pushed, now derived, worker and waits for it to be healthy.)
+    let image = format!("{derived_registry}/intric/worker:{tag}");
+    docker_login(&host);
+    let pull = run("docker", &["pull", &image], repo.path());
+    assert_success(&pull, "docker pull of the derived worker");
+    let started = run(
+        "docker",
+        &[
+            "run",
+            "--rm",
+            "--entrypoint",
+            "python",
+            &image,
+            "-c",
+            "import arq, importlib.util as u; assert u.find_spec('intric.worker'); print('worker ok')",
+        ],
+        repo.path(),
+    );
+    assert_success(&started, "a container from the derived worker");
+    assert!(String::from_utf8_lossy(&started.stdout).contains("worker ok"));
+    let inspect = run("docker", &["image", "inspect", "--format", "{{json .Config.Healthcheck}}", &image], repo.path());
+    assert_success(&inspect, "docker image inspect");
+    let healthcheck: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(healthcheck["Test"], serde_json::json!(["CMD", "arq", "--check", "intric.worker.WorkerSettings"]));
+
+    for namespace_registry in [&derived_registry, &buildkit_registry] {
+        let listing = run(
+            "docker",
+            &[
+                "image",
+                "ls",
+                "--format",
+                "{{.Repository}}:{{.Tag}}",
+                "--filter",
+                &format!("reference={namespace_registry}/*/*"),
+            ],
+            repo.path(),
+        );
+        for reference in String::from_utf8_lossy(&listing.stdout).lines() {
+            run("docker", &["image", "rm", reference], repo.path());
+        }
+    }
+}
