@@ -95,3 +95,29 @@ impl Registry {
         if location.starts_with('/') { format!("{}{location}", self.address.base_url()) } else { location.to_string() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::lab;
+
+    #[test]
+    fn lab_blobs_upload_once_and_mount_across_repositories_without_their_bytes() {
+        let Some((registry, _)) = lab() else { return };
+        let (source, target) = (
+            format!("xtask-test/blobs-{}/source", std::process::id()),
+            format!("xtask-test/blobs-{}/target", std::process::id()),
+        );
+        let bytes = format!("a config of run {}", std::process::id()).into_bytes();
+        let digest = registry.upload_blob(&source, &bytes).unwrap();
+        assert_eq!(digest, super::sha256_digest(&bytes));
+        assert!(registry.has_blob(&source, &digest).unwrap());
+        assert!(!registry.has_blob(&target, &digest).unwrap(), "another repository does not hold it yet");
+        assert_eq!(registry.upload_blob(&source, &bytes).unwrap(), digest, "a second upload changes nothing");
+        registry.mount_blob(&target, &digest, &source).unwrap();
+        assert!(registry.has_blob(&target, &digest).unwrap());
+        registry.mount_blob(&target, &digest, &source).unwrap();
+        let missing = format!("sha256:{}", "0".repeat(64));
+        let error = format!("{:#}", registry.mount_blob(&target, &missing, &source).unwrap_err());
+        assert!(error.starts_with(&format!("cannot mount blob {missing} from ")), "{error}");
+    }
+}

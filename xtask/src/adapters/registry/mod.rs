@@ -884,7 +884,7 @@ mod tests {
 
     /// A client for the lab registry with its credentials, or `None` (with a note) when the lab is
     /// not up. With `CI` set, a missing lab fails the test instead: CI must run these.
-    fn lab() -> Option<(Registry, Credentials)> {
+    pub(super) fn lab() -> Option<(Registry, Credentials)> {
         // Where an engine answers, start the lab (once per test run) instead of skipping: these
         // tests are what proves the client against a real registry.
         static STARTED: std::sync::Once = std::sync::Once::new();
