@@ -3,15 +3,83 @@
 //!
 //! Runs on the real engine and the lab's authenticated registry (127.0.0.1:5000), in registry
 //! namespaces of its own: `fast-path-e2e-<pid>` (derived) and `fast-path-e2e-<pid>-buildkit`
-//! (BuildKit's worker, `--no-fast-path`). Starts no compose project and uses no host port; the
-//! containers it runs are `--rm`, and it removes the local tags it pulled or built. With `CI`
-//! set, a missing engine fails it.
+//! (BuildKit's worker, `--no-fast-path`). Starts no compose project and uses no host port: the
+//! derived worker and a Redis run on a network of their own, `fast-path-e2e-<pid>`, as
+//! containers `fast-path-e2e-<pid>-worker` and `-redis`, removed at the end as are the local
+//! tags it pulled or built. With `CI` set, a missing engine fails it.
 
 mod common;
 
 use serde_json::Value;
 
 use common::*;
+
+/// What the worker's settings need to start (it reaches only Redis, at `redis`, to be healthy;
+/// its Postgres engine connects on the first job, and there is none).
+const WORKER_SETTINGS: [(&str, &str); 21] = [
+    ("POSTGRES_USER", "intric"),
+    ("POSTGRES_HOST", "db"),
+    ("POSTGRES_PASSWORD", "not-used-here"),
+    ("POSTGRES_PORT", "5432"),
+    ("POSTGRES_DB", "intric"),
+    ("REDIS_HOST", "redis"),
+    ("REDIS_PORT", "6379"),
+    ("UPLOAD_FILE_TO_SESSION_MAX_SIZE", "1048576"),
+    ("UPLOAD_IMAGE_TO_SESSION_MAX_SIZE", "1048576"),
+    ("UPLOAD_MAX_FILE_SIZE", "10485760"),
+    ("TRANSCRIPTION_MAX_FILE_SIZE", "10485760"),
+    ("MAX_IN_QUESTION", "1"),
+    ("API_PREFIX", "/api/v1"),
+    ("API_KEY_LENGTH", "64"),
+    ("API_KEY_HEADER_NAME", "X-API-Key"),
+    ("JWT_AUDIENCE", "fast-path-e2e"),
+    ("JWT_ISSUER", "fast-path-e2e"),
+    ("JWT_EXPIRY_TIME", "60"),
+    ("JWT_ALGORITHM", "HS256"),
+    ("JWT_SECRET", "fast-path-e2e-secret-of-enough-length-0123456789"),
+    ("JWT_TOKEN_PREFIX", ""),
+];
+
+/// Containers on a network of their own, named `<prefix>-<name>`, removed (with the network)
+/// when dropped, so a failing test leaves nothing running.
+struct Containers {
+    prefix: String,
+}
+
+impl Containers {
+    fn new(prefix: &str) -> Containers {
+        let containers = Containers { prefix: prefix.to_string() };
+        assert_success(&run("docker", &["network", "create", prefix], &workspace()), "docker network create");
+        containers
+    }
+
+    fn start(&self, args: &[&str], name: &str) {
+        let name = format!("{}-{name}", self.prefix);
+        let mut full = vec!["run", "--detach", "--name", &name, "--network", &self.prefix];
+        full.extend_from_slice(args);
+        assert_success(&run("docker", &full, &workspace()), &format!("docker run {name}"));
+    }
+
+    fn health(&self, name: &str) -> String {
+        let name = format!("{}-{name}", self.prefix);
+        let output = run("docker", &["inspect", "--format", "{{.State.Health.Status}}", &name], &workspace());
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    fn logs(&self, name: &str) -> String {
+        let output = run("docker", &["logs", "--tail", "30", &format!("{}-{name}", self.prefix)], &workspace());
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for name in ["worker", "redis"] {
+            run("docker", &["rm", "--force", &format!("{}-{name}", self.prefix)], &workspace());
+        }
+        run("docker", &["network", "rm", &self.prefix], &workspace());
+    }
+}
 
 /// An image's manifest and config, read from the lab registry.
 struct Pushed {
@@ -99,32 +167,30 @@ fn the_derived_worker_is_buildkits_worker_stage_and_runs() {
     assert_eq!(derived.manifest["layers"], backend.manifest["layers"], "the backend's layers, not copies");
 
     // The engine takes the derived image (it checks the layers against the diff_ids), and a
-    // container from it runs the worker's Python with arq and the worker module in place. (It
-    // answering its healthcheck needs Redis and Postgres: the stack test of `e2e` runs the
-    // pushed, now derived, worker and waits for it to be healthy.)
+    // container from it, beside a Redis of its own, runs the worker until Docker's healthcheck
+    // (`arq --check`, from the derived config) calls it healthy.
     let image = format!("{derived_registry}/intric/worker:{tag}");
     docker_login(&host);
-    let pull = run("docker", &["pull", &image], repo.path());
-    assert_success(&pull, "docker pull of the derived worker");
-    let started = run(
-        "docker",
-        &[
-            "run",
-            "--rm",
-            "--entrypoint",
-            "python",
-            &image,
-            "-c",
-            "import arq, importlib.util as u; assert u.find_spec('intric.worker'); print('worker ok')",
-        ],
-        repo.path(),
-    );
-    assert_success(&started, "a container from the derived worker");
-    assert!(String::from_utf8_lossy(&started.stdout).contains("worker ok"));
+    assert_success(&run("docker", &["pull", &image], repo.path()), "docker pull of the derived worker");
     let inspect = run("docker", &["image", "inspect", "--format", "{{json .Config.Healthcheck}}", &image], repo.path());
     assert_success(&inspect, "docker image inspect");
     let healthcheck: Value = serde_json::from_slice(&inspect.stdout).unwrap();
     assert_eq!(healthcheck["Test"], serde_json::json!(["CMD", "arq", "--check", "intric.worker.WorkerSettings"]));
+    let containers = Containers::new(&namespace);
+    containers.start(&["--network-alias", "redis", &lab()["REDIS_IMAGE"]], "redis");
+    let mut worker = vec![];
+    for (key, value) in WORKER_SETTINGS {
+        worker.extend(["--env".to_string(), format!("{key}={value}")]);
+    }
+    worker.push(image.clone());
+    containers.start(&worker.iter().map(String::as_str).collect::<Vec<_>>(), "worker");
+    let health = eventually(120, "the derived worker to be healthy", || {
+        let status = containers.health("worker");
+        assert_ne!(status, "unhealthy", "{}", containers.logs("worker"));
+        (status == "healthy").then_some(status)
+    });
+    assert_eq!(health, "healthy");
+    drop(containers);
 
     for namespace_registry in [&derived_registry, &buildkit_registry] {
         let listing = run(
