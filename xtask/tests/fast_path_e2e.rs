@@ -81,6 +81,25 @@ impl Drop for Containers {
     }
 }
 
+/// The local tags below these registry prefixes, removed when dropped (also when the test fails).
+struct LocalTags(Vec<String>);
+
+impl Drop for LocalTags {
+    fn drop(&mut self) {
+        for prefix in &self.0 {
+            let filter = format!("reference={prefix}/*/*");
+            let listing = run(
+                "docker",
+                &["image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "--filter", &filter],
+                &workspace(),
+            );
+            for reference in String::from_utf8_lossy(&listing.stdout).lines() {
+                run("docker", &["image", "rm", reference], &workspace());
+            }
+        }
+    }
+}
+
 /// An image's manifest and config, read from the lab registry.
 struct Pushed {
     manifest: Value,
@@ -135,6 +154,7 @@ fn the_derived_worker_is_buildkits_worker_stage_and_runs() {
     let namespace = format!("fast-path-e2e-{}", std::process::id());
     let derived_registry = format!("{host}/{namespace}");
     let buildkit_registry = format!("{host}/{namespace}-buildkit");
+    let _local_tags = LocalTags(vec![derived_registry.clone(), buildkit_registry.clone()]);
 
     let (output, summary) = build(repo.path(), &["--push", "--registry", &derived_registry, "backend", "worker"], &env);
     assert_success(&output, "build --push backend worker");
@@ -191,22 +211,4 @@ fn the_derived_worker_is_buildkits_worker_stage_and_runs() {
     });
     assert_eq!(health, "healthy");
     drop(containers);
-
-    for namespace_registry in [&derived_registry, &buildkit_registry] {
-        let listing = run(
-            "docker",
-            &[
-                "image",
-                "ls",
-                "--format",
-                "{{.Repository}}:{{.Tag}}",
-                "--filter",
-                &format!("reference={namespace_registry}/*/*"),
-            ],
-            repo.path(),
-        );
-        for reference in String::from_utf8_lossy(&listing.stdout).lines() {
-            run("docker", &["image", "rm", reference], repo.path());
-        }
-    }
 }
