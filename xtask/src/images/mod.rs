@@ -10,6 +10,7 @@ pub mod derived;
 pub mod dockerfile;
 pub mod inline_cache;
 pub mod inputs;
+pub mod layer;
 pub mod location;
 pub mod release;
 pub mod services;
