@@ -47,8 +47,7 @@ impl MetadataStage {
 }
 
 /// The stage a build of `target` ends with, when it is a metadata-only stage on another stage;
-/// else why not, in words naming the line. Every instruction is applied once to an empty config
-/// here, so that one the derivation could not apply is found when planning, not half-way.
+/// else why not, in words naming the line.
 pub fn metadata_stage(file: &Dockerfile, target: Option<&str>) -> Result<MetadataStage, String> {
     let stage = file.stage(target).map_err(|error| format!("{error:#}"))?;
     let Some(base) = file.base_stage(stage) else {
@@ -58,12 +57,20 @@ pub fn metadata_stage(file: &Dockerfile, target: Option<&str>) -> Result<Metadat
         return Err(format!("starts from an unnamed stage (line {})", base.line));
     };
     let instructions = file.stage_instructions(stage).to_vec();
+    check_metadata(file, &instructions)?;
+    Ok(MetadataStage { base: base_name, instructions })
+}
+
+/// Whether [`derive_config`] can apply every one of `instructions` (of `file`); else why not,
+/// naming the line. Each is applied once to an empty config, so that one the derivation could
+/// not apply is found when planning, not half-way.
+pub fn check_metadata(file: &Dockerfile, instructions: &[Instruction]) -> Result<(), String> {
     let no_args = BTreeMap::new();
     let mut scratch = Config::new(json!({}), &no_args);
-    for instruction in &instructions {
+    for instruction in instructions {
         scratch.apply(instruction).map_err(|why| format!("{} line {}: {why}", file.shown, instruction.line))?;
     }
-    Ok(MetadataStage { base: base_name, instructions })
+    Ok(())
 }
 
 /// The image config of the stage `stage` on top of `base` (the config of the image it starts

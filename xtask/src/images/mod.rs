@@ -14,6 +14,7 @@ pub mod layer;
 pub mod location;
 pub mod release;
 pub mod services;
+pub mod source_swap;
 pub mod tags;
 
 pub use services::{BASE_IMAGES, BaseImage, Service};
