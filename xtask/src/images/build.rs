@@ -48,6 +48,7 @@ use crate::images::derived::{Derivation, metadata_stage};
 use crate::images::inline_cache;
 use crate::images::location::Location;
 use crate::images::services::{ComposeImages, Image, compose_file};
+use crate::images::source_swap::source_swap;
 use crate::images::tags::{self, StageChoice, TagReport};
 use crate::images::{BASE_IMAGES, Service};
 use crate::plan::progress::{Progress, TaskProgress};
@@ -127,6 +128,11 @@ pub struct BuildArgs {
 /// The label that carries an image's inputs digest.
 pub const INPUTS_LABEL: &str = "org.intric.inputs-digest";
 
+/// The label that carries the digest of an image's inputs outside the sources of its trailing
+/// `COPY`s ([`crate::images::inputs::InputsDigests::outside_sources`]): a previous image with
+/// the same value differs from this build only in those sources' files.
+pub const OUTSIDE_SOURCES_LABEL: &str = "org.intric.outside-sources-digest";
+
 /// The tag that marks an image by its inputs digest: 24 hex digits (96 bits) are plenty to tell
 /// builds apart and keep tag lists readable.
 pub fn inputs_tag(digest: &str) -> String {
@@ -147,6 +153,10 @@ pub struct BuildInputs {
     pub bases: BTreeMap<String, Vec<(String, Option<String>)>>,
     /// Each image's inputs digest.
     pub digests: BTreeMap<String, String>,
+    /// The digest of the inputs outside the sources of its trailing `COPY`s, for each image whose
+    /// target ends with copies the source-only fast path could replace (see
+    /// [`crate::images::source_swap`]); it goes into the [`OUTSIDE_SOURCES_LABEL`].
+    pub outside_sources: BTreeMap<String, String>,
     /// Images whose inputs tag exists already (in the registry when pushing, else locally).
     pub unchanged: BTreeSet<String>,
     /// Per service, the existing tags worth using as cache (`dev-latest`, the branch's tag,
@@ -438,7 +448,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             bail!("cannot build: {}", problems.join("; "));
         };
         let warnings: Vec<String> = services.iter().flat_map(Image::ignored_args).collect();
-        let (bases, digests) = inputs_digests(runner, &docker, &services, args.dry_run)?;
+        let (bases, digests, outside_sources) = inputs_digests(runner, &docker, &services, args.dry_run)?;
 
         // A login the docker client already holds needs no `docker login` (a process and a
         // round trip on every build); the registry client checks the same credentials anyway.
@@ -499,6 +509,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             docker,
             bases,
             digests,
+            outside_sources,
             unchanged,
             cache_from,
             registry_cache,
@@ -532,16 +543,17 @@ fn with_base_registry(mut images: Vec<Image>, base_registry: Option<&str>) -> Ve
     images
 }
 
-/// Each image's base images with their digests, and its inputs digest (the disk walk of its
-/// context). A dry run asks each base's registry briefly; an unknown digest goes into the
-/// inputs digest as `unknown`.
+/// Each image's base images with their digests, its inputs digest (the disk walk of its
+/// context), and the digest outside its trailing copies' sources where its target has them
+/// (from the same walk). A dry run asks each base's registry briefly; an unknown digest goes
+/// into the inputs digest as `unknown`.
 #[allow(clippy::type_complexity)]
 fn inputs_digests(
     runner: &dyn Runner,
     docker: &Docker,
     images: &[Image],
     dry_run: bool,
-) -> Result<(BTreeMap<String, Vec<(String, Option<String>)>>, BTreeMap<String, String>)> {
+) -> Result<(BTreeMap<String, Vec<(String, Option<String>)>>, BTreeMap<String, String>, BTreeMap<String, String>)> {
     let mut problems = Vec::new();
     let mut references = BTreeMap::new();
     for image in images {
@@ -560,6 +572,7 @@ fn inputs_digests(
     let resolved = bases::resolve(runner, docker, references.values().flatten(), patience);
     let mut bases = BTreeMap::new();
     let mut digests = BTreeMap::new();
+    let mut outside_sources = BTreeMap::new();
     for image in images {
         let found: Vec<(String, Option<String>)> =
             references[&image.name].iter().map(|reference| (reference.clone(), resolved[reference].clone())).collect();
@@ -567,18 +580,23 @@ fn inputs_digests(
             .iter()
             .map(|(reference, digest)| (reference.clone(), digest.clone().unwrap_or_else(|| "unknown".into())))
             .collect();
-        let digest = crate::images::inputs::inputs_digest(
+        let sources = source_swap(&image.parsed, image.target.as_deref()).ok().map(|swap| swap.sources());
+        let found_digests = crate::images::inputs::digests(
             &image.context,
             &image.dockerfile,
             image.target.as_deref(),
             &image.args,
             &hashed,
+            sources.as_deref(),
         )
         .with_context(|| format!("cannot compute the inputs digest of {}", image.name))?;
         bases.insert(image.name.clone(), found);
-        digests.insert(image.name.clone(), digest);
+        digests.insert(image.name.clone(), found_digests.inputs);
+        if let Some(outside) = found_digests.outside_sources {
+            outside_sources.insert(image.name.clone(), outside);
+        }
     }
-    Ok((bases, digests))
+    Ok((bases, digests, outside_sources))
 }
 
 /// The lab's stand-ins by variable, for `bench`'s emulation of the old script (which knows its
@@ -740,8 +758,9 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
 }
 
 /// The labels every image we make carries (as `--label`s of a build, or written into a derived
-/// config): title, version, revision, commit time, inputs digest, and the source when known.
-fn build_labels(report: &TagReport, image: &Image, digest: &str) -> Vec<(String, String)> {
+/// config): title, version, revision, commit time, inputs digest, the digest outside the
+/// trailing copies' sources where there is one, and the source when known.
+fn build_labels(report: &TagReport, image: &Image, digest: &str, outside: Option<&String>) -> Vec<(String, String)> {
     let mut labels = vec![
         ("org.opencontainers.image.title".to_string(), format!("intric-{}", image.name)),
         ("org.opencontainers.image.version".to_string(), report.version.clone()),
@@ -749,6 +768,9 @@ fn build_labels(report: &TagReport, image: &Image, digest: &str) -> Vec<(String,
         ("org.opencontainers.image.created".to_string(), crate::adapters::clock::rfc3339(report.commit_time)),
         (INPUTS_LABEL.to_string(), digest.to_string()),
     ];
+    if let Some(outside) = outside {
+        labels.push((OUTSIDE_SOURCES_LABEL.to_string(), outside.clone()));
+    }
     if let Some(source) = &report.source {
         labels.push(("org.opencontainers.image.source".to_string(), source.clone()));
     }
@@ -804,7 +826,7 @@ fn derivation(inputs: &BuildInputs, image: &Image, tags: &[String], digest: &str
         tags: tags.iter().cloned().chain(std::iter::once(inputs_tag(digest))).collect(),
         stage,
         build_args: build_args(report, image).into_iter().collect(),
-        labels: build_labels(report, image, digest),
+        labels: build_labels(report, image, digest, inputs.outside_sources.get(&image.name)),
         created: crate::adapters::clock::rfc3339(report.commit_time),
     })
 }
@@ -820,7 +842,7 @@ fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], 
         // its layers through --cache-from without a separate cache export.
         build_args.push(("BUILDKIT_INLINE_CACHE".into(), "1".into()));
     }
-    let labels = build_labels(report, image, digest);
+    let labels = build_labels(report, image, digest, inputs.outside_sources.get(&image.name));
     let mut cache_from = inputs.cache_from.get(&image.name).cloned().unwrap_or_default();
     let mut cache_to = Vec::new();
     if inputs.registry_cache {
@@ -1352,6 +1374,7 @@ pub(crate) mod tests {
     const DIGEST_BACKEND: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const DIGEST_WORKER: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
     const DIGEST_FRONTEND: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+    const OUTSIDE_BACKEND: &str = "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
 
     fn report() -> TagReport {
         TagReport {
@@ -1389,6 +1412,7 @@ pub(crate) mod tests {
                 ("worker".to_string(), DIGEST_WORKER.to_string()),
                 ("frontend".to_string(), DIGEST_FRONTEND.to_string()),
             ]),
+            outside_sources: BTreeMap::from([("backend".to_string(), OUTSIDE_BACKEND.to_string())]),
             unchanged: BTreeSet::new(),
             cache_from: BTreeMap::from([("backend".to_string(), vec!["r:5000/intric/backend:dev-latest".to_string()])]),
             registry_cache: false,
@@ -1447,6 +1471,7 @@ pub(crate) mod tests {
                 "org.opencontainers.image.revision=0123456789abcdef0123456789abcdef01234567",
                 "org.opencontainers.image.created=2025-11-27T08:45:00Z",
                 &format!("org.intric.inputs-digest={DIGEST_BACKEND}"),
+                &format!("org.intric.outside-sources-digest={OUTSIDE_BACKEND}"),
                 "org.opencontainers.image.source=https://git.example/intric.git",
             ]
         );

@@ -405,6 +405,33 @@ pub fn inputs_digest(
     build_args: &[(String, String)],
     bases: &[(String, String)],
 ) -> Result<String> {
+    Ok(digests(context, dockerfile, target, build_args, bases, None)?.inputs)
+}
+
+/// The digests of one build's inputs, from one walk of its context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputsDigests {
+    /// [`inputs_digest`].
+    pub inputs: String,
+    /// With `sources` given: the same inputs without the entries at or under those context
+    /// paths (`.` is all of them), but with the ignore file's patterns and the sources' list.
+    /// Two commits with the same one differ at most in those sources' files: what the
+    /// source-only fast path ([`crate::images::source_swap`]) can apply to the older image.
+    pub outside_sources: Option<String>,
+}
+
+/// The version of the scheme of [`InputsDigests::outside_sources`], hashed first.
+const OUTSIDE_SOURCES_SCHEME: &str = "intric-outside-sources-v1";
+
+/// [`inputs_digest`] and, when `sources` are given, [`InputsDigests::outside_sources`].
+pub fn digests(
+    context: &Path,
+    dockerfile: &Path,
+    target: Option<&str>,
+    build_args: &[(String, String)],
+    bases: &[(String, String)],
+    sources: Option<&[String]>,
+) -> Result<InputsDigests> {
     let ignore = DockerIgnore::for_build(context, dockerfile)?;
     let dockerfile = fs::read(dockerfile).with_context(|| format!("cannot read {}", dockerfile.display()))?;
     let metadata =
@@ -419,61 +446,101 @@ pub fn inputs_digest(
     // `a/b`) whatever order the file system lists entries in.
     entries.sort_unstable_by(|a, b| a.relative.cmp(&b.relative));
 
-    let mut hasher = Sha256::new();
-    field(&mut hasher, DIGEST_SCHEME.as_bytes());
-    field(&mut hasher, &dockerfile);
+    // What both digests hash before the entries: the Dockerfile, target, build args and bases.
+    let mut header = Vec::new();
+    push_field(&mut header, &dockerfile);
     match target {
-        None => hasher.update([0]),
+        None => header.push(0),
         Some(target) => {
-            hasher.update([1]);
-            field(&mut hasher, target.as_bytes());
+            header.push(1);
+            push_field(&mut header, target.as_bytes());
         }
     }
     let build_args: BTreeMap<&str, &str> =
         build_args.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
-    hasher.update((build_args.len() as u64).to_le_bytes());
+    header.extend((build_args.len() as u64).to_le_bytes());
     for (key, value) in build_args {
-        field(&mut hasher, key.as_bytes());
-        field(&mut hasher, value.as_bytes());
+        push_field(&mut header, key.as_bytes());
+        push_field(&mut header, value.as_bytes());
     }
     let bases: BTreeMap<&str, &str> = bases.iter().map(|(image, digest)| (image.as_str(), digest.as_str())).collect();
-    hasher.update((bases.len() as u64).to_le_bytes());
+    header.extend((bases.len() as u64).to_le_bytes());
     for (image, digest) in bases {
-        field(&mut hasher, image.as_bytes());
-        field(&mut hasher, digest.as_bytes());
+        push_field(&mut header, image.as_bytes());
+        push_field(&mut header, digest.as_bytes());
     }
+
+    let mut hasher = Sha256::new();
+    let mut scheme = Vec::new();
+    push_field(&mut scheme, DIGEST_SCHEME.as_bytes());
+    hasher.update(&scheme);
+    hasher.update(&header);
+    let mut outside = sources.map(|sources| {
+        let mut prefix = Vec::new();
+        push_field(&mut prefix, OUTSIDE_SOURCES_SCHEME.as_bytes());
+        // The ignore file may lie under a source, and it decides what the sources hold.
+        prefix.extend((ignore.patterns.len() as u64).to_le_bytes());
+        for pattern in &ignore.patterns {
+            prefix.push(u8::from(pattern.exception));
+            push_field(&mut prefix, pattern.text.as_bytes());
+        }
+        prefix.extend((sources.len() as u64).to_le_bytes());
+        for source in sources {
+            push_field(&mut prefix, source.as_bytes());
+        }
+        let mut outside = Sha256::new();
+        outside.update(&prefix);
+        outside.update(&header);
+        (outside, sources)
+    });
 
     // One buffer for every file: the context may hold thousands of small files.
     let mut buffer = vec![0; 64 * 1024];
     for entry in &entries {
+        let mut bytes = Vec::new();
         match &entry.kind {
             EntryKind::Directory => {
-                hasher.update(b"d");
-                field(&mut hasher, &entry.relative);
+                bytes.push(b'd');
+                push_field(&mut bytes, &entry.relative);
             }
             EntryKind::File { path, executable } => {
-                hasher.update(b"f");
-                field(&mut hasher, &entry.relative);
-                hasher.update([u8::from(*executable)]);
+                bytes.push(b'f');
+                push_field(&mut bytes, &entry.relative);
+                bytes.push(u8::from(*executable));
                 // The content goes in as its own digest, a fixed 32 bytes, so it needs no length
                 // prefix, and a file that grows while it is read cannot shift the fields after it.
-                hasher
-                    .update(file_digest(path, &mut buffer).with_context(|| format!("cannot read {}", path.display()))?);
+                bytes
+                    .extend(file_digest(path, &mut buffer).with_context(|| format!("cannot read {}", path.display()))?);
             }
             EntryKind::Symlink { target } => {
-                hasher.update(b"l");
-                field(&mut hasher, &entry.relative);
-                field(&mut hasher, target);
+                bytes.push(b'l');
+                push_field(&mut bytes, &entry.relative);
+                push_field(&mut bytes, target);
             }
         }
+        hasher.update(&bytes);
+        if let Some((outside, sources)) = &mut outside
+            && !sources.iter().any(|source| under(&entry.relative, source))
+        {
+            outside.update(&bytes);
+        }
     }
-    Ok(format!("{:x}", hasher.finalize()))
+    Ok(InputsDigests {
+        inputs: format!("{:x}", hasher.finalize()),
+        outside_sources: outside.map(|(outside, _)| format!("{:x}", outside.finalize())),
+    })
 }
 
-/// Hashes one length-prefixed field.
-fn field(hasher: &mut Sha256, bytes: &[u8]) {
-    hasher.update((bytes.len() as u64).to_le_bytes());
-    hasher.update(bytes);
+/// Whether the context path `relative` is `source` or lies under it (`.` holds everything).
+fn under(relative: &[u8], source: &str) -> bool {
+    source == "."
+        || relative.strip_prefix(source.as_bytes()).is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
+}
+
+/// Appends one length-prefixed field to `out`.
+fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend((bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
 }
 
 fn file_digest(path: &Path, buffer: &mut [u8]) -> io::Result<[u8; 32]> {
@@ -700,6 +767,60 @@ mod tests {
         fn digest(&self) -> String {
             inputs_digest(&self.context, &self.dockerfile, self.target.as_deref(), &self.build_args, &self.bases)
                 .unwrap()
+        }
+    }
+
+    impl Fixture {
+        /// Both digests, with `src` and `README.md` as the trailing copies' sources.
+        fn digests(&self) -> InputsDigests {
+            let sources = ["README.md".to_string(), "src".to_string()];
+            let target = self.target.as_deref();
+            digests(&self.context, &self.dockerfile, target, &self.build_args, &self.bases, Some(&sources)).unwrap()
+        }
+    }
+
+    #[test]
+    fn the_digest_outside_the_sources_ignores_only_their_files() {
+        let fixture = Fixture::new("");
+        let before = fixture.digests();
+        assert_eq!(before.inputs, fixture.digest(), "the inputs digest is the same with or without sources");
+        assert_ne!(before.outside_sources.as_ref(), Some(&before.inputs));
+        assert_eq!(
+            digests(&fixture.context, &fixture.dockerfile, Some("app"), &fixture.build_args, &fixture.bases, None)
+                .unwrap()
+                .outside_sources,
+            None
+        );
+
+        // Changes inside the sources: only the inputs digest moves.
+        type Change = fn(&Fixture);
+        let inside: &[(&str, Change)] = &[
+            ("a modified file", |f| f.write("src/main.py", "print('bye')\n")),
+            ("a new nested directory", |f| f.write("src/pkg/sub/mod.py", "")),
+            ("a deleted file", |f| fs::remove_file(f.context.join("README.md")).unwrap()),
+            ("the executable bit", |f| set_mode(&f.context.join("src/main.py"), 0o755)),
+        ];
+        for (what, change) in inside {
+            let fixture = Fixture::new("");
+            change(&fixture);
+            let after = fixture.digests();
+            assert_ne!(after.inputs, before.inputs, "{what}");
+            assert_eq!(after.outside_sources, before.outside_sources, "{what}");
+        }
+
+        // Changes outside them, and to what decides their content: both move.
+        let outside: &[(&str, Change)] = &[
+            ("a file beside the sources", |f| f.write("srcx/other.py", "")),
+            ("a file named like a source's prefix", |f| f.write("README.md.bak", "")),
+            ("the ignore file's patterns", |f| f.write(".dockerignore", "*.pyc")),
+            ("the Dockerfile", |f| fs::write(&f.dockerfile, "FROM scratch\nCOPY . /srv\n").unwrap()),
+        ];
+        for (what, change) in outside {
+            let fixture = Fixture::new("");
+            change(&fixture);
+            let after = fixture.digests();
+            assert_ne!(after.inputs, before.inputs, "{what}");
+            assert_ne!(after.outside_sources, before.outside_sources, "{what}");
         }
     }
 
