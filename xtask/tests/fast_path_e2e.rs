@@ -7,6 +7,11 @@
 //! derived worker and a Redis run on a network of their own, `fast-path-e2e-<pid>`, as
 //! containers `fast-path-e2e-<pid>-worker` and `-redis`, removed at the end as are the local
 //! tags it pulled or built. With `CI` set, a missing engine fails it.
+//!
+//! The source swap (a backend whose trailing COPYs' sources alone changed is the previous
+//! `dev-latest` with those layers replaced) is checked in namespaces `fast-path-swap-<pid>`
+//! (swapped) and `fast-path-swap-<pid>-buildkit` (BuildKit, `--no-fast-path`), its worker as
+//! containers `fast-path-swap-<pid>-worker` and `-redis` on a network of that name.
 
 mod common;
 
@@ -98,6 +103,46 @@ impl Drop for LocalTags {
             }
         }
     }
+}
+
+/// Every entry of an image's filesystem (`docker create` + `docker export`), mtimes aside:
+/// path, type, mode, uid, gid, size, content hash and link target, read by Python's tarfile (a
+/// tar reader we did not write).
+fn filesystem(image: &str, dir: &std::path::Path) -> Vec<Value> {
+    let created = run("docker", &["create", image], dir);
+    assert_success(&created, &format!("docker create {image}"));
+    let container = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    let archive = dir.join(format!("{container}.tar"));
+    let exported = run("docker", &["export", "--output", archive.to_str().unwrap(), &container], dir);
+    run("docker", &["rm", &container], dir);
+    assert_success(&exported, &format!("docker export {image}"));
+    let script = r#"
+import hashlib, json, sys, tarfile
+entries = []
+with tarfile.open(sys.argv[1]) as archive:
+    for member in archive:
+        digest = None
+        if member.isfile():
+            digest = hashlib.sha256(archive.extractfile(member).read()).hexdigest()
+        entries.append([member.name.rstrip("/"), member.type.decode(), member.mode, member.uid, member.gid,
+                        member.size, digest, member.linkname])
+entries.sort()
+print(json.dumps(entries))
+"#;
+    let listed = run("python3", &["-c", script, archive.to_str().unwrap()], dir);
+    std::fs::remove_file(&archive).unwrap();
+    assert_success(&listed, "reading the exported filesystem");
+    serde_json::from_slice::<Vec<Value>>(&listed.stdout).unwrap()
+}
+
+/// The image config fields the source swap must get right, with the diff_ids of the layers
+/// below the trailing copies (theirs differ: BuildKit's tars carry other mtimes).
+fn swap_essentials(config: &Value, copies: usize) -> Value {
+    let mut essentials = essentials(config);
+    let diff_ids = essentials["diff_ids"].as_array().unwrap().clone();
+    essentials["layer_count"] = serde_json::json!(diff_ids.len());
+    essentials["diff_ids"] = Value::Array(diff_ids[..diff_ids.len() - copies].to_vec());
+    essentials
 }
 
 /// An image's manifest and config, read from the lab registry.
@@ -211,4 +256,139 @@ fn the_derived_worker_is_buildkits_worker_stage_and_runs() {
     });
     assert_eq!(health, "healthy");
     drop(containers);
+}
+
+/// Builds the backend (and the worker derived from it) of the snapshot's current commit into
+/// `registry`; returns the summary.
+fn build_backend(repo: &std::path::Path, registry: &str, extra: &[&str], env: &[(String, String)]) -> Value {
+    let mut args = vec!["--push", "--registry", registry];
+    args.extend_from_slice(extra);
+    let (output, summary) = build(repo, &args, env);
+    assert_success(&output, &format!("build {}", args.join(" ")));
+    summary.unwrap()
+}
+
+#[test]
+fn a_source_swap_is_the_image_buildkit_builds_and_runs() {
+    let _serial = serial();
+    if !docker_available() {
+        return;
+    }
+    let env = lab_env();
+    let host = lab()["NEXUS_REGISTRY"].clone();
+    let repo = snapshot();
+    let dir = repo.path();
+    let namespace = format!("fast-path-swap-{}", std::process::id());
+    let swapped_registry = format!("{host}/{namespace}");
+    let buildkit_registry = format!("{host}/{namespace}-buildkit");
+    let _local_tags = LocalTags(vec![swapped_registry.clone(), buildkit_registry.clone()]);
+    let source = dir.join("backend/intric");
+    let write = |relative: &str, text: &str| {
+        let path = source.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+
+    // Commit A: files for the later cases to delete and rename; built by BuildKit.
+    write("to_delete.py", "GONE = True\n");
+    write("to_rename.py", "MOVED = True\n");
+    commit_all(dir, "A: files to delete and rename");
+    let summary = build_backend(dir, &swapped_registry, &["backend"], &env);
+    assert_eq!(results(&summary)["backend"], "built", "{summary}");
+
+    // B1: one file modified, one added, one deleted, one renamed, a new nested directory, an
+    // executable bit. B2: a name over 100 characters, a .dockerignore hit, and alembic.ini (the
+    // first COPY's source) changed.
+    let cases: [(&str, fn(&std::path::Path)); 2] = [
+        ("B1", |source| {
+            std::fs::write(source.join("main.py"), std::fs::read_to_string(source.join("main.py")).unwrap() + "# B1\n")
+                .unwrap();
+            std::fs::write(source.join("added.py"), "ADDED = True\n").unwrap();
+            std::fs::remove_file(source.join("to_delete.py")).unwrap();
+            std::fs::rename(source.join("to_rename.py"), source.join("renamed.py")).unwrap();
+            std::fs::create_dir_all(source.join("pkg/sub")).unwrap();
+            std::fs::write(source.join("pkg/sub/deep.py"), "DEEP = True\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(source.join("logs.py"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }),
+        ("B2", |source| {
+            let long = format!("{}/{}.py", "n".repeat(60), "m".repeat(60));
+            std::fs::create_dir_all(source.join(&long).parent().unwrap()).unwrap();
+            std::fs::write(source.join(&long), "LONG = True\n").unwrap();
+            std::fs::write(source.join("stale.pyc"), "not sent: .dockerignore has **/*.py[cod]").unwrap();
+            let ini = source.parent().unwrap().join("alembic.ini");
+            std::fs::write(&ini, std::fs::read_to_string(&ini).unwrap() + "# B2\n").unwrap();
+        }),
+    ];
+    let registry = LabRegistry::new();
+    docker_login(&host);
+    for (name, change) in cases {
+        change(&source);
+        commit_all(dir, name);
+        let summary = build_backend(dir, &swapped_registry, &["backend", "worker"], &env);
+        assert_eq!(results(&summary)["backend"], "swapped", "{name}: {summary}");
+        assert_eq!(results(&summary)["worker"], "derived", "{name}: {summary}");
+        let backend = summary["images"].as_array().unwrap().iter().find(|image| image["service"] == "backend").unwrap();
+        assert!(backend["path"].as_str().unwrap().starts_with("source swap on dev-latest"), "{name}: {summary}");
+        let tag = backend["tags"][0].as_str().unwrap().to_string();
+        let summary = build_backend(dir, &buildkit_registry, &["--no-fast-path", "backend"], &env);
+        assert_eq!(results(&summary)["backend"], "built", "{name}: {summary}");
+
+        let swapped = pushed(&registry, &format!("{namespace}/intric/backend"), &tag);
+        let buildkit = pushed(&registry, &format!("{namespace}-buildkit/intric/backend"), &tag);
+        let layers = |pushed: &Pushed| pushed.manifest["layers"].as_array().unwrap().len();
+        assert_eq!(layers(&swapped), layers(&buildkit), "{name}: layer count");
+        assert_eq!(
+            swap_essentials(&swapped.config, 3),
+            swap_essentials(&buildkit.config, 3),
+            "{name}: the configs differ"
+        );
+        for key in ["moby.buildkit.cache.v0", "moby.buildkit.buildinfo.v1"] {
+            assert!(swapped.config.get(key).is_none(), "{name}: BuildKit's {key} is left in the swapped config");
+        }
+
+        let swapped_image = format!("{swapped_registry}/intric/backend:{tag}");
+        let buildkit_image = format!("{buildkit_registry}/intric/backend:{tag}");
+        for image in [&swapped_image, &buildkit_image] {
+            assert_success(&run("docker", &["pull", image], dir), &format!("docker pull {image}"));
+        }
+        let swapped_files = filesystem(&swapped_image, dir);
+        let buildkit_files = filesystem(&buildkit_image, dir);
+        let differences: Vec<(Option<&Value>, Option<&Value>)> = swapped_files
+            .iter()
+            .zip(&buildkit_files)
+            .filter(|(a, b)| a != b)
+            .map(|(a, b)| (Some(a), Some(b)))
+            .take(10)
+            .collect();
+        assert!(differences.is_empty(), "{name}: the filesystems differ: {differences:?}");
+        assert_eq!(swapped_files.len(), buildkit_files.len(), "{name}: entry count");
+        let paths: Vec<&str> = swapped_files.iter().map(|entry| entry[0].as_str().unwrap()).collect();
+        assert!(!paths.contains(&"app/intric/to_delete.py") && paths.contains(&"app/intric/renamed.py"), "{name}");
+        assert!(!paths.contains(&"app/intric/stale.pyc"), "{name}: the ignore file's hit was copied");
+    }
+
+    // The worker derived from the last swapped backend starts and Docker calls it healthy: the
+    // swapped layers are what it imports its code from.
+    let tag = {
+        let summary = build_backend(dir, &swapped_registry, &["worker"], &env);
+        assert_eq!(results(&summary)["worker"], "skipped", "{summary}");
+        summary["images"][0]["tags"][0].as_str().unwrap().to_string()
+    };
+    let image = format!("{swapped_registry}/intric/worker:{tag}");
+    assert_success(&run("docker", &["pull", &image], dir), "docker pull of the worker on the swapped backend");
+    let containers = Containers::new(&namespace);
+    containers.start(&["--network-alias", "redis", &lab()["REDIS_IMAGE"]], "redis");
+    let mut worker = vec![];
+    for (key, value) in WORKER_SETTINGS {
+        worker.extend(["--env".to_string(), format!("{key}={value}")]);
+    }
+    worker.push(image);
+    containers.start(&worker.iter().map(String::as_str).collect::<Vec<_>>(), "worker");
+    let health = eventually(120, "the worker on the swapped backend to be healthy", || {
+        let status = containers.health("worker");
+        assert_ne!(status, "unhealthy", "{}", containers.logs("worker"));
+        (status == "healthy").then_some(status)
+    });
+    assert_eq!(health, "healthy");
 }

@@ -46,9 +46,10 @@ use crate::adapters::registry::{Backoff, Credentials, Manifest, Registry, Regist
 use crate::images::bases;
 use crate::images::derived::{Derivation, metadata_stage};
 use crate::images::inline_cache;
+use crate::images::layer::Layer;
 use crate::images::location::Location;
 use crate::images::services::{ComposeImages, Image, compose_file};
-use crate::images::source_swap::source_swap;
+use crate::images::source_swap::{SourceSwap, SourceSwapStep, source_layers, source_swap};
 use crate::images::tags::{self, StageChoice, TagReport};
 use crate::images::{BASE_IMAGES, Service};
 use crate::plan::progress::{Progress, TaskProgress};
@@ -157,6 +158,9 @@ pub struct BuildInputs {
     /// target ends with copies the source-only fast path could replace (see
     /// [`crate::images::source_swap`]); it goes into the [`OUTSIDE_SOURCES_LABEL`].
     pub outside_sources: BTreeMap<String, String>,
+    /// For each image the source-only fast path was considered for (pushed, not unchanged,
+    /// with trailing copies): the previous image and the new layers, or why not.
+    pub previous: BTreeMap<String, Result<PreviousImage, String>>,
     /// Images whose inputs tag exists already (in the registry when pushing, else locally).
     pub unchanged: BTreeSet<String>,
     /// Per service, the existing tags worth using as cache (`dev-latest`, the branch's tag,
@@ -185,6 +189,59 @@ pub struct BuildInputs {
     pub warnings: Vec<String>,
     /// Keep progress off the terminal (`--json`: standard output carries one document).
     pub quiet: bool,
+}
+
+/// The previous image of a service in the registry, whose inputs outside the trailing copies'
+/// sources are this build's, and the layers of those copies as this build's context has them.
+#[derive(Debug)]
+pub struct PreviousImage {
+    pub tag: String,
+    pub manifest: Manifest,
+    pub config: serde_json::Value,
+    pub swap: SourceSwap,
+    pub layers: Vec<Layer>,
+}
+
+/// The tag whose image the source-only fast path starts from: the newest pushed development
+/// image of the service.
+const PREVIOUS_TAG: &str = "dev-latest";
+
+/// The previous image of `image`, when the fast path can swap its sources: its `dev-latest`
+/// carries the same [`OUTSIDE_SOURCES_LABEL`] value, and the copies' layers can be written.
+fn previous_image(
+    client: &Registry,
+    image: &Image,
+    outside: &str,
+    existing: &[String],
+    commit_time: i64,
+) -> Result<Result<PreviousImage, String>> {
+    let swap = match source_swap(&image.parsed, image.target.as_deref()) {
+        Ok(swap) => swap,
+        Err(why) => return Ok(Err(why)),
+    };
+    if !existing.iter().any(|tag| tag == PREVIOUS_TAG) {
+        return Ok(Err(format!("no {PREVIOUS_TAG} image to swap the sources of")));
+    }
+    let Some(manifest) = client.manifest(&image.repository, PREVIOUS_TAG)? else {
+        return Ok(Err(format!("no {PREVIOUS_TAG} image to swap the sources of")));
+    };
+    if manifest.is_index() {
+        return Ok(Err(format!("{PREVIOUS_TAG} is a manifest list, not one image")));
+    }
+    let config = client.image_config(&image.repository, &manifest)?;
+    if config["config"]["Labels"][OUTSIDE_SOURCES_LABEL].as_str() != Some(outside) {
+        return Ok(Err(format!(
+            "{PREVIOUS_TAG} differs in more than the sources of the trailing COPYs (its {OUTSIDE_SOURCES_LABEL})"
+        )));
+    }
+    let mtime = u64::try_from(commit_time).unwrap_or(0);
+    Ok(source_layers(&image.context, &image.dockerfile, &swap, mtime)?.map(|layers| PreviousImage {
+        tag: PREVIOUS_TAG.to_string(),
+        manifest,
+        config,
+        swap,
+        layers,
+    }))
 }
 
 /// The registry's address and the credentials its API calls use, decided when planning.
@@ -253,6 +310,9 @@ pub enum ImageAction {
     /// Assemble the image in the registry from another image's pushed manifest: a
     /// metadata-only stage (see [`crate::images::derived`]).
     Derive(Derivation),
+    /// Make the image from the previous one in the registry by replacing the layers of its
+    /// trailing copies: only their sources changed (see [`crate::images::source_swap`]).
+    SwapSources(SourceSwapStep),
 }
 
 /// Registry API calls that put `to` on the manifest `from` names, in this order.
@@ -477,6 +537,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             Some(Err(error)) => (None, Some(format!("{error:#}"))),
         };
         let mut unchanged = BTreeSet::new();
+        let mut previous = BTreeMap::new();
         let mut cache_from = BTreeMap::new();
         let reuse_allowed = !args.no_cache && !args.pull;
         for image in &services {
@@ -498,6 +559,14 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             if let Some(existing) = existing {
                 cache_from.insert(image.name.clone(), cache_sources(&report, existing, &name));
             }
+            let fast_path = args.push && !args.no_fast_path && !unchanged.contains(&image.name);
+            if let (true, Some(outside), Some(existing), Some(access)) =
+                (fast_path, outside_sources.get(&image.name), existing, &registry_access)
+            {
+                let found = previous_image(&access.client(), image, outside, existing, report.commit_time)
+                    .with_context(|| format!("cannot read the previous image of {}", image.name))?;
+                previous.insert(image.name.clone(), found);
+            }
         }
         let registry_cache = args.push && docker.buildx_has_container_builder(runner, args.builder.as_deref());
         Ok(BuildInputs {
@@ -510,6 +579,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             bases,
             digests,
             outside_sources,
+            previous,
             unchanged,
             cache_from,
             registry_cache,
@@ -700,12 +770,28 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
                 };
                 (action, "unchanged: an image with the same inputs exists".to_string())
             } else {
-                match derivation(inputs, image, &tags, &digest) {
-                    Ok(derivation) => {
+                match (derivation(inputs, image, &tags, &digest), inputs.previous.get(&image.name)) {
+                    (Ok(derivation), _) => {
                         let path = format!("derived from {}'s manifest (metadata only)", derivation.from_service);
                         (ImageAction::Derive(derivation), path)
                     }
-                    Err(why) => (plan_build(inputs, image, &name, &tags, &digest), format!("BuildKit: {why}")),
+                    (Err(_), Some(Ok(previous))) => {
+                        let step = source_swap_step(inputs, image, &tags, &digest, previous);
+                        let path = format!(
+                            "source swap on {}: only the sources of the COPYs at lines {} changed",
+                            previous.tag,
+                            step.lines()
+                        );
+                        (ImageAction::SwapSources(step), path)
+                    }
+                    (Err(not_derived), previous) => {
+                        // Where the source swap was considered, its reason is the one that matters.
+                        let why = match previous {
+                            Some(Err(not_swapped)) => not_swapped.clone(),
+                            _ => not_derived,
+                        };
+                        (plan_build(inputs, image, &name, &tags, &digest), format!("BuildKit: {why}"))
+                    }
                 }
             };
             let unknown = match (&inputs.registry_unreachable, &action, inputs.push) {
@@ -831,6 +917,29 @@ fn derivation(inputs: &BuildInputs, image: &Image, tags: &[String], digest: &str
     })
 }
 
+/// The step that swaps the sources of `previous` into `image`'s new tags.
+fn source_swap_step(
+    inputs: &BuildInputs,
+    image: &Image,
+    tags: &[String],
+    digest: &str,
+    previous: &PreviousImage,
+) -> SourceSwapStep {
+    let report = &inputs.report;
+    SourceSwapStep {
+        repository: image.repository.clone(),
+        from_tag: previous.tag.clone(),
+        from: previous.manifest.clone(),
+        previous_config: previous.config.clone(),
+        tags: tags.iter().cloned().chain(std::iter::once(inputs_tag(digest))).collect(),
+        swap: previous.swap.clone(),
+        layers: previous.layers.clone(),
+        build_args: build_args(report, image).into_iter().collect(),
+        labels: build_labels(report, image, digest, inputs.outside_sources.get(&image.name)),
+        created: crate::adapters::clock::rfc3339(report.commit_time),
+    }
+}
+
 fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], digest: &str) -> ImageAction {
     let report = &inputs.report;
     let marker = inputs_tag(digest);
@@ -942,6 +1051,7 @@ impl fmt::Display for BuildPlan {
                     }
                 }
                 ImageAction::Derive(derivation) => derivation.show(f, registry)?,
+                ImageAction::SwapSources(step) => step.show(f, registry)?,
             }
             if let Some(describe) = &image.describe {
                 writeln!(f, "  {describe}")?;
@@ -962,6 +1072,8 @@ pub enum ImageOutcome {
     Skipped,
     /// Not built: assembled in the registry from another image's manifest.
     Derived,
+    /// Not built: the previous image with the layers of its trailing copies replaced.
+    Swapped,
 }
 
 impl ImageOutcome {
@@ -971,6 +1083,7 @@ impl ImageOutcome {
             ImageOutcome::Cached => "cached",
             ImageOutcome::Skipped => "skipped",
             ImageOutcome::Derived => "derived",
+            ImageOutcome::Swapped => "swapped",
         }
     }
 }
@@ -1192,6 +1305,7 @@ fn perform(
         ImageAction::Derive(derivation) => {
             Ok((ImageOutcome::Derived, Some(derivation.run(registry()?, &mut log, task)?)))
         }
+        ImageAction::SwapSources(step) => Ok((ImageOutcome::Swapped, Some(step.run(registry()?, &mut log, task)?))),
     }
 }
 
@@ -1413,6 +1527,7 @@ pub(crate) mod tests {
                 ("frontend".to_string(), DIGEST_FRONTEND.to_string()),
             ]),
             outside_sources: BTreeMap::from([("backend".to_string(), OUTSIDE_BACKEND.to_string())]),
+            previous: BTreeMap::new(),
             unchanged: BTreeSet::new(),
             cache_from: BTreeMap::from([("backend".to_string(), vec!["r:5000/intric/backend:dev-latest".to_string()])]),
             registry_cache: false,

@@ -73,20 +73,20 @@ pub fn check_metadata(file: &Dockerfile, instructions: &[Instruction]) -> Result
     Ok(())
 }
 
-/// The image config of the stage `stage` on top of `base` (the config of the image it starts
-/// from), as BuildKit writes it: the instructions applied in order with `build_args` in scope
+/// The image config of metadata `instructions` on top of `base` (the config of the image they
+/// apply to), as BuildKit writes it: the instructions applied in order with `build_args` in scope
 /// where the stage declares them, each recorded in the history as an empty layer created at
 /// `created`, then `labels` (the build's `--label`s) over the image's labels.
 pub fn derive_config(
     base: &Value,
-    stage: &MetadataStage,
+    instructions: &[Instruction],
     build_args: &BTreeMap<String, String>,
     labels: &[(String, String)],
     created: &str,
 ) -> Result<Value> {
     let mut config = Config::new(base.clone(), build_args);
     let mut history = Vec::new();
-    for instruction in &stage.instructions {
+    for instruction in instructions {
         let created_by = config.apply(instruction).map_err(|why| {
             anyhow::anyhow!("line {}: {} {}: {why}", instruction.line, instruction.keyword, instruction.text)
         })?;
@@ -636,8 +636,9 @@ impl Derivation {
             );
         }
         let base_config = registry.image_config(from_repository, &base)?;
-        let config = derive_config(&base_config, &self.stage, &self.build_args, &self.labels, &self.created)
-            .with_context(|| format!("cannot derive {repository} from {from_repository}:{from_tag}"))?;
+        let config =
+            derive_config(&base_config, &self.stage.instructions, &self.build_args, &self.labels, &self.created)
+                .with_context(|| format!("cannot derive {repository} from {from_repository}:{from_tag}"))?;
         let config_bytes = serde_json::to_vec(&config).context("cannot write the derived image config")?;
         let mut manifest: Value = serde_json::from_slice(&base.bytes)
             .with_context(|| format!("the manifest of {from_repository}:{from_tag} is not JSON"))?;
@@ -753,7 +754,7 @@ FROM backend AS backend-default
         let stage = metadata_stage(&parsed(text), Some("worker")).unwrap();
         let args = BTreeMap::from([("VERSION".to_string(), "1.2.3".to_string())]);
         let labels = vec![("org.opencontainers.image.title".to_string(), "intric-worker".to_string())];
-        let config = derive_config(&base, &stage, &args, &labels, "2025-11-27T08:45:00Z").unwrap();
+        let config = derive_config(&base, &stage.instructions, &args, &labels, "2025-11-27T08:45:00Z").unwrap();
         let settings = &config["config"];
         assert_eq!(
             settings["Env"],
@@ -810,7 +811,7 @@ FROM backend AS backend-default
     fn our_worker_gets_the_healthcheck_and_history_buildkit_gave_it() {
         // What BuildKit (dockerd 20.10) wrote for our worker stage, read from a pushed image.
         let stage = metadata_stage(&parsed(OURS), Some("worker")).unwrap();
-        let config = derive_config(&json!({"config": {}}), &stage, &BTreeMap::new(), &[], "t").unwrap();
+        let config = derive_config(&json!({"config": {}}), &stage.instructions, &BTreeMap::new(), &[], "t").unwrap();
         assert_eq!(
             config["config"]["Healthcheck"],
             json!({
@@ -833,7 +834,9 @@ FROM backend AS backend-default
     fn entrypoint_without_a_cmd_of_the_stage_clears_the_inherited_cmd() {
         let text = "FROM python AS backend\nFROM backend AS tool\nENTRYPOINT [\"tool\"]\n";
         let stage = metadata_stage(&parsed(text), Some("tool")).unwrap();
-        let config = derive_config(&json!({"config": {"Cmd": ["serve"]}}), &stage, &BTreeMap::new(), &[], "t").unwrap();
+        let config =
+            derive_config(&json!({"config": {"Cmd": ["serve"]}}), &stage.instructions, &BTreeMap::new(), &[], "t")
+                .unwrap();
         assert!(config["config"].get("Cmd").is_none(), "{config}");
     }
 

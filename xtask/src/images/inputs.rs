@@ -372,17 +372,38 @@ fn clean(path: &str) -> String {
     }
 }
 
-/// What one entry of the context contributes to the digest.
-enum EntryKind {
+/// What one entry of the context is (and contributes to the digest).
+pub enum EntryKind {
     Directory,
     File { path: PathBuf, executable: bool },
     Symlink { target: Vec<u8> },
 }
 
-struct Entry {
+/// One entry of a build context that the ignore file does not exclude.
+pub struct Entry {
     /// The path relative to the context, `/`-separated, as raw bytes.
-    relative: Vec<u8>,
-    kind: EntryKind,
+    pub relative: Vec<u8>,
+    pub kind: EntryKind,
+}
+
+/// The entries of `context` that a build with `dockerfile` sends (the ignore file applied),
+/// sorted by their relative paths as bytes. Sorting whole paths rather than each directory on
+/// its own gives one order (`a-b` before `a/b`) whatever order the file system lists them in.
+pub fn context_entries(context: &Path, dockerfile: &Path) -> Result<Vec<Entry>> {
+    let ignore = DockerIgnore::for_build(context, dockerfile)?;
+    sorted_entries(context, &ignore)
+}
+
+fn sorted_entries(context: &Path, ignore: &DockerIgnore) -> Result<Vec<Entry>> {
+    let metadata =
+        fs::metadata(context).with_context(|| format!("cannot read the build context {}", context.display()))?;
+    if !metadata.is_dir() {
+        bail!("the build context {} is not a directory", context.display());
+    }
+    let mut entries = Vec::new();
+    walk(context, &mut Vec::new(), ignore, false, &mut entries)?;
+    entries.sort_unstable_by(|a, b| a.relative.cmp(&b.relative));
+    Ok(entries)
 }
 
 /// The SHA-256 of everything that decides an image, as 64 lowercase hex digits: the scheme tag,
@@ -434,17 +455,7 @@ pub fn digests(
 ) -> Result<InputsDigests> {
     let ignore = DockerIgnore::for_build(context, dockerfile)?;
     let dockerfile = fs::read(dockerfile).with_context(|| format!("cannot read {}", dockerfile.display()))?;
-    let metadata =
-        fs::metadata(context).with_context(|| format!("cannot read the build context {}", context.display()))?;
-    if !metadata.is_dir() {
-        bail!("the build context {} is not a directory", context.display());
-    }
-
-    let mut entries = Vec::new();
-    walk(context, &mut Vec::new(), &ignore, false, &mut entries)?;
-    // Sorting whole paths rather than each directory on its own gives one order (`a-b` before
-    // `a/b`) whatever order the file system lists entries in.
-    entries.sort_unstable_by(|a, b| a.relative.cmp(&b.relative));
+    let entries = sorted_entries(context, &ignore)?;
 
     // What both digests hash before the entries: the Dockerfile, target, build args and bases.
     let mut header = Vec::new();
@@ -532,7 +543,7 @@ pub fn digests(
 }
 
 /// Whether the context path `relative` is `source` or lies under it (`.` holds everything).
-fn under(relative: &[u8], source: &str) -> bool {
+pub fn under(relative: &[u8], source: &str) -> bool {
     source == "."
         || relative.strip_prefix(source.as_bytes()).is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
 }

@@ -1,6 +1,5 @@
 //! Image layers written by us rather than by BuildKit, for the source-only fast path: a
-//! deterministic tar archive (ustar headers, a PAX header for a name or link target that ustar
-//! cannot hold) and its gzip, with the two digests an image needs: the layer's `diff_id` (the
+//! deterministic tar archive (ustar headers, a PAX header for a name that ustar cannot hold) and its gzip, with the two digests an image needs: the layer's `diff_id` (the
 //! SHA-256 of the tar) and its blob digest (the SHA-256 of the gzip).
 //!
 //! The gzip holds stored (uncompressed) deflate blocks and a CRC-32: no compression library
@@ -8,21 +7,16 @@
 //! issue #15), and a layer of source files is small. Registries and engines read such a stream
 //! like any other gzip. The same entries always give the same bytes: the caller fixes the order,
 //! owners and times, and nothing here reads the clock or the disk.
-//!
-//! Nothing outside the tests uses it yet: the layer swap that uploads these layers is the part
-//! of the fast path still to land, and until then the plan never chooses it.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use anyhow::{Result, bail};
 
 use crate::adapters::registry::sha256_digest;
 
-/// What one tar entry is.
+/// What one tar entry is. No symlinks: the fast path leaves sources with links to BuildKit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TarKind {
     Directory,
     File(Vec<u8>),
-    Symlink(String),
 }
 
 /// One entry of a layer: a path relative to the image's root, without a leading `/` (a
@@ -58,8 +52,8 @@ impl Layer {
 
 const BLOCK: usize = 512;
 
-/// The tar archive of `entries`: each entry's header (after a PAX header when its path or link
-/// target is longer than ustar's 100 bytes or not ASCII), its content padded to 512 bytes, and
+/// The tar archive of `entries`: each entry's header (after a PAX header when its path is
+/// longer than ustar's 100 bytes or not ASCII), its content padded to 512 bytes, and
 /// the two zero blocks that end an archive.
 pub fn tar(entries: &[TarEntry]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -74,34 +68,17 @@ pub fn tar(entries: &[TarEntry]) -> Result<Vec<u8>> {
             TarKind::Directory => format!("{}/", entry.path),
             _ => entry.path.clone(),
         };
-        let (typeflag, size, link) = match &entry.kind {
-            TarKind::Directory => (b'5', 0, ""),
-            TarKind::File(content) => (b'0', content.len() as u64, ""),
-            TarKind::Symlink(target) => (b'2', 0, target.as_str()),
+        let (typeflag, size) = match &entry.kind {
+            TarKind::Directory => (b'5', 0),
+            TarKind::File(content) => (b'0', content.len() as u64),
         };
-        let mut records = Vec::new();
         if !fits_ustar(&name) {
-            records.push(pax_record("path", &name));
-        }
-        if !fits_ustar(link) {
-            records.push(pax_record("linkpath", link));
-        }
-        if !records.is_empty() {
-            let body = records.concat();
+            let body = pax_record("path", &name);
             let pax_name = format!("PaxHeaders/{}", truncate_ascii(&entry.path, 80));
-            out.extend(header(&pax_name, 0o644, 0, 0, entry.mtime, b'x', body.len() as u64, "")?);
+            out.extend(header(&pax_name, 0o644, 0, 0, entry.mtime, b'x', body.len() as u64)?);
             push_padded(&mut out, &body);
         }
-        out.extend(header(
-            &truncate_ascii(&name, 100),
-            entry.mode,
-            entry.uid,
-            entry.gid,
-            entry.mtime,
-            typeflag,
-            size,
-            &truncate_ascii(link, 100),
-        )?);
+        out.extend(header(&truncate_ascii(&name, 100), entry.mode, entry.uid, entry.gid, entry.mtime, typeflag, size)?);
         if let TarKind::File(content) = &entry.kind {
             push_padded(&mut out, content);
         }
@@ -137,17 +114,7 @@ fn push_padded(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// A ustar header block, its numeric fields in octal as Go's `archive/tar` writes them.
-#[allow(clippy::too_many_arguments)]
-fn header(
-    name: &str,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: u64,
-    typeflag: u8,
-    size: u64,
-    link: &str,
-) -> Result<[u8; BLOCK]> {
+fn header(name: &str, mode: u32, uid: u32, gid: u32, mtime: u64, typeflag: u8, size: u64) -> Result<[u8; BLOCK]> {
     let mut block = [0u8; BLOCK];
     block[..name.len()].copy_from_slice(name.as_bytes());
     octal(&mut block[100..108], u64::from(mode))?;
@@ -156,7 +123,6 @@ fn header(
     octal(&mut block[124..136], size)?;
     octal(&mut block[136..148], mtime)?;
     block[156] = typeflag;
-    block[157..157 + link.len()].copy_from_slice(link.as_bytes());
     block[257..263].copy_from_slice(b"ustar\0");
     block[263..265].copy_from_slice(b"00");
     // The checksum is the byte sum of the header with its own field read as spaces.
@@ -235,10 +201,10 @@ mod tests {
         TarEntry { path: path.into(), mode: 0o755, uid: 0, gid: 0, mtime: 0, kind: TarKind::Directory }
     }
 
-    /// One entry read back: name, typeflag, mode, uid, size, link target, content.
-    type ReadEntry = (String, u8, u32, u32, u64, String, Vec<u8>);
+    /// One entry read back: name, typeflag, mode, uid, size, content.
+    type ReadEntry = (String, u8, u32, u32, u64, Vec<u8>);
 
-    /// Reads the archive back, applying PAX `path` and `linkpath` records, checking every
+    /// Reads the archive back, applying PAX `path` records, checking every
     /// header's checksum on the way.
     fn read(archive: &[u8]) -> Vec<ReadEntry> {
         fn number(field: &[u8]) -> u64 {
@@ -279,55 +245,49 @@ mod tests {
                 continue;
             }
             let mut name = text(&block[..100]);
-            let mut link = text(&block[157..257]);
             for (key, value) in pax.drain(..) {
-                match key.as_str() {
-                    "path" => name = value,
-                    "linkpath" => link = value,
-                    _ => panic!("unexpected PAX key {key}"),
-                }
+                assert_eq!(key, "path", "the only PAX record written");
+                name = value;
             }
             let mode = number(&block[100..108]) as u32;
             let uid = number(&block[108..116]) as u32;
-            entries.push((name, block[156], mode, uid, size, link, body.to_vec()));
+            entries.push((name, block[156], mode, uid, size, body.to_vec()));
         }
     }
 
     #[test]
-    fn an_archive_reads_back_with_modes_types_links_and_contents() {
+    fn an_archive_reads_back_with_modes_types_and_contents() {
         let entries = vec![
             dir("app/intric"),
             file("app/intric/main.py", 0o644, "print('hi')\n"),
             file("app/intric/run.sh", 0o755, "#!/bin/sh\n"),
             TarEntry { uid: 1000, gid: 1000, ..file("app/data.txt", 0o600, "") },
-            TarEntry { kind: TarKind::Symlink("main.py".into()), ..file("app/intric/link", 0o777, "") },
         ];
         let back = read(&tar(&entries).unwrap());
-        assert_eq!(back.len(), 5);
+        assert_eq!(back.len(), 4);
         assert_eq!((back[0].0.as_str(), back[0].1, back[0].2), ("app/intric/", b'5', 0o755));
         assert_eq!((back[1].0.as_str(), back[1].1, back[1].2, back[1].4), ("app/intric/main.py", b'0', 0o644, 12));
-        assert_eq!(back[1].6, b"print('hi')\n");
+        assert_eq!(back[1].5, b"print('hi')\n");
         assert_eq!(back[2].2, 0o755);
         assert_eq!((back[3].2, back[3].3, back[3].4), (0o600, 1000, 0));
-        assert_eq!((back[4].1, back[4].5.as_str()), (b'2', "main.py"));
     }
 
     #[test]
-    fn names_and_link_targets_over_100_bytes_or_not_ascii_go_in_pax_records() {
+    fn names_over_100_bytes_or_not_ascii_go_in_pax_records() {
         let long = format!("app/{}/{}.py", "d".repeat(60), "f".repeat(70));
         let entries = vec![
             file(&long, 0o644, "x"),
             file("app/å.py", 0o644, "y"),
-            TarEntry { kind: TarKind::Symlink(long.clone()), ..file("app/short", 0o777, "") },
             file(&format!("app/{}", "e".repeat(96)), 0o644, "exactly 100 bytes: ustar holds it"),
+            dir(&format!("app/{}", "g".repeat(96))),
         ];
         let archive = tar(&entries).unwrap();
         let back = read(&archive);
         assert_eq!(back[0].0, long);
         assert_eq!(back[1].0, "app/å.py");
-        assert_eq!(back[2].5, long);
-        assert_eq!(back[3].0.len(), 100);
-        // Three PAX headers (one each for the first three entries), not four.
+        assert_eq!(back[2].0.len(), 100);
+        assert_eq!(back[3].0, format!("app/{}/", "g".repeat(96)), "101 bytes with the slash");
+        // PAX headers for the first, second and fourth entries only.
         let pax_headers = archive.chunks(BLOCK).filter(|block| block[156] == b'x' && &block[257..262] == b"ustar");
         assert_eq!(pax_headers.count(), 3);
     }

@@ -13,8 +13,22 @@
 //! after the copies. What only the files can tell (a symlink among the sources, a missing
 //! source) is checked when the layers are written. Pure: it reads no file and runs nothing.
 
-use crate::images::derived::check_metadata;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::adapters::registry::{Manifest, Registry, sha256_digest};
+use crate::images::derived::{check_metadata, derive_config};
 use crate::images::dockerfile::{Dockerfile, Instruction};
+use crate::images::inputs::{EntryKind, context_entries, under};
+use crate::images::layer::{Layer, TarEntry, TarKind};
+use crate::plan::progress::TaskProgress;
 
 /// One trailing `COPY`: its sources, clean and relative to the build context (`.` for the whole
 /// context), and its absolute destination.
@@ -36,6 +50,9 @@ pub struct SourceCopy {
 pub struct SourceSwap {
     pub copies: Vec<SourceCopy>,
     pub metadata: Vec<Instruction>,
+    /// The stage's working directory at the copies, when its `WORKDIR`s say it plainly: it
+    /// exists before them (`WORKDIR` made it).
+    pub workdir: Option<String>,
 }
 
 impl SourceSwap {
@@ -79,13 +96,58 @@ pub fn source_swap(file: &Dockerfile, target: Option<&str>) -> Result<SourceSwap
     }
     let metadata = instructions[metadata_start..].to_vec();
     check_metadata(file, &metadata)?;
+    check_reapplicable(&metadata).map_err(|(instruction, why)| format!("{}: {why}", at(instruction)))?;
 
     let workdir = workdir(&instructions[..copies_start]);
     let mut copies = Vec::new();
     for instruction in &instructions[copies_start..metadata_start] {
         copies.push(parse_copy(instruction, workdir.as_deref()).map_err(|why| format!("{}: {why}", at(instruction)))?);
     }
-    Ok(SourceSwap { copies, metadata })
+    Ok(SourceSwap { copies, metadata, workdir })
+}
+
+/// The metadata after the copies is applied again to the previous image's config, which holds
+/// its effect already. That gives the build's result unless an `ENV` or `LABEL` reads a
+/// variable that this or a later `ENV` of that metadata sets (`ENV PATH=/x:$PATH` would grow
+/// on every swap); such a stage is refused.
+fn check_reapplicable(metadata: &[Instruction]) -> Result<(), (&Instruction, String)> {
+    for (index, instruction) in metadata.iter().enumerate() {
+        if !matches!(instruction.keyword.as_str(), "ENV" | "LABEL") {
+            continue;
+        }
+        let set_later: Vec<String> = metadata[index..]
+            .iter()
+            .filter(|later| later.keyword == "ENV")
+            .flat_map(|later| env_keys(&later.text))
+            .collect();
+        if let Some(name) = referenced(&instruction.text).into_iter().find(|name| set_later.contains(name)) {
+            let why = format!("{} reads ${name}, which an ENV after the copies sets", instruction.keyword);
+            return Err((instruction, why));
+        }
+    }
+    Ok(())
+}
+
+/// The keys an `ENV` sets (`KEY=value` pairs, or the one-pair form `KEY value`).
+fn env_keys(text: &str) -> Vec<String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    match words.first() {
+        Some(first) if !first.contains('=') => vec![first.to_string()],
+        _ => words.iter().filter_map(|word| word.split_once('=').map(|(key, _)| key.to_string())).collect(),
+    }
+}
+
+/// The variable names `text` refers to as `$NAME` or `${NAME...}`.
+fn referenced(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for (at, _) in text.match_indices('$') {
+        let rest = text[at + 1..].strip_prefix('{').unwrap_or(&text[at + 1..]);
+        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        if !name.is_empty() {
+            names.push(name);
+        }
+    }
+    names
 }
 
 /// The working directory the stage's own `WORKDIR`s leave (absolute, clean), when they say it
@@ -178,6 +240,273 @@ fn clean_absolute(path: &str) -> Option<String> {
     match clean_relative(path)?.as_str() {
         "." => Some("/".to_string()),
         relative => Some(format!("/{relative}")),
+    }
+}
+
+/// The layers of the trailing copies, written from the build context as BuildKit's `COPY`
+/// would (the ignore file applied, owner root, modes from the files, every time `mtime`), in
+/// the copies' order; or why the fast path cannot write them, naming the line. Directories the
+/// copies only write into (the `WORKDIR`, those an earlier trailing copy made) get no entry of
+/// their own: they exist below, and their metadata stays as it is there.
+pub fn source_layers(
+    context: &Path,
+    dockerfile: &Path,
+    swap: &SourceSwap,
+    mtime: u64,
+) -> Result<Result<Vec<Layer>, String>> {
+    let entries = context_entries(context, dockerfile)?;
+    let mut existing: BTreeSet<String> = BTreeSet::from(["/".to_string()]);
+    if let Some(workdir) = &swap.workdir {
+        existing.insert(workdir.clone());
+    }
+    let mut layers = Vec::new();
+    for copy in &swap.copies {
+        let refuse = |why: String| Ok(Err(format!("COPY line {}: {why}", copy.line)));
+        let mut tar = Vec::new();
+        for source in &copy.sources {
+            let found: Vec<_> = entries.iter().filter(|entry| under(&entry.relative, source)).collect();
+            if let Some(link) = found.iter().find(|entry| matches!(entry.kind, EntryKind::Symlink { .. })) {
+                return refuse(format!("the symlink {} is among its sources", String::from_utf8_lossy(&link.relative)));
+            }
+            let root = found.iter().find(|entry| entry.relative == source.as_bytes());
+            let source_is_dir = source == "." || matches!(root.map(|entry| &entry.kind), Some(EntryKind::Directory));
+            if !source_is_dir && root.is_none() {
+                return refuse(format!(
+                    "the source {source} is not in the build context (or the ignore file excludes it)"
+                ));
+            }
+            let (target_dir, target) = if source_is_dir {
+                (parent(&copy.dest), copy.dest.clone())
+            } else if copy.into_directory {
+                (copy.dest.clone(), join(&copy.dest, source.rsplit('/').next().unwrap_or(source)))
+            } else {
+                (parent(&copy.dest), copy.dest.clone())
+            };
+            if !existing.contains(&target_dir) {
+                return refuse(format!(
+                    "{target_dir} is neither the WORKDIR nor made by these copies: what it is below decides the layer"
+                ));
+            }
+            for entry in found {
+                let Ok(relative) = std::str::from_utf8(&entry.relative) else {
+                    return refuse(format!("the name {} is not UTF-8", String::from_utf8_lossy(&entry.relative)));
+                };
+                let rest = if source == "." { relative } else { relative[source.len()..].trim_start_matches('/') };
+                let path = if rest.is_empty() { target.clone() } else { join(&target, rest) };
+                let on_disk = context.join(relative);
+                let mode = fs::symlink_metadata(&on_disk)
+                    .with_context(|| format!("cannot read {}", on_disk.display()))?
+                    .permissions()
+                    .mode()
+                    & 0o7777;
+                let kind = match &entry.kind {
+                    EntryKind::Directory => {
+                        // A directory that exists already is only written into, as by BuildKit.
+                        if !existing.insert(path.clone()) {
+                            continue;
+                        }
+                        TarKind::Directory
+                    }
+                    EntryKind::File { path: file, .. } => {
+                        TarKind::File(fs::read(file).with_context(|| format!("cannot read {}", file.display()))?)
+                    }
+                    EntryKind::Symlink { .. } => unreachable!("symlinks are refused above"),
+                };
+                tar.push(TarEntry { path: path[1..].to_string(), mode, uid: 0, gid: 0, mtime, kind });
+            }
+            if source == "." && !existing.contains(&target) {
+                let mode = fs::metadata(context)
+                    .with_context(|| format!("cannot read {}", context.display()))?
+                    .permissions()
+                    .mode()
+                    & 0o7777;
+                existing.insert(target.clone());
+                tar.push(TarEntry {
+                    path: target[1..].to_string(),
+                    mode,
+                    uid: 0,
+                    gid: 0,
+                    mtime,
+                    kind: TarKind::Directory,
+                });
+            }
+        }
+        if tar.iter().any(|entry| entry.path.is_empty()) {
+            return refuse("it writes into / itself".into());
+        }
+        tar.sort_by(|a, b| a.path.cmp(&b.path));
+        layers.push(Layer::of(&tar).with_context(|| format!("cannot write the layer of COPY line {}", copy.line))?);
+    }
+    Ok(Ok(layers))
+}
+
+fn parent(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some(("", _)) | None => "/".to_string(),
+        Some((parent, _)) => parent.to_string(),
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir == "/" { format!("/{name}") } else { format!("{dir}/{name}") }
+}
+
+/// BuildKit's cache metadata in a config: the new layers are not in it, so it would lie.
+const BUILDKIT_CONFIG_KEYS: [&str; 2] = ["moby.buildkit.cache.v0", "moby.buildkit.buildinfo.v1"];
+
+/// The config of the previous image with its last `layers.len()` layers (the trailing copies')
+/// replaced by `layers`, their history entries dated `created`, the metadata after them applied
+/// again with this build's args and labels, and BuildKit's cache metadata dropped.
+pub fn swap_config(
+    previous: &Value,
+    swap: &SourceSwap,
+    layers: &[Layer],
+    build_args: &BTreeMap<String, String>,
+    labels: &[(String, String)],
+    created: &str,
+) -> Result<Value> {
+    let mut config = previous.clone();
+    let Value::Object(top) = &mut config else { bail!("the previous image config is not a JSON object") };
+    for key in BUILDKIT_CONFIG_KEYS {
+        top.remove(key);
+    }
+    let Some(Value::Array(history)) = top.get_mut("history") else { bail!("the previous image config has no history") };
+    let with_layer: Vec<usize> = (0..history.len()).filter(|&index| history[index]["empty_layer"] != true).collect();
+    let Some(copies) = with_layer.len().checked_sub(layers.len()).map(|start| &with_layer[start..]) else {
+        bail!("the previous image has fewer layers than the {} trailing copies", layers.len());
+    };
+    for &index in copies {
+        let created_by = history[index]["created_by"].as_str().unwrap_or_default();
+        if !created_by.starts_with("COPY ") {
+            bail!("the previous image's layer {index} was made by {created_by:?}, not by one of the trailing copies");
+        }
+        history[index]["created"] = json!(created);
+    }
+    if let Some(&last) = copies.last() {
+        history.truncate(last + 1);
+    }
+    let with_layers = with_layer.len();
+    let Some(Value::Array(diff_ids)) = top.get_mut("rootfs").and_then(|rootfs| rootfs.get_mut("diff_ids")) else {
+        bail!("the previous image config has no rootfs.diff_ids");
+    };
+    if diff_ids.len() != with_layers {
+        bail!("the previous image has {} layers but {with_layers} history entries with one", diff_ids.len());
+    }
+    let start = diff_ids.len() - layers.len();
+    for (old, layer) in diff_ids[start..].iter_mut().zip(layers) {
+        *old = json!(layer.diff_id);
+    }
+    derive_config(&config, &swap.metadata, build_args, labels, created)
+}
+
+/// The manifest of the previous image with its last layers replaced by `layers` and its config
+/// by `config` (its bytes).
+pub fn swap_manifest(previous: &Manifest, layers: &[Layer], config: &[u8]) -> Result<Manifest> {
+    let mut manifest: Value = serde_json::from_slice(&previous.bytes).context("the previous manifest is not JSON")?;
+    let Some(Value::Array(entries)) = manifest.get_mut("layers") else {
+        bail!("the previous manifest lists no layers")
+    };
+    let Some(start) = entries.len().checked_sub(layers.len()) else {
+        bail!("the previous manifest has fewer layers than the trailing copies");
+    };
+    for (entry, layer) in entries[start..].iter_mut().zip(layers) {
+        entry["digest"] = json!(layer.digest);
+        entry["size"] = json!(layer.blob.len());
+    }
+    manifest["config"]["digest"] = json!(sha256_digest(config));
+    manifest["config"]["size"] = json!(config.len());
+    let bytes = serde_json::to_vec(&manifest).context("cannot write the swapped manifest")?;
+    Ok(Manifest { media_type: previous.media_type.clone(), digest: sha256_digest(&bytes), bytes })
+}
+
+/// The step of a build plan that makes an image from the previous one by replacing the layers
+/// of its trailing copies: the previous manifest is pinned by digest, the new layers are ready.
+#[derive(PartialEq, Eq)]
+pub struct SourceSwapStep {
+    pub repository: String,
+    /// The tag the previous image was found under (`dev-latest`), and its manifest then.
+    pub from_tag: String,
+    pub from: Manifest,
+    /// The previous image's config.
+    pub previous_config: Value,
+    /// Its tags, the `inputs-` tag last.
+    pub tags: Vec<String>,
+    pub swap: SourceSwap,
+    pub layers: Vec<Layer>,
+    pub build_args: BTreeMap<String, String>,
+    pub labels: Vec<(String, String)>,
+    pub created: String,
+}
+
+impl fmt::Debug for SourceSwapStep {
+    // The layers' bytes would drown everything else.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let layers: Vec<&str> = self.layers.iter().map(|layer| layer.digest.as_str()).collect();
+        f.debug_struct("SourceSwapStep")
+            .field("repository", &self.repository)
+            .field("from_tag", &self.from_tag)
+            .field("from", &self.from.digest)
+            .field("tags", &self.tags)
+            .field("layers", &layers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SourceSwapStep {
+    /// The lines of the trailing copies, for the plan: `4, 5, 6`.
+    pub fn lines(&self) -> String {
+        self.swap.copies.iter().map(|copy| copy.line.to_string()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// What `--dry-run` shows: the reason, then every registry call.
+    pub fn show(&self, f: &mut fmt::Formatter<'_>, registry: &str) -> fmt::Result {
+        let SourceSwapStep { repository, from_tag, from, .. } = self;
+        writeln!(
+            f,
+            "  source swap on {repository}:{from_tag} ({}): only the sources of the COPYs at lines {} changed; \
+             no build, no pull",
+            from.digest,
+            self.lines()
+        )?;
+        for (copy, layer) in self.swap.copies.iter().zip(&self.layers) {
+            writeln!(
+                f,
+                "  registry: POST+PUT {registry} /v2/{repository}/blobs/uploads/ (COPY line {}: {}, {} bytes)",
+                copy.line,
+                layer.digest,
+                layer.blob.len()
+            )?;
+        }
+        writeln!(f, "  registry: POST+PUT {registry} /v2/{repository}/blobs/uploads/ (the new config)")?;
+        for tag in &self.tags {
+            writeln!(f, "  registry: PUT {registry} /v2/{repository}/manifests/{tag} (the swapped manifest)")?;
+        }
+        Ok(())
+    }
+
+    /// Uploads the new layers and config and puts the new manifest under every tag. Returns it.
+    pub fn run(&self, registry: &Registry, log: &mut File, task: &TaskProgress) -> Result<Manifest> {
+        let SourceSwapStep { repository, from_tag, .. } = self;
+        let config =
+            swap_config(&self.previous_config, &self.swap, &self.layers, &self.build_args, &self.labels, &self.created)
+                .with_context(|| format!("cannot swap the sources of {repository}:{from_tag}"))?;
+        let config = serde_json::to_vec(&config).context("cannot write the swapped image config")?;
+        let manifest = swap_manifest(&self.from, &self.layers, &config)
+            .with_context(|| format!("cannot swap the sources of {repository}:{from_tag}"))?;
+        for (copy, layer) in self.swap.copies.iter().zip(&self.layers) {
+            registry.upload_blob(repository, &layer.blob)?;
+            let line = format!("COPY line {}: layer {} uploaded ({} bytes)", copy.line, layer.digest, layer.blob.len());
+            task.line(&line);
+            writeln!(log, "{line}")?;
+        }
+        let config_digest = registry.upload_blob(repository, &config)?;
+        writeln!(log, "config {config_digest} uploaded ({} bytes)", config.len())?;
+        for tag in &self.tags {
+            task.line(&format!("tag {repository}:{tag} -> {}", manifest.digest));
+            writeln!(log, "PUT /v2/{repository}/manifests/{tag} ({})", manifest.digest)?;
+            registry.put_manifest(repository, tag, &manifest)?;
+        }
+        Ok(manifest)
     }
 }
 
