@@ -299,7 +299,8 @@ fn a_source_swap_is_the_image_buildkit_builds_and_runs() {
     // B1: one file modified, one added, one deleted, one renamed, a new nested directory, an
     // executable bit. B2: a name over 100 characters, a .dockerignore hit, and alembic.ini (the
     // first COPY's source) changed.
-    let cases: [(&str, fn(&std::path::Path)); 2] = [
+    type Change = fn(&std::path::Path);
+    let cases: [(&str, Change); 2] = [
         ("B1", |source| {
             std::fs::write(source.join("main.py"), std::fs::read_to_string(source.join("main.py")).unwrap() + "# B1\n")
                 .unwrap();

@@ -109,7 +109,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub pull: bool,
     /// Build every image with BuildKit: never derive a metadata-only stage (the worker) from
-    /// another image's pushed manifest.
+    /// another image's pushed manifest, never swap changed sources into the previous image.
     #[arg(long)]
     pub no_fast_path: bool,
     /// Push even from a dirty working tree.
@@ -777,11 +777,8 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
                     }
                     (Err(_), Some(Ok(previous))) => {
                         let step = source_swap_step(inputs, image, &tags, &digest, previous);
-                        let path = format!(
-                            "source swap on {}: only the sources of the COPYs at lines {} changed",
-                            previous.tag,
-                            step.lines()
-                        );
+                        let path =
+                            format!("source swap on {}: only the sources of {} changed", previous.tag, step.copies());
                         (ImageAction::SwapSources(step), path)
                     }
                     (Err(not_derived), previous) => {
@@ -1656,6 +1653,65 @@ pub(crate) mod tests {
             shown.contains("  path: BuildKit: stage frontend: starts from the image nginx, not from another stage"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_backend_whose_copies_alone_changed_swaps_them_and_otherwise_says_why_not() {
+        use crate::images::layer::{TarEntry, TarKind};
+        let text = "FROM python\nWORKDIR /app\nCOPY intric ./intric\nCMD [\"x\"]\n";
+        let parsed = crate::images::dockerfile::Dockerfile::parse("backend/Dockerfile", text).unwrap();
+        let swap = source_swap(&parsed, None).unwrap();
+        let file = TarEntry {
+            path: "app/intric/main.py".into(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            kind: TarKind::File(vec![]),
+        };
+        let layer = Layer::of(&[file]).unwrap();
+        let manifest = Manifest {
+            media_type: "application/vnd.docker.distribution.manifest.v2+json".into(),
+            digest: "sha256:prev".into(),
+            bytes: b"{}".to_vec(),
+        };
+        let mut swapping = inputs(Builder::Legacy, Some("r:5000"), true);
+        swapping.previous.insert(
+            "backend".into(),
+            Ok(PreviousImage {
+                tag: "dev-latest".into(),
+                manifest,
+                config: serde_json::json!({}),
+                swap,
+                layers: vec![layer.clone()],
+            }),
+        );
+        let built = plan(&swapping);
+        let backend = image(&built, "backend");
+        let ImageAction::SwapSources(step) = &backend.action else { panic!("not swapped: {:?}", backend.action) };
+        assert_eq!(backend.path, "source swap on dev-latest: only the sources of the COPY at line 3 changed");
+        assert_eq!(step.tags, ["sha-0123456789ab", "dev-latest", "qa", "inputs-aaaaaaaaaaaaaaaaaaaaaaaa"]);
+        assert!(step.labels.contains(&(OUTSIDE_SOURCES_LABEL.into(), OUTSIDE_BACKEND.into())));
+        assert_eq!(step.build_args["REVISION"], "0123456789abcdef0123456789abcdef01234567");
+        let shown = built.to_string();
+        assert!(shown.contains("  source swap on intric/backend:dev-latest (sha256:prev): only the sources of the COPY at line 3 changed; no build, no pull\n"), "{shown}");
+        assert!(
+            shown.contains(&format!(
+                "registry: POST+PUT r:5000 /v2/intric/backend/blobs/uploads/ (COPY line 3: {}, {} bytes)",
+                layer.digest,
+                layer.blob.len()
+            )),
+            "{shown}"
+        );
+        assert!(
+            matches!(image(&built, "worker").action, ImageAction::Derive(_)),
+            "the worker derives from the swapped backend"
+        );
+
+        swapping.previous.insert("backend".into(), Err("no dev-latest image to swap the sources of".into()));
+        let built = plan(&swapping);
+        assert!(matches!(image(&built, "backend").action, ImageAction::Build { .. }));
+        assert_eq!(image(&built, "backend").path, "BuildKit: no dev-latest image to swap the sources of");
     }
 
     #[test]

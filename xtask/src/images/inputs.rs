@@ -437,7 +437,7 @@ pub struct InputsDigests {
     /// With `sources` given: the same inputs without the entries at or under those context
     /// paths (`.` is all of them), but with the ignore file's patterns and the sources' list.
     /// Two commits with the same one differ at most in those sources' files: what the
-    /// source-only fast path ([`crate::images::source_swap`]) can apply to the older image.
+    /// source-only fast path (the `source_swap` module) can apply to the older image.
     pub outside_sources: Option<String>,
 }
 

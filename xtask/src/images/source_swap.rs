@@ -453,9 +453,13 @@ impl fmt::Debug for SourceSwapStep {
 }
 
 impl SourceSwapStep {
-    /// The lines of the trailing copies, for the plan: `4, 5, 6`.
-    pub fn lines(&self) -> String {
-        self.swap.copies.iter().map(|copy| copy.line.to_string()).collect::<Vec<_>>().join(", ")
+    /// The trailing copies, for the plan: `the COPYs at lines 4, 5, 6`, `the COPY at line 3`.
+    pub fn copies(&self) -> String {
+        let lines: Vec<String> = self.swap.copies.iter().map(|copy| copy.line.to_string()).collect();
+        match lines.as_slice() {
+            [line] => format!("the COPY at line {line}"),
+            lines => format!("the COPYs at lines {}", lines.join(", ")),
+        }
     }
 
     /// What `--dry-run` shows: the reason, then every registry call.
@@ -463,10 +467,9 @@ impl SourceSwapStep {
         let SourceSwapStep { repository, from_tag, from, .. } = self;
         writeln!(
             f,
-            "  source swap on {repository}:{from_tag} ({}): only the sources of the COPYs at lines {} changed; \
-             no build, no pull",
+            "  source swap on {repository}:{from_tag} ({}): only the sources of {} changed; no build, no pull",
             from.digest,
-            self.lines()
+            self.copies()
         )?;
         for (copy, layer) in self.swap.copies.iter().zip(&self.layers) {
             writeln!(
@@ -650,5 +653,246 @@ mod tests {
     fn a_missing_target_is_the_reason() {
         let file = Dockerfile::parse("Dockerfile", "FROM python AS base\nCOPY a /a\n").unwrap();
         assert!(source_swap(&file, Some("nope")).unwrap_err().contains("has no stage \"nope\""));
+    }
+
+    #[test]
+    fn metadata_that_reads_what_it_sets_is_refused() {
+        let why = refused("WORKDIR /app\nCOPY intric ./intric\nENV PATH=/app/bin:$PATH\n");
+        assert_eq!(why, "backend/Dockerfile line 5: ENV reads $PATH, which an ENV after the copies sets");
+        let why = refused("WORKDIR /app\nCOPY intric ./intric\nLABEL x=${A}\nENV A=1\n");
+        assert_eq!(why, "backend/Dockerfile line 5: LABEL reads $A, which an ENV after the copies sets");
+        // Reading a build arg, or an ENV set before the copies, gives the same value again.
+        assert!(swap("ENV B=1\nWORKDIR /app\nCOPY intric ./intric\nARG V\nENV A=$V C=$B\nLABEL v=$A\n").is_ok());
+    }
+
+    /// A build context with the backend's shape, and its swap.
+    struct Context {
+        dir: tempfile::TempDir,
+        swap: SourceSwap,
+    }
+
+    impl Context {
+        fn new(ignore: &str) -> Context {
+            let dir = tempfile::tempdir().unwrap();
+            let text = "FROM python\nWORKDIR /app\nCOPY alembic.ini ./\nCOPY intric ./intric\nCMD [\"x\"]\n";
+            std::fs::write(dir.path().join("Dockerfile"), text).unwrap();
+            std::fs::write(dir.path().join(".dockerignore"), ignore).unwrap();
+            let swap = source_swap(&Dockerfile::parse("Dockerfile", text).unwrap(), None).unwrap();
+            let context = Context { dir, swap };
+            context.write("alembic.ini", "[alembic]\n");
+            context.write("intric/main.py", "print('hi')\n");
+            context
+        }
+
+        fn write(&self, relative: &str, text: &str) {
+            let path = self.dir.path().join(relative);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+
+        fn layers(&self) -> Result<Vec<Layer>, String> {
+            source_layers(self.dir.path(), &self.dir.path().join("Dockerfile"), &self.swap, 1_700_000_000).unwrap()
+        }
+
+        /// Each layer's entries: path, directory or not, mode.
+        fn entries(&self) -> Vec<Vec<(String, bool, u32)>> {
+            self.layers().unwrap().iter().map(|layer| listing(&layer.blob)).collect()
+        }
+    }
+
+    /// The entries of a layer we wrote (stored gzip: the tar follows the 10-byte header and
+    /// each 5-byte block header).
+    fn listing(blob: &[u8]) -> Vec<(String, bool, u32)> {
+        let mut archive = Vec::new();
+        let mut offset = 10;
+        loop {
+            let last = blob[offset];
+            let length = usize::from(u16::from_le_bytes([blob[offset + 1], blob[offset + 2]]));
+            archive.extend_from_slice(&blob[offset + 5..offset + 5 + length]);
+            offset += 5 + length;
+            if last == 1 {
+                break;
+            }
+        }
+        let mut entries = Vec::new();
+        let mut offset = 0;
+        let mut long_name = None;
+        while archive[offset..offset + 512].iter().any(|&byte| byte != 0) {
+            let block = &archive[offset..offset + 512];
+            let field = |range: std::ops::Range<usize>| {
+                String::from_utf8(block[range].iter().copied().take_while(|&byte| byte != 0).collect()).unwrap()
+            };
+            let size = usize::from_str_radix(&field(124..135), 8).unwrap();
+            let body = &archive[offset + 512..offset + 512 + size];
+            offset += 512 + size.next_multiple_of(512);
+            if block[156] == b'x' {
+                let record = std::str::from_utf8(body).unwrap();
+                long_name = Some(record.split_once("path=").unwrap().1.trim_end().to_string());
+                continue;
+            }
+            let name = long_name.take().unwrap_or_else(|| field(0..100));
+            let mode = u32::from_str_radix(&field(100..107), 8).unwrap();
+            entries.push((name, block[156] == b'5', mode));
+        }
+        entries
+    }
+
+    fn entry(path: &str, directory: bool, mode: u32) -> (String, bool, u32) {
+        (path.to_string(), directory, mode)
+    }
+
+    #[test]
+    fn each_copy_gets_a_layer_of_its_sources_as_buildkit_lays_them_out() {
+        use std::os::unix::fs::PermissionsExt;
+        let context = Context::new("**/*.pyc\n");
+        context.write("intric/pkg/sub/deep.py", "");
+        context.write("intric/stale.pyc", "");
+        let long = format!("intric/{}/{}.py", "n".repeat(60), "m".repeat(60));
+        context.write(&long, "");
+        context.write("README.md", "not a source");
+        let run = context.dir.path().join("intric/run.sh");
+        std::fs::write(&run, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(context.dir.path().join("intric/pkg"), std::fs::Permissions::from_mode(0o750))
+            .unwrap();
+        let entries = context.entries();
+        // The WORKDIR gets no entry: it exists below, and keeps its metadata.
+        assert_eq!(entries[0], [entry("app/alembic.ini", false, 0o644)]);
+        let dir_mode = std::fs::metadata(context.dir.path().join("intric")).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            entries[1],
+            [
+                entry("app/intric/", true, dir_mode),
+                entry("app/intric/main.py", false, 0o644),
+                entry(&format!("app/{}/", long.rsplit_once('/').unwrap().0), true, dir_mode),
+                entry(&format!("app/{long}"), false, 0o644),
+                entry("app/intric/pkg/", true, 0o750),
+                entry("app/intric/pkg/sub/", true, dir_mode),
+                entry("app/intric/pkg/sub/deep.py", false, 0o644),
+                entry("app/intric/run.sh", false, 0o755),
+            ]
+        );
+        assert_eq!(context.layers().unwrap(), context.layers().unwrap(), "the same context, the same layers");
+    }
+
+    #[test]
+    fn sources_the_layers_cannot_be_written_from_are_refused() {
+        let context = Context::new("");
+        std::os::unix::fs::symlink("main.py", context.dir.path().join("intric/link.py")).unwrap();
+        assert_eq!(context.layers().unwrap_err(), "COPY line 4: the symlink intric/link.py is among its sources");
+
+        let context = Context::new("alembic.ini\n");
+        assert_eq!(
+            context.layers().unwrap_err(),
+            "COPY line 3: the source alembic.ini is not in the build context (or the ignore file excludes it)"
+        );
+
+        let mut context = Context::new("");
+        context.swap.copies[1].dest = "/srv/intric".into();
+        assert_eq!(
+            context.layers().unwrap_err(),
+            "COPY line 4: /srv is neither the WORKDIR nor made by these copies: what it is below decides the layer"
+        );
+    }
+
+    fn layer(name: &str) -> Layer {
+        Layer::of(&[TarEntry { path: name.into(), mode: 0o644, uid: 0, gid: 0, mtime: 0, kind: TarKind::File(vec![]) }])
+            .unwrap()
+    }
+
+    /// A previous image's config with a base layer, two copies and metadata after them.
+    fn previous_config() -> Value {
+        json!({
+            "created": "old",
+            "moby.buildkit.cache.v0": "cache",
+            "moby.buildkit.buildinfo.v1": "info",
+            "config": {"Env": ["PATH=/bin", "V=old"], "Labels": {"version": "old", "kept": "yes"}},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:base", "sha256:copy1", "sha256:copy2"]},
+            "history": [
+                {"created": "old", "created_by": "RUN make"},
+                {"created": "old", "created_by": "WORKDIR /app", "empty_layer": true},
+                {"created": "old", "created_by": "COPY a ./ # buildkit", "comment": "buildkit.dockerfile.v0"},
+                {"created": "old", "created_by": "COPY b ./b # buildkit", "comment": "buildkit.dockerfile.v0"},
+                {"created": "old", "created_by": "ARG VERSION", "empty_layer": true},
+                {"created": "old", "created_by": "ENV V=old", "empty_layer": true},
+            ],
+        })
+    }
+
+    fn two_copies() -> SourceSwap {
+        swap("WORKDIR /app\nCOPY a ./\nCOPY b ./b\nARG VERSION\nENV V=$VERSION\n").unwrap()
+    }
+
+    #[test]
+    fn the_config_gets_the_new_layers_and_the_metadata_again() {
+        let layers = [layer("a"), layer("b")];
+        let args = BTreeMap::from([("VERSION".to_string(), "new".to_string())]);
+        let labels = [("version".to_string(), "new".to_string())];
+        let config = swap_config(&previous_config(), &two_copies(), &layers, &args, &labels, "now").unwrap();
+        assert_eq!(config["rootfs"]["diff_ids"], json!(["sha256:base", layers[0].diff_id, layers[1].diff_id]));
+        let history: Vec<(&str, &str)> = config["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| (entry["created_by"].as_str().unwrap(), entry["created"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            history,
+            [
+                ("RUN make", "old"),
+                ("WORKDIR /app", "old"),
+                ("COPY a ./ # buildkit", "now"),
+                ("COPY b ./b # buildkit", "now"),
+                ("ARG VERSION", "now"),
+                ("ENV V=new", "now"),
+            ]
+        );
+        assert_eq!(config["config"]["Env"], json!(["PATH=/bin", "V=new"]));
+        assert_eq!(config["config"]["Labels"], json!({"version": "new", "kept": "yes"}));
+        assert_eq!(config["created"], "now");
+        assert!(config.get("moby.buildkit.cache.v0").is_none() && config.get("moby.buildkit.buildinfo.v1").is_none());
+    }
+
+    #[test]
+    fn a_previous_image_that_does_not_end_with_the_copies_is_an_error() {
+        let layers = [layer("a"), layer("b")];
+        let mut config = previous_config();
+        config["history"][3]["created_by"] = json!("RUN make more");
+        let error = swap_config(&config, &two_copies(), &layers, &BTreeMap::new(), &[], "now").unwrap_err();
+        assert!(error.to_string().contains("not by one of the trailing copies"), "{error}");
+        let mut config = previous_config();
+        config["rootfs"]["diff_ids"] = json!(["sha256:copy1", "sha256:copy2"]);
+        let error = swap_config(&config, &two_copies(), &layers, &BTreeMap::new(), &[], "now").unwrap_err();
+        assert!(error.to_string().contains("2 layers but 3 history entries"), "{error}");
+    }
+
+    #[test]
+    fn the_manifest_gets_the_new_layers_and_config() {
+        let previous = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1, "digest": "sha256:old"},
+            "layers": [
+                {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 9, "digest": "sha256:base"},
+                {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 9, "digest": "sha256:copy"},
+            ],
+        });
+        let bytes = serde_json::to_vec(&previous).unwrap();
+        let previous = Manifest {
+            media_type: "application/vnd.docker.distribution.manifest.v2+json".into(),
+            digest: sha256_digest(&bytes),
+            bytes,
+        };
+        let new = layer("a");
+        let manifest = swap_manifest(&previous, std::slice::from_ref(&new), b"{}").unwrap();
+        let value: Value = serde_json::from_slice(&manifest.bytes).unwrap();
+        assert_eq!(value["layers"][0]["digest"], "sha256:base");
+        assert_eq!(
+            value["layers"][1],
+            json!({"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": new.blob.len(), "digest": new.digest})
+        );
+        assert_eq!(value["config"]["digest"], sha256_digest(b"{}"));
+        assert_eq!(manifest.digest, sha256_digest(&manifest.bytes));
+        assert_eq!(manifest.media_type, previous.media_type);
     }
 }

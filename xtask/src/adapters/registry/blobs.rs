@@ -59,7 +59,8 @@ impl Registry {
     }
 
     /// Uploads `bytes` as a blob of `repository` in one request (a monolithic upload: fine for
-    /// an image config, not meant for layers), unless it holds them already. Returns the digest.
+    /// an image config or a small layer of source files, not meant for big layers), unless it
+    /// holds them already. Returns the digest.
     pub fn upload_blob(&self, repository: &str, bytes: &[u8]) -> Result<String> {
         let digest = sha256_digest(bytes);
         if self.has_blob(repository, &digest)? {
