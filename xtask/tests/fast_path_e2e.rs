@@ -293,8 +293,10 @@ fn a_source_swap_is_the_image_buildkit_builds_and_runs() {
     write("to_delete.py", "GONE = True\n");
     write("to_rename.py", "MOVED = True\n");
     commit_all(dir, "A: files to delete and rename");
+    // BuildKit's answer is "built", or "cached" where an earlier run left the same layers.
+    let buildkit_built = |result: &str| result == "built" || result == "cached";
     let summary = build_backend(dir, &swapped_registry, &["backend"], &env);
-    assert_eq!(results(&summary)["backend"], "built", "{summary}");
+    assert!(buildkit_built(&results(&summary)["backend"]), "{summary}");
 
     // B1: one file modified, one added, one deleted, one renamed, a new nested directory, an
     // executable bit. B2: a name over 100 characters, a .dockerignore hit, and alembic.ini (the
@@ -333,7 +335,7 @@ fn a_source_swap_is_the_image_buildkit_builds_and_runs() {
         assert!(backend["path"].as_str().unwrap().starts_with("source swap on dev-latest"), "{name}: {summary}");
         let tag = backend["tags"][0].as_str().unwrap().to_string();
         let summary = build_backend(dir, &buildkit_registry, &["--no-fast-path", "backend"], &env);
-        assert_eq!(results(&summary)["backend"], "built", "{name}: {summary}");
+        assert!(buildkit_built(&results(&summary)["backend"]), "{name}: {summary}");
 
         let swapped = pushed(&registry, &format!("{namespace}/intric/backend"), &tag);
         let buildkit = pushed(&registry, &format!("{namespace}-buildkit/intric/backend"), &tag);

@@ -46,6 +46,7 @@ use crate::adapters::registry::{Backoff, Credentials, Manifest, Registry, Regist
 use crate::images::bases;
 use crate::images::derived::{Derivation, metadata_stage};
 use crate::images::inline_cache;
+use crate::images::inputs::OUTSIDE_SOURCES_LABEL;
 use crate::images::layer::Layer;
 use crate::images::location::Location;
 use crate::images::services::{ComposeImages, Image, compose_file};
@@ -128,11 +129,6 @@ pub struct BuildArgs {
 
 /// The label that carries an image's inputs digest.
 pub const INPUTS_LABEL: &str = "org.intric.inputs-digest";
-
-/// The label that carries the digest of an image's inputs outside the sources of its trailing
-/// `COPY`s ([`crate::images::inputs::InputsDigests::outside_sources`]): a previous image with
-/// the same value differs from this build only in those sources' files.
-pub const OUTSIDE_SOURCES_LABEL: &str = "org.intric.outside-sources-digest";
 
 /// The tag that marks an image by its inputs digest: 24 hex digits (96 bits) are plenty to tell
 /// builds apart and keep tag lists readable.

@@ -25,6 +25,7 @@ use serde_json::{Map, Value, json};
 
 use crate::adapters::registry::{Manifest, Registry, sha256_digest};
 use crate::images::dockerfile::{Dockerfile, Instruction, substitute};
+use crate::images::inputs::OUTSIDE_SOURCES_LABEL;
 use crate::plan::progress::TaskProgress;
 
 /// A target that only changes metadata on top of another stage of its Dockerfile.
@@ -635,7 +636,15 @@ impl Derivation {
                  image, or build with --no-fast-path"
             );
         }
-        let base_config = registry.image_config(from_repository, &base)?;
+        let mut base_config = registry.image_config(from_repository, &base)?;
+        // The base's own --label describing its sources is not BuildKit's for this stage (a
+        // stage inherits the Dockerfile's LABELs, not another target's --labels); the others
+        // the derived image's labels replace anyway.
+        if !self.labels.iter().any(|(name, _)| name == OUTSIDE_SOURCES_LABEL)
+            && let Some(labels) = base_config["config"]["Labels"].as_object_mut()
+        {
+            labels.remove(OUTSIDE_SOURCES_LABEL);
+        }
         let config =
             derive_config(&base_config, &self.stage.instructions, &self.build_args, &self.labels, &self.created)
                 .with_context(|| format!("cannot derive {repository} from {from_repository}:{from_tag}"))?;

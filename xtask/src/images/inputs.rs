@@ -441,6 +441,10 @@ pub struct InputsDigests {
     pub outside_sources: Option<String>,
 }
 
+/// The label that carries [`InputsDigests::outside_sources`]: a previous image with the same
+/// value differs from this build only in its trailing copies' sources.
+pub const OUTSIDE_SOURCES_LABEL: &str = "org.intric.outside-sources-digest";
+
 /// The version of the scheme of [`InputsDigests::outside_sources`], hashed first.
 const OUTSIDE_SOURCES_SCHEME: &str = "intric-outside-sources-v1";
 
