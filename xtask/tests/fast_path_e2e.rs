@@ -86,6 +86,25 @@ impl Drop for Containers {
     }
 }
 
+/// Runs a worker from `image` beside a Redis of its own, on the network `prefix`, until
+/// Docker's healthcheck (`arq --check`, from the image's config) calls it healthy; removes both.
+fn worker_becomes_healthy(prefix: &str, image: &str, what: &str) {
+    let containers = Containers::new(prefix);
+    containers.start(&["--network-alias", "redis", &lab()["REDIS_IMAGE"]], "redis");
+    let mut worker = vec![];
+    for (key, value) in WORKER_SETTINGS {
+        worker.extend(["--env".to_string(), format!("{key}={value}")]);
+    }
+    worker.push(image.to_string());
+    containers.start(&worker.iter().map(String::as_str).collect::<Vec<_>>(), "worker");
+    let health = eventually(120, &format!("{what} to be healthy"), || {
+        let status = containers.health("worker");
+        assert_ne!(status, "unhealthy", "{}", containers.logs("worker"));
+        (status == "healthy").then_some(status)
+    });
+    assert_eq!(health, "healthy");
+}
+
 /// The local tags below these registry prefixes, removed when dropped (also when the test fails).
 struct LocalTags(Vec<String>);
 
@@ -241,21 +260,7 @@ fn the_derived_worker_is_buildkits_worker_stage_and_runs() {
     assert_success(&inspect, "docker image inspect");
     let healthcheck: Value = serde_json::from_slice(&inspect.stdout).unwrap();
     assert_eq!(healthcheck["Test"], serde_json::json!(["CMD", "arq", "--check", "intric.worker.WorkerSettings"]));
-    let containers = Containers::new(&namespace);
-    containers.start(&["--network-alias", "redis", &lab()["REDIS_IMAGE"]], "redis");
-    let mut worker = vec![];
-    for (key, value) in WORKER_SETTINGS {
-        worker.extend(["--env".to_string(), format!("{key}={value}")]);
-    }
-    worker.push(image.clone());
-    containers.start(&worker.iter().map(String::as_str).collect::<Vec<_>>(), "worker");
-    let health = eventually(120, "the derived worker to be healthy", || {
-        let status = containers.health("worker");
-        assert_ne!(status, "unhealthy", "{}", containers.logs("worker"));
-        (status == "healthy").then_some(status)
-    });
-    assert_eq!(health, "healthy");
-    drop(containers);
+    worker_becomes_healthy(&namespace, &image, "the derived worker");
 }
 
 /// Builds the backend (and the worker derived from it) of the snapshot's current commit into
@@ -380,18 +385,5 @@ fn a_source_swap_is_the_image_buildkit_builds_and_runs() {
     };
     let image = format!("{swapped_registry}/intric/worker:{tag}");
     assert_success(&run("docker", &["pull", &image], dir), "docker pull of the worker on the swapped backend");
-    let containers = Containers::new(&namespace);
-    containers.start(&["--network-alias", "redis", &lab()["REDIS_IMAGE"]], "redis");
-    let mut worker = vec![];
-    for (key, value) in WORKER_SETTINGS {
-        worker.extend(["--env".to_string(), format!("{key}={value}")]);
-    }
-    worker.push(image);
-    containers.start(&worker.iter().map(String::as_str).collect::<Vec<_>>(), "worker");
-    let health = eventually(120, "the worker on the swapped backend to be healthy", || {
-        let status = containers.health("worker");
-        assert_ne!(status, "unhealthy", "{}", containers.logs("worker"));
-        (status == "healthy").then_some(status)
-    });
-    assert_eq!(health, "healthy");
+    worker_becomes_healthy(&namespace, &image, "the worker on the swapped backend");
 }

@@ -616,11 +616,7 @@ impl Derivation {
             "  registry: POST {registry} /v2/{repository}/blobs/uploads/?mount=<layer>&from={from_repository} \
              (each layer it lacks)"
         )?;
-        writeln!(f, "  registry: POST+PUT {registry} /v2/{repository}/blobs/uploads/ (the new config)")?;
-        for tag in &self.tags {
-            writeln!(f, "  registry: PUT {registry} /v2/{repository}/manifests/{tag} (the derived manifest)")?;
-        }
-        Ok(())
+        show_config_and_tags(f, registry, repository, &self.tags, "derived")
     }
 
     /// Reads the base image's manifest and config, mounts its layers, uploads the new config
@@ -663,19 +659,49 @@ impl Derivation {
         let line = format!("{} layers of {from_repository}:{from_tag} mounted into {repository}", layers.len());
         task.line(&line);
         writeln!(log, "{line}")?;
-        let config_digest = registry.upload_blob(repository, &config_bytes)?;
-        writeln!(log, "config {config_digest} uploaded ({} bytes)", config_bytes.len())?;
-        manifest["config"]["digest"] = Value::String(config_digest);
+        manifest["config"]["digest"] = Value::String(sha256_digest(&config_bytes));
         manifest["config"]["size"] = json!(config_bytes.len());
         let bytes = serde_json::to_vec(&manifest).context("cannot write the derived manifest")?;
         let derived = Manifest { media_type: base.media_type.clone(), digest: sha256_digest(&bytes), bytes };
-        for tag in &self.tags {
-            task.line(&format!("tag {repository}:{tag} -> {}", derived.digest));
-            writeln!(log, "PUT /v2/{repository}/manifests/{tag} ({})", derived.digest)?;
-            registry.put_manifest(repository, tag, &derived)?;
-        }
+        put_config_and_tags(registry, repository, &config_bytes, &derived, &self.tags, log, task)?;
         Ok(derived)
     }
+}
+
+/// What `--dry-run` shows of [`put_config_and_tags`]; `what` names the manifest (`derived`).
+pub fn show_config_and_tags(
+    f: &mut fmt::Formatter<'_>,
+    registry: &str,
+    repository: &str,
+    tags: &[String],
+    what: &str,
+) -> fmt::Result {
+    writeln!(f, "  registry: POST+PUT {registry} /v2/{repository}/blobs/uploads/ (the new config)")?;
+    for tag in tags {
+        writeln!(f, "  registry: PUT {registry} /v2/{repository}/manifests/{tag} (the {what} manifest)")?;
+    }
+    Ok(())
+}
+
+/// Uploads an image's new `config` (the one `manifest` names) to `repository`, then puts
+/// `manifest` under every tag, in order, each logged.
+pub fn put_config_and_tags(
+    registry: &Registry,
+    repository: &str,
+    config: &[u8],
+    manifest: &Manifest,
+    tags: &[String],
+    log: &mut File,
+    task: &TaskProgress,
+) -> Result<()> {
+    let config_digest = registry.upload_blob(repository, config)?;
+    writeln!(log, "config {config_digest} uploaded ({} bytes)", config.len())?;
+    for tag in tags {
+        task.line(&format!("tag {repository}:{tag} -> {}", manifest.digest));
+        writeln!(log, "PUT /v2/{repository}/manifests/{tag} ({})", manifest.digest)?;
+        registry.put_manifest(repository, tag, manifest)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::adapters::registry::{Manifest, Registry, sha256_digest};
-use crate::images::derived::{check_metadata, derive_config};
+use crate::images::derived::{check_metadata, derive_config, put_config_and_tags, show_config_and_tags};
 use crate::images::dockerfile::{Dockerfile, Instruction};
 use crate::images::inputs::{EntryKind, context_entries, under};
 use crate::images::layer::{Layer, TarEntry, TarKind};
@@ -480,11 +480,7 @@ impl SourceSwapStep {
                 layer.blob.len()
             )?;
         }
-        writeln!(f, "  registry: POST+PUT {registry} /v2/{repository}/blobs/uploads/ (the new config)")?;
-        for tag in &self.tags {
-            writeln!(f, "  registry: PUT {registry} /v2/{repository}/manifests/{tag} (the swapped manifest)")?;
-        }
-        Ok(())
+        show_config_and_tags(f, registry, repository, &self.tags, "swapped")
     }
 
     /// Uploads the new layers and config and puts the new manifest under every tag. Returns it.
@@ -502,13 +498,7 @@ impl SourceSwapStep {
             task.line(&line);
             writeln!(log, "{line}")?;
         }
-        let config_digest = registry.upload_blob(repository, &config)?;
-        writeln!(log, "config {config_digest} uploaded ({} bytes)", config.len())?;
-        for tag in &self.tags {
-            task.line(&format!("tag {repository}:{tag} -> {}", manifest.digest));
-            writeln!(log, "PUT /v2/{repository}/manifests/{tag} ({})", manifest.digest)?;
-            registry.put_manifest(repository, tag, &manifest)?;
-        }
+        put_config_and_tags(registry, repository, &config, &manifest, &self.tags, log, task)?;
         Ok(manifest)
     }
 }
