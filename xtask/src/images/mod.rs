@@ -10,6 +10,7 @@ pub mod dockerfile;
 pub mod inline_cache;
 pub mod inputs;
 pub mod location;
+pub mod promotion;
 pub mod release;
 pub mod services;
 pub mod tags;

@@ -17,6 +17,10 @@
 //! in place are left alone, so running the same release again after a failure finishes it;
 //! with `--push-tag`, `git push origin vX.Y.Z` follows.
 //!
+//! With a release registry (`--to-registry`, see [`promotion`]), the `sha-` manifests are read
+//! from the development registry and brought into the release registry before the first tag is
+//! written there; the release tags, and the "newest" judgement, are the release registry's.
+//!
 //! `cargo xtask ci --stage release` runs the same code for a tag pipeline, where the git tag
 //! exists already ([`TagMode::Existing`]).
 
@@ -35,6 +39,7 @@ use crate::adapters::registry::{Backoff, Credentials, Manifest, Registry, Regist
 use crate::images::Service;
 use crate::images::build::{self, BuildArgs, BuildPlan};
 use crate::images::location::{self, Location};
+use crate::images::promotion::{self, PromotionPlan};
 use crate::images::tags::{self, release_version};
 use crate::plan::runner::{Processes, Runner};
 use crate::plan::{Command, TaskPlan, show_or_run};
@@ -103,6 +108,8 @@ pub struct ReleaseInputs {
     pub registry_problem: Option<String>,
     /// One per service, when the registry was read.
     pub images: Vec<ImageState>,
+    /// With a release registry, what promoting into it moves; the `images`' tags are its.
+    pub promotion: Option<PromotionPlan>,
     pub allow_branches: Vec<String>,
     pub build: bool,
     pub push_tag: bool,
@@ -137,7 +144,10 @@ pub struct ReleasePlan {
     pub revision: String,
     /// The git repository the tag is created in.
     pub repo: PathBuf,
+    /// Where the release tags are written: the release registry when promoting into one.
     pub registry: RegistryAddress,
+    /// The promotion from the development registry, with a release registry.
+    pub promotion: Option<PromotionPlan>,
     /// The images to build and push before promoting (with --build, when missing).
     pub build: Vec<Service>,
     /// The build task's plan for them, read by [`prepare`] when `build` is not empty.
@@ -158,6 +168,8 @@ pub struct ReleasePlan {
 pub struct Options {
     pub repo: PathBuf,
     pub registry: Option<String>,
+    /// `--to-registry`: the release registry to promote into (else `$NEXUS_RELEASE_REGISTRY`).
+    pub to_registry: Option<String>,
     pub requested: Requested,
     pub mode: TagMode,
     pub allow_branches: Vec<String>,
@@ -237,7 +249,7 @@ pub fn release(options: &Options, env: &Env) -> Result<ReleaseReport> {
 /// the release is one, quiet when the release prints JSON.
 fn build_args(options: &Options, plan: &ReleasePlan) -> BuildArgs {
     BuildArgs {
-        location: Location { repo: Some(options.repo.clone()), registry: Some(plan.registry.to_string()) },
+        location: Location { repo: Some(options.repo.clone()), registry: Some(plan.images_registry().to_string()) },
         services: plan.build.iter().map(|service| service.name().to_string()).collect(),
         push: true,
         dry_run: !options.execute,
@@ -270,13 +282,23 @@ pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<
     let commits = repo.commit_log(&head.id, previous_release.as_ref().map(|tag| tag.commit.as_str()))?;
 
     let registry = location::registry_setting(options.registry.as_deref(), env)?;
+    // A release registry that is the registry itself is a release in one registry.
+    let to_registry = promotion::release_registry(options.to_registry.as_deref(), env)?
+        .filter(|target| Some(target) != registry.as_ref());
     let version = target_version(&options.requested, &versions).ok();
-    let (images, registry_problem) = match &registry {
-        Some(address) => match read_images(runner, address, &tags::immutable_tag(&head.id), version.as_ref()) {
-            Ok(images) => (images, None),
-            Err(error) => (Vec::new(), Some(format!("registry {address} is unreachable or refuses us: {error:#}"))),
+    let source = tags::immutable_tag(&head.id);
+    let (images, promotion, registry_problem) = match &registry {
+        Some(address) => match read_images(runner, address, to_registry.as_ref(), &source, version.as_ref()) {
+            Ok((images, promotion)) => (images, promotion, None),
+            Err(error) => {
+                let which = match &to_registry {
+                    Some(target) => format!("registry {address} or {target} is"),
+                    None => format!("registry {address} is"),
+                };
+                (Vec::new(), None, Some(format!("{which} unreachable or refuses us: {error:#}")))
+            }
         },
-        None => (Vec::new(), None),
+        None => (Vec::new(), None, None),
     };
     Ok(ReleaseInputs {
         repo: options.repo.clone(),
@@ -290,6 +312,7 @@ pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<
         registry,
         registry_problem,
         images,
+        promotion,
         allow_branches: options.allow_branches.clone(),
         build: options.build,
         push_tag: options.push_tag,
@@ -300,15 +323,23 @@ pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<
 
 /// What the registry holds of each image: HEAD's `source` manifest, every tag, and the digest
 /// of each existing tag the release of `version` may put, so that the plan knows before the
-/// first write what each write does. One attempt per request (see [`read_inputs`]).
+/// first write what each write does. With a release registry `to_registry`, the tags are its,
+/// and what the promotion into it moves is read too. One attempt per request (see
+/// [`read_inputs`]).
 fn read_images(
     runner: &dyn Runner,
     address: &RegistryAddress,
+    to_registry: Option<&RegistryAddress>,
     source: &str,
     version: Option<&Version>,
-) -> Result<Vec<ImageState>> {
+) -> Result<(Vec<ImageState>, Option<PromotionPlan>)> {
     let credentials = Credentials::find(address, runner)?;
     let client = Registry::new(address.clone(), credentials, Backoff::NONE);
+    let release_client = match to_registry {
+        Some(target) => Some(Registry::new(target.clone(), Credentials::find_release(target, runner)?, Backoff::NONE)),
+        None => None,
+    };
+    let tagged = release_client.as_ref().unwrap_or(&client);
     let candidates: Vec<String> = match version {
         Some(version) => vec![
             tags::version_tag(version),
@@ -321,16 +352,24 @@ fn read_images(
     let mut images = Vec::new();
     for service in Service::ALL {
         let repository = service.repository();
-        let tags = client.tags(&repository)?;
+        let tags = tagged.tags(&repository)?;
         let mut existing = BTreeMap::new();
         for tag in candidates.iter().filter(|tag| tags.contains(tag)) {
-            if let Some(digest) = client.manifest_digest(&repository, tag)? {
+            if let Some(digest) = tagged.manifest_digest(&repository, tag)? {
                 existing.insert(tag.clone(), digest);
             }
         }
         images.push(ImageState { service, source: client.manifest(&repository, source)?, tags, existing });
     }
-    Ok(images)
+    let promotion = match &release_client {
+        Some(target) => Some(promotion::read(
+            &client,
+            target,
+            images.iter().map(|image| (image.service.repository(), image.source.as_ref())),
+        )?),
+        None => None,
+    };
+    Ok((images, promotion))
 }
 
 /// Release tags lower than `version` that the notes may start from, highest first. For a
@@ -529,6 +568,8 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
     }
 
     let registry = inputs.registry.as_ref().map_or_else(String::new, ToString::to_string);
+    // Where the release tags are: the release registry, when promoting into one.
+    let tag_registry = inputs.promotion.as_ref().map_or_else(|| registry.clone(), |p| p.target.to_string());
     if inputs.registry.is_none() {
         problems.push("no registry: set NEXUS_REGISTRY or pass --registry HOST[:PORT]".to_string());
     }
@@ -571,14 +612,14 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
                 // A tag pipeline after `release --execute`: the version tag is already right.
                 TagMode::Existing(_) if same_image => {}
                 TagMode::Existing(_) => problems.push(format!(
-                    "{registry}/{repository}:{tag} already exists as {existing}, which is not HEAD's image {}: \
+                    "{tag_registry}/{repository}:{tag} already exists as {existing}, which is not HEAD's image {}: \
                      release tags are immutable",
                     digest.as_deref().unwrap_or("(missing)")
                 )),
                 // An earlier run of this release stopped before tagging git: it is finished now.
                 TagMode::Create if same_image && !git_tag_exists => resumed.push(format!("{repository}:{tag}")),
                 TagMode::Create => problems.push(format!(
-                    "{registry}/{repository}:{tag} already exists in the registry ({existing}): release tags are \
+                    "{tag_registry}/{repository}:{tag} already exists in the registry ({existing}): release tags are \
                      immutable; release a new version"
                 )),
             }
@@ -599,7 +640,10 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
         bail!("cannot {what}:\n  - {}", problems.join("\n  - "));
     }
     let version = version.expect("no problems means a version");
-    let registry = inputs.registry.clone().expect("no problems means a registry");
+    let registry = match &inputs.promotion {
+        Some(promotion) => promotion.target.clone(),
+        None => inputs.registry.clone().expect("no problems means a registry"),
+    };
     let mut remarks = Vec::new();
     if !resumed.is_empty() {
         remarks.push(format!(
@@ -622,6 +666,7 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
         revision: inputs.head.id.clone(),
         repo: inputs.repo.clone(),
         registry,
+        promotion: inputs.promotion.clone(),
         build,
         build_first: None,
         promotions,
@@ -721,10 +766,26 @@ impl fmt::Display for ReleasePlan {
             let names: Vec<&str> = self.build.iter().map(|service| service.name()).collect();
             writeln!(f, "build and push first (missing from the registry): {}", names.join(", "))?;
         }
-        writeln!(f, "promote in {} (the sha- manifests' own bytes, so the digests stay):", self.registry)?;
+        match &self.promotion {
+            Some(copy) => writeln!(f, "{copy}, then the sha- manifests' own bytes, so the digests stay:")?,
+            None => writeln!(f, "promote in {} (the sha- manifests' own bytes, so the digests stay):", self.registry)?,
+        }
         for promotion in &self.promotions {
             let digest = promotion.digest.as_deref().unwrap_or("to be built");
-            writeln!(f, "  {}:{} ({digest}) -> {}", promotion.repository, promotion.source, promotion.tags.join(", "))?;
+            let tags = promotion.tags.join(", ");
+            match &self.promotion {
+                Some(copy) => writeln!(
+                    f,
+                    "  {}/{}:{} ({digest}) -> {}/{}: {tags}; {}",
+                    copy.source,
+                    promotion.repository,
+                    promotion.source,
+                    copy.target,
+                    promotion.repository,
+                    copy.transfer_line(&promotion.repository)
+                )?,
+                None => writeln!(f, "  {}:{} ({digest}) -> {tags}", promotion.repository, promotion.source)?,
+            }
         }
         writeln!(f, "in this order, release tags first (a tag already in place is left alone):")?;
         for (index, tag) in self.writes() {
@@ -771,6 +832,8 @@ impl fmt::Display for ReleasePlan {
 /// What a release changes besides running processes: the registry's tags and git's.
 /// [`Live`] is the real one; unit tests record the calls instead.
 pub trait ReleaseTarget {
+    /// HEAD's manifest to promote, read where it was pushed. When promoting into a release
+    /// registry, its content is brought there as it is read, so that the tags can name it.
     fn manifest(&self, repository: &str, reference: &str) -> Result<Option<Manifest>>;
     fn put_manifest(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<Tagged>;
     /// Whether the existing tag may move (see [`Registry::allows_redeploy`]).
@@ -781,12 +844,23 @@ pub trait ReleaseTarget {
 /// The registry (retrying transient failures) and the git repository.
 struct Live {
     registry: Registry,
+    /// The development registry the images are promoted from, with a release registry.
+    source: Option<Registry>,
     repo: PathBuf,
+    quiet: bool,
 }
 
 impl ReleaseTarget for Live {
     fn manifest(&self, repository: &str, reference: &str) -> Result<Option<Manifest>> {
-        self.registry.manifest(repository, reference)
+        let Some(source) = &self.source else { return self.registry.manifest(repository, reference) };
+        let Some(manifest) = source.manifest(repository, reference)? else { return Ok(None) };
+        let brought = promotion::bring(source, &self.registry, repository, &manifest).with_context(|| {
+            format!("promoting {}/{repository}:{reference} failed: no tag was written", source.address())
+        })?;
+        if !self.quiet {
+            eprintln!("{}/{repository}@{}: {brought}", self.registry.address(), manifest.digest);
+        }
+        Ok(Some(manifest))
     }
 
     fn put_manifest(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<Tagged> {
@@ -810,12 +884,25 @@ impl TaskPlan for ReleasePlan {
         if let Some(build_plan) = &self.build_first {
             build_plan.execute(runner).context("building the missing images failed")?;
         }
-        let live = Live { registry: Registry::connect(self.registry.clone(), runner)?, repo: self.repo.clone() };
+        let (registry, source) = match &self.promotion {
+            Some(promotion) => {
+                let (source, target) = promotion.connect(runner)?;
+                (target, Some(source))
+            }
+            None => (Registry::connect(self.registry.clone(), runner)?, None),
+        };
+        let live = Live { registry, source, repo: self.repo.clone(), quiet: self.quiet };
         self.promote(runner, &live)
     }
 }
 
 impl ReleasePlan {
+    /// Where HEAD's images are read from (and `--build` pushes them): the development
+    /// registry when promoting into a release registry, else the one registry.
+    pub fn images_registry(&self) -> &RegistryAddress {
+        self.promotion.as_ref().map_or(&self.registry, |promotion| &promotion.source)
+    }
+
     /// The registry writes, in order: every image's version tag (immutable) first, then the
     /// floating tags. A failure part-way then leaves no floating tag pointing at a release
     /// whose version tag is missing somewhere, and git is tagged only after all of them.
@@ -838,7 +925,7 @@ impl ReleasePlan {
         }
         let mut manifests = Vec::new();
         for promotion in &self.promotions {
-            let image = format!("{}/{}:{}", self.registry, promotion.repository, promotion.source);
+            let image = format!("{}/{}:{}", self.images_registry(), promotion.repository, promotion.source);
             let manifest = target
                 .manifest(&promotion.repository, &promotion.source)?
                 .with_context(|| format!("{image} is missing from the registry: nothing was tagged"))?;
@@ -990,6 +1077,7 @@ mod tests {
             commits: vec![Commit { id: HEAD.into(), subject: "feat: a thing".into(), body: String::new() }],
             registry: Some(RegistryAddress::parse("nexus.example:8082").unwrap()),
             registry_problem: None,
+            promotion: None,
             images: Service::ALL
                 .iter()
                 .map(|&service| ImageState {

@@ -254,6 +254,8 @@ fn release_stage(args: &CiArgs, repo: &Path, report: &TagReport, env: &Env) -> R
     let options = release::Options {
         repo: repo.to_path_buf(),
         registry: args.location.registry.clone(),
+        // A tag pipeline promotes into $NEXUS_RELEASE_REGISTRY when it is set.
+        to_registry: None,
         requested: Requested::Version(report.version.clone()),
         mode: TagMode::Existing(ci_tag),
         allow_branches: Vec::new(),

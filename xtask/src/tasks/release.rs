@@ -36,11 +36,18 @@ first rc of a minor or major release, name it: `release 1.5.0-rc.1`.
 The registry comes from --registry or NEXUS_REGISTRY; NEXUS_USERNAME and NEXUS_PASSWORD log in
 (else the docker login).
 
+--to-registry (or NEXUS_RELEASE_REGISTRY) promotes into a separate release repository, such as a
+Nexus hosted repository with redeploy disabled: HEAD's sha- images are read from --registry, their
+blobs mounted into the release repository (same registry) or copied (another registry, or where the
+mount is refused), and the same manifests tagged there; the release tags are judged there. Its
+login is NEXUS_RELEASE_USERNAME and NEXUS_RELEASE_PASSWORD if set, else as for --registry.
+
 Examples:
   cargo xtask release 1.4.0
   cargo xtask release 1.4.0 --execute --push-tag
   cargo xtask release --bump rc --execute
-  cargo xtask release 1.3.5 --allow-branch 'release/*' --execute --json")]
+  cargo xtask release 1.3.5 --allow-branch 'release/*' --execute --json
+  cargo xtask release 1.4.0 --registry nexus.example/dev --to-registry nexus.example/release --execute")]
 pub struct ReleaseArgs {
     /// The version to release: X.Y.Z or vX.Y.Z, with an optional pre-release (1.5.0-rc.1).
     // Not called `version`: that id is clap's own `--version`.
@@ -66,6 +73,10 @@ pub struct ReleaseArgs {
     /// (Nexus: redeploy disabled) where they are, instead of refusing the release.
     #[arg(long)]
     pub skip_immutable_floating: bool,
+    /// Promote into this release registry instead of tagging in --registry (blobs mounted or
+    /// copied, same digests) [default: $NEXUS_RELEASE_REGISTRY].
+    #[arg(long, value_name = "HOST[:PORT][/PATH]")]
+    pub to_registry: Option<String>,
     /// Print the result (version, git tag, revision, images with digest and tags) as JSON.
     #[arg(long)]
     pub json: bool,
@@ -84,6 +95,7 @@ pub fn run(args: ReleaseArgs) -> Result<()> {
     let options = Options {
         repo: args.location.repo(),
         registry: args.location.registry,
+        to_registry: args.to_registry,
         requested,
         mode: TagMode::Create,
         allow_branches: args.allow_branches,
