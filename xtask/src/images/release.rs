@@ -1218,6 +1218,69 @@ mod tests {
     }
 
     #[test]
+    fn a_promotion_reads_the_development_registry_and_tags_in_the_release_registry() {
+        use crate::images::promotion::{BlobCount, ImageContent};
+        let mut promoting = inputs("2.0.0", &["v1.0.0"]);
+        let source = RegistryAddress::parse("nexus.example/dev").unwrap();
+        let target = RegistryAddress::parse("nexus.example/release").unwrap();
+        promoting.registry = Some(source.clone());
+        promoting.promotion = Some(PromotionPlan {
+            source,
+            target: target.clone(),
+            images: Service::ALL
+                .iter()
+                .map(|service| ImageContent {
+                    repository: service.repository(),
+                    blobs: (*service != Service::Frontend).then_some(BlobCount { total: 5, missing: 3, children: 0 }),
+                })
+                .collect(),
+        });
+        let plan = plan(&promoting).unwrap();
+        assert_eq!(plan.registry, target, "the release tags go into the release registry");
+        assert_eq!(plan.images_registry().to_string(), "nexus.example/dev", "--build pushes where main pushes");
+        let shown = plan.to_string();
+        for expected in [
+            "promote from nexus.example/dev into nexus.example/release (blobs by cross-repository mount, or a \
+             streamed copy where the registry refuses the mount",
+            "  nexus.example/dev/intric/backend:sha-0123456789ab (sha256:backend) -> nexus.example/release/intric/backend: \
+             2.0.0, 2.0, 2, latest; mount or copy 3 blobs (2 of 5 already there)",
+            "intric/frontend: 2.0.0, 2.0, 2, latest; mount or copy its blobs once built",
+            "PUT /v2/intric/worker/manifests/2.0.0",
+        ] {
+            assert!(shown.contains(expected), "missing {expected:?} in:\n{shown}");
+        }
+
+        // The release registry's tags are the ones that count, and are named with it.
+        promoting.images[0].existing.insert("2.0.0".into(), "sha256:older".into());
+        assert!(
+            error_of(&promoting).contains("nexus.example/release/intric/backend:2.0.0 already exists in the registry")
+        );
+        let elsewhere =
+            PromotionPlan { target: RegistryAddress::parse("other.example").unwrap(), ..plan.promotion.unwrap() };
+        assert!(elsewhere.to_string().contains("another registry, so blobs by streamed copy"));
+        assert_eq!(elsewhere.transfer_line("intric/worker"), "copy 3 blobs (2 of 5 already there)");
+    }
+
+    #[test]
+    fn the_release_registry_is_read_by_the_one_parser_and_named_where_it_came_from() {
+        let env = |value: &str| Env::from([("NEXUS_RELEASE_REGISTRY".to_string(), value.to_string())]);
+        let read = |flag: Option<&str>, env: &Env| promotion::release_registry(flag, env);
+        assert_eq!(
+            read(Some("nexus.example/release"), &env("x:1")).unwrap().unwrap().to_string(),
+            "nexus.example/release"
+        );
+        assert_eq!(
+            read(None, &env("http://nexus.lan:8082/release")).unwrap().unwrap().to_string(),
+            "nexus.lan:8082/release"
+        );
+        assert_eq!(read(None, &env("")).unwrap(), None);
+        let flag = format!("{:#}", read(Some("host:1:2"), &Env::new()).unwrap_err());
+        assert!(flag.starts_with("--to-registry: invalid registry `host:1:2`"), "{flag}");
+        let variable = format!("{:#}", read(None, &env("nexus example")).unwrap_err());
+        assert!(variable.starts_with("NEXUS_RELEASE_REGISTRY: invalid registry `nexus example`"), "{variable}");
+    }
+
+    #[test]
     fn push_tag_is_planned_with_create() {
         let mut pushing = inputs("2.0.0", &["v1.0.0"]);
         pushing.push_tag = true;
