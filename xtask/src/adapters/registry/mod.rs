@@ -12,13 +12,12 @@
 //! Nexus: HEAD falling back to GET, paging tags without trusting `Link`, and plain words for the
 //! "redeploy disabled" refusal.
 //!
-//! For a promotion from one repository into another ([`Registry::transfer_blob`]) it also moves
-//! blobs: by cross-repository mount where both are on one registry, else (or where the mount is
-//! refused) by a streamed copy that passes each blob from the source's answer into the upload
-//! to the target without holding it.
+//! Blob calls (checking, mounting, uploading, and for a promotion from one repository into
+//! another, [`Registry::transfer_blob`]: by mount, else by a streamed copy) are [`blobs`].
 
 pub mod address;
 pub mod auth;
+mod blobs;
 /// The tests' one fake registry, shared with the end-to-end tests.
 #[cfg(test)]
 #[path = "../../../tests/common/fake_registry.rs"]
@@ -26,7 +25,6 @@ pub mod fake;
 pub mod wire;
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -38,6 +36,7 @@ use crate::plan::runner::Runner;
 pub use address::RegistryAddress;
 use auth::AuthState;
 pub use auth::Credentials;
+pub use blobs::Transfer;
 pub use wire::{Backoff, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 use wire::{CONNECT_TIMEOUT, Call, IO_TIMEOUT, MANIFEST_ACCEPT, error_codes, is_redeploy_refusal, percent_encode};
 
@@ -83,17 +82,6 @@ impl Manifest {
             })
             .collect()
     }
-}
-
-/// What [`Registry::transfer_blob`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transfer {
-    /// The target held the blob already: nothing was sent.
-    AlreadyThere,
-    /// Mounted from the source repository on the same registry: no byte moved.
-    Mounted,
-    /// Streamed from the source into the target.
-    Copied,
 }
 
 /// What [`Registry::put_manifest`] did.
@@ -396,122 +384,9 @@ impl Registry {
         Ok(Some(Manifest { media_type, digest, bytes: reply.body }))
     }
 
-    /// Whether `repository` holds blob `digest`.
-    pub fn has_blob(&self, repository: &str, digest: &str) -> Result<bool> {
-        let url = self.address.api_url(repository, &format!("blobs/{digest}"));
-        let reply = self
-            .execute(&Call::new("HEAD", url, Some(self.scope(repository))))
-            .with_context(|| format!("cannot check for blob {digest} in {}/{repository}", self.address))?;
-        match reply.status {
-            200 => Ok(true),
-            404 => Ok(false),
-            status => bail!("cannot check for blob {digest} in {}/{repository}: HTTP {status}", self.address),
-        }
-    }
-
     /// Where this registry is.
     pub fn address(&self) -> &RegistryAddress {
         &self.address
-    }
-
-    /// Puts blob `digest` of `source`'s `repository` into this registry's `repository` (a
-    /// repository name without path prefix, `intric/backend`, is the same image in both):
-    /// nothing when it is there already; else a cross-repository mount when both are one
-    /// registry, and where that is refused (202: the registry started an upload instead, as
-    /// Distribution does for a blob it cannot mount and Nexus across repositories) or the
-    /// registries differ, a streamed copy into that upload.
-    pub fn transfer_blob(&self, repository: &str, source: &Registry, digest: &str) -> Result<Transfer> {
-        if self.has_blob(repository, digest)? {
-            return Ok(Transfer::AlreadyThere);
-        }
-        let target = format!("{}/{repository}", self.address);
-        let from = source.address.repository_path(repository);
-        let upload = if self.address.same_registry(&source.address) {
-            let query = format!("?mount={}&from={}", percent_encode(digest), percent_encode(&from));
-            let url = self.address.api_url(repository, &format!("blobs/uploads/{query}"));
-            // The token must allow pulling from the source too.
-            let scope = format!("{} repository:{from}:pull", self.scope(repository));
-            let reply = self
-                .execute(&Call::new("POST", url, Some(scope)))
-                .with_context(|| format!("cannot mount blob {digest} into {target}"))?;
-            match reply.status {
-                201 => return Ok(Transfer::Mounted),
-                202 => self.upload_location(&reply)?,
-                status => bail!("cannot mount blob {digest} into {target}: HTTP {status}: {}", reply.errors()),
-            }
-        } else {
-            self.start_upload(repository)?
-        };
-        self.copy_blob(&upload, repository, source, digest)?;
-        Ok(Transfer::Copied)
-    }
-
-    /// Starts a blob upload to `repository`: the URL to send the bytes to.
-    fn start_upload(&self, repository: &str) -> Result<String> {
-        let url = self.address.api_url(repository, "blobs/uploads/");
-        let context = || format!("cannot start a blob upload to {}/{repository}", self.address);
-        let reply = self.execute(&Call::new("POST", url, Some(self.scope(repository)))).with_context(context)?;
-        match reply.status {
-            202 => self.upload_location(&reply).with_context(context),
-            status => bail!("{}: HTTP {status}: {}", context(), reply.errors()),
-        }
-    }
-
-    /// An upload answer's `Location`, made absolute (Distribution sends it absolute, others
-    /// relative to the registry).
-    fn upload_location(&self, reply: &wire::Reply) -> Result<String> {
-        let location = reply.header("location").context("the registry sent no Location for the upload")?;
-        Ok(if location.starts_with('/') { format!("{}{location}", self.address.base_url()) } else { location.into() })
-    }
-
-    /// Streams blob `digest` from `source`'s `repository` into the upload at `upload`: the
-    /// download's body is the upload's (`PATCH`, chunked), then `PUT ?digest=` closes it and
-    /// has the registry check the bytes against the digest.
-    fn copy_blob(&self, upload: &str, repository: &str, source: &Registry, digest: &str) -> Result<()> {
-        let from = format!("{}/{repository}", source.address);
-        let context = || format!("cannot copy blob {digest} from {from} to {}/{repository}", self.address);
-        // A HEAD first: it learns the source's login (a stream cannot answer a challenge) and
-        // tells a missing blob apart from a failed download.
-        if !source.has_blob(repository, digest).with_context(context)? {
-            bail!(
-                "{}: {from} does not have it, although its manifest refers to it (a broken push, or a cleanup \
-                 policy deleted it): push the image again",
-                context()
-            );
-        }
-        let url = source.address.api_url(repository, &format!("blobs/{digest}"));
-        let download =
-            source.stream(&Call::new("GET", url, Some(source.scope(repository))), None).with_context(context)?;
-        if download.status() != 200 {
-            bail!("{}: GET of the blob from {from} answered HTTP {}", context(), download.status());
-        }
-        let mut bytes = download.into_body().into_reader();
-        let mut patch = Call::new("PATCH", upload.to_string(), Some(self.scope(repository)));
-        patch.content_type = Some("application/octet-stream");
-        let sent = self.stream(&patch, Some(&mut bytes)).with_context(context)?;
-        let status = sent.status().as_u16();
-        let headers = sent.headers().clone();
-        let mut body = Vec::new();
-        // Only the error text is wanted from this answer; a few KiB of it at most.
-        let _ = sent.into_body().into_reader().take(64 * 1024).read_to_end(&mut body);
-        let reply = wire::Reply { status, headers, body };
-        if status != 202 {
-            bail!("{}: the upload answered HTTP {status}: {}", context(), reply.errors());
-        }
-        let location = self.upload_location(&reply).with_context(context)?;
-        let separator = if location.contains('?') { '&' } else { '?' };
-        let mut close = Call::new(
-            "PUT",
-            format!("{location}{separator}digest={}", percent_encode(digest)),
-            Some(self.scope(repository)),
-        );
-        close.content_type = Some("application/octet-stream");
-        close.body = Some(&[]);
-        let done = self.execute(&close).with_context(context)?;
-        match done.status {
-            201 | 204 => Ok(()),
-            status => bail!("{}: closing the upload answered HTTP {status}: {}", context(), done.errors()),
-        }
     }
 
     /// `<registry>/<repository>:<tag>` or `<registry>/<repository>@<digest>`, for messages.
@@ -579,7 +454,7 @@ fn platform_manifest(index: &Value) -> Option<String> {
 }
 
 /// `sha256:<hex>` of `bytes`: the content digest registries use.
-fn sha256_digest(bytes: &[u8]) -> String {
+pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
@@ -1220,7 +1095,7 @@ mod tests {
 
     /// A client for the lab registry with its credentials, or `None` (with a note) when the lab is
     /// not up. With `CI` set, a missing lab fails the test instead: CI must run these.
-    fn lab() -> Option<(Registry, Credentials)> {
+    pub(super) fn lab() -> Option<(Registry, Credentials)> {
         // Where an engine answers, start the lab (once per test run) instead of skipping: these
         // tests are what proves the client against a real registry.
         static STARTED: std::sync::Once = std::sync::Once::new();
@@ -1265,18 +1140,9 @@ mod tests {
         Some((Registry::new(address, Some(credentials.clone()), QUICK), credentials))
     }
 
-    /// Uploads `bytes` as a blob of `repository` (monolithic upload), returning its digest.
+    /// Uploads `bytes` as a blob of `repository`, returning its digest.
     fn push_blob(registry: &Registry, repository: &str, bytes: &[u8]) -> String {
-        let digest = sha256_digest(bytes);
-        let scope = Some(registry.scope(repository));
-        let location = registry.start_upload(repository).unwrap();
-        let separator = if location.contains('?') { '&' } else { '?' };
-        let mut put = Call::new("PUT", format!("{location}{separator}digest={}", percent_encode(&digest)), scope);
-        put.content_type = Some("application/octet-stream");
-        put.body = Some(bytes);
-        let done = registry.execute(&put).unwrap();
-        assert_eq!(done.status, 201, "{}", done.errors());
-        digest
+        registry.upload_blob(repository, bytes).unwrap()
     }
 
     /// Pushes a tiny single-layer image labelled `revision` as `repository:tag`, pretty-printed so
