@@ -527,5 +527,15 @@ mod tests {
         assert!(half.contains("NEXUS_PASSWORD is not"), "{half}");
         let other_half = Credentials::from_env(&env(&[("NEXUS_PASSWORD", "canary-env")])).unwrap_err().to_string();
         assert!(other_half.contains("NEXUS_USERNAME is not") && !other_half.contains("canary-env"), "{other_half}");
+
+        // The release registry's own login is read the same way, under its own names.
+        let release = env(&[("NEXUS_RELEASE_USERNAME", "releaser"), ("NEXUS_RELEASE_PASSWORD", "canary-release")]);
+        let read = |env: &Env| Credentials::from_variables(env, "NEXUS_RELEASE_USERNAME", "NEXUS_RELEASE_PASSWORD");
+        let found = read(&release).unwrap().unwrap();
+        assert_eq!((found.username.as_str(), found.password.expose()), ("releaser", "canary-release"));
+        assert!(!format!("{found:?}").contains("canary-release"));
+        let half = read(&env(&[("NEXUS_RELEASE_USERNAME", "releaser")])).unwrap_err().to_string();
+        assert_eq!(half, "NEXUS_RELEASE_USERNAME is set but NEXUS_RELEASE_PASSWORD is not: set both, or neither");
+        assert_eq!(read(&env(&[("NEXUS_USERNAME", "ci"), ("NEXUS_PASSWORD", "x")])).unwrap(), None);
     }
 }
