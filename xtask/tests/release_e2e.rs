@@ -78,8 +78,10 @@ fn push(repo: &Path, registry: &str) -> serde_json::Value {
     summary.expect("build --json prints JSON")
 }
 
+/// `release` in `repo`, which has no remote: so without the release lock (tests/release_race.rs
+/// tests that).
 fn release(repo: &Path, registry: &str, args: &[&str]) -> Output {
-    let mut full = vec!["release", "--repo", repo.to_str().unwrap(), "--registry", registry];
+    let mut full = vec!["release", "--no-lock", "--repo", repo.to_str().unwrap(), "--registry", registry];
     full.extend_from_slice(args);
     xtask(&full, &env(), repo)
 }
@@ -347,7 +349,8 @@ fn on_the_nexus_look_alike_builds_and_releases_run_again_and_unmovable_floating_
 
     // A release cut off after two tag writes: the version tags of two images are in place.
     let registry = format!("{NEXUS}/release/{name}");
-    let release_args = ["release", "1.0.0", "--execute", "--repo", repo.to_str().unwrap(), "--registry", &registry];
+    let release_args =
+        ["release", "1.0.0", "--execute", "--no-lock", "--repo", repo.to_str().unwrap(), "--registry", &registry];
     let cut = {
         let _fault = PutFault::after(2);
         xtask(&release_args, &env, repo)
@@ -392,8 +395,17 @@ fn on_the_nexus_look_alike_builds_and_releases_run_again_and_unmovable_floating_
     // The new images are built by the release (--build pushes the sha- tag only: a build's
     // dev-latest could not move in this repository either).
     change_backend(repo, &name, "feat: the second release");
-    let second =
-        ["release", "1.1.0", "--build", "--execute", "--repo", repo.to_str().unwrap(), "--registry", &registry];
+    let second = [
+        "release",
+        "1.1.0",
+        "--build",
+        "--execute",
+        "--no-lock",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--registry",
+        &registry,
+    ];
     let before = upstream.tags(&format!("release/{name}/intric/backend"));
     let refused = xtask(&second, &env, repo);
     assert!(!refused.status.success());

@@ -11,6 +11,7 @@ pub mod inline_cache;
 pub mod inputs;
 pub mod location;
 pub mod release;
+pub mod release_lock;
 pub mod services;
 pub mod tags;
 
