@@ -168,7 +168,17 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     assert!(message.starts_with("tag Release 1.0.0"), "an annotated tag with notes: {message}");
     assert!(message.contains("Features\n- api: the first release"), "{message}");
 
-    // Again: refused, naming the git tag and the registry's tag.
+    // Again from the same commit: nothing to do, and it says so.
+    let again = release(repo, host, &["1.0.0", "--execute"]);
+    assert!(!again.status.success());
+    let error = stderr(&again);
+    assert!(error.contains(&format!("1.0.0 is already released from {}", &first[..12])), "{error}");
+
+    // 1.1.0-rc.1 on a new commit: its own tag only; latest and 1 stay on 1.0.0.
+    change_backend(repo, "second", "fix: the second commit");
+    push(repo, host);
+    let second = head(repo);
+    // 1.0.0 again from another commit: refused, naming the git tag and the registry's tags.
     let again = release(repo, host, &["1.0.0", "--execute"]);
     assert!(!again.status.success());
     let error = stderr(&again);
@@ -176,11 +186,6 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     for service in ["backend", "worker", "frontend"] {
         assert!(error.contains(&format!("{host}/intric/{service}:1.0.0 already exists in the registry")), "{error}");
     }
-
-    // 1.1.0-rc.1 on a new commit: its own tag only; latest and 1 stay on 1.0.0.
-    change_backend(repo, "second", "fix: the second commit");
-    push(repo, host);
-    let second = head(repo);
     let rc = release(repo, host, &["v1.1.0-rc.1", "--execute"]);
     assert_success(&rc, "release v1.1.0-rc.1 --execute");
     let v2 = digest(&registry, "intric/backend", &format!("sha-{}", &second[..12]));

@@ -270,6 +270,9 @@ fn releases_at_once(host_path: &str, upstream_path: &str) {
                 "names the winner: {error}"
             );
         }
+        for service in SERVICES {
+            assert!(!race.tags(service).contains(&version.to_string()), "the refused {version} changed nothing");
+        }
         let again = race.release(repo, version, &[]);
         if version == "8.0.0" {
             assert_success(&again, "8.0.0 run again");

@@ -303,18 +303,23 @@ pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<
     };
 
     let registry = location::registry_setting(options.registry.as_deref(), env)?;
-    let (images, registry_problem) = match (&registry, compose.is_empty()) {
-        (Some(address), false) => {
+    let (images, registry_problem) = match &registry {
+        Some(address) => {
             let read = Credentials::find(address, runner).and_then(|credentials| {
                 let client = Registry::new(address.clone(), credentials, Backoff::NONE);
-                read_images(&client, &compose, &tags::immutable_tag(&head.id), &options.requested, &tags)
+                // With no image list (the compose file's problem is listed), whether the
+                // registry answers is still worth listing with the rest.
+                match compose.is_empty() {
+                    true => client.check_access().map(|()| Vec::new()),
+                    false => read_images(&client, &compose, &tags::immutable_tag(&head.id), &options.requested, &tags),
+                }
             });
             match read {
                 Ok(images) => (images, None),
                 Err(error) => (Vec::new(), Some(format!("registry {address} is unreachable or refuses us: {error:#}"))),
             }
         }
-        _ => (Vec::new(), None),
+        None => (Vec::new(), None),
     };
     let mut previous_release = None;
     if let Ok(version) = target_version(&options.requested, &released(&tags, &images)) {
@@ -558,7 +563,8 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
             && inputs.images.iter().all(on_head)
         {
             bail!(
-                "{version} is already released from {short}: git tag {} and {version_tag} of every image in the                  registry hold HEAD's images; nothing to do",
+                "{version} is already released from {short}: git tag {} and {version_tag} of every image in the \
+                 registry hold HEAD's images; nothing to do",
                 same[0].name
             );
         }
@@ -633,7 +639,9 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
         }),
         (TagMode::Create, false, false) => {
             problems.push(format!(
-                "{} has no remote {REMOTE} to hold the release lock ({LOCK_REF}) that keeps two releases from                  interleaving: add it (`git remote add {REMOTE} URL`), or pass --no-lock if no other release can run                  against this registry meanwhile",
+                "{} has no remote {REMOTE} to hold the release lock ({LOCK_REF}) that keeps two releases from \
+                 interleaving: add it (`git remote add {REMOTE} URL`), or pass --no-lock if no other release can run \
+                 against this registry meanwhile",
                 inputs.repo.display()
             ));
             None
