@@ -211,6 +211,14 @@ fn releases_at_once(host_path: &str, upstream_path: &str) {
         assert!(!race.tags(service).contains(&"4.0.0".to_string()));
     }
     assert!(race.origin_tag("v4.0.0").is_none());
+    // There --bump starts from the registry's 5.0.0, which its git does not know.
+    let bumped = xtask(
+        &["release", "--bump", "patch", "--repo", behind.to_str().unwrap(), "--registry", &race.registry],
+        &race.env,
+        &behind,
+    );
+    assert_success(&bumped, "release --bump patch (dry run)");
+    assert!(stdout(&bumped).starts_with("release 5.0.1 of "), "{}", stdout(&bumped));
 
     // A lock left behind by a killed release: refused, naming it, until --break-lock.
     let killed = race.clone("killed");

@@ -1048,20 +1048,36 @@ impl ReleasePlan {
         let names: Vec<&str> = self.promotions.iter().map(|promotion| promotion.name.as_str()).collect();
         let progress = Progress::new(&names, self.quiet);
         let tasks: Vec<TaskProgress> = names.iter().map(|name| progress.task(name)).collect();
-        let result = self.promote_showing(runner, target, &tasks);
+        let tagged = self.put_tags(target, &tasks);
         for task in &tasks {
-            task.finish(if result.is_ok() { "released" } else { "stopped" });
+            task.finish(if tagged.is_ok() { "tagged" } else { "stopped" });
         }
-        result
+        // The progress lines are finished: git's output cannot garble them.
+        let (manifests, done) = tagged?;
+        let total = done.len();
+        if self.create_tag {
+            target
+                .create_git_tag(&self.git_tag, &self.revision, &self.notes)
+                .map_err(|e| self.stopped(e, &done, total))?;
+            if !self.quiet {
+                eprintln!("created git tag {} on {}", self.git_tag, &self.revision[..12]);
+            }
+        }
+        if let Some(push) = &self.push_tag {
+            runner.run(push, &mut |line| eprintln!("{line}"))?;
+        }
+        let mut outcome = self.outcome(true);
+        // Built images' digests are known only now.
+        for ((_, _, digest, _), manifest) in outcome.images.iter_mut().zip(&manifests) {
+            *digest = Some(manifest.digest.clone());
+        }
+        Ok(outcome)
     }
 
-    /// [`ReleasePlan::promote`], each image's progress (reading, tag n/m) going to its task.
-    fn promote_showing(
-        &self,
-        runner: &dyn Runner,
-        target: &dyn ReleaseTarget,
-        tasks: &[TaskProgress],
-    ) -> Result<ReleaseReport> {
+    /// The registry part of [`ReleasePlan::promote`], each image's progress (reading, tag n/m)
+    /// going to its task: the `sha-` manifests read, and the tags written (all of them, or the
+    /// error says which were).
+    fn put_tags(&self, target: &dyn ReleaseTarget, tasks: &[TaskProgress]) -> Result<(Vec<Manifest>, Vec<String>)> {
         let mut manifests = Vec::new();
         for (promotion, task) in self.promotions.iter().zip(tasks) {
             task.line(&format!("reading {}", promotion.source));
@@ -1129,23 +1145,7 @@ impl ReleasePlan {
             ));
             done.push(format!("{}:{tag}", promotion.repository));
         }
-        if self.create_tag {
-            target
-                .create_git_tag(&self.git_tag, &self.revision, &self.notes)
-                .map_err(|e| self.stopped(e, &done, total))?;
-            if !self.quiet {
-                eprintln!("created git tag {} on {}", self.git_tag, &self.revision[..12]);
-            }
-        }
-        if let Some(push) = &self.push_tag {
-            runner.run(push, &mut |line| eprintln!("{line}"))?;
-        }
-        let mut outcome = self.outcome(true);
-        // Built images' digests are known only now.
-        for ((_, _, digest, _), manifest) in outcome.images.iter_mut().zip(&manifests) {
-            *digest = Some(manifest.digest.clone());
-        }
-        Ok(outcome)
+        Ok((manifests, done))
     }
 
     /// The error of a promotion that stopped after the registry writes `done`.
