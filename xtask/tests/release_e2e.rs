@@ -53,14 +53,6 @@ fn env() -> Vec<(String, String)> {
     lab_env().into_iter().filter(|(key, _)| !key.starts_with("NEXUS_")).collect()
 }
 
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 fn head(repo: &Path) -> String {
     stdout(&run("git", &["rev-parse", "HEAD"], repo)).trim().to_string()
 }

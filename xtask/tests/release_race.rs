@@ -161,14 +161,6 @@ impl Race {
     }
 }
 
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 /// The digests a release's JSON report gives, by service.
 fn reported(output: &Output) -> BTreeMap<String, String> {
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
