@@ -2,23 +2,30 @@
 //! `sha-<12 hex>` to a release, without rebuilding them, and tag the commit `vX.Y.Z`.
 //!
 //! Reads once ([`read_inputs`]): git (HEAD, branch, default branch, clean or not, every tag,
-//! the commits since the previous release) and the registry (HEAD's `sha-` manifest of each
-//! image, and whether the release's version tag exists already), the registry with one attempt
-//! per request, so that a registry that is down is listed with the other problems at once.
-//! Plans ([`plan`], pure): the guards, all checked together; the version (given, or `--bump`ed
-//! from the newest release); the release tags of each image (`X.Y.Z`, and `X.Y`, `X`, `latest`
-//! by the tag engine's [`tags::release_tags`], from the git tags); the annotated git tag and its
-//! release notes. [`prepare`] adds the build task's plan for `--build`.
+//! the commits since the previous release, whether there is an `origin`), the images the
+//! compose file builds (`docker compose config`, as build does: on the published layout the
+//! worker runs the backend's image and has none of its own), and the registry (every tag of
+//! each image, HEAD's `sha-` manifest, and the digests under the tags the release may put), the
+//! registry with one attempt per request, so that a registry that is down is listed with the
+//! other problems at once. Plans ([`plan`], pure): the guards, all checked together; the
+//! version (given, or `--bump`ed from the newest of git's and the registry's releases); the
+//! release tags of each image (`X.Y.Z`, and `X.Y`, `X`, `latest` by the tag engine's
+//! [`tags::release_tags`], from git's and the registry's releases); the release lock
+//! ([`ReleaseLock`]); the annotated git tag and its release notes. [`prepare`] adds the build
+//! task's plan for `--build`.
 //!
 //! The [`ReleasePlan`] is a [`TaskPlan`]: shown, or run with `--execute`. Running it builds
-//! the missing images (if any), then puts each `sha-` manifest's own bytes under every release
-//! tag (so the digests are equal and no layer moves): every image's version tag first, then the
-//! floating tags, then the git tag, so a failure part-way leaves no git tag behind. Tags already
-//! in place are left alone, so running the same release again after a failure finishes it;
-//! with `--push-tag`, `git push origin vX.Y.Z` follows.
+//! the missing images (if any), takes the release lock on origin (so two releases never
+//! interleave; the loser changes nothing and is told who holds it), reads the registry and
+//! origin's tags again and plans again under it, then puts each `sha-` manifest's own bytes
+//! under every release tag (so the digests are equal and no layer moves): every image's
+//! version tag first, then the floating tags, then the git tag, pushed to origin, so a failure
+//! part-way leaves no git tag behind; then it releases the lock. Tags already in place are left
+//! alone, so running the same release again after a failure finishes it. Each image's progress
+//! goes to a `plan::progress` line.
 //!
 //! `cargo xtask ci --stage release` runs the same code for a tag pipeline, where the git tag
-//! exists already ([`TagMode::Existing`]).
+//! exists already ([`TagMode::Existing`]), without the lock.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
