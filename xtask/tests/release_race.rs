@@ -1,6 +1,8 @@
 //! End-to-end tests of releases at the same time: two clones of one origin (a bare repository
 //! on disk) releasing at once, serialized by the release lock on that origin, on the lab
-//! registry and on the Nexus look-alike (tag pages of two, HEAD 404, Bearer tokens).
+//! registry and on the Nexus look-alike (tag pages of two, HEAD 404, Bearer tokens). Also a
+//! release on the published monorepo's layout (tests/fixtures/intric-layout), which promotes
+//! the two images its compose file builds.
 //!
 //! Release only promotes what the registry holds under `sha-<12 hex>`, so the images are tiny
 //! ones of the test's own (`docker import` of one marker file per commit and image), pushed
@@ -94,14 +96,19 @@ impl Race {
         self.path(name)
     }
 
-    /// A new commit in `repo` whose images are pushed, as the main stage would have: returns
-    /// each image's identity (its config digest) by service.
+    /// A new commit in `repo` whose three images are pushed, as the main stage would have:
+    /// returns each image's identity (its config digest) by service.
     fn commit_and_push(&self, repo: &Path, marker: &str) -> BTreeMap<String, String> {
+        self.commit_and_push_images(repo, marker, &SERVICES)
+    }
+
+    /// [`Race::commit_and_push`] for the images `services`.
+    fn commit_and_push_images(&self, repo: &Path, marker: &str, services: &[&str]) -> BTreeMap<String, String> {
         std::fs::write(repo.join("backend/marker"), format!("{marker}\n")).unwrap();
         commit_all(repo, &format!("fix: {marker}"));
         let short = stdout(&run("git", &["rev-parse", "--short=12", "HEAD"], repo)).trim().to_string();
         let mut pushed = BTreeMap::new();
-        for service in SERVICES {
+        for &service in services {
             let layer = self.path("marker");
             std::fs::write(&layer, format!("{service} {marker} {short}\n")).unwrap();
             let tar = self.path("layer.tar");
@@ -356,4 +363,49 @@ fn releases_at_once_on_the_nexus_look_alike_are_serialized_by_the_lock_on_origin
     assert_success(&xtask(&["sandbox", "up", "--nexus"], &[], &workspace()), "sandbox up --nexus");
     docker_login("127.0.0.1:5001");
     releases_at_once("127.0.0.1:5001/dev", "dev");
+}
+
+/// Copies the directory `from` into `to`, recursively.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn on_the_published_layout_a_release_promotes_exactly_the_two_images_compose_builds() {
+    let _serial = serial();
+    if !docker_available() {
+        return;
+    }
+    lab();
+    docker_login(&lab()["NEXUS_REGISTRY"]);
+    let race = Race::new(&lab()["NEXUS_REGISTRY"], "");
+    // The published monorepo's shape (tests/fixtures/intric-layout): the compose file at the
+    // root, no docker/ directory, and a worker that runs the backend image with its own command.
+    let repo = race.clone("published");
+    for ours in ["compose.yaml", "backend", "frontend"] {
+        let path = repo.join(ours);
+        if path.is_dir() { std::fs::remove_dir_all(&path).unwrap() } else { std::fs::remove_file(&path).unwrap() }
+    }
+    copy_tree(&workspace().join("xtask/tests/fixtures/intric-layout"), &repo);
+    let images = race.commit_and_push_images(&repo, "published", &["backend", "frontend"]);
+    let done = race.release(&repo, "1.0.0", &[]);
+    assert_success(&done, "release 1.0.0 on the published layout");
+    let reported: Vec<String> = reported(&done).into_keys().collect();
+    assert_eq!(reported, ["backend", "frontend"], "the images compose builds, no worker image");
+    for service in ["backend", "frontend"] {
+        for tag in ["1.0.0", "1.0", "1", "latest"] {
+            assert_eq!(race.identity(service, tag), images[service], "{service}:{tag}");
+        }
+    }
+    assert!(race.tags("worker").is_empty(), "no intric/worker: {:?}", race.tags("worker"));
+    assert_eq!(race.origin_tag("v1.0.0").as_deref(), Some(Race::head(&repo).as_str()));
 }
