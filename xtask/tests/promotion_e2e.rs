@@ -12,6 +12,8 @@
 //!   its fault injection (`/_lab/fail-after-puts`) cuts a release off part-way, and so affects no
 //!   other test.
 //!
+//! Each test's repository is a copy of this workspace (its compose file names the images) with a
+//! bare repository of its own as `origin`, which holds the release lock as it would for a user.
 //! `<ns>` is `promotion-e2e-<unique>`, so the shared lab's release tags never collide. The tests
 //! remove the images they tagged in the engine and the proxy container they started; the lab
 //! registry keeps the repositories (Distribution cannot delete them). They need a Docker engine:
@@ -64,15 +66,18 @@ impl Drop for Made {
     }
 }
 
-/// A clean one-commit repository on `main`, and its HEAD's `sha-` tag.
-fn repository() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    git(dir.path(), &["init", "-q", "-b", "main"]);
-    std::fs::write(dir.path().join("README"), "promotion\n").unwrap();
-    commit_all(dir.path(), "feat: something to release");
-    let head = run("git", &["rev-parse", "HEAD"], dir.path());
+/// A clean one-commit copy of this workspace on `main` (its compose file names the images),
+/// with a bare repository of its own as `origin` (which holds the release lock), and its HEAD's
+/// `sha-` tag.
+fn repository() -> (tempfile::TempDir, tempfile::TempDir, String) {
+    let repo = snapshot();
+    let origin = tempfile::tempdir().unwrap();
+    git(origin.path(), &["init", "-q", "--bare", "-b", "main"]);
+    git(repo.path(), &["remote", "add", "origin", origin.path().to_str().unwrap()]);
+    git(repo.path(), &["push", "-q", "origin", "main"]);
+    let head = run("git", &["rev-parse", "HEAD"], repo.path());
     let sha = format!("sha-{}", &String::from_utf8_lossy(&head.stdout)[..12]);
-    (dir, sha)
+    (repo, origin, sha)
 }
 
 /// Pushes an image of its own per service with docker, as `<registry>/intric/<service>:<tag>`.
@@ -163,7 +168,7 @@ fn promotion_into_another_registry_copies_every_blob_and_a_rerun_changes_nothing
     let ns = unique();
     let source = format!("{}/{ns}", lab["NEXUS_REGISTRY"]);
     let target = format!("127.0.0.1:5001/release/{ns}");
-    let (repo, sha) = repository();
+    let (repo, _origin, sha) = repository();
     let repo = repo.path();
     let mut made = Made::default();
     push_images(&mut made, &source, &sha, 100);
@@ -200,15 +205,14 @@ fn promotion_into_another_registry_copies_every_blob_and_a_rerun_changes_nothing
     let platform = stored(&format!("release/{ns}/intric/frontend"), &child);
     assert_eq!(sha256(&platform), child, "the index's platform manifest is in the release repository too");
 
-    // Another clone, which has not got the git tag, runs the same release: everything is in place
-    // already, so nothing is copied and no tag is put (redeploy is disabled there: a PUT would fail).
+    // The same release again, from a clone without the git tag: the release registry and origin
+    // say it is done, so nothing is copied and no tag is put (redeploy is disabled there).
     run("git", &["tag", "-d", "v1.0.0"], repo);
     let puts_before = manifest_puts(&ns);
     let again = release(repo, &["1.0.0", "--registry", &source, "--to-registry", &target, "--execute"]);
-    assert_success(&again, "the same release again");
     let shown = text(&again);
-    assert!(shown.contains("finishing an earlier run of this release"), "{shown}");
-    assert_eq!(shown.matches("0 blobs mounted, 0 copied, 2 already there").count(), 3, "{shown}");
+    assert!(shown.contains(&format!("1.0.0 is already released from {}", &sha[4..])), "{shown}");
+    assert!(shown.contains("nothing to do") && !shown.contains("copied"), "{shown}");
     assert_eq!(manifest_puts(&ns), puts_before, "no manifest was put again");
     assert_promoted(&ns, &format!("release/{ns}"), &sha);
 }
@@ -225,7 +229,7 @@ fn promotion_within_one_registry_mounts_blobs_and_a_release_cut_off_part_way_fin
     let mut made = Made { images: Vec::new(), container: Some(container) };
     docker_login(&host);
     let (source, target) = (format!("{host}/dev"), format!("{host}/release"));
-    let (repo, sha) = repository();
+    let (repo, _origin, sha) = repository();
     let repo = repo.path();
     push_images(&mut made, &source, &sha, 200);
     let control = |path: &str| {
@@ -246,7 +250,9 @@ fn promotion_within_one_registry_mounts_blobs_and_a_release_cut_off_part_way_fin
 
     let finished = release(repo, &["1.0.0", "--registry", &source, "--to-registry", &target, "--execute"]);
     assert_success(&finished, "the release run again");
-    assert!(text(&finished).contains("finishing an earlier run of this release"), "{}", text(&finished));
+    let shown = text(&finished);
+    assert!(shown.contains("finishing an earlier run of this release"), "{shown}");
+    assert_eq!(shown.matches("0 blobs mounted, 0 copied, 2 already there").count(), 3, "nothing moves twice: {shown}");
     assert_promoted(&format!("{prefix}dev"), &format!("{prefix}release"), &sha);
     assert!(text(&run("git", &["tag"], repo)).contains("v1.0.0"));
 }

@@ -13,6 +13,7 @@ pub mod inputs;
 pub mod location;
 pub mod promotion;
 pub mod release;
+pub mod release_lock;
 pub mod services;
 pub mod tags;
 

@@ -264,6 +264,9 @@ fn release_stage(args: &CiArgs, repo: &Path, report: &TagReport, env: &Env) -> R
         push_tag: false,
         skip_immutable_floating: false,
         quiet: false,
+        // A tag pipeline takes no release lock (see `images::release`'s plan).
+        no_lock: false,
+        break_lock: false,
     };
     let outcome = release::release(&options, env)?;
     if args.dry_run {
@@ -280,7 +283,7 @@ fn release_stage(args: &CiArgs, repo: &Path, report: &TagReport, env: &Env) -> R
             .images
             .iter()
             .map(|(service, image, digest, tags)| ImageLine {
-                service: service.name().to_string(),
+                service: service.clone(),
                 image: image.clone(),
                 digest: digest.clone(),
                 tags: tags.clone(),

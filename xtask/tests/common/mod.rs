@@ -110,6 +110,16 @@ pub fn assert_success(output: &Output, what: &str) {
     );
 }
 
+/// A process's standard output, as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A process's standard error, as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 pub fn run(program: &str, args: &[&str], dir: &Path) -> Output {
     Command::new(program).args(args).current_dir(dir).output().unwrap_or_else(|error| panic!("{program}: {error}"))
 }
