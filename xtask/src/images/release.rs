@@ -253,7 +253,7 @@ fn build_args(options: &Options, plan: &ReleasePlan) -> BuildArgs {
 /// plan lists at once with the others, not a wait. A registry that cannot be read is recorded
 /// as such; the plan refuses with it.
 pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<ReleaseInputs> {
-    let repo = git::Repo::open(&options.repo)?;
+    let repo = git::Repo::open(runner, &options.repo)?;
     let head = repo.head()?;
     let tags = repo.tags()?;
     let dirty = matches!(repo.worktree()?, Worktree::Dirty { .. });
@@ -779,12 +779,13 @@ pub trait ReleaseTarget {
 }
 
 /// The registry (retrying transient failures) and the git repository.
-struct Live {
+struct Live<'a> {
     registry: Registry,
     repo: PathBuf,
+    runner: &'a dyn Runner,
 }
 
-impl ReleaseTarget for Live {
+impl ReleaseTarget for Live<'_> {
     fn manifest(&self, repository: &str, reference: &str) -> Result<Option<Manifest>> {
         self.registry.manifest(repository, reference)
     }
@@ -798,7 +799,7 @@ impl ReleaseTarget for Live {
     }
 
     fn create_git_tag(&self, name: &str, revision: &str, notes: &str) -> Result<()> {
-        git::Repo::open(&self.repo)?.create_annotated_tag(name, revision, notes)
+        git::Repo::open(self.runner, &self.repo)?.create_annotated_tag(name, revision, notes)
     }
 }
 
@@ -810,7 +811,8 @@ impl TaskPlan for ReleasePlan {
         if let Some(build_plan) = &self.build_first {
             build_plan.execute(runner).context("building the missing images failed")?;
         }
-        let live = Live { registry: Registry::connect(self.registry.clone(), runner)?, repo: self.repo.clone() };
+        let live =
+            Live { registry: Registry::connect(self.registry.clone(), runner)?, repo: self.repo.clone(), runner };
         self.promote(runner, &live)
     }
 }
