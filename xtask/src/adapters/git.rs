@@ -45,21 +45,6 @@ const CALLER_REPOSITORY_VARIABLES: [&str; 10] = [
     "GIT_GRAFT_FILE",
 ];
 
-/// What `for-each-ref` prints per ref: its name, the type and id of the object it names, and
-/// for a tag object the type and id of what it peels to (empty otherwise), then the target of
-/// a symbolic ref. Ref names cannot contain spaces, so a space separates the fields.
-const REF_FORMAT: &str = "%(refname) %(objecttype) %(objectname) %(*objecttype) %(*objectname) %(symref)";
-
-/// The refs [`Repo::open`] lists: every tag, and the refs the default branch is read from.
-const LISTED_REFS: [&str; 6] = [
-    "refs/tags",
-    "refs/remotes/origin/HEAD",
-    "refs/heads/main",
-    "refs/heads/master",
-    "refs/remotes/origin/main",
-    "refs/remotes/origin/master",
-];
-
 /// Status bits of a changed path, as libgit2 numbered them (`git_status_t`): the dirty working
 /// tree's digest hashes them, and the digests (and so the dirty tags) stay those of the
 /// releases that read the status through libgit2.
@@ -89,6 +74,8 @@ pub struct Repo<'a> {
     head_time: Option<i64>,
     refs: Refs,
     shallow: bool,
+    /// The branch `refs/remotes/origin/HEAD` points at.
+    origin_head: Option<String>,
     origin: Option<String>,
 }
 
@@ -132,33 +119,28 @@ struct Status {
     changes: Vec<(String, u32)>,
 }
 
-/// What `for-each-ref` says about the [`LISTED_REFS`].
+/// What `show-ref --dereference` says: every ref, each tag with what it peels to.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Refs {
-    /// Tags naming a commit, directly or through one annotated tag.
+    /// Every tag with the object it names, annotated tags peeled to the end of their chain.
     tags: Vec<Tag>,
-    /// Tags of tags whose chain `for-each-ref` did not follow to its end (git before 2.42
-    /// peels one level): their names and the id of the inner tag object.
-    nested: Vec<(String, String)>,
-    /// The branch `refs/remotes/origin/HEAD` points at.
-    origin_head: Option<String>,
     /// Which of main and master exist, locally or on origin, in that order.
     main_or_master: Vec<String>,
 }
 
 impl<'a> Repo<'a> {
     /// Opens the repository whose work tree is exactly `path`, reading its state once: HEAD,
-    /// the branch and the changed files (`git status`), every tag with its commit and the
-    /// default branch (`git for-each-ref`), HEAD's commit time, whether the clone is shallow,
-    /// and the origin's URL. The five processes run at once; the status, which reads the whole
-    /// work tree, is usually the longest.
+    /// the branch and the changed files (`git status`), every ref with the commits tags name
+    /// (`git show-ref`), HEAD's commit time, whether the clone is shallow and where origin's
+    /// HEAD points (`git rev-parse`), and the origin's URL. The five processes run at once; the
+    /// status, which reads the whole work tree, is usually the longest.
     ///
     /// No search upwards: `--repo` names the repository, and silently using an enclosing one
     /// would tag the wrong project (`GIT_CEILING_DIRECTORIES` stops git at the parent).
     pub fn open(runner: &'a dyn Runner, path: &Path) -> Result<Repo<'a>> {
-        let canonical = path
-            .canonicalize()
-            .with_context(|| format!("{} is not a git repository: it does not exist; pass --repo", path.display()))?;
+        let canonical = path.canonicalize().map_err(|error| {
+            anyhow!("{} is not a git repository: {error}; run inside a clone or pass --repo", path.display())
+        })?;
         let ceiling = canonical.parent().map(|parent| parent.display().to_string());
         let mut repo = Repo {
             runner,
@@ -168,6 +150,7 @@ impl<'a> Repo<'a> {
             head_time: None,
             refs: Refs::default(),
             shallow: false,
+            origin_head: None,
             origin: None,
         };
         let status = repo.git(["--no-optional-locks", "status", "--porcelain=v2", "-z", "--branch"]).args([
@@ -176,9 +159,14 @@ impl<'a> Repo<'a> {
             "--untracked-files=all",
             "--no-renames",
         ]);
-        let refs = repo.git(["for-each-ref", &format!("--format={REF_FORMAT}")]).args(LISTED_REFS);
+        // Every ref (`--dereference` adds what each tag peels to: from packed-refs, where
+        // `git clone` and `git gc` record it, without reading the tag objects).
+        let refs = repo.git(["show-ref", "--dereference"]);
         let head_commit = repo.git(["cat-file", "commit", "HEAD"]);
-        let shallow = repo.git(["rev-parse", "--is-shallow-repository"]);
+        // Nothing for a missing origin/HEAD: `--revs-only` drops what is no revision.
+        let shallow = repo
+            .git(["rev-parse", "--is-shallow-repository", "--revs-only", "--symbolic-full-name"])
+            .arg("refs/remotes/origin/HEAD");
         let origin = repo.git(["remote", "get-url", "origin"]);
         let (status, refs, head_commit, shallow, origin) = std::thread::scope(|scope| {
             let read = |command| scope.spawn(move || runner.output(command));
@@ -192,7 +180,10 @@ impl<'a> Repo<'a> {
         // its failure says so best.
         repo.status = parse_status(&repo.succeeded(status?, "read the working tree status")?)
             .with_context(|| format!("cannot read the working tree status of {}", path.display()))?;
-        repo.refs = parse_refs(&repo.succeeded(refs?, "read the tags")?);
+        // No refs at all is exit status 1 without output, an answer too.
+        let refs = refs?;
+        let no_refs = refs.status.code() == Some(1) && refs.stdout.is_empty() && refs.stderr.is_empty();
+        repo.refs = if no_refs { Refs::default() } else { parse_refs(&repo.succeeded(refs, "read the tags")?) };
         if repo.status.head.is_some() {
             let commit = repo.succeeded(head_commit?, "read HEAD's commit")?;
             repo.head_time = Some(
@@ -200,12 +191,14 @@ impl<'a> Repo<'a> {
                     .with_context(|| format!("HEAD's commit in {} has no committer line", path.display()))?,
             );
         }
-        let finished = shallow?;
-        repo.shallow = repo.succeeded(finished, "tell whether the clone is shallow")?.trim() == "true";
+        let shallow = repo.succeeded(shallow?, "tell whether the clone is shallow")?;
+        let mut lines = shallow.lines();
+        repo.shallow = lines.next() == Some("true");
+        repo.origin_head =
+            lines.next().and_then(|target| target.strip_prefix("refs/remotes/origin/")).map(str::to_string);
         // No origin is an answer (exit status 2), not a failure.
         let origin = origin?;
         repo.origin = origin.status.success().then(|| public_url(origin.stdout.trim()));
-        repo.peel_nested_tags()?;
         Ok(repo)
     }
 
@@ -226,8 +219,9 @@ impl<'a> Repo<'a> {
         Ok(self.status.branch.clone())
     }
 
-    /// Every tag in the repository with the commit it names. Tags of trees or blobs are left
-    /// out: no version number can describe them.
+    /// Every tag in the repository with the commit it names. A tag of a tree or blob (no
+    /// version number can describe one) comes with that object's id: it never equals HEAD,
+    /// and [`Repo::commits_after`] finds it in no history.
     pub fn tags(&self) -> Result<Vec<Tag>> {
         Ok(self.refs.tags.clone())
     }
@@ -245,7 +239,14 @@ impl<'a> Repo<'a> {
     pub fn commits_after(&self, ancestor: &str, descendant: &str) -> Result<Option<u64>> {
         let (ancestor, descendant) = (object_id(ancestor)?, object_id(descendant)?);
         let range = format!("{ancestor}...{descendant}");
-        let output = self.read(&["rev-list", "--left-right", "--count", &range], "compare commits")?;
+        let finished = self.runner.output(&self.git(["rev-list", "--left-right", "--count", &range]))?;
+        // A tag of a tree or blob: no commit, so in no history.
+        if !finished.status.success()
+            && [&finished.stderr, &finished.stdout].iter().any(|text| text.contains("not a commit"))
+        {
+            return Ok(None);
+        }
+        let output = self.succeeded(finished, "compare commits")?;
         let counts = parse_left_right(&output)
             .with_context(|| format!("cannot compare commits {ancestor} and {descendant}: git printed {output:?}"))?;
         // Nothing on the left: every commit of `ancestor`'s history is in `descendant`'s.
@@ -274,7 +275,7 @@ impl<'a> Repo<'a> {
     /// The default branch as git knows it: the target of `refs/remotes/origin/HEAD` (set by
     /// `git clone`), else `main` or `master`, local or on origin, whichever exists first.
     pub fn default_branch(&self) -> Option<String> {
-        self.refs.origin_head.clone().or_else(|| self.refs.main_or_master.first().cloned())
+        self.origin_head.clone().or_else(|| self.refs.main_or_master.first().cloned())
     }
 
     /// The URL of the `origin` remote, if there is one, made fit to publish (see
@@ -365,20 +366,6 @@ impl<'a> Repo<'a> {
             bail!("{path} is a git directory without a work tree; pass the work tree as --repo");
         }
         bail!("cannot {what} in {path}: {said}")
-    }
-
-    /// Follows the tags of tags that `for-each-ref` left half-peeled, one process each (git
-    /// 2.42 and later peel them fully, so there are none).
-    fn peel_nested_tags(&mut self) -> Result<()> {
-        for (name, inner) in std::mem::take(&mut self.refs.nested) {
-            let finished =
-                self.runner.output(&self.git(["rev-parse", "--verify", "--quiet", &format!("{inner}^{{commit}}")]))?;
-            // Failing quietly means the chain ends at a tree or blob: not a version's tag.
-            if finished.status.success() {
-                self.refs.tags.push(Tag { name, commit: finished.stdout.trim().to_string() });
-            }
-        }
-        Ok(())
     }
 
     fn unborn(&self) -> anyhow::Error {
@@ -571,38 +558,30 @@ fn change_bits(xy: &str) -> Result<u32> {
     Ok(index | worktree)
 }
 
-/// Parses `for-each-ref` output in [`REF_FORMAT`] for the [`LISTED_REFS`].
+/// Parses `show-ref --dereference`: `<id> <ref>` per ref, and after an annotated tag
+/// `<id> <ref>^{}` with the object it peels to.
 fn parse_refs(output: &str) -> Refs {
     let mut refs = Refs::default();
-    let mut found = Vec::new();
+    let mut heads = Vec::new();
     for line in output.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let [name, kind, id, peeled_kind, peeled_id, symref] = fields[..] else { continue };
+        let Some((id, name)) = line.split_once(' ') else { continue };
         if let Some(tag) = name.strip_prefix("refs/tags/") {
-            let tag = tag.to_string();
-            match (kind, peeled_kind) {
-                ("commit", _) => refs.tags.push(Tag { name: tag, commit: id.to_string() }),
-                ("tag", "commit") => refs.tags.push(Tag { name: tag, commit: peeled_id.to_string() }),
-                ("tag", "tag") => refs.nested.push((tag, peeled_id.to_string())),
-                // Tags of trees and blobs.
-                _ => {}
+            match tag.strip_suffix("^{}") {
+                // The peeled line follows its tag's own line.
+                Some(peeled) => match refs.tags.last_mut() {
+                    Some(last) if last.name == peeled => last.commit = id.to_string(),
+                    _ => refs.tags.push(Tag { name: peeled.to_string(), commit: id.to_string() }),
+                },
+                None => refs.tags.push(Tag { name: tag.to_string(), commit: id.to_string() }),
             }
-        } else if name == "refs/remotes/origin/HEAD" {
-            refs.origin_head = symref.strip_prefix("refs/remotes/origin/").map(str::to_string);
-        } else {
-            found.push(name);
+        } else if let Some(branch) =
+            name.strip_prefix("refs/heads/").or_else(|| name.strip_prefix("refs/remotes/origin/"))
+        {
+            heads.push(branch);
         }
     }
-    refs.main_or_master = ["main", "master"]
-        .into_iter()
-        .filter(|branch| {
-            // The patterns also match refs below these names (`refs/heads/main/x`): not these.
-            [format!("refs/heads/{branch}"), format!("refs/remotes/origin/{branch}")]
-                .iter()
-                .any(|wanted| found.contains(&wanted.as_str()))
-        })
-        .map(str::to_string)
-        .collect();
+    refs.main_or_master =
+        ["main", "master"].into_iter().filter(|branch| heads.contains(branch)).map(str::to_string).collect();
     refs
 }
 
@@ -760,31 +739,27 @@ mod tests {
         .join("\0")
     }
 
-    /// How a repository on branch feature/x answers `open`'s reads: three tags (one nested
-    /// that needs peeling), an origin with a token in its URL, and a shallow history.
+    /// How a repository on branch feature/x answers `open`'s reads: a lightweight, an
+    /// annotated and a nested tag, an origin with a token in its URL, a shallow history.
     fn repository(shown: &str) -> std::result::Result<String, String> {
         let reply = if shown.contains(" status ") {
             status_output()
-        } else if shown.contains(" for-each-ref ") {
+        } else if shown.contains(" show-ref --dereference") {
             format!(
-                "refs/heads/main commit {HEAD}   \n\
-                 refs/heads/main/old commit {HEAD}   \n\
-                 refs/remotes/origin/HEAD commit {HEAD}   refs/remotes/origin/develop\n\
-                 refs/tags/light commit {TAGGED}   \n\
-                 refs/tags/v1.0.0 tag {TAG_OBJECT} commit {TAGGED} \n\
-                 refs/tags/nested tag {TAG_OBJECT} tag {TAG_OBJECT} \n\
-                 refs/tags/of-a-tree tree {TAG_OBJECT}   \n"
+                "{HEAD} refs/heads/main\n{HEAD} refs/heads/main/old\n{HEAD} refs/remotes/origin/HEAD\n\
+                 {TAGGED} refs/tags/light\n{TAG_OBJECT} refs/tags/nested\n{TAGGED} refs/tags/nested^{{}}\n\
+                 {TAG_OBJECT} refs/tags/v1.0.0\n{TAGGED} refs/tags/v1.0.0^{{}}\n"
             )
         } else if shown.contains(" cat-file commit HEAD") {
             "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor A U Thor <a@example.com> 1600000000 +0200\n\
              committer C O Mitter <c@example.com> 1700000060 +0100\n\ncommitter in the message 5\n"
                 .to_string()
-        } else if shown.contains(" rev-parse --is-shallow-repository") {
-            "true\n".to_string()
+        } else if shown
+            .contains(" rev-parse --is-shallow-repository --revs-only --symbolic-full-name refs/remotes/origin/HEAD")
+        {
+            "true\nrefs/remotes/origin/develop\n".to_string()
         } else if shown.contains(" remote get-url origin") {
             "https://gitlab-ci-token:CANARY@gitlab.example.com/group/intric.git\n".to_string()
-        } else if shown.contains(&format!(" rev-parse --verify --quiet '{TAG_OBJECT}^{{commit}}'")) {
-            format!("{TAGGED}\n")
         } else {
             return Err(format!("unexpected command {shown}"));
         };
@@ -799,7 +774,7 @@ mod tests {
         assert_eq!(repo.head().unwrap(), Head { id: HEAD.into(), time: 1_700_000_060 });
         assert_eq!(repo.branch().unwrap().as_deref(), Some("feature/x"));
         let tags: Vec<(String, String)> = repo.tags().unwrap().into_iter().map(|tag| (tag.name, tag.commit)).collect();
-        let expected = [("light", TAGGED), ("v1.0.0", TAGGED), ("nested", TAGGED)];
+        let expected = [("light", TAGGED), ("nested", TAGGED), ("v1.0.0", TAGGED)];
         assert_eq!(tags, expected.map(|(name, commit)| (name.to_string(), commit.to_string())));
         assert_eq!(repo.default_branch().as_deref(), Some("develop"));
         assert!(repo.is_shallow());
@@ -807,8 +782,7 @@ mod tests {
         assert!(matches!(repo.worktree().unwrap(), Worktree::Dirty { .. }));
 
         let executed = runner.executed();
-        // The five reads, then the one nested tag's peeling; nothing else.
-        assert_eq!(executed.len(), 6, "{executed:#?}");
+        assert_eq!(executed.len(), 5, "the five reads and nothing else: {executed:#?}");
         let parent = dir.path().canonicalize().unwrap().parent().unwrap().display().to_string();
         let prefix = format!("LC_ALL=C GIT_CEILING_DIRECTORIES={parent} git -C {} ", dir.path().display());
         assert!(executed.iter().all(|command| command.starts_with(&prefix)), "{executed:#?}");
@@ -870,15 +844,32 @@ mod tests {
     #[test]
     fn refs_give_peeled_tags_and_the_default_branch() {
         let refs = parse_refs(&format!(
-            "refs/heads/master commit {HEAD}   \nrefs/remotes/origin/main commit {HEAD}   \n\
-             refs/tags/v2 tag {TAG_OBJECT} commit {TAGGED} \n"
+            "{HEAD} refs/heads/master\n{HEAD} refs/remotes/origin/main\n{HEAD} refs/remotes/upstream/main\n\
+             {TAG_OBJECT} refs/tags/v2\n{TAGGED} refs/tags/v2^{{}}\n{HEAD} refs/tags/v3\n"
         ));
-        assert_eq!(refs.tags, [Tag { name: "v2".into(), commit: TAGGED.into() }]);
-        assert_eq!(refs.origin_head, None);
+        let tag = |name: &str, commit: &str| Tag { name: name.into(), commit: commit.into() };
+        assert_eq!(refs.tags, [tag("v2", TAGGED), tag("v3", HEAD)]);
         assert_eq!(refs.main_or_master, ["main", "master"], "origin's main, then the local master");
-        let below = parse_refs(&format!("refs/heads/main/feature commit {HEAD}   \n"));
-        assert!(below.main_or_master.is_empty(), "{below:?}");
+        let elsewhere = parse_refs(&format!("{HEAD} refs/heads/main/feature\n{HEAD} refs/remotes/upstream/master\n"));
+        assert!(elsewhere.main_or_master.is_empty(), "{elsewhere:?}");
         assert_eq!(parse_refs(""), Refs::default());
+    }
+
+    #[test]
+    fn no_refs_and_no_origin_are_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = Recording::replying(|shown| {
+            if shown.contains(" show-ref ") || shown.contains(" remote get-url ") {
+                Err(String::new())
+            } else if shown.contains(" rev-parse ") {
+                Ok("false\n".into())
+            } else {
+                repository(shown)
+            }
+        });
+        let repo = Repo::open(&runner, dir.path()).unwrap();
+        assert_eq!(repo.tags().unwrap(), []);
+        assert_eq!((repo.default_branch(), repo.origin_url(), repo.is_shallow()), (None, None, false));
     }
 
     #[test]
@@ -906,6 +897,11 @@ mod tests {
                 Ok("0\t3\n".into())
             } else if shown.contains(&format!("rev-list --left-right --count {HEAD}...{TAGGED}")) {
                 Ok("3\t0\n".into())
+            } else if shown.contains(&format!("rev-list --left-right --count {TAG_OBJECT}...{HEAD}")) {
+                Err(format!(
+                    "error: object {TAG_OBJECT} is a tree, not a commit\n\
+                     fatal: Invalid symmetric difference expression {TAG_OBJECT}...{HEAD}"
+                ))
             } else {
                 repository(shown)
             }
@@ -914,6 +910,7 @@ mod tests {
         assert_eq!(repo.commits_after(TAGGED, HEAD).unwrap(), Some(3));
         assert!(repo.is_ancestor(TAGGED, HEAD).unwrap());
         assert!(!repo.is_ancestor(HEAD, TAGGED).unwrap());
+        assert_eq!(repo.commits_after(TAG_OBJECT, HEAD).unwrap(), None, "a tag of a tree is in no history");
         assert!(repo.is_ancestor(HEAD, HEAD).unwrap(), "a commit is its own ancestor, without asking git");
         let error = repo.commits_since("--output=/tmp/x", None).unwrap_err().to_string();
         assert!(error.contains("is not a git object id"), "{error}");
