@@ -362,7 +362,9 @@ fn dirty_digests_are_the_ones_libgit2_gave() {
         repo.git(&["commit", "--quiet", "-m", "files"]);
         repo
     };
-    let cases: [(&str, fn(&Repo), &str); 12] = [
+    // Each case: its name, the change to a fresh repository, and the digest libgit2 gave.
+    type Case<'a> = (&'a str, fn(&Repo), &'a str);
+    let cases: [Case; 12] = [
         ("modified", |repo| repo.append("a.txt", "c\n"), "1f593137"),
         (
             "staged",
