@@ -351,14 +351,10 @@ impl<'a> Repo<'a> {
             return Ok(finished.stdout);
         }
         let path = self.path.display();
-        let said = git_said(&finished);
-        if said.contains("detected dubious ownership") {
-            bail!(
-                "git refuses to read {path}: it belongs to another user; if you trust it, run \
-                 `git config --global --add safe.directory {}`",
-                self.path.canonicalize().unwrap_or_else(|_| self.path.clone()).display()
-            );
+        if let Some(refused) = owned_by_another_user(&finished, &self.path) {
+            return Err(refused);
         }
+        let said = git_said(&finished);
         if said.contains("not a git repository") {
             bail!("{path} is not a git repository (the top of a work tree); run inside a clone or pass --repo");
         }
@@ -436,16 +432,12 @@ pub fn is_tracked(runner: &dyn Runner, path: &Path) -> Result<bool> {
     if finished.status.success() {
         return Ok(!finished.stdout.is_empty());
     }
+    if let Some(refused) = owned_by_another_user(&finished, dir) {
+        return Err(refused);
+    }
     let said = git_said(&finished);
     if said.contains("not a git repository") || said.contains("must be run in a work tree") {
         return Ok(false);
-    }
-    if said.contains("detected dubious ownership") {
-        bail!(
-            "git refuses to read the repository around {}: it belongs to another user; if you trust it, run \
-             `git config --global --add safe.directory <its work tree>`",
-            dir.display()
-        );
     }
     bail!("cannot tell whether git tracks {}: {said}", path.display())
 }
@@ -467,13 +459,20 @@ fn git_said(finished: &Finished) -> String {
         .or(lines.last())
         .copied()
         .unwrap_or("git failed without a message");
-    let said = line.trim_start_matches("fatal:").trim_start_matches("error:").trim();
-    // Ownership is explained over several lines; the first one says what happened.
-    if text.contains("detected dubious ownership") {
-        format!("{said} (detected dubious ownership)")
-    } else {
-        said.to_string()
-    }
+    line.trim_start_matches("fatal:").trim_start_matches("error:").trim().to_string()
+}
+
+/// The error for a repository that git refuses to read because another user owns it (its
+/// `safe.directory` check), with the command that trusts it, for the work tree git names
+/// (else `dir`); `None` when that is not why git failed.
+fn owned_by_another_user(finished: &Finished, dir: &Path) -> Option<anyhow::Error> {
+    let text = if finished.stderr.trim().is_empty() { &finished.stdout } else { &finished.stderr };
+    let (_, rest) = text.split_once("detected dubious ownership in repository at '")?;
+    let work_tree = rest.split_once('\'').map_or_else(|| dir.display().to_string(), |(named, _)| named.to_string());
+    Some(anyhow!(
+        "git refuses to read {work_tree}: it belongs to another user; if you trust it, run \
+         `git config --global --add safe.directory {work_tree}`"
+    ))
 }
 
 /// `id` if it is a full object id (40 hex digits, or 64 in a SHA-256 repository); anything
@@ -923,15 +922,29 @@ mod tests {
         for (said, expected) in [
             ("fatal: not a git repository (or any of the parent directories): .git", "is not a git repository"),
             ("fatal: this operation must be run in a work tree", "pass the work tree as --repo"),
-            (
-                "fatal: detected dubious ownership in repository at '/srv/intric'\nTo add an exception for this \
-                 directory, call:\n\n\tgit config --global --add safe.directory /srv/intric",
-                "git config --global --add safe.directory",
-            ),
         ] {
             let runner = Recording::replying(move |_| Err(said.to_string()));
             let error = Repo::open(&runner, dir.path()).err().expect("open fails").to_string();
             assert!(error.contains(&path) && error.contains(expected), "{error}");
+            assert_eq!(error.lines().count(), 1, "{error}");
+        }
+        let owned = format!(
+            "fatal: detected dubious ownership in repository at '{path}'\nTo add an exception for this \
+             directory, call:\n\n\tgit config --global --add safe.directory {path}"
+        );
+        for error in [
+            Repo::open(&Recording::replying(move |_| Err(owned.clone())), dir.path()).err().expect("open fails"),
+            is_tracked(
+                &Recording::replying(
+                    |_| Err("fatal: detected dubious ownership in repository at '/srv/intric'".into()),
+                ),
+                Path::new("/srv/intric/docker/.env"),
+            )
+            .unwrap_err(),
+        ] {
+            let error = error.to_string();
+            assert!(error.contains("belongs to another user; if you trust it"), "{error}");
+            assert!(error.contains("git config --global --add safe.directory /"), "{error}");
             assert_eq!(error.lines().count(), 1, "{error}");
         }
 
