@@ -3,11 +3,13 @@
 //!
 //! git is installed wherever the xtask runs (CI clones with it, developers work with it), and
 //! the parts of its command line used here are made to be parsed: the porcelain v2 status,
-//! `for-each-ref` formats and plumbing commands. Linking libgit2 instead cost a cold build of
-//! the xtask a minute of C compilation. [`Repo::open`] reads everything the tag engine needs
-//! in a few processes that run at once; the other queries run one process each. Callers get
-//! plain values (hex ids, names, unix seconds), so the rules built on top of them stay
-//! unit-testable.
+//! `show-ref` and plumbing commands. Linking libgit2 instead cost a cold build of the xtask a
+//! minute of C compilation. [`Repo::open`] reads everything the tag engine needs in a few
+//! processes that run at once; the other queries run one process each. Callers get plain
+//! values (hex ids, names, unix seconds), so the rules built on top of them stay unit-testable
+//! (the runner's `Recording` answers for git in the unit tests). A new query is a method that
+//! builds its command with `Repo::git` (`git_in` outside a repository), runs it through the
+//! runner and words a failure with `Repo::succeeded`.
 //!
 //! Every command is `git -C <work tree>` in the C locale (its error messages are matched)
 //! and without the variables through which a calling git names a repository (`GIT_DIR` and
