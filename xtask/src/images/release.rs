@@ -312,7 +312,7 @@ fn build_args(options: &Options, plan: &ReleasePlan) -> BuildArgs {
 /// plan lists at once with the others, not a wait. A registry or compose file that cannot be
 /// read is recorded as such; the plan refuses with it.
 pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<ReleaseInputs> {
-    let repo = git::Repo::open(&options.repo)?;
+    let repo = git::Repo::open(runner, &options.repo)?;
     let head = repo.head()?;
     let tags = repo.tags()?;
     let dirty = matches!(repo.worktree()?, Worktree::Dirty { .. });
@@ -1003,14 +1003,15 @@ pub trait ReleaseTarget {
 }
 
 /// The registry (retrying transient failures) and the git repository.
-struct Live {
+struct Live<'a> {
     registry: Registry,
     /// The development registry the images are promoted from, with a release registry.
     source: Option<Registry>,
     repo: PathBuf,
+    runner: &'a dyn Runner,
 }
 
-impl ReleaseTarget for Live {
+impl ReleaseTarget for Live<'_> {
     fn manifest(&self, repository: &str, reference: &str) -> Result<Option<Manifest>> {
         self.source.as_ref().unwrap_or(&self.registry).manifest(repository, reference)
     }
@@ -1032,7 +1033,7 @@ impl ReleaseTarget for Live {
     }
 
     fn create_git_tag(&self, name: &str, revision: &str, notes: &str) -> Result<()> {
-        git::Repo::open(&self.repo)?.create_annotated_tag(name, revision, notes)
+        git::Repo::open(self.runner, &self.repo)?.create_annotated_tag(name, revision, notes)
     }
 
     fn images(
@@ -1069,7 +1070,7 @@ impl TaskPlan for ReleasePlan {
             }
             None => (Registry::connect(self.registry.clone(), runner)?, None),
         };
-        let live = Live { registry, source, repo: self.repo.clone() };
+        let live = Live { registry, source, repo: self.repo.clone(), runner };
         self.serialized(runner, &live)
     }
 }

@@ -263,13 +263,16 @@ mod tests {
         let held = lock(false).acquire(&runner).unwrap();
         held.release(&runner).unwrap();
         let ran = runner.executed();
-        assert!(ran[0].starts_with("GIT_AUTHOR_NAME='intric xtask'") && ran[0].contains("commit-tree"), "{ran:?}");
+        assert!(
+            ran[0].starts_with("LC_ALL=C GIT_AUTHOR_NAME='intric xtask'") && ran[0].contains("commit-tree"),
+            "{ran:?}"
+        );
         assert_eq!(
             ran[1..],
             [
-                "git -C /src/intric push --no-verify --porcelain --force-with-lease=refs/tags/release-lock: origin \
-                 1111111111111111111111111111111111111111:refs/tags/release-lock",
-                "git -C /src/intric push --no-verify --porcelain \
+                "LC_ALL=C git -C /src/intric push --no-verify --porcelain --force-with-lease=refs/tags/release-lock: \
+                 origin 1111111111111111111111111111111111111111:refs/tags/release-lock",
+                "LC_ALL=C git -C /src/intric push --no-verify --porcelain \
                  --force-with-lease=refs/tags/release-lock:1111111111111111111111111111111111111111 origin \
                  :refs/tags/release-lock"
             ]

@@ -153,7 +153,7 @@ pub fn run(args: CiArgs) -> Result<()> {
         _ => StageChoice::Auto,
     };
     // The tag engine's rules decide the stage (auto) and, for release, whether HEAD's tag is one.
-    let report = tags::resolve(&repo, choice, &env)?;
+    let report = tags::resolve(&runner, &repo, choice, &env)?;
     let stage = match args.stage {
         CiStage::Auto => stage_for(report.stage),
         stage => stage,
