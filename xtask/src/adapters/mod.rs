@@ -12,6 +12,7 @@ pub mod docker;
 pub mod dotenv;
 pub mod git;
 pub mod registry;
+pub mod swarm;
 
 use std::path::PathBuf;
 

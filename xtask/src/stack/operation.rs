@@ -22,8 +22,12 @@ use crate::stack::Deployment;
 use crate::stack::executor::Executor;
 use crate::stack::history::{Outcome, Record, append_history, record_interrupted};
 use crate::stack::lock::{Found, Holder, Lock, holder};
+use crate::adapters::swarm::Stack;
 use crate::stack::status::print_report;
-use crate::stack::steps::{StackStep, UpdateInputs, plan_deploy, plan_update};
+use crate::stack::steps::{
+    StackStep, SwarmUpdateInputs, UpdateInputs, plan_deploy, plan_swarm_deploy, plan_swarm_update, plan_update,
+};
+use crate::stack::swarm::{SwarmFiles, print_swarm_report};
 
 /// What an operator task does, with what it reports and records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +80,9 @@ pub struct StackPlan {
     pub url: String,
     /// Said before anything runs.
     pub notes: Vec<String>,
+    /// The swarm stack, when the deployment runs on Docker Swarm (`--swarm`): the history
+    /// records the mode, and the status shown at the end is the swarm's.
+    pub swarm: Option<Stack>,
 }
 
 /// What every plan that changes the stack is made from, read once by its task.
@@ -105,6 +112,7 @@ impl Inputs<'_> {
             history: self.deployment.history_path(),
             url: self.url.clone(),
             notes: Vec::new(),
+            swarm: None,
         }
     }
 }
@@ -180,6 +188,53 @@ pub fn update(
     Ok(plan)
 }
 
+/// `deploy --swarm` of `files` (the stack files of `.env`'s tag) as `stack`.
+pub fn swarm_deploy(inputs: Inputs, stack: Stack, files: &SwarmFiles, from_tag: Option<String>, tag: String) -> StackPlan {
+    let steps = plan_swarm_deploy(&stack, files, inputs.login.clone(), inputs.timeout);
+    let lock = inputs.lock_step(holder("deploy", from_tag.clone(), Some(tag.clone())));
+    let mut plan = inputs.plan(Operation::Deploy { from_tag, tag }, lock, steps);
+    plan.notes.extend(files.notes.iter().cloned());
+    plan.swarm = Some(stack);
+    plan
+}
+
+/// `update --swarm` or `rollback --swarm` (`command`) from `.env`'s `current` tag (stack files
+/// `from`) to `to_tag` (stack files `to`), backing up to `backup` first.
+pub fn swarm_update(
+    inputs: Inputs,
+    stack: Stack,
+    command: &'static str,
+    current: &str,
+    (to_tag, from, to): (&str, &SwarmFiles, &SwarmFiles),
+    backup: PathBuf,
+) -> Result<StackPlan> {
+    let from_tag = resume_from(current, &inputs.lock);
+    let steps = plan_swarm_update(&SwarmUpdateInputs {
+        stack: &stack,
+        env_path: inputs.deployment.env_path(),
+        env: &inputs.deployment.env,
+        from_tag: from_tag.clone(),
+        to_tag: to_tag.to_string(),
+        from,
+        to,
+        login: inputs.login.clone(),
+        backup_path: backup.clone(),
+        timeout: inputs.timeout,
+    })?;
+    let lock = inputs.lock_step(holder(command, Some(from_tag.clone()), Some(to_tag.to_string())));
+    let operation = Operation::Update {
+        command,
+        from_tag,
+        to_tag: to_tag.to_string(),
+        backup,
+        restore_on_failure: false,
+    };
+    let mut plan = inputs.plan(operation, lock, steps);
+    plan.notes.extend(to.notes.iter().cloned());
+    plan.swarm = Some(stack);
+    Ok(plan)
+}
+
 /// `restore` of the (verified) backup `file`.
 pub fn restore(inputs: Inputs, file: PathBuf) -> StackPlan {
     let tag = inputs.deployment.current_tag();
@@ -204,6 +259,7 @@ pub fn backup(deployment: &Deployment, path: PathBuf, keep: usize) -> StackPlan 
         history: deployment.history_path(),
         url: String::new(),
         notes: Vec::new(),
+        swarm: None,
     }
 }
 
@@ -352,14 +408,17 @@ impl TaskPlan for StackPlan {
         }
         let result = Executor { compose: &self.compose, runner, timeout: self.timeout }.execute(&self.steps);
         runner.watch(None);
-        if let Some(record) = self.operation.record(result.as_ref().err(), started) {
+        if let Some(mut record) = self.operation.record(result.as_ref().err(), started) {
+            record.mode = self.swarm.as_ref().map(|_| "swarm".to_string());
             append_history(&self.history, &record)?;
         }
         match result {
             Ok(()) => {
                 drop(lock);
-                if self.lock.is_some() {
-                    print_report(&self.compose, runner);
+                match (&self.swarm, self.lock.is_some()) {
+                    (Some(stack), _) => print_swarm_report(stack, runner),
+                    (None, true) => print_report(&self.compose, runner),
+                    (None, false) => {}
                 }
                 println!("{}", self.operation.done(&self.url));
                 Ok(())
