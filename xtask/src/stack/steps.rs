@@ -188,7 +188,8 @@ pub fn plan_swarm_deploy(stack: &Stack, files: &SwarmFiles, login: Option<Comman
     steps.push(swarm(stack, SwarmAction::Prepare));
     steps.push(swarm(stack, SwarmAction::WriteFiles { dir: files.dir.clone(), files: files.files.clone() }));
     steps.push(StackStep::Run(stack.deploy(&files.data_file)));
-    let data = STATEFUL.iter().map(|service| service.to_string()).collect();
+    let data = files.services.iter().filter(|(service, _)| STATEFUL.contains(&service.as_str()));
+    let data = data.map(|(service, image)| (service.clone(), image.clone())).collect();
     steps.push(swarm(stack, SwarmAction::Converge { services: data, timeout }));
     steps.push(swarm(stack, SwarmAction::InitOrMigrate(files.one_off.clone())));
     steps.push(StackStep::Run(stack.deploy(&files.stack_file)));
@@ -349,7 +350,9 @@ mod tests {
                 StackStep::Swarm(step) => match &step.action {
                     SwarmAction::Prepare => "prepare".into(),
                     SwarmAction::WriteFiles { .. } => "write files".into(),
-                    SwarmAction::Converge { services, .. } => format!("converge {}", services.join(" ")),
+                    SwarmAction::Converge { services, .. } => {
+                        format!("converge {}", services.keys().cloned().collect::<Vec<_>>().join(" "))
+                    }
                     SwarmAction::InitOrMigrate(_) => "init-or-migrate".into(),
                     SwarmAction::Migrate(_) => "migrate".into(),
                     SwarmAction::Backup { .. } => "backup".into(),

@@ -40,7 +40,7 @@ use crate::adapters::compose::{Compose, Database, STATELESS};
 use crate::adapters::swarm::{DATA_LABEL, Stack};
 use crate::plan::runner::Runner;
 use crate::plan::{Command, Secret};
-use crate::stack::database;
+use crate::stack::{database, status};
 use crate::stack::executor::{DbState, Executor};
 
 /// The services that keep state: one replica each, stopped before their replacement starts,
@@ -85,8 +85,8 @@ pub struct SwarmFiles {
     pub stack_file: PathBuf,
     /// The stack file of db and redis only, deployed first.
     pub data_file: PathBuf,
-    /// The services in the stack file.
-    pub services: Vec<String>,
+    /// The services in the stack file, each with its image.
+    pub services: BTreeMap<String, String>,
     pub one_off: OneOff,
     /// Said before anything runs (ports not published, ...).
     pub notes: Vec<String>,
@@ -306,7 +306,10 @@ pub fn translate(config: &str, dir: &Path, stack: &Stack, replicas: &BTreeMap<St
     };
     let data: Map<String, Value> =
         services.iter().filter(|(name, _)| STATEFUL.contains(&name.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
-    let names: Vec<String> = services.keys().cloned().collect();
+    let names: BTreeMap<String, String> = services
+        .iter()
+        .map(|(name, service)| (name.clone(), service["image"].as_str().unwrap_or("").to_string()))
+        .collect();
     let render = |value: Value| serde_json::to_string_pretty(&value).map(|text| text + "\n");
     files.push(("stack.json".into(), Secret::new("the stack file", render(top(services))?)));
     files.push(("data.json".into(), Secret::new("the stack file of db and redis", render(top(data))?)));
@@ -340,9 +343,9 @@ pub enum SwarmAction {
     Prepare,
     /// The generated files written into `dir` (mode 0700), each atomically, mode 0600.
     WriteFiles { dir: PathBuf, files: Vec<(String, Secret)> },
-    /// Waits until every task of `services` runs (healthy) the service's image, and fails when
-    /// swarm rolled one back.
-    Converge { services: Vec<String>, timeout: u64 },
+    /// Waits until every task of `services` runs (healthy) the image given, and fails when
+    /// swarm rolled one back (its spec names another image again) or paused its update.
+    Converge { services: BTreeMap<String, String>, timeout: u64 },
     /// db-init in a one-off container when the database has no `alembic_version` table yet,
     /// else the migrations.
     InitOrMigrate(OneOff),
@@ -373,12 +376,16 @@ impl fmt::Display for SwarmStep {
                 let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
                 write!(f, "write {} into {} (mode 600; the stack file from compose's resolution)", names.join(", "), dir.display())
             }
-            SwarmAction::Converge { services, timeout } => write!(
-                f,
-                "wait (at most {timeout} s) until every task of {} runs its service's image, healthy; fail if swarm \
-                 rolled one back",
-                services.join(", ")
-            ),
+            SwarmAction::Converge { services, timeout } => {
+                let services: Vec<String> =
+                    services.iter().map(|(service, image)| format!("{service} ({})", status::tag_of(image))).collect();
+                write!(
+                    f,
+                    "wait (at most {timeout} s) until every task of {} runs that tag, healthy; fail if swarm rolled \
+                     one back",
+                    services.join(", ")
+                )
+            }
             SwarmAction::InitOrMigrate(one_off) => write!(
                 f,
                 "if the database has no alembic_version table: {}\n       else: {}",
@@ -519,20 +526,21 @@ impl Executor<'_> {
     /// Waits until every task of `services` runs its service's image (swarm counts a task as
     /// running once its healthcheck passes), printing a line per service when its progress
     /// changes; fails when swarm rolled an update back or paused it.
-    fn converge(&self, stack: &Stack, services: &[String], timeout: u64) -> Result<()> {
+    fn converge(&self, stack: &Stack, services: &BTreeMap<String, String>, timeout: u64) -> Result<()> {
         // Updates that started before this step are not this one's (a rollback long ago).
         let since = clock::now_unix() - 2;
         let deadline = Instant::now() + Duration::from_secs(timeout);
         let mut shown: BTreeMap<String, String> = BTreeMap::new();
         loop {
-            let progress = self.swarm_progress(stack, services, since)?;
+            let names: Vec<String> = services.keys().cloned().collect();
+            let progress = self.swarm_progress(stack, &names, since)?;
             let mut waiting = Vec::new();
             for (service, p) in &progress {
                 let line = format!(
                     "{service}: {} of {} task(s) run {} ({} running in all){}",
                     p.running_new,
                     p.replicas,
-                    crate::stack::status::tag_of(&p.image),
+                    status::tag_of(&p.image),
                     p.tasks,
                     if p.update.is_empty() { String::new() } else { format!(", update {}", p.update) }
                 );
@@ -540,8 +548,13 @@ impl Executor<'_> {
                     eprintln!("{line}");
                     shown.insert(service.clone(), line.clone());
                 }
+                let rolled_back = services.get(service).is_some_and(|image| without_digest(image) != p.image);
                 match p.update.as_str() {
-                    "rollback_completed" | "rollback_started" | "rollback_paused" => bail!(
+                    _ if rolled_back => bail!(
+                        "swarm rolled {service} back: its new tasks did not get healthy (see `docker service ps {}`)",
+                        stack.service(service)
+                    ),
+                    "rollback_started" | "rollback_paused" => bail!(
                         "swarm rolled {service} back: its new tasks did not get healthy (see `docker service ps {}`)",
                         stack.service(service)
                     ),
@@ -643,7 +656,7 @@ pub fn render_swarm(stack: &str, services: &[Value], tasks: &[Value]) -> String 
                 short.to_string(),
                 replicas.clone(),
                 id[..id.len().min(12)].to_string(),
-                crate::stack::status::tag_of(without_digest(task["Image"].as_str().unwrap_or(""))),
+                status::tag_of(without_digest(task["Image"].as_str().unwrap_or(""))),
                 task["CurrentState"].as_str().unwrap_or("").to_string(),
             ]);
         }
