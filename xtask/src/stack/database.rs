@@ -206,11 +206,8 @@ pub fn dump_with(exec: &Executor, dump: Command, path: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = path.file_name().context("a backup needs a file name")?.to_string_lossy().to_string();
     let partial = dir.join(format!(".{name}.partial"));
-    let pipe = Pipe {
-        commands: vec![dump, Command::new("gzip").arg("-c")],
-        input: None,
-        output: Some(partial.clone()),
-    };
+    let pipe =
+        Pipe { commands: vec![dump, Command::new("gzip").arg("-c")], input: None, output: Some(partial.clone()) };
     let result = exec
         .pipe(&pipe)
         .with_context(|| "pg_dump in the db container failed: is the stack running? (`cargo xtask status`)".to_string())

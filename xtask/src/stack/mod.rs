@@ -16,7 +16,7 @@ pub mod lock;
 pub mod migrations;
 pub mod operation;
 pub mod status;
-pub mod swarm;
 pub mod steps;
+pub mod swarm;
 
 pub use deployment::{ChangeArgs, DEFAULT_TIMEOUT, Deployment, DeploymentArgs};

@@ -18,9 +18,9 @@ use anyhow::Result;
 use crate::adapters::clock;
 use crate::adapters::compose::{Compose, STATELESS};
 use crate::adapters::dotenv::DotEnv;
+use crate::adapters::swarm::Stack;
 use crate::plan::{Command, Failure, Plan, Recovery, Secret};
 use crate::stack::database;
-use crate::adapters::swarm::Stack;
 use crate::stack::executor::{DbState, Executor};
 use crate::stack::swarm::{STATEFUL, SwarmAction, SwarmFiles, SwarmStep};
 

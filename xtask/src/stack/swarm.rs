@@ -40,8 +40,8 @@ use crate::adapters::compose::{Compose, Database, STATELESS};
 use crate::adapters::swarm::{DATA_LABEL, Stack};
 use crate::plan::runner::Runner;
 use crate::plan::{Command, Secret};
-use crate::stack::{database, status};
 use crate::stack::executor::{DbState, Executor};
+use crate::stack::{database, status};
 
 /// The services that keep state: one replica each, stopped before their replacement starts,
 /// on the labelled node.
@@ -304,8 +304,11 @@ pub fn translate(config: &str, dir: &Path, stack: &Stack, replicas: &BTreeMap<St
             "configs": configs,
         })
     };
-    let data: Map<String, Value> =
-        services.iter().filter(|(name, _)| STATEFUL.contains(&name.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let data: Map<String, Value> = services
+        .iter()
+        .filter(|(name, _)| STATEFUL.contains(&name.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let names: BTreeMap<String, String> = services
         .iter()
         .map(|(name, service)| (name.clone(), service["image"].as_str().unwrap_or("").to_string()))
@@ -331,7 +334,8 @@ pub fn parse_replicas(text: &str) -> Result<(String, u32)> {
     if !STATELESS.contains(&service) {
         bail!("--replicas {text:?}: only {} scale (db and redis run once)", STATELESS.join(", "));
     }
-    let count: u32 = count.parse().ok().filter(|n| *n >= 1).with_context(|| format!("--replicas {text:?}: N is a number ≥ 1"))?;
+    let count: u32 =
+        count.parse().ok().filter(|n| *n >= 1).with_context(|| format!("--replicas {text:?}: N is a number ≥ 1"))?;
     Ok((service.to_string(), count))
 }
 
@@ -374,7 +378,12 @@ impl fmt::Display for SwarmStep {
             ),
             SwarmAction::WriteFiles { dir, files } => {
                 let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
-                write!(f, "write {} into {} (mode 600; the stack file from compose's resolution)", names.join(", "), dir.display())
+                write!(
+                    f,
+                    "write {} into {} (mode 600; the stack file from compose's resolution)",
+                    names.join(", "),
+                    dir.display()
+                )
             }
             SwarmAction::Converge { services, timeout } => {
                 let services: Vec<String> =
@@ -477,7 +486,9 @@ impl Executor<'_> {
             );
         };
         if self.read(&stack.data_nodes())?.trim().is_empty() {
-            eprintln!("no node has the label {DATA_LABEL}=true: labelling this one ({node}), where db and redis will run");
+            eprintln!(
+                "no node has the label {DATA_LABEL}=true: labelling this one ({node}), where db and redis will run"
+            );
             self.run(&stack.label_data_node(node))?;
         }
         Ok(())
@@ -534,7 +545,11 @@ impl Executor<'_> {
         loop {
             let names: Vec<String> = services.keys().cloned().collect();
             let progress = self.swarm_progress(stack, &names, since)?;
-            let mut waiting = Vec::new();
+            let mut waiting: Vec<String> = services
+                .keys()
+                .filter(|service| !progress.contains_key(*service))
+                .map(|service| format!("{service}: no such service"))
+                .collect();
             for (service, p) in &progress {
                 let line = format!(
                     "{service}: {} of {} task(s) run {} ({} running in all){}",
@@ -558,7 +573,9 @@ impl Executor<'_> {
                         "swarm rolled {service} back: its new tasks did not get healthy (see `docker service ps {}`)",
                         stack.service(service)
                     ),
-                    "paused" => bail!("swarm paused the update of {service} (`docker service ps {}`)", stack.service(service)),
+                    "paused" => {
+                        bail!("swarm paused the update of {service} (`docker service ps {}`)", stack.service(service))
+                    }
                     _ => {}
                 }
                 if p.running_new != p.replicas || p.tasks != p.replicas || p.update == "updating" {
@@ -645,8 +662,10 @@ pub fn render_swarm(stack: &str, services: &[Value], tasks: &[Value]) -> String 
         let name = service["Name"].as_str().unwrap_or("");
         let short = name.strip_prefix(&format!("{stack}_")).unwrap_or(name);
         let replicas = service["Replicas"].as_str().unwrap_or("-").to_string();
-        let mine: Vec<&Value> =
-            tasks.iter().filter(|task| task["Name"].as_str().is_some_and(|t| t.starts_with(&format!("{name}.")))).collect();
+        let mine: Vec<&Value> = tasks
+            .iter()
+            .filter(|task| task["Name"].as_str().is_some_and(|t| t.starts_with(&format!("{name}."))))
+            .collect();
         if mine.is_empty() {
             rows.push([short.to_string(), replicas.clone(), "-".into(), "-".into(), "no task running".into()]);
         }
@@ -724,5 +743,192 @@ impl SwarmArgs {
             }
         }
         replicas
+    }
+}
+
+/// A hand-written `docker compose config --format json` of the stack at `tag`, as compose
+/// prints it (interpolated, `$` escaped as `$$`), for the tests here and of the plans.
+#[cfg(test)]
+pub fn config_for_tests(tag: &str) -> String {
+    let backend_env =
+        json!({"POSTGRES_HOST": "db", "POSTGRES_PASSWORD": "canary-pw-0123456789", "JWT_TOKEN_PREFIX": "a$$b"});
+    json!({
+        "name": "intric",
+        "x-logging": {"driver": "json-file"},
+        "services": {
+            "db": {
+                "image": "pg:16", "restart": "unless-stopped",
+                "environment": {"POSTGRES_PASSWORD": "canary-pw-0123456789", "POSTGRES_USER": "intric"},
+                "volumes": [{"type": "volume", "source": "postgres_data", "target": "/var/lib/postgresql/data"}],
+                "healthcheck": {"test": ["CMD-SHELL", "pg_isready -U \"$${POSTGRES_USER}\""], "interval": "5s", "retries": 10},
+                "deploy": {"resources": {"limits": {"cpus": 1.0, "memory": "1073741824"}}, "placement": {}},
+                "networks": {"default": null}, "command": null, "entrypoint": null
+            },
+            "redis": {"image": "redis:7", "restart": "unless-stopped", "networks": {"default": null}},
+            "backend": {
+                "image": format!("r/intric/backend:{tag}"), "restart": "unless-stopped",
+                "build": {"context": "../backend", "target": "backend"},
+                "container_name": "intric-backend",
+                "environment": backend_env,
+                "depends_on": {"db": {"condition": "service_healthy", "required": true}},
+                "healthcheck": {"test": ["CMD", "python", "-c", "..."], "interval": "5s", "retries": 6, "start_period": "20s"},
+                "networks": {"default": null}
+            },
+            "worker": {
+                "image": format!("r/intric/worker:{tag}"), "restart": "on-failure:3",
+                "healthcheck": {"interval": "10s", "retries": 4}, "networks": {"default": null}
+            },
+            "frontend": {"image": format!("r/intric/frontend:{tag}"), "restart": "always", "networks": {"default": null}},
+            "edge": {
+                "image": "nginx:1", "restart": "unless-stopped",
+                "ports": [
+                    {"mode": "ingress", "host_ip": "0.0.0.0", "target": 3000, "published": "24600", "protocol": "tcp"},
+                    {"mode": "ingress", "host_ip": "127.0.0.1", "target": 8123, "published": "24601", "protocol": "tcp"}
+                ],
+                "configs": [{"source": "edge-nginx", "target": "/etc/nginx/conf.d/default.conf"}],
+                "networks": {"default": null}
+            },
+            "db-init": {
+                "image": format!("r/intric/backend:{tag}"), "profiles": ["init"], "restart": "no",
+                "command": ["python", "init_db.py"], "environment": backend_env,
+                "depends_on": {"db": {"condition": "service_healthy"}}, "networks": {"default": null}
+            }
+        },
+        "networks": {"default": {"name": "intric_default", "ipam": {}}},
+        "volumes": {"postgres_data": {"name": "intric_postgres_data"}},
+        "configs": {"edge-nginx": {"name": "intric_edge-nginx", "content": "set $$frontend http://frontend:3000;\n"}}
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack() -> Stack {
+        Stack { program: "docker".into(), name: "intric".into() }
+    }
+
+    fn translated(replicas: &[(&str, u32)]) -> (SwarmFiles, Value) {
+        let replicas = replicas.iter().map(|(service, count)| (service.to_string(), *count)).collect();
+        let files = translate(&config_for_tests("1.0.0"), Path::new("/srv/intric"), &stack(), &replicas).unwrap();
+        let stack_file = files.files.iter().find(|(name, _)| name == "stack.json").unwrap();
+        let value = serde_json::from_str(stack_file.1.expose()).unwrap();
+        (files, value)
+    }
+
+    #[test]
+    fn durations_as_compose_prints_them() {
+        assert_eq!(duration_seconds("5s"), Some(5));
+        assert_eq!(duration_seconds("1m30s"), Some(90));
+        assert_eq!(duration_seconds("1h0m0s"), Some(3600));
+        assert_eq!(duration_seconds("500ms"), Some(1));
+        assert_eq!(duration_seconds("5"), None);
+        assert_eq!(duration_seconds("5x"), None);
+    }
+
+    #[test]
+    fn what_swarm_ignores_or_refuses_is_translated() {
+        let (files, stack_file) = translated(&[]);
+        let services = &stack_file["services"];
+        assert!(stack_file.get("name").is_none() && stack_file.get("x-logging").is_none());
+        assert_eq!(stack_file["version"], "3.8");
+        let names: Vec<&String> = services.as_object().unwrap().keys().collect();
+        assert_eq!(names, ["backend", "db", "edge", "frontend", "redis", "worker"], "db-init is a one-off");
+        let backend = &services["backend"];
+        for dropped in ["build", "depends_on", "container_name", "restart"] {
+            assert!(backend.get(dropped).is_none(), "{dropped} dropped: {backend}");
+        }
+        assert!(services["db"].get("command").is_none(), "nulls dropped");
+        assert_eq!(backend["healthcheck"]["retries"], 6, "healthchecks kept");
+        assert_eq!(backend["deploy"]["restart_policy"]["condition"], "any");
+        assert_eq!(
+            services["worker"]["deploy"]["restart_policy"],
+            json!({"condition": "on-failure", "max_attempts": 3})
+        );
+        assert_eq!(services["db"]["deploy"]["resources"]["limits"]["cpus"], "1", "CPUs as a string");
+        assert_eq!(backend["environment"]["JWT_TOKEN_PREFIX"], "a$$b", "docker stack deploy interpolates once more");
+        assert_eq!(files.one_off.db_init, ["python", "init_db.py"]);
+        assert_eq!(files.one_off.image, "r/intric/backend:1.0.0");
+        let env = files.files.iter().find(|(name, _)| name == "db-init.env").unwrap().1.expose().to_string();
+        assert!(env.contains("JWT_TOKEN_PREFIX=a$b\n") && env.contains("POSTGRES_HOST=db\n"), "{env}");
+    }
+
+    #[test]
+    fn stateless_services_roll_start_first_and_data_stays_on_the_labelled_node() {
+        let (_, stack_file) = translated(&[("backend", 3)]);
+        let services = &stack_file["services"];
+        for (service, replicas, monitor) in [("backend", 3, "30s"), ("worker", 1, "40s"), ("frontend", 1, "90s")] {
+            let deploy = &services[service]["deploy"];
+            assert_eq!(deploy["replicas"], replicas, "{service}");
+            assert_eq!(deploy["update_config"]["order"], "start-first", "{service}");
+            assert_eq!(deploy["update_config"]["failure_action"], "rollback", "{service}");
+            assert_eq!(deploy["update_config"]["monitor"], monitor, "{service}: interval × retries");
+            assert_eq!(deploy["rollback_config"]["order"], "start-first", "{service}");
+        }
+        for service in ["db", "redis"] {
+            let deploy = &services[service]["deploy"];
+            assert_eq!(
+                (deploy["replicas"].as_u64(), deploy["update_config"]["order"].as_str()),
+                (Some(1), Some("stop-first"))
+            );
+            assert_eq!(deploy["placement"]["constraints"], json!(["node.labels.intric.data == true"]));
+        }
+        for service in ["db", "backend", "edge"] {
+            assert_eq!(services[service]["deploy"]["endpoint_mode"], "dnsrr", "{service}: no virtual IP");
+        }
+        assert_eq!(services["edge"]["deploy"]["update_config"]["order"], "stop-first", "host ports are bound once");
+    }
+
+    #[test]
+    fn ports_configs_networks_and_the_data_file() {
+        let (files, stack_file) = translated(&[]);
+        assert_eq!(
+            stack_file["services"]["edge"]["ports"],
+            json!([{"mode": "host", "target": 3000, "published": 24600, "protocol": "tcp"}]),
+            "the loopback-only port is not published on every interface"
+        );
+        assert!(
+            files.notes.iter().any(|note| note.contains("edge's port 24601 is bound to 127.0.0.1")),
+            "{:?}",
+            files.notes
+        );
+        let config = &stack_file["configs"]["edge-nginx"];
+        assert!(config["name"].as_str().unwrap().starts_with("intric_edge-nginx-"), "named by its content: {config}");
+        assert_eq!(config["file"], "/srv/intric/.swarm/edge-nginx.conf");
+        let content = files.files.iter().find(|(name, _)| name == "edge-nginx.conf").unwrap().1.expose().to_string();
+        assert_eq!(content, "set $frontend http://frontend:3000;\n", "the literal `$`");
+        assert_eq!(
+            stack_file["networks"]["default"],
+            json!({"driver": "overlay", "attachable": true, "name": "intric_swarm"})
+        );
+        assert_eq!(stack_file["volumes"]["postgres_data"]["name"], "intric_postgres_data", "compose mode's data");
+        let data = files.files.iter().find(|(name, _)| name == "data.json").unwrap().1.expose().to_string();
+        let data: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(data["services"].as_object().unwrap().keys().collect::<Vec<_>>(), ["db", "redis"]);
+        assert_eq!(files.services["backend"], "r/intric/backend:1.0.0");
+        assert!(!format!("{files:?}").contains("canary"), "the files' contents are secrets");
+    }
+
+    #[test]
+    fn replicas_scale_stateless_services_only() {
+        assert_eq!(parse_replicas("backend=3").unwrap(), ("backend".to_string(), 3));
+        assert!(parse_replicas("db=2").unwrap_err().to_string().contains("only backend, worker, frontend"));
+        assert!(parse_replicas("backend=0").is_err());
+        assert!(parse_replicas("backend").is_err());
+    }
+
+    #[test]
+    fn the_swarm_status_shows_old_and_new_tasks_side_by_side() {
+        let services =
+            [json!({"Name": "intric_backend", "Replicas": "1/1"}), json!({"Name": "intric_db", "Replicas": "0/1"})];
+        let tasks = [
+            json!({"ID": "aaaaaaaaaaaaaaaa", "Name": "intric_backend.1", "Image": "r/intric/backend:1.0.0@sha256:1", "CurrentState": "Running 2 minutes ago"}),
+            json!({"ID": "bbbbbbbbbbbbbbbb", "Name": "intric_backend.1", "Image": "r/intric/backend:1.1.0", "CurrentState": "Starting 3 seconds ago"}),
+        ];
+        let table = render_swarm("intric", &services, &tasks);
+        assert!(table.contains("backend  1/1       aaaaaaaaaaaa  1.0.0  Running 2 minutes ago"), "{table}");
+        assert!(table.contains("backend  1/1       bbbbbbbbbbbb  1.1.0  Starting 3 seconds ago"), "{table}");
+        assert!(table.contains("db       0/1       -             -      no task running"), "{table}");
     }
 }

@@ -7,8 +7,8 @@ use clap::Args;
 use serde_json::Value;
 
 use crate::plan::runner::Processes;
-use crate::stack::status::{ServiceStatus, collect, render};
 use crate::stack::history::read_history;
+use crate::stack::status::{ServiceStatus, collect, render};
 use crate::stack::swarm::{SwarmArgs, swarm_report};
 use crate::stack::{Deployment, DeploymentArgs};
 
