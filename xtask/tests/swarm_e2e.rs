@@ -62,7 +62,22 @@ impl Site {
     fn sql(&self, sql: &str) -> String {
         let filter = format!("label=com.docker.swarm.service.name={STACK}_db");
         let id = docker(&["ps", "--quiet", "--filter", "status=running", "--filter", &filter]);
-        docker(&["exec", id.trim(), "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "intric", "-tA", "-c", sql])
+        docker(&[
+            "exec",
+            id.trim(),
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            "postgres",
+            "-d",
+            "intric",
+            "-tA",
+            "-c",
+            sql,
+        ])
     }
 }
 
@@ -148,7 +163,7 @@ fn the_compose_file_runs_on_swarm_and_updates_fail_no_request() {
 
     // A second deploy finds the database initialized: db-init does not run again.
     let again = site.ok(&["deploy", "--timeout", "240"]);
-    assert!(again.contains("the history says this deployment runs on Docker Swarm"), "{again}");
+    assert!(again.contains("the deploy history says this deployment runs on Docker Swarm"), "{again}");
     assert!(again.contains("the database is initialized"), "{again}");
     assert!(!again.contains("running db-init"), "{again}");
 

@@ -20,7 +20,7 @@ use crate::stack::{Deployment, DeploymentArgs};
 pub struct StatusArgs {
     #[command(flatten)]
     pub deployment: DeploymentArgs,
-    /// Print JSON (an array, one object per service) instead of a table.
+    /// Print JSON (an array, one object per container; two of a service during an update) instead of a table.
     #[arg(long)]
     pub json: bool,
     /// Show the stack on Docker Swarm: services, replicas, each task's tag and state.
