@@ -90,10 +90,13 @@ impl Drop for Site {
         run("docker", &["stack", "rm", STACK], self.dir.path());
         // The volumes can go once the tasks' containers are gone.
         let filter = format!("label=com.docker.stack.namespace={STACK}");
-        let _ = eventually(60, "the stack's containers to go", || {
+        for _ in 0..60 {
             let left = run("docker", &["ps", "--all", "--quiet", "--filter", &filter], self.dir.path());
-            String::from_utf8_lossy(&left.stdout).trim().is_empty().then_some(())
-        });
+            if String::from_utf8_lossy(&left.stdout).trim().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
         for volume in ["postgres_data", "redis_data", "backend_data"] {
             run("docker", &["volume", "rm", &format!("{STACK}_{volume}")], self.dir.path());
         }

@@ -263,7 +263,7 @@ pub fn translate(config: &str, dir: &Path, stack: &Stack, replicas: &BTreeMap<St
         let count = replicas.get(name).copied().unwrap_or(1);
         services.insert(name.clone(), swarm_service(name, &service, count, &mut notes));
     }
-    for name in replicas.keys().filter(|name| !services.contains_key(*name)) {
+    if let Some(name) = replicas.keys().find(|name| !services.contains_key(*name)) {
         bail!("--replicas names {name}, which is not a service of the compose file");
     }
     let (db_init, env) = one_off.context("the compose file has no db-init service (profile `init`) to run once")?;
