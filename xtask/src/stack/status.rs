@@ -184,10 +184,16 @@ pub fn render(project: &str, statuses: &[ServiceStatus]) -> String {
             ]
         })
         .collect();
-    let header = ["SERVICE", "STATE", "HEALTH", "TAG", "DIGEST", "UPTIME"].map(String::from);
+    let header = ["SERVICE", "STATE", "HEALTH", "TAG", "DIGEST", "UPTIME"];
+    table(&format!("project {project}"), header, &rows)
+}
+
+/// `title`, then `header` and `rows` in columns as wide as their widest cell.
+pub fn table<const N: usize>(title: &str, header: [&str; N], rows: &[[String; N]]) -> String {
+    let header = header.map(String::from);
     let widths: Vec<usize> =
-        (0..6).map(|i| rows.iter().chain([&header]).map(|row| row[i].len()).max().unwrap_or(0)).collect();
-    let mut text = format!("project {project}\n");
+        (0..N).map(|i| rows.iter().chain([&header]).map(|row| row[i].len()).max().unwrap_or(0)).collect();
+    let mut text = format!("{title}\n");
     for row in [&header].into_iter().chain(rows.iter()) {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
         text.push_str(cells.join("  ").trim_end());

@@ -680,16 +680,7 @@ pub fn render_swarm(stack: &str, services: &[Value], tasks: &[Value]) -> String 
             ]);
         }
     }
-    let header = ["SERVICE", "REPLICAS", "TASK", "TAG", "STATE"].map(String::from);
-    let widths: Vec<usize> =
-        (0..5).map(|i| rows.iter().chain([&header]).map(|row| row[i].len()).max().unwrap_or(0)).collect();
-    let mut text = format!("stack {stack} (swarm)\n");
-    for row in [&header].into_iter().chain(rows.iter()) {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
-        text.push_str(cells.join("  ").trim_end());
-        text.push('\n');
-    }
-    text
+    status::table(&format!("stack {stack} (swarm)"), ["SERVICE", "REPLICAS", "TASK", "TAG", "STATE"], &rows)
 }
 
 /// Prints the swarm status at the end of a task that succeeded; failing to show it does not fail the task.
