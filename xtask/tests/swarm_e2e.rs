@@ -36,14 +36,7 @@ impl Site {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let output = self.xtask(args);
-        assert_success(&output, &args.join(" "));
-        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-    }
-
-    fn last_record(&self) -> serde_json::Value {
-        let history = std::fs::read_to_string(self.dir.path().join(".deploy-history.jsonl")).unwrap();
-        serde_json::from_str(history.lines().last().unwrap()).unwrap()
+        xtask_ok_in(self.dir.path(), STACK, args)
     }
 
     /// The image of the swarm service `service`, without its digest.
@@ -160,7 +153,7 @@ fn the_compose_file_runs_on_swarm_and_updates_fail_no_request() {
     let stack_file = site.dir.path().join(".swarm/stack.json");
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(std::fs::metadata(&stack_file).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(site.last_record()["mode"], "swarm");
+    assert_eq!(last_record_in(site.dir.path())["mode"], "swarm");
     assert_eq!(http("GET", &format!("http://127.0.0.1:{FRONTEND_PORT}/api/v1/healthz"), None).0, 200);
     site.sql("create table swarm_e2e_kept (note text); insert into swarm_e2e_kept values ('written before')");
 
@@ -197,7 +190,7 @@ fn the_compose_file_runs_on_swarm_and_updates_fail_no_request() {
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(stderr.contains(&format!("failed and was rolled back to {V2}, which is running again")), "{stderr}");
     assert!(stderr.contains("swarm rolled backend back"), "{stderr}");
-    assert_eq!(site.last_record()["result"], "rolled-back");
+    assert_eq!(last_record_in(site.dir.path())["result"], "rolled-back");
     assert_eq!(env_value_in(site.dir.path(), "IMAGE_TAG"), V2);
     for service in ["backend", "worker", "frontend"] {
         assert!(site.image_of(service).ends_with(&format!("/intric/{service}:{V2}")), "{}", site.image_of(service));

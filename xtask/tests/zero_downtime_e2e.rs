@@ -33,19 +33,11 @@ impl Site {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let output = self.xtask(args);
-        assert_success(&output, &args.join(" "));
-        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+        xtask_ok_in(self.dir.path(), PROJECT, args)
     }
 
     fn compose(&self, args: &[&str]) -> std::process::Output {
         compose_in(self.dir.path(), PROJECT, args)
-    }
-
-    fn last_result(&self) -> String {
-        let history = std::fs::read_to_string(self.dir.path().join(".deploy-history.jsonl")).unwrap();
-        let last: serde_json::Value = serde_json::from_str(history.lines().last().unwrap()).unwrap();
-        last["result"].as_str().unwrap().to_string()
     }
 
     /// The backend containers' images.
@@ -129,7 +121,7 @@ fn update_failed_update_and_rollback_fail_no_request() {
     assert!(stderr.contains(&format!("failed and was rolled back to {V2}, which is running again")), "{stderr}");
     assert!(stderr.contains("the new containers are not healthy: removing them"), "{stderr}");
     assert_eq!(env_value_in(site.dir.path(), "IMAGE_TAG"), V2);
-    assert_eq!(site.last_result(), "rolled-back");
+    assert_eq!(last_record_in(site.dir.path())["result"], "rolled-back");
     assert!(site.backend_images().ends_with(&format!("/intric/backend:{V2}")), "{}", site.backend_images());
     assert_eq!(site.backend_images().lines().count(), 1, "the new backend container is gone");
 

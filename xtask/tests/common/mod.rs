@@ -285,6 +285,19 @@ pub fn xtask_in(dir: &Path, project: &str, args: &[&str]) -> Output {
     xtask(&full, &[], dir)
 }
 
+/// [`xtask_in`] that must succeed: everything it printed, standard output then error.
+pub fn xtask_ok_in(dir: &Path, project: &str, args: &[&str]) -> String {
+    let output = xtask_in(dir, project, args);
+    assert_success(&output, &args.join(" "));
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// The last record of the deploy history in `dir`.
+pub fn last_record_in(dir: &Path) -> serde_json::Value {
+    let history = std::fs::read_to_string(dir.join(".deploy-history.jsonl")).unwrap();
+    serde_json::from_str(history.lines().last().unwrap()).unwrap()
+}
+
 /// `docker compose` on the deployment directory `dir` as project `project`.
 pub fn compose_in(dir: &Path, project: &str, args: &[&str]) -> Output {
     let mut full = vec!["compose", "--project-name", project, "--project-directory", dir.to_str().unwrap()];
