@@ -307,12 +307,16 @@ impl Operation {
     }
 
     /// The error when it failed: what happened, and what state the stack is in.
-    fn failed(&self, failure: Failure) -> anyhow::Error {
+    fn failed(&self, failure: Failure, swarm: Option<&Stack>) -> anyhow::Error {
         match self {
             Operation::Deploy { tag, .. } => failure.into_error().context(format!("deploy of {tag} failed")),
-            Operation::Update { command, from_tag, to_tag, backup, restore_on_failure } => {
-                update_failed(failure, command, from_tag, to_tag, &backup.display().to_string(), *restore_on_failure)
-            }
+            Operation::Update { command, from_tag, to_tag, backup, restore_on_failure } => update_failed(
+                failure,
+                (command, from_tag, to_tag),
+                &backup.display().to_string(),
+                *restore_on_failure,
+                swarm,
+            ),
             Operation::Backup { .. } | Operation::Restore { .. } => failure.into_error(),
         }
     }
@@ -322,22 +326,23 @@ impl Operation {
 /// and what the operator has now.
 fn update_failed(
     failure: Failure,
-    command: &str,
-    from_tag: &str,
-    to_tag: &str,
+    (command, from_tag, to_tag): (&str, &str, &str),
     backup: &str,
     restore_on_failure: bool,
+    swarm: Option<&Stack>,
 ) -> anyhow::Error {
+    // `restore` and `docker compose logs` are compose mode's; swarm's tasks say what happened.
+    let (restore, logs) = match swarm {
+        None => (format!(" (`cargo xtask restore {backup} --yes` restores it)"), "`docker compose logs`".to_string()),
+        Some(stack) => (String::new(), format!("`docker stack ps {}`", stack.name)),
+    };
     match failure {
         Failure::Unchanged(error) => error.context(format!("{command} to {to_tag} failed before changing anything")),
         Failure::Recovered(error) => {
             let database = if restore_on_failure {
                 format!("the database was restored from {backup}")
             } else {
-                format!(
-                    "the database was NOT restored; its backup from before the {command} is {backup} \
-                     (`cargo xtask restore {backup} --yes` restores it)"
-                )
+                format!("the database was NOT restored; its backup from before the {command} is {backup}{restore}")
             };
             anyhow!(
                 "{command} to {to_tag} failed and was rolled back to {from_tag}, which is running again; \
@@ -347,7 +352,7 @@ fn update_failed(
         Failure::RecoveryFailed(error, second) => anyhow!(
             "{command} to {to_tag} failed ({error:#}), and putting {from_tag} back failed too ({second:#}): \
              .env names {from_tag}; the backup from before the {command} is {backup}; \
-             check `docker compose logs` and run `cargo xtask deploy` once the cause is fixed"
+             check {logs} and run `cargo xtask deploy` once the cause is fixed"
         ),
     }
 }
@@ -424,7 +429,7 @@ impl TaskPlan for StackPlan {
                 println!("{}", self.operation.done(&self.url));
                 Ok(())
             }
-            Err(failure) => Err(self.operation.failed(failure)),
+            Err(failure) => Err(self.operation.failed(failure, self.swarm.as_ref())),
         }
     }
 }
@@ -1022,6 +1027,7 @@ mod tests {
         let error = plan.execute(&engine).unwrap_err().to_string();
         assert!(error.contains("failed and was rolled back to 1.0.0"), "{error}");
         assert!(error.contains("swarm rolled backend back"), "{error}");
+        assert!(!error.contains("cargo xtask restore"), "restore is compose mode's: {error}");
         let executed = engine.executed();
         let changes = swarm_changes(&executed);
         assert!(changes[0].starts_with("docker node update"), "the label, shown with `<this node>`: {changes:#?}");
