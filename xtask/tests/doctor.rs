@@ -1,7 +1,8 @@
 //! `cargo xtask doctor --dir` against the real engine: a healthcheck whose command is not in its
 //! image is reported, one line naming the service, the command and the image, before a deploy
 //! would wait minutes for it. Uses the lab's redis stand-in image, which has `redis-cli` but no
-//! `wget`.
+//! `wget`, and an image built on it with a HEALTHCHECK of its own, which a service with its own
+//! `command:` inherits.
 
 mod common;
 
@@ -14,6 +15,15 @@ fn healthchecks_that_can_never_pass_are_reported() {
     }
     common::lab();
     let dir = tempfile::tempdir().unwrap();
+    // An image with a HEALTHCHECK made for its own command (the backend image's, for a worker).
+    let with_check = "intric-doctor-e2e/with-healthcheck:1";
+    std::fs::write(dir.path().join("Dockerfile"), format!("FROM {REDIS}\nHEALTHCHECK CMD redis-cli ping\n")).unwrap();
+    let built = std::process::Command::new("docker")
+        .args(["build", "--quiet", "--tag", with_check, dir.path().to_str().unwrap()])
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .unwrap();
+    common::assert_success(&built, "docker build of the image with a healthcheck");
     let compose = format!(
         "services:
   frontend:
@@ -24,6 +34,9 @@ fn healthchecks_that_can_never_pass_are_reported() {
     image: {REDIS}
     healthcheck:
       test: redis-cli ping || exit 1
+  worker:
+    image: {with_check}
+    command: [\"redis-server\", \"--port\", \"7000\"]
 "
     );
     std::fs::write(dir.path().join("docker-compose.yml"), compose).unwrap();
@@ -45,6 +58,12 @@ fn healthchecks_that_can_never_pass_are_reported() {
     );
     let redis = line("redis");
     assert!(redis.starts_with("ok") && redis.contains(&format!("/bin/sh, redis-cli in {REDIS}")), "{out}");
+    let worker = line("worker");
+    assert!(
+        worker.starts_with("warn") && worker.contains(&format!("inherits `redis-cli ping` from {with_check}")),
+        "{out}"
+    );
+    let _ = std::process::Command::new("docker").args(["image", "rm", with_check]).output();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("healthcheck frontend") && !stderr.contains("healthcheck redis"), "{stderr}");
     let leftovers = std::process::Command::new("docker")

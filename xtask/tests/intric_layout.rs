@@ -3,9 +3,13 @@
 //! backend image, unnamed final stages, no `.dockerignore`): `tags` works, `build --dry-run`
 //! plans the two images compose builds with no `--target`, bad targets and ignored build args
 //! are reported before anything runs, and on the lab a real `build --push` into a namespace
-//! builds, skips what did not change, and rebuilds what stands on an updated base image.
+//! builds, skips what did not change, and rebuilds what stands on an updated base image. With
+//! our real services in that layout (tests/fixtures/published-deploy), `env init` from the plain
+//! template, `env check` and a real `deploy` without `--project` run the stack compose names
+//! after the directory, the worker from the backend image with its own command.
 //!
-//! Dry runs need the Docker client only (compose reads the file); the push needs the lab.
+//! Dry runs need the Docker client only (compose reads the file); the push and the deploy need
+//! the lab. The deploy's ports (24750, 29750) and namespace (`e2e-published-<pid>`) are its own.
 
 mod common;
 
@@ -213,4 +217,125 @@ fn a_push_into_a_lab_namespace_builds_skips_and_rebuilds_on_a_new_base() {
     let (rebuilt, _) = push("the push after the base moved");
     assert_ne!(rebuilt["backend"], "skipped", "the backend stands on the updated base: {rebuilt:?}");
     assert_eq!(rebuilt["frontend"], "skipped", "the frontend's base did not change: {rebuilt:?}");
+}
+
+/// The published layout with our real services in it: the fixture's root files (the plain
+/// `.env.production.example`, `.gitignore`), this workspace's `backend/` and `frontend/`, and a
+/// compose file of the published shape at the root (tests/fixtures/published-deploy), in a
+/// directory whose name compose takes as the project's.
+fn published_layout_with_our_services() -> tempfile::TempDir {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let ours = common::snapshot();
+    let dir = tempfile::Builder::new().prefix("intric-published-").tempdir().unwrap();
+    for part in ["backend", "frontend"] {
+        std::fs::create_dir_all(dir.path().join(part)).unwrap();
+        copy_tree(&ours.path().join(part), &dir.path().join(part));
+    }
+    for file in [".env.production.example", ".gitignore"] {
+        std::fs::copy(fixtures.join("intric-layout").join(file), dir.path().join(file)).unwrap();
+    }
+    std::fs::copy(fixtures.join("published-deploy/docker-compose.yml"), dir.path().join("docker-compose.yml")).unwrap();
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    commit_all(dir.path(), "the published layout with our services");
+    dir
+}
+
+/// Takes the stack of `project` down with its volumes, however the test ends.
+struct ComposeProject<'a> {
+    dir: &'a Path,
+    project: String,
+}
+
+impl Drop for ComposeProject<'_> {
+    fn drop(&mut self) {
+        let dir = self.dir.to_str().unwrap();
+        let args = ["compose", "--project-name", &self.project, "--project-directory", dir, "--profile", "init"];
+        let _ = Command::new("docker").args(args).args(["down", "--volumes", "--remove-orphans"]).output();
+    }
+}
+
+#[test]
+fn a_deploy_of_the_published_layout_runs_the_worker_from_the_backend_image_as_compose_names_it() {
+    let _serial = serial();
+    if !docker_available() {
+        return;
+    }
+    let lab = lab();
+    let registry = format!("{}/e2e-published-{}", lab["NEXUS_REGISTRY"], std::process::id());
+    let repo = published_layout_with_our_services();
+    let root = repo.path();
+    // Compose's own name for a project without `name:`: the directory's, lower-cased.
+    let project = root.file_name().unwrap().to_str().unwrap().to_lowercase();
+    let _down = ComposeProject { dir: root, project: project.clone() };
+
+    let (output, summary) = build(root, &["--push", "--registry", &registry], &lab_env());
+    assert_success(&output, "build --push of the published layout");
+    let summary = summary.unwrap();
+    assert_eq!(results(&summary).keys().collect::<Vec<_>>(), ["backend", "frontend"], "two images, no worker");
+    let tag = summary["images"][0]["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|tag| tag.as_str())
+        .find(|tag| tag.starts_with("sha-"))
+        .unwrap_or_else(|| panic!("no sha- tag in {summary}"))
+        .to_string();
+
+    // The operator's steps: `env init` from the plain template, then this server's settings.
+    let dir = root.to_str().unwrap();
+    let init = xtask(&["env", "init", "--dir", dir], &[], root);
+    assert_success(&init, "env init from .env.production.example");
+    let env_file = root.join(".env");
+    for (key, value) in [
+        ("NEXUS_REGISTRY", registry.as_str()),
+        ("NEXUS_USERNAME", lab["NEXUS_USERNAME"].as_str()),
+        ("NEXUS_PASSWORD", lab["NEXUS_PASSWORD"].as_str()),
+        ("IMAGE_TAG", tag.as_str()),
+        ("POSTGRES_IMAGE", lab["POSTGRES_IMAGE"].as_str()),
+        ("REDIS_IMAGE", lab["REDIS_IMAGE"].as_str()),
+        ("FRONTEND_PORT", "24750"),
+        ("BACKEND_PORT", "29750"),
+        ("JWT_ISSUER", "intric-e2e"),
+        ("API_KEY_HEADER_NAME", "X-API-Key"),
+        ("OPENAI_API_KEY", "sk-published-e2e-not-a-real-key"),
+    ] {
+        common::set_env_var(&env_file, key, value);
+    }
+    let check = xtask(&["env", "check", "--dir", dir], &[], root);
+    assert_success(&check, "env check");
+
+    // No --project: the deploy is the stack `docker compose up` in this directory would be.
+    let deploy = xtask(&["deploy", "--dir", dir, "--timeout", "240"], &[], root);
+    assert_success(&deploy, "deploy of the published layout");
+    let shown = format!("{}{}", text(&deploy.stdout), text(&deploy.stderr));
+    assert!(shown.contains("never initialized: running db-init"), "{shown}");
+    assert!(shown.contains(&format!("project {project}")), "the status names compose's project: {shown}");
+    let (status, body) = common::http("GET", "http://127.0.0.1:24750/api/v1/healthz", None);
+    assert_eq!(status, 200, "the backend through the frontend: {body}");
+
+    // The worker runs the backend's image with its own command, and is running.
+    let image_of = |service: &str| {
+        let filter = format!("label=com.docker.compose.service={service}");
+        let project_filter = format!("label=com.docker.compose.project={project}");
+        let ids = Command::new("docker")
+            .args(["ps", "--quiet", "--filter", &filter, "--filter", &project_filter])
+            .output()
+            .unwrap();
+        let id = text(&ids.stdout).trim().to_string();
+        assert!(!id.is_empty(), "no running {service} container in project {project}");
+        let inspect = Command::new("docker")
+            .args(["inspect", "--format", "{{.Image}} {{json .Config.Cmd}}", &id])
+            .output()
+            .unwrap();
+        text(&inspect.stdout).trim().to_string()
+    };
+    let (backend, worker) = (image_of("backend"), image_of("worker"));
+    assert_eq!(backend.split(' ').next(), worker.split(' ').next(), "same image: {backend} / {worker}");
+    assert!(worker.contains("\"arq\""), "the worker's own command: {worker}");
+
+    // The operator files the deploy wrote do not make the work tree dirty for the next build.
+    let tags = xtask(&["tags", "--repo", dir, "--json"], &[], root);
+    assert_success(&tags, "tags after the deploy");
+    let tags: serde_json::Value = serde_json::from_slice(&tags.stdout).unwrap();
+    assert_eq!(tags["dirty"], false, "{tags}");
 }

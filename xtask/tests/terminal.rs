@@ -1,8 +1,10 @@
-//! `cargo xtask build --push` in a real terminal (a tmux pane), as a developer runs it: live
-//! progress lines, then the summary table. Pipes, which every other test uses, never draw the
+//! `cargo xtask build --push` and `deploy` in a real terminal (a tmux pane), as a developer and
+//! an operator run them: live progress lines (per image; per service and step), then the
+//! summary. Pipes, which every other test uses, never draw the
 //! progress bars, so only a pseudo-terminal catches what breaks there (a template indicatif
 //! refuses panicked on the first image). Needs tmux and the lab; with `CI` set, a missing one
-//! is a failure, not a skip.
+//! is a failure, not a skip. The deploy's project (`intric-terminal-e2e`), ports (24700, 29700)
+//! and registry namespaces (`term-<pid>`, `term-deploy-<pid>`) are its own.
 
 mod common;
 
@@ -159,4 +161,100 @@ fn build_push_in_a_terminal_shows_progress_and_the_summary() {
     }
     assert!(!screen.contains('✔'), "no progress bars under CI:\n{screen}");
     assert_summary(&screen, "skipped");
+}
+
+const DEPLOY_PROJECT: &str = "intric-terminal-e2e";
+
+/// A deployment directory of the repository's compose file, taken down with its volumes when
+/// dropped, however the test ends.
+struct Stack {
+    dir: tempfile::TempDir,
+}
+
+impl Stack {
+    fn new() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["docker-compose.yml", ".env.example"] {
+            std::fs::copy(workspace().join("docker").join(file), dir.path().join(file)).unwrap();
+        }
+        Stack { dir }
+    }
+
+    fn line(&self, task: &str) -> String {
+        let dir = self.dir.path().display();
+        format!("cd {dir} && {XTASK} {task} --dir {dir} --project {DEPLOY_PROJECT}")
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        compose_in(self.dir.path(), DEPLOY_PROJECT, &["--profile", "init", "down", "--volumes", "--remove-orphans"]);
+    }
+}
+
+#[test]
+fn deploy_and_backup_in_a_terminal_show_each_service_and_step() {
+    let Some(tmux) = Tmux::start() else { return };
+    if !docker_available() {
+        return;
+    }
+    let _serial = serial();
+    let lab = lab();
+    let repo = snapshot();
+    let registry = format!("{}/term-deploy-{}", lab["NEXUS_REGISTRY"], std::process::id());
+    let mut env = lab_env();
+    env.retain(|(key, _)| key != "NEXUS_REGISTRY");
+    env.push(("NEXUS_REGISTRY".into(), registry.clone()));
+    let (output, _) = build(repo.path(), &["--push", "--tag", "term-deploy"], &env);
+    assert_success(&output, "build the images to deploy");
+
+    let stack = Stack::new();
+    assert_success(&xtask_in(stack.dir.path(), DEPLOY_PROJECT, &["env", "init"]), "env init");
+    let env_file = stack.dir.path().join(".env");
+    for (key, value) in [
+        ("NEXUS_REGISTRY", registry.as_str()),
+        ("NEXUS_USERNAME", lab["NEXUS_USERNAME"].as_str()),
+        ("NEXUS_PASSWORD", lab["NEXUS_PASSWORD"].as_str()),
+        ("IMAGE_TAG", "term-deploy"),
+        ("POSTGRES_IMAGE", lab["POSTGRES_IMAGE"].as_str()),
+        ("REDIS_IMAGE", lab["REDIS_IMAGE"].as_str()),
+        ("EDGE_IMAGE", lab["NGINX_IMAGE"].as_str()),
+        ("FRONTEND_PORT", "24700"),
+        ("BACKEND_PORT", "29700"),
+        ("OPENAI_API_KEY", "sk-terminal-e2e-not-a-real-key"),
+    ] {
+        set_env_var(&env_file, key, value);
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let scratch: PathBuf = scratch.path().to_path_buf();
+
+    let (code, screen, _) =
+        tmux.run("deploy", &format!("{}\n{}", exports(&[]), stack.line("deploy --timeout 240")), &scratch);
+    assert_eq!(code, 0, "the deploy failed:\n{screen}");
+    assert!(!screen.contains("panicked"), "{screen}");
+    // Each service has its own line, finished; the step line counted the plan's steps.
+    for service in ["db", "redis", "backend", "worker", "frontend"] {
+        assert!(
+            screen.lines().any(|line| line.starts_with("✔ ") && line.split_whitespace().nth(1) == Some(service)),
+            "no finished progress line for {service}:\n{screen}"
+        );
+    }
+    assert!(screen.lines().any(|line| line.starts_with("✔ step") && line.contains("done")), "{screen}");
+    // compose's own lines drove the display instead of scrolling past, and the notes stayed.
+    assert!(!screen.contains(" Container intric-terminal-e2e-"), "raw compose lines on a terminal:\n{screen}");
+    assert!(screen.contains("the database was never initialized: running db-init"), "{screen}");
+    assert!(screen.contains("deployed term-deploy: http://localhost:24700"), "{screen}");
+
+    // A backup shows the bytes it wrote; under CI the same task prints its commands instead.
+    let (code, screen, _) = tmux.run("backup", &format!("{}\n{}", exports(&[]), stack.line("backup")), &scratch);
+    assert_eq!(code, 0, "the backup failed:\n{screen}");
+    assert!(
+        screen.lines().any(|line| line.contains("database dumped: ") && line.trim_end().ends_with('B')),
+        "{screen}"
+    );
+    let (code, screen, _) =
+        tmux.run("backup-ci", &format!("{}\n{}", exports(&[("CI", "true")]), stack.line("backup")), &scratch);
+    assert_eq!(code, 0, "the backup under CI failed:\n{screen}");
+    assert!(screen.contains("$ docker compose") && screen.contains("pg_dump"), "{screen}");
+    assert!(!screen.contains('✔'), "no progress bars under CI:\n{screen}");
 }

@@ -17,6 +17,11 @@
 //! A dry run asks the registry once, with a short timeout, and never waits for it: what it
 //! could not learn (reuse of an unchanged image, cache sources) the plan shows as unknown.
 //!
+//! Deriving: a pushed image whose target is a metadata-only stage on another image's target
+//! (the worker on the backend) is assembled in the registry from that image's manifest once it
+//! is pushed (see `derived`); `--no-fast-path`, or a build that does not push, uses BuildKit.
+//! Each image's plan says which path it takes and why (`ImagePlan::path`).
+//!
 //! Skipping: every image we build carries the tag `inputs-<24 hex>` of its inputs digest. When
 //! that tag exists already, the image is what this build would produce, so the new tags are put
 //! on its manifest (no pull, no layer upload). The digest covers the base images' digests, so an
@@ -39,6 +44,7 @@ use crate::adapters::ci_env::Env;
 use crate::adapters::docker::{BuildSecret, BuildSpec, Builder, Docker};
 use crate::adapters::registry::{Backoff, Credentials, Manifest, Registry, RegistryAddress};
 use crate::images::bases;
+use crate::images::derived::{Derivation, metadata_stage};
 use crate::images::inline_cache;
 use crate::images::location::Location;
 use crate::images::services::{ComposeImages, Image, compose_file};
@@ -55,6 +61,10 @@ Images are named <registry>/intric/<service>:<tag> for every tag of `cargo xtask
 --tag. The registry comes from --registry or NEXUS_REGISTRY; NEXUS_USERNAME and NEXUS_PASSWORD log
 in (else the existing docker login is used). Base images come from PYTHON_IMAGE, NODE_IMAGE and
 NGINX_IMAGE, or through a Docker Hub proxy with --base-registry.
+
+With --push, a metadata-only stage on another image's stage (the worker) is derived from that
+image's pushed manifest instead of built: same layers, a new config, no pull and no layer upload.
+The plan and the summary say which path each image took; --no-fast-path builds it with BuildKit.
 
 Examples:
   cargo xtask build
@@ -96,6 +106,10 @@ pub struct BuildArgs {
     /// Pull newer base images, and never reuse an unchanged image.
     #[arg(long)]
     pub pull: bool,
+    /// Build every image with BuildKit: never derive a metadata-only stage (the worker) from
+    /// another image's pushed manifest.
+    #[arg(long)]
+    pub no_fast_path: bool,
     /// Push even from a dirty working tree.
     #[arg(long)]
     pub allow_dirty: bool,
@@ -147,6 +161,8 @@ pub struct BuildInputs {
     pub builder: Option<String>,
     pub no_cache: bool,
     pub pull: bool,
+    /// `--no-fast-path`: BuildKit builds every image that is not reused.
+    pub no_fast_path: bool,
     pub workspace: PathBuf,
     /// Where the registry API calls go and whose credentials they use, when there is a registry.
     pub registry_access: Option<RegistryAccess>,
@@ -200,6 +216,9 @@ pub struct ImagePlan {
     pub tags: Vec<String>,
     pub inputs_digest: String,
     pub action: ImageAction,
+    /// Which way the image comes to be and why, in words (`derived from backend's manifest
+    /// (metadata only)`, `BuildKit: not pushed, ...`): shown by the plan and the summary.
+    pub path: String,
     /// The local engine's `image inspect` of the result, for its id and size, when it is not
     /// pushed (a pushed image's digest and size come from its manifest).
     pub describe: Option<Command>,
@@ -221,6 +240,9 @@ pub enum ImageAction {
     RetagInRegistry(Retag),
     /// Give the existing local image the new tags.
     RetagLocally(Vec<Command>),
+    /// Assemble the image in the registry from another image's pushed manifest: a
+    /// metadata-only stage (see [`crate::images::derived`]).
+    Derive(Derivation),
 }
 
 /// Registry API calls that put `to` on the manifest `from` names, in this order.
@@ -485,6 +507,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             builder: args.builder.clone(),
             no_cache: args.no_cache,
             pull: args.pull,
+            no_fast_path: args.no_fast_path,
             workspace: workspace.clone(),
             registry_access,
             registry_unreachable,
@@ -642,8 +665,8 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
             let digest = inputs.digests[&image.name].clone();
             let name = image_name(registry, &image.repository);
             let marker = inputs_tag(&digest);
-            let action = if inputs.unchanged.contains(&image.name) {
-                if inputs.push {
+            let (action, path) = if inputs.unchanged.contains(&image.name) {
+                let action = if inputs.push {
                     ImageAction::RetagInRegistry(Retag {
                         repository: image.repository.clone(),
                         from: marker.clone(),
@@ -656,14 +679,26 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
                             .map(|tag| docker.command().args(["tag", &source, &format!("{name}:{tag}")]))
                             .collect(),
                     )
-                }
+                };
+                (action, "unchanged: an image with the same inputs exists".to_string())
             } else {
-                plan_build(inputs, image, &name, &tags, &digest)
+                match derivation(inputs, image, &tags, &digest) {
+                    Ok(derivation) => {
+                        let path = format!("derived from {}'s manifest (metadata only)", derivation.from_service);
+                        (ImageAction::Derive(derivation), path)
+                    }
+                    Err(why) => (plan_build(inputs, image, &name, &tags, &digest), format!("BuildKit: {why}")),
+                }
             };
             let unknown = match (&inputs.registry_unreachable, &action, inputs.push) {
                 (Some(_), ImageAction::Build { .. }, true) => Some(format!(
                     "registry unreachable: would build unless {name}:{marker} exists (then only tag it), \
                      without cache from the registry"
+                )),
+                (Some(_), ImageAction::Derive(derivation), _) => Some(format!(
+                    "registry unreachable: would derive from {}'s manifest unless {name}:{marker} exists (then only \
+                     tag it)",
+                    derivation.from_service
                 )),
                 (Some(_), ImageAction::Build { .. }, false) => {
                     Some(format!("registry unreachable: would build without cache from {}", registry.unwrap_or("it")))
@@ -682,6 +717,7 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
                 tags: tags.clone(),
                 inputs_digest: digest,
                 action,
+                path,
                 describe,
                 unknown,
             }
@@ -703,19 +739,9 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
     }
 }
 
-fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], digest: &str) -> ImageAction {
-    let report = &inputs.report;
-    let marker = inputs_tag(digest);
-    let all_tags: Vec<String> =
-        tags.iter().chain(std::iter::once(&marker)).map(|tag| format!("{name}:{tag}")).collect();
-    let mut build_args = image.args.clone();
-    build_args.push(("VERSION".into(), report.version.clone()));
-    build_args.push(("REVISION".into(), report.revision.clone()));
-    if inputs.push {
-        // Cache metadata inside the pushed image lets the next build (on any machine) reuse
-        // its layers through --cache-from without a separate cache export.
-        build_args.push(("BUILDKIT_INLINE_CACHE".into(), "1".into()));
-    }
+/// The labels every image we make carries (as `--label`s of a build, or written into a derived
+/// config): title, version, revision, commit time, inputs digest, and the source when known.
+fn build_labels(report: &TagReport, image: &Image, digest: &str) -> Vec<(String, String)> {
     let mut labels = vec![
         ("org.opencontainers.image.title".to_string(), format!("intric-{}", image.name)),
         ("org.opencontainers.image.version".to_string(), report.version.clone()),
@@ -723,9 +749,78 @@ fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], 
         ("org.opencontainers.image.created".to_string(), crate::adapters::clock::rfc3339(report.commit_time)),
         (INPUTS_LABEL.to_string(), digest.to_string()),
     ];
-    if let Some(source) = &inputs.report.source {
+    if let Some(source) = &report.source {
         labels.push(("org.opencontainers.image.source".to_string(), source.clone()));
     }
+    labels
+}
+
+/// The build args of every build: the compose file's, then the version and revision.
+fn build_args(report: &TagReport, image: &Image) -> Vec<(String, String)> {
+    let mut build_args = image.args.clone();
+    build_args.push(("VERSION".into(), report.version.clone()));
+    build_args.push(("REVISION".into(), report.revision.clone()));
+    build_args
+}
+
+/// The derivation of `image` from another image of this build's pushed manifest, when its
+/// target is a metadata-only stage on that image's target (see [`crate::images::derived`]);
+/// else why it is built by BuildKit. Deriving needs the other image in the registry, so only a
+/// pushing build derives: a local build leaves every image in the local engine, which BuildKit
+/// fills (loading a derived image into it would cost the pull this path exists to avoid).
+fn derivation(inputs: &BuildInputs, image: &Image, tags: &[String], digest: &str) -> Result<Derivation, String> {
+    if inputs.no_fast_path {
+        return Err("--no-fast-path".into());
+    }
+    if !inputs.push {
+        return Err("not pushed, so the image must be built into the local engine".into());
+    }
+    let target = match &image.target {
+        Some(target) => format!("stage {target}"),
+        None => "the last stage".to_string(),
+    };
+    let stage = metadata_stage(&image.parsed, image.target.as_deref()).map_err(|why| format!("{target}: {why}"))?;
+    let base = inputs
+        .services
+        .iter()
+        .find(|other| {
+            other.name != image.name
+                && other.dockerfile == image.dockerfile
+                && other.context == image.context
+                && other.args == image.args
+                && other.parsed.stage(other.target.as_deref()).ok().and_then(|stage| stage.name.as_deref())
+                    == Some(stage.base.as_str())
+        })
+        .ok_or_else(|| format!("{target} starts from stage {}, which no image of this build is", stage.base))?;
+    if image.built_after.as_deref() != Some(base.name.as_str()) {
+        return Err(format!("{} is not built before it", base.name));
+    }
+    let report = &inputs.report;
+    Ok(Derivation {
+        from_service: base.name.clone(),
+        from_repository: base.repository.clone(),
+        from_tag: tags[0].clone(),
+        repository: image.repository.clone(),
+        tags: tags.iter().cloned().chain(std::iter::once(inputs_tag(digest))).collect(),
+        stage,
+        build_args: build_args(report, image).into_iter().collect(),
+        labels: build_labels(report, image, digest),
+        created: crate::adapters::clock::rfc3339(report.commit_time),
+    })
+}
+
+fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], digest: &str) -> ImageAction {
+    let report = &inputs.report;
+    let marker = inputs_tag(digest);
+    let all_tags: Vec<String> =
+        tags.iter().chain(std::iter::once(&marker)).map(|tag| format!("{name}:{tag}")).collect();
+    let mut build_args = build_args(report, image);
+    if inputs.push {
+        // Cache metadata inside the pushed image lets the next build (on any machine) reuse
+        // its layers through --cache-from without a separate cache export.
+        build_args.push(("BUILDKIT_INLINE_CACHE".into(), "1".into()));
+    }
+    let labels = build_labels(report, image, digest);
     let mut cache_from = inputs.cache_from.get(&image.name).cloned().unwrap_or_default();
     let mut cache_to = Vec::new();
     if inputs.registry_cache {
@@ -798,6 +893,9 @@ impl fmt::Display for BuildPlan {
             if let Some(unknown) = &image.unknown {
                 writeln!(f, "  {unknown}")?;
             }
+            if matches!(image.action, ImageAction::Build { .. }) {
+                writeln!(f, "  path: {}", image.path)?;
+            }
             match &image.action {
                 ImageAction::Build { build, push, retag, cache_mark } => {
                     writeln!(f, "  {build}")?;
@@ -821,6 +919,7 @@ impl fmt::Display for BuildPlan {
                         writeln!(f, "  {command}")?;
                     }
                 }
+                ImageAction::Derive(derivation) => derivation.show(f, registry)?,
             }
             if let Some(describe) = &image.describe {
                 writeln!(f, "  {describe}")?;
@@ -839,6 +938,8 @@ pub enum ImageOutcome {
     Cached,
     /// Not built: an image with the same inputs existed and got the new tags.
     Skipped,
+    /// Not built: assembled in the registry from another image's manifest.
+    Derived,
 }
 
 impl ImageOutcome {
@@ -847,6 +948,7 @@ impl ImageOutcome {
             ImageOutcome::Built => "built",
             ImageOutcome::Cached => "cached",
             ImageOutcome::Skipped => "skipped",
+            ImageOutcome::Derived => "derived",
         }
     }
 }
@@ -861,6 +963,8 @@ pub struct ImageResult {
     pub size: Option<u64>,
     pub seconds: f64,
     pub outcome: ImageOutcome,
+    /// Which way it came to be and why (see [`ImagePlan::path`]).
+    pub path: String,
     pub inputs_digest: String,
 }
 
@@ -997,6 +1101,7 @@ fn run_image(
                 size,
                 seconds: started.elapsed().as_secs_f64(),
                 outcome,
+                path: image.path.clone(),
                 inputs_digest: image.inputs_digest.clone(),
             })
         })
@@ -1061,6 +1166,9 @@ fn perform(
                 stream(runner, command, &mut log, log_path, task)?;
             }
             Ok((ImageOutcome::Skipped, None))
+        }
+        ImageAction::Derive(derivation) => {
+            Ok((ImageOutcome::Derived, Some(derivation.run(registry()?, &mut log, task)?)))
         }
     }
 }
@@ -1196,6 +1304,7 @@ impl Summary {
                 "size": result.size,
                 "seconds": (result.seconds * 10.0).round() / 10.0,
                 "result": result.outcome.name(),
+                "path": result.path,
                 "inputs_digest": result.inputs_digest,
             })).collect::<Vec<_>>(),
         })
@@ -1223,6 +1332,9 @@ impl fmt::Display for Summary {
                 format!("sha256:{}", &digest[..digest.len().min(12)]),
                 result.tags.join(", ")
             )?;
+        }
+        for result in &self.results {
+            writeln!(f, "{}: {}", result.service, result.path)?;
         }
         Ok(())
     }
@@ -1288,6 +1400,7 @@ pub(crate) mod tests {
             builder: None,
             no_cache: false,
             pull: false,
+            no_fast_path: false,
             workspace: "/ws".into(),
             registry_access: None,
             registry_unreachable: None,
@@ -1359,9 +1472,76 @@ pub(crate) mod tests {
             },
             "the other tags go through the registry API, the inputs tag last"
         );
+        let mut buildkit_only = inputs(Builder::Legacy, Some("r:5000"), true);
+        buildkit_only.no_fast_path = true;
+        let built = plan(&buildkit_only);
         let (worker, _, _) = build_of(&built, "worker");
         assert_eq!(pairs(&worker.args, "--target"), ["worker"]);
         assert!(worker.args.last().unwrap().ends_with("/ws/backend"), "worker builds from the backend context");
+    }
+
+    fn image<'a>(plan: &'a BuildPlan, service: &str) -> &'a ImagePlan {
+        plan.images.iter().find(|image| image.service == service).unwrap()
+    }
+
+    #[test]
+    fn a_pushed_worker_is_derived_from_the_backends_manifest() {
+        let built = plan_with(Builder::Legacy, Some("r:5000"), true);
+        let worker = image(&built, "worker");
+        let ImageAction::Derive(derivation) = &worker.action else { panic!("not derived: {:?}", worker.action) };
+        assert_eq!(
+            (derivation.from_service.as_str(), derivation.from_repository.as_str(), derivation.from_tag.as_str()),
+            ("backend", "intric/backend", "sha-0123456789ab"),
+            "the backend's first tag, which its push puts first"
+        );
+        assert_eq!(derivation.repository, "intric/worker");
+        assert_eq!(derivation.tags, ["sha-0123456789ab", "dev-latest", "qa", "inputs-bbbbbbbbbbbbbbbbbbbbbbbb"]);
+        assert_eq!(derivation.stage.keywords(), "no instructions", "the test Dockerfile's worker is an alias");
+        assert_eq!(derivation.build_args["VERSION"], "1.4.1-dev.7+g0123456789ab");
+        assert!(derivation.labels.contains(&("org.opencontainers.image.title".into(), "intric-worker".into())));
+        assert!(derivation.labels.contains(&(INPUTS_LABEL.into(), DIGEST_WORKER.into())));
+        assert_eq!(derivation.created, "2025-11-27T08:45:00Z");
+        assert_eq!(worker.path, "derived from backend's manifest (metadata only)");
+        let shown = built.to_string();
+        assert!(
+            shown.contains("worker (inputs bbbbbbbbbbbbbbbbbbbbbbbb):\n  base lab/python:lab: sha256:base\n  derived from backend's manifest (metadata only: no instructions): no build, no pull\n"),
+            "{shown}"
+        );
+        assert!(shown.contains("registry: PUT r:5000 /v2/intric/worker/manifests/inputs-bbbbbbbbbbbbbbbbbbbbbbbb (the derived manifest)"), "{shown}");
+        assert_eq!(
+            image(&built, "backend").path,
+            "BuildKit: stage backend starts from stage base, which no image of this build is"
+        );
+        assert!(
+            shown.contains("  path: BuildKit: stage frontend: starts from the image nginx, not from another stage"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn the_worker_is_built_by_buildkit_when_it_cannot_be_derived_and_the_plan_says_why() {
+        let path_of = |inputs: &BuildInputs| {
+            let built = plan(inputs);
+            let worker = image(&built, "worker");
+            assert!(matches!(worker.action, ImageAction::Build { .. }), "{:?}", worker.action);
+            worker.path.clone()
+        };
+        let mut forced = inputs(Builder::Legacy, Some("r:5000"), true);
+        forced.no_fast_path = true;
+        assert_eq!(path_of(&forced), "BuildKit: --no-fast-path");
+        assert_eq!(
+            path_of(&inputs(Builder::Legacy, None, false)),
+            "BuildKit: not pushed, so the image must be built into the local engine"
+        );
+        let mut alone = inputs(Builder::Legacy, Some("r:5000"), true);
+        alone.services.retain(|image| image.name != "backend");
+        assert_eq!(
+            path_of(&alone),
+            "BuildKit: stage worker starts from stage backend, which no image of this build is"
+        );
+        let mut other_args = inputs(Builder::Legacy, Some("r:5000"), true);
+        other_args.services[1].args.push(("EXTRA".into(), "1".into()));
+        assert!(path_of(&other_args).contains("which no image of this build is"), "other build args, other stages");
     }
 
     #[test]

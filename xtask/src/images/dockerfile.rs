@@ -98,6 +98,22 @@ impl Dockerfile {
         }
     }
 
+    /// The instructions of `stage` (one of this file's), after its `FROM`.
+    pub fn stage_instructions(&self, stage: &Stage) -> &[Instruction] {
+        let next = self.stages.iter().map(|other| other.line).find(|&line| line > stage.line).unwrap_or(usize::MAX);
+        let start = self.instructions.iter().position(|instruction| instruction.line > stage.line);
+        let start = start.unwrap_or(self.instructions.len());
+        let end = self.instructions[start..].iter().position(|instruction| instruction.line >= next);
+        &self.instructions[start..end.map_or(self.instructions.len(), |end| start + end)]
+    }
+
+    /// The earlier stage `stage` starts from (`FROM backend`), when it starts from a stage of
+    /// this file rather than an image.
+    pub fn base_stage(&self, stage: &Stage) -> Option<&Stage> {
+        let index = self.stages.iter().position(|other| std::ptr::eq(other, stage))?;
+        self.stage_index(&stage.base, index).map(|base| &self.stages[base])
+    }
+
     /// Whether the file has a stage named `name`.
     pub fn has_stage(&self, name: &str) -> bool {
         self.stage(Some(name)).is_ok()

@@ -6,6 +6,7 @@
 
 pub mod bases;
 pub mod build;
+pub mod derived;
 pub mod dockerfile;
 pub mod inline_cache;
 pub mod inputs;

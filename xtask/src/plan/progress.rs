@@ -1,4 +1,5 @@
-//! Progress of several long-running processes at once (image builds, pushes).
+//! Progress of several long-running processes at once (image builds, pushes, the services of a
+//! deploy).
 //!
 //! On a terminal each task gets an indicatif line showing its state (waiting, building,
 //! pushing, tagging, then built/cached/failed...), its elapsed time since it started and its
@@ -61,6 +62,21 @@ impl Progress {
         let width = names.iter().map(|name| name.len()).max().unwrap_or(0);
         let bars = matches!(display, Display::Bars { .. }).then(MultiProgress::new);
         Progress { display, bars, width }
+    }
+
+    /// Whether tasks are drawn as live lines (a terminal outside CI).
+    pub fn is_live(&self) -> bool {
+        self.bars.is_some()
+    }
+
+    /// A message of its own (a note, a result): above the live lines on a terminal, so that
+    /// redrawing does not overwrite it; else on standard error.
+    pub fn println(&self, message: &str) {
+        match &self.bars {
+            Some(multi) => multi.suspend(|| eprintln!("{message}")),
+            None if self.display == Display::Quiet => {}
+            None => eprintln!("{message}"),
+        }
     }
 
     /// A line for one task.
@@ -154,6 +170,25 @@ impl TaskProgress {
                 }
             }
             (None, Display::Lines) => eprintln!("{:<width$} | {line}", self.name, width = self.width),
+            (None, _) => {}
+        }
+    }
+
+    /// Sets what a live line shows: `state` and `detail`, for tasks whose news the caller reads
+    /// from output it understands (compose's lines, health checks). The first call starts the
+    /// task's clock. Plain mode prints each change, since a log has no line to redraw.
+    pub fn set(&self, state: &str, detail: &str) {
+        let mut status = self.status.lock().expect("progress status lock");
+        if status.started.is_none() {
+            status.started = Some(Instant::now());
+            if let Some(bar) = &self.bar {
+                bar.reset_elapsed();
+            }
+        }
+        let shown = format!("{state:<STATE_WIDTH$} {detail}");
+        match (&self.bar, self.display) {
+            (Some(bar), _) => bar.set_message(shown),
+            (None, Display::Lines) => eprintln!("{:<width$} | {}", self.name, shown.trim_end(), width = self.width),
             (None, _) => {}
         }
     }

@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -78,7 +78,13 @@ pub trait Runner: Sync {
     fn output(&self, command: &Command) -> Result<Finished>;
 
     /// Runs the commands of `pipe` connected, to the end of the last one.
-    fn pipe(&self, pipe: &Pipe) -> Result<()>;
+    fn pipe(&self, pipe: &Pipe) -> Result<()> {
+        self.pipe_counting(pipe, &|_| {})
+    }
+
+    /// [`Runner::pipe`], telling `moved` how many bytes have gone through the pipe's file so
+    /// far (read from its input file, or else written to its output file) as they go.
+    fn pipe_counting(&self, pipe: &Pipe, moved: &(dyn Fn(u64) + Sync)) -> Result<()>;
 
     /// Kills every process this runner has running now (another part of the plan failed).
     fn cancel(&self);
@@ -233,17 +239,26 @@ impl Runner for Processes {
         })
     }
 
-    fn pipe(&self, pipe: &Pipe) -> Result<()> {
+    fn pipe_counting(&self, pipe: &Pipe, moved: &(dyn Fn(u64) + Sync)) -> Result<()> {
         let mut commands = pipe.commands.iter();
         let first = commands.next().context("a pipe needs a command")?;
+        // The files go through this process, in an OS pipe a thread fills or drains, so that
+        // the bytes can be counted as they move (a dump of a large database takes minutes).
+        let mut input = None;
         // The pipe's input is the first command's: a file, else nothing. The others read the pipe.
         let mut expression = match &pipe.input {
-            Some(input) => Processes::expression(first).stdin_path(input),
+            Some(path) => {
+                let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let (reader, writer) = std::io::pipe().context("cannot create a pipe")?;
+                input = Some((file, writer));
+                Processes::expression(first).stdin_file(reader)
+            }
             None => Processes::alone(first),
         };
         for command in commands {
             expression = expression.pipe(Processes::expression(command));
         }
+        let mut output = None;
         if let Some(path) = &pipe.output {
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -252,21 +267,39 @@ impl Runner for Processes {
                 .mode(0o600)
                 .open(path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
-            expression = expression.stdout_file(file);
+            let (reader, writer) = std::io::pipe().context("cannot create a pipe")?;
+            output = Some((reader, file));
+            expression = expression.stdout_file(writer);
         }
-        let handle = Arc::new(expression.start().with_context(|| format!("cannot start `{pipe}`"))?);
+        let started = expression.start().with_context(|| format!("cannot start `{pipe}`"));
+        // The expression holds this process's copies of the pipe ends the children got: closed
+        // now, so that a child's exit is an end of file (or a broken pipe) to the copying thread.
+        drop(expression);
+        let handle = Arc::new(started?);
         {
             let mut state = self.state();
             state.pipes.push(Arc::clone(&handle));
             state.changed();
         }
-        let result = handle.wait().map(|_| ());
+        // Only one end is counted: what the input file gave, else what the output file got.
+        let count_output = input.is_none();
+        let copied = std::thread::scope(|scope| {
+            let feeding = input.map(|(file, writer)| scope.spawn(move || copy_counting(file, writer, moved)));
+            let draining = output.map(|(reader, file)| {
+                scope.spawn(move || copy_counting(reader, file, if count_output { moved } else { &|_| {} }))
+            });
+            let waited = handle.wait().map(|_| ());
+            // A child that stopped reading early breaks the feeding pipe: its own exit status says why.
+            let _ = feeding.map(|thread| thread.join());
+            let drained = draining.map(|thread| thread.join().expect("the copying thread panicked"));
+            waited.map_err(anyhow::Error::from).and(drained.unwrap_or(Ok(())))
+        });
         {
             let mut state = self.state();
             state.pipes.retain(|other| !Arc::ptr_eq(other, &handle));
             state.changed();
         }
-        result.with_context(|| format!("`{pipe}` failed"))
+        copied.with_context(|| format!("`{pipe}` failed"))
     }
 
     fn cancel(&self) {
@@ -281,6 +314,23 @@ impl Runner for Processes {
 
     fn watch(&self, watcher: Option<Watcher>) {
         self.state().watcher = watcher;
+    }
+}
+
+/// Copies `from` into `to` to the end, telling `moved` the bytes copied so far.
+fn copy_counting(mut from: impl Read, mut to: impl Write, moved: &(dyn Fn(u64) + Sync)) -> Result<()> {
+    let mut buffer = vec![0; 256 * 1024];
+    let mut total = 0;
+    loop {
+        let read = match from.read(&mut buffer) {
+            Ok(0) => return to.flush().context("cannot write the pipe's output"),
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error).context("cannot read the pipe"),
+        };
+        to.write_all(&buffer[..read]).context("cannot write the pipe")?;
+        total += read as u64;
+        moved(total);
     }
 }
 
@@ -358,7 +408,7 @@ impl Runner for Recording {
         Ok(Finished { status: std::process::ExitStatus::from_raw(code << 8), stdout, stderr: String::new() })
     }
 
-    fn pipe(&self, pipe: &Pipe) -> Result<()> {
+    fn pipe_counting(&self, pipe: &Pipe, _: &(dyn Fn(u64) + Sync)) -> Result<()> {
         self.answer(pipe.to_string()).map(|_| ())
     }
 
@@ -424,6 +474,40 @@ mod tests {
         );
         let broken = Pipe { commands: vec![Command::new("false"), Command::new("cat")], input: None, output: None };
         assert!(Processes::new().pipe(&broken).is_err());
+    }
+
+    #[test]
+    fn a_pipe_counts_the_bytes_of_its_file_and_a_child_that_stops_reading_fails_it() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let (input, output) = (dir.path().join("in"), dir.path().join("out"));
+        std::fs::write(&input, vec![b'x'; 3 * 1024 * 1024 + 7]).unwrap();
+        let counted = AtomicU64::new(0);
+        let count = |bytes| counted.store(bytes, Ordering::Relaxed);
+        let compressed = dir.path().join("in.gz");
+        let read = Pipe {
+            commands: vec![Command::new("gzip").arg("-c")],
+            input: Some(input.clone()),
+            output: Some(compressed.clone()),
+        };
+        Processes::new().pipe_counting(&read, &count).unwrap();
+        assert_eq!(counted.load(Ordering::Relaxed), 3 * 1024 * 1024 + 7, "the input file's bytes, not the output's");
+        assert!(std::fs::metadata(&compressed).unwrap().len() > 0);
+        let write = Pipe {
+            commands: vec![Command::new("head").args(["-c", "1000000", "/dev/zero"])],
+            input: None,
+            output: Some(output.clone()),
+        };
+        Processes::new().pipe_counting(&write, &count).unwrap();
+        assert_eq!(counted.load(Ordering::Relaxed), 1_000_000, "the output file's bytes");
+        assert_eq!(std::fs::metadata(&output).unwrap().len(), 1_000_000);
+        // `head` exits after one line: the feeding thread meets a broken pipe and must not hang.
+        let early = Pipe {
+            commands: vec![Command::new("head").args(["-c", "1"]), Command::new("false")],
+            input: Some(input),
+            output: None,
+        };
+        assert!(Processes::new().pipe_counting(&early, &count).is_err(), "the last command's failure is the pipe's");
     }
 
     #[test]

@@ -209,7 +209,7 @@ pub fn dump_with(exec: &Executor, dump: Command, path: &Path) -> Result<()> {
     let pipe =
         Pipe { commands: vec![dump, Command::new("gzip").arg("-c")], input: None, output: Some(partial.clone()) };
     let result = exec
-        .pipe(&pipe)
+        .pipe(&pipe, "dumped")
         .with_context(|| "pg_dump in the db container failed: is the stack running? (`cargo xtask status`)".to_string())
         .and_then(|()| verify(exec.runner, &partial))
         .and_then(|()| std::fs::rename(&partial, path).with_context(|| format!("cannot rename to {}", path.display())));
@@ -244,7 +244,8 @@ pub fn restore_from(exec: &Executor, path: &Path) -> Result<()> {
             input: Some(path.to_path_buf()),
             output: None,
         };
-        exec.pipe(&load).with_context(|| format!("loading {} failed; the database was not changed", path.display()))
+        exec.pipe(&load, "loaded")
+            .with_context(|| format!("loading {} failed; the database was not changed", path.display()))
     })();
     let swapped = loaded.and_then(|()| {
         exec.run(&disconnect(&name))?;

@@ -1,5 +1,6 @@
 //! Runs the operator tasks' commands against a compose project through the plan's runner,
-//! showing each command before it runs and its output as it comes; and replaces stateless
+//! showing their progress ([`StackProgress`]: live lines per service on a terminal, each command
+//! and its output in a log); and replaces stateless
 //! services without downtime (new containers beside the old ones, `docker inspect` until they
 //! are healthy, then `docker stop` and `docker rm` of the old ones).
 
@@ -12,6 +13,7 @@ use crate::adapters::compose::Compose;
 use crate::plan::Command;
 use crate::plan::runner::{Pipe, Runner};
 use crate::stack::migrations;
+use crate::stack::progress::{StackProgress, human_bytes};
 
 /// Runs steps against a compose project. The deploy lock watches `runner`, so the docker
 /// commands it starts are recorded where a successor taking over a stale lock finds them.
@@ -19,6 +21,7 @@ pub struct Executor<'a> {
     pub compose: &'a Compose,
     pub runner: &'a dyn Runner,
     pub timeout: u64,
+    pub progress: StackProgress,
 }
 
 /// The database's migration state.
@@ -30,17 +33,37 @@ pub enum DbState {
     At(String),
 }
 
+impl<'a> Executor<'a> {
+    /// An executor whose progress shows on this process's terminal, or as plain lines.
+    pub fn new(compose: &'a Compose, runner: &'a dyn Runner, timeout: u64) -> Executor<'a> {
+        Executor { compose, runner, timeout, progress: StackProgress::new(compose.project_name()) }
+    }
+}
+
 impl Executor<'_> {
-    /// Runs `command` with its output shown.
+    /// Runs `command` with its progress shown.
     pub fn run(&self, command: &Command) -> Result<()> {
-        eprintln!("$ {command}");
-        self.runner.run(command, &mut |line| eprintln!("{line}"))
+        self.progress.command(&command.to_string());
+        self.runner.run(command, &mut |line| self.progress.output(line))
     }
 
-    /// Runs `pipe` (a database dump or load) with its standard error shown.
-    pub fn pipe(&self, pipe: &Pipe) -> Result<()> {
-        eprintln!("$ {pipe}");
-        self.runner.pipe(pipe)
+    /// Runs `pipe` (a database dump or load) with its standard error shown and the bytes it
+    /// moves shown as `what` (dumped, loaded), then said in total.
+    pub fn pipe(&self, pipe: &Pipe, what: &str) -> Result<()> {
+        self.progress.command(&pipe.to_string());
+        let total = std::sync::atomic::AtomicU64::new(0);
+        self.runner.pipe_counting(pipe, &|bytes| {
+            total.store(bytes, std::sync::atomic::Ordering::Relaxed);
+            self.progress.bytes(what, bytes);
+        })?;
+        let total = human_bytes(total.into_inner());
+        self.say(&format!("database {what}: {total}"));
+        Ok(())
+    }
+
+    /// A note of the tool's own, where the progress display leaves room for it.
+    pub fn say(&self, message: &str) {
+        self.progress.say(message);
     }
 
     /// Runs `command` and returns its output.
@@ -67,10 +90,10 @@ impl Executor<'_> {
             && !revision.is_empty()
             && self.read(&self.compose.knows_revision(&revision)).is_err()
         {
-            eprintln!(
+            self.say(&format!(
                 "migrations: the database is at revision {revision}, which this image does not know \
                  (a newer version migrated it): skipped"
-            );
+            ));
             return Ok(());
         }
         self.run(upgrade)
@@ -89,7 +112,7 @@ impl Executor<'_> {
             serde_json::from_str(json).with_context(|| format!("`{list}` printed no JSON object of files"))?;
         let found = migrations::contracting_changes(&files, &revision);
         if found.is_empty() {
-            eprintln!("migrations: nothing after revision {revision} drops or renames; no downtime needed");
+            self.say(&format!("migrations: nothing after revision {revision} drops or renames; no downtime needed"));
             return Ok(());
         }
         bail!(
@@ -124,14 +147,14 @@ impl Executor<'_> {
         }
         if let Err(error) = started.and_then(|()| self.wait_healthy(&new)) {
             if !new.is_empty() {
-                eprintln!("the new containers are not healthy: removing them; the old ones keep serving");
+                self.say("the new containers are not healthy: removing them; the old ones keep serving");
                 self.run(&compose.stop_containers(&new, drain))?;
                 self.run(&compose.remove_containers(&new))?;
             }
             return Err(error);
         }
         if !old.is_empty() {
-            eprintln!("the new containers are healthy and serve; the old ones stop in {drain} s");
+            self.say(&format!("the new containers are healthy and serve; the old ones stop in {drain} s"));
             std::thread::sleep(Duration::from_secs(drain));
             self.run(&compose.stop_containers(&old, drain))?;
             self.run(&compose.remove_containers(&old))?;
@@ -154,6 +177,7 @@ impl Executor<'_> {
                 let [name, state, health, restarts] = words[..] else {
                     bail!("`docker inspect` printed {line:?}, not name, state, health and restarts");
                 };
+                self.progress.health(name, state, health);
                 let name = name.trim_start_matches('/');
                 match (state, health) {
                     ("running", "healthy" | "none") if restarts == "0" => {}

@@ -15,6 +15,7 @@ pub mod history;
 pub mod lock;
 pub mod migrations;
 pub mod operation;
+pub mod progress;
 pub mod status;
 pub mod steps;
 pub mod swarm;

@@ -412,7 +412,7 @@ impl TaskPlan for StackPlan {
         if let Some(lock) = &lock {
             runner.watch(Some(lock.watcher()));
         }
-        let result = Executor { compose: &self.compose, runner, timeout: self.timeout }.execute(&self.steps);
+        let result = Executor::new(&self.compose, runner, self.timeout).execute(&self.steps);
         runner.watch(None);
         if let Some(mut record) = self.operation.record(result.as_ref().err(), started) {
             record.mode = self.swarm.as_ref().map(|_| "swarm".to_string());

@@ -248,11 +248,13 @@ impl Executor<'_> {
             StackStep::Run(command) => self.run(command),
             StackStep::InitOrMigrate { db_init, migrate } => match self.db_state()? {
                 DbState::Uninitialized => {
-                    eprintln!("the database was never initialized: running db-init");
+                    self.say("the database was never initialized: running db-init");
                     self.run(db_init)
                 }
                 DbState::At(revision) => {
-                    eprintln!("the database is initialized (revision {revision}): running the image's migrations");
+                    self.say(&format!(
+                        "the database is initialized (revision {revision}): running the image's migrations"
+                    ));
                     self.migrate(migrate)
                 }
             },
@@ -260,7 +262,7 @@ impl Executor<'_> {
             StackStep::Backup { path } => {
                 let path = path.clone();
                 database::dump_to(self, &path)?;
-                eprintln!("backup: {}", path.display());
+                self.say(&format!("backup: {}", path.display()));
                 Ok(())
             }
             StackStep::SetTag { path, contents, .. } => {
@@ -279,7 +281,15 @@ impl Executor<'_> {
 
     /// Runs `plan`, and its recovery when a step at or after its point of no return fails.
     pub fn execute(&self, plan: &Plan<StackStep>) -> std::result::Result<(), Failure> {
-        plan.execute_with(|step| self.perform(step))
+        let count = plan.steps.len() + plan.recovery.as_ref().map_or(0, |recovery| recovery.steps.len());
+        let mut number = 0;
+        let result = plan.execute_with(|step| {
+            number += 1;
+            self.progress.step(number, count, &step.to_string());
+            self.perform(step)
+        });
+        self.progress.finish(result.is_ok());
+        result
     }
 }
 

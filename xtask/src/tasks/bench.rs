@@ -6,6 +6,7 @@
 //! docker, the xtask binary itself) runs through the runner.
 
 mod compile;
+mod traffic;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -49,7 +50,10 @@ pub enum BenchCommand {
     /// (as a runner pulls them through a Nexus proxy). Every tag of a base image goes, so the
     /// lab's own copies (`intric-lab/...`) are removed too and put back from the lab registry
     /// at the end. Each run starts from new repositories in the registry; the verdict is on
-    /// the median ratio of the runs. Needs the lab: `eval "$(cargo xtask sandbox env)"` first.
+    /// the median ratio of the runs. Both sides reach the registry (their images and the base
+    /// images) through a byte-counting relay on 127.0.0.1, so each case also reports the bytes
+    /// each side pulled and pushed, and their ratio. Needs the lab:
+    /// `eval "$(cargo xtask sandbox env)"` first.
     #[command(
         after_help = "Examples:\n  eval \"$(cargo xtask sandbox env)\" && cargo xtask bench build\n  cargo xtask bench build --runs 1"
     )]
@@ -364,23 +368,48 @@ enum Side {
     Ours,
 }
 
-/// The lab's registry and base images, from the environment `sandbox env` prints.
+/// The lab's registry and base images, from the environment `sandbox env` prints, and the
+/// relay in front of the registry that both sides go through.
 struct Lab {
+    /// The relay's address, which both sides use as the registry's.
     registry: String,
+    /// The base images by build arg, as the lab names them: where they are put back.
     base_images: std::collections::BTreeMap<String, String>,
+    /// The same base images through the relay: what both sides build from.
+    relayed_bases: std::collections::BTreeMap<String, String>,
+    relay: traffic::Relay,
 }
 
 fn bench_build(runs: usize) -> Result<()> {
     ensure!(runs > 0, "--runs must be at least 1");
     let env = crate::adapters::ci_env::process_env();
-    let registry = lab_registry(&env)?;
-    let lab = Lab { registry, base_images: crate::images::build::base_images(&env, None) };
+    let upstream = lab_registry(&env)?;
+    let relay = traffic::Relay::start(&upstream)?;
+    let base_images = crate::images::build::base_images(&env, None);
+    let relayed_bases = base_images
+        .iter()
+        .map(|(variable, image)| {
+            let relayed = match image.strip_prefix(upstream.as_str()) {
+                Some(rest) => format!("{}{rest}", relay.address),
+                None => image.clone(),
+            };
+            (variable.clone(), relayed)
+        })
+        .collect();
+    let lab = Lab { registry: relay.address.clone(), base_images, relayed_bases, relay };
     let runner = Processes::new();
     let docker = crate::adapters::docker::Docker::detect(&runner)?;
     let base_images = BaseImages::read(&runner, &docker, lab.base_images.values())?;
     let result = compare_builds(&runner, &docker, &lab, &base_images, runs);
     // Put the base images back whatever happened, so the lab (and `sandbox up`) find them.
     let restored = base_images.restore(&runner, &docker);
+    // The relay's port is this run's alone: its login and its names of the base images are of
+    // no use after it (the images themselves keep the lab's names).
+    runner.read(&docker.command().args(["logout", &lab.registry])).ok();
+    let relayed = lab.relayed_bases.values().filter(|image| image.starts_with(lab.registry.as_str()));
+    for image in relayed.filter(|image| docker.image_exists(&runner, image)) {
+        runner.read(&docker.command().args(["image", "rm", image])).ok();
+    }
     result.and(restored)
 }
 
@@ -389,7 +418,7 @@ const CASES: [(&str, bool, f64); 4] = [
     ("cold build, nothing in the registry, fresh runner", true, 0.6),
     ("no-op (nothing changed since the last push), fresh runner", true, 0.10),
     ("no-op, warm workstation", false, 1.0),
-    ("one backend source file changed, fresh runner", true, 0.6),
+    ("one backend source file changed, fresh runner", true, 0.10),
 ];
 
 fn compare_builds(
@@ -400,29 +429,48 @@ fn compare_builds(
     runs: usize,
 ) -> Result<()> {
     let scratch = tempfile_dir()?;
-    // ratios[case] holds one ratio per run.
+    // ratios[case] holds one time ratio per run; traffic[case] the bytes of the last run.
     let mut ratios = vec![Vec::new(); CASES.len()];
+    let mut traffic = vec![[traffic::Traffic::default(); 2]; CASES.len()];
     for run in 1..=runs {
-        let seconds = run_cases(runner, docker, lab, base_images, &scratch, run)?;
-        for (case, [old, ours]) in seconds.into_iter().enumerate() {
+        let measured = run_cases(runner, docker, lab, base_images, &scratch, run)?;
+        for (case, [(old, old_bytes), (ours, our_bytes)]) in measured.into_iter().enumerate() {
             let ratio = ours / old;
-            eprintln!("run {run}/{runs}: {}: old {old:.1} s, xtask {ours:.1} s, ratio {ratio:.3}", CASES[case].0);
+            eprintln!(
+                "run {run}/{runs}: {}: old {old:.1} s ({}), xtask {ours:.1} s ({}), ratio {ratio:.3}",
+                CASES[case].0,
+                bytes_moved(old_bytes),
+                bytes_moved(our_bytes)
+            );
             ratios[case].push(ratio);
+            traffic[case] = [old_bytes, our_bytes];
         }
     }
-    println!("build --push against the old script's procedure, on {}, median of {runs} run(s):", lab.registry);
-    for ((case, _, goal), mut ratios) in CASES.into_iter().zip(ratios) {
+    println!(
+        "build --push against the old script's procedure, through a byte counter in front of {}, median of {runs} \
+         run(s):",
+        lab.relay.address
+    );
+    for (((case, _, goal), mut ratios), [old, ours]) in CASES.into_iter().zip(ratios).zip(traffic) {
         ratios.sort_by(f64::total_cmp);
         let median = ratios[ratios.len() / 2];
         let verdict = if median <= goal { "met" } else { "NOT met" };
         let all: Vec<String> = ratios.iter().map(|ratio| format!("{ratio:.3}")).collect();
         println!("  {case}: ratio {median:.3} (runs: {}; goal <= {goal}: {verdict})", all.join(", "));
+        let byte_ratio = ours.total() as f64 / old.total().max(1) as f64;
+        println!("    bytes: old {}, xtask {}, ratio {byte_ratio:.3}", bytes_moved(old), bytes_moved(ours));
     }
     std::fs::remove_dir_all(&scratch).ok();
     Ok(())
 }
 
-/// One run of the four cases in new registry repositories: the seconds of each side per case.
+/// `pulled 12.3 MB, pushed 0.1 MB`.
+fn bytes_moved(traffic: traffic::Traffic) -> String {
+    format!("pulled {}, pushed {}", traffic::megabytes(traffic.pulled), traffic::megabytes(traffic.pushed))
+}
+
+/// One run of the four cases in new registry repositories: the seconds and the registry
+/// traffic of each side per case.
 fn run_cases(
     runner: &dyn Runner,
     docker: &crate::adapters::docker::Docker,
@@ -430,7 +478,7 @@ fn run_cases(
     base_images: &BaseImages,
     scratch: &Path,
     run: usize,
-) -> Result<Vec<[f64; 2]>> {
+) -> Result<Vec<[(f64, traffic::Traffic); 2]>> {
     let repo = scratch.join(format!("repo-{run}"));
     let workspace = crate::adapters::workspace_root();
     runner.read(&git_clone(&workspace, &repo)).context("cannot clone the workspace")?;
@@ -449,11 +497,12 @@ fn run_cases(
                 ["-c", "user.name=bench", "-c", "user.email=bench@example.com", "commit", "--quiet", "-am", "bench"];
             runner.read(&Command::new("git").args(commit).current_dir(&repo))?;
         }
-        let mut case = [0.0; 2];
+        let mut case = [(0.0, traffic::Traffic::default()); 2];
         for (slot, side) in [Side::Old, Side::Ours].into_iter().enumerate() {
             if *fresh {
                 fresh_runner(runner, docker, &namespaces, base_images)?;
             }
+            lab.relay.take();
             let started = Instant::now();
             match side {
                 Side::Old => old_procedure(runner, docker, &repo, &namespace(side), lab)?,
@@ -461,11 +510,13 @@ fn run_cases(
                     let xtask = std::env::current_exe()?;
                     let target = namespace(side);
                     let repo = repo.display().to_string();
-                    runner
-                        .read(&xtask_command(&xtask, &["build", "--push", "--registry", &target, "--repo", &repo]))?;
+                    let build = xtask_command(&xtask, &["build", "--push", "--registry", &target, "--repo", &repo]);
+                    let build =
+                        lab.relayed_bases.iter().fold(build, |build, (variable, image)| build.env(variable, image));
+                    runner.read(&build)?;
                 }
             }
-            case[slot] = started.elapsed().as_secs_f64();
+            case[slot] = (started.elapsed().as_secs_f64(), lab.relay.take());
         }
         seconds.push(case);
     }
@@ -499,7 +550,7 @@ fn old_procedure(
     for service in crate::images::Service::ALL {
         let image = format!("{namespace}/{}:latest", service.repository());
         let context = repo.join(service.context_dir());
-        let mut build_args = crate::images::build::base_image_args(service, &lab.base_images);
+        let mut build_args = crate::images::build::base_image_args(service, &lab.relayed_bases);
         build_args.push(("BUILDKIT_INLINE_CACHE".into(), "1".into()));
         let spec = crate::adapters::docker::BuildSpec {
             dockerfile: context.join("Dockerfile"),

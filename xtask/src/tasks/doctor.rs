@@ -7,7 +7,9 @@
 //! and 10 GB disk, warn below the recommended 4 GB and 50 GB), the registry of `.env` reachable
 //! with the login this machine has (fail), `env check` (fail on errors, warn on warnings), and
 //! for each service with a healthcheck whether its command exists in the service's image (fail:
-//! such a healthcheck never passes, and `deploy` would wait minutes for it).
+//! such a healthcheck never passes, and `deploy` would wait minutes for it), and warns where a
+//! service runs its own `command:` without a healthcheck while its image has one (it inherits a
+//! check made for the image's own command).
 //!
 //! The healthcheck probe runs no shell and nothing of the image: it creates a container that is
 //! never started (`docker create`, pulling the image if needed), copies the command's file out of
@@ -357,10 +359,69 @@ fn healthcheck_checks(deployment: &Deployment, runner: &dyn Runner) -> Vec<Check
     let Some(config) = config.and_then(|text| serde_json::from_str::<Value>(&text).ok()) else {
         return vec![check("healthchecks", Verdict::Warn, "unknown", "compose cannot print the configuration")];
     };
-    healthchecks(&config)
+    let mut checks: Vec<Check> = healthchecks(&config)
         .iter()
         .map(|healthcheck| judge_healthcheck(healthcheck, missing_programs(runner, &compose.program, healthcheck)))
+        .collect();
+    for service in own_commands_without_healthcheck(&config) {
+        let inspect = runner.read(&docker::image_inspect_command(&compose.program, &[service.image.as_str()]));
+        let inherited = inspect.ok().and_then(|text| image_healthcheck(&text));
+        checks.extend(judge_inherited(&service, inherited));
+    }
+    checks
+}
+
+/// A service that runs its own `command:` and says nothing of a healthcheck.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnCommand {
+    pub service: String,
+    pub image: String,
+    pub command: String,
+}
+
+/// The services of compose's configuration that set `command:` but no `healthcheck:`: they
+/// inherit their image's HEALTHCHECK, which was written for the image's own command (a worker
+/// running the backend image inherits the API's HTTP check, which it can never pass).
+pub fn own_commands_without_healthcheck(config: &Value) -> Vec<OwnCommand> {
+    let Some(services) = config["services"].as_object() else { return Vec::new() };
+    services
+        .iter()
+        .filter(|(_, definition)| definition.get("healthcheck").is_none())
+        .filter_map(|(service, definition)| {
+            let image = definition["image"].as_str()?;
+            let words: Vec<&str> = definition["command"].as_array()?.iter().filter_map(Value::as_str).collect();
+            let command = words.join(" ");
+            Some(OwnCommand { service: service.clone(), image: image.to_string(), command })
+        })
         .collect()
+}
+
+/// The HEALTHCHECK command of an image, from `docker image inspect`; none for `NONE` or none.
+pub fn image_healthcheck(inspect: &str) -> Option<String> {
+    let config: Value = serde_json::from_str(inspect).ok()?;
+    let words: Vec<&str> =
+        config[0]["Config"]["Healthcheck"]["Test"].as_array()?.iter().filter_map(Value::as_str).collect();
+    match words.as_slice() {
+        [] | ["NONE", ..] => None,
+        ["CMD-SHELL", script] => Some(script.to_string()),
+        [_, command @ ..] => Some(command.join(" ")),
+    }
+}
+
+/// A warning when `service` inherits its image's healthcheck while running a command of its own.
+pub fn judge_inherited(service: &OwnCommand, inherited: Option<String>) -> Option<Check> {
+    let OwnCommand { service, image, command } = service;
+    let inherited = inherited?;
+    Some(check(
+        &format!("healthcheck {service}"),
+        Verdict::Warn,
+        format!("inherits `{inherited}` from {image}"),
+        format!(
+            "{service} runs `{command}` but inherits the healthcheck of {image} (`{inherited}`), made for \
+             the image's own command: give {service} a `healthcheck:` of its own in the compose file, or \
+             `healthcheck: {{ disable: true }}`"
+        ),
+    ))
 }
 
 /// The line for one healthcheck, from the programs found missing in its image.
@@ -393,6 +454,26 @@ pub fn judge_healthcheck(healthcheck: &Healthcheck, missing: Result<Vec<String>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_with_its_own_command_inherits_the_image_healthcheck_and_is_warned() {
+        let config = serde_json::json!({"services": {
+            "worker": {"image": "n/intric/backend:1", "command": ["arq", "intric.worker.WorkerSettings"]},
+            "backend": {"image": "n/intric/backend:1", "command": ["uvicorn"], "healthcheck": {"test": ["CMD", "python"]}},
+            "db": {"image": "pg"},
+        }});
+        let found = own_commands_without_healthcheck(&config);
+        assert_eq!(found.iter().map(|own| own.service.as_str()).collect::<Vec<_>>(), ["worker"]);
+        let inspect = r#"[{"Config": {"Healthcheck": {"Test": ["CMD", "python", "-c", "urlopen('/healthz')"]}}}]"#;
+        let inherited = image_healthcheck(inspect);
+        assert_eq!(inherited.as_deref(), Some("python -c urlopen('/healthz')"));
+        let line = judge_inherited(&found[0], inherited).unwrap();
+        assert_eq!(line.verdict, Verdict::Warn);
+        assert!(line.fix.starts_with("worker runs `arq intric.worker.WorkerSettings` but inherits"), "{}", line.fix);
+        assert_eq!(image_healthcheck(r#"[{"Config": {"Healthcheck": {"Test": ["NONE"]}}}]"#), None);
+        assert_eq!(image_healthcheck(r#"[{"Config": {}}]"#), None);
+        assert!(judge_inherited(&found[0], None).is_none(), "an image without a healthcheck is fine");
+    }
 
     #[test]
     fn versions_against_minimums() {

@@ -14,6 +14,7 @@
 
 pub mod address;
 pub mod auth;
+mod blobs;
 /// The tests' one fake registry, shared with the end-to-end tests.
 #[cfg(test)]
 #[path = "../../../tests/common/fake_registry.rs"]
@@ -421,7 +422,7 @@ fn platform_manifest(index: &Value) -> Option<String> {
 }
 
 /// `sha256:<hex>` of `bytes`: the content digest registries use.
-fn sha256_digest(bytes: &[u8]) -> String {
+pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
@@ -883,7 +884,7 @@ mod tests {
 
     /// A client for the lab registry with its credentials, or `None` (with a note) when the lab is
     /// not up. With `CI` set, a missing lab fails the test instead: CI must run these.
-    fn lab() -> Option<(Registry, Credentials)> {
+    pub(super) fn lab() -> Option<(Registry, Credentials)> {
         // Where an engine answers, start the lab (once per test run) instead of skipping: these
         // tests are what proves the client against a real registry.
         static STARTED: std::sync::Once = std::sync::Once::new();
@@ -928,26 +929,9 @@ mod tests {
         Some((Registry::new(address, Some(credentials.clone()), QUICK), credentials))
     }
 
-    /// Uploads `bytes` as a blob of `repository` (monolithic upload), returning its digest.
+    /// Uploads `bytes` as a blob of `repository`, returning its digest.
     fn push_blob(registry: &Registry, repository: &str, bytes: &[u8]) -> String {
-        let digest = sha256_digest(bytes);
-        let scope = Some(registry.scope(repository));
-        let start = Call::new("POST", registry.address.api_url(repository, "blobs/uploads/"), scope.clone());
-        let started = registry.execute(&start).unwrap();
-        assert_eq!(started.status, 202, "{}", started.errors());
-        let location = started.header("location").unwrap();
-        let location = if location.starts_with('/') {
-            format!("{}{location}", registry.address.base_url())
-        } else {
-            location.to_string()
-        };
-        let separator = if location.contains('?') { '&' } else { '?' };
-        let mut put = Call::new("PUT", format!("{location}{separator}digest={}", percent_encode(&digest)), scope);
-        put.content_type = Some("application/octet-stream");
-        put.body = Some(bytes);
-        let done = registry.execute(&put).unwrap();
-        assert_eq!(done.status, 201, "{}", done.errors());
-        digest
+        registry.upload_blob(repository, bytes).unwrap()
     }
 
     /// Pushes a tiny single-layer image labelled `revision` as `repository:tag`, pretty-printed so
