@@ -213,6 +213,7 @@ pub fn swarm_update(
     current: &str,
     (to_tag, from, to): (&str, &SwarmFiles, &SwarmFiles),
     backup: PathBuf,
+    allow_downtime: bool,
 ) -> Result<StackPlan> {
     let from_tag = resume_from(current, &inputs.lock);
     let steps = plan_swarm_update(&SwarmUpdateInputs {
@@ -226,6 +227,7 @@ pub fn swarm_update(
         login: inputs.login.clone(),
         backup_path: backup.clone(),
         timeout: inputs.timeout,
+        allow_downtime,
     })?;
     let lock = inputs.lock_step(holder(command, Some(from_tag.clone()), Some(to_tag.to_string())));
     let operation =
@@ -906,7 +908,12 @@ mod tests {
     /// The swarm engine as these tests script it: a manager whose nodes have no data label, a
     /// database initialized or not, services that run the images of the stack file written in
     /// `dir` (but `rolled_back` back on its 1.0.0 image), each task running.
-    fn swarm_engine(dir: &Path, initialized: bool, rolled_back: Option<&'static str>) -> Recording {
+    fn swarm_engine(
+        dir: &Path,
+        initialized: bool,
+        rolled_back: Option<&'static str>,
+        migrations: &'static str,
+    ) -> Recording {
         let dir = dir.to_path_buf();
         Recording::replying(move |shown| {
             if shown.contains(" pg_dump ") {
@@ -925,6 +932,7 @@ mod tests {
                 _ if shown.contains("to_regclass") => if initialized { "t" } else { "f" }.into(),
                 _ if shown.contains("string_agg(version_num") => "0001".into(),
                 _ if shown.contains("gzip -dc") => DUMP_COMPLETE.into(),
+                _ if shown.contains("alembic/versions") => migrations.into(),
                 _ if shown.starts_with("docker ps --quiet") => "db-container".into(),
                 _ if shown.starts_with("docker service inspect") && shown.contains("{{.Spec.Name}}") => services()
                     .iter()
@@ -979,7 +987,7 @@ mod tests {
         let site = deployment(dir.path(), "1.0.0");
         let stack = Stack { program: "docker".into(), name: "ops-test".into() };
         let plan = swarm_deploy(inputs(&site), stack, &swarm_files(&site, "1.0.0"), None, "1.0.0".into());
-        let engine = swarm_engine(dir.path(), false, None);
+        let engine = swarm_engine(dir.path(), false, None, SAFE_MIGRATIONS);
         plan.execute(&engine).unwrap();
         let changes = swarm_changes(&engine.executed());
         let swarm = dir.path().join(".swarm");
@@ -1004,7 +1012,7 @@ mod tests {
         let shown = format!("{plan}{plan:?}");
         assert!(!shown.contains("canary"), "no .env value in the plan: {shown}");
 
-        let again = swarm_engine(dir.path(), true, None);
+        let again = swarm_engine(dir.path(), true, None, SAFE_MIGRATIONS);
         let stack = Stack { program: "docker".into(), name: "ops-test".into() };
         let plan = swarm_deploy(inputs(&site), stack, &swarm_files(&site, "1.0.0"), None, "1.0.0".into());
         plan.execute(&again).unwrap();
@@ -1021,9 +1029,9 @@ mod tests {
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
         let stack = Stack { program: "docker".into(), name: "ops-test".into() };
         let (from, to) = (swarm_files(&site, "1.0.0"), swarm_files(&site, "1.1.0"));
-        let plan =
-            swarm_update(inputs(&site), stack, "update", "1.0.0", ("1.1.0", &from, &to), backup.clone()).unwrap();
-        let engine = swarm_engine(dir.path(), true, Some("backend"));
+        let plan = swarm_update(inputs(&site), stack, "update", "1.0.0", ("1.1.0", &from, &to), backup.clone(), false)
+            .unwrap();
+        let engine = swarm_engine(dir.path(), true, Some("backend"), SAFE_MIGRATIONS);
         let error = plan.execute(&engine).unwrap_err().to_string();
         assert!(error.contains("failed and was rolled back to 1.0.0"), "{error}");
         assert!(error.contains("swarm rolled backend back"), "{error}");
@@ -1044,5 +1052,26 @@ mod tests {
         assert!(written.contains("r/intric/backend:1.0.0") && !written.contains("1.1.0"), "the old stack file is back");
         let record = read_history(&site.history_path()).unwrap().pop().unwrap();
         assert_eq!((record.result, record.mode.as_deref()), (Outcome::RolledBack, Some("swarm")));
+    }
+
+    #[test]
+    fn a_swarm_update_whose_migrations_drop_a_column_is_refused_before_anything_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = deployment(dir.path(), "1.0.0");
+        let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
+        let stack = Stack { program: "docker".into(), name: "ops-test".into() };
+        let (from, to) = (swarm_files(&site, "1.0.0"), swarm_files(&site, "1.1.0"));
+        let plan = swarm_update(inputs(&site), stack, "update", "1.0.0", ("1.1.0", &from, &to), backup.clone(), false)
+            .unwrap();
+        let dropping = r#"{"0001_initial.py": "revision = \"0001\"\n", "0002_drop.py": "revision = \"0002\"\ndown_revision = \"0001\"\ndef upgrade():\n    op.drop_column(\"jobs\", \"text\")\n"}"#;
+        let engine = swarm_engine(dir.path(), true, None, dropping);
+        let error = format!("{:#}", plan.execute(&engine).unwrap_err());
+        assert!(error.starts_with("update to 1.1.0 failed before changing anything"), "{error}");
+        assert!(error.contains("0002_drop.py:4: op.drop_column"), "{error}");
+        let list = engine.executed().into_iter().find(|c| c.contains("alembic/versions")).unwrap();
+        assert!(list.contains(" r/intric/backend:1.1.0 python -c "), "the new image's migrations: {list}");
+        assert!(swarm_changes(&engine.executed()).iter().all(|c| !c.starts_with("docker stack deploy")));
+        assert!(!backup.exists() && !dir.path().join(".swarm").exists(), "nothing written");
+        assert_eq!(env_tag(dir.path()), "1.0.0");
     }
 }

@@ -209,9 +209,13 @@ pub struct SwarmUpdateInputs<'a> {
     pub login: Option<Command>,
     pub backup_path: PathBuf,
     pub timeout: u64,
+    /// Skip the check that the new migrations only add (the old tasks may fail against the
+    /// migrated database until swarm replaces them).
+    pub allow_downtime: bool,
 }
 
-/// `update --swarm` (and rollback): back up, then switch: `.env`, the new stack files, the
+/// `update --swarm` (and rollback): check that the new image's migrations only add (unless
+/// `allow_downtime`), back up, then switch: `.env`, the new stack files, the
 /// migrations with the new backend image while the old version serves, `docker stack
 /// deploy` (swarm starts each new task beside the old one and stops the old one once the new
 /// one is healthy, or rolls the service back), and wait for it. When that fails, `.env` and
@@ -220,6 +224,9 @@ pub fn plan_swarm_update(inputs: &SwarmUpdateInputs) -> Result<Plan<StackStep>> 
     let stack = inputs.stack;
     let mut steps: Vec<StackStep> = inputs.login.clone().into_iter().map(StackStep::Run).collect();
     steps.push(swarm(stack, SwarmAction::Prepare));
+    if !inputs.allow_downtime {
+        steps.push(swarm(stack, SwarmAction::CheckMigrations(inputs.to.one_off.clone())));
+    }
     steps.push(swarm(stack, SwarmAction::Backup { path: inputs.backup_path.clone() }));
     let point_of_no_return = steps.len();
     let switch = |tag: &str, files: &SwarmFiles| -> Result<Vec<StackStep>> {
@@ -366,6 +373,7 @@ mod tests {
                     SwarmAction::InitOrMigrate(_) => "init-or-migrate".into(),
                     SwarmAction::Migrate(_) => "migrate".into(),
                     SwarmAction::Backup { .. } => "backup".into(),
+                    SwarmAction::CheckMigrations(_) => "check migrations".into(),
                 },
             })
             .collect()

@@ -36,7 +36,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::adapters::clock;
-use crate::adapters::compose::{Compose, Database, STATELESS};
+use crate::adapters::compose::{Compose, Database, PRINT_MIGRATIONS, STATELESS};
 use crate::adapters::swarm::{DATA_LABEL, Stack};
 use crate::plan::runner::Runner;
 use crate::plan::{Command, Secret};
@@ -357,6 +357,9 @@ pub enum SwarmAction {
     Migrate(OneOff),
     /// A backup of the database to `path`, through `pg_dump` in the db task's container.
     Backup { path: PathBuf },
+    /// Refuses when the migrations of `one_off`'s image after the database's revision drop or
+    /// rename a column or table, as in compose mode.
+    CheckMigrations(OneOff),
 }
 
 /// A swarm step and the stack it acts on.
@@ -404,6 +407,12 @@ impl fmt::Display for SwarmStep {
             SwarmAction::Migrate(one_off) => {
                 write!(f, "unless the image does not know the database's revision: {}", migrate(stack, one_off))
             }
+            SwarmAction::CheckMigrations(one_off) => write!(
+                f,
+                "refuse if the new image's migrations after the database's revision drop or rename a column or \
+                 table (--allow-downtime overrides): {}",
+                list_migrations(stack, one_off)
+            ),
             SwarmAction::Backup { path } => write!(
                 f,
                 "back up the database (pg_dump in the db task's container | gzip, checked, then renamed) to {}",
@@ -417,6 +426,12 @@ fn db_init(stack: &Stack, one_off: &OneOff) -> Command {
     stack
         .run_once(&one_off.image, &one_off.env_file, one_off.db_init.iter().cloned())
         .hint("db-init failed: its output above says why (database settings in .env?)")
+}
+
+fn list_migrations(stack: &Stack, one_off: &OneOff) -> Command {
+    stack
+        .run_once(&one_off.image, &one_off.env_file, ["python", "-c", PRINT_MIGRATIONS])
+        .hint("reading the new backend image's migrations failed: its output above says why")
 }
 
 fn migrate(stack: &Stack, one_off: &OneOff) -> Command {
@@ -455,21 +470,26 @@ impl Executor<'_> {
             SwarmAction::Converge { services, timeout } => self.converge(stack, services, *timeout),
             SwarmAction::InitOrMigrate(one_off) => match self.swarm_db_state(stack)? {
                 DbState::Uninitialized => {
-                    eprintln!("the database was never initialized: running db-init once");
+                    self.say("the database was never initialized: running db-init once");
                     self.run(&db_init(stack, one_off))
                 }
                 DbState::At(revision) => {
-                    eprintln!("the database is initialized (revision {revision}): running the image's migrations");
+                    self.say(&format!(
+                        "the database is initialized (revision {revision}): running the image's migrations"
+                    ));
                     self.swarm_migrate(stack, one_off)
                 }
             },
             SwarmAction::Migrate(one_off) => self.swarm_migrate(stack, one_off),
+            SwarmAction::CheckMigrations(one_off) => {
+                self.check_migrations_at(self.swarm_db_state(stack)?, &list_migrations(stack, one_off))
+            }
             SwarmAction::Backup { path } => {
                 let id = self.db_container(stack)?;
                 let Database { user, name } = &self.compose.database;
                 let dump = stack.exec(&id, ["pg_dump", "--no-owner", "--no-privileges", "-U", user, "-d", name]);
                 database::dump_with(self, dump, path)?;
-                eprintln!("backup: {}", path.display());
+                self.say(&format!("backup: {}", path.display()));
                 Ok(())
             }
         }
@@ -486,9 +506,9 @@ impl Executor<'_> {
             );
         };
         if self.read(&stack.data_nodes())?.trim().is_empty() {
-            eprintln!(
+            self.say(&format!(
                 "no node has the label {DATA_LABEL}=true: labelling this one ({node}), where db and redis will run"
-            );
+            ));
             self.run(&stack.label_data_node(node))?;
         }
         Ok(())
@@ -525,10 +545,10 @@ impl Executor<'_> {
             && !revision.is_empty()
             && self.read(&stack.run_once(&one_off.image, &one_off.env_file, ["alembic", "show", &revision])).is_err()
         {
-            eprintln!(
+            self.say(&format!(
                 "migrations: the database is at revision {revision}, which this image does not know \
                  (a newer version migrated it): skipped"
-            );
+            ));
             return Ok(());
         }
         self.run(&migrate(stack, one_off))
@@ -560,7 +580,7 @@ impl Executor<'_> {
                     if p.update.is_empty() { String::new() } else { format!(", update {}", p.update) }
                 );
                 if shown.get(service) != Some(&line) {
-                    eprintln!("{line}");
+                    self.say(&line);
                     shown.insert(service.clone(), line.clone());
                 }
                 let rolled_back = services.get(service).is_some_and(|image| without_digest(image) != p.image);

@@ -198,10 +198,10 @@ fn update(
     let UpdateOptions { restore_on_failure, backup_dir, allow_downtime, drain, change, swarm } = options;
     let current = deployment.current_tag().context("IMAGE_TAG is not set in .env")?;
     let stack = swarm.stack(&deployment.compose, history)?;
-    if stack.is_some() && (restore_on_failure || allow_downtime) {
+    if stack.is_some() && restore_on_failure {
         anyhow::bail!(
-            "--restore-on-failure and --allow-downtime are compose-mode options: on swarm a failed update is \
-             rolled back by swarm, and `cargo xtask restore` restores a backup"
+            "--restore-on-failure is a compose-mode option: on swarm a failed update is rolled back by swarm, \
+             and the message names the backup taken before it"
         );
     }
     let inputs = change_inputs(deployment, change)?;
@@ -222,7 +222,7 @@ fn update(
                 translate(&config, &deployment.dir, &stack, &replicas)
             };
             let (from, to) = (files(&from_tag)?, files(to_tag)?);
-            operation::swarm_update(inputs, stack, command, &current, (to_tag, &from, &to), backup)?
+            operation::swarm_update(inputs, stack, command, &current, (to_tag, &from, &to), backup, allow_downtime)?
         }
     };
     show_or_run(&plan, change.dry_run, runner).map(|_| ())
