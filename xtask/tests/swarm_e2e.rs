@@ -4,7 +4,8 @@
 //! not run it again) → `update` to v2 with a probe requesting `/` and `/api/v1/healthz`
 //! through the edge's port every 20 ms (not one request may fail) → an update to a version
 //! whose backend exits at start, which swarm rolls back (the history says so, the old version
-//! serves, no request fails) → a row written before is still there.
+//! serves, no request fails) → `rollback` to v1 (no request fails) → a row written before is
+//! still there.
 //!
 //! It needs a Docker engine: with `CI` set a missing engine fails it; elsewhere it says why it
 //! did nothing. It runs `docker swarm init --advertise-addr 127.0.0.1` when the engine is not
@@ -195,6 +196,16 @@ fn the_compose_file_runs_on_swarm_and_updates_fail_no_request() {
     for service in ["backend", "worker", "frontend"] {
         assert!(site.image_of(service).ends_with(&format!("/intric/{service}:{V2}")), "{}", site.image_of(service));
     }
+
+    // rollback: an update to the tag deployed before, the same start-first way.
+    let probe = Probe::start(FRONTEND_PORT);
+    let step = Instant::now();
+    let rolled = site.ok(&["rollback", "--timeout", "240"]);
+    std::thread::sleep(Duration::from_secs(1));
+    probe.assert_no_failure("rollback --swarm");
+    eprintln!("timing: rollback {:.1} s", step.elapsed().as_secs_f64());
+    assert!(rolled.contains(&format!("rollback {V2} -> {V1} done")), "{rolled}");
+    assert!(site.image_of("backend").ends_with(&format!("/intric/backend:{V1}")), "{}", site.image_of("backend"));
 
     // The data written before is still there.
     assert_eq!(site.sql("select note from swarm_e2e_kept"), "written before");

@@ -25,6 +25,11 @@
 //!   its content's digest (swarm configs cannot change in place);
 //! - `.env`'s values stay in the environment of the services, in the stack file (mode 0600,
 //!   in `DIR/.swarm/`, never printed): `docker stack deploy` reads it, no argv carries them.
+//!
+//! What the steps run (argv in `adapters::swarm`): `docker info` and `docker node ls|update`
+//! (a manager, the data label), `docker stack deploy`, `docker service inspect|ps` each second
+//! while waiting, `docker ps` and `docker exec` of `psql`/`pg_dump` in the db task's container,
+//! and `docker run --rm` of the backend image for db-init and the migrations.
 
 use std::collections::BTreeMap;
 use std::fmt;

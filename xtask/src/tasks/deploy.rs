@@ -20,6 +20,11 @@
 //!   check and recreates the containers in place instead (`up --wait`).
 //! - `rollback [--to T]`: an update to T, or to the last tag that was deployed successfully
 //!   before the current one, from the history.
+//! - `--swarm` (all three; recorded in the history, so later runs on the directory need not
+//!   repeat it): the same stack on Docker Swarm, from a stack file made of compose's own
+//!   resolution of the compose file (`stack::swarm`): deploy runs db and redis, db-init once,
+//!   then the rest with `docker stack deploy`; update checks, backs up, migrates and lets
+//!   swarm replace each task start-first, waiting until it completes or swarm rolls it back.
 //!
 //! The history is `DIR/.deploy-history.jsonl`, one JSON object per line, only ever appended.
 //! The lock is `DIR/.deploy.lock`, created atomically with its holder in it (pid, user, host,
