@@ -1022,8 +1022,8 @@ mod tests {
         assert!(runs[0].ends_with("alembic upgrade head"), "{runs:?}");
     }
 
-    #[test]
-    fn a_swarm_update_that_swarm_rolls_back_puts_the_old_tag_back_and_says_so() {
+    /// A deployment at 1.0.0 in a new directory, its backup path, and its plan of `update --swarm` to 1.1.0.
+    fn swarm_update_1_1_0() -> (tempfile::TempDir, Deployment, PathBuf, StackPlan) {
         let dir = tempfile::tempdir().unwrap();
         let site = deployment(dir.path(), "1.0.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
@@ -1031,6 +1031,12 @@ mod tests {
         let (from, to) = (swarm_files(&site, "1.0.0"), swarm_files(&site, "1.1.0"));
         let plan = swarm_update(inputs(&site), stack, "update", "1.0.0", ("1.1.0", &from, &to), backup.clone(), false)
             .unwrap();
+        (dir, site, backup, plan)
+    }
+
+    #[test]
+    fn a_swarm_update_that_swarm_rolls_back_puts_the_old_tag_back_and_says_so() {
+        let (dir, site, backup, plan) = swarm_update_1_1_0();
         let engine = swarm_engine(dir.path(), true, Some("backend"), SAFE_MIGRATIONS);
         let error = plan.execute(&engine).unwrap_err().to_string();
         assert!(error.contains("failed and was rolled back to 1.0.0"), "{error}");
@@ -1056,13 +1062,7 @@ mod tests {
 
     #[test]
     fn a_swarm_update_whose_migrations_drop_a_column_is_refused_before_anything_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let site = deployment(dir.path(), "1.0.0");
-        let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let stack = Stack { program: "docker".into(), name: "ops-test".into() };
-        let (from, to) = (swarm_files(&site, "1.0.0"), swarm_files(&site, "1.1.0"));
-        let plan = swarm_update(inputs(&site), stack, "update", "1.0.0", ("1.1.0", &from, &to), backup.clone(), false)
-            .unwrap();
+        let (dir, _, backup, plan) = swarm_update_1_1_0();
         let dropping = r#"{"0001_initial.py": "revision = \"0001\"\n", "0002_drop.py": "revision = \"0002\"\ndown_revision = \"0001\"\ndef upgrade():\n    op.drop_column(\"jobs\", \"text\")\n"}"#;
         let engine = swarm_engine(dir.path(), true, None, dropping);
         let error = format!("{:#}", plan.execute(&engine).unwrap_err());
