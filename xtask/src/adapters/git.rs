@@ -391,6 +391,118 @@ fn is_credential(name: &str) -> bool {
     ["token", "auth", "key", "secret", "pass", "pwd", "sig", "cred", "session"].iter().any(|word| name.contains(word))
 }
 
+// Remote refs, through the git CLI: the release lock and the tags on a remote. Unlike the reads
+// above, these talk to the remote, so they run the user's own `git` through the runner, with its
+// credentials, configuration and transports, as pushing by hand would; the runner also lets
+// `--dry-run` show them and unit tests record them. (Paths are spelt out so this section needs
+// nothing of the reading part's imports.)
+
+use crate::plan::Command;
+use crate::plan::runner::Runner;
+
+/// `git -C <repo>`: how every command of this section starts.
+fn git_in(repo: &Path) -> Command {
+    Command::new("git").arg("-C").arg(repo.display().to_string())
+}
+
+/// The names of the repository's remotes (`git remote`).
+pub fn remotes(runner: &dyn Runner, repo: &Path) -> Result<Vec<String>> {
+    let listed =
+        runner.read(&git_in(repo).arg("remote").hint(format!("git cannot list the remotes of {}", repo.display())))?;
+    Ok(listed.lines().map(str::trim).filter(|name| !name.is_empty()).map(str::to_string).collect())
+}
+
+/// A ref on a remote as `git ls-remote` lists it: its name, the object it names and, for an
+/// annotated tag, the commit it peels to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteRef {
+    /// The full name, `refs/tags/v1.0.0`.
+    pub name: String,
+    pub id: String,
+    pub peeled: Option<String>,
+}
+
+impl RemoteRef {
+    /// The commit the ref names, through an annotated tag.
+    pub fn commit(&self) -> &str {
+        self.peeled.as_deref().unwrap_or(&self.id)
+    }
+}
+
+/// `git ls-remote <remote> <patterns>`: the remote's refs matching `patterns`, asked of the
+/// remote itself (not this clone's copy of them).
+pub fn ls_remote_command(repo: &Path, remote: &str, patterns: &[&str]) -> Command {
+    git_in(repo)
+        .args(["ls-remote", remote])
+        .args(patterns.iter().copied())
+        .hint(format!("git cannot list the refs of remote {remote}; check that it answers (`git ls-remote {remote}`)"))
+}
+
+/// The refs [`ls_remote_command`] printed, each annotated tag's `^{}` line folded into it.
+pub fn parse_ls_remote(listing: &str) -> Vec<RemoteRef> {
+    let mut refs: Vec<RemoteRef> = Vec::new();
+    for (id, name) in listing.lines().filter_map(|line| line.split_once('\t')) {
+        match name.strip_suffix("^{}") {
+            Some(tag) => {
+                if let Some(found) = refs.iter_mut().find(|reference| reference.name == tag) {
+                    found.peeled = Some(id.to_string());
+                }
+            }
+            None => refs.push(RemoteRef { name: name.to_string(), id: id.to_string(), peeled: None }),
+        }
+    }
+    refs
+}
+
+/// The remote's refs matching `patterns`.
+pub fn remote_refs(runner: &dyn Runner, repo: &Path, remote: &str, patterns: &[&str]) -> Result<Vec<RemoteRef>> {
+    Ok(parse_ls_remote(&runner.read(&ls_remote_command(repo, remote, patterns))?))
+}
+
+/// `git commit-tree`: a commit of `parent`'s tree on top of `parent` with `message`, written to
+/// the object database without moving any ref; it prints the new commit's id. The identity is
+/// fixed, since CI runners often have none and what the commit says is in its message.
+pub fn commit_object_command(repo: &Path, parent: &str, message: &str) -> Command {
+    [("GIT_AUTHOR_NAME", "intric xtask"), ("GIT_AUTHOR_EMAIL", "xtask@localhost")]
+        .into_iter()
+        .chain([("GIT_COMMITTER_NAME", "intric xtask"), ("GIT_COMMITTER_EMAIL", "xtask@localhost")])
+        .fold(git_in(repo), |command, (key, value)| command.env(key, value))
+        .args(["commit-tree", &format!("{parent}^{{tree}}"), "-p", parent, "-m", message])
+        .hint(format!("git cannot write a commit object in {}", repo.display()))
+}
+
+/// `git push` of `source` (an object id; `None` deletes) to `reference` on `remote`, only if
+/// the remote's `reference` is `expected` right now (`None`: absent). The remote checks that
+/// as it updates the ref (a compare-and-swap), so of two such pushes at once, one is refused.
+/// Local hooks are skipped: this moves no branch, and a pre-push hook's checks are for those.
+pub fn push_with_lease_command(
+    repo: &Path,
+    remote: &str,
+    source: Option<&str>,
+    reference: &str,
+    expected: Option<&str>,
+) -> Command {
+    git_in(repo)
+        .args(["push", "--no-verify", "--porcelain"])
+        .arg(format!("--force-with-lease={reference}:{}", expected.unwrap_or_default()))
+        .arg(remote)
+        .arg(format!("{}:{reference}", source.unwrap_or_default()))
+        .hint(format!("git cannot update {reference} on remote {remote}"))
+}
+
+/// `git fetch` of the objects of `reference` on `remote`, writing no ref (not even FETCH_HEAD):
+/// to read an object another clone pushed.
+pub fn fetch_objects_command(repo: &Path, remote: &str, reference: &str) -> Command {
+    git_in(repo)
+        .args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", remote, reference])
+        .hint(format!("git cannot fetch {reference} from remote {remote}"))
+}
+
+/// The message of commit `id`: `git show --no-patch --format=%B`.
+pub fn commit_message_command(repo: &Path, id: &str) -> Command {
+    git_in(repo).args(["show", "--no-patch", "--format=%B", id]).hint(format!("git cannot read commit {id}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

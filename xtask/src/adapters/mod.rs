@@ -23,3 +23,21 @@ pub fn workspace_root() -> PathBuf {
         .expect("xtask lives one level below the workspace root")
         .to_path_buf()
 }
+
+/// Who runs this: `$USER`, else `uid N` (lock holders, the deploy history).
+pub fn current_user() -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::env::var("USER").ok().filter(|user| !user.is_empty()).unwrap_or_else(|| {
+        std::fs::metadata("/proc/self").map_or_else(|_| "unknown".to_string(), |meta| format!("uid {}", meta.uid()))
+    })
+}
+
+/// This machine's host name (lock holders).
+pub fn current_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|host| host.trim().to_string())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}

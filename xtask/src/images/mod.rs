@@ -11,7 +11,9 @@ pub mod dockerfile;
 pub mod inline_cache;
 pub mod inputs;
 pub mod location;
+pub mod promotion;
 pub mod release;
+pub mod release_lock;
 pub mod services;
 pub mod tags;
 

@@ -302,7 +302,8 @@ fn millis(duration: Duration) -> f64 {
 /// `cargo xtask bench release`: on the lab, the time of `release X --execute` (promoting HEAD's
 /// pushed images) against a full rebuild of the same commit (`build --push --no-cache`), and
 /// their ratio. Both run the built xtask binary as a process, in a clone of the workspace's
-/// HEAD, against repositories of this run's own below the lab registry
+/// HEAD (whose origin is a bare clone in the scratch directory: the releases take the release
+/// lock there), against repositories of this run's own below the lab registry
 /// (`<registry>/release-bench-<pid>/intric/<service>`), so the lab's `latest` never moves.
 fn bench_release(runs: usize) -> Result<()> {
     anyhow::ensure!(runs > 0, "--runs must be at least 1");
@@ -313,7 +314,11 @@ fn bench_release(runs: usize) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("xtask-release-bench-{}", std::process::id()));
     let repo = scratch.join("repo");
     let workspace = crate::adapters::workspace_root();
-    runner.read(&git_clone(&workspace, &repo)).context("cannot clone the workspace")?;
+    // The clone's origin is a bare copy of its own, so the releases take the release lock and
+    // push their tags as on a real remote, without touching the workspace's tags.
+    let origin = scratch.join("origin.git");
+    runner.read(&git_clone(&workspace, &origin).arg("--bare")).context("cannot clone the workspace")?;
+    runner.read(&git_clone(&origin, &repo)).context("cannot clone the workspace")?;
     let xtask = std::env::current_exe().context("cannot find the running xtask binary")?;
     let timed = |args: &[&str]| -> Result<f64> {
         let started = std::time::Instant::now();

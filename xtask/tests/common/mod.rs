@@ -1,7 +1,8 @@
 //! Helpers shared by the end-to-end test files (`e2e.rs`, `release_e2e.rs`): the xtask binary,
 //! the lab (`sandbox up` once per test binary, its variables), clean repository snapshots, a
-//! small client for the registry's HTTP API, a fake registry ([`fake_registry`]), waiting, and
-//! for the update tests a request probe and the versions they update between.
+//! small client for the registry's HTTP API, a fake registry ([`fake_registry`]), a Nexus look-alike
+//! proxy of a test's own, images made with `docker import`, waiting, and for the update tests a
+//! request probe and the versions they update between.
 //!
 //! Each test binary compiles this module on its own and uses only part of it, hence the
 //! `dead_code` allowance: an unused helper in one binary is used by another.
@@ -110,6 +111,16 @@ pub fn assert_success(output: &Output, what: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A process's standard output, as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A process's standard error, as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 pub fn run(program: &str, args: &[&str], dir: &Path) -> Output {
@@ -332,6 +343,55 @@ pub fn set_env_var(path: &Path, key: &str, value: &str) {
         lines.push(format!("{key}={value}"));
     }
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// Starts a Nexus look-alike proxy container of a test's own (`docker/lab/nexus-proxy.py`) on a
+/// free port, in front of the lab registry of `lab` (its variables) with upstream names under
+/// `prefix` (so its repositories start empty), and `args` after the usual ones. Returns its
+/// `host:port` and the container's name, for the test to remove.
+pub fn start_nexus_proxy(lab: &BTreeMap<String, String>, prefix: &str, args: &[&str]) -> (String, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let host = format!("127.0.0.1:{port}");
+    let name = format!("intric-lab-nexus-test-{port}");
+    let mut command = Command::new("docker");
+    command
+        .args(["run", "--detach", "--rm", "--name", &name, "--network", "host"])
+        // The login goes through the environment, not argv.
+        .args(["--env", "NEXUS_PROXY_USERNAME", "--env", "NEXUS_PROXY_PASSWORD"])
+        .env("NEXUS_PROXY_USERNAME", &lab["NEXUS_USERNAME"])
+        .env("NEXUS_PROXY_PASSWORD", &lab["NEXUS_PASSWORD"])
+        .args(["intric-lab/nexus-proxy:lab", "--listen", &host, "--upstream", &lab["NEXUS_REGISTRY"]])
+        .args(["--upstream-prefix", prefix])
+        .args(args);
+    assert_success(&command.output().unwrap(), "docker run of a test proxy");
+    eventually(20, "the test proxy to answer", || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        agent.get(format!("http://{host}/v2/")).call().ok()
+    });
+    (host, name)
+}
+
+/// An image in the engine holding one file of `size` pseudo-random bytes (the same ones for the
+/// same seed), made with `docker import`, tagged `name`.
+pub fn import_image(name: &str, seed: u64, size: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = seed | 1;
+    let mut bytes = Vec::with_capacity(size + 8);
+    while bytes.len() < size {
+        // xorshift64: incompressible enough that the pushed layer stays as large as the file.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(size);
+    std::fs::create_dir(dir.path().join("root")).unwrap();
+    std::fs::write(dir.path().join("root/data"), bytes).unwrap();
+    let tarball = dir.path().join("image.tar");
+    let root = dir.path().join("root");
+    let tar = run("tar", &["-C", root.to_str().unwrap(), "-cf", tarball.to_str().unwrap(), "."], &workspace());
+    assert_success(&tar, "tar");
+    assert_success(&run("docker", &["import", tarball.to_str().unwrap(), name], &workspace()), "docker import");
 }
 
 /// Requests through a stack's entry point (the edge's host `port`) until stopped (at most 10 minutes): one request
