@@ -1,6 +1,6 @@
 //! Adapters: one module per outside system the xtask talks to (git, the docker client, compose,
-//! `.env` files, CI providers' variables, the registry's HTTP API, the clock). They know how to
-//! ask; they decide nothing about images or deployments.
+//! Docker Swarm, `.env` files, CI providers' variables, the registry's HTTP API, the clock). They
+//! know how to ask; they decide nothing about images or deployments.
 //!
 //! They use only the plan layer below them.
 
@@ -12,6 +12,7 @@ pub mod docker;
 pub mod dotenv;
 pub mod git;
 pub mod registry;
+pub mod swarm;
 
 use std::path::PathBuf;
 

@@ -83,8 +83,18 @@ pub enum BenchCommand {
     /// requests `/` and `/api/v1/healthz` through the frontend's host port every 20 ms: once
     /// with `--allow-downtime` (the procedure that recreates containers in place) and once
     /// with the zero-downtime replacement. Needs the lab: `eval "$(cargo xtask sandbox env)"`.
-    #[command(after_help = "Examples:\n  eval \"$(cargo xtask sandbox env)\" && cargo xtask bench update")]
-    Update,
+    ///
+    /// With --swarm the new procedure is `update --swarm`: after today's update the compose
+    /// stack is stopped (its volumes kept), the same directory is deployed with `deploy
+    /// --swarm` (the engine must be a swarm manager: `docker swarm init`), and swarm's
+    /// start-first update is measured; the stack is removed at the end.
+    #[command(after_help = "Examples:\n  eval \"$(cargo xtask sandbox env)\" && cargo xtask bench update\n  \
+                      eval \"$(cargo xtask sandbox env)\" && cargo xtask bench update --swarm")]
+    Update {
+        /// Measure `update --swarm` (Docker Swarm, start-first) as the new procedure.
+        #[arg(long)]
+        swarm: bool,
+    },
     /// Time a cold `cargo build -p xtask` against an empty crate with the same dependencies.
     ///
     /// Both sides build in fresh temporary target directories, offline and `--locked`, one after
@@ -136,7 +146,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Tags { commits, tags, runs } => bench_tags(commits, tags, runs),
         BenchCommand::Build { runs } => bench_build(runs),
         BenchCommand::Release { runs } => bench_release(runs),
-        BenchCommand::Update => bench_update(),
+        BenchCommand::Update { swarm } => bench_update(swarm),
     }
 }
 
@@ -662,8 +672,8 @@ const PROBE_LIMIT: Duration = Duration::from_secs(900);
 /// Goals: no failed request, and the zero-downtime update at most this much slower.
 const UPDATE_SLOWDOWN_GOAL: f64 = 1.5;
 
-/// `cargo xtask bench update`: see [`BenchCommand::Update`].
-fn bench_update() -> Result<()> {
+/// `cargo xtask bench update [--swarm]`: see [`BenchCommand::Update`].
+fn bench_update(swarm: bool) -> Result<()> {
     let env = crate::adapters::ci_env::process_env();
     let lab = lab_registry(&env)?;
     let registry = format!("{}/update-bench-{}", lab.trim_end_matches('/'), std::process::id());
@@ -710,7 +720,8 @@ fn bench_update() -> Result<()> {
             ("POSTGRES_IMAGE", lab_value("POSTGRES_IMAGE")?),
             ("REDIS_IMAGE", lab_value("REDIS_IMAGE")?),
             ("EDGE_IMAGE", lab_value("NGINX_IMAGE")?),
-            ("FRONTEND_BIND", "127.0.0.1".into()),
+            // Swarm publishes on every interface, and does not publish a loopback-only port.
+            ("FRONTEND_BIND", if swarm { "0.0.0.0" } else { "127.0.0.1" }.into()),
             // env check wants an LLM provider; nothing here asks one anything.
             ("OPENAI_API_KEY", "sk-bench-update-not-a-real-key".into()),
             ("FRONTEND_PORT", frontend_port),
@@ -724,13 +735,19 @@ fn bench_update() -> Result<()> {
         crate::plan::write_atomically(&env_path, dotenv.render().as_bytes(), 0o600)?;
         eprintln!("deploy {} in {} ...", tags[0], site.display());
         runner.read(&on_site(&["deploy", "--timeout", "240"])).context("deploy failed")?;
-        let sides = [("today (--allow-downtime)", tags[1], true), ("zero-downtime", tags[2], false)];
+        let new_side = if swarm { "swarm (start-first)" } else { "zero-downtime" };
+        let sides = [("today (--allow-downtime)", tags[1], true), (new_side, tags[2], false)];
         let mut runs = Vec::new();
         for (name, tag, allow_downtime) in sides {
             eprintln!("{name}: update --tag {tag} with the probe running ...");
             let mut args = vec!["update", "--tag", tag, "--timeout", "240"];
             if allow_downtime {
                 args.push("--allow-downtime");
+            }
+            if swarm && !allow_downtime {
+                eprintln!("compose down (the volumes stay), then deploy --swarm of {} ...", tags[1]);
+                runner.read(&compose_project(&site).arg("down")).context("compose down failed")?;
+                runner.read(&on_site(&["deploy", "--swarm", "--timeout", "240"])).context("deploy --swarm failed")?;
             }
             let probe = Probe::start(UPDATE_FRONTEND_PORT);
             // The probe sees the stack answering before the update starts, and after it ends.
@@ -746,10 +763,10 @@ fn bench_update() -> Result<()> {
         let [today, new] = <[UpdateRun; 2]>::try_from(runs).ok().context("two sides ran")?;
         Ok([today, new])
     })();
-    let compose = Command::new("docker")
-        .args(["compose", "--project-name", UPDATE_PROJECT, "--project-directory"])
-        .arg(site.display().to_string())
-        .args(["--profile", "init", "down", "--volumes", "--remove-orphans"]);
+    if swarm {
+        remove_stack(&runner, UPDATE_PROJECT);
+    }
+    let compose = compose_project(&site).args(["--profile", "init", "down", "--volumes", "--remove-orphans"]);
     if site.join(".env").exists() {
         runner.read(&compose).ok();
     }
@@ -774,6 +791,26 @@ fn bench_update() -> Result<()> {
         verdict(ratio <= UPDATE_SLOWDOWN_GOAL)
     );
     Ok(())
+}
+
+/// `docker compose` on `bench update`'s deployment directory `site`.
+fn compose_project(site: &std::path::Path) -> Command {
+    Command::new("docker")
+        .args(["compose", "--project-name", UPDATE_PROJECT, "--project-directory"])
+        .arg(site.display().to_string())
+}
+
+/// Removes swarm stack `name` and waits (at most a minute) until its containers are gone, so
+/// that its volumes can be removed.
+fn remove_stack(runner: &Processes, name: &str) {
+    runner.read(&Command::new("docker").args(["stack", "rm", name])).ok();
+    let left = Command::new("docker")
+        .args(["ps", "--all", "--quiet", "--filter"])
+        .arg(format!("label=com.docker.stack.namespace={name}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while runner.read(&left).is_ok_and(|ids| !ids.trim().is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// One side of `bench update`.
