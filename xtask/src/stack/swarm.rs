@@ -11,7 +11,7 @@
 //! - `restart` becomes `deploy.restart_policy`; `container_name`, `build` and `pull_policy`
 //!   are dropped; healthchecks are kept (a task counts as running only once it is healthy);
 //! - backend, worker and frontend update `start-first` with `failure_action: rollback`, a
-//!   `monitor` as long as their healthcheck's interval × retries, and the same rollback
+//!   `monitor` of one healthcheck interval after the health gate, and the same rollback
 //!   config; `--replicas` scales them;
 //! - every service is reached through DNS round robin (`endpoint_mode: dnsrr`), which the
 //!   nginx proxies ask every 2 s, as in compose mode, not through a virtual IP (that needs
@@ -146,13 +146,14 @@ fn restart_policy(restart: Option<&str>) -> Value {
     }
 }
 
-/// The update `monitor` of a service: its healthcheck's interval × retries (compose's
-/// defaults, 30 s × 3, without them), so a task that goes unhealthy is seen as failed.
+/// The update `monitor` of a service: one healthcheck interval (compose's default, 30 s,
+/// without one), at least 5 s. Swarm counts a task with a healthcheck as running only once it
+/// is healthy, so the health gate needs no monitor; the monitor adds one more check after it,
+/// so a task that dies or fails right after its first success is rolled back too, without
+/// making every update wait interval × retries per service.
 fn monitor_seconds(service: &Value) -> u64 {
-    let check = &service["healthcheck"];
-    let interval = check["interval"].as_str().and_then(duration_seconds).unwrap_or(30);
-    let retries = check["retries"].as_u64().unwrap_or(3);
-    (interval * retries).max(5)
+    let interval = service["healthcheck"]["interval"].as_str().and_then(duration_seconds).unwrap_or(30);
+    interval.max(5)
 }
 
 /// One service of compose's resolution as a swarm service; `replicas` for a stateless one.
@@ -874,12 +875,12 @@ mod tests {
     fn stateless_services_roll_start_first_and_data_stays_on_the_labelled_node() {
         let (_, stack_file) = translated(&[("backend", 3)]);
         let services = &stack_file["services"];
-        for (service, replicas, monitor) in [("backend", 3, "30s"), ("worker", 1, "40s"), ("frontend", 1, "90s")] {
+        for (service, replicas, monitor) in [("backend", 3, "5s"), ("worker", 1, "10s"), ("frontend", 1, "30s")] {
             let deploy = &services[service]["deploy"];
             assert_eq!(deploy["replicas"], replicas, "{service}");
             assert_eq!(deploy["update_config"]["order"], "start-first", "{service}");
             assert_eq!(deploy["update_config"]["failure_action"], "rollback", "{service}");
-            assert_eq!(deploy["update_config"]["monitor"], monitor, "{service}: interval × retries");
+            assert_eq!(deploy["update_config"]["monitor"], monitor, "{service}: one healthcheck interval");
             assert_eq!(deploy["rollback_config"]["order"], "start-first", "{service}");
         }
         for service in ["db", "redis"] {
