@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{assert_success, base64, docker_available, docker_login, serial, workspace, xtask};
+use common::{assert_success, base64, docker_available, docker_login, import_image, serial, workspace, xtask};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -112,26 +112,7 @@ impl Proxy {
 
     /// A proxy container of the test's own, with `args` after the usual ones.
     fn start(args: &[&str]) -> Proxy {
-        let lab = lab();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let host = format!("127.0.0.1:{port}");
-        let name = format!("intric-lab-nexus-test-{port}");
-        let prefix = format!("nexus-test-{}/", unique());
-        let mut command = Command::new("docker");
-        command
-            .args(["run", "--detach", "--rm", "--name", &name, "--network", "host"])
-            // The login goes through the environment, not argv.
-            .args(["--env", "NEXUS_PROXY_USERNAME", "--env", "NEXUS_PROXY_PASSWORD"])
-            .env("NEXUS_PROXY_USERNAME", &lab["NEXUS_USERNAME"])
-            .env("NEXUS_PROXY_PASSWORD", &lab["NEXUS_PASSWORD"])
-            .args(["intric-lab/nexus-proxy:lab", "--listen", &host, "--upstream", &lab["NEXUS_REGISTRY"]])
-            .args(["--upstream-prefix", &prefix])
-            .args(args);
-        assert_success(&command.output().unwrap(), "docker run of a test proxy");
-        common::eventually(20, "the test proxy to answer", || {
-            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-            agent.get(format!("http://{host}/v2/")).call().ok()
-        });
+        let (host, name) = common::start_nexus_proxy(lab(), &format!("nexus-test-{}/", unique()), args);
         let token =
             if args.windows(2).any(|pair| pair == ["--auth", "basic"]) { String::new() } else { fetch_token(&host) };
         Proxy { host, container: Some(name), token }
@@ -252,32 +233,6 @@ fn skopeo_available() -> bool {
 
 fn docker(args: &[&str]) -> Output {
     common::run("docker", args, &workspace())
-}
-
-/// An image in the engine holding one file of `size` pseudo-random bytes (the same ones for the
-/// same seed), made with `docker import`, tagged `name`.
-fn import_image(name: &str, seed: u64, size: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut state = seed | 1;
-    let mut bytes = Vec::with_capacity(size + 8);
-    while bytes.len() < size {
-        // xorshift64: incompressible enough that the pushed layer stays as large as the file.
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(size);
-    std::fs::create_dir(dir.path().join("root")).unwrap();
-    std::fs::write(dir.path().join("root/data"), bytes).unwrap();
-    let tarball = dir.path().join("image.tar");
-    let tar = common::run(
-        "tar",
-        &["-C", dir.path().join("root").to_str().unwrap(), "-cf", tarball.to_str().unwrap(), "."],
-        &workspace(),
-    );
-    assert_success(&tar, "tar");
-    assert_success(&docker(&["import", tarball.to_str().unwrap(), name]), "docker import");
 }
 
 /// The digest `docker push` reports (`<tag>: digest: sha256:... size: N`).

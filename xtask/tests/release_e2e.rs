@@ -53,14 +53,6 @@ fn env() -> Vec<(String, String)> {
     lab_env().into_iter().filter(|(key, _)| !key.starts_with("NEXUS_")).collect()
 }
 
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 fn head(repo: &Path) -> String {
     stdout(&run("git", &["rev-parse", "HEAD"], repo)).trim().to_string()
 }
@@ -78,8 +70,10 @@ fn push(repo: &Path, registry: &str) -> serde_json::Value {
     summary.expect("build --json prints JSON")
 }
 
+/// `release` in `repo`, which has no remote: so without the release lock (tests/release_race.rs
+/// tests that).
 fn release(repo: &Path, registry: &str, args: &[&str]) -> Output {
-    let mut full = vec!["release", "--repo", repo.to_str().unwrap(), "--registry", registry];
+    let mut full = vec!["release", "--no-lock", "--repo", repo.to_str().unwrap(), "--registry", registry];
     full.extend_from_slice(args);
     xtask(&full, &env(), repo)
 }
@@ -166,7 +160,17 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     assert!(message.starts_with("tag Release 1.0.0"), "an annotated tag with notes: {message}");
     assert!(message.contains("Features\n- api: the first release"), "{message}");
 
-    // Again: refused, naming the git tag and the registry's tag.
+    // Again from the same commit: nothing to do, and it says so.
+    let again = release(repo, host, &["1.0.0", "--execute"]);
+    assert!(!again.status.success());
+    let error = stderr(&again);
+    assert!(error.contains(&format!("1.0.0 is already released from {}", &first[..12])), "{error}");
+
+    // 1.1.0-rc.1 on a new commit: its own tag only; latest and 1 stay on 1.0.0.
+    change_backend(repo, "second", "fix: the second commit");
+    push(repo, host);
+    let second = head(repo);
+    // 1.0.0 again from another commit: refused, naming the git tag and the registry's tags.
     let again = release(repo, host, &["1.0.0", "--execute"]);
     assert!(!again.status.success());
     let error = stderr(&again);
@@ -174,11 +178,6 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     for service in ["backend", "worker", "frontend"] {
         assert!(error.contains(&format!("{host}/intric/{service}:1.0.0 already exists in the registry")), "{error}");
     }
-
-    // 1.1.0-rc.1 on a new commit: its own tag only; latest and 1 stay on 1.0.0.
-    change_backend(repo, "second", "fix: the second commit");
-    push(repo, host);
-    let second = head(repo);
     let rc = release(repo, host, &["v1.1.0-rc.1", "--execute"]);
     assert_success(&rc, "release v1.1.0-rc.1 --execute");
     let v2 = digest(&registry, "intric/backend", &format!("sha-{}", &second[..12]));
@@ -347,7 +346,8 @@ fn on_the_nexus_look_alike_builds_and_releases_run_again_and_unmovable_floating_
 
     // A release cut off after two tag writes: the version tags of two images are in place.
     let registry = format!("{NEXUS}/release/{name}");
-    let release_args = ["release", "1.0.0", "--execute", "--repo", repo.to_str().unwrap(), "--registry", &registry];
+    let release_args =
+        ["release", "1.0.0", "--execute", "--no-lock", "--repo", repo.to_str().unwrap(), "--registry", &registry];
     let cut = {
         let _fault = PutFault::after(2);
         xtask(&release_args, &env, repo)
@@ -392,8 +392,17 @@ fn on_the_nexus_look_alike_builds_and_releases_run_again_and_unmovable_floating_
     // The new images are built by the release (--build pushes the sha- tag only: a build's
     // dev-latest could not move in this repository either).
     change_backend(repo, &name, "feat: the second release");
-    let second =
-        ["release", "1.1.0", "--build", "--execute", "--repo", repo.to_str().unwrap(), "--registry", &registry];
+    let second = [
+        "release",
+        "1.1.0",
+        "--build",
+        "--execute",
+        "--no-lock",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--registry",
+        &registry,
+    ];
     let before = upstream.tags(&format!("release/{name}/intric/backend"));
     let refused = xtask(&second, &env, repo);
     assert!(!refused.status.success());

@@ -70,6 +70,12 @@ impl Repo {
         std::fs::write(self.path().join(file), content).unwrap();
     }
 
+    /// Adds `text` at the end of `file`.
+    fn append(&self, file: &str, text: &str) {
+        let old = std::fs::read_to_string(self.path().join(file)).unwrap();
+        self.write(file, &(old + text));
+    }
+
     /// Writes `file` and commits it; returns the new commit id.
     fn commit(&self, file: &str, content: &str) -> String {
         self.clock.set(self.clock.get() + 60);
@@ -327,6 +333,165 @@ fn dirty_tree_gets_one_tag_derived_from_its_changes() {
     assert_ne!(staged, untracked, "staging changes the state");
     repo.git(&["commit", "--quiet", "-m", "new"]);
     assert_eq!(repo.image_tags(), with_sha(&repo, &["dev-latest"]));
+}
+
+/// The dirty tag's digest part (8 hex) for `repo`'s working tree.
+fn dirty_digest(repo: &Repo) -> String {
+    let tags = repo.image_tags();
+    let prefix = format!("{}-dirty-", repo.sha_tag());
+    assert!(tags.len() == 1 && tags[0].starts_with(&prefix), "{tags:?}");
+    tags[0][prefix.len()..].to_string()
+}
+
+#[test]
+fn dirty_digests_are_the_ones_libgit2_gave() {
+    // The digests of these states as the xtask computed them when it read the status through
+    // libgit2 (git2 0.21), recorded before the switch to the git program: the same dirty tree
+    // keeps its tag across the change, whichever kind of change it is.
+    let fresh = || {
+        let repo = Repo::new("main");
+        repo.write("a.txt", "a\n");
+        repo.write("b.txt", "b\n");
+        repo.write("run.sh", "#!/bin/sh\n");
+        std::fs::set_permissions(repo.path().join("run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::create_dir(repo.path().join("dir with space")).unwrap();
+        repo.write("dir with space/f ü.txt", "x\n");
+        repo.write(".gitignore", "*.log\n");
+        repo.git(&["add", "-A"]);
+        repo.git(&["commit", "--quiet", "-m", "files"]);
+        repo
+    };
+    // Each case: its name, the change to a fresh repository, and the digest libgit2 gave.
+    type Case<'a> = (&'a str, fn(&Repo), &'a str);
+    let cases: [Case; 12] = [
+        ("modified", |repo| repo.append("a.txt", "c\n"), "1f593137"),
+        (
+            "staged",
+            |repo| {
+                repo.append("a.txt", "c\n");
+                repo.git(&["add", "a.txt"]);
+            },
+            "320daee2",
+        ),
+        ("deleted", |repo| std::fs::remove_file(repo.path().join("b.txt")).unwrap(), "12dc9277"),
+        ("untracked", |repo| repo.write("new.txt", "n\n"), "d6ef4e2f"),
+        (
+            "intent to add",
+            |repo| {
+                repo.write("new.txt", "n\n");
+                repo.git(&["add", "-N", "new.txt"]);
+            },
+            "3141659d",
+        ),
+        (
+            "mode change",
+            |repo| {
+                let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+                std::fs::set_permissions(repo.path().join("run.sh"), mode).unwrap();
+            },
+            "54dceef9",
+        ),
+        (
+            "file became a symlink",
+            |repo| {
+                std::fs::remove_file(repo.path().join("a.txt")).unwrap();
+                std::os::unix::fs::symlink("b.txt", repo.path().join("a.txt")).unwrap();
+            },
+            "97345f00",
+        ),
+        ("rename, staged", |repo| drop(repo.git(&["mv", "b.txt", "c.txt"])), "a0154067"),
+        ("space and unicode in the path", |repo| repo.append("dir with space/f ü.txt", "y\n"), "a8799c1b"),
+        ("newline in the name", |repo| repo.write("new\nline.txt", "z\n"), "50b97524"),
+        (
+            "a nested repository",
+            |repo| {
+                let nested = repo.path().join("nested");
+                std::fs::create_dir(&nested).unwrap();
+                Command::new("git").args(["init", "--quiet"]).current_dir(&nested).output().unwrap();
+            },
+            "426fe281",
+        ),
+        (
+            "several at once",
+            |repo| {
+                repo.append("a.txt", "c\n");
+                std::fs::remove_file(repo.path().join("b.txt")).unwrap();
+                repo.write("new.txt", "n\n");
+                repo.git(&["add", "new.txt"]);
+                repo.write("more.txt", "m\n");
+            },
+            "c23de18e",
+        ),
+    ];
+    for (name, change, digest) in cases {
+        let repo = fresh();
+        change(&repo);
+        assert_eq!(dirty_digest(&repo), digest, "{name}");
+    }
+
+    // A merge conflict: unmerged entries.
+    let repo = fresh();
+    repo.git(&["checkout", "--quiet", "-b", "other"]);
+    repo.commit("a.txt", "other\n");
+    repo.git(&["checkout", "--quiet", "main"]);
+    repo.commit("a.txt", "main\n");
+    let merge = Command::new("git").args(["merge", "--quiet", "other"]).current_dir(repo.path()).output().unwrap();
+    assert!(!merge.status.success(), "the merge conflicts");
+    assert_eq!(dirty_digest(&repo), "b2f03468", "conflict");
+}
+
+#[test]
+fn the_callers_git_variables_do_not_redirect_the_reads() {
+    // A git hook runs with GIT_DIR (and often GIT_INDEX_FILE, GIT_WORK_TREE) naming its own
+    // repository: `--repo` must still be the one read.
+    let hook_repo = Repo::new("main");
+    hook_repo.tag("v1.0.0");
+    hook_repo.write("dirty.txt", "dirty\n");
+    let repo = Repo::new("main");
+    repo.git(&["checkout", "--quiet", "-b", "feature/x"]);
+    let git_dir = hook_repo.path().join(".git");
+    let [dir, work_tree, index, objects] =
+        [&git_dir, hook_repo.path(), &git_dir.join("index"), &git_dir.join("objects")]
+            .map(|path| path.display().to_string());
+    let env = [
+        ("GIT_DIR", dir.as_str()),
+        ("GIT_WORK_TREE", &work_tree),
+        ("GIT_INDEX_FILE", &index),
+        ("GIT_OBJECT_DIRECTORY", &objects),
+    ];
+    let report = repo.tags(&[], &env);
+    assert_eq!(strings(&report["tags"]), with_sha(&repo, &["feature-x"]), "{report}");
+    assert_eq!(report["dirty"], false, "{report}");
+}
+
+#[test]
+fn a_subdirectory_is_not_its_repository() {
+    let repo = Repo::new("main");
+    std::fs::create_dir(repo.path().join("docker")).unwrap();
+    let sub = repo.path().join("docker");
+    let error = failure(&sub, &[], &[]);
+    assert!(error.contains(&*sub.to_string_lossy()) && error.contains("not a git repository"), "{error}");
+}
+
+#[test]
+fn a_repository_of_another_user_is_refused_with_the_fix() {
+    // git refuses to read a repository its user does not own (safe.directory); run as root,
+    // as CI here does, the test gives the repository to `nobody`.
+    let repo = Repo::new("main");
+    if let Err(error) = std::os::unix::fs::chown(repo.path(), Some(65534), Some(65534)) {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root, so chown must work: {error}");
+        eprintln!("skipped: changing the owner needs root ({error})");
+        return;
+    }
+    // Without the machine's global configuration, which may trust every directory.
+    let error = failure(repo.path(), &[], &[("GIT_CONFIG_GLOBAL", "/dev/null"), ("GIT_CONFIG_NOSYSTEM", "1")]);
+    let path = repo.path().canonicalize().unwrap();
+    assert!(
+        error.contains("belongs to another user")
+            && error.contains(&format!("git config --global --add safe.directory {}", path.display())),
+        "{error}"
+    );
 }
 
 /// A CI case: name, CI variables, and the expected stage, tags after the sha tag, and version.

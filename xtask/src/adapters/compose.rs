@@ -39,6 +39,11 @@ pub const STATELESS: [&str; 3] = ["backend", "worker", "frontend"];
 const CONTAINER_STATE: &str =
     "{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}}";
 
+/// The Python that prints a backend image's alembic migration files as one JSON object (file
+/// name → text).
+pub const PRINT_MIGRATIONS: &str = "import json, pathlib; print(json.dumps({p.name: p.read_text() \
+    for p in sorted(pathlib.Path('alembic/versions').glob('*.py'))}))";
+
 /// What `pg_dump` writes last in a plain-format dump: a dump without it was cut short.
 pub const DUMP_COMPLETE: &str = "-- PostgreSQL database dump complete";
 
@@ -257,9 +262,7 @@ impl Compose {
     /// Prints the alembic migration files of the backend image with `tag` as one JSON object
     /// (file name → text), from a one-off container of that image.
     pub fn migration_files(&self, tag: &str) -> Command {
-        const PRINT: &str = "import json, pathlib; print(json.dumps({p.name: p.read_text() \
-                             for p in sorted(pathlib.Path('alembic/versions').glob('*.py'))}))";
-        self.backend_once(["python", "-c", PRINT])
+        self.backend_once(["python", "-c", PRINT_MIGRATIONS])
             .env("IMAGE_TAG", tag)
             .hint("reading the new backend image's migrations failed: its output above says why")
     }

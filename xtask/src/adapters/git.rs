@@ -1,12 +1,22 @@
-//! The git adapter: everything the xtask reads from a repository goes through [`Repo`].
+//! The git adapter: everything the xtask reads from a repository, and the tags it creates, go
+//! through [`Repo`], which runs the `git` program through the plan's [`Runner`].
 //!
-//! It reads in-process through libgit2 (the `git2` crate) rather than running `git`: one library
-//! call replaces a process start each, which is what lets `cargo xtask tags` beat the old
-//! script's three git processes. Callers get plain values (hex ids, names, unix seconds), so
-//! the rules built on top of them never see a `git2` type and stay unit-testable.
+//! git is installed wherever the xtask runs (CI clones with it, developers work with it), and
+//! the parts of its command line used here are made to be parsed: the porcelain v2 status,
+//! `show-ref` and plumbing commands. Linking libgit2 instead cost a cold build of the xtask a
+//! minute of C compilation. [`Repo::open`] reads everything the tag engine needs in a few
+//! processes that run at once; the other queries run one process each. Callers get plain
+//! values (hex ids, names, unix seconds), so the rules built on top of them stay unit-testable
+//! (the runner's `Recording` answers for git in the unit tests). A new query is a method that
+//! builds its command with `Repo::git` (`git_in` outside a repository), runs it through the
+//! runner and words a failure with `Repo::succeeded`.
 //!
-//! Every query is bounded by what it needs: no method walks the whole history unless the caller
-//! asks for a count that needs it.
+//! Every command is `git -C <work tree>` in the C locale (its error messages are matched)
+//! and without the variables through which a calling git names a repository (`GIT_DIR` and
+//! its kin, which hooks set): the xtask reads the repository it was pointed at, never the
+//! caller's. File names come NUL-separated (`-z`), so spaces and newlines in them stay intact.
+//! Every query is bounded by what it needs: none walks the whole history unless the caller asks
+//! for a count that needs it.
 
 use std::ffi::OsStr;
 use std::io;
@@ -14,14 +24,61 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
-use git2::{ErrorCode, ObjectType, Odb, Oid, Reference, Repository, StatusOptions};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use sha2::{Digest, Sha256};
 
-/// An open repository, with the path it was opened at for error messages.
-pub struct Repo {
-    repo: Repository,
+use crate::plan::Command;
+use crate::plan::runner::{Finished, Runner};
+
+/// The variables through which a git process tells the git processes it starts which
+/// repository, index and object store to use (the repository-locating part of `git rev-parse
+/// --local-env-vars`). A hook or `git rebase --exec` that runs the xtask passes them on, and
+/// they would make every command here read that repository instead of the one asked for.
+const CALLER_REPOSITORY_VARIABLES: [&str; 10] = [
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_COMMON_DIR",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_IMPLICIT_WORK_TREE",
+    "GIT_PREFIX",
+    "GIT_SHALLOW_FILE",
+    "GIT_GRAFT_FILE",
+];
+
+/// Status bits of a changed path, as libgit2 numbered them (`git_status_t`): the dirty working
+/// tree's digest hashes them, and the digests (and so the dirty tags) stay those of the
+/// releases that read the status through libgit2.
+mod status_bits {
+    pub const INDEX_NEW: u32 = 1 << 0;
+    pub const INDEX_MODIFIED: u32 = 1 << 1;
+    pub const INDEX_DELETED: u32 = 1 << 2;
+    pub const INDEX_RENAMED: u32 = 1 << 3;
+    pub const INDEX_TYPECHANGE: u32 = 1 << 4;
+    pub const WT_NEW: u32 = 1 << 7;
+    pub const WT_MODIFIED: u32 = 1 << 8;
+    pub const WT_DELETED: u32 = 1 << 9;
+    pub const WT_TYPECHANGE: u32 = 1 << 10;
+    pub const WT_RENAMED: u32 = 1 << 11;
+    pub const CONFLICTED: u32 = 1 << 15;
+}
+
+/// An open repository: its state as [`Repo::open`] read it, and the runner that reads more.
+pub struct Repo<'a> {
+    runner: &'a dyn Runner,
+    /// The work tree as the caller named it: for messages, and `git -C`.
     path: PathBuf,
+    /// The directory above the work tree, where git must stop looking for a repository.
+    ceiling: Option<String>,
+    status: Status,
+    /// HEAD's committer time; `None` when HEAD is unborn.
+    head_time: Option<i64>,
+    refs: Refs,
+    shallow: bool,
+    /// The branch `refs/remotes/origin/HEAD` points at.
+    origin_head: Option<String>,
+    origin: Option<String>,
 }
 
 /// The commit HEAD points at.
@@ -53,140 +110,180 @@ pub enum Worktree {
     },
 }
 
-impl Repo {
-    /// Opens the repository whose working tree (or `.git` directory) is exactly `path`.
+/// What `git status --porcelain=v2 --branch` says.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Status {
+    /// HEAD's commit id; `None` on an unborn branch (no commits yet).
+    head: Option<String>,
+    /// The checked-out branch; `None` on a detached HEAD.
+    branch: Option<String>,
+    /// Each changed path (relative to the work tree) with its [`status_bits`].
+    changes: Vec<(String, u32)>,
+}
+
+/// What `show-ref --dereference` says: every ref, each tag with what it peels to.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Refs {
+    /// Every tag with the object it names, annotated tags peeled to the end of their chain.
+    tags: Vec<Tag>,
+    /// Which of main and master exist, locally or on origin, in that order.
+    main_or_master: Vec<String>,
+}
+
+impl<'a> Repo<'a> {
+    /// Opens the repository whose work tree is exactly `path`, reading its state once: HEAD,
+    /// the branch and the changed files (`git status`), every ref with the commits tags name
+    /// (`git show-ref`), HEAD's commit time, whether the clone is shallow and where origin's
+    /// HEAD points (`git rev-parse`), and the origin's URL. The five processes run at once; the
+    /// status, which reads the whole work tree, is usually the longest.
     ///
     /// No search upwards: `--repo` names the repository, and silently using an enclosing one
-    /// would tag the wrong project.
-    pub fn open(path: &Path) -> Result<Repo> {
-        // libgit2 re-hashes every object it reads to check it, which git itself does not do on
-        // reads; with hundreds of tags that is a measurable share of `tags`, and the xtask
-        // only reads repositories it was pointed at, never objects from elsewhere.
-        git2::opts::strict_hash_verification(false);
-        let repo = Repository::open(path).map_err(|error| match error.code() {
-            ErrorCode::NotFound => anyhow!(
-                "{} is not a git repository: {}; run inside a clone or pass --repo",
-                path.display(),
-                error.message()
-            ),
-            _ => anyhow!("cannot open the git repository at {}: {}", path.display(), error.message()),
+    /// would tag the wrong project (`GIT_CEILING_DIRECTORIES` stops git at the parent).
+    pub fn open(runner: &'a dyn Runner, path: &Path) -> Result<Repo<'a>> {
+        let canonical = path.canonicalize().map_err(|error| {
+            anyhow!("{} is not a git repository: {error}; run inside a clone or pass --repo", path.display())
         })?;
-        Ok(Repo { repo, path: path.to_path_buf() })
+        let ceiling = canonical.parent().map(|parent| parent.display().to_string());
+        let mut repo = Repo {
+            runner,
+            path: path.to_path_buf(),
+            ceiling,
+            status: Status::default(),
+            head_time: None,
+            refs: Refs::default(),
+            shallow: false,
+            origin_head: None,
+            origin: None,
+        };
+        let status = repo.git(["--no-optional-locks", "status", "--porcelain=v2", "-z", "--branch"]).args([
+            // Every untracked file, not just its directory, and no rename detection: the
+            // digest covers each path on its own, as it always has.
+            "--untracked-files=all",
+            "--no-renames",
+        ]);
+        // Every ref (`--dereference` adds what each tag peels to: from packed-refs, where
+        // `git clone` and `git gc` record it, without reading the tag objects).
+        let refs = repo.git(["show-ref", "--dereference"]);
+        let head_commit = repo.git(["cat-file", "commit", "HEAD"]);
+        // Nothing for a missing origin/HEAD: `--revs-only` drops what is no revision.
+        let shallow = repo
+            .git(["rev-parse", "--is-shallow-repository", "--revs-only", "--symbolic-full-name"])
+            .arg("refs/remotes/origin/HEAD");
+        let origin = repo.git(["remote", "get-url", "origin"]);
+        let (status, refs, head_commit, shallow, origin) = std::thread::scope(|scope| {
+            let read = |command| scope.spawn(move || runner.output(command));
+            let (refs, head_commit, shallow, origin) = (read(&refs), read(&head_commit), read(&shallow), read(&origin));
+            let joined = |thread: std::thread::ScopedJoinHandle<'_, Result<Finished>>| {
+                thread.join().unwrap_or_else(|_| Err(anyhow!("a git process's reader panicked")))
+            };
+            (runner.output(&status), joined(refs), joined(head_commit), joined(shallow), joined(origin))
+        });
+        // The status goes first: when the path is no repository at all, every read fails, and
+        // its failure says so best.
+        repo.status = parse_status(&repo.succeeded(status?, "read the working tree status")?)
+            .with_context(|| format!("cannot read the working tree status of {}", path.display()))?;
+        // No refs at all is exit status 1 without output, an answer too.
+        let refs = refs?;
+        let no_refs = refs.status.code() == Some(1) && refs.stdout.is_empty() && refs.stderr.is_empty();
+        repo.refs = if no_refs { Refs::default() } else { parse_refs(&repo.succeeded(refs, "read the tags")?) };
+        if repo.status.head.is_some() {
+            let commit = repo.succeeded(head_commit?, "read HEAD's commit")?;
+            repo.head_time = Some(
+                committer_time(&commit)
+                    .with_context(|| format!("HEAD's commit in {} has no committer line", path.display()))?,
+            );
+        }
+        let shallow = repo.succeeded(shallow?, "tell whether the clone is shallow")?;
+        let mut lines = shallow.lines();
+        repo.shallow = lines.next() == Some("true");
+        repo.origin_head =
+            lines.next().and_then(|target| target.strip_prefix("refs/remotes/origin/")).map(str::to_string);
+        // No origin is an answer (exit status 2), not a failure.
+        let origin = origin?;
+        repo.origin = origin.status.success().then(|| public_url(origin.stdout.trim()));
+        Ok(repo)
     }
 
     /// The commit HEAD points at. This is the first query every task makes, so it is the one
     /// that turns an empty repository into a clear error.
     pub fn head(&self) -> Result<Head> {
-        let commit = self
-            .head_ref()?
-            .peel_to_commit()
-            .with_context(|| format!("HEAD of {} does not point at a commit", self.path.display()))?;
-        Ok(Head { id: commit.id().to_string(), time: commit.time().seconds() })
+        match (&self.status.head, self.head_time) {
+            (Some(id), Some(time)) => Ok(Head { id: id.clone(), time }),
+            _ => Err(self.unborn()),
+        }
     }
 
     /// The checked-out branch's short name, or `None` on a detached HEAD.
     pub fn branch(&self) -> Result<Option<String>> {
-        let head = self.head_ref()?;
-        Ok(head.is_branch().then(|| String::from_utf8_lossy(head.shorthand_bytes()).into_owned()))
+        if self.status.head.is_none() {
+            return Err(self.unborn());
+        }
+        Ok(self.status.branch.clone())
     }
 
-    /// Every tag in the repository with the commit it names. Tags of trees or blobs are left
-    /// out: no version number can describe them.
+    /// Every tag in the repository with the commit it names. A tag of a tree or blob (no
+    /// version number can describe one) comes with that object's id: it never equals HEAD,
+    /// and [`Repo::commits_after`] finds it in no history.
     pub fn tags(&self) -> Result<Vec<Tag>> {
-        let context = || format!("cannot read the tags of {}", self.path.display());
-        let odb = self.repo.odb().with_context(context)?;
-        let mut tags = Vec::new();
-        for reference in self.repo.references_glob("refs/tags/*").with_context(context)? {
-            let reference = reference.with_context(context)?;
-            let name = String::from_utf8_lossy(&reference.name_bytes()["refs/tags/".len()..]).into_owned();
-            // `packed-refs` records what each annotated tag peels to (`target_peel`), which
-            // saves reading the tag object; a symbolic ref under refs/tags is rare enough to
-            // pay for its extra lookup.
-            let target = match (reference.target_peel(), reference.target()) {
-                (Some(peeled), _) => Some(peeled),
-                (None, Some(target)) => Some(target),
-                (None, None) => reference.resolve().with_context(|| format!("cannot resolve tag {name}"))?.target(),
-            };
-            let commit = match target {
-                Some(target) => self.tagged_commit(&odb, target).with_context(|| format!("cannot read tag {name}"))?,
-                None => None,
-            };
-            if let Some(commit) = commit {
-                tags.push(Tag { name, commit: commit.to_string() });
-            }
-        }
-        Ok(tags)
-    }
-
-    /// The commit that the object `id` names through any chain of annotated tags, or `None` for
-    /// a tree or blob. It reads object headers and tag objects only: peeling through git2 would
-    /// also load every tagged commit, doubling the object reads on a repository with many tags.
-    fn tagged_commit(&self, odb: &Odb<'_>, mut id: Oid) -> Result<Option<Oid>, git2::Error> {
-        loop {
-            match odb.read_header(id)?.1 {
-                ObjectType::Commit => return Ok(Some(id)),
-                ObjectType::Tag => id = self.repo.find_tag(id)?.target_id(),
-                _ => return Ok(None),
-            }
-        }
+        Ok(self.refs.tags.clone())
     }
 
     /// Whether `ancestor` is `descendant` or one of its ancestors.
     ///
     /// This walks only back to the commits' merge base, not the whole history.
     pub fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool> {
-        let (ancestor, descendant) = (self.oid(ancestor)?, self.oid(descendant)?);
-        Ok(ancestor == descendant
-            || self
-                .repo
-                .graph_descendant_of(descendant, ancestor)
-                .with_context(|| format!("cannot compare commits {ancestor} and {descendant}"))?)
+        Ok(ancestor == descendant || self.commits_after(ancestor, descendant)?.is_some())
+    }
+
+    /// The number of commits in `descendant`'s history after `ancestor`, or `None` when
+    /// `ancestor` is not in that history: [`Repo::is_ancestor`] and [`Repo::commits_since`]
+    /// in one process, walking back to the merge base only.
+    pub fn commits_after(&self, ancestor: &str, descendant: &str) -> Result<Option<u64>> {
+        let (ancestor, descendant) = (object_id(ancestor)?, object_id(descendant)?);
+        let range = format!("{ancestor}...{descendant}");
+        let finished = self.runner.output(&self.git(["rev-list", "--left-right", "--count", &range]))?;
+        // A tag of a tree or blob: no commit, so in no history.
+        if !finished.status.success()
+            && [&finished.stderr, &finished.stdout].iter().any(|text| text.contains("not a commit"))
+        {
+            return Ok(None);
+        }
+        let output = self.succeeded(finished, "compare commits")?;
+        let counts = parse_left_right(&output)
+            .with_context(|| format!("cannot compare commits {ancestor} and {descendant}: git printed {output:?}"))?;
+        // Nothing on the left: every commit of `ancestor`'s history is in `descendant`'s.
+        Ok((counts.0 == 0).then_some(counts.1))
     }
 
     /// The number of commits reachable from `tip` but not from `since`; with no `since`, all
     /// commits reachable from `tip` (the only case that walks the whole history).
     pub fn commits_since(&self, tip: &str, since: Option<&str>) -> Result<u64> {
-        let context = || format!("cannot count the commits of {}", self.path.display());
-        let mut walk = self.repo.revwalk().with_context(context)?;
-        walk.push(self.oid(tip)?).with_context(context)?;
+        let mut args = vec!["rev-list".to_string(), "--count".to_string(), object_id(tip)?.to_string()];
         if let Some(since) = since {
-            walk.hide(self.oid(since)?).with_context(context)?;
+            args.push(format!("^{}", object_id(since)?));
         }
-        let mut count = 0;
-        for commit in walk {
-            commit.with_context(context)?;
-            count += 1;
-        }
-        Ok(count)
+        let output = self.read(&args, "count the commits")?;
+        output
+            .trim()
+            .parse()
+            .with_context(|| format!("cannot count the commits of {}: git printed {output:?}", self.path.display()))
     }
 
     /// Whether this is a shallow clone, whose history and tags are incomplete.
     pub fn is_shallow(&self) -> bool {
-        self.repo.is_shallow()
+        self.shallow
     }
 
     /// The default branch as git knows it: the target of `refs/remotes/origin/HEAD` (set by
     /// `git clone`), else `main` or `master`, local or on origin, whichever exists first.
     pub fn default_branch(&self) -> Option<String> {
-        let origin_head = self.repo.find_reference("refs/remotes/origin/HEAD").ok();
-        if let Some(target) = origin_head.as_ref().and_then(Reference::symbolic_target_bytes) {
-            let target = String::from_utf8_lossy(target);
-            return Some(target.trim_start_matches("refs/remotes/origin/").to_string());
-        }
-        ["main", "master"]
-            .into_iter()
-            .find(|name| {
-                [format!("refs/heads/{name}"), format!("refs/remotes/origin/{name}")]
-                    .iter()
-                    .any(|reference| self.repo.find_reference(reference).is_ok())
-            })
-            .map(str::to_string)
+        self.origin_head.clone().or_else(|| self.refs.main_or_master.first().cloned())
     }
 
     /// The URL of the `origin` remote, if there is one, made fit to publish (see
     /// [`public_url`]): it becomes the OCI `source` label of images and appears in plans.
     pub fn origin_url(&self) -> Option<String> {
-        self.repo.find_remote("origin").ok()?.url().ok().map(public_url)
+        self.origin.clone()
     }
 
     /// Whether the working tree differs from HEAD, and a digest of how.
@@ -196,48 +293,81 @@ impl Repo {
     /// covers each changed path, its status bits (so staging a change gives a new digest) and
     /// its current content in the working tree, which is what a build would copy. Index
     /// contents are not hashed: two states with the same files and statuses build the same
-    /// image. A bare repository has no working tree and is therefore clean.
+    /// image.
     pub fn worktree(&self) -> Result<Worktree> {
-        let Some(workdir) = self.repo.workdir() else { return Ok(Worktree::Clean) };
-        let mut options = StatusOptions::new();
-        options.include_untracked(true).recurse_untracked_dirs(true).include_ignored(false);
-        let statuses = self
-            .repo
-            .statuses(Some(&mut options))
-            .with_context(|| format!("cannot read the working tree status of {}", self.path.display()))?;
-        let mut changes: Vec<(Vec<u8>, u32)> = statuses
+        let mut changes: Vec<(&[u8], u32)> = self
+            .status
+            .changes
             .iter()
-            .filter(|entry| !is_operator_file(entry.path_bytes()))
-            .map(|entry| (entry.path_bytes().to_vec(), entry.status().bits()))
+            .map(|(path, status)| (path.as_bytes(), *status))
+            .filter(|(path, _)| !is_operator_file(path))
             .collect();
         if changes.is_empty() {
             return Ok(Worktree::Clean);
+        }
+        if let Some((path, _)) = changes.iter().find(|(path, _)| String::from_utf8_lossy(path).contains('\u{fffd}')) {
+            // The runner hands output over as UTF-8: such a name no longer names its file.
+            bail!(
+                "cannot digest the working tree of {}: the name of {} is not UTF-8; rename the file",
+                self.path.display(),
+                String::from_utf8_lossy(path)
+            );
         }
         changes.sort_unstable();
         let mut hasher = Sha256::new();
         for (path, status) in changes {
             // Length prefixes keep the concatenation unambiguous.
             hasher.update((path.len() as u64).to_le_bytes());
-            hasher.update(&path);
+            hasher.update(path);
             hasher.update(status.to_le_bytes());
-            let file = workdir.join(OsStr::from_bytes(&path));
+            let file = self.path.join(OsStr::from_bytes(path));
             hasher.update(content_digest(&file).with_context(|| format!("cannot read {}", file.display()))?);
         }
         Ok(Worktree::Dirty { digest: format!("{:x}", hasher.finalize()) })
     }
 
-    /// HEAD as a reference, turning "no commits yet" into an error that says what to do.
-    fn head_ref(&self) -> Result<Reference<'_>> {
-        self.repo.head().map_err(|error| match error.code() {
-            ErrorCode::UnbornBranch | ErrorCode::NotFound => {
-                anyhow!("repository {} has no commits yet; commit something first", self.path.display())
-            }
-            _ => anyhow!("cannot read HEAD of {}: {}", self.path.display(), error.message()),
-        })
+    /// `git -C <work tree> <args>` for this repository (see the module's comment).
+    fn git<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let command = git_in(&self.path).args(args);
+        match &self.ceiling {
+            Some(ceiling) => command.env("GIT_CEILING_DIRECTORIES", ceiling),
+            None => command,
+        }
     }
 
-    fn oid(&self, id: &str) -> Result<Oid> {
-        Oid::from_str(id).with_context(|| format!("{id} is not a git object id"))
+    /// Runs `git <args>` and returns its standard output; a failure is an error saying what
+    /// could not be done (`what`), with git's reason.
+    fn read<S: AsRef<str>>(&self, args: &[S], what: &str) -> Result<String> {
+        let command = self.git(args.iter().map(AsRef::as_ref));
+        self.succeeded(self.runner.output(&command)?, what)
+    }
+
+    /// The standard output of a git command that ended well; otherwise an error naming what
+    /// could not be done and why, in the words a user can act on.
+    fn succeeded(&self, finished: Finished, what: &str) -> Result<String> {
+        if finished.status.success() {
+            return Ok(finished.stdout);
+        }
+        let path = self.path.display();
+        if let Some(refused) = owned_by_another_user(&finished, &self.path) {
+            return Err(refused);
+        }
+        let said = git_said(&finished);
+        if said.contains("not a git repository") {
+            bail!("{path} is not a git repository (the top of a work tree); run inside a clone or pass --repo");
+        }
+        if said.contains("must be run in a work tree") {
+            bail!("{path} is a git directory without a work tree; pass the work tree as --repo");
+        }
+        bail!("cannot {what} in {path}: {said}")
+    }
+
+    fn unborn(&self) -> anyhow::Error {
+        anyhow!("repository {} has no commits yet; commit something first", self.path.display())
     }
 }
 
@@ -252,45 +382,235 @@ pub struct Commit {
     pub body: String,
 }
 
-impl Repo {
+impl Repo<'_> {
     /// The commits reachable from `tip` but not from `since` (all of them without `since`),
     /// newest first: what changed since a release, for its notes.
     pub fn commit_log(&self, tip: &str, since: Option<&str>) -> Result<Vec<Commit>> {
-        let context = || format!("cannot read the commit log of {}", self.path.display());
-        let mut walk = self.repo.revwalk().with_context(context)?;
-        walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::TIME).with_context(context)?;
-        walk.push(self.oid(tip)?).with_context(context)?;
+        // Children before parents, otherwise by commit time; each commit's id, a newline and
+        // its raw message, NUL-terminated. No signature check, whatever log.showSignature says.
+        let mut args =
+            ["log", "-z", "--date-order", "--no-show-signature", "--format=%H%n%B"].map(String::from).to_vec();
+        args.push(object_id(tip)?.to_string());
         if let Some(since) = since {
-            walk.hide(self.oid(since)?).with_context(context)?;
+            args.push(format!("^{}", object_id(since)?));
         }
-        let mut commits = Vec::new();
-        for id in walk {
-            let commit = self.repo.find_commit(id.with_context(context)?).with_context(context)?;
-            let message = String::from_utf8_lossy(commit.message_bytes()).into_owned();
-            let (subject, body) = message.split_once('\n').unwrap_or((&message, ""));
-            commits.push(Commit {
-                id: commit.id().to_string(),
-                subject: subject.trim().to_string(),
-                body: body.trim().to_string(),
-            });
-        }
-        Ok(commits)
+        args.push("--".to_string());
+        Ok(parse_log(&self.read(&args, "read the commit log")?))
     }
 
-    /// Creates the annotated tag `name` on commit `target` with `message`, refusing to replace
-    /// an existing tag. The tagger is `user.name`/`user.email` from git's configuration, else
-    /// a fixed fallback: CI runners often have no git identity, and a release must not fail
-    /// for want of one.
+    /// Creates the annotated tag `name` on commit `target` with `message` (kept verbatim:
+    /// release notes have `#` headings that git's default clean-up would strip), refusing to
+    /// replace an existing tag. The tagger is git's committer identity (`user.name` and
+    /// `user.email`), else a fixed fallback: CI runners often have no git identity, and a
+    /// release must not fail for want of one. The message goes through a file, since long
+    /// notes would not fit in an argument.
     pub fn create_annotated_tag(&self, name: &str, target: &str, message: &str) -> Result<()> {
-        let context = || format!("cannot create tag {name} in {}", self.path.display());
-        let object = self.repo.find_object(self.oid(target)?, Some(ObjectType::Commit)).with_context(context)?;
-        let tagger = match self.repo.signature() {
-            Ok(signature) => signature,
-            Err(_) => git2::Signature::now("intric xtask", "xtask@localhost").with_context(context)?,
-        };
-        self.repo.tag(name, &object, &tagger, message, false).with_context(context)?;
-        Ok(())
+        let target = object_id(target)?;
+        let has_identity = self.runner.output(&self.git(["var", "GIT_COMMITTER_IDENT"]))?.status.success();
+        let file = std::env::temp_dir().join(format!("xtask-tag-message-{}.txt", std::process::id()));
+        std::fs::write(&file, message).with_context(|| format!("cannot write {}", file.display()))?;
+        let mut command = self
+            .git(["tag", "--annotate", "--cleanup=verbatim", "--file"])
+            .arg(file.display().to_string())
+            .args(["--", name, target]);
+        if !has_identity {
+            command = command.env("GIT_COMMITTER_NAME", "intric xtask").env("GIT_COMMITTER_EMAIL", "xtask@localhost");
+        }
+        let created = self.runner.output(&command);
+        std::fs::remove_file(&file).ok();
+        self.succeeded(created?, &format!("create tag {name}")).map(drop)
     }
+}
+
+/// Whether the git repository around `path` (searched upwards from its directory, if there is
+/// one) has it in its index: `git ls-files`, which reads the index entry and nothing else.
+pub fn is_tracked(runner: &dyn Runner, path: &Path) -> Result<bool> {
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().with_context(|| format!("{} names no file", path.display()))?;
+    // Literal: a `*` or `?` in the name is part of it, not a pattern.
+    let command =
+        git_in(dir).env("GIT_LITERAL_PATHSPECS", "1").args(["ls-files", "-z", "--"]).arg(name.to_string_lossy());
+    let finished = runner.output(&command)?;
+    if finished.status.success() {
+        return Ok(!finished.stdout.is_empty());
+    }
+    if let Some(refused) = owned_by_another_user(&finished, dir) {
+        return Err(refused);
+    }
+    let said = git_said(&finished);
+    if said.contains("not a git repository") || said.contains("must be run in a work tree") {
+        return Ok(false);
+    }
+    bail!("cannot tell whether git tracks {}: {said}", path.display())
+}
+
+/// `git -C <dir>` in the C locale, without the caller's repository variables.
+fn git_in(dir: &Path) -> Command {
+    let command = Command::new("git").arg("-C").arg(dir.display().to_string()).env("LC_ALL", "C");
+    CALLER_REPOSITORY_VARIABLES.iter().fold(command, |command, variable| command.env_remove(variable.to_string()))
+}
+
+/// What a failed git command said: its `fatal:`/`error:` line if it has one, else its last
+/// line (standard error; the output, where that is all there is).
+fn git_said(finished: &Finished) -> String {
+    let text = if finished.stderr.trim().is_empty() { &finished.stdout } else { &finished.stderr };
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
+    let line = lines
+        .iter()
+        .find(|line| line.starts_with("fatal:") || line.starts_with("error:"))
+        .or(lines.last())
+        .copied()
+        .unwrap_or("git failed without a message");
+    line.trim_start_matches("fatal:").trim_start_matches("error:").trim().to_string()
+}
+
+/// The error for a repository that git refuses to read because another user owns it (its
+/// `safe.directory` check), with the command that trusts it, for the work tree git names
+/// (else `dir`); `None` when that is not why git failed.
+fn owned_by_another_user(finished: &Finished, dir: &Path) -> Option<anyhow::Error> {
+    let text = if finished.stderr.trim().is_empty() { &finished.stdout } else { &finished.stderr };
+    let (_, rest) = text.split_once("detected dubious ownership in repository at '")?;
+    let work_tree = rest.split_once('\'').map_or_else(|| dir.display().to_string(), |(named, _)| named.to_string());
+    Some(anyhow!(
+        "git refuses to read {work_tree}: it belongs to another user; if you trust it, run \
+         `git config --global --add safe.directory {work_tree}`"
+    ))
+}
+
+/// `id` if it is a full object id (40 hex digits, or 64 in a SHA-256 repository); anything
+/// else could be read by git as an option or a revision expression.
+fn object_id(id: &str) -> Result<&str> {
+    ensure!(
+        matches!(id.len(), 40 | 64) && id.bytes().all(|byte| byte.is_ascii_hexdigit()),
+        "{id} is not a git object id"
+    );
+    Ok(id)
+}
+
+/// Parses `git status --porcelain=v2 -z --branch` (see git-status(1), "Porcelain Format
+/// Version 2"): the `# branch.` headers, then one NUL-terminated entry per changed path.
+fn parse_status(output: &str) -> Result<Status> {
+    use status_bits::*;
+    let mut status = Status::default();
+    let mut entries = output.split('\0').filter(|entry| !entry.is_empty());
+    while let Some(entry) = entries.next() {
+        let fields = |count: usize| -> Result<Vec<&str>> {
+            let fields: Vec<&str> = entry.splitn(count, ' ').collect();
+            ensure!(fields.len() == count, "unexpected status entry {entry:?}");
+            Ok(fields)
+        };
+        match entry.as_bytes()[0] {
+            b'#' => {
+                if let Some(id) = entry.strip_prefix("# branch.oid ") {
+                    status.head = (id != "(initial)").then(|| id.to_string());
+                } else if let Some(branch) = entry.strip_prefix("# branch.head ") {
+                    status.branch = (branch != "(detached)").then(|| branch.to_string());
+                }
+            }
+            // Ordinary changes: `1 XY sub mH mI mW hH hI path`.
+            b'1' => {
+                let fields = fields(9)?;
+                status.changes.push((fields[8].to_string(), change_bits(fields[1])?));
+            }
+            // Renames and copies (only with rename detection): `... X<score> path`, then the
+            // original path as an entry of its own.
+            b'2' => {
+                let fields = fields(10)?;
+                status.changes.push((fields[9].to_string(), change_bits(fields[1])?));
+                entries.next();
+            }
+            // Unmerged paths: `u XY sub m1 m2 m3 mW h1 h2 h3 path`.
+            b'u' => status.changes.push((fields(11)?[10].to_string(), CONFLICTED)),
+            b'?' => status.changes.push((fields(2)?[1].to_string(), WT_NEW)),
+            // Ignored files are not asked for, and not counted.
+            b'!' => {}
+            _ => bail!("unexpected status entry {entry:?}"),
+        }
+    }
+    Ok(status)
+}
+
+/// The [`status_bits`] of a porcelain `XY` field: X is the index against HEAD, Y the work tree
+/// against the index (`.` unchanged, `M` modified, `T` type changed, `A` added, `D` deleted,
+/// `R` renamed, `C` copied).
+fn change_bits(xy: &str) -> Result<u32> {
+    use status_bits::*;
+    let &[x, y] = xy.as_bytes() else { bail!("unexpected status field {xy:?}") };
+    let index = match x {
+        b'.' => 0,
+        b'M' => INDEX_MODIFIED,
+        b'T' => INDEX_TYPECHANGE,
+        b'A' | b'C' => INDEX_NEW,
+        b'D' => INDEX_DELETED,
+        b'R' => INDEX_RENAMED,
+        _ => bail!("unexpected index status {:?} in {xy:?}", x as char),
+    };
+    let worktree = match y {
+        b'.' => 0,
+        b'M' => WT_MODIFIED,
+        b'T' => WT_TYPECHANGE,
+        // An intent to add (`git add -N`): libgit2 saw an empty file added to the index and
+        // the real one in the work tree.
+        b'A' => INDEX_NEW | WT_MODIFIED,
+        b'D' => WT_DELETED,
+        b'R' => WT_RENAMED,
+        _ => bail!("unexpected work tree status {:?} in {xy:?}", y as char),
+    };
+    Ok(index | worktree)
+}
+
+/// Parses `show-ref --dereference`: `<id> <ref>` per ref, and after an annotated tag
+/// `<id> <ref>^{}` with the object it peels to.
+fn parse_refs(output: &str) -> Refs {
+    let mut refs = Refs::default();
+    let mut heads = Vec::new();
+    for line in output.lines() {
+        let Some((id, name)) = line.split_once(' ') else { continue };
+        if let Some(tag) = name.strip_prefix("refs/tags/") {
+            match tag.strip_suffix("^{}") {
+                // The peeled line follows its tag's own line.
+                Some(peeled) => match refs.tags.last_mut() {
+                    Some(last) if last.name == peeled => last.commit = id.to_string(),
+                    _ => refs.tags.push(Tag { name: peeled.to_string(), commit: id.to_string() }),
+                },
+                None => refs.tags.push(Tag { name: tag.to_string(), commit: id.to_string() }),
+            }
+        } else if let Some(branch) =
+            name.strip_prefix("refs/heads/").or_else(|| name.strip_prefix("refs/remotes/origin/"))
+        {
+            heads.push(branch);
+        }
+    }
+    refs.main_or_master =
+        ["main", "master"].into_iter().filter(|branch| heads.contains(branch)).map(str::to_string).collect();
+    refs
+}
+
+/// The committer time (unix seconds) of a raw commit object (`git cat-file commit`), whose
+/// `committer <name> <<email>> <seconds> <zone>` line comes before the first empty line.
+fn committer_time(commit: &str) -> Option<i64> {
+    let line = commit.lines().take_while(|line| !line.is_empty()).find(|line| line.starts_with("committer "))?;
+    line.rsplit(' ').nth(1)?.parse().ok()
+}
+
+/// Parses `rev-list --left-right --count`: the two counts, separated by a tab.
+fn parse_left_right(output: &str) -> Option<(u64, u64)> {
+    let (left, right) = output.trim().split_once('\t')?;
+    Some((left.parse().ok()?, right.parse().ok()?))
+}
+
+/// Parses `git log -z --format=%H%n%B`: per commit its id, a newline and its message.
+fn parse_log(output: &str) -> Vec<Commit> {
+    output
+        .split('\0')
+        .filter(|record| !record.trim().is_empty())
+        .map(|record| {
+            // After the first record, git puts a newline before each id.
+            let (id, message) = record.trim_start_matches('\n').split_once('\n').unwrap_or((record, ""));
+            let (subject, body) = message.split_once('\n').unwrap_or((message, ""));
+            Commit { id: id.to_string(), subject: subject.trim().to_string(), body: body.trim().to_string() }
+        })
+        .collect()
 }
 
 /// A digest of what a build would see at `path`: nothing for a deleted file, the target of a
@@ -391,9 +711,433 @@ fn is_credential(name: &str) -> bool {
     ["token", "auth", "key", "secret", "pass", "pwd", "sig", "cred", "session"].iter().any(|word| name.contains(word))
 }
 
+// Remote refs: the release lock and the tags on a remote. These talk to the remote, with the
+// user's own git configuration, credentials and transports, as pushing by hand would; like the
+// reads above they go through the runner, so `--dry-run` shows them and unit tests record them.
+
+/// The names of the repository's remotes (`git remote`).
+pub fn remotes(runner: &dyn Runner, repo: &Path) -> Result<Vec<String>> {
+    let listed =
+        runner.read(&git_in(repo).arg("remote").hint(format!("git cannot list the remotes of {}", repo.display())))?;
+    Ok(listed.lines().map(str::trim).filter(|name| !name.is_empty()).map(str::to_string).collect())
+}
+
+/// A ref on a remote as `git ls-remote` lists it: its name, the object it names and, for an
+/// annotated tag, the commit it peels to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteRef {
+    /// The full name, `refs/tags/v1.0.0`.
+    pub name: String,
+    pub id: String,
+    pub peeled: Option<String>,
+}
+
+impl RemoteRef {
+    /// The commit the ref names, through an annotated tag.
+    pub fn commit(&self) -> &str {
+        self.peeled.as_deref().unwrap_or(&self.id)
+    }
+}
+
+/// `git ls-remote <remote> <patterns>`: the remote's refs matching `patterns`, asked of the
+/// remote itself (not this clone's copy of them).
+pub fn ls_remote_command(repo: &Path, remote: &str, patterns: &[&str]) -> Command {
+    git_in(repo)
+        .args(["ls-remote", remote])
+        .args(patterns.iter().copied())
+        .hint(format!("git cannot list the refs of remote {remote}; check that it answers (`git ls-remote {remote}`)"))
+}
+
+/// The refs [`ls_remote_command`] printed, each annotated tag's `^{}` line folded into it.
+pub fn parse_ls_remote(listing: &str) -> Vec<RemoteRef> {
+    let mut refs: Vec<RemoteRef> = Vec::new();
+    for (id, name) in listing.lines().filter_map(|line| line.split_once('\t')) {
+        match name.strip_suffix("^{}") {
+            Some(tag) => {
+                if let Some(found) = refs.iter_mut().find(|reference| reference.name == tag) {
+                    found.peeled = Some(id.to_string());
+                }
+            }
+            None => refs.push(RemoteRef { name: name.to_string(), id: id.to_string(), peeled: None }),
+        }
+    }
+    refs
+}
+
+/// The remote's refs matching `patterns`.
+pub fn remote_refs(runner: &dyn Runner, repo: &Path, remote: &str, patterns: &[&str]) -> Result<Vec<RemoteRef>> {
+    Ok(parse_ls_remote(&runner.read(&ls_remote_command(repo, remote, patterns))?))
+}
+
+/// `git commit-tree`: a commit of `parent`'s tree on top of `parent` with `message`, written to
+/// the object database without moving any ref; it prints the new commit's id. The identity is
+/// fixed, since CI runners often have none and what the commit says is in its message.
+pub fn commit_object_command(repo: &Path, parent: &str, message: &str) -> Command {
+    [("GIT_AUTHOR_NAME", "intric xtask"), ("GIT_AUTHOR_EMAIL", "xtask@localhost")]
+        .into_iter()
+        .chain([("GIT_COMMITTER_NAME", "intric xtask"), ("GIT_COMMITTER_EMAIL", "xtask@localhost")])
+        .fold(git_in(repo), |command, (key, value)| command.env(key, value))
+        .args(["commit-tree", &format!("{parent}^{{tree}}"), "-p", parent, "-m", message])
+        .hint(format!("git cannot write a commit object in {}", repo.display()))
+}
+
+/// `git push` of `source` (an object id; `None` deletes) to `reference` on `remote`, only if
+/// the remote's `reference` is `expected` right now (`None`: absent). The remote checks that
+/// as it updates the ref (a compare-and-swap), so of two such pushes at once, one is refused.
+/// Local hooks are skipped: this moves no branch, and a pre-push hook's checks are for those.
+pub fn push_with_lease_command(
+    repo: &Path,
+    remote: &str,
+    source: Option<&str>,
+    reference: &str,
+    expected: Option<&str>,
+) -> Command {
+    git_in(repo)
+        .args(["push", "--no-verify", "--porcelain"])
+        .arg(format!("--force-with-lease={reference}:{}", expected.unwrap_or_default()))
+        .arg(remote)
+        .arg(format!("{}:{reference}", source.unwrap_or_default()))
+        .hint(format!("git cannot update {reference} on remote {remote}"))
+}
+
+/// `git fetch` of the objects of `reference` on `remote`, writing no ref (not even FETCH_HEAD):
+/// to read an object another clone pushed.
+pub fn fetch_objects_command(repo: &Path, remote: &str, reference: &str) -> Command {
+    git_in(repo)
+        .args(["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", remote, reference])
+        .hint(format!("git cannot fetch {reference} from remote {remote}"))
+}
+
+/// The message of commit `id`: `git show --no-patch --format=%B`.
+pub fn commit_message_command(repo: &Path, id: &str) -> Command {
+    git_in(repo).args(["show", "--no-patch", "--format=%B", id]).hint(format!("git cannot read commit {id}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::runner::{Processes, Recording};
+
+    const HEAD: &str = "0123456789abcdef0123456789abcdef01234567";
+    const TAGGED: &str = "89abcdef0123456789abcdef0123456789abcdef";
+    const TAG_OBJECT: &str = "fedcba9876543210fedcba9876543210fedcba98";
+
+    /// A status with every kind of entry: the path of each keeps its spaces and newlines.
+    fn status_output() -> String {
+        [
+            &format!("# branch.oid {HEAD}"),
+            "# branch.head feature/x",
+            "# branch.upstream origin/feature/x",
+            "# branch.ab +1 -0",
+            "1 .M N... 100644 100644 100644 1111111111111111111111111111111111111111 1111111111111111111111111111111111111111 dir with space/f ü.txt",
+            "1 A. N... 000000 100644 100644 0000000000000000000000000000000000000000 2222222222222222222222222222222222222222 new\nline.txt",
+            "1 MD N... 100644 100644 000000 3333333333333333333333333333333333333333 3333333333333333333333333333333333333333 gone.txt",
+            "2 R. N... 100644 100644 100644 4444444444444444444444444444444444444444 4444444444444444444444444444444444444444 R100 moved.txt",
+            "original.txt",
+            "u UU N... 100644 100644 100644 100644 5555555555555555555555555555555555555555 6666666666666666666666666666666666666666 7777777777777777777777777777777777777777 both.txt",
+            "? untracked file",
+            "! ignored.log",
+            "",
+        ]
+        .join("\0")
+    }
+
+    /// How a repository on branch feature/x answers `open`'s reads: a lightweight, an
+    /// annotated and a nested tag, an origin with a token in its URL, a shallow history.
+    fn repository(shown: &str) -> std::result::Result<String, String> {
+        let reply = if shown.contains(" status ") {
+            status_output()
+        } else if shown.contains(" show-ref --dereference") {
+            format!(
+                "{HEAD} refs/heads/main\n{HEAD} refs/heads/main/old\n{HEAD} refs/remotes/origin/HEAD\n\
+                 {TAGGED} refs/tags/light\n{TAG_OBJECT} refs/tags/nested\n{TAGGED} refs/tags/nested^{{}}\n\
+                 {TAG_OBJECT} refs/tags/v1.0.0\n{TAGGED} refs/tags/v1.0.0^{{}}\n"
+            )
+        } else if shown.contains(" cat-file commit HEAD") {
+            "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor A U Thor <a@example.com> 1600000000 +0200\n\
+             committer C O Mitter <c@example.com> 1700000060 +0100\n\ncommitter in the message 5\n"
+                .to_string()
+        } else if shown
+            .contains(" rev-parse --is-shallow-repository --revs-only --symbolic-full-name refs/remotes/origin/HEAD")
+        {
+            "true\nrefs/remotes/origin/develop\n".to_string()
+        } else if shown.contains(" remote get-url origin") {
+            "https://gitlab-ci-token:CANARY@gitlab.example.com/group/intric.git\n".to_string()
+        } else {
+            return Err(format!("unexpected command {shown}"));
+        };
+        Ok(reply)
+    }
+
+    #[test]
+    fn open_reads_the_state_in_five_processes_and_answers_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = Recording::replying(repository);
+        let repo = Repo::open(&runner, dir.path()).unwrap();
+        assert_eq!(repo.head().unwrap(), Head { id: HEAD.into(), time: 1_700_000_060 });
+        assert_eq!(repo.branch().unwrap().as_deref(), Some("feature/x"));
+        let tags: Vec<(String, String)> = repo.tags().unwrap().into_iter().map(|tag| (tag.name, tag.commit)).collect();
+        let expected = [("light", TAGGED), ("nested", TAGGED), ("v1.0.0", TAGGED)];
+        assert_eq!(tags, expected.map(|(name, commit)| (name.to_string(), commit.to_string())));
+        assert_eq!(repo.default_branch().as_deref(), Some("develop"));
+        assert!(repo.is_shallow());
+        assert_eq!(repo.origin_url().as_deref(), Some("https://gitlab.example.com/group/intric.git"));
+        assert!(matches!(repo.worktree().unwrap(), Worktree::Dirty { .. }));
+
+        let executed = runner.executed();
+        assert_eq!(executed.len(), 5, "the five reads and nothing else: {executed:#?}");
+        let parent = dir.path().canonicalize().unwrap().parent().unwrap().display().to_string();
+        let prefix = format!("LC_ALL=C GIT_CEILING_DIRECTORIES={parent} git -C {} ", dir.path().display());
+        assert!(executed.iter().all(|command| command.starts_with(&prefix)), "{executed:#?}");
+        assert!(executed.contains(&format!(
+            "{prefix}--no-optional-locks status --porcelain=v2 -z --branch --untracked-files=all --no-renames"
+        )));
+    }
+
+    #[test]
+    fn status_entries_become_paths_and_libgit2_status_bits() {
+        use status_bits::*;
+        let status = parse_status(&status_output()).unwrap();
+        assert_eq!(status.head.as_deref(), Some(HEAD));
+        assert_eq!(status.branch.as_deref(), Some("feature/x"));
+        let changes: Vec<(&str, u32)> = status.changes.iter().map(|(path, bits)| (path.as_str(), *bits)).collect();
+        assert_eq!(
+            changes,
+            [
+                ("dir with space/f ü.txt", WT_MODIFIED),
+                ("new\nline.txt", INDEX_NEW),
+                ("gone.txt", INDEX_MODIFIED | WT_DELETED),
+                ("moved.txt", INDEX_RENAMED),
+                ("both.txt", CONFLICTED),
+                ("untracked file", WT_NEW),
+            ]
+        );
+
+        let unborn = parse_status("# branch.oid (initial)\0# branch.head main\0").unwrap();
+        assert_eq!((unborn.head, unborn.branch.as_deref()), (None, Some("main")));
+        let detached = parse_status(&format!("# branch.oid {HEAD}\0# branch.head (detached)\0")).unwrap();
+        assert_eq!((detached.head.as_deref(), detached.branch), (Some(HEAD), None));
+        assert!(parse_status("1 .M too few fields\0").is_err());
+        assert!(parse_status("X what\0").is_err());
+    }
+
+    #[test]
+    fn status_codes_map_to_the_bits_libgit2_reported() {
+        use status_bits::*;
+        for (xy, bits) in [
+            (".M", WT_MODIFIED),
+            ("M.", INDEX_MODIFIED),
+            ("MM", INDEX_MODIFIED | WT_MODIFIED),
+            ("A.", INDEX_NEW),
+            ("AM", INDEX_NEW | WT_MODIFIED),
+            ("D.", INDEX_DELETED),
+            (".D", WT_DELETED),
+            ("T.", INDEX_TYPECHANGE),
+            (".T", WT_TYPECHANGE),
+            // `git add -N`: libgit2 said "new in the index, modified in the work tree".
+            (".A", INDEX_NEW | WT_MODIFIED),
+        ] {
+            assert_eq!(change_bits(xy).unwrap(), bits, "{xy}");
+        }
+        for bad in ["M", "MMM", "?M", "M?"] {
+            assert!(change_bits(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn refs_give_peeled_tags_and_the_default_branch() {
+        let refs = parse_refs(&format!(
+            "{HEAD} refs/heads/master\n{HEAD} refs/remotes/origin/main\n{HEAD} refs/remotes/upstream/main\n\
+             {TAG_OBJECT} refs/tags/v2\n{TAGGED} refs/tags/v2^{{}}\n{HEAD} refs/tags/v3\n"
+        ));
+        let tag = |name: &str, commit: &str| Tag { name: name.into(), commit: commit.into() };
+        assert_eq!(refs.tags, [tag("v2", TAGGED), tag("v3", HEAD)]);
+        assert_eq!(refs.main_or_master, ["main", "master"], "origin's main, then the local master");
+        let elsewhere = parse_refs(&format!("{HEAD} refs/heads/main/feature\n{HEAD} refs/remotes/upstream/master\n"));
+        assert!(elsewhere.main_or_master.is_empty(), "{elsewhere:?}");
+        assert_eq!(parse_refs(""), Refs::default());
+    }
+
+    #[test]
+    fn no_refs_and_no_origin_are_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = Recording::replying(|shown| {
+            if shown.contains(" show-ref ") || shown.contains(" remote get-url ") {
+                Err(String::new())
+            } else if shown.contains(" rev-parse ") {
+                Ok("false\n".into())
+            } else {
+                repository(shown)
+            }
+        });
+        let repo = Repo::open(&runner, dir.path()).unwrap();
+        assert_eq!(repo.tags().unwrap(), []);
+        assert_eq!((repo.default_branch(), repo.origin_url(), repo.is_shallow()), (None, None, false));
+    }
+
+    #[test]
+    fn commit_times_logs_and_counts_parse() {
+        assert_eq!(committer_time("tree x\ncommitter A <a@b> 1700000000 -0500\n\nmessage\n"), Some(1_700_000_000));
+        assert_eq!(committer_time("tree x\n\ncommitter A <a@b> 1 +0000\n"), None, "only the headers count");
+        assert_eq!(parse_left_right("0\t7\n"), Some((0, 7)));
+        assert_eq!(parse_left_right("seven"), None);
+        let log =
+            parse_log(&format!("{HEAD}\nfeat: a thing\n\nBREAKING CHANGE: it changed\n\0{TAGGED}\nfix: one line\n\0"));
+        assert_eq!(
+            log,
+            [
+                Commit { id: HEAD.into(), subject: "feat: a thing".into(), body: "BREAKING CHANGE: it changed".into() },
+                Commit { id: TAGGED.into(), subject: "fix: one line".into(), body: String::new() },
+            ]
+        );
+    }
+
+    #[test]
+    fn ancestry_is_one_rev_list_and_takes_only_object_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = Recording::replying(|shown| {
+            if shown.contains(&format!("rev-list --left-right --count {TAGGED}...{HEAD}")) {
+                Ok("0\t3\n".into())
+            } else if shown.contains(&format!("rev-list --left-right --count {HEAD}...{TAGGED}")) {
+                Ok("3\t0\n".into())
+            } else if shown.contains(&format!("rev-list --left-right --count {TAG_OBJECT}...{HEAD}")) {
+                Err(format!(
+                    "error: object {TAG_OBJECT} is a tree, not a commit\n\
+                     fatal: Invalid symmetric difference expression {TAG_OBJECT}...{HEAD}"
+                ))
+            } else {
+                repository(shown)
+            }
+        });
+        let repo = Repo::open(&runner, dir.path()).unwrap();
+        assert_eq!(repo.commits_after(TAGGED, HEAD).unwrap(), Some(3));
+        assert!(repo.is_ancestor(TAGGED, HEAD).unwrap());
+        assert!(!repo.is_ancestor(HEAD, TAGGED).unwrap());
+        assert_eq!(repo.commits_after(TAG_OBJECT, HEAD).unwrap(), None, "a tag of a tree is in no history");
+        assert!(repo.is_ancestor(HEAD, HEAD).unwrap(), "a commit is its own ancestor, without asking git");
+        let error = repo.commits_since("--output=/tmp/x", None).unwrap_err().to_string();
+        assert!(error.contains("is not a git object id"), "{error}");
+    }
+
+    #[test]
+    fn failures_say_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().display().to_string();
+        for (said, expected) in [
+            ("fatal: not a git repository (or any of the parent directories): .git", "is not a git repository"),
+            ("fatal: this operation must be run in a work tree", "pass the work tree as --repo"),
+        ] {
+            let runner = Recording::replying(move |_| Err(said.to_string()));
+            let error = Repo::open(&runner, dir.path()).err().expect("open fails").to_string();
+            assert!(error.contains(&path) && error.contains(expected), "{error}");
+            assert_eq!(error.lines().count(), 1, "{error}");
+        }
+        let owned = format!(
+            "fatal: detected dubious ownership in repository at '{path}'\nTo add an exception for this \
+             directory, call:\n\n\tgit config --global --add safe.directory {path}"
+        );
+        for error in [
+            Repo::open(&Recording::replying(move |_| Err(owned.clone())), dir.path()).err().expect("open fails"),
+            is_tracked(
+                &Recording::replying(
+                    |_| Err("fatal: detected dubious ownership in repository at '/srv/intric'".into()),
+                ),
+                Path::new("/srv/intric/docker/.env"),
+            )
+            .unwrap_err(),
+        ] {
+            let error = error.to_string();
+            assert!(error.contains("belongs to another user; if you trust it"), "{error}");
+            assert!(error.contains("git config --global --add safe.directory /"), "{error}");
+            assert_eq!(error.lines().count(), 1, "{error}");
+        }
+
+        let empty = Recording::replying(|shown| {
+            if shown.contains(" status ") {
+                Ok("# branch.oid (initial)\0# branch.head main\0".into())
+            } else if shown.contains(" cat-file ") {
+                Err("fatal: Not a valid object name HEAD".into())
+            } else {
+                Ok(String::new())
+            }
+        });
+        let repo = Repo::open(&empty, dir.path()).unwrap();
+        for error in [repo.head().unwrap_err(), repo.branch().unwrap_err()] {
+            assert!(error.to_string().contains("has no commits yet; commit something first"), "{error}");
+        }
+        assert_eq!(repo.worktree().unwrap(), Worktree::Clean);
+    }
+
+    #[test]
+    fn a_tag_without_a_git_identity_gets_the_fallback_tagger() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = Recording::replying(|shown| {
+            if shown.contains(" var GIT_COMMITTER_IDENT") {
+                Err("fatal: unable to auto-detect email address".into())
+            } else if shown.contains(" tag --annotate ") {
+                Ok(String::new())
+            } else {
+                repository(shown)
+            }
+        });
+        let repo = Repo::open(&runner, dir.path()).unwrap();
+        repo.create_annotated_tag("v1.2.0", HEAD, "Release 1.2.0\n").unwrap();
+        let tag = runner.executed().into_iter().last().unwrap();
+        assert!(tag.contains("GIT_COMMITTER_NAME='intric xtask' GIT_COMMITTER_EMAIL=xtask@localhost git "), "{tag}");
+        assert!(
+            tag.contains(" tag --annotate --cleanup=verbatim --file ") && tag.ends_with(&format!(" -- v1.2.0 {HEAD}"))
+        );
+    }
+
+    /// Runs git in `dir` for a test's setup, without the user's configuration.
+    fn setup_git(dir: &Path, args: &[&str]) {
+        let command = git_in(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+            .args(args.iter().copied());
+        Processes::new().read(&command).unwrap();
+    }
+
+    #[test]
+    fn annotated_tags_keep_their_message_verbatim_and_are_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        setup_git(dir.path(), &["init", "--quiet", "-b", "main"]);
+        setup_git(dir.path(), &["commit", "--quiet", "--allow-empty", "-m", "first"]);
+        setup_git(dir.path(), &["config", "user.name", "Release Manager"]);
+        setup_git(dir.path(), &["config", "user.email", "rm@example.com"]);
+        let runner = Processes::new();
+        let repo = Repo::open(&runner, dir.path()).unwrap();
+        let head = repo.head().unwrap().id;
+        let notes = "Release 1.0.0\n\n## Features\n# not a comment\n";
+        repo.create_annotated_tag("v1.0.0", &head, notes).unwrap();
+        let message = runner.read(&git_in(dir.path()).args(["cat-file", "tag", "v1.0.0"])).unwrap();
+        assert!(message.contains("tagger Release Manager <rm@example.com>"), "{message}");
+        assert!(message.ends_with("\n\nRelease 1.0.0\n\n## Features\n# not a comment"), "{message}");
+        let error = repo.create_annotated_tag("v1.0.0", &head, "again").unwrap_err().to_string();
+        assert!(error.contains("cannot create tag v1.0.0") && error.contains("already exists"), "{error}");
+        let reopened = Repo::open(&runner, dir.path()).unwrap();
+        assert_eq!(reopened.tags().unwrap(), [Tag { name: "v1.0.0".into(), commit: head }]);
+    }
+
+    #[test]
+    fn tracked_files_are_found_in_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        setup_git(dir.path(), &["init", "--quiet"]);
+        std::fs::create_dir(dir.path().join("docker")).unwrap();
+        let (tracked, untracked) = (dir.path().join("docker/.env"), dir.path().join("docker/other.env"));
+        std::fs::write(&tracked, "A=1\n").unwrap();
+        std::fs::write(&untracked, "A=1\n").unwrap();
+        std::fs::write(dir.path().join("docker/*.env"), "A=1\n").unwrap();
+        setup_git(dir.path(), &["add", "docker/.env"]);
+        let runner = Processes::new();
+        assert!(is_tracked(&runner, &tracked).unwrap());
+        assert!(!is_tracked(&runner, &untracked).unwrap());
+        assert!(!is_tracked(&runner, &dir.path().join("docker/*.env")).unwrap(), "a name, not a pattern");
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join(".env"), "").unwrap();
+        assert!(!is_tracked(&runner, &outside.path().join(".env")).unwrap());
+    }
 
     #[test]
     fn operator_files_are_recognised() {

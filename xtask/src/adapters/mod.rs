@@ -1,6 +1,6 @@
 //! Adapters: one module per outside system the xtask talks to (git, the docker client, compose,
-//! `.env` files, CI providers' variables, the registry's HTTP API, the clock). They know how to
-//! ask; they decide nothing about images or deployments.
+//! Docker Swarm, `.env` files, CI providers' variables, the registry's HTTP API, the clock). They
+//! know how to ask; they decide nothing about images or deployments.
 //!
 //! They use only the plan layer below them.
 
@@ -12,6 +12,7 @@ pub mod docker;
 pub mod dotenv;
 pub mod git;
 pub mod registry;
+pub mod swarm;
 
 use std::path::PathBuf;
 
@@ -21,4 +22,22 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("xtask lives one level below the workspace root")
         .to_path_buf()
+}
+
+/// Who runs this: `$USER`, else `uid N` (lock holders, the deploy history).
+pub fn current_user() -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::env::var("USER").ok().filter(|user| !user.is_empty()).unwrap_or_else(|| {
+        std::fs::metadata("/proc/self").map_or_else(|_| "unknown".to_string(), |meta| format!("uid {}", meta.uid()))
+    })
+}
+
+/// This machine's host name (lock holders).
+pub fn current_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|host| host.trim().to_string())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
 }

@@ -454,7 +454,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         // Image names start with the setting's image-name form: without a scheme.
         let registry = args.location.registry(env).map_err(&mut problem).ok().flatten().map(|a| a.to_string());
 
-        let report = tags::resolve(&workspace, args.stage, env).map_err(&mut problem).ok();
+        let report = tags::resolve(runner, &workspace, args.stage, env).map_err(&mut problem).ok();
         if args.push && registry.is_none() {
             problem(anyhow!("--push needs a registry: set NEXUS_REGISTRY or pass --registry HOST[:PORT]"));
         }

@@ -35,10 +35,16 @@ impl Location {
 /// The registry a task uses: the flag's value, else a non-empty `$NEXUS_REGISTRY`, else none.
 /// A bad value is an error naming where it came from.
 pub fn registry_setting(flag: Option<&str>, env: &Env) -> Result<Option<RegistryAddress>> {
+    setting(flag, "--registry", env, "NEXUS_REGISTRY")
+}
+
+/// A registry setting: the value of the option `option` if given, else a non-empty
+/// `$variable`, else none. A bad value is an error naming where it came from.
+pub fn setting(flag: Option<&str>, option: &str, env: &Env, variable: &str) -> Result<Option<RegistryAddress>> {
     match flag {
-        Some(flag) => RegistryAddress::parse(flag).map(Some).context("--registry"),
-        None => match env.get("NEXUS_REGISTRY").filter(|value| !value.is_empty()) {
-            Some(value) => RegistryAddress::parse(value).map(Some).context("NEXUS_REGISTRY"),
+        Some(flag) => RegistryAddress::parse(flag).map(Some).with_context(|| option.to_string()),
+        None => match env.get(variable).filter(|value| !value.is_empty()) {
+            Some(value) => RegistryAddress::parse(value).map(Some).with_context(|| variable.to_string()),
             None => Ok(None),
         },
     }

@@ -2,40 +2,55 @@
 //! `sha-<12 hex>` to a release, without rebuilding them, and tag the commit `vX.Y.Z`.
 //!
 //! Reads once ([`read_inputs`]): git (HEAD, branch, default branch, clean or not, every tag,
-//! the commits since the previous release) and the registry (HEAD's `sha-` manifest of each
-//! image, and whether the release's version tag exists already), the registry with one attempt
-//! per request, so that a registry that is down is listed with the other problems at once.
-//! Plans ([`plan`], pure): the guards, all checked together; the version (given, or `--bump`ed
-//! from the newest release); the release tags of each image (`X.Y.Z`, and `X.Y`, `X`, `latest`
-//! by the tag engine's [`tags::release_tags`], from the git tags); the annotated git tag and its
-//! release notes. [`prepare`] adds the build task's plan for `--build`.
+//! the commits since the previous release, whether there is an `origin`), the images the
+//! compose file builds (`docker compose config`, as build does: on the published layout the
+//! worker runs the backend's image and has none of its own), and the registry (every tag of
+//! each image, HEAD's `sha-` manifest, and the digests under the tags the release may put), the
+//! registry with one attempt per request, so that a registry that is down is listed with the
+//! other problems at once. Plans ([`plan`], pure): the guards, all checked together; the
+//! version (given, or `--bump`ed from the newest of git's and the registry's releases); the
+//! release tags of each image (`X.Y.Z`, and `X.Y`, `X`, `latest` by the tag engine's
+//! [`tags::release_tags`], from git's and the registry's releases); the release lock
+//! ([`ReleaseLock`]); the annotated git tag and its release notes. [`prepare`] adds the build
+//! task's plan for `--build`.
 //!
 //! The [`ReleasePlan`] is a [`TaskPlan`]: shown, or run with `--execute`. Running it builds
-//! the missing images (if any), then puts each `sha-` manifest's own bytes under every release
-//! tag (so the digests are equal and no layer moves): every image's version tag first, then the
-//! floating tags, then the git tag, so a failure part-way leaves no git tag behind. Tags already
-//! in place are left alone, so running the same release again after a failure finishes it;
-//! with `--push-tag`, `git push origin vX.Y.Z` follows.
+//! the missing images (if any), takes the release lock on origin (so two releases never
+//! interleave; the loser changes nothing and is told who holds it), reads the registry and
+//! origin's tags again and plans again under it, then puts each `sha-` manifest's own bytes
+//! under every release tag (so the digests are equal and no layer moves): every image's
+//! version tag first, then the floating tags, then the git tag, pushed to origin, so a failure
+//! part-way leaves no git tag behind; then it releases the lock. Tags already in place are left
+//! alone, so running the same release again after a failure finishes it. Each image's progress
+//! goes to a `plan::progress` line.
+//!
+//! With a release registry (`--to-registry`, see [`promotion`]), the `sha-` manifests are read
+//! from the development registry and brought into the release registry before the first tag is
+//! written there; the release tags, and the "newest" judgement, are the release registry's.
 //!
 //! `cargo xtask ci --stage release` runs the same code for a tag pipeline, where the git tag
-//! exists already ([`TagMode::Existing`]).
+//! exists already ([`TagMode::Existing`]), without the lock.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::ValueEnum;
 use semver::{Prerelease, Version};
 
 use crate::adapters::ci_env::Env;
 use crate::adapters::git::{self, Commit, Worktree};
 use crate::adapters::registry::{Backoff, Credentials, Manifest, Registry, RegistryAddress, Tagged};
-use crate::images::Service;
+use crate::adapters::{clock, current_host, current_user};
 use crate::images::build::{self, BuildArgs, BuildPlan};
 use crate::images::location::{self, Location};
+use crate::images::promotion::{self, PromotionPlan};
+use crate::images::release_lock::{Holder, LOCK_REF, REMOTE, ReleaseLock};
+use crate::images::services::{ComposeImages, compose_file};
 use crate::images::tags::{self, release_version};
+use crate::plan::progress::{Progress, TaskProgress};
 use crate::plan::runner::{Processes, Runner};
 use crate::plan::{Command, TaskPlan, show_or_run};
 
@@ -67,10 +82,21 @@ pub enum TagMode {
     Existing(Option<String>),
 }
 
+/// One image a release promotes: an image the compose file builds (a service with a `build:`
+/// section), so exactly the images `build` pushes; services that run another's image (the
+/// published worker runs the backend's) have none of their own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseImage {
+    /// The compose service that builds it (`backend`).
+    pub name: String,
+    /// The repository below the registry (`intric/backend`).
+    pub repository: String,
+}
+
 /// What the registry holds of one image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageState {
-    pub service: Service,
+    pub image: ReleaseImage,
     /// HEAD's `sha-` manifest, `None` when the registry lacks it.
     pub source: Option<Manifest>,
     /// Every tag of the image in the registry: its release tags count for "newest" too.
@@ -91,7 +117,7 @@ pub struct ReleaseInputs {
     pub branch: Option<String>,
     pub default_branch: Option<String>,
     pub dirty: bool,
-    /// Every tag in git.
+    /// Every tag in git (under the release lock, origin's release tags too).
     pub tags: Vec<git::Tag>,
     /// The release the notes start from: the nearest lower release HEAD contains.
     pub previous_release: Option<String>,
@@ -101,17 +127,32 @@ pub struct ReleaseInputs {
     pub registry: Option<RegistryAddress>,
     /// Why the registry could not be read, when it could not (unreachable, login refused).
     pub registry_problem: Option<String>,
-    /// One per service, when the registry was read.
+    /// The images the compose file builds, in build order.
+    pub compose: Vec<ReleaseImage>,
+    /// Why the compose file could not be read, when it could not.
+    pub compose_problem: Option<String>,
+    /// One per image of `compose`, when the registry was read.
     pub images: Vec<ImageState>,
+    /// With a release registry, what promoting into it moves; the `images`' tags are its.
+    pub promotion: Option<PromotionPlan>,
     pub allow_branches: Vec<String>,
     pub build: bool,
     pub push_tag: bool,
+    /// Whether the repository has the remote that holds the release lock ([`REMOTE`]).
+    pub has_origin: bool,
+    /// `--no-lock`: release without the lock (nobody else releases to this registry).
+    pub no_lock: bool,
+    /// `--break-lock`: replace a lock a killed release left behind.
+    pub break_lock: bool,
+    /// Who runs this, for the lock's holder (its version is the plan's).
+    pub who: Holder,
 }
 
 /// One image's promotion.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Promotion {
-    pub service: Service,
+    /// The compose service that builds the image.
+    pub name: String,
     /// `intric/<service>`.
     pub repository: String,
     /// HEAD's immutable tag, `sha-<12 hex>`, whose manifest is promoted.
@@ -137,9 +178,12 @@ pub struct ReleasePlan {
     pub revision: String,
     /// The git repository the tag is created in.
     pub repo: PathBuf,
+    /// Where the release tags are written: the release registry when promoting into one.
     pub registry: RegistryAddress,
-    /// The images to build and push before promoting (with --build, when missing).
-    pub build: Vec<Service>,
+    /// The promotion from the development registry, with a release registry.
+    pub promotion: Option<PromotionPlan>,
+    /// The images to build and push before promoting (with --build, when missing), by name.
+    pub build: Vec<String>,
     /// The build task's plan for them, read by [`prepare`] when `build` is not empty.
     pub build_first: Option<BuildPlan>,
     pub promotions: Vec<Promotion>,
@@ -152,12 +196,21 @@ pub struct ReleasePlan {
     pub skip_immutable_floating: bool,
     /// Keep progress off standard output (for --json).
     pub quiet: bool,
+    /// The release lock on origin, taken before any tag moves and released at the end; `None`
+    /// with --no-lock and in a tag pipeline.
+    pub lock: Option<ReleaseLock>,
+    /// What the plan was made from: under the lock, the registry and origin's tags are read
+    /// again into these and the release planned again, so that what it moves is decided on
+    /// what the registry holds while no other release can change it.
+    pub inputs: ReleaseInputs,
 }
 
 /// How a release runs: `cargo xtask release`'s options, or a tag pipeline's.
 pub struct Options {
     pub repo: PathBuf,
     pub registry: Option<String>,
+    /// `--to-registry`: the release registry to promote into (else `$NEXUS_RELEASE_REGISTRY`).
+    pub to_registry: Option<String>,
     pub requested: Requested,
     pub mode: TagMode,
     pub allow_branches: Vec<String>,
@@ -168,6 +221,10 @@ pub struct Options {
     pub skip_immutable_floating: bool,
     /// Keep progress and the plan off standard output (for --json).
     pub quiet: bool,
+    /// Release without the lock on origin.
+    pub no_lock: bool,
+    /// Replace a release lock that a killed release left on origin.
+    pub break_lock: bool,
 }
 
 /// What a release did (or would do, in a dry run): for the summary, `--json` and CI outputs.
@@ -178,8 +235,9 @@ pub struct ReleaseReport {
     pub git_tag: String,
     pub revision: String,
     pub registry: String,
-    /// Per image: `<registry>/intric/<service>`, its digest and its release tags.
-    pub images: Vec<(Service, String, Option<String>, Vec<String>)>,
+    /// Per image: its name (the compose service that builds it), `<registry>/<repository>`, its
+    /// digest and its release tags.
+    pub images: Vec<(String, String, Option<String>, Vec<String>)>,
 }
 
 impl ReleaseReport {
@@ -191,7 +249,7 @@ impl ReleaseReport {
             "revision": self.revision,
             "registry": self.registry,
             "images": self.images.iter().map(|(service, image, digest, tags)| serde_json::json!({
-                "service": service.name(),
+                "service": service,
                 "image": image,
                 "digest": digest,
                 "tags": tags,
@@ -237,8 +295,8 @@ pub fn release(options: &Options, env: &Env) -> Result<ReleaseReport> {
 /// the release is one, quiet when the release prints JSON.
 fn build_args(options: &Options, plan: &ReleasePlan) -> BuildArgs {
     BuildArgs {
-        location: Location { repo: Some(options.repo.clone()), registry: Some(plan.registry.to_string()) },
-        services: plan.build.iter().map(|service| service.name().to_string()).collect(),
+        location: Location { repo: Some(options.repo.clone()), registry: Some(plan.images_registry().to_string()) },
+        services: plan.build.clone(),
         push: true,
         dry_run: !options.execute,
         json: options.quiet,
@@ -246,20 +304,73 @@ fn build_args(options: &Options, plan: &ReleasePlan) -> BuildArgs {
     }
 }
 
-/// Reads git and the registry once. The version is worked out here already (by the same pure
-/// function the plan uses) because the release notes' starting point depends on it.
+/// Reads git, the compose file's image list and the registry once. The version is worked out
+/// here already (by the same pure functions the plan uses, from git's and the registry's
+/// release tags) because the release notes' starting point depends on it.
 ///
 /// The registry is read without retries: a registry that is down is one of the problems the
-/// plan lists at once with the others, not a wait. A registry that cannot be read is recorded
-/// as such; the plan refuses with it.
+/// plan lists at once with the others, not a wait. A registry or compose file that cannot be
+/// read is recorded as such; the plan refuses with it.
 pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<ReleaseInputs> {
-    let repo = git::Repo::open(&options.repo)?;
+    let repo = git::Repo::open(runner, &options.repo)?;
     let head = repo.head()?;
     let tags = repo.tags()?;
     let dirty = matches!(repo.worktree()?, Worktree::Dirty { .. });
-    let versions: Vec<Version> = tags.iter().filter_map(|tag| release_version(&tag.name)).collect();
+    let (compose, compose_problem) = match read_compose(runner, &options.repo, env) {
+        Ok(compose) => (compose, None),
+        Err(error) => (Vec::new(), Some(format!("{error:#}"))),
+    };
+
+    let registry = location::registry_setting(options.registry.as_deref(), env)?;
+    // A release registry that is the registry itself is a release in one registry.
+    let to_registry = promotion::release_registry(options.to_registry.as_deref(), env)?
+        .filter(|target| Some(target) != registry.as_ref());
+    let (images, promotion, registry_problem) = match &registry {
+        Some(address) => {
+            let read = || -> Result<(Vec<ImageState>, Option<PromotionPlan>)> {
+                let client = Registry::new(address.clone(), Credentials::find(address, runner)?, Backoff::NONE);
+                let release_client = match &to_registry {
+                    Some(target) => {
+                        Some(Registry::new(target.clone(), Credentials::find_release(target, runner)?, Backoff::NONE))
+                    }
+                    None => None,
+                };
+                // With no image list (the compose file's problem is listed), whether the
+                // registries answer is still worth listing with the rest.
+                if compose.is_empty() {
+                    client.check_access()?;
+                    release_client.as_ref().map_or(Ok(()), Registry::check_access)?;
+                    return Ok((Vec::new(), None));
+                }
+                // The release tags are the release registry's, when promoting into one.
+                let tagged = release_client.as_ref().unwrap_or(&client);
+                let source = tags::immutable_tag(&head.id);
+                let images = read_images(&client, tagged, &compose, &source, &options.requested, &tags)?;
+                let promotion = match &release_client {
+                    Some(target) => Some(promotion::read(
+                        &client,
+                        target,
+                        images.iter().map(|image| (image.image.repository.clone(), image.source.as_ref())),
+                    )?),
+                    None => None,
+                };
+                Ok((images, promotion))
+            };
+            match read() {
+                Ok((images, promotion)) => (images, promotion, None),
+                Err(error) => {
+                    let which = match &to_registry {
+                        Some(target) => format!("registry {address} or {target} is"),
+                        None => format!("registry {address} is"),
+                    };
+                    (Vec::new(), None, Some(format!("{which} unreachable or refuses us: {error:#}")))
+                }
+            }
+        }
+        None => (Vec::new(), None, None),
+    };
     let mut previous_release = None;
-    if let Ok(version) = target_version(&options.requested, &versions) {
+    if let Ok(version) = target_version(&options.requested, &released(&tags, &images)) {
         for tag in previous_candidates(&version, &tags) {
             if repo.is_ancestor(&tag.commit, &head.id)? {
                 previous_release = Some(tag.clone());
@@ -268,16 +379,7 @@ pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<
         }
     }
     let commits = repo.commit_log(&head.id, previous_release.as_ref().map(|tag| tag.commit.as_str()))?;
-
-    let registry = location::registry_setting(options.registry.as_deref(), env)?;
-    let version = target_version(&options.requested, &versions).ok();
-    let (images, registry_problem) = match &registry {
-        Some(address) => match read_images(runner, address, &tags::immutable_tag(&head.id), version.as_ref()) {
-            Ok(images) => (images, None),
-            Err(error) => (Vec::new(), Some(format!("registry {address} is unreachable or refuses us: {error:#}"))),
-        },
-        None => (Vec::new(), None),
-    };
+    let has_origin = git::remotes(runner, &options.repo)?.iter().any(|remote| remote == REMOTE);
     Ok(ReleaseInputs {
         repo: options.repo.clone(),
         requested: options.requested.clone(),
@@ -289,48 +391,85 @@ pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<
         commits,
         registry,
         registry_problem,
+        compose,
+        compose_problem,
         images,
+        promotion,
         allow_branches: options.allow_branches.clone(),
         build: options.build,
         push_tag: options.push_tag,
+        has_origin,
+        no_lock: options.no_lock,
+        break_lock: options.break_lock,
+        who: Holder {
+            version: String::new(),
+            user: current_user(),
+            host: current_host(),
+            pid: std::process::id(),
+            since: clock::rfc3339(clock::now_unix()),
+        },
         head,
         tags,
     })
 }
 
+/// The images the compose file of `repo` builds (see [`ReleaseImage`]).
+fn read_compose(runner: &dyn Runner, repo: &Path, env: &Env) -> Result<Vec<ReleaseImage>> {
+    let file = compose_file(repo, None)?;
+    let images = ComposeImages::read(runner, "docker", &file, env, repo)?;
+    Ok(images.built.into_iter().map(|image| ReleaseImage { name: image.name, repository: image.repository }).collect())
+}
+
 /// What the registry holds of each image: HEAD's `source` manifest, every tag, and the digest
-/// of each existing tag the release of `version` may put, so that the plan knows before the
-/// first write what each write does. One attempt per request (see [`read_inputs`]).
+/// of each existing tag the release may put, so that the plan knows before the first write
+/// what each write does. Which tags those are depends on the version, which `--bump` takes
+/// from git's release tags (`git_tags`) and the registry's, so the tag lists come first. The
+/// `source` manifests are `client`'s; the tags are `tagged`'s, which is the release registry
+/// when promoting into one, else `client` too.
 fn read_images(
-    runner: &dyn Runner,
-    address: &RegistryAddress,
+    client: &Registry,
+    tagged: &Registry,
+    compose: &[ReleaseImage],
     source: &str,
-    version: Option<&Version>,
+    requested: &Requested,
+    git_tags: &[git::Tag],
 ) -> Result<Vec<ImageState>> {
-    let credentials = Credentials::find(address, runner)?;
-    let client = Registry::new(address.clone(), credentials, Backoff::NONE);
-    let candidates: Vec<String> = match version {
-        Some(version) => vec![
-            tags::version_tag(version),
+    let mut images = Vec::new();
+    for image in compose {
+        let tags = tagged.tags(&image.repository)?;
+        let source = client.manifest(&image.repository, source)?;
+        images.push(ImageState { image: image.clone(), source, tags, existing: BTreeMap::new() });
+    }
+    let candidates: Vec<String> = match target_version(requested, &released(git_tags, &images)) {
+        Ok(version) => vec![
+            tags::version_tag(&version),
             format!("{}.{}", version.major, version.minor),
             version.major.to_string(),
             "latest".to_string(),
         ],
-        None => Vec::new(),
+        Err(_) => Vec::new(),
     };
-    let mut images = Vec::new();
-    for service in Service::ALL {
-        let repository = service.repository();
-        let tags = client.tags(&repository)?;
-        let mut existing = BTreeMap::new();
-        for tag in candidates.iter().filter(|tag| tags.contains(tag)) {
-            if let Some(digest) = client.manifest_digest(&repository, tag)? {
-                existing.insert(tag.clone(), digest);
+    for image in &mut images {
+        for tag in candidates.iter().filter(|tag| image.tags.contains(tag)) {
+            if let Some(digest) = tagged.manifest_digest(&image.image.repository, tag)? {
+                image.existing.insert(tag.clone(), digest);
             }
         }
-        images.push(ImageState { service, source: client.manifest(&repository, source)?, tags, existing });
     }
     Ok(images)
+}
+
+/// Every release so far: git's release tags and the registry's (a release pushed from another
+/// clone, or whose git tag was never pushed, still counts), each version once.
+fn released(git_tags: &[git::Tag], images: &[ImageState]) -> Vec<Version> {
+    let mut released: Vec<Version> = Vec::new();
+    let registry = images.iter().flat_map(|image| &image.tags);
+    for version in git_tags.iter().map(|tag| &tag.name).chain(registry).filter_map(|tag| release_version(tag)) {
+        if !released.iter().any(|other| other.cmp_precedence(&version) == Ordering::Equal) {
+            released.push(version);
+        }
+    }
+    released
 }
 
 /// Release tags lower than `version` that the notes may start from, highest first. For a
@@ -437,16 +576,9 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
     let short = &inputs.head.id[..12];
     let existing: Vec<(Version, &git::Tag)> =
         inputs.tags.iter().filter_map(|tag| release_version(&tag.name).map(|version| (version, tag))).collect();
-    let versions: Vec<Version> = existing.iter().map(|(version, _)| version.clone()).collect();
-    // "Newest" is judged from the registry's release tags too: a release pushed from another
-    // clone, or whose git tag was never pushed, still counts.
-    let mut released = versions.clone();
-    for version in inputs.images.iter().flat_map(|image| &image.tags).filter_map(|tag| release_version(tag)) {
-        if !released.iter().any(|other| other.cmp_precedence(&version) == Ordering::Equal) {
-            released.push(version);
-        }
-    }
-    let version = match target_version(&inputs.requested, &versions) {
+    // "Newest", and where `--bump` starts, are judged from the registry's release tags too.
+    let released = released(&inputs.tags, &inputs.images);
+    let version = match target_version(&inputs.requested, &released) {
         Ok(version) => Some(version),
         Err(problem) => {
             problems.push(problem);
@@ -472,6 +604,22 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
             .map(|(_, tag)| *tag)
             .collect();
         git_tag_exists = !same.is_empty();
+        // The loser of two releases of one version at once, run again: nothing is left to do.
+        let version_tag = tags::version_tag(version);
+        let on_head = |image: &ImageState| {
+            image.source.as_ref().is_some_and(|source| image.existing.get(&version_tag) == Some(&source.digest))
+        };
+        if inputs.mode == TagMode::Create
+            && same.iter().any(|tag| tag.commit == inputs.head.id)
+            && !inputs.images.is_empty()
+            && inputs.images.iter().all(on_head)
+        {
+            bail!(
+                "{version} is already released from {short}: git tag {} and {version_tag} of every image in the \
+                 registry hold HEAD's images; nothing to do",
+                same[0].name
+            );
+        }
         git_tag = match &inputs.mode {
             TagMode::Create => {
                 for tag in &same {
@@ -529,21 +677,43 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
     }
 
     let registry = inputs.registry.as_ref().map_or_else(String::new, ToString::to_string);
+    // Where the release tags are: the release registry, when promoting into one.
+    let tag_registry = inputs.promotion.as_ref().map_or_else(|| registry.clone(), |p| p.target.to_string());
     if inputs.registry.is_none() {
         problems.push("no registry: set NEXUS_REGISTRY or pass --registry HOST[:PORT]".to_string());
     }
     problems.extend(inputs.registry_problem.clone());
+    problems.extend(inputs.compose_problem.clone());
+    let lock = match (&inputs.mode, inputs.has_origin, inputs.no_lock) {
+        (TagMode::Create, true, false) => version.as_ref().map(|version| ReleaseLock {
+            repo: inputs.repo.clone(),
+            head: inputs.head.id.clone(),
+            holder: Holder { version: version.to_string(), ..inputs.who.clone() },
+            break_lock: inputs.break_lock,
+        }),
+        (TagMode::Create, false, false) => {
+            problems.push(format!(
+                "{} has no remote {REMOTE} to hold the release lock ({LOCK_REF}) that keeps two releases from \
+                 interleaving: add it (`git remote add {REMOTE} URL`), or pass --no-lock if no other release can run \
+                 against this registry meanwhile",
+                inputs.repo.display()
+            ));
+            None
+        }
+        // A tag pipeline runs after `release` pushed the tag, and CI tokens often may not push.
+        _ => None,
+    };
     let mut resumed = Vec::new();
     let source = tags::immutable_tag(&inputs.head.id);
     let version_tag = release_tags.first().cloned();
     let mut build = Vec::new();
     let mut promotions = Vec::new();
     for image in &inputs.images {
-        let repository = image.service.repository();
+        let repository = image.image.repository.clone();
         let digest = image.source.as_ref().map(|manifest| manifest.digest.clone());
         if digest.is_none() {
             if inputs.build {
-                build.push(image.service);
+                build.push(image.image.name.clone());
             } else {
                 problems.push(format!(
                     "{registry}/{repository}:{source} is not in the registry: the main stage pushes it \
@@ -571,20 +741,20 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
                 // A tag pipeline after `release --execute`: the version tag is already right.
                 TagMode::Existing(_) if same_image => {}
                 TagMode::Existing(_) => problems.push(format!(
-                    "{registry}/{repository}:{tag} already exists as {existing}, which is not HEAD's image {}: \
+                    "{tag_registry}/{repository}:{tag} already exists as {existing}, which is not HEAD's image {}: \
                      release tags are immutable",
                     digest.as_deref().unwrap_or("(missing)")
                 )),
                 // An earlier run of this release stopped before tagging git: it is finished now.
                 TagMode::Create if same_image && !git_tag_exists => resumed.push(format!("{repository}:{tag}")),
                 TagMode::Create => problems.push(format!(
-                    "{registry}/{repository}:{tag} already exists in the registry ({existing}): release tags are \
+                    "{tag_registry}/{repository}:{tag} already exists in the registry ({existing}): release tags are \
                      immutable; release a new version"
                 )),
             }
         }
         promotions.push(Promotion {
-            service: image.service,
+            name: image.image.name.clone(),
             repository,
             source: source.clone(),
             digest,
@@ -599,7 +769,10 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
         bail!("cannot {what}:\n  - {}", problems.join("\n  - "));
     }
     let version = version.expect("no problems means a version");
-    let registry = inputs.registry.clone().expect("no problems means a registry");
+    let registry = match &inputs.promotion {
+        Some(promotion) => promotion.target.clone(),
+        None => inputs.registry.clone().expect("no problems means a registry"),
+    };
     let mut remarks = Vec::new();
     if !resumed.is_empty() {
         remarks.push(format!(
@@ -613,15 +786,18 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
         remarks.push(format!("{version} is not the newest stable release, so `latest` stays where it is"));
     }
     let notes = release_notes(&version, inputs.previous_release.as_deref(), &inputs.commits);
-    // A tag pipeline runs because the tag was pushed already.
-    let push_tag =
-        (inputs.push_tag && inputs.mode == TagMode::Create).then(|| push_tag_command(&inputs.repo, &git_tag));
+    // A tag pipeline runs because the tag was pushed already. Under the lock the tag is always
+    // pushed, before the lock is released: the next release judges "newest" and "exists" from
+    // origin's tags, and git and the registry must agree when it looks.
+    let push_tag = ((inputs.push_tag || lock.is_some()) && inputs.mode == TagMode::Create)
+        .then(|| push_tag_command(&inputs.repo, &git_tag));
     Ok(ReleasePlan {
         create_tag: inputs.mode == TagMode::Create,
         git_tag,
         revision: inputs.head.id.clone(),
         repo: inputs.repo.clone(),
         registry,
+        promotion: inputs.promotion.clone(),
         build,
         build_first: None,
         promotions,
@@ -630,6 +806,8 @@ pub fn plan(inputs: &ReleaseInputs) -> Result<ReleasePlan> {
         remarks,
         skip_immutable_floating: false,
         quiet: false,
+        lock,
+        inputs: inputs.clone(),
         version,
     })
 }
@@ -718,13 +896,40 @@ impl fmt::Display for ReleasePlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "release {} of {}", self.version, &self.revision[..12])?;
         if !self.build.is_empty() {
-            let names: Vec<&str> = self.build.iter().map(|service| service.name()).collect();
-            writeln!(f, "build and push first (missing from the registry): {}", names.join(", "))?;
+            writeln!(f, "build and push first (missing from the registry): {}", self.build.join(", "))?;
         }
-        writeln!(f, "promote in {} (the sha- manifests' own bytes, so the digests stay):", self.registry)?;
+        if let Some(lock) = &self.lock {
+            let shown = lock.shown();
+            writeln!(
+                f,
+                "take the release lock on {REMOTE} before any tag moves (refused, changing nothing, while another release holds it):"
+            )?;
+            writeln!(f, "  {}\n  {}", shown[0], shown[1])?;
+            writeln!(
+                f,
+                "under the lock, read the registry's tags and {REMOTE}'s release tags again (git ls-remote) and plan again:"
+            )?;
+        }
+        match &self.promotion {
+            Some(copy) => writeln!(f, "{copy}, then the sha- manifests' own bytes, so the digests stay:")?,
+            None => writeln!(f, "promote in {} (the sha- manifests' own bytes, so the digests stay):", self.registry)?,
+        }
         for promotion in &self.promotions {
             let digest = promotion.digest.as_deref().unwrap_or("to be built");
-            writeln!(f, "  {}:{} ({digest}) -> {}", promotion.repository, promotion.source, promotion.tags.join(", "))?;
+            let tags = promotion.tags.join(", ");
+            match &self.promotion {
+                Some(copy) => writeln!(
+                    f,
+                    "  {}/{}:{} ({digest}) -> {}/{}: {tags}; {}",
+                    copy.source,
+                    promotion.repository,
+                    promotion.source,
+                    copy.target,
+                    promotion.repository,
+                    copy.transfer_line(&promotion.repository)
+                )?,
+                None => writeln!(f, "  {}:{} ({digest}) -> {tags}", promotion.repository, promotion.source)?,
+            }
         }
         writeln!(f, "in this order, release tags first (a tag already in place is left alone):")?;
         for (index, tag) in self.writes() {
@@ -754,6 +959,9 @@ impl fmt::Display for ReleasePlan {
         if let Some(push) = &self.push_tag {
             writeln!(f, "git: {push}")?;
         }
+        if let Some(lock) = &self.lock {
+            writeln!(f, "then release the lock, if it is still ours:\n  {}", lock.shown()[2])?;
+        }
         for remark in &self.remarks {
             writeln!(f, "note: {remark}")?;
         }
@@ -771,22 +979,49 @@ impl fmt::Display for ReleasePlan {
 /// What a release changes besides running processes: the registry's tags and git's.
 /// [`Live`] is the real one; unit tests record the calls instead.
 pub trait ReleaseTarget {
+    /// HEAD's manifest to promote, read where it was pushed.
     fn manifest(&self, repository: &str, reference: &str) -> Result<Option<Manifest>>;
+    /// Brings `manifest` into the registry the tags are written in when it was read from
+    /// another (a promotion into a release registry: see [`promotion::bring`]), so that the
+    /// tags can name it; what was done, for the image's progress line. Otherwise nothing.
+    fn bring(&self, _repository: &str, _manifest: &Manifest) -> Result<Option<String>> {
+        Ok(None)
+    }
     fn put_manifest(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<Tagged>;
     /// Whether the existing tag may move (see [`Registry::allows_redeploy`]).
     fn allows_redeploy(&self, repository: &str, tag: &str) -> Result<bool>;
     fn create_git_tag(&self, name: &str, revision: &str, notes: &str) -> Result<()>;
+    /// What the registry holds of `compose`'s images now (see [`read_images`]): read again
+    /// under the release lock.
+    fn images(
+        &self,
+        compose: &[ReleaseImage],
+        source: &str,
+        requested: &Requested,
+        git_tags: &[git::Tag],
+    ) -> Result<Vec<ImageState>>;
 }
 
 /// The registry (retrying transient failures) and the git repository.
-struct Live {
+struct Live<'a> {
     registry: Registry,
+    /// The development registry the images are promoted from, with a release registry.
+    source: Option<Registry>,
     repo: PathBuf,
+    runner: &'a dyn Runner,
 }
 
-impl ReleaseTarget for Live {
+impl ReleaseTarget for Live<'_> {
     fn manifest(&self, repository: &str, reference: &str) -> Result<Option<Manifest>> {
-        self.registry.manifest(repository, reference)
+        self.source.as_ref().unwrap_or(&self.registry).manifest(repository, reference)
+    }
+
+    fn bring(&self, repository: &str, manifest: &Manifest) -> Result<Option<String>> {
+        let Some(source) = &self.source else { return Ok(None) };
+        let brought = promotion::bring(source, &self.registry, repository, manifest).with_context(|| {
+            format!("promoting {}/{repository}@{} failed: no tag was written", source.address(), manifest.digest)
+        })?;
+        Ok(Some(format!("into {}: {brought}", self.registry.address())))
     }
 
     fn put_manifest(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<Tagged> {
@@ -798,24 +1033,110 @@ impl ReleaseTarget for Live {
     }
 
     fn create_git_tag(&self, name: &str, revision: &str, notes: &str) -> Result<()> {
-        git::Repo::open(&self.repo)?.create_annotated_tag(name, revision, notes)
+        git::Repo::open(self.runner, &self.repo)?.create_annotated_tag(name, revision, notes)
+    }
+
+    fn images(
+        &self,
+        compose: &[ReleaseImage],
+        source: &str,
+        requested: &Requested,
+        git_tags: &[git::Tag],
+    ) -> Result<Vec<ImageState>> {
+        read_images(
+            self.source.as_ref().unwrap_or(&self.registry),
+            &self.registry,
+            compose,
+            source,
+            requested,
+            git_tags,
+        )
     }
 }
 
 impl TaskPlan for ReleasePlan {
     type Output = ReleaseReport;
 
-    /// Builds the missing images if any, then promotes (see [`ReleasePlan::promote`]).
+    /// Builds the missing images if any (before the lock: building takes minutes and moves no
+    /// release tag), then promotes under the release lock (see [`ReleasePlan::serialized`]).
     fn execute(&self, runner: &dyn Runner) -> Result<ReleaseReport> {
         if let Some(build_plan) = &self.build_first {
             build_plan.execute(runner).context("building the missing images failed")?;
         }
-        let live = Live { registry: Registry::connect(self.registry.clone(), runner)?, repo: self.repo.clone() };
-        self.promote(runner, &live)
+        let (registry, source) = match &self.promotion {
+            Some(promotion) => {
+                let (source, target) = promotion.connect(runner)?;
+                (target, Some(source))
+            }
+            None => (Registry::connect(self.registry.clone(), runner)?, None),
+        };
+        let live = Live { registry, source, repo: self.repo.clone(), runner };
+        self.serialized(runner, &live)
     }
 }
 
 impl ReleasePlan {
+    /// Where HEAD's images are read from (and `--build` pushes them): the development
+    /// registry when promoting into a release registry, else the one registry.
+    pub fn images_registry(&self) -> &RegistryAddress {
+        self.promotion.as_ref().map_or(&self.registry, |promotion| &promotion.source)
+    }
+
+    /// Takes the release lock, plans again on what the registry and origin hold now, promotes
+    /// that, and releases the lock whatever happened. Without a lock (--no-lock, a tag
+    /// pipeline), promotes as planned.
+    pub fn serialized(&self, runner: &dyn Runner, target: &dyn ReleaseTarget) -> Result<ReleaseReport> {
+        let Some(lock) = &self.lock else { return self.promote(runner, target) };
+        let held = lock.acquire(runner)?;
+        let result = self.replanned(runner, target).and_then(|plan| plan.promote(runner, target));
+        match (held.release(runner), result) {
+            (Ok(()), result) => result,
+            // The release is done; only the lock is left, which the warning says how to remove.
+            (Err(unlocked), Ok(report)) => {
+                eprintln!("warning: {unlocked:#}");
+                Ok(report)
+            }
+            (Err(unlocked), Err(failed)) => Err(anyhow!("{failed:#}\nAlso, {unlocked:#}")),
+        }
+    }
+
+    /// The plan made again from the registry's tags and origin's release tags as they are now,
+    /// under the lock, for the version planned before (a `--bump` does not move on to another).
+    fn replanned(&self, runner: &dyn Runner, target: &dyn ReleaseTarget) -> Result<ReleasePlan> {
+        let mut inputs = self.inputs.clone();
+        inputs.requested = Requested::Version(self.version.to_string());
+        // Built already, if it had to be; the lock is held, and the tag is pushed before it goes.
+        inputs.build = false;
+        inputs.no_lock = true;
+        inputs.push_tag = self.push_tag.is_some();
+        for remote in git::remote_refs(runner, &inputs.repo, REMOTE, &["refs/tags/*"])? {
+            let Some(name) = remote.name.strip_prefix("refs/tags/") else { continue };
+            if !inputs.tags.iter().any(|tag| tag.name == name) {
+                inputs.tags.push(git::Tag { name: name.to_string(), commit: remote.commit().to_string() });
+            }
+        }
+        let source = tags::immutable_tag(&inputs.head.id);
+        inputs.images = target.images(&inputs.compose, &source, &inputs.requested, &inputs.tags)?;
+        let mut again = plan(&inputs).map_err(|error| {
+            anyhow!(
+                "{error:#}\n(found under the release lock, reading the registry and {REMOTE}'s tags again; nothing was \
+                 changed)"
+            )
+        })?;
+        again.quiet = self.quiet;
+        again.skip_immutable_floating = self.skip_immutable_floating;
+        let writes = |plan: &ReleasePlan| -> Vec<String> {
+            plan.writes().iter().map(|(index, tag)| format!("{}:{tag}", plan.promotions[*index].repository)).collect()
+        };
+        if writes(&again) != writes(self) {
+            again.remarks.push(format!(
+                "the registry changed since the release was planned; planned again under the lock, it writes {}",
+                writes(&again).join(", ")
+            ));
+        }
+        Ok(again)
+    }
+
     /// The registry writes, in order: every image's version tag (immutable) first, then the
     /// floating tags. A failure part-way then leaves no floating tag pointing at a release
     /// whose version tag is missing somewhere, and git is tagged only after all of them.
@@ -836,9 +1157,43 @@ impl ReleasePlan {
         if !self.quiet {
             self.remarks.iter().for_each(|remark| eprintln!("note: {remark}"));
         }
+        let names: Vec<&str> = self.promotions.iter().map(|promotion| promotion.name.as_str()).collect();
+        let progress = Progress::new(&names, self.quiet);
+        let tasks: Vec<TaskProgress> = names.iter().map(|name| progress.task(name)).collect();
+        let tagged = self.put_tags(target, &tasks);
+        for task in &tasks {
+            task.finish(if tagged.is_ok() { "tagged" } else { "stopped" });
+        }
+        // The progress lines are finished: git's output cannot garble them.
+        let (manifests, done) = tagged?;
+        let total = done.len();
+        if self.create_tag {
+            target
+                .create_git_tag(&self.git_tag, &self.revision, &self.notes)
+                .map_err(|e| self.stopped(e, &done, total))?;
+            if !self.quiet {
+                eprintln!("created git tag {} on {}", self.git_tag, &self.revision[..12]);
+            }
+        }
+        if let Some(push) = &self.push_tag {
+            runner.run(push, &mut |line| eprintln!("{line}"))?;
+        }
+        let mut outcome = self.outcome(true);
+        // Built images' digests are known only now.
+        for ((_, _, digest, _), manifest) in outcome.images.iter_mut().zip(&manifests) {
+            *digest = Some(manifest.digest.clone());
+        }
+        Ok(outcome)
+    }
+
+    /// The registry part of [`ReleasePlan::promote`], each image's progress (reading, tag n/m)
+    /// going to its task: the `sha-` manifests read, and the tags written (all of them, or the
+    /// error says which were).
+    fn put_tags(&self, target: &dyn ReleaseTarget, tasks: &[TaskProgress]) -> Result<(Vec<Manifest>, Vec<String>)> {
         let mut manifests = Vec::new();
-        for promotion in &self.promotions {
-            let image = format!("{}/{}:{}", self.registry, promotion.repository, promotion.source);
+        for (promotion, task) in self.promotions.iter().zip(tasks) {
+            task.line(&format!("reading {}", promotion.source));
+            let image = format!("{}/{}:{}", self.images_registry(), promotion.repository, promotion.source);
             let manifest = target
                 .manifest(&promotion.repository, &promotion.source)?
                 .with_context(|| format!("{image} is missing from the registry: nothing was tagged"))?;
@@ -849,6 +1204,9 @@ impl ReleasePlan {
                     "{image} changed while releasing ({expected} became {}): nothing was tagged; run the release again",
                     manifest.digest
                 );
+            }
+            if let Some(brought) = target.bring(&promotion.repository, &manifest)? {
+                task.line(&brought);
             }
             manifests.push(manifest);
         }
@@ -887,34 +1245,22 @@ impl ReleasePlan {
             .collect();
         let total = writes.len();
         let mut done = Vec::new();
-        for (index, tag) in writes {
+        let mut per_image = vec![0; self.promotions.len()];
+        for &(index, tag) in &writes {
             let promotion = &self.promotions[index];
             let manifest = &manifests[index];
             let tagged =
                 target.put_manifest(&promotion.repository, tag, manifest).map_err(|e| self.stopped(e, &done, total))?;
-            if !self.quiet {
-                let how = if tagged == Tagged::AlreadyThere { " (already there)" } else { "" };
-                eprintln!("{}/{}:{tag} -> {}{how}", self.registry, promotion.repository, manifest.digest);
-            }
+            per_image[index] += 1;
+            let of = writes.iter().filter(|(other, _)| *other == index).count();
+            let how = if tagged == Tagged::AlreadyThere { " (already there)" } else { "" };
+            tasks[index].line(&format!(
+                "tag {}/{of} {}/{}:{tag} -> {}{how}",
+                per_image[index], self.registry, promotion.repository, manifest.digest
+            ));
             done.push(format!("{}:{tag}", promotion.repository));
         }
-        if self.create_tag {
-            target
-                .create_git_tag(&self.git_tag, &self.revision, &self.notes)
-                .map_err(|e| self.stopped(e, &done, total))?;
-            if !self.quiet {
-                eprintln!("created git tag {} on {}", self.git_tag, &self.revision[..12]);
-            }
-        }
-        if let Some(push) = &self.push_tag {
-            runner.run(push, &mut |line| eprintln!("{line}"))?;
-        }
-        let mut outcome = self.outcome(true);
-        // Built images' digests are known only now.
-        for ((_, _, digest, _), manifest) in outcome.images.iter_mut().zip(&manifests) {
-            *digest = Some(manifest.digest.clone());
-        }
-        Ok(outcome)
+        Ok((manifests, done))
     }
 
     /// The error of a promotion that stopped after the registry writes `done`.
@@ -945,7 +1291,7 @@ impl ReleasePlan {
                 .iter()
                 .map(|promotion| {
                     let image = format!("{}/{}", self.registry, promotion.repository);
-                    (promotion.service, image, promotion.digest.clone(), promotion.tags.clone())
+                    (promotion.name.clone(), image, promotion.digest.clone(), promotion.tags.clone())
                 })
                 .collect(),
         }
@@ -975,8 +1321,22 @@ mod tests {
         }
     }
 
-    /// A clean `main` whose registry holds HEAD's three images, with release tags on older commits.
+    /// The images our compose file builds: backend, worker, frontend.
+    fn our_images() -> Vec<ReleaseImage> {
+        crate::images::services::tests::ours(&Env::new())
+            .built
+            .into_iter()
+            .map(|image| ReleaseImage { name: image.name, repository: image.repository })
+            .collect()
+    }
+
+    /// A clean `main` without a remote (and `--no-lock`) whose registry holds HEAD's three
+    /// images, with release tags on older commits.
     fn inputs(version: &str, existing: &[&str]) -> ReleaseInputs {
+        inputs_of(our_images(), version, existing)
+    }
+
+    fn inputs_of(compose: Vec<ReleaseImage>, version: &str, existing: &[&str]) -> ReleaseInputs {
         ReleaseInputs {
             repo: "/src/intric".into(),
             requested: Requested::Version(version.into()),
@@ -990,18 +1350,31 @@ mod tests {
             commits: vec![Commit { id: HEAD.into(), subject: "feat: a thing".into(), body: String::new() }],
             registry: Some(RegistryAddress::parse("nexus.example:8082").unwrap()),
             registry_problem: None,
-            images: Service::ALL
+            promotion: None,
+            images: compose
                 .iter()
-                .map(|&service| ImageState {
-                    service,
-                    source: Some(manifest(&format!("sha256:{}", service.name()))),
+                .map(|image| ImageState {
+                    image: image.clone(),
+                    source: Some(manifest(&format!("sha256:{}", image.name))),
                     tags: Vec::new(),
                     existing: BTreeMap::new(),
                 })
                 .collect(),
+            compose,
+            compose_problem: None,
             allow_branches: Vec::new(),
             build: false,
             push_tag: false,
+            has_origin: false,
+            no_lock: true,
+            break_lock: false,
+            who: Holder {
+                version: String::new(),
+                user: "ann".into(),
+                host: "ws-1".into(),
+                pid: 42,
+                since: "2026-12-01T12:30:00Z".into(),
+            },
         }
     }
 
@@ -1022,7 +1395,7 @@ mod tests {
             assert_eq!(promotion.source, "sha-0123456789ab");
             assert_eq!(promotion.tags, ["1.0.0", "1.0", "1", "latest"]);
             assert_eq!(promotion.put, promotion.tags);
-            assert_eq!(promotion.digest.as_deref(), Some(format!("sha256:{}", promotion.service.name()).as_str()));
+            assert_eq!(promotion.digest.as_deref(), Some(format!("sha256:{}", promotion.name).as_str()));
         }
         let shown = plan.to_string();
         assert!(shown.contains("PUT /v2/intric/worker/manifests/latest"), "{shown}");
@@ -1098,7 +1471,7 @@ mod tests {
         release_branch.images[2].source = None;
         release_branch.build = true;
         let plan = plan(&release_branch).unwrap();
-        assert_eq!(plan.build, [Service::Frontend]);
+        assert_eq!(plan.build, ["frontend"]);
         assert_eq!(plan.promotions[2].digest, None);
         assert!(plan.remarks.iter().any(|remark| remark.contains("`latest` stays")), "{:?}", plan.remarks);
     }
@@ -1127,6 +1500,70 @@ mod tests {
         assert!(error_of(&pipeline).contains("intric/worker:1.0.0 already exists as sha256:another"));
         pipeline.tags[0].commit = OTHER.into();
         assert!(error_of(&pipeline).contains("git tag v1.0.0 names fedcba987654 but HEAD is 0123456789ab"));
+    }
+
+    #[test]
+    fn a_promotion_reads_the_development_registry_and_tags_in_the_release_registry() {
+        use crate::images::promotion::{BlobCount, ImageContent};
+        let mut promoting = inputs("2.0.0", &["v1.0.0"]);
+        let source = RegistryAddress::parse("nexus.example/dev").unwrap();
+        let target = RegistryAddress::parse("nexus.example/release").unwrap();
+        promoting.registry = Some(source.clone());
+        promoting.promotion = Some(PromotionPlan {
+            source,
+            target: target.clone(),
+            images: promoting
+                .images
+                .iter()
+                .map(|image| ImageContent {
+                    repository: image.image.repository.clone(),
+                    blobs: (image.image.name != "frontend").then_some(BlobCount { total: 5, missing: 3, children: 0 }),
+                })
+                .collect(),
+        });
+        let plan = plan(&promoting).unwrap();
+        assert_eq!(plan.registry, target, "the release tags go into the release registry");
+        assert_eq!(plan.images_registry().to_string(), "nexus.example/dev", "--build pushes where main pushes");
+        let shown = plan.to_string();
+        for expected in [
+            "promote from nexus.example/dev into nexus.example/release (blobs by cross-repository mount, or a \
+             streamed copy where the registry refuses the mount",
+            "  nexus.example/dev/intric/backend:sha-0123456789ab (sha256:backend) -> nexus.example/release/intric/backend: \
+             2.0.0, 2.0, 2, latest; mount or copy 3 blobs (2 of 5 already there)",
+            "intric/frontend: 2.0.0, 2.0, 2, latest; mount or copy its blobs once built",
+            "PUT /v2/intric/worker/manifests/2.0.0",
+        ] {
+            assert!(shown.contains(expected), "missing {expected:?} in:\n{shown}");
+        }
+
+        // The release registry's tags are the ones that count, and are named with it.
+        promoting.images[0].existing.insert("2.0.0".into(), "sha256:older".into());
+        assert!(
+            error_of(&promoting).contains("nexus.example/release/intric/backend:2.0.0 already exists in the registry")
+        );
+        let elsewhere =
+            PromotionPlan { target: RegistryAddress::parse("other.example").unwrap(), ..plan.promotion.unwrap() };
+        assert!(elsewhere.to_string().contains("another registry, so blobs by streamed copy"));
+        assert_eq!(elsewhere.transfer_line("intric/worker"), "copy 3 blobs (2 of 5 already there)");
+    }
+
+    #[test]
+    fn the_release_registry_is_read_by_the_one_parser_and_named_where_it_came_from() {
+        let env = |value: &str| Env::from([("NEXUS_RELEASE_REGISTRY".to_string(), value.to_string())]);
+        let read = |flag: Option<&str>, env: &Env| promotion::release_registry(flag, env);
+        assert_eq!(
+            read(Some("nexus.example/release"), &env("x:1")).unwrap().unwrap().to_string(),
+            "nexus.example/release"
+        );
+        assert_eq!(
+            read(None, &env("http://nexus.lan:8082/release")).unwrap().unwrap().to_string(),
+            "nexus.lan:8082/release"
+        );
+        assert_eq!(read(None, &env("")).unwrap(), None);
+        let flag = format!("{:#}", read(Some("host:1:2"), &Env::new()).unwrap_err());
+        assert!(flag.starts_with("--to-registry: invalid registry `host:1:2`"), "{flag}");
+        let variable = format!("{:#}", read(None, &env("nexus example")).unwrap_err());
+        assert!(variable.starts_with("NEXUS_RELEASE_REGISTRY: invalid registry `nexus example`"), "{variable}");
     }
 
     #[test]
@@ -1289,6 +1726,8 @@ mod tests {
         fail_at: Option<usize>,
         /// Tags (`intric/backend:latest`) the registry will not move.
         immutable: Vec<String>,
+        /// What reading the registry again gives (under the lock).
+        now: Vec<ImageState>,
     }
 
     impl ReleaseTarget for Recorded {
@@ -1318,6 +1757,11 @@ mod tests {
             self.log.lock().unwrap().push(format!("git tag {name} {}", &revision[..12]));
             Ok(())
         }
+
+        fn images(&self, _: &[ReleaseImage], _: &str, _: &Requested, _: &[git::Tag]) -> Result<Vec<ImageState>> {
+            self.log.lock().unwrap().push("read the registry again".into());
+            Ok(self.now.clone())
+        }
     }
 
     fn recorded(fail_at: Option<usize>) -> (Recorded, crate::plan::runner::Recording) {
@@ -1327,7 +1771,7 @@ mod tests {
             commands.lock().unwrap().push(shown.to_string());
             Ok(String::new())
         });
-        (Recorded { log, fail_at, immutable: Vec::new() }, runner)
+        (Recorded { log, fail_at, immutable: Vec::new(), now: Vec::new() }, runner)
     }
 
     #[test]
@@ -1382,7 +1826,7 @@ mod tests {
         for image in &mut second.images {
             image.tags = ["1.0.0", "1.0", "1", "latest", "sha-fedcba987654"].map(String::from).to_vec();
             for tag in ["1", "latest"] {
-                image.existing.insert(tag.into(), format!("sha256:old-{}", image.service.name()));
+                image.existing.insert(tag.into(), format!("sha256:old-{}", image.image.name));
             }
         }
         second
@@ -1447,5 +1891,167 @@ mod tests {
         assert_eq!(plan.promotions[0].tags, ["1.4.1", "1.4", "1"], "`latest` stays on 2.0.0");
         behind.requested = Requested::Version("1.5.0".into());
         assert!(error_of(&behind).contains("1.5.0 would start the 1.5 line below the newest release 2.0.0"));
+    }
+
+    #[test]
+    fn bump_starts_from_the_highest_of_gits_and_the_registrys_releases() {
+        // 2.0.0 is in the registry, though its git tag is not here (pushed from another clone).
+        let mut behind = inputs("1.4.1", &["v1.4.0"]);
+        behind.requested = Requested::Bump(Bump::Patch);
+        for image in &mut behind.images {
+            image.tags = vec!["2.0.0".into(), "1.4.0".into()];
+        }
+        let plan = plan(&behind).unwrap();
+        assert_eq!(plan.version, v("2.0.1"));
+        assert_eq!(plan.promotions[0].tags, ["2.0.1", "2.0", "2", "latest"]);
+    }
+
+    #[test]
+    fn on_the_published_layout_release_promotes_exactly_the_images_compose_builds() {
+        // tests/fixtures/intric-layout: the worker runs the backend image with its own command.
+        let config = r#"{"services": {
+            "frontend": {"image": "${NEXUS_REGISTRY}/intric/frontend:${IMAGE_TAG:-latest}",
+                "build": {"context": "/ws/frontend", "args": {"NODE_IMAGE": "${NODE_IMAGE:-node:18-slim}"}}},
+            "backend": {"image": "${NEXUS_REGISTRY}/intric/backend:${IMAGE_TAG:-latest}",
+                "build": {"context": "/ws/backend", "args": {"PYTHON_IMAGE": "${PYTHON_IMAGE:-python:3.11-slim-bullseye}"}}},
+            "worker": {"image": "${NEXUS_REGISTRY}/intric/backend:${IMAGE_TAG:-latest}",
+                "command": ["poetry", "run", "arq", "intric.worker.arq.WorkerSettings"]},
+            "db": {"image": "pgvector/pgvector:pg16"},
+            "redis": {"image": "redis"},
+            "db-init": {"image": "${NEXUS_REGISTRY}/intric/backend:${IMAGE_TAG:-latest}", "command": ["python", "init_db.py"]}
+        }}"#;
+        let dockerfile =
+            |path: &Path| crate::images::dockerfile::Dockerfile::parse(&path.display().to_string(), "FROM base\n");
+        let compose = ComposeImages::from_config(Path::new("/ws/docker-compose.yml"), config, &Env::new(), &dockerfile)
+            .unwrap()
+            .built
+            .into_iter()
+            .map(|image| ReleaseImage { name: image.name, repository: image.repository })
+            .collect();
+        let plan = plan(&inputs_of(compose, "1.0.0", &[])).unwrap();
+        let promoted: Vec<(&str, &str)> =
+            plan.promotions.iter().map(|promotion| (promotion.name.as_str(), promotion.repository.as_str())).collect();
+        assert_eq!(promoted, [("backend", "intric/backend"), ("frontend", "intric/frontend")]);
+        assert_eq!(plan.writes().len(), 8, "4 tags of 2 images");
+        assert!(!plan.to_string().contains("worker"), "{plan}");
+    }
+
+    #[test]
+    fn a_repository_with_origin_releases_under_the_lock_and_one_without_needs_no_lock() {
+        let mut locked = inputs("1.0.0", &[]);
+        (locked.has_origin, locked.no_lock) = (true, false);
+        let plan = plan(&locked).unwrap();
+        let lock = plan.lock.as_ref().expect("a lock");
+        assert_eq!(lock.holder.to_string(), "release 1.0.0 by ann@ws-1 (pid 42) since 2026-12-01T12:30:00Z");
+        assert!(plan.push_tag.is_some(), "the tag is pushed before the lock is released");
+        let shown = plan.to_string();
+        let at = |text: &str| shown.find(text).unwrap_or_else(|| panic!("{text:?} not in:\n{shown}"));
+        assert!(at("take the release lock on origin") < at("PUT /v2/intric/backend/manifests/1.0.0"));
+        assert!(at("--force-with-lease=refs/tags/release-lock: origin") < at("read the registry's tags and origin's"));
+        assert!(at("push origin refs/tags/v1.0.0") < at("then release the lock"));
+        assert!(
+            shown.contains("'--force-with-lease=refs/tags/release-lock:<lock>' origin :refs/tags/release-lock"),
+            "{shown}"
+        );
+
+        locked.has_origin = false;
+        locked.no_lock = false;
+        let error = error_of(&locked);
+        assert!(error.contains("has no remote origin to hold the release lock"), "{error}");
+        assert!(error.contains("or pass --no-lock"), "{error}");
+    }
+
+    /// A release planned as `version` after `existing`, run under the lock while `meanwhile`
+    /// was released elsewhere (onto `latest` of the registry and origin's tags): what it
+    /// logged, in one list with the git commands, and what it gave.
+    fn released_meanwhile(version: &str, existing: &[&str], meanwhile: &str) -> (Vec<String>, Result<ReleaseReport>) {
+        let mut locked = inputs(version, existing);
+        (locked.has_origin, locked.no_lock) = (true, false);
+        let mut plan = plan(&locked).unwrap();
+        plan.quiet = true;
+        assert!(plan.promotions[0].tags.contains(&"latest".to_string()), "planned with latest");
+        let (mut target, _) = recorded(None);
+        target.now = locked.images.clone();
+        for image in &mut target.now {
+            image.tags = existing.iter().map(|tag| tag.trim_start_matches('v').to_string()).collect();
+            image.tags.extend([meanwhile.to_string(), "latest".to_string()]);
+            image.existing.insert("latest".into(), format!("sha256:newer-{}", image.image.name));
+        }
+        let log = std::sync::Arc::clone(&target.log);
+        let meanwhile = meanwhile.to_string();
+        let runner = crate::plan::runner::Recording::replying(move |shown| {
+            log.lock().unwrap().push(shown.to_string());
+            match shown {
+                _ if shown.contains("commit-tree") => Ok("1111111111111111111111111111111111111111".into()),
+                _ if shown.contains("ls-remote") => Ok(format!(
+                    "2222222222222222222222222222222222222222\trefs/tags/v{meanwhile}\n\
+                     3333333333333333333333333333333333333333\trefs/tags/v{meanwhile}^{{}}"
+                )),
+                _ => Ok(String::new()),
+            }
+        });
+        let result = plan.serialized(&runner, &target);
+        let log = target.log.lock().unwrap().clone();
+        (log, result)
+    }
+
+    #[test]
+    fn under_the_lock_the_registry_and_origin_are_read_again_before_anything_moves() {
+        // A backport planned when it was the newest: 6.0.0 came meanwhile, and keeps `latest`.
+        let (log, report) = released_meanwhile("5.0.1", &["v5.0.0"], "6.0.0");
+        assert_eq!(report.unwrap().images[0].3, ["5.0.1", "5.0", "5"], "6.0.0 keeps `latest` and `5` moves");
+        let step =
+            |text: &str| log.iter().position(|line| line.contains(text)).unwrap_or_else(|| panic!("{text}: {log:?}"));
+        assert!(
+            step("--force-with-lease=refs/tags/release-lock: origin 1111") < step("ls-remote origin 'refs/tags/*'")
+        );
+        assert!(step("ls-remote") < step("read the registry again"));
+        assert!(step("read the registry again") < step("PUT intric/backend:5.0.1"));
+        assert!(!log.iter().any(|line| line.contains(":latest")), "{log:?}");
+        assert!(step("git tag v5.0.1") < step("push origin refs/tags/v5.0.1"));
+        assert!(
+            step("push origin refs/tags/v5.0.1")
+                < step("release-lock:1111111111111111111111111111111111111111 origin :")
+        );
+
+        // 6.0.0 planned before 7.0.0 came: refused under the lock, nothing written, lock released.
+        let (log, refused) = released_meanwhile("6.0.0", &["v5.0.0"], "7.0.0");
+        let error = format!("{:#}", refused.unwrap_err());
+        assert!(error.contains("6.0.0 would start the 6.0 line below the newest release 7.0.0"), "{error}");
+        assert!(error.contains("found under the release lock") && error.contains("nothing was changed"), "{error}");
+        assert!(!log.iter().any(|line| line.starts_with("PUT") || line.starts_with("git tag")), "{log:?}");
+        assert!(log.last().unwrap().contains("origin :refs/tags/release-lock"), "released last: {log:?}");
+    }
+
+    #[test]
+    fn the_same_release_done_elsewhere_meanwhile_changes_nothing_and_says_so() {
+        let mut locked = inputs("1.0.0", &[]);
+        (locked.has_origin, locked.no_lock) = (true, false);
+        let mut plan = plan(&locked).unwrap();
+        plan.quiet = true;
+        let (mut target, _) = recorded(None);
+        target.now = locked.images.clone();
+        for image in &mut target.now {
+            let digest = image.source.as_ref().unwrap().digest.clone();
+            image.tags = vec!["1.0.0".into()];
+            image.existing.insert("1.0.0".into(), digest);
+        }
+        let log = std::sync::Arc::clone(&target.log);
+        let runner = crate::plan::runner::Recording::replying(move |shown| {
+            log.lock().unwrap().push(shown.to_string());
+            match shown {
+                _ if shown.contains("commit-tree") => Ok("1111".into()),
+                _ if shown.contains("ls-remote") => {
+                    Ok(format!("2222\trefs/tags/v1.0.0\n{HEAD}\trefs/tags/v1.0.0^{{}}"))
+                }
+                _ => Ok(String::new()),
+            }
+        });
+        let error = format!("{:#}", plan.serialized(&runner, &target).unwrap_err());
+        assert!(error.starts_with("1.0.0 is already released from 0123456789ab: git tag v1.0.0"), "{error}");
+        assert!(error.contains("nothing was changed"), "{error}");
+        let log = target.log.lock().unwrap();
+        assert!(!log.iter().any(|line| line.starts_with("PUT") || line.starts_with("git tag")), "{log:?}");
+        assert!(log.last().unwrap().contains("release-lock:1111 origin :refs/tags/release-lock"), "released: {log:?}");
     }
 }

@@ -40,8 +40,9 @@ pub const REDIS: BaseImage = BaseImage { name: "redis", variable: "REDIS_IMAGE",
 /// Every base image: what the Dockerfiles build on and what compose runs beside our images.
 pub const BASE_IMAGES: [&BaseImage; 5] = [&PYTHON, &NODE, &NGINX, &POSTGRES, &REDIS];
 
-/// Our repository's three images by name: the fixed list `release` and `bench` still use
-/// (`build`, `check` and the operator tasks read the compose file instead).
+/// Our repository's three images by name: the fixed list `bench` and build's base images for
+/// `bench` still use (`build`, `check`, `release` and the operator tasks read the compose file
+/// instead).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
 pub enum Service {
     Backend,

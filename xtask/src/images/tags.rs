@@ -16,6 +16,7 @@ use semver::Version;
 
 use crate::adapters::ci_env::{CiContext, CiEvent, Env};
 use crate::adapters::git::{self, Worktree};
+use crate::plan::runner::Runner;
 
 /// The `--stage` option: a stage, or `auto` to detect it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -131,17 +132,18 @@ pub struct Inputs {
     pub origin: Option<String>,
 }
 
-/// The tags for `repo` as seen from the environment `env`: what other tasks call.
-pub fn resolve(repo: &Path, stage: StageChoice, env: &Env) -> Result<TagReport> {
-    compute(&read_inputs(repo, env)?, stage)
+/// The tags for `repo` as seen from the environment `env`: what other tasks call. `runner`
+/// runs the git processes that read the repository.
+pub fn resolve(runner: &dyn Runner, repo: &Path, stage: StageChoice, env: &Env) -> Result<TagReport> {
+    compute(&read_inputs(runner, repo, env)?, stage)
 }
 
 /// Reads the git facts of `repo` and the CI variables and IMAGE_TAG of `env`.
-pub fn read_inputs(repo_path: &Path, env: &Env) -> Result<Inputs> {
+pub fn read_inputs(runner: &dyn Runner, repo_path: &Path, env: &Env) -> Result<Inputs> {
     let ci = CiContext::detect(env)?;
     // An empty IMAGE_TAG is how env files and compose leave it unset, so it adds nothing.
     let image_tag = env.get("IMAGE_TAG").filter(|tag| !tag.is_empty()).cloned();
-    let repo = git::Repo::open(repo_path)?;
+    let repo = git::Repo::open(runner, repo_path)?;
     let head = repo.head()?;
     let tags = repo.tags()?;
     let (last_release, commits_since_release) = last_release(&repo, &head.id, &tags)?;
@@ -164,8 +166,8 @@ pub fn read_inputs(repo_path: &Path, env: &Env) -> Result<Inputs> {
 /// The highest stable release contained in HEAD's history, and the commits since it.
 ///
 /// Candidates are tried from the highest version down, so the usual case (the newest release
-/// is an ancestor) costs one walk back to that release; each miss (a newer release on another
-/// line, as when HEAD is a backport branch) walks only back to the merge base.
+/// is an ancestor) costs one git process walking back to that release; each miss (a newer
+/// release on another line, as when HEAD is a backport branch) walks only back to the merge base.
 fn last_release(repo: &git::Repo, head: &str, tags: &[git::Tag]) -> Result<(Option<Version>, u64)> {
     let mut stable: Vec<(Version, &str)> = tags
         .iter()
@@ -177,8 +179,8 @@ fn last_release(repo: &git::Repo, head: &str, tags: &[git::Tag]) -> Result<(Opti
         if not_ancestors.contains(&commit) {
             continue;
         }
-        if repo.is_ancestor(commit, head)? {
-            return Ok((Some(version), repo.commits_since(head, Some(commit))?));
+        if let Some(count) = repo.commits_after(commit, head)? {
+            return Ok((Some(version), count));
         }
         not_ancestors.push(commit);
     }

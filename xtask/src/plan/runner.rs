@@ -131,12 +131,15 @@ impl Processes {
 
     /// `command` as a duct expression, its standard input not yet decided.
     fn expression(command: &Command) -> duct::Expression {
+        // duct applies the innermost setting last: the variables set go in first, so that a
+        // variable both removed (every `.env` key, for compose) and set (`IMAGE_TAG` of the
+        // tag to pull) is set.
         let mut expression = duct::cmd(&command.program, &command.args);
-        for key in &command.env_remove {
-            expression = expression.env_remove(key);
-        }
         for (key, value) in &command.env {
             expression = expression.env(key, value);
+        }
+        for key in &command.env_remove {
+            expression = expression.env_remove(key);
         }
         if let Some(dir) = &command.dir {
             expression = expression.dir(dir);
@@ -437,9 +440,14 @@ mod tests {
         let runner = Processes::new();
         // SAFETY: tests in this process read but never write this variable.
         let inherited = std::env::var("PATH").unwrap();
-        let env = Command::new("env").env("XTASK_RUNNER_TEST", "set").env_remove("PATH".to_string());
+        let env = Command::new("env")
+            .env("XTASK_RUNNER_TEST", "set")
+            .env_remove("PATH".to_string())
+            .env_remove("HOME".to_string())
+            .env("HOME", "/set-after-removing");
         let shown = runner.read(&env).unwrap();
         assert!(shown.lines().any(|line| line == "XTASK_RUNNER_TEST=set"), "{shown}");
+        assert!(shown.lines().any(|line| line == "HOME=/set-after-removing"), "a variable set wins: {shown}");
         assert!(!shown.contains(&inherited), "PATH was removed: {shown}");
         let cat = Command::new("cat").stdin(Secret::new("TOKEN", "s3cret-canary"));
         assert_eq!(runner.read(&cat).unwrap(), "s3cret-canary");

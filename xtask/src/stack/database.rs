@@ -197,15 +197,17 @@ pub fn verify(runner: &dyn Runner, path: &Path) -> Result<()> {
 /// Dumps the database into `path`: through a temporary name (mode 0600 from the start: it
 /// holds the whole database), checked, then renamed.
 pub fn dump_to(exec: &Executor, path: &Path) -> Result<()> {
+    dump_with(exec, exec.compose.dump(), path)
+}
+
+/// [`dump_to`] with `dump` as the command that prints the dump (`pg_dump` in the swarm's db task).
+pub fn dump_with(exec: &Executor, dump: Command, path: &Path) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = path.file_name().context("a backup needs a file name")?.to_string_lossy().to_string();
     let partial = dir.join(format!(".{name}.partial"));
-    let pipe = Pipe {
-        commands: vec![exec.compose.dump(), Command::new("gzip").arg("-c")],
-        input: None,
-        output: Some(partial.clone()),
-    };
+    let pipe =
+        Pipe { commands: vec![dump, Command::new("gzip").arg("-c")], input: None, output: Some(partial.clone()) };
     let result = exec
         .pipe(&pipe, "dumped")
         .with_context(|| "pg_dump in the db container failed: is the stack running? (`cargo xtask status`)".to_string())

@@ -75,7 +75,7 @@ impl Deployment {
         }
         // With the check, `.env` is read once, by the check, and that reading is the one used.
         let env = if check {
-            let (_, env, problems) = env_check::check_dir(&dir)?;
+            let (_, env, problems) = env_check::check_dir(runner, &dir)?;
             refuse_problems(&env_path, &problems)?;
             env
         } else {

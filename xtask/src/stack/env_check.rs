@@ -11,11 +11,13 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::adapters::compose::find_compose_file;
 use crate::adapters::compose_vars::{self, ComposeVar};
 use crate::adapters::dotenv::{self, DotEnv, VarSpec, VarType, is_template_placeholder};
+use crate::adapters::git;
+use crate::plan::runner::Runner;
 
 /// The LLM provider keys: the backend starts without any, but answers nothing.
 pub const LLM_KEYS: [&str; 4] = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "AZURE_API_KEY", "MISTRAL_API_KEY"];
@@ -64,10 +66,10 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Reads DIR's template and compose file, DIR/.env, the file's mode and whether git tracks it,
-/// and checks them: for `env check`, `doctor` and `deploy`. Problems are returned, not raised;
-/// an error means the files could not be read at all.
-pub fn check_dir(dir: &Path) -> Result<(Template, DotEnv, Vec<Problem>)> {
+/// Reads DIR's template and compose file, DIR/.env, the file's mode and whether git tracks it
+/// (a git process through `runner`), and checks them: for `env check`, `doctor` and `deploy`.
+/// Problems are returned, not raised; an error means the files could not be read at all.
+pub fn check_dir(runner: &dyn Runner, dir: &Path) -> Result<(Template, DotEnv, Vec<Problem>)> {
     let template = read_template(dir)?;
     let env_path = dir.join(".env");
     if !env_path.exists() {
@@ -75,7 +77,7 @@ pub fn check_dir(dir: &Path) -> Result<(Template, DotEnv, Vec<Problem>)> {
     }
     let env = DotEnv::read(&env_path)?;
     let mode = file_mode(&env_path)?;
-    let tracked = is_tracked(&env_path)?;
+    let tracked = git::is_tracked(runner, &env_path)?;
     let problems = check(&env, &template.specs, &template.name(), mode, tracked);
     Ok((template, env, problems))
 }
@@ -361,25 +363,6 @@ pub fn file_mode(path: &Path) -> Result<u32> {
     Ok(std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.permissions().mode())
 }
 
-/// Whether the git repository around `path` (if any) has it in its index. A minimal libgit2
-/// lookup: no status walk, just the index entry.
-fn is_tracked(path: &Path) -> Result<bool> {
-    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let repo = match git2::Repository::discover(dir) {
-        Ok(repo) => repo,
-        Err(error) if error.code() == git2::ErrorCode::NotFound => return Ok(false),
-        Err(error) => {
-            return Err(anyhow!("cannot open the git repository around {}: {}", dir.display(), error.message()));
-        }
-    };
-    let Some(workdir) = repo.workdir() else { return Ok(false) };
-    let canonical = |path: &Path| path.canonicalize().with_context(|| format!("cannot resolve {}", path.display()));
-    let (path, workdir) = (canonical(path)?, canonical(workdir)?);
-    let Ok(relative) = path.strip_prefix(&workdir) else { return Ok(false) };
-    let index = repo.index().with_context(|| format!("cannot read the git index of {}", workdir.display()))?;
-    Ok(index.get_path(relative, 0).is_some())
-}
-
 /// An annotated `.env.example` for the tests of `env check` and `env init`.
 #[cfg(test)]
 pub const TEST_EXAMPLE: &str = "\
@@ -637,23 +620,5 @@ services:
         for (kind, value) in cases {
             assert_eq!(type_problem(kind, value), None, "{kind:?} {value}");
         }
-    }
-
-    #[test]
-    fn tracked_files_are_found_in_the_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = git2::Repository::init(dir.path()).unwrap();
-        std::fs::create_dir(dir.path().join("docker")).unwrap();
-        let (tracked, untracked) = (dir.path().join("docker/.env"), dir.path().join("docker/other.env"));
-        std::fs::write(&tracked, "A=1\n").unwrap();
-        std::fs::write(&untracked, "A=1\n").unwrap();
-        let mut index = repo.index().unwrap();
-        index.add_path(Path::new("docker/.env")).unwrap();
-        index.write().unwrap();
-        assert!(is_tracked(&tracked).unwrap());
-        assert!(!is_tracked(&untracked).unwrap());
-        let outside = tempfile::tempdir().unwrap();
-        std::fs::write(outside.path().join(".env"), "").unwrap();
-        assert!(!is_tracked(&outside.path().join(".env")).unwrap());
     }
 }

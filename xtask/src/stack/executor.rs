@@ -103,7 +103,12 @@ impl Executor<'_> {
     /// rename a column or table after the database's revision; a database never initialized
     /// has nothing the old version could miss.
     pub fn check_migrations(&self, list: &Command) -> Result<()> {
-        let DbState::At(revision) = self.db_state()? else {
+        self.check_migrations_at(self.db_state()?, list)
+    }
+
+    /// [`Executor::check_migrations`] of a database in `state` (read in the swarm's db task).
+    pub fn check_migrations_at(&self, state: DbState, list: &Command) -> Result<()> {
+        let DbState::At(revision) = state else {
             return Ok(());
         };
         let printed = self.read(list)?;

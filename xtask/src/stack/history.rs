@@ -50,6 +50,8 @@ pub struct Record {
     pub backup: Option<String>,
     /// What went wrong, for results other than ok.
     pub detail: Option<String>,
+    /// `swarm` for a change of the stack on Docker Swarm (`--swarm`); none for compose.
+    pub mode: Option<String>,
 }
 
 impl Record {
@@ -75,6 +77,7 @@ impl Record {
             seconds: u64::try_from(now - started).unwrap_or(0),
             backup: backup.map(|path| path.display().to_string()),
             detail,
+            mode: None,
         }
     }
 
@@ -95,6 +98,9 @@ impl Record {
         if let Some(detail) = &self.detail {
             value["detail"] = json!(detail);
         }
+        if let Some(mode) = &self.mode {
+            value["mode"] = json!(mode);
+        }
         format!("{value}\n")
     }
 
@@ -110,6 +116,7 @@ impl Record {
             seconds: value["seconds"].as_u64()?,
             backup: text("backup"),
             detail: text("detail"),
+            mode: text("mode"),
         })
     }
 }
@@ -205,6 +212,7 @@ mod tests {
             seconds: 42,
             backup: None,
             detail: None,
+            mode: None,
         }
     }
 

@@ -367,22 +367,7 @@ pub fn holder(command: &str, from_tag: Option<String>, to_tag: Option<String>) -
     }
 }
 
-/// Who runs this: `$USER`, else `uid N`.
-pub fn current_user() -> String {
-    use std::os::unix::fs::MetadataExt;
-    std::env::var("USER").ok().filter(|user| !user.is_empty()).unwrap_or_else(|| {
-        std::fs::metadata("/proc/self").map_or_else(|_| "unknown".to_string(), |meta| format!("uid {}", meta.uid()))
-    })
-}
-
-pub fn current_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|host| host.trim().to_string())
-        .filter(|host| !host.is_empty())
-        .unwrap_or_else(|| "unknown".to_string())
-}
+pub use crate::adapters::{current_host, current_user};
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,8 @@
 //! The directory and its `.env` check, the deploy lock, the deploy history, the steps that
 //! change the running stack, the check of pending migrations for updates without downtime, the
 //! operator tasks' whole plans (`operation`), database dumps and
-//! restores, and the status report.
+//! restores, the status report, and the same stack on Docker Swarm (`swarm`: the stack file
+//! made from compose's resolution, its steps and status).
 //!
 //! It uses the images layer (the service table, tag rules), the adapters and the plan layer,
 //! never a task.
@@ -18,5 +19,6 @@ pub mod operation;
 pub mod progress;
 pub mod status;
 pub mod steps;
+pub mod swarm;
 
 pub use deployment::{ChangeArgs, DEFAULT_TIMEOUT, Deployment, DeploymentArgs};

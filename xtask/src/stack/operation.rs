@@ -16,6 +16,7 @@ use anyhow::{Result, anyhow};
 
 use crate::adapters::clock;
 use crate::adapters::compose::Compose;
+use crate::adapters::swarm::Stack;
 use crate::plan::runner::Runner;
 use crate::plan::{Command, Failure, Plan, TaskPlan};
 use crate::stack::Deployment;
@@ -23,7 +24,10 @@ use crate::stack::executor::Executor;
 use crate::stack::history::{Outcome, Record, append_history, record_interrupted};
 use crate::stack::lock::{Found, Holder, Lock, holder};
 use crate::stack::status::print_report;
-use crate::stack::steps::{StackStep, UpdateInputs, plan_deploy, plan_update};
+use crate::stack::steps::{
+    StackStep, SwarmUpdateInputs, UpdateInputs, plan_deploy, plan_swarm_deploy, plan_swarm_update, plan_update,
+};
+use crate::stack::swarm::{SwarmFiles, print_swarm_report};
 
 /// What an operator task does, with what it reports and records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +80,9 @@ pub struct StackPlan {
     pub url: String,
     /// Said before anything runs.
     pub notes: Vec<String>,
+    /// The swarm stack, when the deployment runs on Docker Swarm (`--swarm`): the history
+    /// records the mode, and the status shown at the end is the swarm's.
+    pub swarm: Option<Stack>,
 }
 
 /// What every plan that changes the stack is made from, read once by its task.
@@ -105,6 +112,7 @@ impl Inputs<'_> {
             history: self.deployment.history_path(),
             url: self.url.clone(),
             notes: Vec::new(),
+            swarm: None,
         }
     }
 }
@@ -180,6 +188,56 @@ pub fn update(
     Ok(plan)
 }
 
+/// `deploy --swarm` of `files` (the stack files of `.env`'s tag) as `stack`.
+pub fn swarm_deploy(
+    inputs: Inputs,
+    stack: Stack,
+    files: &SwarmFiles,
+    from_tag: Option<String>,
+    tag: String,
+) -> StackPlan {
+    let steps = plan_swarm_deploy(&stack, files, inputs.login.clone(), inputs.timeout);
+    let lock = inputs.lock_step(holder("deploy", from_tag.clone(), Some(tag.clone())));
+    let mut plan = inputs.plan(Operation::Deploy { from_tag, tag }, lock, steps);
+    plan.notes.extend(files.notes.iter().cloned());
+    plan.swarm = Some(stack);
+    plan
+}
+
+/// `update --swarm` or `rollback --swarm` (`command`) from `.env`'s `current` tag (stack files
+/// `from`) to `to_tag` (stack files `to`), backing up to `backup` first.
+pub fn swarm_update(
+    inputs: Inputs,
+    stack: Stack,
+    command: &'static str,
+    current: &str,
+    (to_tag, from, to): (&str, &SwarmFiles, &SwarmFiles),
+    backup: PathBuf,
+    allow_downtime: bool,
+) -> Result<StackPlan> {
+    let from_tag = resume_from(current, &inputs.lock);
+    let steps = plan_swarm_update(&SwarmUpdateInputs {
+        stack: &stack,
+        env_path: inputs.deployment.env_path(),
+        env: &inputs.deployment.env,
+        from_tag: from_tag.clone(),
+        to_tag: to_tag.to_string(),
+        from,
+        to,
+        login: inputs.login.clone(),
+        backup_path: backup.clone(),
+        timeout: inputs.timeout,
+        allow_downtime,
+    })?;
+    let lock = inputs.lock_step(holder(command, Some(from_tag.clone()), Some(to_tag.to_string())));
+    let operation =
+        Operation::Update { command, from_tag, to_tag: to_tag.to_string(), backup, restore_on_failure: false };
+    let mut plan = inputs.plan(operation, lock, steps);
+    plan.notes.extend(to.notes.iter().cloned());
+    plan.swarm = Some(stack);
+    Ok(plan)
+}
+
 /// `restore` of the (verified) backup `file`.
 pub fn restore(inputs: Inputs, file: PathBuf) -> StackPlan {
     let tag = inputs.deployment.current_tag();
@@ -204,6 +262,7 @@ pub fn backup(deployment: &Deployment, path: PathBuf, keep: usize) -> StackPlan 
         history: deployment.history_path(),
         url: String::new(),
         notes: Vec::new(),
+        swarm: None,
     }
 }
 
@@ -250,12 +309,16 @@ impl Operation {
     }
 
     /// The error when it failed: what happened, and what state the stack is in.
-    fn failed(&self, failure: Failure) -> anyhow::Error {
+    fn failed(&self, failure: Failure, swarm: Option<&Stack>) -> anyhow::Error {
         match self {
             Operation::Deploy { tag, .. } => failure.into_error().context(format!("deploy of {tag} failed")),
-            Operation::Update { command, from_tag, to_tag, backup, restore_on_failure } => {
-                update_failed(failure, command, from_tag, to_tag, &backup.display().to_string(), *restore_on_failure)
-            }
+            Operation::Update { command, from_tag, to_tag, backup, restore_on_failure } => update_failed(
+                failure,
+                (command, from_tag, to_tag),
+                &backup.display().to_string(),
+                *restore_on_failure,
+                swarm,
+            ),
             Operation::Backup { .. } | Operation::Restore { .. } => failure.into_error(),
         }
     }
@@ -265,22 +328,23 @@ impl Operation {
 /// and what the operator has now.
 fn update_failed(
     failure: Failure,
-    command: &str,
-    from_tag: &str,
-    to_tag: &str,
+    (command, from_tag, to_tag): (&str, &str, &str),
     backup: &str,
     restore_on_failure: bool,
+    swarm: Option<&Stack>,
 ) -> anyhow::Error {
+    // `restore` and `docker compose logs` are compose mode's; swarm's tasks say what happened.
+    let (restore, logs) = match swarm {
+        None => (format!(" (`cargo xtask restore {backup} --yes` restores it)"), "`docker compose logs`".to_string()),
+        Some(stack) => (String::new(), format!("`docker stack ps {}`", stack.name)),
+    };
     match failure {
         Failure::Unchanged(error) => error.context(format!("{command} to {to_tag} failed before changing anything")),
         Failure::Recovered(error) => {
             let database = if restore_on_failure {
                 format!("the database was restored from {backup}")
             } else {
-                format!(
-                    "the database was NOT restored; its backup from before the {command} is {backup} \
-                     (`cargo xtask restore {backup} --yes` restores it)"
-                )
+                format!("the database was NOT restored; its backup from before the {command} is {backup}{restore}")
             };
             anyhow!(
                 "{command} to {to_tag} failed and was rolled back to {from_tag}, which is running again; \
@@ -290,7 +354,7 @@ fn update_failed(
         Failure::RecoveryFailed(error, second) => anyhow!(
             "{command} to {to_tag} failed ({error:#}), and putting {from_tag} back failed too ({second:#}): \
              .env names {from_tag}; the backup from before the {command} is {backup}; \
-             check `docker compose logs` and run `cargo xtask deploy` once the cause is fixed"
+             check {logs} and run `cargo xtask deploy` once the cause is fixed"
         ),
     }
 }
@@ -352,19 +416,22 @@ impl TaskPlan for StackPlan {
         }
         let result = Executor::new(&self.compose, runner, self.timeout).execute(&self.steps);
         runner.watch(None);
-        if let Some(record) = self.operation.record(result.as_ref().err(), started) {
+        if let Some(mut record) = self.operation.record(result.as_ref().err(), started) {
+            record.mode = self.swarm.as_ref().map(|_| "swarm".to_string());
             append_history(&self.history, &record)?;
         }
         match result {
             Ok(()) => {
                 drop(lock);
-                if self.lock.is_some() {
-                    print_report(&self.compose, runner);
+                match (&self.swarm, self.lock.is_some()) {
+                    (Some(stack), _) => print_swarm_report(stack, runner),
+                    (None, true) => print_report(&self.compose, runner),
+                    (None, false) => {}
                 }
                 println!("{}", self.operation.done(&self.url));
                 Ok(())
             }
-            Err(failure) => Err(self.operation.failed(failure)),
+            Err(failure) => Err(self.operation.failed(failure, self.swarm.as_ref())),
         }
     }
 }
@@ -836,5 +903,175 @@ mod tests {
         let names: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert_eq!(names, [".env"]);
+    }
+
+    /// The swarm engine as these tests script it: a manager whose nodes have no data label, a
+    /// database initialized or not, services that run the images of the stack file written in
+    /// `dir` (but `rolled_back` back on its 1.0.0 image), each task running.
+    fn swarm_engine(
+        dir: &Path,
+        initialized: bool,
+        rolled_back: Option<&'static str>,
+        migrations: &'static str,
+    ) -> Recording {
+        let dir = dir.to_path_buf();
+        Recording::replying(move |shown| {
+            if shown.contains(" pg_dump ") {
+                let partial = shown.split(" > ").nth(1).unwrap().trim_end_matches(" (mode 600)");
+                std::fs::write(Path::new(partial), "").unwrap();
+            }
+            let image = |service: &str| {
+                let file = std::fs::read_to_string(dir.join(".swarm/stack.json")).unwrap();
+                let file: serde_json::Value = serde_json::from_str(&file).unwrap();
+                let image = file["services"][service]["image"].as_str().unwrap().to_string();
+                if rolled_back == Some(service) { image.replace("1.1.0", "1.0.0") } else { image }
+            };
+            let services = || shown.split(' ').filter_map(|word| word.strip_prefix("ops-test_")).collect::<Vec<_>>();
+            Ok(match shown {
+                _ if shown.contains("{{.Swarm.LocalNodeState}}") => "active true node-1".into(),
+                _ if shown.contains("to_regclass") => if initialized { "t" } else { "f" }.into(),
+                _ if shown.contains("string_agg(version_num") => "0001".into(),
+                _ if shown.contains("gzip -dc") => DUMP_COMPLETE.into(),
+                _ if shown.contains("alembic/versions") => migrations.into(),
+                _ if shown.starts_with("docker ps --quiet") => "db-container".into(),
+                _ if shown.starts_with("docker service inspect") && shown.contains("{{.Spec.Name}}") => services()
+                    .iter()
+                    .map(|service| format!("ops-test_{service} {}@sha256:1 1 completed 0\n", image(service)))
+                    .collect(),
+                _ if shown.starts_with("docker service ps") => services()
+                    .iter()
+                    .map(|service| {
+                        let task = serde_json::json!({"Name": format!("ops-test_{service}.1"), "Image": image(service),
+                            "CurrentState": "Running 1 second ago"});
+                        format!("{task}\n")
+                    })
+                    .collect(),
+                _ => String::new(),
+            })
+        })
+    }
+
+    fn swarm_files(site: &Deployment, tag: &str) -> SwarmFiles {
+        let stack = Stack { program: "docker".into(), name: "ops-test".into() };
+        crate::stack::swarm::translate(
+            &crate::stack::swarm::config_for_tests(tag),
+            &site.dir,
+            &stack,
+            &Default::default(),
+        )
+        .unwrap()
+    }
+
+    /// The commands that change something, which the printed plan must show, in order.
+    fn swarm_changes(executed: &[String]) -> Vec<String> {
+        let changes = ["docker login", "docker node update", "docker stack deploy", "docker run "];
+        let is_change = |command: &&String| {
+            changes.iter().any(|change| command.starts_with(change)) && !command.contains("alembic show")
+        };
+        executed.iter().filter(is_change).cloned().collect()
+    }
+
+    fn assert_shown_in_order(plan: &StackPlan, commands: &[String]) {
+        let shown = plan.to_string();
+        let mut rest = shown.as_str();
+        for command in commands {
+            let at =
+                rest.find(command.as_str()).unwrap_or_else(|| panic!("`{command}` ran, not shown there:\n{shown}"));
+            rest = &rest[at + command.len()..];
+        }
+    }
+
+    #[test]
+    fn a_swarm_deploy_runs_db_init_once_after_the_data_services_then_the_stack() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = deployment(dir.path(), "1.0.0");
+        let stack = Stack { program: "docker".into(), name: "ops-test".into() };
+        let plan = swarm_deploy(inputs(&site), stack, &swarm_files(&site, "1.0.0"), None, "1.0.0".into());
+        let engine = swarm_engine(dir.path(), false, None, SAFE_MIGRATIONS);
+        plan.execute(&engine).unwrap();
+        let changes = swarm_changes(&engine.executed());
+        let swarm = dir.path().join(".swarm");
+        let init = format!(
+            "docker run --rm --network ops-test_swarm --env-file {} r/intric/backend:1.0.0 python init_db.py",
+            swarm.join("db-init.env").display()
+        );
+        let deploy = |file: &str| {
+            format!(
+                "docker stack deploy --with-registry-auth --resolve-image always --compose-file {} ops-test",
+                swarm.join(file).display()
+            )
+        };
+        let label = "docker node update --label-add intric.data=true node-1".to_string();
+        assert_eq!(changes, [label, deploy("data.json"), init, deploy("stack.json")]);
+        assert_shown_in_order(&plan, &changes[1..]);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&swarm), mode(&swarm.join("stack.json"))), (0o700, 0o600));
+        let record = read_history(&site.history_path()).unwrap().pop().unwrap();
+        assert_eq!((record.result, record.mode.as_deref()), (Outcome::Ok, Some("swarm")));
+        let shown = format!("{plan}{plan:?}");
+        assert!(!shown.contains("canary"), "no .env value in the plan: {shown}");
+
+        let again = swarm_engine(dir.path(), true, None, SAFE_MIGRATIONS);
+        let stack = Stack { program: "docker".into(), name: "ops-test".into() };
+        let plan = swarm_deploy(inputs(&site), stack, &swarm_files(&site, "1.0.0"), None, "1.0.0".into());
+        plan.execute(&again).unwrap();
+        let runs: Vec<String> =
+            swarm_changes(&again.executed()).into_iter().filter(|c| c.starts_with("docker run")).collect();
+        assert_eq!(runs.len(), 1, "db-init does not run again, the migrations do: {runs:?}");
+        assert!(runs[0].ends_with("alembic upgrade head"), "{runs:?}");
+    }
+
+    /// A deployment at 1.0.0 in a new directory, its backup path, and its plan of `update --swarm` to 1.1.0.
+    fn swarm_update_1_1_0() -> (tempfile::TempDir, Deployment, PathBuf, StackPlan) {
+        let dir = tempfile::tempdir().unwrap();
+        let site = deployment(dir.path(), "1.0.0");
+        let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
+        let stack = Stack { program: "docker".into(), name: "ops-test".into() };
+        let (from, to) = (swarm_files(&site, "1.0.0"), swarm_files(&site, "1.1.0"));
+        let plan = swarm_update(inputs(&site), stack, "update", "1.0.0", ("1.1.0", &from, &to), backup.clone(), false)
+            .unwrap();
+        (dir, site, backup, plan)
+    }
+
+    #[test]
+    fn a_swarm_update_that_swarm_rolls_back_puts_the_old_tag_back_and_says_so() {
+        let (dir, site, backup, plan) = swarm_update_1_1_0();
+        let engine = swarm_engine(dir.path(), true, Some("backend"), SAFE_MIGRATIONS);
+        let error = plan.execute(&engine).unwrap_err().to_string();
+        assert!(error.contains("failed and was rolled back to 1.0.0"), "{error}");
+        assert!(error.contains("swarm rolled backend back"), "{error}");
+        assert!(!error.contains("cargo xtask restore"), "restore is compose mode's: {error}");
+        let executed = engine.executed();
+        let changes = swarm_changes(&executed);
+        assert!(changes[0].starts_with("docker node update"), "the label, shown with `<this node>`: {changes:#?}");
+        assert_shown_in_order(&plan, &changes[1..]);
+        let deploys = changes.iter().filter(|c| c.starts_with("docker stack deploy")).count();
+        assert_eq!(deploys, 2, "the new stack file, then the old one again: {changes:#?}");
+        assert!(changes.iter().any(|c| c.ends_with("r/intric/backend:1.1.0 alembic upgrade head")), "{changes:#?}");
+        let dump = executed.iter().position(|c| c.starts_with("docker exec -i db-container pg_dump")).unwrap();
+        let first_deploy = executed.iter().position(|c| c.starts_with("docker stack deploy")).unwrap();
+        assert!(dump < first_deploy, "backed up before the switch");
+        assert!(backup.is_file());
+        assert_eq!(env_tag(dir.path()), "1.0.0");
+        let written = std::fs::read_to_string(dir.path().join(".swarm/stack.json")).unwrap();
+        assert!(written.contains("r/intric/backend:1.0.0") && !written.contains("1.1.0"), "the old stack file is back");
+        let record = read_history(&site.history_path()).unwrap().pop().unwrap();
+        assert_eq!((record.result, record.mode.as_deref()), (Outcome::RolledBack, Some("swarm")));
+    }
+
+    #[test]
+    fn a_swarm_update_whose_migrations_drop_a_column_is_refused_before_anything_changes() {
+        let (dir, _, backup, plan) = swarm_update_1_1_0();
+        let dropping = r#"{"0001_initial.py": "revision = \"0001\"\n", "0002_drop.py": "revision = \"0002\"\ndown_revision = \"0001\"\ndef upgrade():\n    op.drop_column(\"jobs\", \"text\")\n"}"#;
+        let engine = swarm_engine(dir.path(), true, None, dropping);
+        let error = format!("{:#}", plan.execute(&engine).unwrap_err());
+        assert!(error.starts_with("update to 1.1.0 failed before changing anything"), "{error}");
+        assert!(error.contains("0002_drop.py:4: op.drop_column"), "{error}");
+        let list = engine.executed().into_iter().find(|c| c.contains("alembic/versions")).unwrap();
+        assert!(list.contains(" r/intric/backend:1.1.0 python -c "), "the new image's migrations: {list}");
+        assert!(swarm_changes(&engine.executed()).iter().all(|c| !c.starts_with("docker stack deploy")));
+        assert!(!backup.exists() && !dir.path().join(".swarm").exists(), "nothing written");
+        assert_eq!(env_tag(dir.path()), "1.0.0");
     }
 }

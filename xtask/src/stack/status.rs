@@ -1,5 +1,7 @@
-//! The status report: each service of the deployment's compose project with its state, health,
-//! the image tag and digest it runs, and its uptime (for `status`, and after every change).
+//! The status report: each container of the deployment's compose project with its service,
+//! state, health, the image tag and digest it runs, and its uptime (for `status`, and after
+//! every change); during an update the old and the new container of a service show side by
+//! side, and a service without a container shows as `missing`.
 //!
 //! Three read-only docker calls: `compose ps --all --format json`, then `container inspect`
 //! (start time, image id) and `image inspect` (repository digests) of what it lists.
@@ -104,15 +106,7 @@ pub fn assemble(ps: &[Value], containers: &[Value], images: &[Value], now: i64) 
             Some((image["Id"].as_str()?.to_string(), digests.collect()))
         })
         .collect();
-    let mut statuses: BTreeMap<String, ServiceStatus> = SERVICES
-        .iter()
-        .map(|service| {
-            (
-                service.to_string(),
-                ServiceStatus { service: service.to_string(), state: "missing".into(), ..Default::default() },
-            )
-        })
-        .collect();
+    let mut list: Vec<ServiceStatus> = Vec::new();
     for entry in ps {
         let Some(service) = entry["Service"].as_str() else { continue };
         let id = entry["ID"].as_str().unwrap_or("");
@@ -125,22 +119,25 @@ pub fn assemble(ps: &[Value], containers: &[Value], images: &[Value], now: i64) 
             .filter(|_| state == "running")
             .and_then(|c| clock::parse_rfc3339(c["State"]["StartedAt"].as_str()?))
             .map(|started| u64::try_from(now - started).unwrap_or(0));
-        statuses.insert(
-            service.to_string(),
-            ServiceStatus {
-                service: service.to_string(),
-                state,
-                health: entry["Health"].as_str().unwrap_or("").to_string(),
-                tag: tag_of(&image),
-                digest: digest_for(&image, &digests),
-                image,
-                uptime,
-            },
-        );
+        list.push(ServiceStatus {
+            service: service.to_string(),
+            state,
+            health: entry["Health"].as_str().unwrap_or("").to_string(),
+            tag: tag_of(&image),
+            digest: digest_for(&image, &digests),
+            image,
+            uptime,
+        });
     }
+    for service in SERVICES {
+        if !list.iter().any(|status| status.service == service) {
+            list.push(ServiceStatus { service: service.to_string(), state: "missing".into(), ..Default::default() });
+        }
+    }
+    // A stable sort: during an update the old and the new container of a service stay side by
+    // side, the oldest (longest uptime) first.
     let order = |name: &str| SERVICES.iter().position(|service| *service == name).unwrap_or(SERVICES.len());
-    let mut list: Vec<ServiceStatus> = statuses.into_values().collect();
-    list.sort_by_key(|status| (order(&status.service), status.service.clone()));
+    list.sort_by_key(|status| (order(&status.service), status.service.clone(), std::cmp::Reverse(status.uptime)));
     list
 }
 
@@ -187,10 +184,16 @@ pub fn render(project: &str, statuses: &[ServiceStatus]) -> String {
             ]
         })
         .collect();
-    let header = ["SERVICE", "STATE", "HEALTH", "TAG", "DIGEST", "UPTIME"].map(String::from);
+    let header = ["SERVICE", "STATE", "HEALTH", "TAG", "DIGEST", "UPTIME"];
+    table(&format!("project {project}"), header, &rows)
+}
+
+/// `title`, then `header` and `rows` in columns as wide as their widest cell.
+pub fn table<const N: usize>(title: &str, header: [&str; N], rows: &[[String; N]]) -> String {
+    let header = header.map(String::from);
     let widths: Vec<usize> =
-        (0..6).map(|i| rows.iter().chain([&header]).map(|row| row[i].len()).max().unwrap_or(0)).collect();
-    let mut text = format!("project {project}\n");
+        (0..N).map(|i| rows.iter().chain([&header]).map(|row| row[i].len()).max().unwrap_or(0)).collect();
+    let mut text = format!("{title}\n");
     for row in [&header].into_iter().chain(rows.iter()) {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
         text.push_str(cells.join("  ").trim_end());
@@ -258,5 +261,26 @@ mod tests {
         let table = render("intric", &list);
         assert!(table.contains("backend   running  healthy  1    sha256:0123  1m 40s"), "{table}");
         assert_eq!(parse_ps("[{\"Service\":\"db\"}]").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn during_an_update_the_old_and_the_new_container_show_side_by_side() {
+        let ps = parse_ps(
+            "{\"ID\":\"new\",\"Service\":\"backend\",\"State\":\"running\",\"Health\":\"starting\",\"Image\":\"r/intric/backend:2\"}\n\
+             {\"ID\":\"old\",\"Service\":\"backend\",\"State\":\"running\",\"Health\":\"healthy\",\"Image\":\"r/intric/backend:1\"}\n",
+        )
+        .unwrap();
+        let containers = vec![
+            json!({"Id": "old1", "Image": "sha256:a", "Config": {"Image": "r/intric/backend:1"}, "State": {"StartedAt": "1970-01-01T00:00:00Z"}}),
+            json!({"Id": "new1", "Image": "sha256:b", "Config": {"Image": "r/intric/backend:2"}, "State": {"StartedAt": "1970-01-01T00:02:00Z"}}),
+        ];
+        let list = assemble(&ps, &containers, &[], 160);
+        let backends: Vec<(&str, &str)> =
+            list.iter().filter(|s| s.service == "backend").map(|s| (s.tag.as_str(), s.health.as_str())).collect();
+        assert_eq!(backends, [("1", "healthy"), ("2", "starting")], "the old one first, both shown");
+        assert_eq!(list.len(), SERVICES.len() + 1);
+        let table = render("intric", &list);
+        assert!(table.contains("backend   running  healthy   1    -       2m 40s"), "{table}");
+        assert!(table.contains("backend   running  starting  2    -       40s"), "{table}");
     }
 }

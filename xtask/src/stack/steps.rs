@@ -18,9 +18,11 @@ use anyhow::Result;
 use crate::adapters::clock;
 use crate::adapters::compose::{Compose, STATELESS};
 use crate::adapters::dotenv::DotEnv;
+use crate::adapters::swarm::Stack;
 use crate::plan::{Command, Failure, Plan, Recovery, Secret};
 use crate::stack::database;
 use crate::stack::executor::{DbState, Executor};
+use crate::stack::swarm::{STATEFUL, SwarmAction, SwarmFiles, SwarmStep};
 
 /// One step of an operator plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +50,8 @@ pub enum StackStep {
     /// S=2`; it is N+1 where S has N containers), then, once the new ones are healthy, `drain`
     /// seconds and the old ones stopped and removed.
     Replace { services: Vec<String>, starts: Vec<Command>, drain: u64, timeout: u64 },
+    /// A step of the stack on Docker Swarm (`--swarm`).
+    Swarm(SwarmStep),
 }
 
 impl fmt::Display for StackStep {
@@ -93,6 +97,7 @@ impl fmt::Display for StackStep {
                      else after {drain} s stop the old ones (docker stop -t {drain}) and remove them (docker rm)"
                 )
             }
+            StackStep::Swarm(step) => write!(f, "{step}"),
         }
     }
 }
@@ -170,6 +175,80 @@ pub fn plan_update(inputs: &UpdateInputs) -> Result<Plan<StackStep>> {
     Ok(Plan { steps, recovery: Some(Recovery { from: point_of_no_return, steps: on_failure }) })
 }
 
+/// A swarm step of `stack`.
+fn swarm(stack: &Stack, action: SwarmAction) -> StackStep {
+    StackStep::Swarm(SwarmStep { stack: stack.clone(), action })
+}
+
+/// `deploy --swarm`: login, check the swarm (and label the data node), write the stack files,
+/// deploy db and redis and wait until they are healthy, db-init once (or the migrations),
+/// then deploy every service and wait until each runs its image, healthy.
+pub fn plan_swarm_deploy(stack: &Stack, files: &SwarmFiles, login: Option<Command>, timeout: u64) -> Plan<StackStep> {
+    let mut steps: Vec<StackStep> = login.into_iter().map(StackStep::Run).collect();
+    steps.push(swarm(stack, SwarmAction::Prepare));
+    steps.push(swarm(stack, SwarmAction::WriteFiles { dir: files.dir.clone(), files: files.files.clone() }));
+    steps.push(StackStep::Run(stack.deploy(&files.data_file)));
+    let data = files.services.iter().filter(|(service, _)| STATEFUL.contains(&service.as_str()));
+    let data = data.map(|(service, image)| (service.clone(), image.clone())).collect();
+    steps.push(swarm(stack, SwarmAction::Converge { services: data, timeout }));
+    steps.push(swarm(stack, SwarmAction::InitOrMigrate(files.one_off.clone())));
+    steps.push(StackStep::Run(stack.deploy(&files.stack_file)));
+    steps.push(swarm(stack, SwarmAction::Converge { services: files.services.clone(), timeout }));
+    Plan { steps, recovery: None }
+}
+
+/// Everything a swarm update decides from: `from` and `to` are the stack files of the two tags.
+pub struct SwarmUpdateInputs<'a> {
+    pub stack: &'a Stack,
+    pub env_path: PathBuf,
+    pub env: &'a DotEnv,
+    pub from_tag: String,
+    pub to_tag: String,
+    pub from: &'a SwarmFiles,
+    pub to: &'a SwarmFiles,
+    pub login: Option<Command>,
+    pub backup_path: PathBuf,
+    pub timeout: u64,
+    /// Skip the check that the new migrations only add (the old tasks may fail against the
+    /// migrated database until swarm replaces them).
+    pub allow_downtime: bool,
+}
+
+/// `update --swarm` (and rollback): check that the new image's migrations only add (unless
+/// `allow_downtime`), back up, then switch: `.env`, the new stack files, the
+/// migrations with the new backend image while the old version serves, `docker stack
+/// deploy` (swarm starts each new task beside the old one and stops the old one once the new
+/// one is healthy, or rolls the service back), and wait for it. When that fails, `.env` and
+/// the stack files of the old tag come back and are deployed the same way.
+pub fn plan_swarm_update(inputs: &SwarmUpdateInputs) -> Result<Plan<StackStep>> {
+    let stack = inputs.stack;
+    let mut steps: Vec<StackStep> = inputs.login.clone().into_iter().map(StackStep::Run).collect();
+    steps.push(swarm(stack, SwarmAction::Prepare));
+    if !inputs.allow_downtime {
+        steps.push(swarm(stack, SwarmAction::CheckMigrations(inputs.to.one_off.clone())));
+    }
+    steps.push(swarm(stack, SwarmAction::Backup { path: inputs.backup_path.clone() }));
+    let point_of_no_return = steps.len();
+    let switch = |tag: &str, files: &SwarmFiles| -> Result<Vec<StackStep>> {
+        Ok(vec![
+            set_tag(&inputs.env_path, inputs.env, tag)?,
+            swarm(stack, SwarmAction::WriteFiles { dir: files.dir.clone(), files: files.files.clone() }),
+        ])
+    };
+    let deploy = |files: &SwarmFiles| {
+        [
+            StackStep::Run(stack.deploy(&files.stack_file)),
+            swarm(stack, SwarmAction::Converge { services: files.services.clone(), timeout: inputs.timeout }),
+        ]
+    };
+    steps.extend(switch(&inputs.to_tag, inputs.to)?);
+    steps.push(swarm(stack, SwarmAction::Migrate(inputs.to.one_off.clone())));
+    steps.extend(deploy(inputs.to));
+    let mut on_failure = switch(&inputs.from_tag, inputs.from)?;
+    on_failure.extend(deploy(inputs.from));
+    Ok(Plan { steps, recovery: Some(Recovery { from: point_of_no_return, steps: on_failure }) })
+}
+
 impl Executor<'_> {
     pub fn perform(&self, action: &StackStep) -> Result<()> {
         match action {
@@ -203,6 +282,7 @@ impl Executor<'_> {
                 let services: Vec<&str> = services.iter().map(String::as_str).collect();
                 self.replace(&services, *drain)
             }
+            StackStep::Swarm(step) => self.perform_swarm(step),
         }
     }
 
@@ -284,6 +364,17 @@ mod tests {
                 StackStep::Restore { .. } => "restore".into(),
                 StackStep::CheckMigrations { .. } => "check migrations".into(),
                 StackStep::Replace { .. } => "replace".into(),
+                StackStep::Swarm(step) => match &step.action {
+                    SwarmAction::Prepare => "prepare".into(),
+                    SwarmAction::WriteFiles { .. } => "write files".into(),
+                    SwarmAction::Converge { services, .. } => {
+                        format!("converge {}", services.keys().cloned().collect::<Vec<_>>().join(" "))
+                    }
+                    SwarmAction::InitOrMigrate(_) => "init-or-migrate".into(),
+                    SwarmAction::Migrate(_) => "migrate".into(),
+                    SwarmAction::Backup { .. } => "backup".into(),
+                    SwarmAction::CheckMigrations(_) => "check migrations".into(),
+                },
             })
             .collect()
     }

@@ -83,8 +83,18 @@ pub enum BenchCommand {
     /// requests `/` and `/api/v1/healthz` through the frontend's host port every 20 ms: once
     /// with `--allow-downtime` (the procedure that recreates containers in place) and once
     /// with the zero-downtime replacement. Needs the lab: `eval "$(cargo xtask sandbox env)"`.
-    #[command(after_help = "Examples:\n  eval \"$(cargo xtask sandbox env)\" && cargo xtask bench update")]
-    Update,
+    ///
+    /// With --swarm the new procedure is `update --swarm`: after today's update the compose
+    /// stack is stopped (its volumes kept), the same directory is deployed with `deploy
+    /// --swarm` (the engine must be a swarm manager: `docker swarm init`), and swarm's
+    /// start-first update is measured; the stack is removed at the end.
+    #[command(after_help = "Examples:\n  eval \"$(cargo xtask sandbox env)\" && cargo xtask bench update\n  \
+                      eval \"$(cargo xtask sandbox env)\" && cargo xtask bench update --swarm")]
+    Update {
+        /// Measure `update --swarm` (Docker Swarm, start-first) as the new procedure.
+        #[arg(long)]
+        swarm: bool,
+    },
     /// Time a cold `cargo build -p xtask` against an empty crate with the same dependencies.
     ///
     /// Both sides build in fresh temporary target directories, offline and `--locked`, one after
@@ -136,7 +146,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Tags { commits, tags, runs } => bench_tags(commits, tags, runs),
         BenchCommand::Build { runs } => bench_build(runs),
         BenchCommand::Release { runs } => bench_release(runs),
-        BenchCommand::Update => bench_update(),
+        BenchCommand::Update { swarm } => bench_update(swarm),
     }
 }
 
@@ -292,7 +302,8 @@ fn millis(duration: Duration) -> f64 {
 /// `cargo xtask bench release`: on the lab, the time of `release X --execute` (promoting HEAD's
 /// pushed images) against a full rebuild of the same commit (`build --push --no-cache`), and
 /// their ratio. Both run the built xtask binary as a process, in a clone of the workspace's
-/// HEAD, against repositories of this run's own below the lab registry
+/// HEAD (whose origin is a bare clone in the scratch directory: the releases take the release
+/// lock there), against repositories of this run's own below the lab registry
 /// (`<registry>/release-bench-<pid>/intric/<service>`), so the lab's `latest` never moves.
 fn bench_release(runs: usize) -> Result<()> {
     anyhow::ensure!(runs > 0, "--runs must be at least 1");
@@ -303,7 +314,11 @@ fn bench_release(runs: usize) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("xtask-release-bench-{}", std::process::id()));
     let repo = scratch.join("repo");
     let workspace = crate::adapters::workspace_root();
-    runner.read(&git_clone(&workspace, &repo)).context("cannot clone the workspace")?;
+    // The clone's origin is a bare copy of its own, so the releases take the release lock and
+    // push their tags as on a real remote, without touching the workspace's tags.
+    let origin = scratch.join("origin.git");
+    runner.read(&git_clone(&workspace, &origin).arg("--bare")).context("cannot clone the workspace")?;
+    runner.read(&git_clone(&origin, &repo)).context("cannot clone the workspace")?;
     let xtask = std::env::current_exe().context("cannot find the running xtask binary")?;
     let timed = |args: &[&str]| -> Result<f64> {
         let started = std::time::Instant::now();
@@ -657,8 +672,8 @@ const PROBE_LIMIT: Duration = Duration::from_secs(900);
 /// Goals: no failed request, and the zero-downtime update at most this much slower.
 const UPDATE_SLOWDOWN_GOAL: f64 = 1.5;
 
-/// `cargo xtask bench update`: see [`BenchCommand::Update`].
-fn bench_update() -> Result<()> {
+/// `cargo xtask bench update [--swarm]`: see [`BenchCommand::Update`].
+fn bench_update(swarm: bool) -> Result<()> {
     let env = crate::adapters::ci_env::process_env();
     let lab = lab_registry(&env)?;
     let registry = format!("{}/update-bench-{}", lab.trim_end_matches('/'), std::process::id());
@@ -705,7 +720,8 @@ fn bench_update() -> Result<()> {
             ("POSTGRES_IMAGE", lab_value("POSTGRES_IMAGE")?),
             ("REDIS_IMAGE", lab_value("REDIS_IMAGE")?),
             ("EDGE_IMAGE", lab_value("NGINX_IMAGE")?),
-            ("FRONTEND_BIND", "127.0.0.1".into()),
+            // Swarm publishes on every interface, and does not publish a loopback-only port.
+            ("FRONTEND_BIND", if swarm { "0.0.0.0" } else { "127.0.0.1" }.into()),
             // env check wants an LLM provider; nothing here asks one anything.
             ("OPENAI_API_KEY", "sk-bench-update-not-a-real-key".into()),
             ("FRONTEND_PORT", frontend_port),
@@ -719,13 +735,19 @@ fn bench_update() -> Result<()> {
         crate::plan::write_atomically(&env_path, dotenv.render().as_bytes(), 0o600)?;
         eprintln!("deploy {} in {} ...", tags[0], site.display());
         runner.read(&on_site(&["deploy", "--timeout", "240"])).context("deploy failed")?;
-        let sides = [("today (--allow-downtime)", tags[1], true), ("zero-downtime", tags[2], false)];
+        let new_side = if swarm { "swarm (start-first)" } else { "zero-downtime" };
+        let sides = [("today (--allow-downtime)", tags[1], true), (new_side, tags[2], false)];
         let mut runs = Vec::new();
         for (name, tag, allow_downtime) in sides {
             eprintln!("{name}: update --tag {tag} with the probe running ...");
             let mut args = vec!["update", "--tag", tag, "--timeout", "240"];
             if allow_downtime {
                 args.push("--allow-downtime");
+            }
+            if swarm && !allow_downtime {
+                eprintln!("compose down (the volumes stay), then deploy --swarm of {} ...", tags[1]);
+                runner.read(&compose_project(&site).arg("down")).context("compose down failed")?;
+                runner.read(&on_site(&["deploy", "--swarm", "--timeout", "240"])).context("deploy --swarm failed")?;
             }
             let probe = Probe::start(UPDATE_FRONTEND_PORT);
             // The probe sees the stack answering before the update starts, and after it ends.
@@ -741,10 +763,10 @@ fn bench_update() -> Result<()> {
         let [today, new] = <[UpdateRun; 2]>::try_from(runs).ok().context("two sides ran")?;
         Ok([today, new])
     })();
-    let compose = Command::new("docker")
-        .args(["compose", "--project-name", UPDATE_PROJECT, "--project-directory"])
-        .arg(site.display().to_string())
-        .args(["--profile", "init", "down", "--volumes", "--remove-orphans"]);
+    if swarm {
+        remove_stack(&runner, UPDATE_PROJECT);
+    }
+    let compose = compose_project(&site).args(["--profile", "init", "down", "--volumes", "--remove-orphans"]);
     if site.join(".env").exists() {
         runner.read(&compose).ok();
     }
@@ -769,6 +791,26 @@ fn bench_update() -> Result<()> {
         verdict(ratio <= UPDATE_SLOWDOWN_GOAL)
     );
     Ok(())
+}
+
+/// `docker compose` on `bench update`'s deployment directory `site`.
+fn compose_project(site: &std::path::Path) -> Command {
+    Command::new("docker")
+        .args(["compose", "--project-name", UPDATE_PROJECT, "--project-directory"])
+        .arg(site.display().to_string())
+}
+
+/// Removes swarm stack `name` and waits (at most a minute) until its containers are gone, so
+/// that its volumes can be removed.
+fn remove_stack(runner: &Processes, name: &str) {
+    runner.read(&Command::new("docker").args(["stack", "rm", name])).ok();
+    let left = Command::new("docker")
+        .args(["ps", "--all", "--quiet", "--filter"])
+        .arg(format!("label=com.docker.stack.namespace={name}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while runner.read(&left).is_ok_and(|ids| !ids.trim().is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// One side of `bench update`.

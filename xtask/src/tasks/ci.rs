@@ -153,7 +153,7 @@ pub fn run(args: CiArgs) -> Result<()> {
         _ => StageChoice::Auto,
     };
     // The tag engine's rules decide the stage (auto) and, for release, whether HEAD's tag is one.
-    let report = tags::resolve(&repo, choice, &env)?;
+    let report = tags::resolve(&runner, &repo, choice, &env)?;
     let stage = match args.stage {
         CiStage::Auto => stage_for(report.stage),
         stage => stage,
@@ -254,6 +254,8 @@ fn release_stage(args: &CiArgs, repo: &Path, report: &TagReport, env: &Env) -> R
     let options = release::Options {
         repo: repo.to_path_buf(),
         registry: args.location.registry.clone(),
+        // A tag pipeline promotes into $NEXUS_RELEASE_REGISTRY when it is set.
+        to_registry: None,
         requested: Requested::Version(report.version.clone()),
         mode: TagMode::Existing(ci_tag),
         allow_branches: Vec::new(),
@@ -262,6 +264,9 @@ fn release_stage(args: &CiArgs, repo: &Path, report: &TagReport, env: &Env) -> R
         push_tag: false,
         skip_immutable_floating: false,
         quiet: false,
+        // A tag pipeline takes no release lock (see `images::release`'s plan).
+        no_lock: false,
+        break_lock: false,
     };
     let outcome = release::release(&options, env)?;
     if args.dry_run {
@@ -278,7 +283,7 @@ fn release_stage(args: &CiArgs, repo: &Path, report: &TagReport, env: &Env) -> R
             .images
             .iter()
             .map(|(service, image, digest, tags)| ImageLine {
-                service: service.name().to_string(),
+                service: service.clone(),
                 image: image.clone(),
                 digest: digest.clone(),
                 tags: tags.clone(),

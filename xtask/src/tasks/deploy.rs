@@ -20,6 +20,11 @@
 //!   check and recreates the containers in place instead (`up --wait`).
 //! - `rollback [--to T]`: an update to T, or to the last tag that was deployed successfully
 //!   before the current one, from the history.
+//! - `--swarm` (all three; recorded in the history, so later runs on the directory need not
+//!   repeat it): the same stack on Docker Swarm, from a stack file made of compose's own
+//!   resolution of the compose file (`stack::swarm`): deploy runs db and redis, db-init once,
+//!   then the rest with `docker stack deploy`; update checks, backs up, migrates and lets
+//!   swarm replace each task start-first, waiting until it completes or swarm rolls it back.
 //!
 //! The history is `DIR/.deploy-history.jsonl`, one JSON object per line, only ever appended.
 //! The lock is `DIR/.deploy.lock`, created atomically with its holder in it (pid, user, host,
@@ -36,29 +41,34 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::adapters::clock;
-use crate::plan::runner::Processes;
+use crate::plan::runner::{Processes, Runner};
 use crate::plan::show_or_run;
-use crate::stack::history::{Outcome, previous_tag, read_history};
+use crate::stack::history::{Outcome, Record, previous_tag, read_history};
 use crate::stack::operation::{self, Inputs};
+use crate::stack::swarm::{SwarmArgs, resolved_config, translate};
 use crate::stack::{ChangeArgs, Deployment, DeploymentArgs, database, lock};
 
 #[derive(Args)]
 #[command(after_help = "Examples:
   cargo xtask deploy
   cargo xtask deploy --dir /srv/intric --timeout 600
+  cargo xtask deploy --swarm --replicas backend=2
   DOCKER_HOST=ssh://ops@server cargo xtask deploy --dir ./server-config")]
 pub struct DeployArgs {
     #[command(flatten)]
     pub deployment: DeploymentArgs,
     #[command(flatten)]
     pub change: ChangeArgs,
+    #[command(flatten)]
+    pub swarm: SwarmArgs,
 }
 
 #[derive(Args)]
 #[command(after_help = "Examples:
   cargo xtask update --tag 1.4.0
   cargo xtask update --tag 1.4.0 --dir /srv/intric --restore-on-failure
-  cargo xtask update --tag 1.4.0 --dry-run")]
+  cargo xtask update --tag 1.4.0 --dry-run
+  cargo xtask update --tag 1.4.0 --swarm")]
 pub struct UpdateArgs {
     #[command(flatten)]
     pub deployment: DeploymentArgs,
@@ -88,6 +98,8 @@ pub struct UpdateOptions {
     pub drain: u64,
     #[command(flatten)]
     pub change: ChangeArgs,
+    #[command(flatten)]
+    pub swarm: SwarmArgs,
 }
 
 #[derive(Args)]
@@ -122,17 +134,44 @@ pub fn run_deploy(args: DeployArgs) -> Result<()> {
     let tag = deployment.current_tag().context("IMAGE_TAG is not set in .env")?;
     let history = read_history(&deployment.history_path())?;
     let from_tag = history.iter().rev().find(|record| record.result == Outcome::Ok).map(|record| record.to_tag.clone());
+    let stack = args.swarm.stack(&deployment.compose, &history)?;
     let inputs = change_inputs(&deployment, args.change)?;
     deployment.check_tag_exists(&tag)?;
-    let plan = operation::deploy(inputs, from_tag, tag);
+    let plan = match stack {
+        None => operation::deploy(inputs, from_tag, tag),
+        Some(stack) => {
+            refuse_running_compose_stack(&deployment, &runner)?;
+            let replicas = args.swarm.replicas(&stack, &runner);
+            let config = runner.read(&resolved_config(&deployment.compose, None))?;
+            let files = translate(&config, &deployment.dir, &stack, &replicas)?;
+            operation::swarm_deploy(inputs, stack, &files, from_tag, tag)
+        }
+    };
     show_or_run(&plan, args.change.dry_run, &runner).map(|_| ())
+}
+
+/// Refuses `--swarm` while the compose project of the directory has containers: both would
+/// use the same volumes (the stack names them as compose does), and one database at a time.
+fn refuse_running_compose_stack(deployment: &Deployment, runner: &Processes) -> Result<()> {
+    let compose = &deployment.compose;
+    let containers = runner.read(&compose.containers_of(compose.project_name()))?;
+    if !containers.trim().is_empty() {
+        anyhow::bail!(
+            "compose project {} in {} has {} container(s): stop it first (`docker compose down` keeps the volumes, \
+             which the swarm stack then uses)",
+            compose.project_name(),
+            deployment.dir.display(),
+            containers.lines().count()
+        );
+    }
+    Ok(())
 }
 
 pub fn run_update(args: UpdateArgs) -> Result<()> {
     let runner = Processes::new();
     let deployment = Deployment::open_checked(&args.deployment, &runner)?;
-    read_history(&deployment.history_path())?;
-    update(&deployment, &runner, "update", &args.tag, args.options)
+    let history = read_history(&deployment.history_path())?;
+    update(&deployment, &history, &runner, "update", &args.tag, args.options)
 }
 
 pub fn run_rollback(args: RollbackArgs) -> Result<()> {
@@ -148,26 +187,48 @@ pub fn run_rollback(args: RollbackArgs) -> Result<()> {
             )
         })?,
     };
-    update(&deployment, &runner, "rollback", &to, args.options)
+    update(&deployment, &history, &runner, "rollback", &to, args.options)
 }
 
 /// An update of `deployment` to `to_tag` (`command` is `update` or `rollback`): its inputs
 /// read in the order that refuses soonest, then its one plan, shown or run.
 fn update(
     deployment: &Deployment,
+    history: &[Record],
     runner: &Processes,
     command: &'static str,
     to_tag: &str,
     options: UpdateOptions,
 ) -> Result<()> {
-    let UpdateOptions { restore_on_failure, backup_dir, allow_downtime, drain, change } = options;
+    let UpdateOptions { restore_on_failure, backup_dir, allow_downtime, drain, change, swarm } = options;
     let current = deployment.current_tag().context("IMAGE_TAG is not set in .env")?;
+    let stack = swarm.stack(&deployment.compose, history)?;
+    if stack.is_some() && restore_on_failure {
+        anyhow::bail!(
+            "--restore-on-failure is a compose-mode option: on swarm a failed update is rolled back by swarm, \
+             and the message names the backup taken before it"
+        );
+    }
     let inputs = change_inputs(deployment, change)?;
     deployment.check_tag_exists(to_tag)?;
     let backup_dir = backup_dir.unwrap_or_else(|| deployment.dir.join("backups"));
     database::check_writable(&backup_dir)?;
     let backup = database::next_path(&backup_dir, clock::now_unix());
-    let switch = operation::Switch { allow_downtime, drain };
-    let plan = operation::update(inputs, command, &current, to_tag, backup, restore_on_failure, switch)?;
+    let plan = match stack {
+        None => {
+            let switch = operation::Switch { allow_downtime, drain };
+            operation::update(inputs, command, &current, to_tag, backup, restore_on_failure, switch)?
+        }
+        Some(stack) => {
+            let replicas = swarm.replicas(&stack, runner);
+            let from_tag = operation::resume_from(&current, &inputs.lock);
+            let files = |tag: &str| -> Result<_> {
+                let config = runner.read(&resolved_config(&deployment.compose, Some(tag)))?;
+                translate(&config, &deployment.dir, &stack, &replicas)
+            };
+            let (from, to) = (files(&from_tag)?, files(to_tag)?);
+            operation::swarm_update(inputs, stack, command, &current, (to_tag, &from, &to), backup, allow_downtime)?
+        }
+    };
     show_or_run(&plan, change.dry_run, runner).map(|_| ())
 }

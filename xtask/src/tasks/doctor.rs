@@ -225,7 +225,7 @@ pub fn run(args: DoctorArgs) -> Result<()> {
                     }
                 }
             });
-            checks.push(match env_check::check_dir(&deployment.dir) {
+            checks.push(match env_check::check_dir(&runner, &deployment.dir) {
                 Err(error) => check("env check", Verdict::Fail, "unreadable", format!("{error:#}")),
                 Ok((_, _, problems)) => {
                     let errors = problems.iter().filter(|p| p.level == Level::Error).count();

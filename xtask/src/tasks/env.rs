@@ -73,7 +73,7 @@ pub fn run(command: EnvCommand) -> Result<()> {
         }
         EnvCommand::Check(args) => {
             let dir = deployment_dir(args.dir);
-            let (template, env, problems) = check_dir(&dir)?;
+            let (template, env, problems) = check_dir(&Processes::new(), &dir)?;
             println!("checked against {}", template.sources());
             print!("{}", report(env.path(), &problems));
             let errors = problems.iter().filter(|problem| problem.level == Level::Error).count();

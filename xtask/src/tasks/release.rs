@@ -22,25 +22,38 @@ other image than HEAD's; the working tree is clean; HEAD is on the default branc
 --allow-branch; and the registry, which must answer, holds HEAD's images as sha-<12 hex> (pushed by
 the main stage), unless --build.
 
---execute puts every image's version tag first, then the floating tags, then tags git. Tags already
-on HEAD's images are left alone, so a release cut off part-way is finished by running it again.
+--execute first takes the release lock on origin (the tag release-lock, pushed with
+--force-with-lease so that of two releases at once only one gets it; the other is refused, naming the
+holder, before any tag moves). Under the lock it reads the registry and origin's release tags again
+and plans again, then puts every image's version tag first, then the floating tags, then tags git
+and pushes vX.Y.Z to origin, then releases the lock. Tags already on HEAD's images are left alone,
+so a release cut off part-way is finished by running it again. A lock left by a killed release
+(the refusal says whose and since when): --break-lock. A repository without origin: --no-lock.
 Floating tags that must move from another image are checked first: where the repository does not
 allow redeploy (Nexus), the release is refused before any write, naming them, unless
 --skip-immutable-floating leaves them where they are.
 
---bump starts from the highest release tag in git: major, minor and patch step the highest stable
+--bump starts from the highest release tag in git or the registry: major, minor and patch step the highest stable
 release (1.4.2 -> 2.0.0, 1.5.0, 1.4.3); rc continues the highest release if it is an rc
 (1.5.0-rc.1 -> 1.5.0-rc.2) and otherwise starts the next patch's (1.4.2 -> 1.4.3-rc.1). For the
 first rc of a minor or major release, name it: `release 1.5.0-rc.1`.
 
-The registry comes from --registry or NEXUS_REGISTRY; NEXUS_USERNAME and NEXUS_PASSWORD log in
+The images are those the compose file builds (its services with a build: section). The registry
+comes from --registry or NEXUS_REGISTRY; NEXUS_USERNAME and NEXUS_PASSWORD log in
 (else the docker login).
+
+--to-registry (or NEXUS_RELEASE_REGISTRY) promotes into a separate release repository, such as a
+Nexus hosted repository with redeploy disabled: HEAD's sha- images are read from --registry, their
+blobs mounted into the release repository (same registry) or copied (another registry, or where the
+mount is refused), and the same manifests tagged there; the release tags are judged there. Its
+login is NEXUS_RELEASE_USERNAME and NEXUS_RELEASE_PASSWORD if set, else as for --registry.
 
 Examples:
   cargo xtask release 1.4.0
   cargo xtask release 1.4.0 --execute --push-tag
   cargo xtask release --bump rc --execute
-  cargo xtask release 1.3.5 --allow-branch 'release/*' --execute --json")]
+  cargo xtask release 1.3.5 --allow-branch 'release/*' --execute --json
+  cargo xtask release 1.4.0 --registry nexus.example/dev --to-registry nexus.example/release --execute")]
 pub struct ReleaseArgs {
     /// The version to release: X.Y.Z or vX.Y.Z, with an optional pre-release (1.5.0-rc.1).
     // Not called `version`: that id is clap's own `--version`.
@@ -52,9 +65,18 @@ pub struct ReleaseArgs {
     /// Do it: promote the images and create the git tag. Without it, only print the plan.
     #[arg(long)]
     pub execute: bool,
-    /// Push the new git tag to `origin` (with --execute).
+    /// Push the new git tag to `origin` (with --execute). Under the release lock it always is;
+    /// this is for --no-lock.
     #[arg(long)]
     pub push_tag: bool,
+    /// Release without the release lock on origin: for a repository without origin, when no
+    /// other release can run against this registry at the same time.
+    #[arg(long, conflicts_with = "break_lock")]
+    pub no_lock: bool,
+    /// Take the release lock even when another release holds it: for a lock left behind by a
+    /// release that was killed (the refusal names it), once you know it no longer runs.
+    #[arg(long)]
+    pub break_lock: bool,
     /// Also allow releasing from branches matching GLOB (`*` matches any characters, `/`
     /// included); repeatable [default: only the default branch].
     #[arg(long = "allow-branch", value_name = "GLOB")]
@@ -66,6 +88,10 @@ pub struct ReleaseArgs {
     /// (Nexus: redeploy disabled) where they are, instead of refusing the release.
     #[arg(long)]
     pub skip_immutable_floating: bool,
+    /// Promote into this release registry instead of tagging in --registry (blobs mounted or
+    /// copied, same digests) [default: $NEXUS_RELEASE_REGISTRY].
+    #[arg(long, value_name = "HOST[:PORT][/PATH]")]
+    pub to_registry: Option<String>,
     /// Print the result (version, git tag, revision, images with digest and tags) as JSON.
     #[arg(long)]
     pub json: bool,
@@ -84,6 +110,7 @@ pub fn run(args: ReleaseArgs) -> Result<()> {
     let options = Options {
         repo: args.location.repo(),
         registry: args.location.registry,
+        to_registry: args.to_registry,
         requested,
         mode: TagMode::Create,
         allow_branches: args.allow_branches,
@@ -92,6 +119,8 @@ pub fn run(args: ReleaseArgs) -> Result<()> {
         push_tag: args.push_tag,
         skip_immutable_floating: args.skip_immutable_floating,
         quiet: args.json,
+        no_lock: args.no_lock,
+        break_lock: args.break_lock,
     };
     let runner = Processes::new();
     let plan = prepare(&runner, &options, &env)?;

@@ -8,6 +8,7 @@ use clap::Args;
 
 use crate::adapters::ci_env;
 use crate::images::tags::{StageChoice, resolve};
+use crate::plan::runner::Processes;
 
 /// Options of `cargo xtask tags`.
 #[derive(Args)]
@@ -37,7 +38,7 @@ pub struct TagsArgs {
 /// `cargo xtask tags`: prints the tags, one per line with notes on stderr, or one JSON object.
 pub fn run(args: TagsArgs) -> Result<()> {
     let repo = args.repo.unwrap_or_else(crate::adapters::workspace_root);
-    let report = resolve(&repo, args.stage, &ci_env::process_env())?;
+    let report = resolve(&Processes::new(), &repo, args.stage, &ci_env::process_env())?;
     if args.json {
         println!("{}", report.to_json());
     } else {

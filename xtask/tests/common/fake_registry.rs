@@ -1,7 +1,7 @@
 //! A fake registry: an HTTP/1.1 server on a free loopback port that answers each request (one
-//! per connection) with a handler's [`Answer`] and records each request it was asked. It is the
-//! one fake registry of the tests: the registry adapter's unit tests include this file by path,
-//! the end-to-end tests through `mod common`. It uses only the standard library for that reason.
+//! per connection) with a handler's [`Answer`] and records each request it was asked, its body
+//! read whole whether sized or chunked. It is the one fake registry of the tests: the registry
+//! adapter's unit tests include this file by path, the end-to-end tests through `mod common`. It uses only the standard library for that reason.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -104,6 +104,24 @@ fn read_request(stream: &TcpStream) -> Option<Seen> {
         headers.push((key.trim().to_string(), value.trim().to_string()));
     }
     let mut seen = Seen { method, target, headers, body: Vec::new() };
+    if seen.header("transfer-encoding").is_some_and(|value| value.eq_ignore_ascii_case("chunked")) {
+        // A streamed body (a blob copy's upload): chunks of hex size, CRLF, data, CRLF; then 0.
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).ok()?;
+            let size = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            let mut crlf = String::new();
+            if size == 0 {
+                reader.read_line(&mut crlf).ok()?;
+                break;
+            }
+            let start = seen.body.len();
+            seen.body.resize(start + size, 0);
+            reader.read_exact(&mut seen.body[start..]).ok()?;
+            reader.read_line(&mut crlf).ok()?;
+        }
+        return Some(seen);
+    }
     let length: usize = seen.header("content-length").and_then(|value| value.parse().ok()).unwrap_or(0);
     seen.body.resize(length, 0);
     reader.read_exact(&mut seen.body).ok()?;

@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end test files (`e2e.rs`, `release_e2e.rs`): the xtask binary,
 //! the lab (`sandbox up` once per test binary, its variables), clean repository snapshots, a
-//! small client for the registry's HTTP API, a fake registry ([`fake_registry`]), and waiting.
+//! small client for the registry's HTTP API, a fake registry ([`fake_registry`]), a Nexus look-alike
+//! proxy of a test's own, images made with `docker import`, waiting, and for the update tests a
+//! request probe and the versions they update between.
 //!
 //! Each test binary compiles this module on its own and uses only part of it, hence the
 //! `dead_code` allowance: an unused helper in one binary is used by another.
@@ -12,7 +14,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
@@ -107,6 +111,16 @@ pub fn assert_success(output: &Output, what: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A process's standard output, as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A process's standard error, as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 pub fn run(program: &str, args: &[&str], dir: &Path) -> Output {
@@ -282,6 +296,19 @@ pub fn xtask_in(dir: &Path, project: &str, args: &[&str]) -> Output {
     xtask(&full, &[], dir)
 }
 
+/// [`xtask_in`] that must succeed: everything it printed, standard output then error.
+pub fn xtask_ok_in(dir: &Path, project: &str, args: &[&str]) -> String {
+    let output = xtask_in(dir, project, args);
+    assert_success(&output, &args.join(" "));
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// The last record of the deploy history in `dir`.
+pub fn last_record_in(dir: &Path) -> serde_json::Value {
+    let history = std::fs::read_to_string(dir.join(".deploy-history.jsonl")).unwrap();
+    serde_json::from_str(history.lines().last().unwrap()).unwrap()
+}
+
 /// `docker compose` on the deployment directory `dir` as project `project`.
 pub fn compose_in(dir: &Path, project: &str, args: &[&str]) -> Output {
     let mut full = vec!["compose", "--project-name", project, "--project-directory", dir.to_str().unwrap()];
@@ -316,4 +343,138 @@ pub fn set_env_var(path: &Path, key: &str, value: &str) {
         lines.push(format!("{key}={value}"));
     }
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// Starts a Nexus look-alike proxy container of a test's own (`docker/lab/nexus-proxy.py`) on a
+/// free port, in front of the lab registry of `lab` (its variables) with upstream names under
+/// `prefix` (so its repositories start empty), and `args` after the usual ones. Returns its
+/// `host:port` and the container's name, for the test to remove.
+pub fn start_nexus_proxy(lab: &BTreeMap<String, String>, prefix: &str, args: &[&str]) -> (String, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let host = format!("127.0.0.1:{port}");
+    let name = format!("intric-lab-nexus-test-{port}");
+    let mut command = Command::new("docker");
+    command
+        .args(["run", "--detach", "--rm", "--name", &name, "--network", "host"])
+        // The login goes through the environment, not argv.
+        .args(["--env", "NEXUS_PROXY_USERNAME", "--env", "NEXUS_PROXY_PASSWORD"])
+        .env("NEXUS_PROXY_USERNAME", &lab["NEXUS_USERNAME"])
+        .env("NEXUS_PROXY_PASSWORD", &lab["NEXUS_PASSWORD"])
+        .args(["intric-lab/nexus-proxy:lab", "--listen", &host, "--upstream", &lab["NEXUS_REGISTRY"]])
+        .args(["--upstream-prefix", prefix])
+        .args(args);
+    assert_success(&command.output().unwrap(), "docker run of a test proxy");
+    eventually(20, "the test proxy to answer", || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        agent.get(format!("http://{host}/v2/")).call().ok()
+    });
+    (host, name)
+}
+
+/// An image in the engine holding one file of `size` pseudo-random bytes (the same ones for the
+/// same seed), made with `docker import`, tagged `name`.
+pub fn import_image(name: &str, seed: u64, size: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = seed | 1;
+    let mut bytes = Vec::with_capacity(size + 8);
+    while bytes.len() < size {
+        // xorshift64: incompressible enough that the pushed layer stays as large as the file.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(size);
+    std::fs::create_dir(dir.path().join("root")).unwrap();
+    std::fs::write(dir.path().join("root/data"), bytes).unwrap();
+    let tarball = dir.path().join("image.tar");
+    let root = dir.path().join("root");
+    let tar = run("tar", &["-C", root.to_str().unwrap(), "-cf", tarball.to_str().unwrap(), "."], &workspace());
+    assert_success(&tar, "tar");
+    assert_success(&run("docker", &["import", tarball.to_str().unwrap(), name], &workspace()), "docker import");
+}
+
+/// Requests through a stack's entry point (the edge's host `port`) until stopped (at most 10 minutes): one request
+/// every 20 ms, `/` and `/api/v1/healthz` in turn.
+pub struct Probe {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<(String, u16)>>,
+}
+
+impl Probe {
+    pub fn start(port: &str) -> Probe {
+        let port = port.to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut seen = Vec::new();
+            while !stopped.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(600) {
+                let at = Instant::now();
+                let path = if seen.len() % 2 == 0 { "/" } else { "/api/v1/healthz" };
+                let (status, _) = http("GET", &format!("http://127.0.0.1:{port}{path}"), None);
+                seen.push((path.to_string(), status));
+                std::thread::sleep(Duration::from_millis(20).saturating_sub(at.elapsed()));
+            }
+            seen
+        });
+        Probe { stop, thread }
+    }
+
+    /// Stops the probe and asserts that every request it made during `what` was answered.
+    pub fn assert_no_failure(self, what: &str) {
+        self.stop.store(true, Ordering::SeqCst);
+        let seen = self.thread.join().unwrap();
+        let failed: Vec<&(String, u16)> = seen.iter().filter(|(_, status)| *status != 200).collect();
+        eprintln!("probe during {what}: {} of {} requests failed", failed.len(), seen.len());
+        assert!(seen.len() > 50, "the probe ran during {what}: {} requests", seen.len());
+        assert!(failed.is_empty(), "{} of {} requests failed during {what}: {failed:?}", failed.len(), seen.len());
+    }
+}
+
+pub fn docker_ok(args: &[&str], dir: &Path) {
+    assert_success(&run("docker", args, dir), &format!("docker {}", args.join(" ")));
+}
+
+/// Two versions (the same images under two tags) built and pushed below `registry`, and a
+/// version `exits` whose backend is the first's with a command that exits at once (its worker
+/// and frontend are the first's): what the zero-downtime tests update between.
+pub fn push_versions(registry: &str, versions: [&str; 2], exits: &str) {
+    let env: Vec<(String, String)> = lab_env();
+    let repo = snapshot();
+    for tag in versions {
+        let (output, _) = build(repo.path(), &["--push", "--tag", tag, "--registry", registry], &env);
+        assert_success(&output, &format!("build --push --tag {tag}"));
+    }
+    let lab = lab();
+    let login = std::process::Command::new("docker")
+        .args(["login", &lab["NEXUS_REGISTRY"], "--username", &lab["NEXUS_USERNAME"], "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(lab["NEXUS_PASSWORD"].as_bytes())?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(login.success(), "docker login to the lab registry");
+    let context = tempfile::tempdir().unwrap();
+    // v1's backend with another command, made by `docker commit` (the engine alone: no builder).
+    let backend = format!("{registry}/intric/backend");
+    let exits_image = format!("{backend}:{exits}");
+    let created = run("docker", &["create", &format!("{backend}:{}", versions[0])], context.path());
+    assert_success(&created, "docker create");
+    let container = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    let command = r#"CMD ["python", "-c", "raise SystemExit('exits on purpose')"]"#;
+    docker_ok(&["commit", "--change", command, &container, &exits_image], context.path());
+    docker_ok(&["rm", &container], context.path());
+    docker_ok(&["push", "--quiet", &exits_image], context.path());
+    for service in ["worker", "frontend"] {
+        let (from, to) =
+            (format!("{registry}/intric/{service}:{}", versions[0]), format!("{registry}/intric/{service}:{exits}"));
+        docker_ok(&["pull", "--quiet", &from], context.path());
+        docker_ok(&["tag", &from, &to], context.path());
+        docker_ok(&["push", "--quiet", &to], context.path());
+    }
 }

@@ -97,6 +97,12 @@ impl RegistryAddress {
         Ok(RegistryAddress { scheme, host: host.to_ascii_lowercase(), path_prefix: path_prefix.to_string() })
     }
 
+    /// Whether `other` is the same registry (host and scheme), whatever the path prefixes: then
+    /// blobs can be mounted from one repository into the other.
+    pub fn same_registry(&self, other: &RegistryAddress) -> bool {
+        self.host == other.host && self.scheme == other.scheme
+    }
+
     /// The name of `repository` (`intric/backend`) in API paths: `<path prefix>/intric/backend`.
     pub fn repository_path(&self, repository: &str) -> String {
         if self.path_prefix.is_empty() { repository.to_string() } else { format!("{}/{repository}", self.path_prefix) }

@@ -38,13 +38,19 @@ impl Credentials {
     /// `NEXUS_USERNAME` and `NEXUS_PASSWORD` from `env`, or `None` when neither is set (an empty
     /// value counts as unset). Only one of the two set is an error, not a silent anonymous login.
     pub fn from_env(env: &Env) -> Result<Option<Credentials>> {
+        Credentials::from_variables(env, "NEXUS_USERNAME", "NEXUS_PASSWORD")
+    }
+
+    /// The user name and password in the variables `user` and `password` of `env`, as
+    /// [`Credentials::from_env`] reads its two.
+    fn from_variables(env: &Env, user: &str, password: &str) -> Result<Option<Credentials>> {
         let value = |name: &str| env.get(name).filter(|value| !value.is_empty());
-        match (value("NEXUS_USERNAME"), value("NEXUS_PASSWORD")) {
-            (Some(username), Some(password)) => {
-                Ok(Some(Credentials { username: username.clone(), password: Secret::new("NEXUS_PASSWORD", password) }))
+        match (value(user), value(password)) {
+            (Some(username), Some(secret)) => {
+                Ok(Some(Credentials { username: username.clone(), password: Secret::new(password, secret) }))
             }
-            (Some(_), None) => bail!("NEXUS_USERNAME is set but NEXUS_PASSWORD is not: set both, or neither"),
-            (None, Some(_)) => bail!("NEXUS_PASSWORD is set but NEXUS_USERNAME is not: set both, or neither"),
+            (Some(_), None) => bail!("{user} is set but {password} is not: set both, or neither"),
+            (None, Some(_)) => bail!("{password} is set but {user} is not: set both, or neither"),
             (None, None) => Ok(None),
         }
     }
@@ -66,6 +72,17 @@ impl Credentials {
         match Credentials::from_env(&crate::adapters::ci_env::process_env())? {
             Some(credentials) => Ok(Some(credentials)),
             None => Credentials::from_docker_config(address, runner),
+        }
+    }
+
+    /// The credentials for the release registry of a two-repository promotion at `address`:
+    /// `NEXUS_RELEASE_USERNAME` and `NEXUS_RELEASE_PASSWORD` when set (a release repository
+    /// on another host usually has a login of its own), else as [`Credentials::find`] finds them.
+    pub fn find_release(address: &RegistryAddress, runner: &dyn Runner) -> Result<Option<Credentials>> {
+        let env = crate::adapters::ci_env::process_env();
+        match Credentials::from_variables(&env, "NEXUS_RELEASE_USERNAME", "NEXUS_RELEASE_PASSWORD")? {
+            Some(credentials) => Ok(Some(credentials)),
+            None => Credentials::find(address, runner),
         }
     }
 
@@ -241,7 +258,11 @@ impl Registry {
 
     /// The `Authorization` header for a call with `scope`, by the challenge learned so far;
     /// `fresh` fetches a new Bearer token instead of using the cached one (which was refused).
-    fn authorization(&self, scope: Option<&str>, fresh: bool) -> std::result::Result<Option<String>, Failure> {
+    pub(super) fn authorization(
+        &self,
+        scope: Option<&str>,
+        fresh: bool,
+    ) -> std::result::Result<Option<String>, Failure> {
         let (challenge, cached) = {
             let state = self.auth.lock().expect("auth state lock");
             let challenge = state.challenge.clone();
@@ -281,11 +302,12 @@ impl Registry {
         }
         let mut url = realm.to_string();
         let mut separator = if realm.contains('?') { '&' } else { '?' };
-        for (key, value) in [("service", service), ("scope", scope)] {
-            if let Some(value) = value {
-                url.push_str(&format!("{separator}{key}={}", percent_encode(value)));
-                separator = '&';
-            }
+        // A call on two repositories (a blob mount: push to one, pull from the other) needs
+        // both scopes, which token servers take as one `scope` parameter each.
+        let scopes = scope.into_iter().flat_map(str::split_whitespace).map(|scope| ("scope", scope));
+        for (key, value) in service.map(|service| ("service", service)).into_iter().chain(scopes) {
+            url.push_str(&format!("{separator}{key}={}", percent_encode(value)));
+            separator = '&';
         }
         let call = Call::new("GET", url, None);
         let authorization = self.credentials.as_ref().map(basic_authorization);
@@ -321,7 +343,7 @@ impl Registry {
     }
 
     /// The error for a refused login. It names the user, never the password.
-    fn login_failed(&self, status: u16, detail: &str) -> anyhow::Error {
+    pub(super) fn login_failed(&self, status: u16, detail: &str) -> anyhow::Error {
         let registry = &self.address;
         let host = &self.address.host;
         let privileges =
@@ -505,5 +527,15 @@ mod tests {
         assert!(half.contains("NEXUS_PASSWORD is not"), "{half}");
         let other_half = Credentials::from_env(&env(&[("NEXUS_PASSWORD", "canary-env")])).unwrap_err().to_string();
         assert!(other_half.contains("NEXUS_USERNAME is not") && !other_half.contains("canary-env"), "{other_half}");
+
+        // The release registry's own login is read the same way, under its own names.
+        let release = env(&[("NEXUS_RELEASE_USERNAME", "releaser"), ("NEXUS_RELEASE_PASSWORD", "canary-release")]);
+        let read = |env: &Env| Credentials::from_variables(env, "NEXUS_RELEASE_USERNAME", "NEXUS_RELEASE_PASSWORD");
+        let found = read(&release).unwrap().unwrap();
+        assert_eq!((found.username.as_str(), found.password.expose()), ("releaser", "canary-release"));
+        assert!(!format!("{found:?}").contains("canary-release"));
+        let half = read(&env(&[("NEXUS_RELEASE_USERNAME", "releaser")])).unwrap_err().to_string();
+        assert_eq!(half, "NEXUS_RELEASE_USERNAME is set but NEXUS_RELEASE_PASSWORD is not: set both, or neither");
+        assert_eq!(read(&env(&[("NEXUS_USERNAME", "ci"), ("NEXUS_PASSWORD", "x")])).unwrap(), None);
     }
 }

@@ -11,6 +11,9 @@
 //! is [`wire`]. Where Nexus differs from Distribution (see `NEXUS-FACTS.md`), this client follows
 //! Nexus: HEAD falling back to GET, paging tags without trusting `Link`, and plain words for the
 //! "redeploy disabled" refusal.
+//!
+//! Blob calls (checking, mounting, uploading, and for a promotion from one repository into
+//! another, [`Registry::transfer_blob`]: by mount, else by a streamed copy) are [`blobs`].
 
 pub mod address;
 pub mod auth;
@@ -33,6 +36,7 @@ use crate::plan::runner::Runner;
 pub use address::RegistryAddress;
 use auth::AuthState;
 pub use auth::Credentials;
+pub use blobs::Transfer;
 pub use wire::{Backoff, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 use wire::{CONNECT_TIMEOUT, Call, IO_TIMEOUT, MANIFEST_ACCEPT, error_codes, is_redeploy_refusal, percent_encode};
 
@@ -54,6 +58,29 @@ impl Manifest {
     /// Whether this is a manifest list or OCI index (one manifest per platform).
     pub fn is_index(&self) -> bool {
         self.media_type == DOCKER_MANIFEST_LIST || self.media_type == OCI_INDEX
+    }
+
+    /// What this manifest refers to by digest: an image's config and layers (blobs), or an
+    /// index's manifests. Layers with `urls` (Windows "foreign" layers) live elsewhere and are
+    /// left out, as registries do not hold them.
+    pub fn references(&self) -> Result<Vec<String>> {
+        let parsed: Value =
+            serde_json::from_slice(&self.bytes).with_context(|| format!("manifest {} is not JSON", self.digest))?;
+        let entries: Vec<&Value> = if self.is_index() {
+            parsed["manifests"].as_array().into_iter().flatten().collect()
+        } else {
+            std::iter::once(&parsed["config"]).chain(parsed["layers"].as_array().into_iter().flatten()).collect()
+        };
+        entries
+            .into_iter()
+            .filter(|entry| entry["urls"].as_array().is_none_or(|urls| urls.is_empty()))
+            .map(|entry| {
+                entry["digest"]
+                    .as_str()
+                    .map(str::to_string)
+                    .with_context(|| format!("manifest {} has an entry without a digest: {entry}", self.digest))
+            })
+            .collect()
     }
 }
 
@@ -355,6 +382,11 @@ impl Registry {
         let media_type = manifest_media_type(reply.header("content-type"), &reply.body)?;
         let digest = reply.header("docker-content-digest").map_or_else(|| sha256_digest(&reply.body), str::to_string);
         Ok(Some(Manifest { media_type, digest, bytes: reply.body }))
+    }
+
+    /// Where this registry is.
+    pub fn address(&self) -> &RegistryAddress {
+        &self.address
     }
 
     /// `<registry>/<repository>:<tag>` or `<registry>/<repository>@<digest>`, for messages.
@@ -878,6 +910,185 @@ mod tests {
         let error = format!("{:#}", registry.check_access().unwrap_err());
         assert!(error.contains(&format!("{address} requires a login (HTTP 401) and none was found")), "{error}");
         assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    // --- Blob transfers between repositories ------------------------------------------------
+
+    const BLOB: &[u8] = b"the bytes of a layer, streamed from one repository into the other";
+
+    /// One registry holding `dev/intric/backend` and `release/intric/backend`: the source has
+    /// [`BLOB`] (unless `source_has` is false), the release repository nothing; a mount answers
+    /// `mount_status` (201 mounted, 202 an upload started instead, as when a mount is refused).
+    fn two_repositories(mount_status: u16, source_has: bool) -> (Registry, Registry, Arc<Mutex<Vec<Seen>>>) {
+        let digest = sha256_digest(BLOB);
+        let (address, seen) = fake_registry(move |request, _| {
+            let blob_path = format!("/v2/dev/intric/backend/blobs/{digest}");
+            match (request.method.as_str(), request.path()) {
+                ("HEAD" | "GET", path) if path == blob_path && source_has => answer(200, &[], BLOB),
+                ("POST", "/v2/release/intric/backend/blobs/uploads/") if request.query("mount").is_some() => {
+                    answer(mount_status, &[("Location", "/v2/release/intric/backend/blobs/uploads/one")], "")
+                }
+                ("POST", "/v2/release/intric/backend/blobs/uploads/") => {
+                    answer(202, &[("Location", "/v2/release/intric/backend/blobs/uploads/one")], "")
+                }
+                ("PATCH", "/v2/release/intric/backend/blobs/uploads/one") => {
+                    answer(202, &[("Location", "/v2/release/intric/backend/blobs/uploads/two?state=x")], "")
+                }
+                ("PUT", "/v2/release/intric/backend/blobs/uploads/two") if request.query("digest").is_some() => {
+                    answer(201, &[], "")
+                }
+                _ => answer(404, &[], r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}"#),
+            }
+        });
+        let at = |path: &str| RegistryAddress::parse(&format!("{address}/{path}")).unwrap();
+        (Registry::new(at("dev"), None, QUICK), Registry::new(at("release"), None, QUICK), seen)
+    }
+
+    fn requests(seen: &Mutex<Vec<Seen>>) -> Vec<String> {
+        seen.lock().unwrap().iter().map(|request| format!("{} {}", request.method, request.target)).collect()
+    }
+
+    #[test]
+    fn a_blob_is_mounted_from_the_other_repository_of_the_same_registry() {
+        let (source, target, seen) = two_repositories(201, true);
+        let digest = sha256_digest(BLOB);
+        assert_eq!(target.transfer_blob("intric/backend", &source, &digest).unwrap(), Transfer::Mounted);
+        let encoded = percent_encode(&digest);
+        assert_eq!(
+            requests(&seen),
+            [
+                format!("HEAD /v2/release/intric/backend/blobs/{digest}"),
+                format!("POST /v2/release/intric/backend/blobs/uploads/?mount={encoded}&from=dev%2Fintric%2Fbackend"),
+            ],
+            "no byte moves for a mount"
+        );
+    }
+
+    #[test]
+    fn a_refused_mount_falls_back_to_a_streamed_copy_into_the_upload_it_started() {
+        let (source, target, seen) = two_repositories(202, true);
+        let digest = sha256_digest(BLOB);
+        assert_eq!(target.transfer_blob("intric/backend", &source, &digest).unwrap(), Transfer::Copied);
+        let requests = requests(&seen);
+        assert_eq!(requests.len(), 6, "{requests:#?}");
+        assert!(requests[1].starts_with("POST /v2/release/intric/backend/blobs/uploads/?mount="), "{requests:#?}");
+        assert_eq!(
+            requests[2..],
+            [
+                format!("HEAD /v2/dev/intric/backend/blobs/{digest}"),
+                format!("GET /v2/dev/intric/backend/blobs/{digest}"),
+                "PATCH /v2/release/intric/backend/blobs/uploads/one".to_string(),
+                format!("PUT /v2/release/intric/backend/blobs/uploads/two?state=x&digest={}", percent_encode(&digest)),
+            ],
+            "the upload the refused mount started, then the one its PATCH answer names"
+        );
+        let seen = seen.lock().unwrap();
+        let patch = seen.iter().find(|request| request.method == "PATCH").unwrap();
+        assert_eq!(patch.body, BLOB, "the source's bytes, unchanged");
+        assert_eq!(patch.header("transfer-encoding"), Some("chunked"), "streamed, not read whole first");
+        assert_eq!(seen.last().unwrap().body, b"", "the closing PUT carries no bytes");
+    }
+
+    #[test]
+    fn a_blob_already_in_the_release_repository_is_left_alone() {
+        let digest = sha256_digest(BLOB);
+        let (address, seen) = fake_registry(|request, _| match request.method.as_str() {
+            "HEAD" => answer(200, &[], ""),
+            _ => answer(500, &[], "nothing else may be asked"),
+        });
+        let at = |path: &str| RegistryAddress::parse(&format!("{address}/{path}")).unwrap();
+        let (source, target) = (Registry::new(at("dev"), None, QUICK), Registry::new(at("release"), None, QUICK));
+        assert_eq!(target.transfer_blob("intric/backend", &source, &digest).unwrap(), Transfer::AlreadyThere);
+        assert_eq!(requests(&seen), [format!("HEAD /v2/release/intric/backend/blobs/{digest}")]);
+    }
+
+    #[test]
+    fn a_blob_missing_from_the_source_is_one_clear_line() {
+        let (source, target, seen) = two_repositories(202, false);
+        let digest = sha256_digest(BLOB);
+        let error = format!("{:#}", target.transfer_blob("intric/backend", &source, &digest).unwrap_err());
+        let host = &target.address.host;
+        assert!(
+            error.starts_with(&format!(
+                "cannot copy blob {digest} from {host}/dev/intric/backend to {host}/release/intric/backend: \
+                 {host}/dev/intric/backend does not have it, although its manifest refers to it"
+            )),
+            "{error}"
+        );
+        assert!(!error.contains('\n'), "{error}");
+        assert!(!requests(&seen).iter().any(|request| request.starts_with("PATCH")), "nothing was uploaded");
+    }
+
+    #[test]
+    fn between_registries_blobs_are_copied_without_a_mount() {
+        let digest = sha256_digest(BLOB);
+        let blob_path = format!("/v2/intric/backend/blobs/{digest}");
+        let (source, source_seen) = fake_registry(move |request, _| match request.path() {
+            path if path == blob_path => answer(200, &[], BLOB),
+            _ => answer(404, &[], ""),
+        });
+        let (target, target_seen) = fake_registry(|request, _| match request.method.as_str() {
+            "HEAD" => answer(404, &[], ""),
+            "POST" => answer(202, &[("Location", "/v2/release/intric/backend/blobs/uploads/one")], ""),
+            "PATCH" => answer(202, &[("Location", "/v2/release/intric/backend/blobs/uploads/two")], ""),
+            _ => answer(201, &[], ""),
+        });
+        let source = Registry::new(source, None, QUICK);
+        let target = Registry::new(RegistryAddress::parse(&format!("{}/release", target.host)).unwrap(), None, QUICK);
+        assert_eq!(target.transfer_blob("intric/backend", &source, &digest).unwrap(), Transfer::Copied);
+        let posts: Vec<String> = requests(&target_seen).into_iter().filter(|r| r.starts_with("POST")).collect();
+        assert_eq!(posts, ["POST /v2/release/intric/backend/blobs/uploads/"], "no mount across registries");
+        assert_eq!(requests(&source_seen).len(), 2, "HEAD and GET of the blob");
+        let patch = target_seen.lock().unwrap().iter().find(|request| request.method == "PATCH").cloned().unwrap();
+        assert_eq!(patch.body, BLOB);
+    }
+
+    #[test]
+    fn manifests_refer_to_their_blobs_or_an_index_to_its_manifests() {
+        let image = Manifest {
+            media_type: DOCKER_MANIFEST.into(),
+            digest: "sha256:image".into(),
+            bytes: json!({"config": {"digest": "sha256:config"}, "layers": [
+                {"digest": "sha256:one"}, {"digest": "sha256:foreign", "urls": ["https://elsewhere"]}, {"digest": "sha256:two"}
+            ]})
+            .to_string()
+            .into(),
+        };
+        assert_eq!(image.references().unwrap(), ["sha256:config", "sha256:one", "sha256:two"]);
+        let index = Manifest {
+            media_type: OCI_INDEX.into(),
+            digest: "sha256:index".into(),
+            bytes: json!({"manifests": [{"digest": "sha256:amd64"}, {"digest": "sha256:arm64"}]}).to_string().into(),
+        };
+        assert_eq!(index.references().unwrap(), ["sha256:amd64", "sha256:arm64"]);
+        let broken = Manifest { bytes: br#"{"config": {}}"#.to_vec(), ..image };
+        assert!(broken.references().unwrap_err().to_string().contains("an entry without a digest"));
+    }
+
+    #[test]
+    fn a_mount_asks_for_a_token_with_both_repositories_scopes() {
+        let (address, seen) = fake_registry(|request, host| match request.path() {
+            "/token" => answer(200, &[], r#"{"token": "t"}"#),
+            _ if request.header("authorization") == Some("Bearer t") => match request.method.as_str() {
+                "HEAD" => answer(404, &[], ""),
+                _ => answer(201, &[], ""),
+            },
+            _ => {
+                answer(401, &[("WWW-Authenticate", &format!(r#"Bearer realm="http://{host}/token",service="s""#))], "")
+            }
+        });
+        let at = |path: &str| RegistryAddress::parse(&format!("{address}/{path}")).unwrap();
+        let (source, target) = (Registry::new(at("dev"), None, QUICK), Registry::new(at("release"), None, QUICK));
+        assert_eq!(target.transfer_blob("intric/backend", &source, "sha256:00").unwrap(), Transfer::Mounted);
+        let seen = seen.lock().unwrap();
+        let token = seen.iter().rev().find(|request| request.path() == "/token").unwrap();
+        assert!(
+            token.target.ends_with(
+                "&scope=repository%3Arelease%2Fintric%2Fbackend%3Apull%2Cpush&scope=repository%3Adev%2Fintric%2Fbackend%3Apull"
+            ),
+            "{}",
+            token.target
+        );
     }
 
     // --- The lab registry (`cargo xtask sandbox up`) ----------------------------------------

@@ -1,9 +1,11 @@
 //! HTTP for the registry client: the manifest media types and the `Accept` that lists them, one
 //! request and its answer ([`Call`], [`Reply`]), the agent (timeouts, TLS through the system's
 //! certificate store, no credentials on redirects to other hosts), retries of transient
-//! failures with exponential backoff ([`Backoff`]), and the registry's error bodies as one line.
-//! It talks HTTP(S) to the registry and runs no process.
+//! failures with exponential backoff ([`Backoff`]), streamed requests and answers for blobs too
+//! large to hold ([`Registry::stream`]), and the registry's error bodies as one line. It talks
+//! HTTP(S) to the registry and runs no process.
 
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
@@ -161,6 +163,48 @@ impl Registry {
             response.body_mut().with_config().limit(MAX_BODY).read_to_vec().map_err(on_error)?
         };
         Ok(Reply { status, headers, body })
+    }
+}
+
+impl Registry {
+    /// Sends `call` once with `body` streamed as its request body (chunked) and returns the
+    /// answer with its body unread, so that a blob of any size passes through without being
+    /// held: a blob download is read as it arrives, an upload sent as it is read.
+    ///
+    /// A stream cannot be sent twice, so this call cannot answer a 401 challenge by sending
+    /// again: an earlier call with the same scope must have learned the registry's challenge
+    /// (and token) first, and a 401 or 403 here is a refused login. Nor is it retried: a
+    /// promotion that fails part-way is finished by running it again.
+    pub(super) fn stream(&self, call: &Call, body: Option<&mut dyn Read>) -> Result<http::Response<ureq::Body>> {
+        let authorization = self.authorization(call.scope.as_deref(), false).map_err(Failure::into_error)?;
+        let mut request = http::Request::builder().method(call.method).uri(&call.url);
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        if let Some(content_type) = call.content_type {
+            request = request.header("content-type", content_type);
+        }
+        let result = match body {
+            Some(body) => request.body(ureq::SendBody::from_reader(body)).map(|request| self.agent.run(request)),
+            None => request.body(()).map(|request| self.agent.run(request)),
+        };
+        let response = result
+            .map_err(|error| anyhow!("{} {}: {error}", call.method, call.url))?
+            .map_err(|error| anyhow!("{} {}: {error}", call.method, call.url))?;
+        let status = response.status().as_u16();
+        if status == 401 || status == 403 {
+            return Err(self.login_failed(status, ""));
+        }
+        Ok(response)
+    }
+}
+
+impl Failure {
+    /// The error, transient or not: for calls that are not retried.
+    fn into_error(self) -> anyhow::Error {
+        match self {
+            Failure::Transient(error) | Failure::Fatal(error) => error,
+        }
     }
 }
 

@@ -413,7 +413,7 @@ mod tests {
         let root = crate::adapters::workspace_root();
         let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap();
         let manifest = deps_only_manifest(&read("xtask/Cargo.toml"), &read("Cargo.toml")).unwrap();
-        for dependency in ["\nclap = ", "\ngit2 = ", "\nureq = ", "\nsha2 = ", "\ntempfile = "] {
+        for dependency in ["\nclap = ", "\nureq = ", "\nsha2 = ", "\ntempfile = "] {
             assert!(manifest.contains(dependency), "{dependency:?} in {manifest}");
         }
         assert!(manifest.contains("[profile.dev]\n"), "{manifest}");
