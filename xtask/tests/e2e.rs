@@ -262,6 +262,16 @@ fn fresh_runners_take_unchanged_steps_from_cache_build_after_build() {
         let text = std::fs::read_to_string(&log).unwrap();
         let installed = text.contains("Successfully installed");
         assert_eq!(installed, round == 1, "round {round}: dependencies installed: {installed}\n{text}");
+        if round == 1 {
+            // The mechanism under test: a build from nothing has a whole inline cache, so the
+            // `inline-cache` tag moves to it (and stays there through round 2's build).
+            let tags = LabRegistry::new().tags(&format!("{namespace}/intric/backend"));
+            let said: Vec<&str> = text.lines().filter(|line| line.contains("inline-cache")).collect();
+            assert!(
+                tags.contains(&"inline-cache".to_string()),
+                "round 1 left no inline-cache tag: {tags:?}\n{said:#?}"
+            );
+        }
     }
     let tags = LabRegistry::new().tags(&format!("{namespace}/intric/backend"));
     assert!(tags.contains(&"inline-cache".to_string()), "{tags:?}");
