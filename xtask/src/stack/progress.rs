@@ -89,7 +89,7 @@ impl StackProgress {
             return;
         }
         last.insert(container.to_string(), shown.clone());
-        let (service, _) = service_of(container, &self.project);
+        let service = service_of(container, &self.project);
         self.service(&service, "new", &format!("{container}: {shown}"));
     }
 
@@ -140,7 +140,7 @@ fn short(what: &str) -> String {
 fn compose_news(line: &str, project: &str) -> Option<(String, String)> {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words[..] {
-        ["Container", container, state, ..] => Some((service_of(container, project).0, state.to_string())),
+        ["Container", container, state, ..] => Some((service_of(container, project), state.to_string())),
         ["Network" | "Volume" | "Image", ..] => None,
         [service, state @ ("Pulling" | "Pulled" | "Skipped" | "Waiting" | "Interrupted" | "Error"), ..]
             if !service.chars().all(|c| c.is_ascii_hexdigit()) =>
@@ -152,15 +152,15 @@ fn compose_news(line: &str, project: &str) -> Option<(String, String)> {
 }
 
 /// The service of a container compose named `<project>-<service>-<n>` (a leading `/` as
-/// `docker inspect` prints it), and its number; a container named otherwise is its own row.
-fn service_of(container: &str, project: &str) -> (String, Option<u32>) {
+/// `docker inspect` prints it); a container named otherwise is its own row.
+fn service_of(container: &str, project: &str) -> String {
     let name = container.trim_start_matches('/');
     let Some(rest) = name.strip_prefix(project).and_then(|rest| rest.strip_prefix('-')) else {
-        return (name.to_string(), None);
+        return name.to_string();
     };
     match rest.rsplit_once('-') {
-        Some((service, number)) if number.parse::<u32>().is_ok() => (service.to_string(), number.parse().ok()),
-        _ => (rest.to_string(), None),
+        Some((service, number)) if number.parse::<u32>().is_ok() => service.to_string(),
+        _ => rest.to_string(),
     }
 }
 
@@ -198,9 +198,9 @@ mod tests {
 
     #[test]
     fn containers_belong_to_their_service() {
-        assert_eq!(service_of("/intric-backend-2", "intric"), ("backend".into(), Some(2)));
-        assert_eq!(service_of("my-app-db-init-1", "my-app"), ("db-init".into(), Some(1)));
-        assert_eq!(service_of("custom_name", "intric"), ("custom_name".into(), None));
+        assert_eq!(service_of("/intric-backend-2", "intric"), "backend");
+        assert_eq!(service_of("my-app-db-init-1", "my-app"), "db-init");
+        assert_eq!(service_of("custom_name", "intric"), "custom_name");
     }
 
     #[test]
