@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::adapters::docker::Docker;
-use crate::adapters::registry::{Backoff, Credentials, Registry, RegistryAddress};
+use crate::adapters::registry::{Backoff, Credentials, Registry, RegistryAddress, at_once};
 use crate::plan::runner::Runner;
 
 /// An image reference split into where it lives and what it names.
@@ -56,13 +56,13 @@ pub fn resolve<'a>(
     images: impl IntoIterator<Item = &'a String>,
     patience: Option<Duration>,
 ) -> BTreeMap<String, Option<String>> {
-    let mut digests = BTreeMap::new();
-    for image in images {
-        if !digests.contains_key(image) {
-            digests.insert(image.clone(), resolve_one(runner, docker, image, patience));
-        }
-    }
-    digests
+    // Each base is a round trip to its registry (two with the first login challenge), so all
+    // are asked at once.
+    let unique: Vec<&String> = images.into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    // No call fails (an unknown digest is `None`), so only a panic could come back: pass it on.
+    let digests = at_once(&unique, |image| Ok(resolve_one(runner, docker, image, patience)))
+        .expect("resolving a base image's digest panicked");
+    unique.into_iter().cloned().zip(digests).collect()
 }
 
 fn resolve_one(runner: &dyn Runner, docker: &Docker, image: &str, patience: Option<Duration>) -> Option<String> {

@@ -42,7 +42,7 @@ use clap::Args;
 
 use crate::adapters::ci_env::Env;
 use crate::adapters::docker::{BuildSecret, BuildSpec, Builder, Docker};
-use crate::adapters::registry::{Backoff, Credentials, Manifest, Registry, RegistryAddress};
+use crate::adapters::registry::{Backoff, Credentials, Manifest, Registry, RegistryAddress, at_once};
 use crate::images::bases;
 use crate::images::derived::{Derivation, metadata_stage};
 use crate::images::inline_cache;
@@ -443,8 +443,14 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
     let workspace = args.location.repo();
     std::thread::scope(|scope| {
         // The docker probes and compose's reading of its file are processes; git state is this
-        // process's work meanwhile.
-        let docker = scope.spawn(|| Docker::detect(runner));
+        // process's work meanwhile. Whether pushes can export a registry cache (a container
+        // builder) is one more probe on the chosen client, so it follows the detection there.
+        let docker = scope.spawn(|| {
+            Docker::detect(runner).map(|docker| {
+                let registry_cache = args.push && docker.buildx_has_container_builder(runner, args.builder.as_deref());
+                (docker, registry_cache)
+            })
+        });
         let compose = scope.spawn(|| {
             let file = compose_file(&workspace, args.compose.as_deref())?;
             ComposeImages::read(runner, "docker", &file, env, &workspace)
@@ -500,7 +506,9 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             .ok();
         let docker = docker.join().map_err(|_| anyhow!("detecting the docker client panicked"))?;
         let docker = docker.map_err(&mut problem).ok();
-        let (Some(report), Some(docker), Some(services), true) = (report, docker, services, problems.is_empty()) else {
+        let (Some(report), Some((docker, registry_cache)), Some(services), true) =
+            (report, docker, services, problems.is_empty())
+        else {
             bail!("cannot build: {}", problems.join("; "));
         };
         let warnings: Vec<String> = services.iter().flat_map(Image::ignored_args).collect();
@@ -520,10 +528,9 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             } else {
                 access.client()
             };
-            services
-                .iter()
-                .map(|image| Ok((image.name.clone(), client.tags(&image.repository)?)))
-                .collect::<Result<BTreeMap<String, Vec<String>>>>()
+            // One listing per repository, at once: each is a round trip or more (pages).
+            let listings = at_once(&services, |image| client.tags(&image.repository))?;
+            Ok(services.iter().map(|image| image.name.clone()).zip(listings).collect::<BTreeMap<String, Vec<String>>>())
         });
         let (registry_tags, registry_unreachable) = match listed {
             None => (None, None),
@@ -564,7 +571,6 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
                 previous.insert(image.name.clone(), found);
             }
         }
-        let registry_cache = args.push && docker.buildx_has_container_builder(runner, args.builder.as_deref());
         Ok(BuildInputs {
             report,
             services,

@@ -23,7 +23,7 @@ use std::io::Write;
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 
-use crate::adapters::registry::{Manifest, Registry, sha256_digest};
+use crate::adapters::registry::{Manifest, Registry, at_once, sha256_digest};
 use crate::images::dockerfile::{Dockerfile, Instruction, substitute};
 use crate::images::inputs::OUTSIDE_SOURCES_LABEL;
 use crate::plan::progress::TaskProgress;
@@ -653,9 +653,7 @@ impl Derivation {
             .iter()
             .filter_map(|layer| layer["digest"].as_str().map(str::to_string))
             .collect();
-        for layer in &layers {
-            registry.mount_blob(repository, layer, from_repository)?;
-        }
+        at_once(&layers, |layer| registry.mount_blob(repository, layer, from_repository))?;
         let line = format!("{} layers of {from_repository}:{from_tag} mounted into {repository}", layers.len());
         task.line(&line);
         writeln!(log, "{line}")?;
@@ -699,8 +697,13 @@ pub fn put_config_and_tags(
     for tag in tags {
         task.line(&format!("tag {repository}:{tag} -> {}", manifest.digest));
         writeln!(log, "PUT /v2/{repository}/manifests/{tag} ({})", manifest.digest)?;
-        registry.put_manifest(repository, tag, manifest)?;
     }
+    // Each tag is a round trip or three (the check, then the PUT), so they go at once; all but
+    // the last, which is the inputs marker: later builds take it to mean the image is complete
+    // under every tag, so it is put only once the others stand.
+    let Some((marker, others)) = tags.split_last() else { return Ok(()) };
+    at_once(others, |tag| registry.put_manifest(repository, tag, manifest))?;
+    registry.put_manifest(repository, marker, manifest)?;
     Ok(())
 }
 
