@@ -17,8 +17,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{
-    LabRegistry, assert_success, build, commit_all, docker_available, docker_login, git, lab, lab_env, results, serial,
-    xtask,
+    LabRegistry, LocalImagesUnder, assert_success, build, commit_all, docker_available, docker_login, git, lab,
+    lab_env, results, serial, xtask,
 };
 
 /// A fresh one-commit git repository holding the fixture, with `changes` applied to its files
@@ -179,6 +179,7 @@ fn a_push_into_a_lab_namespace_builds_skips_and_rebuilds_on_a_new_base() {
     let host = lab["NEXUS_REGISTRY"].clone();
     let namespace = format!("e2e-layout-{}", std::process::id());
     let registry = format!("{host}/{namespace}");
+    let _images = LocalImagesUnder(format!("{registry}/"));
     docker_login(&host);
     // The backend's base: the lab's Python stand-in under a tag of this test's own, so that
     // moving the tag is an updated base nobody else sees.
@@ -262,6 +263,7 @@ fn a_deploy_of_the_published_layout_runs_the_worker_from_the_backend_image_as_co
     }
     let lab = lab();
     let registry = format!("{}/e2e-published-{}", lab["NEXUS_REGISTRY"], std::process::id());
+    let _images = LocalImagesUnder(format!("{registry}/"));
     let repo = published_layout_with_our_services();
     let root = repo.path();
     // Compose's own name for a project without `name:`: the directory's, lower-cased.

@@ -122,6 +122,7 @@ fn the_compose_file_runs_on_swarm_and_updates_fail_no_request() {
     ensure_swarm();
     let lab = lab();
     let registry = format!("{}/swarm-e2e", lab["NEXUS_REGISTRY"]);
+    let _images = LocalImagesUnder(format!("{registry}/"));
     push_versions(&registry, [V1, V2], EXITS);
     eprintln!("timing: versions pushed in {:.1} s", started.elapsed().as_secs_f64());
 

@@ -123,6 +123,7 @@ fn build_push_in_a_terminal_shows_progress_and_the_summary() {
     let scratch: PathBuf = scratch.path().to_path_buf();
     // A namespace of its own, so that the first run really builds and pushes.
     let registry = format!("{}/term-{}", lab()["NEXUS_REGISTRY"], std::process::id());
+    let _images = LocalImagesUnder(format!("{registry}/"));
 
     let (code, screen, coloured) =
         tmux.run("first", &format!("{}\n{}", exports(&[]), build_line(repo.path(), &registry)), &scratch);
@@ -202,6 +203,7 @@ fn deploy_and_backup_in_a_terminal_show_each_service_and_step() {
     let lab = lab();
     let repo = snapshot();
     let registry = format!("{}/term-deploy-{}", lab["NEXUS_REGISTRY"], std::process::id());
+    let _images = LocalImagesUnder(format!("{registry}/"));
     let mut env = lab_env();
     env.retain(|(key, _)| key != "NEXUS_REGISTRY");
     env.push(("NEXUS_REGISTRY".into(), registry.clone()));

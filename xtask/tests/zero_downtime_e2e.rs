@@ -67,6 +67,7 @@ fn update_failed_update_and_rollback_fail_no_request() {
     let started = Instant::now();
     let lab = lab();
     let registry = format!("{}/zero-downtime-e2e", lab["NEXUS_REGISTRY"]);
+    let _images = LocalImagesUnder(format!("{registry}/"));
     push_versions(&registry, [V1, V2], EXITS);
     eprintln!("timing: versions pushed in {:.1} s", started.elapsed().as_secs_f64());
 

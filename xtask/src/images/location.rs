@@ -15,7 +15,7 @@ pub struct Location {
     /// The git repository to work on [default: the workspace root].
     #[arg(long, value_name = "PATH")]
     pub repo: Option<PathBuf>,
-    /// The registry, HOST[:PORT][/PATH] [default: $NEXUS_REGISTRY].
+    /// The registry: HOST, HOST:PORT or HOST:PORT/PATH [default: $NEXUS_REGISTRY].
     #[arg(long, value_name = "HOST[:PORT][/PATH]")]
     pub registry: Option<String>,
 }

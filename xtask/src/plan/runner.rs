@@ -11,7 +11,7 @@
 //! successor taking over a stale lock can wait for them); and kills what runs when the plan is
 //! cancelled. It uses duct, which gives the pids and the line stream that this needs.
 //!
-//! [`Recording`] (tests only) runs nothing: it records what would run, in order, and answers
+//! `Recording` (tests only) runs nothing: it records what would run, in order, and answers
 //! from a script, so unit tests can execute plans (recovery branches, schedules, orders).
 
 use std::collections::VecDeque;

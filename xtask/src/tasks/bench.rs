@@ -602,7 +602,10 @@ fn remove_images(
             .map(str::to_string),
     );
     if !more.is_empty() {
-        runner.read(&docker.command().args(["image", "rm", "--force"]).args(more))?;
+        runner.read(&docker.command().args(["image", "rm", "--force"]).args(more)).context(
+            "cannot empty the engine for a fresh runner: an image built on a base image with the classic builder \
+             (`DOCKER_BUILDKIT=0`) keeps it as its parent; remove such images (`docker image ls --all`) and run again",
+        )?;
     }
     Ok(())
 }

@@ -432,6 +432,29 @@ impl Probe {
     }
 }
 
+/// Removes, when dropped, every local image whose name starts with `prefix` (a registry
+/// namespace of the test's own): the shared engine keeps no test images. An image a test built
+/// with the classic builder on a lab base would otherwise keep that base as its parent, which
+/// `bench build` cannot remove for its fresh runner.
+pub struct LocalImagesUnder(pub String);
+
+impl Drop for LocalImagesUnder {
+    fn drop(&mut self) {
+        let Ok(listed) = Command::new("docker").args(["images", "--format", "{{.Repository}}:{{.Tag}}"]).output()
+        else {
+            return;
+        };
+        let images: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter(|image| image.starts_with(&self.0) && !image.ends_with(":<none>"))
+            .map(str::to_string)
+            .collect();
+        if !images.is_empty() {
+            let _ = Command::new("docker").args(["image", "rm", "--force"]).args(&images).output();
+        }
+    }
+}
+
 pub fn docker_ok(args: &[&str], dir: &Path) {
     assert_success(&run("docker", args, dir), &format!("docker {}", args.join(" ")));
 }
