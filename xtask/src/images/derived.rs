@@ -681,8 +681,8 @@ pub fn show_config_and_tags(
     Ok(())
 }
 
-/// Uploads an image's new `config` (the one `manifest` names) to `repository`, then puts
-/// `manifest` under every tag, in order, each logged.
+/// Uploads an image's new `config` (the one `manifest` names) to `repository`, then puts the
+/// new `manifest` under every tag (the last one last), each logged.
 pub fn put_config_and_tags(
     registry: &Registry,
     repository: &str,
@@ -702,8 +702,8 @@ pub fn put_config_and_tags(
     // the last, which is the inputs marker: later builds take it to mean the image is complete
     // under every tag, so it is put only once the others stand.
     let Some((marker, others)) = tags.split_last() else { return Ok(()) };
-    at_once(others, |tag| registry.put_manifest(repository, tag, manifest))?;
-    registry.put_manifest(repository, marker, manifest)?;
+    at_once(others, |tag| registry.put_new_manifest(repository, tag, manifest))?;
+    registry.put_new_manifest(repository, marker, manifest)?;
     Ok(())
 }
 

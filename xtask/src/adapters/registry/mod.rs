@@ -189,10 +189,19 @@ impl Registry {
     /// counts as done when the tag names the manifest after all (another job put it meanwhile).
     /// A tag that names another manifest where redeploy is disabled fails, saying so plainly.
     pub fn put_manifest(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<Tagged> {
-        let image = self.image(repository, tag);
         if self.manifest_digest(repository, tag)?.as_deref() == Some(manifest.digest.as_str()) {
             return Ok(Tagged::AlreadyThere);
         }
+        self.put_new_manifest(repository, tag, manifest)
+    }
+
+    /// Puts a manifest this run has just made (a derived or swapped image) under
+    /// `repository:tag` without first asking what the tag names: no tag can name a manifest
+    /// that did not exist, so the check of [`Registry::put_manifest`] would only cost its round
+    /// trips (two where HEAD is unreliable). A re-run that makes the same bytes again is still
+    /// idempotent: a repository with redeploy disabled answers 400, and the tag is checked then.
+    pub fn put_new_manifest(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<Tagged> {
+        let image = self.image(repository, tag);
         let reply = self.put(repository, tag, manifest).with_context(|| format!("cannot tag {image}"))?;
         match reply.status {
             200..=299 => match reply.header("docker-content-digest") {
@@ -713,6 +722,35 @@ mod tests {
         assert_eq!(methods(&seen), ["HEAD", "GET"], "no PUT for a tag already there");
         assert_eq!(registry.put_manifest("xtask-test/fake", "raced", &manifest).unwrap(), Tagged::AlreadyThere);
         assert_eq!(methods(&seen)[2..], ["HEAD", "GET", "PUT", "HEAD", "GET"], "the 400 is checked with a GET");
+    }
+
+    #[test]
+    fn a_new_manifest_is_put_without_asking_first_and_a_rerun_settles_on_the_refusal() {
+        let (body, digest) = fake_manifest();
+        let manifest = Manifest { media_type: DOCKER_MANIFEST.to_string(), digest: digest.clone(), bytes: body.into() };
+        let refusal = r#"{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"blob upload invalid"}]}"#;
+        let served = manifest.bytes.clone();
+        // `new` takes the PUT; `again` already names the manifest where redeploy is disabled.
+        let (address, seen) = fake_registry(move |request, _| match (request.method.as_str(), request.path()) {
+            ("PUT", "/v2/xtask-test/fake/manifests/new") => answer(201, &[("Docker-Content-Digest", &digest)], ""),
+            ("PUT", _) => answer(400, &[], refusal),
+            (_, "/v2/xtask-test/fake/manifests/again") => {
+                answer(200, &[("Content-Type", DOCKER_MANIFEST), ("Docker-Content-Digest", &digest)], served.clone())
+            }
+            _ => answer(404, &[], r#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#),
+        });
+        let registry = Registry::new(address, None, QUICK);
+        let requests = || -> Vec<String> {
+            seen.lock().unwrap().iter().map(|request| format!("{} {}", request.method, request.path())).collect()
+        };
+        assert_eq!(registry.put_new_manifest("xtask-test/fake", "new", &manifest).unwrap(), Tagged::Put);
+        assert_eq!(requests(), ["PUT /v2/xtask-test/fake/manifests/new"], "one round trip");
+        assert_eq!(registry.put_new_manifest("xtask-test/fake", "again", &manifest).unwrap(), Tagged::AlreadyThere);
+        assert_eq!(
+            requests()[1..],
+            ["PUT /v2/xtask-test/fake/manifests/again", "HEAD /v2/xtask-test/fake/manifests/again"],
+            "the refusal is checked"
+        );
     }
 
     #[test]
