@@ -453,7 +453,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         });
         let compose = scope.spawn(|| {
             let file = compose_file(&workspace, args.compose.as_deref())?;
-            ComposeImages::read(runner, "docker", &file, env, &workspace)
+            ComposeImages::read(runner, &file, env, &workspace)
         });
         let mut problems = Vec::new();
         let mut problem = |error: anyhow::Error| problems.push(format!("{error:#}"));

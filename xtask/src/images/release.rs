@@ -416,7 +416,7 @@ pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<
 /// The images the compose file of `repo` builds (see [`ReleaseImage`]).
 fn read_compose(runner: &dyn Runner, repo: &Path, env: &Env) -> Result<Vec<ReleaseImage>> {
     let file = compose_file(repo, None)?;
-    let images = ComposeImages::read(runner, "docker", &file, env, repo)?;
+    let images = ComposeImages::read(runner, &file, env, repo)?;
     Ok(images.built.into_iter().map(|image| ReleaseImage { name: image.name, repository: image.repository }).collect())
 }
 

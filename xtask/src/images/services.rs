@@ -150,8 +150,9 @@ pub struct ComposeImages {
 
 impl ComposeImages {
     /// Asks compose for its reading of `file` and parses each Dockerfile it names.
-    pub fn read(runner: &dyn Runner, program: &str, file: &Path, env: &Env, repo: &Path) -> Result<ComposeImages> {
-        let config = runner.read(&compose::source_config(program, file))?;
+    pub fn read(runner: &dyn Runner, file: &Path, env: &Env, repo: &Path) -> Result<ComposeImages> {
+        let plugin = compose::compose_plugin(env);
+        let config = runner.read(&compose::source_config(plugin.as_deref(), file))?;
         let read_dockerfile = |path: &Path| {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
             let shown = path.strip_prefix(repo).unwrap_or(path).display().to_string();

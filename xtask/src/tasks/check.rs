@@ -50,7 +50,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
     let env = ci_env::process_env();
     let workspace = crate::adapters::workspace_root();
     let file = compose_file(&workspace, args.compose.as_deref())?;
-    let images = ComposeImages::read(&runner, "docker", &file, &env, &workspace)?.select(&args.services)?;
+    let images = ComposeImages::read(&runner, &file, &env, &workspace)?.select(&args.services)?;
     let (plan, warnings) = plan(&docker, &images)?;
     for warning in warnings {
         eprintln!("warning: {warning}");
