@@ -211,6 +211,42 @@ fn essentials(config: &Value) -> Value {
     })
 }
 
+/// Asserts that `<namespace>/<repository>:<tag>` (swapped: its last 3 layers the trailing
+/// copies') is the image of `<namespace>-buildkit/<repository>:<tag>` (BuildKit's): the layer
+/// count, the config (BuildKit's cache metadata gone) and, both pulled, the filesystem entry by
+/// entry. Returns the swapped image's entries. `name` names the case in failures.
+fn assert_swap_is_buildkits(
+    registry: &LabRegistry,
+    namespace: &str,
+    repository: &str,
+    tag: &str,
+    dir: &std::path::Path,
+    name: &str,
+) -> Vec<Value> {
+    let swapped = pushed(registry, &format!("{namespace}/{repository}"), tag);
+    let buildkit = pushed(registry, &format!("{namespace}-buildkit/{repository}"), tag);
+    let layers = |pushed: &Pushed| pushed.manifest["layers"].as_array().unwrap().len();
+    assert_eq!(layers(&swapped), layers(&buildkit), "{name}: layer count");
+    assert_eq!(swap_essentials(&swapped.config, 3), swap_essentials(&buildkit.config, 3), "{name}: the configs differ");
+    for key in ["moby.buildkit.cache.v0", "moby.buildkit.buildinfo.v1"] {
+        assert!(swapped.config.get(key).is_none(), "{name}: BuildKit's {key} is left in the swapped config");
+    }
+
+    let host = &lab()["NEXUS_REGISTRY"];
+    let swapped_image = format!("{host}/{namespace}/{repository}:{tag}");
+    let buildkit_image = format!("{host}/{namespace}-buildkit/{repository}:{tag}");
+    for image in [&swapped_image, &buildkit_image] {
+        assert_success(&run("docker", &["pull", image], dir), &format!("docker pull {image}"));
+    }
+    let swapped_files = filesystem(&swapped_image, dir);
+    let buildkit_files = filesystem(&buildkit_image, dir);
+    let differences: Vec<(&Value, &Value)> =
+        swapped_files.iter().zip(&buildkit_files).filter(|(a, b)| a != b).take(10).collect();
+    assert!(differences.is_empty(), "{name}: the filesystems differ: {differences:?}");
+    assert_eq!(swapped_files.len(), buildkit_files.len(), "{name}: entry count");
+    swapped_files
+}
+
 #[test]
 fn the_derived_worker_is_buildkits_worker_stage_and_runs() {
     let _serial = serial();
@@ -347,35 +383,7 @@ fn a_source_swap_is_the_image_buildkit_builds_and_runs() {
         let summary = build_backend(dir, &buildkit_registry, &["--no-fast-path", "backend"], &env);
         assert!(buildkit_built(&results(&summary)["backend"]), "{name}: {summary}");
 
-        let swapped = pushed(&registry, &format!("{namespace}/intric/backend"), &tag);
-        let buildkit = pushed(&registry, &format!("{namespace}-buildkit/intric/backend"), &tag);
-        let layers = |pushed: &Pushed| pushed.manifest["layers"].as_array().unwrap().len();
-        assert_eq!(layers(&swapped), layers(&buildkit), "{name}: layer count");
-        assert_eq!(
-            swap_essentials(&swapped.config, 3),
-            swap_essentials(&buildkit.config, 3),
-            "{name}: the configs differ"
-        );
-        for key in ["moby.buildkit.cache.v0", "moby.buildkit.buildinfo.v1"] {
-            assert!(swapped.config.get(key).is_none(), "{name}: BuildKit's {key} is left in the swapped config");
-        }
-
-        let swapped_image = format!("{swapped_registry}/intric/backend:{tag}");
-        let buildkit_image = format!("{buildkit_registry}/intric/backend:{tag}");
-        for image in [&swapped_image, &buildkit_image] {
-            assert_success(&run("docker", &["pull", image], dir), &format!("docker pull {image}"));
-        }
-        let swapped_files = filesystem(&swapped_image, dir);
-        let buildkit_files = filesystem(&buildkit_image, dir);
-        let differences: Vec<(Option<&Value>, Option<&Value>)> = swapped_files
-            .iter()
-            .zip(&buildkit_files)
-            .filter(|(a, b)| a != b)
-            .map(|(a, b)| (Some(a), Some(b)))
-            .take(10)
-            .collect();
-        assert!(differences.is_empty(), "{name}: the filesystems differ: {differences:?}");
-        assert_eq!(swapped_files.len(), buildkit_files.len(), "{name}: entry count");
+        let swapped_files = assert_swap_is_buildkits(&registry, &namespace, "intric/backend", &tag, dir, name);
         let paths: Vec<&str> = swapped_files.iter().map(|entry| entry[0].as_str().unwrap()).collect();
         assert!(!paths.contains(&"app/intric/to_delete.py") && paths.contains(&"app/intric/renamed.py"), "{name}");
         assert!(!paths.contains(&"app/intric/stale.pyc"), "{name}: the ignore file's hit was copied");
@@ -475,21 +483,8 @@ fn a_target_directory_that_exists_below_keeps_its_metadata_and_one_that_may_is_r
     let (result, path, _) = meta(&buildkit_registry, &["--no-fast-path"]);
     assert!(buildkit_built(&result), "C2 with BuildKit: {result}: {path}");
     let registry = LabRegistry::new();
-    let swapped = pushed(&registry, &format!("{namespace}/intric/meta"), &tag);
-    let buildkit = pushed(&registry, &format!("{namespace}-buildkit/intric/meta"), &tag);
-    assert_eq!(swap_essentials(&swapped.config, 3), swap_essentials(&buildkit.config, 3), "C2: the configs differ");
     docker_login(&host);
-    let swapped_image = format!("{swapped_registry}/intric/meta:{tag}");
-    let buildkit_image = format!("{buildkit_registry}/intric/meta:{tag}");
-    for image in [&swapped_image, &buildkit_image] {
-        assert_success(&run("docker", &["pull", image], dir), &format!("docker pull {image}"));
-    }
-    let swapped_files = filesystem(&swapped_image, dir);
-    let buildkit_files = filesystem(&buildkit_image, dir);
-    let differences: Vec<(&Value, &Value)> =
-        swapped_files.iter().zip(&buildkit_files).filter(|(a, b)| a != b).take(10).collect();
-    assert!(differences.is_empty(), "C2: the filesystems differ: {differences:?}");
-    assert_eq!(swapped_files.len(), buildkit_files.len(), "C2: entry count");
+    let swapped_files = assert_swap_is_buildkits(&registry, &namespace, "intric/meta", &tag, dir, "C2");
     // What BuildKit did, and so the swap: path, mode, uid, gid.
     let metadata = |path: &str| {
         let entry = swapped_files.iter().find(|entry| entry[0] == path).unwrap_or_else(|| panic!("no {path}"));

@@ -6,7 +6,9 @@
 //! with their Dockerfiles parsed and checked (`services`, `dockerfile`: a missing target stops
 //! the plan, an undeclared build arg is a warning), the digest of each base image (`bases`),
 //! each image's inputs digest (`inputs`), and what the registry (or the local engine) already
-//! holds. Plans: per image,
+//! holds; for the source swap also `dev-latest`'s manifest, config and its layers of the
+//! trailing COPYs that make a directory (unpacked by `gzip -d`, see `source_swap`). Plans: per
+//! image,
 //! either a build (docker argv, then pushes) or a retag of an existing image with the same
 //! inputs digest (registry API calls, or `docker tag` locally). The plan ([`BuildPlan`], a
 //! [`TaskPlan`]) holds everything running it needs (registry access, jobs, logs directory), and
