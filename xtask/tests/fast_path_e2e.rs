@@ -12,6 +12,11 @@
 //! `dev-latest` with those layers replaced) is checked in namespaces `fast-path-swap-<pid>`
 //! (swapped) and `fast-path-swap-<pid>-buildkit` (BuildKit, `--no-fast-path`), its worker as
 //! containers `fast-path-swap-<pid>-worker` and `-redis` on a network of that name.
+//!
+//! The metadata of a COPY's target directory (kept where a RUN made it below, refused where the
+//! replaced layer cannot say) is checked on a project of the test's own, compose project
+//! `fast-path-meta` (never started), in namespaces `fast-path-meta-<pid>` and
+//! `fast-path-meta-<pid>-buildkit`.
 
 mod common;
 
@@ -206,6 +211,42 @@ fn essentials(config: &Value) -> Value {
     })
 }
 
+/// Asserts that `<namespace>/<repository>:<tag>` (swapped: its last 3 layers the trailing
+/// copies') is the image of `<namespace>-buildkit/<repository>:<tag>` (BuildKit's): the layer
+/// count, the config (BuildKit's cache metadata gone) and, both pulled, the filesystem entry by
+/// entry. Returns the swapped image's entries. `name` names the case in failures.
+fn assert_swap_is_buildkits(
+    registry: &LabRegistry,
+    namespace: &str,
+    repository: &str,
+    tag: &str,
+    dir: &std::path::Path,
+    name: &str,
+) -> Vec<Value> {
+    let swapped = pushed(registry, &format!("{namespace}/{repository}"), tag);
+    let buildkit = pushed(registry, &format!("{namespace}-buildkit/{repository}"), tag);
+    let layers = |pushed: &Pushed| pushed.manifest["layers"].as_array().unwrap().len();
+    assert_eq!(layers(&swapped), layers(&buildkit), "{name}: layer count");
+    assert_eq!(swap_essentials(&swapped.config, 3), swap_essentials(&buildkit.config, 3), "{name}: the configs differ");
+    for key in ["moby.buildkit.cache.v0", "moby.buildkit.buildinfo.v1"] {
+        assert!(swapped.config.get(key).is_none(), "{name}: BuildKit's {key} is left in the swapped config");
+    }
+
+    let host = &lab()["NEXUS_REGISTRY"];
+    let swapped_image = format!("{host}/{namespace}/{repository}:{tag}");
+    let buildkit_image = format!("{host}/{namespace}-buildkit/{repository}:{tag}");
+    for image in [&swapped_image, &buildkit_image] {
+        assert_success(&run("docker", &["pull", image], dir), &format!("docker pull {image}"));
+    }
+    let swapped_files = filesystem(&swapped_image, dir);
+    let buildkit_files = filesystem(&buildkit_image, dir);
+    let differences: Vec<(&Value, &Value)> =
+        swapped_files.iter().zip(&buildkit_files).filter(|(a, b)| a != b).take(10).collect();
+    assert!(differences.is_empty(), "{name}: the filesystems differ: {differences:?}");
+    assert_eq!(swapped_files.len(), buildkit_files.len(), "{name}: entry count");
+    swapped_files
+}
+
 #[test]
 fn the_derived_worker_is_buildkits_worker_stage_and_runs() {
     let _serial = serial();
@@ -342,35 +383,7 @@ fn a_source_swap_is_the_image_buildkit_builds_and_runs() {
         let summary = build_backend(dir, &buildkit_registry, &["--no-fast-path", "backend"], &env);
         assert!(buildkit_built(&results(&summary)["backend"]), "{name}: {summary}");
 
-        let swapped = pushed(&registry, &format!("{namespace}/intric/backend"), &tag);
-        let buildkit = pushed(&registry, &format!("{namespace}-buildkit/intric/backend"), &tag);
-        let layers = |pushed: &Pushed| pushed.manifest["layers"].as_array().unwrap().len();
-        assert_eq!(layers(&swapped), layers(&buildkit), "{name}: layer count");
-        assert_eq!(
-            swap_essentials(&swapped.config, 3),
-            swap_essentials(&buildkit.config, 3),
-            "{name}: the configs differ"
-        );
-        for key in ["moby.buildkit.cache.v0", "moby.buildkit.buildinfo.v1"] {
-            assert!(swapped.config.get(key).is_none(), "{name}: BuildKit's {key} is left in the swapped config");
-        }
-
-        let swapped_image = format!("{swapped_registry}/intric/backend:{tag}");
-        let buildkit_image = format!("{buildkit_registry}/intric/backend:{tag}");
-        for image in [&swapped_image, &buildkit_image] {
-            assert_success(&run("docker", &["pull", image], dir), &format!("docker pull {image}"));
-        }
-        let swapped_files = filesystem(&swapped_image, dir);
-        let buildkit_files = filesystem(&buildkit_image, dir);
-        let differences: Vec<(Option<&Value>, Option<&Value>)> = swapped_files
-            .iter()
-            .zip(&buildkit_files)
-            .filter(|(a, b)| a != b)
-            .map(|(a, b)| (Some(a), Some(b)))
-            .take(10)
-            .collect();
-        assert!(differences.is_empty(), "{name}: the filesystems differ: {differences:?}");
-        assert_eq!(swapped_files.len(), buildkit_files.len(), "{name}: entry count");
+        let swapped_files = assert_swap_is_buildkits(&registry, &namespace, "intric/backend", &tag, dir, name);
         let paths: Vec<&str> = swapped_files.iter().map(|entry| entry[0].as_str().unwrap()).collect();
         assert!(!paths.contains(&"app/intric/to_delete.py") && paths.contains(&"app/intric/renamed.py"), "{name}");
         assert!(!paths.contains(&"app/intric/stale.pyc"), "{name}: the ignore file's hit was copied");
@@ -386,4 +399,126 @@ fn a_source_swap_is_the_image_buildkit_builds_and_runs() {
     let image = format!("{swapped_registry}/intric/worker:{tag}");
     assert_success(&run("docker", &["pull", &image], dir), "docker pull of the worker on the swapped backend");
     worker_becomes_healthy(&namespace, &image, "the worker on the swapped backend");
+}
+
+/// The Dockerfile of the target directory cases: on the lab's Python stand-in, a RUN makes
+/// `/app/conf` (uid 1000, 0750) and `/app/conf/sub` (uid 1000, 0700) before copies into them,
+/// then `extra` lines (more RUN, more COPYs).
+fn meta_dockerfile(run_extra: &str, copy_extra: &str) -> String {
+    format!(
+        "ARG PYTHON_IMAGE=python:3.10-slim-bullseye\nFROM ${{PYTHON_IMAGE}}\n\
+         RUN mkdir -p /app/conf/sub && chown -R 1000:1000 /app/conf && chmod 0750 /app/conf \
+         && chmod 0700 /app/conf/sub{run_extra}\n\
+         WORKDIR /app\nCOPY conf ./conf\nCOPY fresh ./fresh\nCOPY root.txt ./\n{copy_extra}CMD [\"true\"]\n"
+    )
+}
+
+/// A COPY's target directory that a RUN made below, not owned by root, is what BuildKit keeps
+/// (the swap reads its metadata from the layer it replaces, no layer below), a new target is
+/// 0755 whatever the source directory's mode, a directory from the source has the source's
+/// metadata; and a root-owned target whose mode is not a new directory's is refused, with the
+/// reason in the dry run and the run alike.
+///
+/// A project of its own (`compose.yml`, one image `meta` in `meta/`) in namespaces
+/// `fast-path-meta-<pid>` (swapped) and `fast-path-meta-<pid>-buildkit` (`--no-fast-path`);
+/// no container runs, and the local tags it builds or pulls are removed.
+#[test]
+fn a_target_directory_that_exists_below_keeps_its_metadata_and_one_that_may_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let _serial = serial();
+    if !docker_available() {
+        return;
+    }
+    let env = lab_env();
+    let host = lab()["NEXUS_REGISTRY"].clone();
+    let repo = tempfile::tempdir().unwrap();
+    let dir = repo.path();
+    let namespace = format!("fast-path-meta-{}", std::process::id());
+    let swapped_registry = format!("{host}/{namespace}");
+    let buildkit_registry = format!("{host}/{namespace}-buildkit");
+    let _local_tags = LocalTags(vec![swapped_registry.clone(), buildkit_registry.clone()]);
+    let write = |relative: &str, text: &str| {
+        let path = dir.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write(
+        "compose.yml",
+        "name: fast-path-meta\nservices:\n  meta:\n    image: ${NEXUS_REGISTRY}/intric/meta:${IMAGE_TAG:-latest}\n    \
+         build:\n      context: meta\n      args:\n        PYTHON_IMAGE: ${PYTHON_IMAGE:-python:3.10-slim-bullseye}\n",
+    );
+    // The build's logs go below target/, as in the workspace.
+    write(".gitignore", "/target\n");
+    write("meta/Dockerfile", &meta_dockerfile("", ""));
+    write("meta/conf/app.conf", "a = 1\n");
+    write("meta/conf/sub/inner.conf", "b = 2\n");
+    write("meta/fresh/f.txt", "fresh\n");
+    write("meta/root.txt", "root\n");
+    // Git keeps no directory modes: the source directory's mode is the checkout's, here 0750.
+    std::fs::set_permissions(dir.join("meta/fresh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    git(dir, &["init", "-q", "-b", "main"]);
+    commit_all(dir, "C1: a target directory made below");
+    let meta = |registry: &str, extra: &[&str]| {
+        let mut args = vec!["--push", "--registry", registry, "--compose", "compose.yml"];
+        args.extend_from_slice(extra);
+        args.push("meta");
+        let (output, summary) = build(dir, &args, &env);
+        assert_success(&output, &format!("build {}", args.join(" ")));
+        let summary = summary.unwrap();
+        let image = summary["images"][0].clone();
+        (image["result"].as_str().unwrap().to_string(), image["path"].as_str().unwrap().to_string(), image)
+    };
+    let buildkit_built = |result: &str| result == "built" || result == "cached";
+    let (result, path, _) = meta(&swapped_registry, &[]);
+    assert!(buildkit_built(&result), "C1: {result}: {path}");
+
+    // C2: only the copies' sources change; the swap writes /app/conf as BuildKit kept it.
+    write("meta/conf/app.conf", "a = 2\n");
+    write("meta/conf/sub/added.conf", "c = 3\n");
+    write("meta/fresh/g.txt", "more\n");
+    commit_all(dir, "C2: sources only");
+    let (result, path, image) = meta(&swapped_registry, &[]);
+    assert_eq!(result, "swapped", "C2: {path}");
+    let tag = image["tags"][0].as_str().unwrap().to_string();
+    let (result, path, _) = meta(&buildkit_registry, &["--no-fast-path"]);
+    assert!(buildkit_built(&result), "C2 with BuildKit: {result}: {path}");
+    let registry = LabRegistry::new();
+    docker_login(&host);
+    let swapped_files = assert_swap_is_buildkits(&registry, &namespace, "intric/meta", &tag, dir, "C2");
+    // What BuildKit did, and so the swap: path, mode, uid, gid.
+    let metadata = |path: &str| {
+        let entry = swapped_files.iter().find(|entry| entry[0] == path).unwrap_or_else(|| panic!("no {path}"));
+        (entry[2].as_u64().unwrap() & 0o7777, entry[3].as_u64().unwrap(), entry[4].as_u64().unwrap())
+    };
+    assert_eq!(metadata("app/conf"), (0o750, 1000, 1000), "the target made below keeps its metadata");
+    assert_eq!(metadata("app/conf/sub"), (0o755, 0, 0), "a directory from the source has the source's");
+    assert_eq!(metadata("app/fresh"), (0o755, 0, 0), "a new target is 0755, not the source's 0750");
+
+    // D1: a root-owned 0700 target below, which the previous layer cannot tell from one an
+    // earlier swap wrote: BuildKit builds D1 (the Dockerfile changed) and D2 (refused).
+    write(
+        "meta/Dockerfile",
+        &meta_dockerfile(" && mkdir /app/private && chmod 0700 /app/private", "COPY private ./private\n"),
+    );
+    write("meta/private/p.txt", "p\n");
+    commit_all(dir, "D1: a root-owned 0700 target directory below");
+    let (result, path, _) = meta(&swapped_registry, &[]);
+    assert!(buildkit_built(&result), "D1: {result}: {path}");
+    write("meta/private/p.txt", "p2\n");
+    commit_all(dir, "D2: sources only");
+    let reason = "COPY line 8: /app/private has mode 0700, owner 0:0 in the previous image, where a new directory \
+                  has mode 0755, owner 0:0";
+    let dry_run = xtask(
+        &["build", "--repo", dir.to_str().unwrap(), "--dry-run", "--push", "--registry", &swapped_registry]
+            .into_iter()
+            .chain(["--compose", "compose.yml", "meta"])
+            .collect::<Vec<_>>(),
+        &env,
+        dir,
+    );
+    assert_success(&dry_run, "build --dry-run D2");
+    assert!(stdout(&dry_run).contains(&format!("  path: BuildKit: {reason}")), "{}", stdout(&dry_run));
+    let (result, path, _) = meta(&swapped_registry, &[]);
+    assert!(buildkit_built(&result), "D2: {result}: {path}");
+    assert!(path.starts_with(&format!("BuildKit: {reason}")), "D2: {path}");
 }

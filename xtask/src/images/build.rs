@@ -6,7 +6,9 @@
 //! with their Dockerfiles parsed and checked (`services`, `dockerfile`: a missing target stops
 //! the plan, an undeclared build arg is a warning), the digest of each base image (`bases`),
 //! each image's inputs digest (`inputs`), and what the registry (or the local engine) already
-//! holds. Plans: per image,
+//! holds; for the source swap also `dev-latest`'s manifest, config and its layers of the
+//! trailing COPYs that make a directory (unpacked by `gzip -d`, see `source_swap`). Plans: per
+//! image,
 //! either a build (docker argv, then pushes) or a retag of an existing image with the same
 //! inputs digest (registry API calls, or `docker tag` locally). The plan ([`BuildPlan`], a
 //! [`TaskPlan`]) holds everything running it needs (registry access, jobs, logs directory), and
@@ -50,7 +52,7 @@ use crate::images::inputs::OUTSIDE_SOURCES_LABEL;
 use crate::images::layer::Layer;
 use crate::images::location::Location;
 use crate::images::services::{ComposeImages, Image, compose_file};
-use crate::images::source_swap::{SourceSwap, SourceSwapStep, source_layers, source_swap};
+use crate::images::source_swap::{SourceSwap, SourceSwapStep, replaced_layer, source_layers, source_swap};
 use crate::images::tags::{self, StageChoice, TagReport};
 use crate::images::{BASE_IMAGES, Service};
 use crate::plan::progress::{Progress, TaskProgress};
@@ -203,9 +205,12 @@ pub struct PreviousImage {
 const PREVIOUS_TAG: &str = "dev-latest";
 
 /// The previous image of `image`, when the fast path can swap its sources: its `dev-latest`
-/// carries the same [`OUTSIDE_SOURCES_LABEL`] value, and the copies' layers can be written.
+/// carries the same [`OUTSIDE_SOURCES_LABEL`] value, and the copies' layers can be written (from
+/// the build context, and for the directories they make, from what that image's layers of the
+/// copies record: read here, so that a dry run says what the run does).
 fn previous_image(
     client: &Registry,
+    runner: &dyn Runner,
     image: &Image,
     outside: &str,
     existing: &[String],
@@ -231,13 +236,9 @@ fn previous_image(
         )));
     }
     let mtime = u64::try_from(commit_time).unwrap_or(0);
-    Ok(source_layers(&image.context, &image.dockerfile, &swap, mtime)?.map(|layers| PreviousImage {
-        tag: PREVIOUS_TAG.to_string(),
-        manifest,
-        config,
-        swap,
-        layers,
-    }))
+    let mut replaced = |index| replaced_layer(client, runner, &image.repository, &manifest, swap.copies.len(), index);
+    let layers = source_layers(&image.context, &image.dockerfile, &swap, mtime, &mut replaced)?;
+    Ok(layers.map(|layers| PreviousImage { tag: PREVIOUS_TAG.to_string(), manifest, config, swap, layers }))
 }
 
 /// The registry's address and the credentials its API calls use, decided when planning.
@@ -566,7 +567,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             if let (true, Some(outside), Some(existing), Some(access)) =
                 (fast_path, outside_sources.get(&image.name), existing, &registry_access)
             {
-                let found = previous_image(&access.client(), image, outside, existing, report.commit_time)
+                let found = previous_image(&access.client(), runner, image, outside, existing, report.commit_time)
                     .with_context(|| format!("cannot read the previous image of {}", image.name))?;
                 previous.insert(image.name.clone(), found);
             }

@@ -1,6 +1,9 @@
 //! Image layers written by us rather than by BuildKit, for the source-only fast path: a
-//! deterministic tar archive (ustar headers, a PAX header for a name that ustar cannot hold) and its gzip, with the two digests an image needs: the layer's `diff_id` (the
-//! SHA-256 of the tar) and its blob digest (the SHA-256 of the gzip).
+//! deterministic tar archive (ustar headers, a PAX header for a name that ustar cannot hold)
+//! and its gzip, with the two digests an image needs: the layer's `diff_id` (the SHA-256 of the
+//! tar) and its blob digest (the SHA-256 of the gzip). And the other way: [`list_tar`] reads the
+//! headers of an archive someone else wrote (BuildKit's layer that the fast path replaces, for
+//! the directory metadata it recorded), in ustar, PAX and GNU long-name forms.
 //!
 //! The gzip holds stored (uncompressed) deflate blocks and a CRC-32: no compression library
 //! (flate2 and miniz_oxide would cost about 6.5 s of a cold compile, against the ≤ 40 s goal of
@@ -8,7 +11,9 @@
 //! like any other gzip. The same entries always give the same bytes: the caller fixes the order,
 //! owners and times, and nothing here reads the clock or the disk.
 
-use anyhow::{Result, bail};
+use std::fmt;
+
+use anyhow::{Context, Result, bail};
 
 use crate::adapters::registry::sha256_digest;
 
@@ -142,6 +147,180 @@ fn octal(field: &mut [u8], value: u64) -> Result<()> {
     field[..digits].copy_from_slice(text.as_bytes());
     field[digits] = 0;
     Ok(())
+}
+
+/// A tar entry's permission bits (setuid, setgid and sticky included) and owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryMetadata {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl fmt::Display for EntryMetadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "mode {:04o}, owner {}:{}", self.mode, self.uid, self.gid)
+    }
+}
+
+/// One entry of an archive as [`list_tar`] reads it: its path relative to the root, without
+/// leading `./` or `/` and without a trailing `/`, whether it is a directory, and its metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedEntry {
+    pub path: String,
+    pub directory: bool,
+    pub metadata: EntryMetadata,
+}
+
+/// The entries of the tar `archive`, in its order, from their headers: the name from a PAX
+/// `path` record, else a GNU long name (`L`), else ustar's prefix and name; the owner from PAX
+/// `uid` and `gid` records where present; numbers in octal or base-256, as Go's
+/// `archive/tar` (BuildKit's writer) may write them. Every header's checksum is checked.
+/// Contents are skipped, not read.
+pub fn list_tar(archive: &[u8]) -> Result<Vec<ListedEntry>> {
+    let mut entries = Vec::new();
+    // What the extended headers before an entry say about it.
+    let mut pax: Vec<(String, String)> = Vec::new();
+    let mut long_name: Option<String> = None;
+    let mut offset = 0;
+    while offset + BLOCK <= archive.len() {
+        let at = offset;
+        let block = &archive[offset..offset + BLOCK];
+        if block.iter().all(|&byte| byte == 0) {
+            return Ok(entries);
+        }
+        let context = || format!("the tar header at byte {at}");
+        check_checksum(block).with_context(context)?;
+        let typeflag = block[156];
+        let extension = matches!(typeflag, b'x' | b'g' | b'L' | b'K');
+        let pax_size = pax.iter().rev().find(|(key, _)| key == "size").map(|(_, value)| value.as_str());
+        let size = match pax_size {
+            Some(size) if !extension => {
+                size.parse::<u64>().with_context(|| format!("{}: PAX size {size:?}", context()))?
+            }
+            _ => number(&block[124..136]).with_context(context)?,
+        };
+        // Links, devices, directories and FIFOs have no data, whatever their size field says.
+        let data = if matches!(typeflag, b'1'..=b'6') { 0 } else { usize::try_from(size).with_context(context)? };
+        let body_start = offset + BLOCK;
+        let Some(body) = body_start.checked_add(data).and_then(|end| archive.get(body_start..end)) else {
+            bail!("{}: the archive ends inside its {data} bytes of data", context());
+        };
+        offset = body_start + data.next_multiple_of(BLOCK);
+        match typeflag {
+            b'x' => {
+                pax.extend(pax_records(body).with_context(context)?);
+                continue;
+            }
+            b'L' => {
+                long_name = Some(String::from_utf8_lossy(until_nul(body)).into_owned());
+                continue;
+            }
+            // Global PAX headers and GNU long link names say nothing this listing reads.
+            b'g' | b'K' => continue,
+            _ => {}
+        }
+        let record = |key: &str| pax.iter().rev().find(|(name, _)| name == key).map(|(_, value)| value.clone());
+        let name = record("path").or(long_name.take()).unwrap_or_else(|| ustar_name(block));
+        let id = |key: &str, field: &[u8]| -> Result<u32> {
+            let value = match record(key) {
+                Some(value) => value.parse::<u64>().with_context(|| format!("PAX {key} {value:?}"))?,
+                None => number(field)?,
+            };
+            u32::try_from(value).with_context(|| format!("{key} {value} is too large"))
+        };
+        let metadata = EntryMetadata {
+            mode: (number(&block[100..108]).with_context(context)? & 0o7777) as u32,
+            uid: id("uid", &block[108..116]).with_context(context)?,
+            gid: id("gid", &block[116..124]).with_context(context)?,
+        };
+        pax.clear();
+        let directory = typeflag == b'5' || (matches!(typeflag, b'0' | 0) && name.ends_with('/'));
+        let mut path = name.as_str();
+        while let Some(rest) = path.strip_prefix("./").or_else(|| path.strip_prefix('/')) {
+            path = rest;
+        }
+        entries.push(ListedEntry { path: path.trim_end_matches('/').to_string(), directory, metadata });
+    }
+    if offset == archive.len() {
+        // Some writers end at the last entry, without the two zero blocks: readers accept that.
+        return Ok(entries);
+    }
+    bail!("the tar archive ends inside a header (byte {offset} of {})", archive.len())
+}
+
+/// The bytes of `field` before its first NUL.
+fn until_nul(field: &[u8]) -> &[u8] {
+    field.iter().position(|&byte| byte == 0).map_or(field, |end| &field[..end])
+}
+
+/// A header's name: ustar's `prefix/name` when the POSIX magic says the prefix field is one
+/// (GNU's magic uses those bytes for other things).
+fn ustar_name(block: &[u8]) -> String {
+    let name = String::from_utf8_lossy(until_nul(&block[..100]));
+    let prefix = until_nul(&block[345..500]);
+    if &block[257..263] == b"ustar\0" && !prefix.is_empty() {
+        format!("{}/{name}", String::from_utf8_lossy(prefix))
+    } else {
+        name.into_owned()
+    }
+}
+
+/// A numeric header field: octal digits (padded with spaces or NULs), or base-256 when the
+/// first byte's high bit is set.
+fn number(field: &[u8]) -> Result<u64> {
+    if field[0] & 0x80 != 0 {
+        if field[0] & 0x40 != 0 {
+            bail!("a negative number in a tar header");
+        }
+        return field[1..].iter().try_fold(u64::from(field[0] & 0x3f), |value, &byte| {
+            value.checked_mul(256).map(|value| value + u64::from(byte)).context("a tar header number beyond 64 bits")
+        });
+    }
+    let text = std::str::from_utf8(field).context("a tar header number that is not text")?;
+    let text = text.trim_matches(|c: char| c == ' ' || c == '\0');
+    if text.is_empty() {
+        return Ok(0);
+    }
+    u64::from_str_radix(text, 8).with_context(|| format!("{text:?} is not an octal tar header number"))
+}
+
+/// Whether the header's checksum field matches its bytes (summed with the field as spaces,
+/// unsigned as POSIX says, or signed as some old writers did).
+fn check_checksum(block: &[u8]) -> Result<()> {
+    let stored = number(&block[148..156])?;
+    let (mut unsigned, mut signed) = (0u64, 0i64);
+    for (index, &byte) in block.iter().enumerate() {
+        let byte = if (148..156).contains(&index) { b' ' } else { byte };
+        unsigned += u64::from(byte);
+        signed += i64::from(byte as i8);
+    }
+    if stored != unsigned && i64::try_from(stored).ok() != Some(signed) {
+        bail!("its checksum is {stored:o}, but its bytes sum to {unsigned:o}: not a tar archive, or a damaged one");
+    }
+    Ok(())
+}
+
+/// The records of a PAX extended header: `<length> <key>=<value>\n`, the length counting the
+/// whole record.
+fn pax_records(body: &[u8]) -> Result<Vec<(String, String)>> {
+    let mut records = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() && rest[0] != 0 {
+        let space = rest.iter().position(|&byte| byte == b' ').context("a PAX record without a length")?;
+        let length: usize = std::str::from_utf8(&rest[..space])
+            .ok()
+            .and_then(|digits| digits.parse().ok())
+            .context("a PAX record whose length is not a number")?;
+        if length <= space + 1 || length > rest.len() || rest[length - 1] != b'\n' {
+            bail!("a PAX record whose length {length} does not fit it");
+        }
+        let record = String::from_utf8_lossy(&rest[space + 1..length - 1]);
+        let (key, value) = record.split_once('=').context("a PAX record without '='")?;
+        records.push((key.to_string(), value.to_string()));
+        rest = &rest[length..];
+    }
+    Ok(records)
 }
 
 /// `data` as a gzip stream of stored deflate blocks (RFC 1951 section 3.2.4, RFC 1952): no
@@ -321,6 +500,96 @@ mod tests {
         let changed = Layer::of(&[dir("app"), file("app/a.py", 0o755, "a")]).unwrap();
         assert_ne!(first.diff_id, changed.diff_id);
         assert!(first.digest.starts_with("sha256:") && first.digest.len() == 71);
+    }
+
+    fn metadata(mode: u32, uid: u32, gid: u32) -> EntryMetadata {
+        EntryMetadata { mode, uid, gid }
+    }
+
+    #[test]
+    fn the_listing_of_an_archive_we_wrote_is_its_entries() {
+        let long = format!("app/{}/{}.py", "d".repeat(60), "f".repeat(70));
+        let entries = vec![
+            TarEntry { uid: 1000, gid: 1001, mode: 0o2750, ..dir("app/data") },
+            file(&long, 0o644, "x"),
+            file("app/å.py", 0o755, "y"),
+            dir(&format!("app/{}", "g".repeat(96))),
+        ];
+        let listed = list_tar(&tar(&entries).unwrap()).unwrap();
+        let listed: Vec<(&str, bool, EntryMetadata)> =
+            listed.iter().map(|entry| (entry.path.as_str(), entry.directory, entry.metadata)).collect();
+        assert_eq!(
+            listed,
+            [
+                ("app/data", true, metadata(0o2750, 1000, 1001)),
+                (long.as_str(), false, metadata(0o644, 0, 0)),
+                ("app/å.py", false, metadata(0o755, 0, 0)),
+                (format!("app/{}", "g".repeat(96)).as_str(), true, metadata(0o755, 0, 0)),
+            ]
+        );
+    }
+
+    /// `block` with its checksum computed again, after a test changed a field.
+    fn resealed(mut block: [u8; BLOCK]) -> [u8; BLOCK] {
+        block[148..156].fill(b' ');
+        let sum: u32 = block.iter().map(|&byte| u32::from(byte)).sum();
+        block[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        block
+    }
+
+    #[test]
+    fn names_and_owners_are_read_in_every_form_go_and_gnu_write_them() {
+        let mut archive = Vec::new();
+        // ustar's prefix field holds the start of a long name.
+        let mut split = header("b.py", 0o644, 0, 0, 0, b'0', 3).unwrap();
+        split[345..348].copy_from_slice(b"app");
+        archive.extend(resealed(split));
+        push_padded(&mut archive, b"abc");
+        // A PAX header's path, uid and gid replace the ustar fields of the next entry only.
+        let records =
+            [pax_record("path", "./app/pax name/"), pax_record("uid", "70000"), pax_record("gid", "7")].concat();
+        archive.extend(header("PaxHeaders/x", 0o644, 0, 0, 0, b'x', records.len() as u64).unwrap());
+        push_padded(&mut archive, &records);
+        archive.extend(header("app/pax nam", 0o750, 1, 1, 0, b'5', 0).unwrap());
+        // A GNU long name (`L`), and a base-256 uid.
+        let gnu = format!("app/{}", "l".repeat(120));
+        archive.extend(header("././@LongLink", 0o644, 0, 0, 0, b'L', gnu.len() as u64 + 1).unwrap());
+        push_padded(&mut archive, format!("{gnu}\0").as_bytes());
+        let mut big = header(&gnu[..100], 0o600, 0, 5, 0, b'0', 0).unwrap();
+        big[108..116].copy_from_slice(&[0x80, 0, 0, 0, 0, 0x01, 0x00, 0x00]);
+        archive.extend(resealed(big));
+        // A global PAX header says nothing about the entries; a hard link's size has no data.
+        archive.extend(header("pax_global_header", 0o644, 0, 0, 0, b'g', 0).unwrap());
+        archive.extend(header("/app/link", 0o644, 0, 0, 0, b'1', 999).unwrap());
+        archive.resize(archive.len() + 2 * BLOCK, 0);
+
+        let listed = list_tar(&archive).unwrap();
+        let listed: Vec<(&str, bool, EntryMetadata)> =
+            listed.iter().map(|entry| (entry.path.as_str(), entry.directory, entry.metadata)).collect();
+        assert_eq!(
+            listed,
+            [
+                ("app/b.py", false, metadata(0o644, 0, 0)),
+                ("app/pax name", true, metadata(0o750, 70000, 7)),
+                (gnu.as_str(), false, metadata(0o600, 65536, 5)),
+                ("app/link", false, metadata(0o644, 0, 0)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_damaged_or_cut_archive_is_an_error_not_a_short_listing() {
+        let archive = tar(&[file("app/a.py", 0o644, "print('a')\n"), file("app/b.py", 0o644, "")]).unwrap();
+        let mut damaged = archive.clone();
+        damaged[BLOCK * 2 + 5] ^= 1;
+        let error = format!("{:#}", list_tar(&damaged).unwrap_err());
+        assert!(error.starts_with("the tar header at byte 1024: its checksum is "), "{error}");
+        let error = format!("{:#}", list_tar(&archive[..BLOCK + 5]).unwrap_err());
+        assert!(error.ends_with("the archive ends inside its 11 bytes of data"), "{error}");
+        let error = format!("{:#}", list_tar(&archive[..BLOCK - 1]).unwrap_err());
+        assert!(error.contains("ends inside a header"), "{error}");
+        // Without the end blocks, at an entry's end, it is complete.
+        assert_eq!(list_tar(&archive[..BLOCK * 4]).unwrap().len(), 2);
     }
 
     #[test]

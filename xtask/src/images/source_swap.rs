@@ -12,6 +12,11 @@
 //! destination without a trailing `/`, and a `RUN`, `ADD`, `WORKDIR` or any other instruction
 //! after the copies. What only the files can tell (a symlink among the sources, a missing
 //! source) is checked when the layers are written. Pure: it reads no file and runs nothing.
+//!
+//! [`source_layers`] writes the layers from the build context. The metadata of a directory a
+//! copy makes comes from the previous image's layer of that copy, the one being replaced
+//! ([`replaced_layer`]: one blob GET, unpacked by the `gzip` program), never from the layers
+//! below it: the fast path pulls nothing but small things.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -27,8 +32,10 @@ use crate::adapters::registry::{Manifest, Registry, sha256_digest};
 use crate::images::derived::{check_metadata, derive_config, put_config_and_tags, show_config_and_tags};
 use crate::images::dockerfile::{Dockerfile, Instruction};
 use crate::images::inputs::{EntryKind, context_entries, under};
-use crate::images::layer::{Layer, TarEntry, TarKind};
+use crate::images::layer::{EntryMetadata, Layer, ListedEntry, TarEntry, TarKind, list_tar};
+use crate::plan::Command;
 use crate::plan::progress::TaskProgress;
+use crate::plan::runner::{Pipe, Runner};
 
 /// One trailing `COPY`: its sources, clean and relative to the build context (`.` for the whole
 /// context), and its absolute destination.
@@ -245,14 +252,23 @@ fn clean_absolute(path: &str) -> Option<String> {
 
 /// The layers of the trailing copies, written from the build context as BuildKit's `COPY`
 /// would (the ignore file applied, owner root, modes from the files, every time `mtime`), in
-/// the copies' order; or why the fast path cannot write them, naming the line. Directories the
-/// copies only write into (the `WORKDIR`, those an earlier trailing copy made) get no entry of
-/// their own: they exist below, and their metadata stays as it is there.
+/// the copies' order; or why the fast path cannot write them, naming the line.
+///
+/// Directories the copies only write into (the `WORKDIR`, those an earlier trailing copy made)
+/// get no entry of their own: they exist below, and their metadata stays as it is there; so do
+/// the parents of every target. A directory from a source gets the source's metadata, also where
+/// one exists below, as BuildKit gives it. The directory a copy copies a directory into (its
+/// target) is made by BuildKit as `mkdir -p` would, mode 0755 and owned by root, whatever the
+/// source directory's mode; but where it exists below, BuildKit keeps its mode and owner. Which
+/// of the two it is only the layers below could say, and the fast path reads none of them: it
+/// asks the previous image's layer of that copy instead (`replaced(index)`, the copy's index),
+/// which records what BuildKit wrote there (see [`target_metadata`]).
 pub fn source_layers(
     context: &Path,
     dockerfile: &Path,
     swap: &SourceSwap,
     mtime: u64,
+    replaced: &mut dyn FnMut(usize) -> Result<Result<Vec<ListedEntry>, String>>,
 ) -> Result<Result<Vec<Layer>, String>> {
     let entries = context_entries(context, dockerfile)?;
     let mut existing: BTreeSet<String> = BTreeSet::from(["/".to_string()]);
@@ -260,9 +276,11 @@ pub fn source_layers(
         existing.insert(workdir.clone());
     }
     let mut layers = Vec::new();
-    for copy in &swap.copies {
+    for (index, copy) in swap.copies.iter().enumerate() {
         let refuse = |why: String| Ok(Err(format!("COPY line {}: {why}", copy.line)));
-        let mut tar = Vec::new();
+        // By path: a directory two sources both hold is written once, as the later one has it.
+        let mut tar: BTreeMap<String, TarEntry> = BTreeMap::new();
+        let mut replaced_entries: Option<Vec<ListedEntry>> = None;
         for source in &copy.sources {
             let found: Vec<_> = entries.iter().filter(|entry| under(&entry.relative, source)).collect();
             if let Some(link) = found.iter().find(|entry| matches!(entry.kind, EntryKind::Symlink { .. })) {
@@ -287,11 +305,31 @@ pub fn source_layers(
                     "{target_dir} is neither the WORKDIR nor made by these copies: what it is below decides the layer"
                 ));
             }
+            if source_is_dir && existing.insert(target.clone()) {
+                let listed = match replaced_entries {
+                    Some(ref listed) => listed,
+                    None => match replaced(index)? {
+                        Ok(listed) => replaced_entries.insert(listed),
+                        Err(why) => return refuse(why),
+                    },
+                };
+                let metadata = match target_metadata(&target, listed) {
+                    Ok(metadata) => metadata,
+                    Err(why) => return refuse(why),
+                };
+                let EntryMetadata { mode, uid, gid } = metadata;
+                let path = target[1..].to_string();
+                tar.insert(target.clone(), TarEntry { path, mode, uid, gid, mtime, kind: TarKind::Directory });
+            }
             for entry in found {
                 let Ok(relative) = std::str::from_utf8(&entry.relative) else {
                     return refuse(format!("the name {} is not UTF-8", String::from_utf8_lossy(&entry.relative)));
                 };
                 let rest = if source == "." { relative } else { relative[source.len()..].trim_start_matches('/') };
+                if rest.is_empty() && source_is_dir {
+                    // The target directory: made above, or one that exists and is only written into.
+                    continue;
+                }
                 let path = if rest.is_empty() { target.clone() } else { join(&target, rest) };
                 let on_disk = context.join(relative);
                 let mode = fs::symlink_metadata(&on_disk)
@@ -301,10 +339,7 @@ pub fn source_layers(
                     & 0o7777;
                 let kind = match &entry.kind {
                     EntryKind::Directory => {
-                        // A directory that exists already is only written into, as by BuildKit.
-                        if !existing.insert(path.clone()) {
-                            continue;
-                        }
+                        existing.insert(path.clone());
                         TarKind::Directory
                     }
                     EntryKind::File { path: file, .. } => {
@@ -312,32 +347,96 @@ pub fn source_layers(
                     }
                     EntryKind::Symlink { .. } => unreachable!("symlinks are refused above"),
                 };
-                tar.push(TarEntry { path: path[1..].to_string(), mode, uid: 0, gid: 0, mtime, kind });
-            }
-            if source == "." && !existing.contains(&target) {
-                let mode = fs::metadata(context)
-                    .with_context(|| format!("cannot read {}", context.display()))?
-                    .permissions()
-                    .mode()
-                    & 0o7777;
-                existing.insert(target.clone());
-                tar.push(TarEntry {
-                    path: target[1..].to_string(),
-                    mode,
-                    uid: 0,
-                    gid: 0,
-                    mtime,
-                    kind: TarKind::Directory,
-                });
+                tar.insert(path.clone(), TarEntry { path: path[1..].to_string(), mode, uid: 0, gid: 0, mtime, kind });
             }
         }
-        if tar.iter().any(|entry| entry.path.is_empty()) {
+        if tar.contains_key("/") {
             return refuse("it writes into / itself".into());
         }
-        tar.sort_by(|a, b| a.path.cmp(&b.path));
+        let tar: Vec<TarEntry> = tar.into_values().collect();
         layers.push(Layer::of(&tar).with_context(|| format!("cannot write the layer of COPY line {}", copy.line))?);
     }
     Ok(Ok(layers))
+}
+
+/// What BuildKit's `COPY` without `--chown` makes a new target directory: mode 0755 whatever
+/// the source directory's, owned by root (seen on dockerd 20.10's BuildKit).
+const NEW_TARGET: EntryMetadata = EntryMetadata { mode: 0o755, uid: 0, gid: 0 };
+
+/// The metadata the layer gives `target`, the directory a copy copies a directory into, which
+/// neither the `WORKDIR` nor an earlier trailing copy made, from the previous image's layer of
+/// that copy (`replaced`): BuildKit's record of it. As a new directory would have it: that. Not
+/// owned by root, which a `COPY` without `--chown` never makes: it exists below, and BuildKit
+/// kept it; so does the swap. Otherwise, or missing there, the layers below decide, and they are
+/// not read: refused, naming the path and both metadata.
+fn target_metadata(target: &str, replaced: &[ListedEntry]) -> Result<EntryMetadata, String> {
+    let Some(old) = replaced.iter().rfind(|entry| entry.path == target[1..]) else {
+        return Err(format!(
+            "the previous image's layer of it has no entry for {target}: the layers below decide what it is"
+        ));
+    };
+    if !old.directory {
+        return Err(format!("{target} is not a directory in the previous image's layer of it"));
+    }
+    if old.metadata == NEW_TARGET || old.metadata.uid != 0 || old.metadata.gid != 0 {
+        return Ok(old.metadata);
+    }
+    Err(format!(
+        "{target} has {} in the previous image, where a new directory has {NEW_TARGET}: it may exist below \
+         (BuildKit keeps its metadata) or have been written so by an earlier swap, and only the layers below could say",
+        old.metadata
+    ))
+}
+
+/// The entries of the previous image's layer made by the trailing copy `index` (of `copies`),
+/// its last layers being theirs: only that layer's blob is read from the registry (a small one
+/// of source files, never a layer below), unpacked by the `gzip` program through `runner`, and
+/// its tar headers listed. Or why not: a layer neither tar nor gzip (zstd).
+pub fn replaced_layer(
+    registry: &Registry,
+    runner: &dyn Runner,
+    repository: &str,
+    previous: &Manifest,
+    copies: usize,
+    index: usize,
+) -> Result<Result<Vec<ListedEntry>, String>> {
+    let manifest: Value = serde_json::from_slice(&previous.bytes).context("the previous manifest is not JSON")?;
+    let layers = manifest["layers"].as_array().context("the previous manifest lists no layers")?;
+    let Some(layer) = layers.len().checked_sub(copies).and_then(|start| layers.get(start + index)) else {
+        bail!("the previous manifest has fewer layers than the {copies} trailing copies");
+    };
+    let digest = layer["digest"].as_str().context("a layer of the previous manifest has no digest")?;
+    let media_type = layer["mediaType"].as_str().unwrap_or_default();
+    let blob = registry.blob(repository, digest)?;
+    let archive = if media_type.ends_with("gzip") {
+        gunzip(runner, &blob, digest)?
+    } else if media_type.ends_with(".tar") {
+        blob
+    } else {
+        return Ok(Err(format!(
+            "the previous image's layer {digest} is {media_type:?}, which the fast path does not unpack"
+        )));
+    };
+    let listed = list_tar(&archive).with_context(|| format!("cannot read the previous image's layer {digest}"))?;
+    Ok(Ok(listed))
+}
+
+/// `blob` unpacked by `gzip -d` (its own program: a decompression crate would cost cold-compile
+/// time, issue #15), through files in the temporary directory, removed again.
+fn gunzip(runner: &dyn Runner, blob: &[u8], digest: &str) -> Result<Vec<u8>> {
+    let name = format!("xtask-swap-{}-{}", std::process::id(), digest.trim_start_matches("sha256:"));
+    let (packed, unpacked) = (std::env::temp_dir().join(format!("{name}.gz")), std::env::temp_dir().join(name));
+    let unpack = || -> Result<Vec<u8>> {
+        fs::write(&packed, blob).with_context(|| format!("cannot write {}", packed.display()))?;
+        let gzip = Command::new("gzip").args(["-d", "-c"]);
+        runner.pipe(&Pipe { commands: vec![gzip], input: Some(packed.clone()), output: Some(unpacked.clone()) })?;
+        fs::read(&unpacked).with_context(|| format!("cannot read {}", unpacked.display()))
+    };
+    let archive = unpack();
+    for file in [&packed, &unpacked] {
+        let _ = fs::remove_file(file);
+    }
+    archive.with_context(|| format!("cannot unpack the previous image's layer {digest}"))
 }
 
 fn parent(path: &str) -> String {
@@ -655,23 +754,41 @@ mod tests {
         assert!(swap("ENV B=1\nWORKDIR /app\nCOPY intric ./intric\nARG V\nENV A=$V C=$B\nLABEL v=$A\n").is_ok());
     }
 
-    /// A build context with the backend's shape, and its swap.
+    /// A build context with the backend's shape, and its swap; and what the previous image's
+    /// layer of each copy lists (a new `/app/intric` for the second), and which of them the
+    /// layers asked for.
     struct Context {
         dir: tempfile::TempDir,
         swap: SourceSwap,
+        previous: Vec<Result<Vec<ListedEntry>, String>>,
+        asked: std::cell::RefCell<Vec<usize>>,
+    }
+
+    fn listed(path: &str, directory: bool, mode: u32, uid: u32, gid: u32) -> ListedEntry {
+        ListedEntry { path: path.into(), directory, metadata: EntryMetadata { mode, uid, gid } }
     }
 
     impl Context {
         fn new(ignore: &str) -> Context {
-            let dir = tempfile::tempdir().unwrap();
             let text = "FROM python\nWORKDIR /app\nCOPY alembic.ini ./\nCOPY intric ./intric\nCMD [\"x\"]\n";
-            std::fs::write(dir.path().join("Dockerfile"), text).unwrap();
-            std::fs::write(dir.path().join(".dockerignore"), ignore).unwrap();
-            let swap = source_swap(&Dockerfile::parse("Dockerfile", text).unwrap(), None).unwrap();
-            let context = Context { dir, swap };
+            let context = Context::of(text, ignore);
             context.write("alembic.ini", "[alembic]\n");
             context.write("intric/main.py", "print('hi')\n");
             context
+        }
+
+        /// The context of the Dockerfile `text`, whose previous layers list the targets as new.
+        fn of(text: &str, ignore: &str) -> Context {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("Dockerfile"), text).unwrap();
+            std::fs::write(dir.path().join(".dockerignore"), ignore).unwrap();
+            let swap = source_swap(&Dockerfile::parse("Dockerfile", text).unwrap(), None).unwrap();
+            let previous = swap
+                .copies
+                .iter()
+                .map(|copy| Ok(vec![listed("app", true, 0o755, 0, 0), listed(&copy.dest[1..], true, 0o755, 0, 0)]))
+                .collect();
+            Context { dir, swap, previous, asked: Default::default() }
         }
 
         fn write(&self, relative: &str, text: &str) {
@@ -681,18 +798,32 @@ mod tests {
         }
 
         fn layers(&self) -> Result<Vec<Layer>, String> {
-            source_layers(self.dir.path(), &self.dir.path().join("Dockerfile"), &self.swap, 1_700_000_000).unwrap()
+            let mut replaced = |index: usize| {
+                self.asked.borrow_mut().push(index);
+                Ok(self.previous[index].clone())
+            };
+            let dockerfile = self.dir.path().join("Dockerfile");
+            source_layers(self.dir.path(), &dockerfile, &self.swap, 1_700_000_000, &mut replaced).unwrap()
         }
 
-        /// Each layer's entries: path, directory or not, mode.
+        /// Each layer's entries as the tar lists them.
+        fn listings(&self) -> Vec<Vec<ListedEntry>> {
+            self.layers().unwrap().iter().map(|layer| list_tar(&unpack(&layer.blob)).unwrap()).collect()
+        }
+
+        /// Each layer's entries: path (a directory's with a trailing `/`), directory or not, mode.
         fn entries(&self) -> Vec<Vec<(String, bool, u32)>> {
-            self.layers().unwrap().iter().map(|layer| listing(&layer.blob)).collect()
+            let shown = |entry: &ListedEntry| {
+                let slash = if entry.directory { "/" } else { "" };
+                (format!("{}{slash}", entry.path), entry.directory, entry.metadata.mode)
+            };
+            self.listings().iter().map(|layer| layer.iter().map(shown).collect()).collect()
         }
     }
 
-    /// The entries of a layer we wrote (stored gzip: the tar follows the 10-byte header and
-    /// each 5-byte block header).
-    fn listing(blob: &[u8]) -> Vec<(String, bool, u32)> {
+    /// The tar of a layer we wrote (stored gzip: it follows the 10-byte header and each 5-byte
+    /// block header).
+    fn unpack(blob: &[u8]) -> Vec<u8> {
         let mut archive = Vec::new();
         let mut offset = 10;
         loop {
@@ -701,30 +832,9 @@ mod tests {
             archive.extend_from_slice(&blob[offset + 5..offset + 5 + length]);
             offset += 5 + length;
             if last == 1 {
-                break;
+                return archive;
             }
         }
-        let mut entries = Vec::new();
-        let mut offset = 0;
-        let mut long_name = None;
-        while archive[offset..offset + 512].iter().any(|&byte| byte != 0) {
-            let block = &archive[offset..offset + 512];
-            let field = |range: std::ops::Range<usize>| {
-                String::from_utf8(block[range].iter().copied().take_while(|&byte| byte != 0).collect()).unwrap()
-            };
-            let size = usize::from_str_radix(&field(124..135), 8).unwrap();
-            let body = &archive[offset + 512..offset + 512 + size];
-            offset += 512 + size.next_multiple_of(512);
-            if block[156] == b'x' {
-                let record = std::str::from_utf8(body).unwrap();
-                long_name = Some(record.split_once("path=").unwrap().1.trim_end().to_string());
-                continue;
-            }
-            let name = long_name.take().unwrap_or_else(|| field(0..100));
-            let mode = u32::from_str_radix(&field(100..107), 8).unwrap();
-            entries.push((name, block[156] == b'5', mode));
-        }
-        entries
     }
 
     fn entry(path: &str, directory: bool, mode: u32) -> (String, bool, u32) {
@@ -745,14 +855,18 @@ mod tests {
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(context.dir.path().join("intric/pkg"), std::fs::Permissions::from_mode(0o750))
             .unwrap();
+        let dir_mode =
+            std::fs::metadata(context.dir.path().join("intric/pkg/sub")).unwrap().permissions().mode() & 0o7777;
+        std::fs::set_permissions(context.dir.path().join("intric"), std::fs::Permissions::from_mode(0o700)).unwrap();
         let entries = context.entries();
         // The WORKDIR gets no entry: it exists below, and keeps its metadata.
         assert_eq!(entries[0], [entry("app/alembic.ini", false, 0o644)]);
-        let dir_mode = std::fs::metadata(context.dir.path().join("intric")).unwrap().permissions().mode() & 0o7777;
+        // The target is made as BuildKit makes it, whatever the source directory's mode;
+        // directories inside have theirs.
         assert_eq!(
             entries[1],
             [
-                entry("app/intric/", true, dir_mode),
+                entry("app/intric/", true, 0o755),
                 entry("app/intric/main.py", false, 0o644),
                 entry(&format!("app/{}/", long.rsplit_once('/').unwrap().0), true, dir_mode),
                 entry(&format!("app/{long}"), false, 0o644),
@@ -763,6 +877,72 @@ mod tests {
             ]
         );
         assert_eq!(context.layers().unwrap(), context.layers().unwrap(), "the same context, the same layers");
+        // Written three times: each time the layer of the copy that makes a directory is read, no other.
+        assert_eq!(*context.asked.borrow(), [1, 1, 1]);
+        assert!(context.listings()[1].iter().all(|entry| (entry.metadata.uid, entry.metadata.gid) == (0, 0)));
+    }
+
+    #[test]
+    fn a_target_that_exists_below_keeps_what_the_previous_layer_recorded_for_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut context = Context::new("");
+        context.write("intric/pkg/a.py", "");
+        std::fs::set_permissions(context.dir.path().join("intric/pkg"), std::fs::Permissions::from_mode(0o750))
+            .unwrap();
+        // BuildKit kept a 0750 directory of uid 1000 that a RUN made below; a directory inside
+        // it below took the source's metadata.
+        context.previous[1] = Ok(vec![
+            listed("app", true, 0o755, 0, 0),
+            listed("app/intric", true, 0o750, 1000, 1000),
+            listed("app/intric/pkg", true, 0o750, 0, 0),
+        ]);
+        let layers = context.listings();
+        assert_eq!(layers[1][0], listed("app/intric", true, 0o750, 1000, 1000));
+        assert_eq!(layers[1][2], listed("app/intric/pkg", true, 0o750, 0, 0));
+        // A setgid directory of another group, also kept.
+        context.previous[1] = Ok(vec![listed("app/intric", true, 0o2775, 0, 50)]);
+        assert_eq!(context.listings()[1][0], listed("app/intric", true, 0o2775, 0, 50));
+    }
+
+    #[test]
+    fn a_target_the_previous_layer_cannot_vouch_for_is_refused_naming_it() {
+        let mut context = Context::new("");
+        context.previous[1] = Ok(vec![listed("app/intric", true, 0o700, 0, 0)]);
+        assert_eq!(
+            context.layers().unwrap_err(),
+            "COPY line 4: /app/intric has mode 0700, owner 0:0 in the previous image, where a new directory has \
+             mode 0755, owner 0:0: it may exist below (BuildKit keeps its metadata) or have been written so by an \
+             earlier swap, and only the layers below could say"
+        );
+        context.previous[1] = Ok(vec![listed("app", true, 0o755, 0, 0)]);
+        assert_eq!(
+            context.layers().unwrap_err(),
+            "COPY line 4: the previous image's layer of it has no entry for /app/intric: the layers below decide what it is"
+        );
+        context.previous[1] = Ok(vec![listed("app/intric", false, 0o755, 0, 0)]);
+        assert_eq!(
+            context.layers().unwrap_err(),
+            "COPY line 4: /app/intric is not a directory in the previous image's layer of it"
+        );
+        context.previous[1] = Err("the previous image's layer sha256:x is \"zstd\"".into());
+        assert_eq!(context.layers().unwrap_err(), "COPY line 4: the previous image's layer sha256:x is \"zstd\"");
+    }
+
+    #[test]
+    fn a_directory_from_a_source_has_the_sources_metadata_also_where_an_earlier_copy_made_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let text = "FROM python\nWORKDIR /app\nCOPY lib ./lib\nCOPY extra ./\nCOPY . /all/\n";
+        let context = Context::of(text, "");
+        context.write("lib/a.py", "");
+        context.write("extra/lib/b.py", "");
+        std::fs::set_permissions(context.dir.path().join("extra/lib"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let entries = context.entries();
+        assert_eq!(entries[0], [entry("app/lib/", true, 0o755), entry("app/lib/a.py", false, 0o644)]);
+        // `extra`'s contents go into the WORKDIR, which gets no entry; its lib/ is the source's.
+        assert_eq!(entries[1], [entry("app/lib/", true, 0o700), entry("app/lib/b.py", false, 0o644)]);
+        // The whole context into a new directory: made as BuildKit makes one.
+        assert_eq!(entries[2][0], entry("all/", true, 0o755));
+        assert_eq!(*context.asked.borrow(), [0, 2]);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Blob calls of the registry client: whether a repository holds a blob, mounting one from
+//! Blob calls of the registry client: whether a repository holds a blob, reading a small one
+//! whole (an image config, the layer a source swap replaces), mounting one from
 //! another repository of the same registry (no bytes move), and uploading a small blob in one
 //! request (an image config), used where an image is assembled in the registry rather than
 //! built and pushed (`images::derived`); and bringing a blob over from another repository, on
@@ -43,6 +44,21 @@ impl Registry {
             404 => Ok(false),
             status => bail!("cannot check for blob {digest} in {}/{repository}: HTTP {status}", self.address),
         }
+    }
+
+    /// The bytes of the blob `digest` of `repository` (`GET /v2/<name>/blobs/<digest>`), checked
+    /// against the digest. Held in memory: for configs and small layers, never a base layer.
+    pub fn blob(&self, repository: &str, digest: &str) -> Result<Vec<u8>> {
+        let shown = || format!("cannot read blob {digest} of {}/{repository}", self.address);
+        let url = self.address.api_url(repository, &format!("blobs/{digest}"));
+        let reply = self.execute(&Call::new("GET", url, Some(self.scope(repository)))).with_context(shown)?;
+        if reply.status != 200 {
+            bail!("{}: HTTP {}: {}", shown(), reply.status, reply.errors());
+        }
+        if digest.starts_with("sha256:") && sha256_digest(&reply.body) != digest {
+            bail!("{}: the bytes do not match the digest", shown());
+        }
+        Ok(reply.body)
     }
 
     /// Makes the blob `digest` of `from` a blob of `repository` too, without moving its bytes
@@ -215,6 +231,7 @@ mod tests {
         let bytes = format!("a config of run {}", std::process::id()).into_bytes();
         let digest = registry.upload_blob(&source, &bytes).unwrap();
         assert_eq!(digest, super::sha256_digest(&bytes));
+        assert_eq!(registry.blob(&source, &digest).unwrap(), bytes);
         assert!(registry.has_blob(&source, &digest).unwrap());
         assert!(!registry.has_blob(&target, &digest).unwrap(), "another repository does not hold it yet");
         assert_eq!(registry.upload_blob(&source, &bytes).unwrap(), digest, "a second upload changes nothing");

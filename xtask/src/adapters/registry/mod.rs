@@ -364,15 +364,8 @@ impl Registry {
         let config_digest = parsed["config"]["digest"]
             .as_str()
             .with_context(|| format!("{}: the manifest names no config", context()))?;
-        let url = self.address.api_url(repository, &format!("blobs/{config_digest}"));
-        let reply = self.execute(&Call::new("GET", url, Some(self.scope(repository)))).with_context(context)?;
-        if reply.status != 200 {
-            bail!("{}: config blob {config_digest}: HTTP {}: {}", context(), reply.status, reply.errors());
-        }
-        if config_digest.starts_with("sha256:") && sha256_digest(&reply.body) != config_digest {
-            bail!("{}: the config blob does not match its digest {config_digest}", context());
-        }
-        serde_json::from_slice(&reply.body).with_context(|| format!("{}: the config blob is not JSON", context()))
+        let bytes = self.blob(repository, config_digest).with_context(context)?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{}: the config blob is not JSON", context()))
     }
 
     fn get_manifest(&self, repository: &str, reference: &str) -> Result<Option<Manifest>> {
