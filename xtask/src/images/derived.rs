@@ -661,7 +661,7 @@ impl Derivation {
         manifest["config"]["size"] = json!(config_bytes.len());
         let bytes = serde_json::to_vec(&manifest).context("cannot write the derived manifest")?;
         let derived = Manifest { media_type: base.media_type.clone(), digest: sha256_digest(&bytes), bytes };
-        put_config_and_tags(registry, repository, &config_bytes, &derived, &self.tags, log, task)?;
+        put_config_and_tags(registry, repository, &[], &config_bytes, &derived, &self.tags, log, task)?;
         Ok(derived)
     }
 }
@@ -681,26 +681,32 @@ pub fn show_config_and_tags(
     Ok(())
 }
 
-/// Uploads an image's new `config` (the one `manifest` names) to `repository`, then puts the
-/// new `manifest` under every tag (the last one last), each logged.
+/// Uploads an image's new layers (`new_layers`, none for a derived image) and its new `config`
+/// (the one `manifest` names) to `repository`, all at once, then puts the new `manifest` under
+/// every tag (the last one last), each logged.
+#[allow(clippy::too_many_arguments)]
 pub fn put_config_and_tags(
     registry: &Registry,
     repository: &str,
+    new_layers: &[&[u8]],
     config: &[u8],
     manifest: &Manifest,
     tags: &[String],
     log: &mut File,
     task: &TaskProgress,
 ) -> Result<()> {
-    let config_digest = registry.upload_blob(repository, config)?;
-    writeln!(log, "config {config_digest} uploaded ({} bytes)", config.len())?;
+    let blobs: Vec<&[u8]> = new_layers.iter().copied().chain([config]).collect();
+    let digests = at_once(&blobs, |blob| registry.upload_blob(repository, blob))?;
+    if let Some(config_digest) = digests.last() {
+        writeln!(log, "config {config_digest} uploaded ({} bytes)", config.len())?;
+    }
     for tag in tags {
         task.line(&format!("tag {repository}:{tag} -> {}", manifest.digest));
         writeln!(log, "PUT /v2/{repository}/manifests/{tag} ({})", manifest.digest)?;
     }
-    // Each tag is a round trip or three (the check, then the PUT), so they go at once; all but
-    // the last, which is the inputs marker: later builds take it to mean the image is complete
-    // under every tag, so it is put only once the others stand.
+    // Each tag is a round trip, so they go at once; all but the last, which is the inputs
+    // marker: later builds take it to mean the image is complete under every tag, so it is put
+    // only once the others stand.
     let Some((marker, others)) = tags.split_last() else { return Ok(()) };
     at_once(others, |tag| registry.put_new_manifest(repository, tag, manifest))?;
     registry.put_new_manifest(repository, marker, manifest)?;

@@ -592,12 +592,12 @@ impl SourceSwapStep {
         let manifest = swap_manifest(&self.from, &self.layers, &config)
             .with_context(|| format!("cannot swap the sources of {repository}:{from_tag}"))?;
         for (copy, layer) in self.swap.copies.iter().zip(&self.layers) {
-            registry.upload_blob(repository, &layer.blob)?;
-            let line = format!("COPY line {}: layer {} uploaded ({} bytes)", copy.line, layer.digest, layer.blob.len());
+            let line = format!("COPY line {}: new layer {} ({} bytes)", copy.line, layer.digest, layer.blob.len());
             task.line(&line);
             writeln!(log, "{line}")?;
         }
-        put_config_and_tags(registry, repository, &config, &manifest, &self.tags, log, task)?;
+        let new_layers: Vec<&[u8]> = self.layers.iter().map(|layer| layer.blob.as_slice()).collect();
+        put_config_and_tags(registry, repository, &new_layers, &config, &manifest, &self.tags, log, task)?;
         Ok(manifest)
     }
 }
