@@ -1,17 +1,31 @@
 //! The operator tasks end to end on the offline lab, with a real engine, the lab registry and the
 //! stack's real Postgres and Redis: `env init` → `deploy` → rows through the API → `update` to a
-//! version with a migration → `update` to a version whose backend is unhealthy (rolled back) →
-//! `rollback` → `backup`, `restore` into a fresh stack → two concurrent updates → `kill -9`
-//! during an update and a re-run → no secret in any output or log.
+//! release → `update` to a version whose backend is unhealthy (rolled back) → `rollback` →
+//! `backup`, `restore` into a fresh stack → two concurrent updates → `kill -9` during an update
+//! and a re-run → no secret in any output or log.
+//!
+//! The release is the one a release manager makes from a fast-path build: v1 is built by
+//! BuildKit (the first build in the namespace, so `dev-latest`), v2 only adds an alembic
+//! migration, so its backend is v1's with the trailing COPYs' layers swapped in the registry
+//! and its worker is derived from that backend's manifest (the build summary says so); then
+//! the real `release X.Y.Z --execute`, in a clone whose origin is a bare repository on disk
+//! (the release lock and the `vX.Y.Z` push go there), promotes v2's images, and `update`
+//! deploys that version: its migration runs, the containers run the release tag and the
+//! backend's manifest is the swapped one.
 //!
 //! It needs a Docker engine: with `CI` set a missing engine fails it; elsewhere it says why it
-//! did nothing. Its project (`intric-deploy-e2e`) and ports (24000, 29123) are its own.
+//! did nothing. Its project (`intric-deploy-e2e`), ports (24000, 29123) and registry namespace
+//! (`deploy-e2e-<pid>-<seconds>` below the lab registry, so its `dev-latest` and release tags are its own)
+//! are its own; the local tags of that namespace are removed at the end.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::Instant;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use common::*;
 
@@ -22,6 +36,8 @@ const BACKEND_PORT: &str = "29123";
 const CANARY: &str = "sk-canary-deploy-e2e-5f2c81d0a7b4e9";
 const V1: &str = "deploy-e2e-v1";
 const V2: &str = "deploy-e2e-v2";
+/// The release promoted from v2's images.
+const RELEASE: &str = "1.0.0";
 const BROKEN: &str = "deploy-e2e-unhealthy";
 
 /// A deployment directory driven by the xtask, taken down with its volumes when dropped.
@@ -163,13 +179,40 @@ fn error_line(output: &Output) -> String {
     errors[0].to_string()
 }
 
-/// Builds and pushes three versions from snapshots: v1 as is, v2 with a migration, and a broken
-/// one whose backend answers its healthcheck with 500.
-fn build_versions() {
-    let env = lab_env();
+/// One image's entry in a build's or a release's JSON summary.
+fn image<'a>(summary: &'a Value, service: &str) -> &'a Value {
+    summary["images"].as_array().unwrap().iter().find(|image| image["service"] == service).unwrap()
+}
+
+/// `build --push --tag <tag>` of the snapshot's HEAD into `registry`: the summary.
+fn push_version(repo: &Path, registry: &str, tag: &str, env: &[(String, String)]) -> Value {
+    let started = Instant::now();
+    let (output, summary) = build(repo, &["--push", "--tag", tag, "--registry", registry], env);
+    assert_success(&output, &format!("build {tag}"));
+    let summary = summary.expect("build --json prints JSON");
+    eprintln!("timing: {tag} built in {:.1} s: {:?}", started.elapsed().as_secs_f64(), results(&summary));
+    summary
+}
+
+/// Builds and pushes into `registry` (a namespace of this test's own) from a snapshot whose
+/// origin is a bare repository: v1 as is, v2 with a migration, promoted to [`RELEASE`] with
+/// `release --execute`, and a broken one whose backend answers its healthcheck with 500.
+/// Returns the manifest digest of v2's (swapped) backend.
+fn build_versions(registry: &str) -> String {
+    // The lab's base images and login; the registry is the namespace, given with --registry.
+    let env: Vec<(String, String)> = lab_env().into_iter().filter(|(key, _)| key != "NEXUS_REGISTRY").collect();
     let repo = snapshot();
-    let (output, _) = build(repo.path(), &["--push", "--tag", V1], &env);
-    assert_success(&output, "build v1");
+    let remote = tempfile::tempdir().unwrap();
+    let origin = remote.path().join("origin.git");
+    git(remote.path(), &["clone", "-q", "--bare", repo.path().to_str().unwrap(), origin.to_str().unwrap()]);
+    git(repo.path(), &["remote", "add", "origin", origin.to_str().unwrap()]);
+    git(repo.path(), &["fetch", "-q", "origin"]);
+
+    // v1 is the namespace's first build: BuildKit builds it, and it becomes dev-latest.
+    let summary = push_version(repo.path(), registry, V1, &env);
+    let backend = image(&summary, "backend");
+    assert!(matches!(backend["result"].as_str(), Some("built" | "cached")), "v1 by BuildKit: {summary}");
+    assert_eq!(backend["path"], "BuildKit: no dev-latest image to swap the sources of", "{summary}");
 
     std::fs::write(
         repo.path().join("backend/alembic/versions/0002_deploy_e2e_note.py"),
@@ -196,9 +239,44 @@ def downgrade() -> None:
 "#,
     )
     .unwrap();
-    commit_all(repo.path(), "a migration");
-    let (output, _) = build(repo.path(), &["--push", "--tag", V2], &env);
-    assert_success(&output, "build v2");
+    commit_all(repo.path(), "feat(db): a migration");
+    git(repo.path(), &["push", "-q", "origin", "main"]);
+    // Only files under the backend's trailing COPYs changed since dev-latest (v1): the fast path.
+    let summary = push_version(repo.path(), registry, V2, &env);
+    let backend = image(&summary, "backend");
+    assert_eq!(backend["result"], "swapped", "v2's backend: {summary}");
+    assert!(backend["path"].as_str().unwrap().starts_with("source swap on dev-latest: "), "{summary}");
+    assert_eq!(image(&summary, "worker")["result"], "derived", "v2's worker: {summary}");
+    assert_eq!(image(&summary, "worker")["path"], "derived from backend's manifest (metadata only)");
+    let swapped = backend["digest"].as_str().unwrap().to_string();
+
+    // The release manager's step: promote v2's images under the lock on origin.
+    let release = xtask(
+        &["release", RELEASE, "--execute", "--json", "--repo", repo.path().to_str().unwrap(), "--registry", registry],
+        &env,
+        repo.path(),
+    );
+    assert_success(&release, "release --execute");
+    let report: Value = serde_json::from_slice(&release.stdout).unwrap();
+    assert_eq!(report["executed"], true, "{report}");
+    // Each image's release tags are put on v2's manifest itself (the swapped backend, the
+    // derived worker, the frontend), not on a copy.
+    for service in ["backend", "worker", "frontend"] {
+        let promoted = image(&report, service);
+        assert_eq!(promoted["digest"], image(&summary, service)["digest"], "{service}: {report}");
+        assert!(promoted["tags"].as_array().unwrap().iter().any(|tag| tag == RELEASE), "{service}: {report}");
+    }
+    let lab_registry = LabRegistry::new();
+    let namespace = registry.split_once('/').unwrap().1;
+    let (status, bytes) = lab_registry.get(
+        &format!("/v2/{namespace}/intric/backend/manifests/{RELEASE}"),
+        "application/vnd.docker.distribution.manifest.v2+json",
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(format!("sha256:{:x}", Sha256::digest(&bytes)), swapped, "{RELEASE} is the swapped manifest");
+    let tags = stdout(&run("git", &["ls-remote", "--tags", origin.to_str().unwrap()], repo.path()));
+    assert!(tags.contains(&format!("refs/tags/v{RELEASE}")), "v{RELEASE} pushed to origin: {tags}");
+    assert!(!tags.contains("release-lock"), "the release lock is released: {tags}");
 
     let api = repo.path().join("backend/intric/api.py");
     let source = std::fs::read_to_string(&api).unwrap();
@@ -209,8 +287,27 @@ def downgrade() -> None:
     assert_ne!(source, broken, "the healthz route moved: update this test");
     std::fs::write(&api, broken).unwrap();
     commit_all(repo.path(), "an unhealthy backend");
-    let (output, _) = build(repo.path(), &["--push", "--tag", BROKEN], &env);
-    assert_success(&output, "build the unhealthy version");
+    push_version(repo.path(), registry, BROKEN, &env);
+    swapped
+}
+
+/// The image each container of `service` runs (as named) and that image's registry digests.
+fn running(deployment: &Deployment, service: &str) -> Vec<(String, String)> {
+    let listed = deployment.compose(&["ps", "--quiet", service]);
+    assert_success(&listed, &format!("compose ps {service}"));
+    String::from_utf8_lossy(&listed.stdout)
+        .split_whitespace()
+        .map(|container| {
+            let inspect =
+                run("docker", &["inspect", "--format", "{{.Config.Image}} {{.Image}}", container], Path::new("."));
+            assert_success(&inspect, "docker inspect");
+            let text = String::from_utf8_lossy(&inspect.stdout).trim().to_string();
+            let (name, id) = text.split_once(' ').unwrap();
+            let digests = run("docker", &["image", "inspect", "--format", "{{json .RepoDigests}}", id], Path::new("."));
+            assert_success(&digests, "docker image inspect");
+            (name.to_string(), String::from_utf8_lossy(&digests.stdout).trim().to_string())
+        })
+        .collect()
 }
 
 #[test]
@@ -221,14 +318,18 @@ fn deploy_update_rollback_backup_restore_lock_and_kill() {
     }
     let started = Instant::now();
     let lab = lab();
-    build_versions();
+    let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let registry = format!("{}/deploy-e2e-{}-{seconds}", lab["NEXUS_REGISTRY"], std::process::id());
+    // Declared before the deployment, so dropped after its containers are gone.
+    let _images = LocalImagesUnder(format!("{registry}/"));
+    let swapped = build_versions(&registry);
     eprintln!("timing: three versions built in {:.1} s", started.elapsed().as_secs_f64());
 
     // env init, then the settings of this lab.
     let deployment = Deployment::new();
     deployment.ok(&["env", "init"]);
     for (key, value) in [
-        ("NEXUS_REGISTRY", lab["NEXUS_REGISTRY"].as_str()),
+        ("NEXUS_REGISTRY", registry.as_str()),
         ("NEXUS_USERNAME", lab["NEXUS_USERNAME"].as_str()),
         ("NEXUS_PASSWORD", lab["NEXUS_PASSWORD"].as_str()),
         ("IMAGE_TAG", V1),
@@ -270,10 +371,11 @@ fn deploy_update_rollback_backup_restore_lock_and_kill() {
     });
     let rows = deployment.job_ids();
 
-    // update to v2: its migration is applied with the new image, the rows are kept.
+    // update to the release promoted from v2: its migration is applied with the new image, the
+    // rows are kept, and the containers run the release tag, the backend the swapped manifest.
     let step = Instant::now();
-    let updated = deployment.ok(&["update", "--tag", V2, "--timeout", "240"]);
-    assert!(updated.contains(&format!("update {V1} -> {V2} done")), "{updated}");
+    let updated = deployment.ok(&["update", "--tag", RELEASE, "--timeout", "240"]);
+    assert!(updated.contains(&format!("update {V1} -> {RELEASE} done")), "{updated}");
     assert_eq!(deployment.psql("select version_num from alembic_version"), "0002");
     assert_eq!(
         deployment.psql(
@@ -282,26 +384,36 @@ fn deploy_update_rollback_backup_restore_lock_and_kill() {
         "1"
     );
     assert_eq!(deployment.job_ids(), rows);
-    assert_eq!(deployment.env_value("IMAGE_TAG"), V2);
+    assert_eq!(deployment.env_value("IMAGE_TAG"), RELEASE);
+    for service in ["backend", "worker", "frontend"] {
+        let containers = running(&deployment, service);
+        assert!(!containers.is_empty(), "{service} runs");
+        for (name, _) in &containers {
+            assert_eq!(name, &format!("{registry}/intric/{service}:{RELEASE}"), "{service}");
+        }
+    }
+    for (_, digests) in running(&deployment, "backend") {
+        assert!(digests.contains(&format!("{registry}/intric/backend@{swapped}")), "the swapped backend: {digests}");
+    }
     assert!(answers());
-    eprintln!("timing: update to v2 {:.1} s", step.elapsed().as_secs_f64());
+    eprintln!("timing: update to the release {:.1} s", step.elapsed().as_secs_f64());
 
     // update to an unhealthy version: rolled back automatically, the app answers, rows intact.
     let step = Instant::now();
     let failed = deployment.xtask(&["update", "--tag", BROKEN, "--timeout", "150"]);
     let error = error_line(&failed);
-    assert!(error.contains(&format!("failed and was rolled back to {V2}, which is running again")), "{error}");
+    assert!(error.contains(&format!("failed and was rolled back to {RELEASE}, which is running again")), "{error}");
     assert!(error.contains("the database was NOT restored") && error.contains("/backups/intric_"), "{error}");
-    assert_eq!(deployment.env_value("IMAGE_TAG"), V2);
+    assert_eq!(deployment.env_value("IMAGE_TAG"), RELEASE);
     assert!(answers());
     assert_eq!(deployment.job_ids(), rows);
     assert_eq!(deployment.history().last().unwrap()["result"], "rolled-back");
     eprintln!("timing: failed update and automatic rollback {:.1} s", step.elapsed().as_secs_f64());
 
-    // rollback: to the tag deployed before v2, keeping the newer schema it does not know.
+    // rollback: to the tag deployed before the release, keeping the newer schema it does not know.
     let step = Instant::now();
     let rolled = deployment.ok(&["rollback", "--timeout", "240"]);
-    assert!(rolled.contains(&format!("rollback {V2} -> {V1} done")), "{rolled}");
+    assert!(rolled.contains(&format!("rollback {RELEASE} -> {V1} done")), "{rolled}");
     assert!(rolled.contains("which this image does not know"), "{rolled}");
     assert_eq!(deployment.env_value("IMAGE_TAG"), V1);
     assert!(answers());
@@ -330,10 +442,10 @@ fn deploy_update_rollback_backup_restore_lock_and_kill() {
 
     // Two updates at once: the second is refused, naming the first.
     let step = Instant::now();
-    let mut first_update = deployment.spawn(&["update", "--tag", V2, "--timeout", "240"], "first-update.log");
+    let mut first_update = deployment.spawn(&["update", "--tag", RELEASE, "--timeout", "240"], "first-update.log");
     let lock = deployment.path().join(".deploy.lock");
     eventually(60, "the first update to take the lock", || lock.exists().then_some(()));
-    let refused = deployment.xtask(&["update", "--tag", V2]);
+    let refused = deployment.xtask(&["update", "--tag", RELEASE]);
     let error = error_line(&refused);
     assert!(
         error.contains("holds the lock") && error.contains(&format!("pid {} (update,", first_update.id())),
@@ -341,7 +453,7 @@ fn deploy_update_rollback_backup_restore_lock_and_kill() {
     );
     assert!(first_update.wait().unwrap().success(), "{}", deployment.log("first-update.log"));
     deployment.log("first-update.log");
-    assert_eq!(deployment.env_value("IMAGE_TAG"), V2);
+    assert_eq!(deployment.env_value("IMAGE_TAG"), RELEASE);
     assert!(!lock.exists(), "the lock is released");
     eprintln!("timing: concurrent updates {:.1} s", step.elapsed().as_secs_f64());
 
@@ -356,7 +468,7 @@ fn deploy_update_rollback_backup_restore_lock_and_kill() {
     assert!(lock.exists(), "a killed update leaves its lock");
     let converged = deployment.ok(&["update", "--tag", V1, "--timeout", "240"]);
     assert!(converged.contains(&format!("taking over the stale lock left by pid {pid} (update")), "{converged}");
-    assert!(converged.contains(&format!("update {V2} -> {V1} done")), "{converged}");
+    assert!(converged.contains(&format!("update {RELEASE} -> {V1} done")), "{converged}");
     assert_eq!(deployment.env_value("IMAGE_TAG"), V1);
     assert!(answers());
     assert_eq!(deployment.job_ids(), rows);
