@@ -110,25 +110,6 @@ fn worker_becomes_healthy(prefix: &str, image: &str, what: &str) {
     assert_eq!(health, "healthy");
 }
 
-/// The local tags below these registry prefixes, removed when dropped (also when the test fails).
-struct LocalTags(Vec<String>);
-
-impl Drop for LocalTags {
-    fn drop(&mut self) {
-        for prefix in &self.0 {
-            let filter = format!("reference={prefix}/*/*");
-            let listing = run(
-                "docker",
-                &["image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "--filter", &filter],
-                &workspace(),
-            );
-            for reference in String::from_utf8_lossy(&listing.stdout).lines() {
-                run("docker", &["image", "rm", reference], &workspace());
-            }
-        }
-    }
-}
-
 /// Every entry of an image's filesystem (`docker create` + `docker export`), mtimes aside:
 /// path, type, mode, uid, gid, size, content hash and link target, read by Python's tarfile (a
 /// tar reader we did not write).
@@ -259,7 +240,8 @@ fn the_derived_worker_is_buildkits_worker_stage_and_runs() {
     let namespace = format!("fast-path-e2e-{}", std::process::id());
     let derived_registry = format!("{host}/{namespace}");
     let buildkit_registry = format!("{host}/{namespace}-buildkit");
-    let _local_tags = LocalTags(vec![derived_registry.clone(), buildkit_registry.clone()]);
+    let _local_tags =
+        [LocalImagesUnder(format!("{derived_registry}/")), LocalImagesUnder(format!("{buildkit_registry}/"))];
 
     let (output, summary) = build(repo.path(), &["--push", "--registry", &derived_registry, "backend", "worker"], &env);
     assert_success(&output, "build --push backend worker");
@@ -327,7 +309,8 @@ fn a_source_swap_is_the_image_buildkit_builds_and_runs() {
     let namespace = format!("fast-path-swap-{}", std::process::id());
     let swapped_registry = format!("{host}/{namespace}");
     let buildkit_registry = format!("{host}/{namespace}-buildkit");
-    let _local_tags = LocalTags(vec![swapped_registry.clone(), buildkit_registry.clone()]);
+    let _local_tags =
+        [LocalImagesUnder(format!("{swapped_registry}/")), LocalImagesUnder(format!("{buildkit_registry}/"))];
     let source = dir.join("backend/intric");
     let write = |relative: &str, text: &str| {
         let path = source.join(relative);
@@ -436,7 +419,8 @@ fn a_target_directory_that_exists_below_keeps_its_metadata_and_one_that_may_is_r
     let namespace = format!("fast-path-meta-{}", std::process::id());
     let swapped_registry = format!("{host}/{namespace}");
     let buildkit_registry = format!("{host}/{namespace}-buildkit");
-    let _local_tags = LocalTags(vec![swapped_registry.clone(), buildkit_registry.clone()]);
+    let _local_tags =
+        [LocalImagesUnder(format!("{swapped_registry}/")), LocalImagesUnder(format!("{buildkit_registry}/"))];
     let write = |relative: &str, text: &str| {
         let path = dir.join(relative);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
