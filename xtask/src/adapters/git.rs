@@ -93,8 +93,11 @@ pub struct Reading<'r> {
     pub origin: bool,
     /// Given every tag's name, the one whose ancestry of HEAD to ask at once, the question
     /// [`Repo::commits_after`] is expected to get first: its index among the names, if any.
-    pub likely_ancestor: Option<&'r dyn Fn(&[&str]) -> Option<usize>>,
+    pub likely_ancestor: Option<PickTag<'r>>,
 }
+
+/// Picks one of the tag names it is given, by its index.
+pub type PickTag<'r> = &'r dyn Fn(&[&str]) -> Option<usize>;
 
 impl Reading<'_> {
     /// Everything, asking no ancestry in advance.
@@ -596,7 +599,7 @@ fn object_id(id: &str) -> Result<&str> {
 fn all_hex(bytes: &[u8]) -> bool {
     let mut index = 0;
     while index < bytes.len() {
-        if !matches!(bytes[index], b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') {
+        if !bytes[index].is_ascii_hexdigit() {
             return false;
         }
         index += 1;
@@ -808,7 +811,7 @@ impl RefFiles {
     /// The tag that `pick` picks of all tags, and HEAD: the question of [`Reading::likely_ancestor`]
     /// as (tag name, the tag's object id, HEAD's id). A loose tag's own object id will do:
     /// rev-list peels an annotated tag itself.
-    fn ancestry(&self, pick: &dyn Fn(&[&str]) -> Option<usize>) -> Option<(String, String, String)> {
+    fn ancestry(&self, pick: PickTag) -> Option<(String, String, String)> {
         let names: Vec<&str> = self.tags.iter().map(|tag| tag.name.as_str()).collect();
         let tag = self.tags.get(pick(&names)?)?;
         let id = match &tag.commit {
