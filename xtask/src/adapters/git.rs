@@ -75,6 +75,9 @@ pub struct Repo<'a> {
     /// HEAD's committer time; `None` when HEAD is unborn or [`Reading::commit_time`] did not ask.
     head_time: Option<i64>,
     refs: Refs,
+    /// Tags whose commit was not read: loose tags not on HEAD, when [`Reading::tag_commits`]
+    /// did not ask for every tag's commit.
+    unpeeled: Vec<String>,
     shallow: bool,
     /// The branch `refs/remotes/origin/HEAD` points at.
     origin_head: Option<String>,
@@ -87,6 +90,10 @@ pub struct Repo<'a> {
 /// What [`Repo::open_reading`] reads besides what every caller needs (HEAD, the branch, the
 /// working tree's state, the tags, the default branch and whether the clone is shallow).
 pub struct Reading<'r> {
+    /// Whether to read the commit of every tag ([`Repo::tags`]); without it only
+    /// [`Repo::tag_names`] and [`Repo::head_tags`] answer, which costs less where tags are
+    /// loose refs: git then peels them only to find those on HEAD.
+    pub tag_commits: bool,
     /// Whether to read HEAD's commit time: [`Repo::head`] needs it, [`Repo::head_id`] not.
     pub commit_time: bool,
     /// Whether to read the origin's URL ([`Repo::origin_url`]).
@@ -101,7 +108,8 @@ pub type PickTag<'r> = &'r dyn Fn(&[&str]) -> Option<usize>;
 
 impl Reading<'_> {
     /// Everything, asking no ancestry in advance.
-    pub const EVERYTHING: Reading<'static> = Reading { commit_time: true, origin: true, likely_ancestor: None };
+    pub const EVERYTHING: Reading<'static> =
+        Reading { tag_commits: true, commit_time: true, origin: true, likely_ancestor: None };
 }
 
 /// The commit HEAD points at.
@@ -189,6 +197,7 @@ impl<'a> Repo<'a> {
             status: Status::default(),
             head_time: None,
             refs: Refs::default(),
+            unpeeled: Vec::new(),
             shallow: false,
             origin_head: None,
             origin: None,
@@ -204,12 +213,14 @@ impl<'a> Repo<'a> {
             "--no-renames",
         ]);
         // Every ref (`--dereference` adds what each tag peels to: from packed-refs, where
-        // `git clone` and `git gc` record it, else from the tag objects).
+        // `git clone` and `git gc` record it, else from the tag objects), or the tags on HEAD.
         let refs = match &files {
             None => Some(repo.git(["show-ref", "--dereference"])),
-            Some(files) if files.tags.iter().any(|tag| tag.commit.is_none()) => {
-                Some(repo.git(["show-ref", "--dereference", "--tags"]))
-            }
+            Some(files) if files.tags.iter().any(|tag| tag.commit.is_none()) => Some(if reading.tag_commits {
+                repo.git(["show-ref", "--dereference", "--tags"])
+            } else {
+                repo.git(["for-each-ref", "--points-at=HEAD", "--format=%(refname)", "refs/tags"])
+            }),
             Some(_) => None,
         };
         let head_commit = reading.commit_time.then(|| repo.git(["cat-file", "commit", "HEAD"]));
@@ -242,12 +253,12 @@ impl<'a> Repo<'a> {
         // its failure says so best.
         repo.status = parse_status(&repo.succeeded(status?, "read the working tree status")?)
             .with_context(|| format!("cannot read the working tree status of {}", path.display()))?;
-        // No refs at all is exit status 1 without output, an answer too.
-        let shown = match refs.transpose()? {
+        // No refs at all is exit status 1 without output (from show-ref), an answer too.
+        let listed = match refs.transpose()? {
             Some(refs) if refs.status.code() == Some(1) && refs.stdout.is_empty() && refs.stderr.is_empty() => {
-                Some(Refs::default())
+                Some(String::new())
             }
-            Some(refs) => Some(parse_refs(&repo.succeeded(refs, "read the tags")?)),
+            Some(refs) => Some(repo.succeeded(refs, "read the tags")?),
             None => None,
         };
         if let (Some(_), Some(head_commit)) = (&repo.status.head, head_commit) {
@@ -259,15 +270,34 @@ impl<'a> Repo<'a> {
         }
         match files {
             Some(files) => {
-                let tags = match shown {
-                    Some(shown) => shown.tags,
+                let mut tags = match listed {
+                    Some(listed) if reading.tag_commits => parse_refs(&listed).tags,
+                    // The tags on HEAD, one `refs/tags/<name>` a line.
+                    Some(listed) => {
+                        let head = repo.status.head.clone().unwrap_or_default();
+                        let on_head: Vec<&str> =
+                            listed.lines().filter_map(|line| line.strip_prefix("refs/tags/")).collect();
+                        let mut tags = Vec::new();
+                        for tag in files.tags {
+                            match tag.commit {
+                                Some(commit) => tags.push(Tag { name: tag.name, commit }),
+                                None if on_head.contains(&tag.name.as_str()) => {
+                                    tags.push(Tag { name: tag.name, commit: head.clone() })
+                                }
+                                None => repo.unpeeled.push(tag.name),
+                            }
+                        }
+                        tags
+                    }
                     None => files.tags.into_iter().filter_map(FileTag::into_tag).collect(),
                 };
+                // In name order, as show-ref lists them (git's own lists come sorted already).
+                tags.sort_unstable_by(|a, b| a.name.cmp(&b.name));
                 repo.refs = Refs { tags, main_or_master: files.main_or_master };
                 (repo.shallow, repo.origin_head) = (files.shallow, files.origin_head);
             }
             None => {
-                repo.refs = shown.unwrap_or_default();
+                repo.refs = parse_refs(&listed.unwrap_or_default());
                 let shallow = repo.succeeded(
                     shallow.context("the shallow state was not read")??,
                     "tell whether the clone is shallow",
@@ -319,7 +349,22 @@ impl<'a> Repo<'a> {
     /// version number can describe one) comes with that object's id: it never equals HEAD,
     /// and [`Repo::commits_after`] finds it in no history.
     pub fn tags(&self) -> Result<Vec<Tag>> {
+        ensure!(self.unpeeled.is_empty(), "the commits of the tags in {} were not read", self.path.display());
         Ok(self.refs.tags.clone())
+    }
+
+    /// The name of every tag, in no particular order.
+    pub fn tag_names(&self) -> Vec<String> {
+        self.refs.tags.iter().map(|tag| tag.name.clone()).chain(self.unpeeled.iter().cloned()).collect()
+    }
+
+    /// The names of the tags on HEAD's commit, in the order of their names.
+    pub fn head_tags(&self) -> Vec<String> {
+        let Some(head) = &self.status.head else { return Vec::new() };
+        let mut names: Vec<String> =
+            self.refs.tags.iter().filter(|tag| &tag.commit == head).map(|tag| tag.name.clone()).collect();
+        names.sort_unstable();
+        names
     }
 
     /// Whether `ancestor` is `descendant` or one of its ancestors.
@@ -595,7 +640,7 @@ fn object_id(id: &str) -> Result<&str> {
 }
 
 /// Whether every byte is a hex digit. A plain loop: it runs for every ref in packed-refs, and
-/// the debug build the xtask runs as spends many times longer in iterator adapters.
+/// the debug build the xtask runs as spends twice as long in iterator adapters.
 fn all_hex(bytes: &[u8]) -> bool {
     let mut index = 0;
     while index < bytes.len() {
@@ -730,7 +775,7 @@ impl FileTag {
 struct RefFiles {
     /// HEAD's commit id; `None` on an unborn branch.
     head: Option<String>,
-    /// Every tag, sorted by name as `show-ref` lists them.
+    /// Every tag: those of packed-refs in its order, then the loose ones.
     tags: Vec<FileTag>,
     /// The directory with the shared refs, where [`RefFiles::loose_tag`] reads.
     common_dir: PathBuf,
@@ -802,7 +847,6 @@ impl RefFiles {
             // A loose ref is newer than its packed copy.
             tags.retain(|tag| !loose_tags.contains(&tag.name));
             tags.extend(loose_tags.into_iter().map(|name| FileTag { name, commit: None }));
-            tags.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         }
         let shallow = common_dir.join("shallow").exists();
         Some(RefFiles { head, tags, common_dir, main_or_master, shallow, origin_head })
@@ -1303,8 +1347,9 @@ mod tests {
         assert_eq!(files.main_or_master, ["main", "master"], "local main, origin's master");
         assert_eq!(files.origin_head.as_deref(), Some("master"));
         assert!(files.shallow);
-        let tags: Vec<(&str, Option<&str>)> =
+        let mut tags: Vec<(&str, Option<&str>)> =
             files.tags.iter().map(|tag| (tag.name.as_str(), tag.commit.as_deref())).collect();
+        tags.sort();
         // The loose v2.0.0 replaces its packed copy; loose refs are peeled by git.
         assert_eq!(tags, [("release/v1", None), ("v1.0.0", Some(TAGGED)), ("v2.0.0", None)]);
         let newest = |names: &[&str]| names.iter().position(|name| *name == "v2.0.0");
@@ -1387,7 +1432,7 @@ mod tests {
             }
         });
         let pick = |names: &[&str]| names.iter().position(|name| *name == "v1.0.0");
-        let reading = Reading { commit_time: true, origin: true, likely_ancestor: Some(&pick) };
+        let reading = Reading { tag_commits: true, commit_time: true, origin: true, likely_ancestor: Some(&pick) };
         let repo = Repo::open_reading(&runner, dir.path(), &reading).unwrap();
         assert_eq!(repo.tags().unwrap(), [Tag { name: "v1.0.0".into(), commit: TAGGED.into() }]);
         assert_eq!((repo.default_branch().as_deref(), repo.is_shallow()), (Some("main"), false));
@@ -1400,7 +1445,7 @@ mod tests {
 
         // The tags alone: only the status.
         let runner = Recording::replying(repository);
-        let reading = Reading { commit_time: false, origin: false, likely_ancestor: None };
+        let reading = Reading { tag_commits: false, commit_time: false, origin: false, likely_ancestor: None };
         let repo = Repo::open_reading(&runner, dir.path(), &reading).unwrap();
         assert_eq!(runner.executed().len(), 1, "{:#?}", runner.executed());
         assert_eq!(repo.head_id().unwrap(), HEAD);
@@ -1413,13 +1458,74 @@ mod tests {
         let dir = tree(&[(".git/HEAD", &format!("{HEAD}\n")), (".git/refs/tags/v1.0.0", &format!("{TAG_OBJECT}\n"))]);
         let runner = Recording::replying(repository_with_ancestry);
         let pick = |_: &[&str]| Some(0);
-        let reading = Reading { commit_time: true, origin: false, likely_ancestor: Some(&pick) };
+        let reading = Reading { tag_commits: true, commit_time: true, origin: false, likely_ancestor: Some(&pick) };
         let repo = Repo::open_reading(&runner, dir.path(), &reading).unwrap();
         assert_eq!(repo.tags().unwrap(), [Tag { name: "v1.0.0".into(), commit: TAGGED.into() }]);
         assert_eq!(repo.commits_after(TAGGED, HEAD).unwrap(), Some(4), "answered by the tag object's rev-list");
         let executed = runner.executed();
         assert_eq!(executed.len(), 4, "status, show-ref --tags, cat-file, rev-list: {executed:#?}");
         assert!(!executed.iter().any(|command| command.contains(" rev-parse ")), "{executed:#?}");
+    }
+
+    #[test]
+    fn without_every_commit_git_peels_loose_tags_only_to_find_those_on_head() {
+        let dir = tree(&[
+            (
+                ".git/HEAD",
+                &format!(
+                    "{HEAD}
+"
+                ),
+            ),
+            (
+                ".git/refs/tags/v1.0.0",
+                &format!(
+                    "{TAG_OBJECT}
+"
+                ),
+            ),
+            (
+                ".git/refs/tags/v1.1.0",
+                &format!(
+                    "{TAG_OBJECT}
+"
+                ),
+            ),
+            (
+                ".git/refs/tags/b-light",
+                &format!(
+                    "{HEAD}
+"
+                ),
+            ),
+            (
+                ".git/packed-refs",
+                &format!(
+                    "{PEELED}{TAG_OBJECT} refs/tags/a-packed
+^{HEAD}
+"
+                ),
+            ),
+        ]);
+        let runner = Recording::replying(|shown| {
+            if shown.contains(" for-each-ref --points-at=HEAD '--format=%(refname)' refs/tags") {
+                Ok("refs/tags/b-light
+refs/tags/v1.1.0
+"
+                .into())
+            } else {
+                repository(shown)
+            }
+        });
+        let reading = Reading { tag_commits: false, commit_time: false, origin: false, likely_ancestor: None };
+        let repo = Repo::open_reading(&runner, dir.path(), &reading).unwrap();
+        assert_eq!(repo.head_tags(), ["a-packed", "b-light", "v1.1.0"]);
+        let mut names = repo.tag_names();
+        names.sort();
+        assert_eq!(names, ["a-packed", "b-light", "v1.0.0", "v1.1.0"]);
+        let error = repo.tags().unwrap_err().to_string();
+        assert!(error.contains("commits of the tags") && error.contains("were not read"), "{error}");
+        assert_eq!(runner.executed().len(), 2, "status and for-each-ref: {:#?}", runner.executed());
     }
 
     #[test]

@@ -143,7 +143,7 @@ pub struct Inputs {
     pub branch: Option<String>,
     /// Names of the tags on HEAD in git.
     pub head_tags: Vec<String>,
-    /// Names of all tags in git.
+    /// Names of all tags in git, in no particular order.
     pub all_tags: Vec<String>,
     /// The default branch according to git.
     pub default_branch: Option<String>,
@@ -184,8 +184,8 @@ pub fn resolve_tags(runner: &dyn Runner, repo: &Path, stage: StageChoice, env: &
 /// Reads the git facts of `repo` that the tag rules need, and the CI variables and IMAGE_TAG
 /// of `env`.
 pub fn read_inputs(runner: &dyn Runner, repo_path: &Path, env: &Env) -> Result<Inputs> {
-    let reading = git::Reading { commit_time: false, origin: false, likely_ancestor: None };
-    let (inputs, _, _) = read_repository(runner, repo_path, env, &reading)?;
+    let reading = git::Reading { tag_commits: false, commit_time: false, origin: false, likely_ancestor: None };
+    let (inputs, _) = read_repository(runner, repo_path, env, &reading)?;
     Ok(inputs)
 }
 
@@ -193,40 +193,43 @@ pub fn read_inputs(runner: &dyn Runner, repo_path: &Path, env: &Env) -> Result<I
 /// The ancestry of the newest stable release is asked as the repository is read, so the usual
 /// case costs no process after the others.
 pub fn read_all(runner: &dyn Runner, repo_path: &Path, env: &Env) -> Result<(Inputs, Provenance)> {
-    let reading = git::Reading { commit_time: true, origin: true, likely_ancestor: Some(&newest_stable_release) };
-    let (inputs, repo, tags) = read_repository(runner, repo_path, env, &reading)?;
-    let (last_release, commits_since_release) = last_release(&repo, &inputs.revision, &tags)?;
+    let reading = git::Reading {
+        tag_commits: true,
+        commit_time: true,
+        origin: true,
+        likely_ancestor: Some(&newest_stable_release),
+    };
+    let (inputs, repo) = read_repository(runner, repo_path, env, &reading)?;
+    let (last_release, commits_since_release) = last_release(&repo, &inputs.revision, &repo.tags()?)?;
     let provenance =
         Provenance { commit_time: repo.head()?.time, last_release, commits_since_release, origin: repo.origin_url() };
     Ok((inputs, provenance))
 }
 
 /// Opens `repo_path` reading what `reading` asks, and reads the [`Inputs`] from it and `env`;
-/// also returns the repository and its tags for further questions.
+/// also returns the repository for further questions.
 fn read_repository<'r>(
     runner: &'r dyn Runner,
     repo_path: &Path,
     env: &Env,
     reading: &git::Reading,
-) -> Result<(Inputs, git::Repo<'r>, Vec<git::Tag>)> {
+) -> Result<(Inputs, git::Repo<'r>)> {
     let ci = CiContext::detect(env)?;
     // An empty IMAGE_TAG is how env files and compose leave it unset, so it adds nothing.
     let image_tag = env.get("IMAGE_TAG").filter(|tag| !tag.is_empty()).cloned();
     let repo = git::Repo::open_reading(runner, repo_path, reading)?;
-    let revision = repo.head_id()?;
-    let tags = repo.tags()?;
     let inputs = Inputs {
+        revision: repo.head_id()?,
         branch: repo.branch()?,
-        head_tags: tags.iter().filter(|tag| tag.commit == revision).map(|tag| tag.name.clone()).collect(),
-        all_tags: tags.iter().map(|tag| tag.name.clone()).collect(),
+        head_tags: repo.head_tags(),
+        all_tags: repo.tag_names(),
         default_branch: repo.default_branch(),
         worktree: repo.worktree()?,
         shallow: repo.is_shallow(),
         ci,
         image_tag,
-        revision,
     };
-    Ok((inputs, repo, tags))
+    Ok((inputs, repo))
 }
 
 /// Of the tag names `names`, the index of the highest stable release: the tag whose ancestry
