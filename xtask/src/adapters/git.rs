@@ -4,10 +4,12 @@
 //! git is installed wherever the xtask runs (CI clones with it, developers work with it), and
 //! the parts of its command line used here are made to be parsed: the porcelain v2 status,
 //! `show-ref` and plumbing commands. Linking libgit2 instead cost a cold build of the xtask a
-//! minute of C compilation. [`Repo::open`] reads everything the tag engine needs in a few
-//! processes that run at once; the other queries run one process each. Callers get plain
-//! values (hex ids, names, unix seconds), so the rules built on top of them stay unit-testable
-//! (the runner's `Recording` answers for git in the unit tests). A new query is a method that
+//! minute of C compilation. [`Repo::open_reading`] reads what the tag engine needs in a few
+//! processes that run at once, and the refs from git's own files where their layout is the
+//! plain one (a file read costs microseconds, a git process milliseconds); the other queries
+//! run one process each. Callers get plain values (hex ids, names, unix seconds), so the
+//! rules built on top of them stay unit-testable (the runner's `Recording` answers for git in
+//! the unit tests, and a temporary directory holds the ref files). A new query is a method that
 //! builds its command with `Repo::git` (`git_in` outside a repository), runs it through the
 //! runner and words a failure with `Repo::succeeded`.
 //!
@@ -216,11 +218,16 @@ impl<'a> Repo<'a> {
         // `git clone` and `git gc` record it, else from the tag objects), or the tags on HEAD.
         let refs = match &files {
             None => Some(repo.git(["show-ref", "--dereference"])),
-            Some(files) if files.tags.iter().any(|tag| tag.commit.is_none()) => Some(if reading.tag_commits {
-                repo.git(["show-ref", "--dereference", "--tags"])
-            } else {
-                repo.git(["for-each-ref", "--points-at=HEAD", "--format=%(refname)", "refs/tags"])
-            }),
+            Some(files) if files.tags.iter().any(|tag| tag.commit.is_none()) => {
+                match (reading.tag_commits, &files.head) {
+                    (true, _) => Some(repo.git(["show-ref", "--dereference", "--tags"])),
+                    (false, Some(_)) => {
+                        Some(repo.git(["for-each-ref", "--points-at=HEAD", "--format=%(refname)", "refs/tags"]))
+                    }
+                    // No tag is on an unborn HEAD, which git could not even resolve.
+                    (false, None) => None,
+                }
+            }
             Some(_) => None,
         };
         let head_commit = reading.commit_time.then(|| repo.git(["cat-file", "commit", "HEAD"]));
@@ -272,9 +279,10 @@ impl<'a> Repo<'a> {
             Some(files) => {
                 let mut tags = match listed {
                     Some(listed) if reading.tag_commits => parse_refs(&listed).tags,
-                    // The tags on HEAD, one `refs/tags/<name>` a line.
-                    Some(listed) => {
+                    // Each loose tag git found on HEAD, one `refs/tags/<name>` a line.
+                    listed => {
                         let head = repo.status.head.clone().unwrap_or_default();
+                        let listed = listed.unwrap_or_default();
                         let on_head: Vec<&str> =
                             listed.lines().filter_map(|line| line.strip_prefix("refs/tags/")).collect();
                         let mut tags = Vec::new();
@@ -289,7 +297,6 @@ impl<'a> Repo<'a> {
                         }
                         tags
                     }
-                    None => files.tags.into_iter().filter_map(FileTag::into_tag).collect(),
                 };
                 // In name order, as show-ref lists them (git's own lists come sorted already).
                 tags.sort_unstable_by(|a, b| a.name.cmp(&b.name));
@@ -759,12 +766,6 @@ struct FileTag {
     /// The object it peels to, as packed-refs records it; `None` for a loose ref, whose
     /// object may be an annotated tag, which only the object database can peel.
     commit: Option<String>,
-}
-
-impl FileTag {
-    fn into_tag(self) -> Option<Tag> {
-        Some(Tag { commit: self.commit?, name: self.name })
-    }
 }
 
 /// The refs as git keeps them in its files, read without starting a git process: the formats
@@ -1526,6 +1527,15 @@ refs/tags/v1.1.0
         let error = repo.tags().unwrap_err().to_string();
         assert!(error.contains("commits of the tags") && error.contains("were not read"), "{error}");
         assert_eq!(runner.executed().len(), 2, "status and for-each-ref: {:#?}", runner.executed());
+
+        // On an unborn HEAD no tag is on it, and git is not asked.
+        let unborn =
+            tree(&[(".git/HEAD", "ref: refs/heads/main\n"), (".git/refs/tags/v1.0.0", &format!("{TAG_OBJECT}\n"))]);
+        let runner = Recording::replying(|_| Ok("# branch.oid (initial)\0# branch.head main\0".into()));
+        let repo = Repo::open_reading(&runner, unborn.path(), &reading).unwrap();
+        assert_eq!((repo.tag_names(), repo.head_tags()), (vec!["v1.0.0".to_string()], Vec::<String>::new()));
+        assert!(repo.head_id().unwrap_err().to_string().contains("has no commits yet"));
+        assert_eq!(runner.executed().len(), 1, "the status alone: {:#?}", runner.executed());
     }
 
     #[test]
