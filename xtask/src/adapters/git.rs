@@ -179,7 +179,8 @@ impl<'a> Repo<'a> {
     /// The refs come from git's own files where their layout is the plain one ([`RefFiles`]),
     /// which costs no process; otherwise from `git show-ref` and `git rev-parse`. Loose tag
     /// refs may name annotated tags, whose commit only the object says: then `git show-ref
-    /// --tags` peels them. With the refs read from files, the ancestry of the tag that
+    /// --tags` peels them, or, when `reading` needs no tag's commit, `git for-each-ref
+    /// --points-at=HEAD` finds those on HEAD. With the refs read from files, the ancestry of the tag that
     /// `reading` picks is asked at once too (`git rev-list`), so the usual question of
     /// [`Repo::commits_after`] is already answered. The processes run at once; the status,
     /// which reads the whole work tree, is usually the longest.
@@ -205,8 +206,8 @@ impl<'a> Repo<'a> {
             origin: None,
             known_ancestry: Vec::new(),
         };
-        // The caller's repository variables do not reach the git processes (see `git_in`), nor
-        // the files read here; `GIT_NAMESPACE` only scopes what a remote advertises.
+        // The caller's repository variables reach neither the git processes (see `git_in`) nor
+        // these reads.
         let files = RefFiles::read(&canonical);
         let status = repo.git(["--no-optional-locks", "status", "--porcelain=v2", "-z", "--branch"]).args([
             // Every untracked file, not just its directory, and no rename detection: the
@@ -277,30 +278,12 @@ impl<'a> Repo<'a> {
         }
         match files {
             Some(files) => {
-                let mut tags = match listed {
-                    Some(listed) if reading.tag_commits => parse_refs(&listed).tags,
-                    // Each loose tag git found on HEAD, one `refs/tags/<name>` a line.
-                    listed => {
-                        let head = repo.status.head.clone().unwrap_or_default();
-                        let listed = listed.unwrap_or_default();
-                        let on_head: Vec<&str> =
-                            listed.lines().filter_map(|line| line.strip_prefix("refs/tags/")).collect();
-                        let mut tags = Vec::new();
-                        for tag in files.tags {
-                            match tag.commit {
-                                Some(commit) => tags.push(Tag { name: tag.name, commit }),
-                                None if on_head.contains(&tag.name.as_str()) => {
-                                    tags.push(Tag { name: tag.name, commit: head.clone() })
-                                }
-                                None => repo.unpeeled.push(tag.name),
-                            }
-                        }
-                        tags
-                    }
+                let head = repo.status.head.as_deref().unwrap_or_default();
+                let (tags, unpeeled) = match listed {
+                    Some(listed) if reading.tag_commits => (parse_refs(&listed).tags, Vec::new()),
+                    listed => peel_on_head(files.tags, &listed.unwrap_or_default(), head),
                 };
-                // In name order, as show-ref lists them (git's own lists come sorted already).
-                tags.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-                repo.refs = Refs { tags, main_or_master: files.main_or_master };
+                (repo.refs, repo.unpeeled) = (Refs { tags, main_or_master: files.main_or_master }, unpeeled);
                 (repo.shallow, repo.origin_head) = (files.shallow, files.origin_head);
             }
             None => {
@@ -766,6 +749,23 @@ struct FileTag {
     /// The object it peels to, as packed-refs records it; `None` for a loose ref, whose
     /// object may be an annotated tag, which only the object database can peel.
     commit: Option<String>,
+}
+
+/// The tags of the ref files, in name order as show-ref lists them, given the loose tags that
+/// `git for-each-ref --points-at=HEAD` found on `head` (one `refs/tags/<name>` a line); and the
+/// names of the loose tags not on HEAD, whose commits stay unknown.
+fn peel_on_head(file_tags: Vec<FileTag>, on_head: &str, head: &str) -> (Vec<Tag>, Vec<String>) {
+    let on_head: Vec<&str> = on_head.lines().filter_map(|line| line.strip_prefix("refs/tags/")).collect();
+    let (mut tags, mut unpeeled) = (Vec::new(), Vec::new());
+    for tag in file_tags {
+        match tag.commit {
+            Some(commit) => tags.push(Tag { name: tag.name, commit }),
+            None if on_head.contains(&tag.name.as_str()) => tags.push(Tag { name: tag.name, commit: head.to_string() }),
+            None => unpeeled.push(tag.name),
+        }
+    }
+    tags.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    (tags, unpeeled)
 }
 
 /// The refs as git keeps them in its files, read without starting a git process: the formats
@@ -1263,7 +1263,7 @@ mod tests {
     }
 
     #[test]
-    fn open_reads_the_state_in_five_processes_and_answers_from_it() {
+    fn without_ref_files_open_reads_the_state_in_five_processes() {
         let dir = tempfile::tempdir().unwrap();
         let runner = Recording::replying(repository);
         let repo = Repo::open(&runner, dir.path()).unwrap();
