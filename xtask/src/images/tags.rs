@@ -244,7 +244,8 @@ fn newest_stable_release(names: &[&str]) -> Option<usize> {
 /// The highest stable release contained in HEAD's history, and the commits since it.
 ///
 /// Candidates are tried from the highest version down, so the usual case (the newest release
-/// is an ancestor) costs one git process walking back to that release; each miss (a newer
+/// is an ancestor) costs one git process walking back to that release, which [`read_all`]
+/// started beside the others (see [`newest_stable_release`]); each miss (a newer
 /// release on another line, as when HEAD is a backport branch) walks only back to the merge base.
 fn last_release(repo: &git::Repo, head: &str, tags: &[git::Tag]) -> Result<(Option<Version>, u64)> {
     let mut stable: Vec<(Version, &str)> = tags
