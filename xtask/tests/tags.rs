@@ -709,3 +709,108 @@ fn a_token_in_the_origin_url_never_reaches_the_build_plan() {
         "the source label is the URL without its credentials:\n{shown}"
     );
 }
+
+/// A repository state to read: the directories that hold it, the work tree to read and the
+/// git directory with its shared refs.
+struct State {
+    _dirs: Vec<TempDir>,
+    work_tree: std::path::PathBuf,
+    common_dir: std::path::PathBuf,
+}
+
+impl State {
+    fn of(repo: Repo) -> State {
+        let (work_tree, common_dir) = (repo.path().to_path_buf(), repo.path().join(".git"));
+        State { _dirs: vec![repo.dir], work_tree, common_dir }
+    }
+
+    /// What `tags` prints (tags on stdout, notes on stderr) and what `tags --json` prints.
+    fn outputs(&self) -> (String, String, String) {
+        let plain = xtask(&self.work_tree, &[], &[]);
+        let json = xtask(&self.work_tree, &["--json"], &[]);
+        assert!(plain.status.success() && json.status.success(), "{}", String::from_utf8_lossy(&json.stderr));
+        let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+        (text(plain.stdout), text(plain.stderr), text(json.stdout))
+    }
+}
+
+/// The states the ref files come in: loose tags (annotated and lightweight), packed refs with
+/// a newer loose tag, a linked work tree, a shallow detached clone, a detached HEAD on a tag,
+/// and a clone on a feature branch whose default branch comes from origin/HEAD. Each is built
+/// from the same fixed dates, so building one twice gives the same commit ids.
+fn states() -> Vec<(&'static str, State)> {
+    let released = || {
+        let repo = Repo::new("main");
+        repo.tag("v1.0.0");
+        repo.commits(2);
+        repo.git(&["tag", "light"]);
+        repo.tag("v1.1.0");
+        repo
+    };
+    let loose = released();
+    let packed = released();
+    packed.git(&["pack-refs", "--all"]);
+    packed.commits(1);
+    packed.tag("v1.2.0");
+    let worktree = released();
+    let linked = tempfile::tempdir().unwrap();
+    let linked_path = linked.path().join("wt");
+    worktree.git(&["worktree", "add", "--quiet", "-b", "topic", &linked_path.display().to_string()]);
+    let in_worktree = Repo { dir: linked, clock: Cell::new(600) };
+    in_worktree.git(&["-C", "wt", "commit", "--quiet", "--allow-empty", "-m", "on topic"]);
+    let worktree = State {
+        work_tree: linked_path,
+        common_dir: worktree.path().join(".git"),
+        _dirs: vec![worktree.dir, in_worktree.dir],
+    };
+    let upstream = released();
+    upstream.commits(1);
+    let shallow = upstream.shallow_detached_clone();
+    let detached = released();
+    detached.git(&["checkout", "--quiet", "--detach", "v1.0.0"]);
+    let feature = Repo { dir: tempfile::tempdir().unwrap(), clock: Cell::new(0) };
+    feature.git(&["clone", "--quiet", &upstream.path().display().to_string(), "."]);
+    feature.git(&["checkout", "--quiet", "-b", "feature/refs"]);
+    vec![
+        ("loose tags", State::of(loose)),
+        ("packed refs and a newer loose tag", State::of(packed)),
+        ("linked work tree", worktree),
+        ("shallow detached clone", State::of(shallow)),
+        ("detached HEAD on a tag", State::of(detached)),
+        ("feature branch of a clone", State::of(feature)),
+    ]
+}
+
+#[test]
+fn the_ref_files_give_what_git_itself_gives() {
+    let expected_tags = [
+        vec!["1.1.0", "1.1", "1", "latest"],
+        vec!["1.2.0", "1.2", "1", "latest"],
+        vec!["topic"],
+        vec![],
+        vec!["1.0.0", "1.0"],
+        vec!["feature-refs"],
+    ];
+    let (read_from_files, read_by_git) = (states(), states());
+    for (((name, files), (_, git)), expected) in read_from_files.iter().zip(&read_by_git).zip(expected_tags) {
+        // Without the `peeled` trait packed-refs cannot say which tags are annotated, so the
+        // xtask leaves all refs to git (show-ref, rev-parse), as for any unusual layout.
+        let run = |args: &[&str]| {
+            let status = Command::new("git").arg("-C").arg(&git.work_tree).args(args).status().unwrap();
+            assert!(status.success(), "{name}: git {args:?}");
+        };
+        run(&["pack-refs", "--all"]);
+        let packed_refs = git.common_dir.join("packed-refs");
+        let text = std::fs::read_to_string(&packed_refs).unwrap();
+        let (header, rest) = text.split_once('\n').unwrap();
+        assert!(header.contains(" peeled"), "{name}: {header}");
+        std::fs::write(&packed_refs, format!("# pack-refs with: sorted \n{rest}")).unwrap();
+
+        let (tags, notes, json) = files.outputs();
+        let by_git = git.outputs();
+        assert_eq!((&tags, &notes, &json), (&by_git.0, &by_git.1, &by_git.2), "{name}");
+        let report: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(strings(&report["tags"])[1..], expected, "{name}: {report}");
+        assert_eq!(tags.lines().collect::<Vec<_>>(), strings(&report["tags"]), "{name}");
+    }
+}

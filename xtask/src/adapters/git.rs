@@ -4,10 +4,12 @@
 //! git is installed wherever the xtask runs (CI clones with it, developers work with it), and
 //! the parts of its command line used here are made to be parsed: the porcelain v2 status,
 //! `show-ref` and plumbing commands. Linking libgit2 instead cost a cold build of the xtask a
-//! minute of C compilation. [`Repo::open`] reads everything the tag engine needs in a few
-//! processes that run at once; the other queries run one process each. Callers get plain
-//! values (hex ids, names, unix seconds), so the rules built on top of them stay unit-testable
-//! (the runner's `Recording` answers for git in the unit tests). A new query is a method that
+//! minute of C compilation. [`Repo::open_reading`] reads what the tag engine needs in a few
+//! processes that run at once, and the refs from git's own files where their layout is the
+//! plain one (a file read costs microseconds, a git process milliseconds); the other queries
+//! run one process each. Callers get plain values (hex ids, names, unix seconds), so the
+//! rules built on top of them stay unit-testable (the runner's `Recording` answers for git in
+//! the unit tests, and a temporary directory holds the ref files). A new query is a method that
 //! builds its command with `Repo::git` (`git_in` outside a repository), runs it through the
 //! runner and words a failure with `Repo::succeeded`.
 //!
@@ -72,13 +74,44 @@ pub struct Repo<'a> {
     /// The directory above the work tree, where git must stop looking for a repository.
     ceiling: Option<String>,
     status: Status,
-    /// HEAD's committer time; `None` when HEAD is unborn.
+    /// HEAD's committer time; `None` when HEAD is unborn or [`Reading::commit_time`] did not ask.
     head_time: Option<i64>,
     refs: Refs,
+    /// Tags whose commit was not read: loose tags not on HEAD, when [`Reading::tag_commits`]
+    /// did not ask for every tag's commit.
+    unpeeled: Vec<String>,
     shallow: bool,
     /// The branch `refs/remotes/origin/HEAD` points at.
     origin_head: Option<String>,
     origin: Option<String>,
+    /// Answers of [`Repo::commits_after`] read with the state: (ancestor, descendant) and the
+    /// count.
+    known_ancestry: Vec<((String, String), Option<u64>)>,
+}
+
+/// What [`Repo::open_reading`] reads besides what every caller needs (HEAD, the branch, the
+/// working tree's state, the tags, the default branch and whether the clone is shallow).
+pub struct Reading<'r> {
+    /// Whether to read the commit of every tag ([`Repo::tags`]); without it only
+    /// [`Repo::tag_names`] and [`Repo::head_tags`] answer, which costs less where tags are
+    /// loose refs: git then peels them only to find those on HEAD.
+    pub tag_commits: bool,
+    /// Whether to read HEAD's commit time: [`Repo::head`] needs it, [`Repo::head_id`] not.
+    pub commit_time: bool,
+    /// Whether to read the origin's URL ([`Repo::origin_url`]).
+    pub origin: bool,
+    /// Given every tag's name, the one whose ancestry of HEAD to ask at once, the question
+    /// [`Repo::commits_after`] is expected to get first: its index among the names, if any.
+    pub likely_ancestor: Option<PickTag<'r>>,
+}
+
+/// Picks one of the tag names it is given, by its index.
+pub type PickTag<'r> = &'r dyn Fn(&[&str]) -> Option<usize>;
+
+impl Reading<'_> {
+    /// Everything, asking no ancestry in advance.
+    pub const EVERYTHING: Reading<'static> =
+        Reading { tag_commits: true, commit_time: true, origin: true, likely_ancestor: None };
 }
 
 /// The commit HEAD points at.
@@ -131,15 +164,31 @@ struct Refs {
 }
 
 impl<'a> Repo<'a> {
+    /// Opens the repository whose work tree is exactly `path` and reads everything (see
+    /// [`Repo::open_reading`]), asking no ancestry in advance.
+    pub fn open(runner: &'a dyn Runner, path: &Path) -> Result<Repo<'a>> {
+        Repo::open_reading(runner, path, &Reading::EVERYTHING)
+    }
+
     /// Opens the repository whose work tree is exactly `path`, reading its state once: HEAD,
-    /// the branch and the changed files (`git status`), every ref with the commits tags name
-    /// (`git show-ref`), HEAD's commit time, whether the clone is shallow and where origin's
-    /// HEAD points (`git rev-parse`), and the origin's URL. The five processes run at once; the
-    /// status, which reads the whole work tree, is usually the longest.
+    /// the branch and the changed files (`git status`), every tag with the commit it names,
+    /// which of main and master exist, whether the clone is shallow and where origin's HEAD
+    /// points; and what `reading` asks for: HEAD's commit time (`git cat-file`), the origin's
+    /// URL (`git remote`) and one ancestry.
+    ///
+    /// The refs come from git's own files where their layout is the plain one ([`RefFiles`]),
+    /// which costs no process; otherwise from `git show-ref` and `git rev-parse`. Loose tag
+    /// refs may name annotated tags, whose commit only the object says: then `git show-ref
+    /// --tags` peels them, or, when `reading` needs no tag's commit, `git for-each-ref
+    /// --points-at=HEAD` finds those on HEAD. With the refs read from files, the ancestry of the tag that
+    /// `reading` picks is asked at once too (`git rev-list`), so the usual question of
+    /// [`Repo::commits_after`] is already answered. The processes run at once; the status,
+    /// which reads the whole work tree, is usually the longest.
     ///
     /// No search upwards: `--repo` names the repository, and silently using an enclosing one
-    /// would tag the wrong project (`GIT_CEILING_DIRECTORIES` stops git at the parent).
-    pub fn open(runner: &'a dyn Runner, path: &Path) -> Result<Repo<'a>> {
+    /// would tag the wrong project (`GIT_CEILING_DIRECTORIES` stops git at the parent, and
+    /// the files are looked for in `path/.git` only).
+    pub fn open_reading(runner: &'a dyn Runner, path: &Path, reading: &Reading) -> Result<Repo<'a>> {
         let canonical = path.canonicalize().map_err(|error| {
             anyhow!("{} is not a git repository: {error}; run inside a clone or pass --repo", path.display())
         })?;
@@ -151,10 +200,15 @@ impl<'a> Repo<'a> {
             status: Status::default(),
             head_time: None,
             refs: Refs::default(),
+            unpeeled: Vec::new(),
             shallow: false,
             origin_head: None,
             origin: None,
+            known_ancestry: Vec::new(),
         };
+        // The caller's repository variables reach neither the git processes (see `git_in`) nor
+        // these reads.
+        let files = RefFiles::read(&canonical);
         let status = repo.git(["--no-optional-locks", "status", "--porcelain=v2", "-z", "--branch"]).args([
             // Every untracked file, not just its directory, and no rename detection: the
             // digest covers each path on its own, as it always has.
@@ -162,55 +216,115 @@ impl<'a> Repo<'a> {
             "--no-renames",
         ]);
         // Every ref (`--dereference` adds what each tag peels to: from packed-refs, where
-        // `git clone` and `git gc` record it, without reading the tag objects).
-        let refs = repo.git(["show-ref", "--dereference"]);
-        let head_commit = repo.git(["cat-file", "commit", "HEAD"]);
+        // `git clone` and `git gc` record it, else from the tag objects), or the tags on HEAD.
+        let refs = match &files {
+            None => Some(repo.git(["show-ref", "--dereference"])),
+            Some(files) if files.tags.iter().any(|tag| tag.commit.is_none()) => {
+                match (reading.tag_commits, &files.head) {
+                    (true, _) => Some(repo.git(["show-ref", "--dereference", "--tags"])),
+                    (false, Some(_)) => {
+                        Some(repo.git(["for-each-ref", "--points-at=HEAD", "--format=%(refname)", "refs/tags"]))
+                    }
+                    // No tag is on an unborn HEAD, which git could not even resolve.
+                    (false, None) => None,
+                }
+            }
+            Some(_) => None,
+        };
+        let head_commit = reading.commit_time.then(|| repo.git(["cat-file", "commit", "HEAD"]));
         // Nothing for a missing origin/HEAD: `--revs-only` drops what is no revision.
-        let shallow = repo
-            .git(["rev-parse", "--is-shallow-repository", "--revs-only", "--symbolic-full-name"])
-            .arg("refs/remotes/origin/HEAD");
-        let origin = repo.git(["remote", "get-url", "origin"]);
-        let (status, refs, head_commit, shallow, origin) = std::thread::scope(|scope| {
-            let read = |command| scope.spawn(move || runner.output(command));
-            let (refs, head_commit, shallow, origin) = (read(&refs), read(&head_commit), read(&shallow), read(&origin));
-            let joined = |thread: std::thread::ScopedJoinHandle<'_, Result<Finished>>| {
-                thread.join().unwrap_or_else(|_| Err(anyhow!("a git process's reader panicked")))
-            };
-            (runner.output(&status), joined(refs), joined(head_commit), joined(shallow), joined(origin))
+        let shallow = files.is_none().then(|| {
+            repo.git(["rev-parse", "--is-shallow-repository", "--revs-only", "--symbolic-full-name"])
+                .arg("refs/remotes/origin/HEAD")
+        });
+        let origin = reading.origin.then(|| repo.git(["remote", "get-url", "origin"]));
+        let probe = match files.as_ref().zip(reading.likely_ancestor).and_then(|(files, pick)| files.ancestry(pick)) {
+            Some((name, ancestor, head)) => {
+                let command = repo.ancestry_command(&ancestor, &head)?;
+                Some((name, head, command))
+            }
+            None => None,
+        };
+        let (status, [refs, head_commit, shallow, origin, probe_answer]) = std::thread::scope(|scope| {
+            let started = [refs.as_ref(), head_commit.as_ref(), shallow.as_ref(), origin.as_ref()]
+                .into_iter()
+                .chain([probe.as_ref().map(|(_, _, command)| command)])
+                .map(|command| command.map(|command| scope.spawn(move || runner.output(command))))
+                .collect::<Vec<_>>();
+            let status = runner.output(&status);
+            let mut joined = started.into_iter().map(|thread| {
+                thread.map(|thread| thread.join().unwrap_or_else(|_| Err(anyhow!("a git process's reader panicked"))))
+            });
+            (status, std::array::from_fn(|_| joined.next().flatten()))
         });
         // The status goes first: when the path is no repository at all, every read fails, and
         // its failure says so best.
         repo.status = parse_status(&repo.succeeded(status?, "read the working tree status")?)
             .with_context(|| format!("cannot read the working tree status of {}", path.display()))?;
-        // No refs at all is exit status 1 without output, an answer too.
-        let refs = refs?;
-        let no_refs = refs.status.code() == Some(1) && refs.stdout.is_empty() && refs.stderr.is_empty();
-        repo.refs = if no_refs { Refs::default() } else { parse_refs(&repo.succeeded(refs, "read the tags")?) };
-        if repo.status.head.is_some() {
+        // No refs at all is exit status 1 without output (from show-ref), an answer too.
+        let listed = match refs.transpose()? {
+            Some(refs) if refs.status.code() == Some(1) && refs.stdout.is_empty() && refs.stderr.is_empty() => {
+                Some(String::new())
+            }
+            Some(refs) => Some(repo.succeeded(refs, "read the tags")?),
+            None => None,
+        };
+        if let (Some(_), Some(head_commit)) = (&repo.status.head, head_commit) {
             let commit = repo.succeeded(head_commit?, "read HEAD's commit")?;
             repo.head_time = Some(
                 committer_time(&commit)
                     .with_context(|| format!("HEAD's commit in {} has no committer line", path.display()))?,
             );
         }
-        let shallow = repo.succeeded(shallow?, "tell whether the clone is shallow")?;
-        let mut lines = shallow.lines();
-        repo.shallow = lines.next() == Some("true");
-        repo.origin_head =
-            lines.next().and_then(|target| target.strip_prefix("refs/remotes/origin/")).map(str::to_string);
+        match files {
+            Some(files) => {
+                let head = repo.status.head.as_deref().unwrap_or_default();
+                let (tags, unpeeled) = match listed {
+                    Some(listed) if reading.tag_commits => (parse_refs(&listed).tags, Vec::new()),
+                    listed => peel_on_head(files.tags, &listed.unwrap_or_default(), head),
+                };
+                (repo.refs, repo.unpeeled) = (Refs { tags, main_or_master: files.main_or_master }, unpeeled);
+                (repo.shallow, repo.origin_head) = (files.shallow, files.origin_head);
+            }
+            None => {
+                repo.refs = parse_refs(&listed.unwrap_or_default());
+                let shallow = repo.succeeded(
+                    shallow.context("the shallow state was not read")??,
+                    "tell whether the clone is shallow",
+                )?;
+                let mut lines = shallow.lines();
+                repo.shallow = lines.next() == Some("true");
+                repo.origin_head =
+                    lines.next().and_then(|target| target.strip_prefix("refs/remotes/origin/")).map(str::to_string);
+            }
+        }
         // No origin is an answer (exit status 2), not a failure.
-        let origin = origin?;
-        repo.origin = origin.status.success().then(|| public_url(origin.stdout.trim()));
+        if let Some(origin) = origin.transpose()? {
+            repo.origin = origin.status.success().then(|| public_url(origin.stdout.trim()));
+        }
+        // An answer that could not be read is no loss: `commits_after` asks again and says why.
+        if let (Some((name, head, _)), Some(Ok(finished))) = (probe, probe_answer) {
+            let commit = repo.refs.tags.iter().find(|tag| tag.name == name).map(|tag| tag.commit.clone());
+            if let (Some(commit), Ok(answer)) = (commit, repo.ancestry(finished, &name, &head)) {
+                repo.known_ancestry.push(((commit, head), answer));
+            }
+        }
         Ok(repo)
     }
 
-    /// The commit HEAD points at. This is the first query every task makes, so it is the one
-    /// that turns an empty repository into a clear error.
+    /// The commit HEAD points at, with its time (read when [`Reading::commit_time`] asked
+    /// for it). This or [`Repo::head_id`] is the first query every task makes, so it is the
+    /// one that turns an empty repository into a clear error.
     pub fn head(&self) -> Result<Head> {
-        match (&self.status.head, self.head_time) {
-            (Some(id), Some(time)) => Ok(Head { id: id.clone(), time }),
-            _ => Err(self.unborn()),
-        }
+        let id = self.head_id()?;
+        let time =
+            self.head_time.with_context(|| format!("HEAD's commit time in {} was not read", self.path.display()))?;
+        Ok(Head { id, time })
+    }
+
+    /// The id of the commit HEAD points at.
+    pub fn head_id(&self) -> Result<String> {
+        self.status.head.clone().ok_or_else(|| self.unborn())
     }
 
     /// The checked-out branch's short name, or `None` on a detached HEAD.
@@ -225,7 +339,22 @@ impl<'a> Repo<'a> {
     /// version number can describe one) comes with that object's id: it never equals HEAD,
     /// and [`Repo::commits_after`] finds it in no history.
     pub fn tags(&self) -> Result<Vec<Tag>> {
+        ensure!(self.unpeeled.is_empty(), "the commits of the tags in {} were not read", self.path.display());
         Ok(self.refs.tags.clone())
+    }
+
+    /// The name of every tag, in no particular order.
+    pub fn tag_names(&self) -> Vec<String> {
+        self.refs.tags.iter().map(|tag| tag.name.clone()).chain(self.unpeeled.iter().cloned()).collect()
+    }
+
+    /// The names of the tags on HEAD's commit, in the order of their names.
+    pub fn head_tags(&self) -> Vec<String> {
+        let Some(head) = &self.status.head else { return Vec::new() };
+        let mut names: Vec<String> =
+            self.refs.tags.iter().filter(|tag| &tag.commit == head).map(|tag| tag.name.clone()).collect();
+        names.sort_unstable();
+        names
     }
 
     /// Whether `ancestor` is `descendant` or one of its ancestors.
@@ -239,9 +368,24 @@ impl<'a> Repo<'a> {
     /// `ancestor` is not in that history: [`Repo::is_ancestor`] and [`Repo::commits_since`]
     /// in one process, walking back to the merge base only.
     pub fn commits_after(&self, ancestor: &str, descendant: &str) -> Result<Option<u64>> {
+        let asked = |((known_ancestor, known_descendant), _): &&((String, String), Option<u64>)| {
+            known_ancestor == ancestor && known_descendant == descendant
+        };
+        if let Some((_, answer)) = self.known_ancestry.iter().find(asked) {
+            return Ok(*answer);
+        }
+        let finished = self.runner.output(&self.ancestry_command(ancestor, descendant)?)?;
+        self.ancestry(finished, ancestor, descendant)
+    }
+
+    /// `git rev-list --left-right --count <ancestor>...<descendant>`, for object ids only.
+    fn ancestry_command(&self, ancestor: &str, descendant: &str) -> Result<Command> {
         let (ancestor, descendant) = (object_id(ancestor)?, object_id(descendant)?);
-        let range = format!("{ancestor}...{descendant}");
-        let finished = self.runner.output(&self.git(["rev-list", "--left-right", "--count", &range]))?;
+        Ok(self.git(["rev-list", "--left-right", "--count", &format!("{ancestor}...{descendant}")]))
+    }
+
+    /// What [`Repo::commits_after`] answers from its rev-list's output.
+    fn ancestry(&self, finished: Finished, ancestor: &str, descendant: &str) -> Result<Option<u64>> {
         // A tag of a tree or blob: no commit, so in no history.
         if !finished.status.success()
             && [&finished.stderr, &finished.stdout].iter().any(|text| text.contains("not a commit"))
@@ -280,8 +424,9 @@ impl<'a> Repo<'a> {
         self.origin_head.clone().or_else(|| self.refs.main_or_master.first().cloned())
     }
 
-    /// The URL of the `origin` remote, if there is one, made fit to publish (see
-    /// [`public_url`]): it becomes the OCI `source` label of images and appears in plans.
+    /// The URL of the `origin` remote, if there is one and [`Reading::origin`] asked for it,
+    /// made fit to publish (see [`public_url`]): it becomes the OCI `source` label of images
+    /// and appears in plans.
     pub fn origin_url(&self) -> Option<String> {
         self.origin.clone()
     }
@@ -480,11 +625,21 @@ fn owned_by_another_user(finished: &Finished, dir: &Path) -> Option<anyhow::Erro
 /// `id` if it is a full object id (40 hex digits, or 64 in a SHA-256 repository); anything
 /// else could be read by git as an option or a revision expression.
 fn object_id(id: &str) -> Result<&str> {
-    ensure!(
-        matches!(id.len(), 40 | 64) && id.bytes().all(|byte| byte.is_ascii_hexdigit()),
-        "{id} is not a git object id"
-    );
+    ensure!(matches!(id.len(), 40 | 64) && all_hex(id.as_bytes()), "{id} is not a git object id");
     Ok(id)
+}
+
+/// Whether every byte is a hex digit. A plain loop: it runs for every ref in packed-refs, and
+/// the debug build the xtask runs as spends twice as long in iterator adapters.
+fn all_hex(bytes: &[u8]) -> bool {
+    let mut index = 0;
+    while index < bytes.len() {
+        if !bytes[index].is_ascii_hexdigit() {
+            return false;
+        }
+        index += 1;
+    }
+    true
 }
 
 /// Parses `git status --porcelain=v2 -z --branch` (see git-status(1), "Porcelain Format
@@ -584,6 +739,244 @@ fn parse_refs(output: &str) -> Refs {
     refs.main_or_master =
         ["main", "master"].into_iter().filter(|branch| heads.contains(branch)).map(str::to_string).collect();
     refs
+}
+
+/// A tag as the ref files name it.
+#[derive(Debug, PartialEq, Eq)]
+struct FileTag {
+    /// The name without `refs/tags/`.
+    name: String,
+    /// The object it peels to, as packed-refs records it; `None` for a loose ref, whose
+    /// object may be an annotated tag, which only the object database can peel.
+    commit: Option<String>,
+}
+
+/// The tags of the ref files, in name order as show-ref lists them, given the loose tags that
+/// `git for-each-ref --points-at=HEAD` found on `head` (one `refs/tags/<name>` a line); and the
+/// names of the loose tags not on HEAD, whose commits stay unknown.
+fn peel_on_head(file_tags: Vec<FileTag>, on_head: &str, head: &str) -> (Vec<Tag>, Vec<String>) {
+    let on_head: Vec<&str> = on_head.lines().filter_map(|line| line.strip_prefix("refs/tags/")).collect();
+    let (mut tags, mut unpeeled) = (Vec::new(), Vec::new());
+    for tag in file_tags {
+        match tag.commit {
+            Some(commit) => tags.push(Tag { name: tag.name, commit }),
+            None if on_head.contains(&tag.name.as_str()) => tags.push(Tag { name: tag.name, commit: head.to_string() }),
+            None => unpeeled.push(tag.name),
+        }
+    }
+    tags.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    (tags, unpeeled)
+}
+
+/// The refs as git keeps them in its files, read without starting a git process: the formats
+/// of HEAD, loose ref files, `packed-refs` and `shallow` are plain text that git has kept
+/// stable for many years (gitrepository-layout(5)). [`RefFiles::read`] reads only that plain
+/// layout, and gives up on anything else, leaving the question to git itself.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct RefFiles {
+    /// HEAD's commit id; `None` on an unborn branch.
+    head: Option<String>,
+    /// Every tag: those of packed-refs in its order, then the loose ones.
+    tags: Vec<FileTag>,
+    /// The directory with the shared refs, where [`RefFiles::loose_tag`] reads.
+    common_dir: PathBuf,
+    /// Which of main and master exist, locally or on origin, in that order.
+    main_or_master: Vec<String>,
+    /// Whether the clone is shallow: it has a `shallow` file.
+    shallow: bool,
+    /// The branch the `refs/remotes/origin/HEAD` symref points at, if that branch exists.
+    origin_head: Option<String>,
+}
+
+/// The branches [`RefFiles`] looks for, as [`Refs::main_or_master`] orders them.
+const MAIN_OR_MASTER: [&str; 2] = ["main", "master"];
+
+impl RefFiles {
+    /// The refs of the work tree `work_tree` (which has `.git` in it), or `None` when their
+    /// layout is not the plain one: a reftable repository (`extensions.refStorage`), a
+    /// packed-refs without peeled tags, a symbolic ref where an id is expected, a ref name
+    /// git would refuse, or a file that cannot be read. git then reads them itself.
+    fn read(work_tree: &Path) -> Option<RefFiles> {
+        let (git_dir, common_dir) = git_dirs(work_tree)?;
+        let config = read_optional(&common_dir.join("config"))?;
+        if config.to_ascii_lowercase().contains("refstorage") || common_dir.join("reftable").exists() {
+            return None;
+        }
+        let head = std::fs::read_to_string(git_dir.join("HEAD")).ok()?;
+        let head_ref = match head.trim_end().strip_prefix("ref: ") {
+            Some(name) => Some(name.strip_prefix("refs/heads/")?.to_string()),
+            None => None,
+        };
+        let packed = parse_packed_refs(&read_optional(&common_dir.join("packed-refs"))?)?;
+        let loose = |name: &str| -> Option<Option<String>> {
+            match std::fs::read_to_string(common_dir.join(name)) {
+                Ok(text) => Some(Some(object_id(text.trim_end()).ok()?.to_string())),
+                Err(error) if matches!(error.kind(), io::ErrorKind::NotFound | io::ErrorKind::IsADirectory) => {
+                    Some(None)
+                }
+                Err(_) => None,
+            }
+        };
+        let branch = |name: &str| -> Option<Option<String>> {
+            let full = format!("refs/heads/{name}");
+            Some(loose(&full)?.or_else(|| packed.id(&full).map(str::to_string)))
+        };
+        let head = match head_ref {
+            Some(name) => branch(&name)?,
+            None => Some(object_id(head.trim_end()).ok()?.to_string()),
+        };
+        let mut main_or_master = Vec::new();
+        for name in MAIN_OR_MASTER {
+            let remote = format!("refs/remotes/origin/{name}");
+            if branch(name)?.is_some() || loose(&remote)?.is_some() || packed.id(&remote).is_some() {
+                main_or_master.push(name.to_string());
+            }
+        }
+        let origin_head = match std::fs::read_to_string(common_dir.join("refs/remotes/origin/HEAD")) {
+            Ok(text) => {
+                let target = text.trim_end().strip_prefix("ref: ")?;
+                let exists = loose(target)?.is_some() || packed.id(target).is_some();
+                exists.then(|| target.strip_prefix("refs/remotes/origin/").map(str::to_string)).flatten()
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Err(_) => return None,
+        };
+        let mut tags = packed.tags;
+        let mut loose_tags = Vec::new();
+        loose_tag_names(&common_dir.join("refs/tags"), "", &mut loose_tags)?;
+        if !loose_tags.is_empty() {
+            // A loose ref is newer than its packed copy.
+            tags.retain(|tag| !loose_tags.contains(&tag.name));
+            tags.extend(loose_tags.into_iter().map(|name| FileTag { name, commit: None }));
+        }
+        let shallow = common_dir.join("shallow").exists();
+        Some(RefFiles { head, tags, common_dir, main_or_master, shallow, origin_head })
+    }
+
+    /// The tag that `pick` picks of all tags, and HEAD: the question of [`Reading::likely_ancestor`]
+    /// as (tag name, the tag's object id, HEAD's id). A loose tag's own object id will do:
+    /// rev-list peels an annotated tag itself.
+    fn ancestry(&self, pick: PickTag) -> Option<(String, String, String)> {
+        let names: Vec<&str> = self.tags.iter().map(|tag| tag.name.as_str()).collect();
+        let tag = self.tags.get(pick(&names)?)?;
+        let id = match &tag.commit {
+            Some(commit) => commit.clone(),
+            None => {
+                let text = std::fs::read_to_string(self.common_dir.join("refs/tags").join(&tag.name)).ok()?;
+                object_id(text.trim_end()).ok()?.to_string()
+            }
+        };
+        Some((tag.name.clone(), id, self.head.clone()?))
+    }
+}
+
+/// The repository's git directory and common directory (the same one, except in a linked
+/// work tree) for the work tree `work_tree`: `.git` itself, or where a `.git` file
+/// (`gitdir: <path>`, as `git worktree` and submodules leave it) points, with its `commondir`.
+fn git_dirs(work_tree: &Path) -> Option<(PathBuf, PathBuf)> {
+    let dot_git = work_tree.join(".git");
+    let git_dir = if dot_git.is_dir() {
+        dot_git
+    } else {
+        let text = std::fs::read_to_string(&dot_git).ok()?;
+        work_tree.join(text.trim_end_matches(['\n', '\r']).strip_prefix("gitdir: ")?)
+    };
+    let common_dir = match read_optional(&git_dir.join("commondir"))? {
+        common if common.is_empty() => git_dir.clone(),
+        common => git_dir.join(common.trim_end_matches(['\n', '\r'])),
+    };
+    Some((git_dir, common_dir))
+}
+
+/// The text of `path`, empty when there is no such file; `None` when it cannot be read.
+fn read_optional(path: &Path) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Some(String::new()),
+        Err(_) => None,
+    }
+}
+
+/// The tags and branches of a `packed-refs` file.
+#[derive(Debug, Default)]
+struct PackedRefs {
+    tags: Vec<FileTag>,
+    /// Every other ref as (full name, id): branches, remote branches, notes.
+    others: Vec<(String, String)>,
+}
+
+impl PackedRefs {
+    fn id(&self, name: &str) -> Option<&str> {
+        self.others.iter().find(|(other, _)| other == name).map(|(_, id)| id.as_str())
+    }
+}
+
+/// Parses `packed-refs`: a `# pack-refs with: <traits>` header, `<id> <name>` per ref and,
+/// after an annotated tag, `^<id>` with the object it peels to. Only a file whose header has
+/// the `peeled` trait says which tags are not annotated (no `^` line), so any other with
+/// tags in it is `None`; so is a line that is none of these.
+fn parse_packed_refs(text: &str) -> Option<PackedRefs> {
+    let mut packed = PackedRefs::default();
+    let mut lines = text.lines().peekable();
+    let peeled = match lines.peek() {
+        Some(header) if header.starts_with('#') => {
+            let traits = header.strip_prefix("# pack-refs with:")?;
+            let peeled = traits.split_whitespace().any(|name| name == "peeled" || name == "fully-peeled");
+            lines.next();
+            peeled
+        }
+        _ => false,
+    };
+    // Whether the line before named a tag, which a `^` line then peels.
+    let mut after_tag = false;
+    for line in lines {
+        if let Some(id) = line.strip_prefix('^') {
+            let tag = packed.tags.last_mut().filter(|_| after_tag)?;
+            tag.commit = Some(object_id(id).ok()?.to_string());
+            after_tag = false;
+            continue;
+        }
+        let (id, name) = line.split_once(' ')?;
+        let id = object_id(id).ok()?.to_string();
+        after_tag = match name.strip_prefix("refs/tags/") {
+            Some(tag) => {
+                packed.tags.push(FileTag { name: tag.to_string(), commit: Some(id) });
+                true
+            }
+            None => {
+                packed.others.push((name.to_string(), id));
+                false
+            }
+        };
+    }
+    (peeled || packed.tags.is_empty()).then_some(packed)
+}
+
+/// Adds the names of the loose tag refs under `dir` (`refs/tags/<prefix>`) to `names`, without
+/// reading them (git reads them when it peels them). `None` for a name git would not take for
+/// a ref (a lock of a ref being written, a hidden file, a name that is not UTF-8) or an
+/// unreadable directory.
+fn loose_tag_names(dir: &Path, prefix: &str, names: &mut Vec<String>) -> Option<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Some(()),
+        Err(_) => return None,
+    };
+    for entry in entries {
+        let entry = entry.ok()?;
+        let file_name = entry.file_name();
+        let file_name = file_name.to_str()?;
+        if file_name.ends_with(".lock") || file_name.starts_with('.') {
+            return None;
+        }
+        let name = format!("{prefix}{file_name}");
+        if entry.file_type().ok()?.is_dir() {
+            loose_tag_names(&entry.path(), &format!("{name}/"), names)?;
+        } else {
+            names.push(name);
+        }
+    }
+    Some(())
 }
 
 /// The committer time (unix seconds) of a raw commit object (`git cat-file commit`), whose
@@ -870,7 +1263,7 @@ mod tests {
     }
 
     #[test]
-    fn open_reads_the_state_in_five_processes_and_answers_from_it() {
+    fn without_ref_files_open_reads_the_state_in_five_processes() {
         let dir = tempfile::tempdir().unwrap();
         let runner = Recording::replying(repository);
         let repo = Repo::open(&runner, dir.path()).unwrap();
@@ -892,6 +1285,257 @@ mod tests {
         assert!(executed.contains(&format!(
             "{prefix}--no-optional-locks status --porcelain=v2 -z --branch --untracked-files=all --no-renames"
         )));
+    }
+
+    /// Writes `files` (path under the directory, content) into a new temporary directory.
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, content) in files {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        dir
+    }
+
+    const PEELED: &str = "# pack-refs with: peeled fully-peeled sorted \n";
+
+    #[test]
+    fn packed_refs_give_peeled_tags_only_when_the_header_says_so() {
+        let text = format!(
+            "{PEELED}{HEAD} refs/heads/main\n{TAG_OBJECT} refs/tags/v1.0.0\n^{TAGGED}\n{HEAD} refs/tags/v1.1.0\n"
+        );
+        let packed = parse_packed_refs(&text).unwrap();
+        let tag = |name: &str, commit: &str| FileTag { name: name.into(), commit: Some(commit.into()) };
+        assert_eq!(packed.tags, [tag("v1.0.0", TAGGED), tag("v1.1.0", HEAD)]);
+        assert_eq!(packed.id("refs/heads/main"), Some(HEAD));
+        assert_eq!(packed.id("refs/heads/master"), None);
+
+        let unpeeled = format!("# pack-refs with: sorted \n{TAG_OBJECT} refs/tags/v1.0.0\n");
+        assert!(parse_packed_refs(&unpeeled).is_none(), "no `peeled`: a tag without ^ may still be annotated");
+        assert!(parse_packed_refs(&format!("{TAG_OBJECT} refs/tags/v1.0.0\n")).is_none(), "no header at all");
+        assert!(parse_packed_refs(&format!("{HEAD} refs/heads/main\n")).is_some(), "no tags, nothing to peel");
+        assert!(parse_packed_refs(&format!("{PEELED}^{TAGGED}\n")).is_none(), "a peel of nothing");
+        assert!(
+            parse_packed_refs(&format!("{PEELED}{HEAD} refs/heads/main\n^{TAGGED}\n")).is_none(),
+            "a branch peeled"
+        );
+        assert!(parse_packed_refs(&format!("{PEELED}not-an-id refs/tags/v1\n")).is_none());
+        assert!(parse_packed_refs("").is_some());
+    }
+
+    #[test]
+    fn ref_files_read_head_branches_tags_and_origin() {
+        let dir = tree(&[
+            (".git/HEAD", "ref: refs/heads/main\n"),
+            (".git/config", "[core]\n\trepositoryformatversion = 0\n"),
+            (".git/refs/heads/main", &format!("{HEAD}\n")),
+            (".git/refs/heads/main-old/x", &format!("{HEAD}\n")),
+            (".git/refs/remotes/origin/HEAD", "ref: refs/remotes/origin/master\n"),
+            (".git/refs/tags/v2.0.0", &format!("{TAG_OBJECT}\n")),
+            (".git/refs/tags/release/v1", &format!("{HEAD}\n")),
+            (".git/shallow", &format!("{TAGGED}\n")),
+            (
+                ".git/packed-refs",
+                &format!(
+                    "{PEELED}{TAGGED} refs/remotes/origin/master\n{TAG_OBJECT} refs/tags/v1.0.0\n^{TAGGED}\n\
+                     {TAGGED} refs/tags/v2.0.0\n"
+                ),
+            ),
+        ]);
+        let files = RefFiles::read(dir.path()).unwrap();
+        assert_eq!(files.head.as_deref(), Some(HEAD));
+        assert_eq!(files.main_or_master, ["main", "master"], "local main, origin's master");
+        assert_eq!(files.origin_head.as_deref(), Some("master"));
+        assert!(files.shallow);
+        let mut tags: Vec<(&str, Option<&str>)> =
+            files.tags.iter().map(|tag| (tag.name.as_str(), tag.commit.as_deref())).collect();
+        tags.sort();
+        // The loose v2.0.0 replaces its packed copy; loose refs are peeled by git.
+        assert_eq!(tags, [("release/v1", None), ("v1.0.0", Some(TAGGED)), ("v2.0.0", None)]);
+        let newest = |names: &[&str]| names.iter().position(|name| *name == "v2.0.0");
+        assert_eq!(files.ancestry(&newest), Some(("v2.0.0".into(), TAG_OBJECT.into(), HEAD.into())));
+
+        // Unborn, with origin/HEAD pointing at a branch that does not exist.
+        let unborn = tree(&[
+            (".git/HEAD", "ref: refs/heads/main\n"),
+            (".git/refs/remotes/origin/HEAD", "ref: refs/remotes/origin/gone\n"),
+        ]);
+        let files = RefFiles::read(unborn.path()).unwrap();
+        assert_eq!((files.head, files.origin_head, files.shallow), (None, None, false));
+        assert!(files.tags.is_empty() && files.main_or_master.is_empty());
+
+        let detached = tree(&[(".git/HEAD", &format!("{TAGGED}\n"))]);
+        assert_eq!(RefFiles::read(detached.path()).unwrap().head.as_deref(), Some(TAGGED));
+    }
+
+    #[test]
+    fn a_linked_work_tree_reads_its_head_and_the_shared_refs() {
+        let dir = tree(&[
+            ("main/.git/HEAD", "ref: refs/heads/main\n"),
+            ("main/.git/packed-refs", &format!("{PEELED}{HEAD} refs/heads/main\n{TAGGED} refs/heads/topic\n")),
+            ("main/.git/worktrees/wt/HEAD", "ref: refs/heads/topic\n"),
+            ("main/.git/worktrees/wt/commondir", "../..\n"),
+            ("wt/.git", "gitdir: ../main/.git/worktrees/wt\n"),
+        ]);
+        let files = RefFiles::read(&dir.path().join("wt")).unwrap();
+        assert_eq!(files.head.as_deref(), Some(TAGGED), "the work tree's own HEAD");
+        assert_eq!(files.main_or_master, ["main"], "the shared refs");
+    }
+
+    #[test]
+    fn unusual_ref_storage_is_left_to_git() {
+        let head = (".git/HEAD", "ref: refs/heads/main\n");
+        for (name, extra) in [
+            ("reftable by config", (".git/config", "[extensions]\n\trefStorage = reftable\n")),
+            ("reftable directory", (".git/reftable/tables.list", "")),
+            ("symbolic HEAD target", (".git/refs/heads/main", "ref: refs/heads/other\n")),
+            ("HEAD outside refs/heads", (".git/HEAD", "ref: refs/remotes/origin/main\n")),
+            ("a ref being written", (".git/refs/tags/v1.lock", "")),
+            ("packed-refs without peeled tags", (".git/packed-refs", &format!("{TAG_OBJECT} refs/tags/v1\n"))),
+            ("origin/HEAD not symbolic", (".git/refs/remotes/origin/HEAD", &format!("{HEAD}\n"))),
+            ("a .git file pointing nowhere useful", (".git", "not a gitdir line\n")),
+        ] {
+            // A `.git` file replaces the directory with HEAD in it.
+            let dir = if extra.0 == ".git" { tree(&[extra]) } else { tree(&[head, extra]) };
+            assert!(RefFiles::read(dir.path()).is_none(), "{name}");
+        }
+        assert!(RefFiles::read(tempfile::tempdir().unwrap().path()).is_none(), "no .git at all");
+    }
+
+    /// Answers like [`repository`], and the ancestry of the tag object `TAG_OBJECT`.
+    fn repository_with_ancestry(shown: &str) -> std::result::Result<String, String> {
+        if shown.contains(&format!("rev-list --left-right --count {TAG_OBJECT}...{HEAD}")) {
+            Ok("0\t4\n".into())
+        } else if shown.contains(" show-ref --dereference --tags") {
+            Ok(format!("{TAG_OBJECT} refs/tags/v1.0.0\n{TAGGED} refs/tags/v1.0.0^{{}}\n"))
+        } else {
+            repository(shown)
+        }
+    }
+
+    #[test]
+    fn open_reads_packed_refs_from_files_and_asks_the_likely_ancestry_at_once() {
+        let dir = tree(&[
+            (".git/HEAD", "ref: refs/heads/feature/x\n"),
+            (".git/refs/heads/feature/x", &format!("{HEAD}\n")),
+            (".git/refs/remotes/origin/HEAD", "ref: refs/remotes/origin/main\n"),
+            (
+                ".git/packed-refs",
+                &format!("{PEELED}{HEAD} refs/remotes/origin/main\n{TAG_OBJECT} refs/tags/v1.0.0\n^{TAGGED}\n"),
+            ),
+        ]);
+        let runner = Recording::replying(|shown| {
+            if shown.contains(&format!("rev-list --left-right --count {TAGGED}...{HEAD}")) {
+                Ok("0\t4\n".into())
+            } else {
+                repository(shown)
+            }
+        });
+        let pick = |names: &[&str]| names.iter().position(|name| *name == "v1.0.0");
+        let reading = Reading { tag_commits: true, commit_time: true, origin: true, likely_ancestor: Some(&pick) };
+        let repo = Repo::open_reading(&runner, dir.path(), &reading).unwrap();
+        assert_eq!(repo.tags().unwrap(), [Tag { name: "v1.0.0".into(), commit: TAGGED.into() }]);
+        assert_eq!((repo.default_branch().as_deref(), repo.is_shallow()), (Some("main"), false));
+        assert_eq!(repo.commits_after(TAGGED, HEAD).unwrap(), Some(4));
+        let executed = runner.executed();
+        for absent in [" show-ref ", " rev-parse "] {
+            assert!(!executed.iter().any(|command| command.contains(absent)), "{absent}: {executed:#?}");
+        }
+        assert_eq!(executed.len(), 4, "status, cat-file, remote and the rev-list: {executed:#?}");
+
+        // The tags alone: only the status.
+        let runner = Recording::replying(repository);
+        let reading = Reading { tag_commits: false, commit_time: false, origin: false, likely_ancestor: None };
+        let repo = Repo::open_reading(&runner, dir.path(), &reading).unwrap();
+        assert_eq!(runner.executed().len(), 1, "{:#?}", runner.executed());
+        assert_eq!(repo.head_id().unwrap(), HEAD);
+        assert!(repo.head().unwrap_err().to_string().contains("commit time"));
+        assert_eq!(repo.origin_url(), None);
+    }
+
+    #[test]
+    fn loose_tags_are_peeled_by_git_and_asked_by_their_own_id() {
+        let dir = tree(&[(".git/HEAD", &format!("{HEAD}\n")), (".git/refs/tags/v1.0.0", &format!("{TAG_OBJECT}\n"))]);
+        let runner = Recording::replying(repository_with_ancestry);
+        let pick = |_: &[&str]| Some(0);
+        let reading = Reading { tag_commits: true, commit_time: true, origin: false, likely_ancestor: Some(&pick) };
+        let repo = Repo::open_reading(&runner, dir.path(), &reading).unwrap();
+        assert_eq!(repo.tags().unwrap(), [Tag { name: "v1.0.0".into(), commit: TAGGED.into() }]);
+        assert_eq!(repo.commits_after(TAGGED, HEAD).unwrap(), Some(4), "answered by the tag object's rev-list");
+        let executed = runner.executed();
+        assert_eq!(executed.len(), 4, "status, show-ref --tags, cat-file, rev-list: {executed:#?}");
+        assert!(!executed.iter().any(|command| command.contains(" rev-parse ")), "{executed:#?}");
+    }
+
+    #[test]
+    fn without_every_commit_git_peels_loose_tags_only_to_find_those_on_head() {
+        let dir = tree(&[
+            (
+                ".git/HEAD",
+                &format!(
+                    "{HEAD}
+"
+                ),
+            ),
+            (
+                ".git/refs/tags/v1.0.0",
+                &format!(
+                    "{TAG_OBJECT}
+"
+                ),
+            ),
+            (
+                ".git/refs/tags/v1.1.0",
+                &format!(
+                    "{TAG_OBJECT}
+"
+                ),
+            ),
+            (
+                ".git/refs/tags/b-light",
+                &format!(
+                    "{HEAD}
+"
+                ),
+            ),
+            (
+                ".git/packed-refs",
+                &format!(
+                    "{PEELED}{TAG_OBJECT} refs/tags/a-packed
+^{HEAD}
+"
+                ),
+            ),
+        ]);
+        let runner = Recording::replying(|shown| {
+            if shown.contains(" for-each-ref --points-at=HEAD '--format=%(refname)' refs/tags") {
+                Ok("refs/tags/b-light
+refs/tags/v1.1.0
+"
+                .into())
+            } else {
+                repository(shown)
+            }
+        });
+        let reading = Reading { tag_commits: false, commit_time: false, origin: false, likely_ancestor: None };
+        let repo = Repo::open_reading(&runner, dir.path(), &reading).unwrap();
+        assert_eq!(repo.head_tags(), ["a-packed", "b-light", "v1.1.0"]);
+        let mut names = repo.tag_names();
+        names.sort();
+        assert_eq!(names, ["a-packed", "b-light", "v1.0.0", "v1.1.0"]);
+        let error = repo.tags().unwrap_err().to_string();
+        assert!(error.contains("commits of the tags") && error.contains("were not read"), "{error}");
+        assert_eq!(runner.executed().len(), 2, "status and for-each-ref: {:#?}", runner.executed());
+
+        // On an unborn HEAD no tag is on it, and git is not asked.
+        let unborn =
+            tree(&[(".git/HEAD", "ref: refs/heads/main\n"), (".git/refs/tags/v1.0.0", &format!("{TAG_OBJECT}\n"))]);
+        let runner = Recording::replying(|_| Ok("# branch.oid (initial)\0# branch.head main\0".into()));
+        let repo = Repo::open_reading(&runner, unborn.path(), &reading).unwrap();
+        assert_eq!((repo.tag_names(), repo.head_tags()), (vec!["v1.0.0".to_string()], Vec::<String>::new()));
+        assert!(repo.head_id().unwrap_err().to_string().contains("has no commits yet"));
+        assert_eq!(runner.executed().len(), 1, "the status alone: {:#?}", runner.executed());
     }
 
     #[test]

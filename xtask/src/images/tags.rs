@@ -1,12 +1,16 @@
 //! The image tag rules: which tags the current git state earns.
 //!
 //! Two parts keep the rules testable without repositories:
-//! - [`read_inputs`] reads git and the environment once into [`Inputs`] (the only I/O);
-//! - [`compute`] applies the tag rules to them, a pure function with table-driven tests.
+//! - [`read_inputs`] reads git and the environment once into [`Inputs`] (the only I/O), and
+//!   [`read_all`] the [`Provenance`] too;
+//! - [`compute_tags`] applies the tag rules to the inputs, and [`compute`] adds the version
+//!   and provenance: pure functions with table-driven tests.
 //!
-//! The tags task prints [`resolve`]'s report; build and release call [`resolve`] too, and
-//! [`is_valid_image_tag`] to check tags they are given; `release` calls [`release_tags`] so a
-//! promotion earns exactly the floating tags a build of the release tag would.
+//! The tags task prints [`resolve_tags`]'s tags, or [`resolve`]'s report with `--json`; build
+//! and ci call [`resolve`], and [`is_valid_image_tag`] to check tags they are given; `release`
+//! calls [`release_tags`] so a promotion earns exactly the floating tags a build of the release
+//! tag would. The tags alone need fewer git processes: no HEAD commit time, no origin, no
+//! history walk.
 
 use std::path::Path;
 
@@ -59,6 +63,30 @@ impl Stage {
     }
 }
 
+/// What the tag rules give: the image tags of this build and what the user should know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageTags {
+    /// The CI system the build runs in, by name, `None` outside CI.
+    pub ci: Option<&'static str>,
+    pub stage: Stage,
+    /// HEAD's full commit id.
+    pub revision: String,
+    /// The first 12 hex digits of `revision`.
+    pub short_revision: String,
+    pub branch: Option<String>,
+    pub dirty: bool,
+    /// Image tags, without registry or repository, the immutable `sha-` tag first.
+    pub tags: Vec<String>,
+    /// Whether this build is pushed by default.
+    pub push: bool,
+    /// The tag IMAGE_TAG added, if it did.
+    pub extra_tag: Option<String>,
+    /// Things the user should know: ignored tags or variables, guesses made.
+    pub notes: Vec<String>,
+    /// The highest release a tag on HEAD names: the build's version, if there is one.
+    pub release: Option<Version>,
+}
+
 /// The result: what to tag the images of this build and what to call its version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TagReport {
@@ -106,67 +134,118 @@ impl TagReport {
     }
 }
 
-/// Everything the rules read, gathered once by [`read_inputs`].
+/// Everything the tag rules read, gathered once by [`read_inputs`] or [`read_all`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inputs {
-    pub head: git::Head,
+    /// HEAD's full commit id.
+    pub revision: String,
     /// The checked-out branch according to git, `None` on a detached HEAD.
     pub branch: Option<String>,
     /// Names of the tags on HEAD in git.
     pub head_tags: Vec<String>,
-    /// Names of all tags in git.
+    /// Names of all tags in git, in no particular order.
     pub all_tags: Vec<String>,
     /// The default branch according to git.
     pub default_branch: Option<String>,
     pub worktree: Worktree,
     /// A shallow clone: tags and history may be missing.
     pub shallow: bool,
+    pub ci: Option<CiContext>,
+    /// `IMAGE_TAG` from the environment, not yet validated.
+    pub image_tag: Option<String>,
+}
+
+/// Where and when the build's source comes from, for its version and labels: read by
+/// [`read_all`] only, since it costs git processes the tags alone do not need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Provenance {
+    /// HEAD's committer time in unix seconds.
+    pub commit_time: i64,
     /// The highest stable release HEAD contains.
     pub last_release: Option<Version>,
     /// Commits since `last_release`, or all commits when there is none.
     pub commits_since_release: u64,
-    pub ci: Option<CiContext>,
-    /// `IMAGE_TAG` from the environment, not yet validated.
-    pub image_tag: Option<String>,
     /// `origin`'s URL without credentials, when there is an origin.
     pub origin: Option<String>,
 }
 
-/// The tags for `repo` as seen from the environment `env`: what other tasks call. `runner`
-/// runs the git processes that read the repository.
+/// The tags, version and provenance for `repo` as seen from the environment `env`: what other
+/// tasks call. `runner` runs the git processes that read the repository.
 pub fn resolve(runner: &dyn Runner, repo: &Path, stage: StageChoice, env: &Env) -> Result<TagReport> {
-    compute(&read_inputs(runner, repo, env)?, stage)
+    let (inputs, provenance) = read_all(runner, repo, env)?;
+    compute(&inputs, &provenance, stage)
 }
 
-/// Reads the git facts of `repo` and the CI variables and IMAGE_TAG of `env`.
+/// The image tags alone for `repo` as seen from `env`, without the version and provenance.
+pub fn resolve_tags(runner: &dyn Runner, repo: &Path, stage: StageChoice, env: &Env) -> Result<ImageTags> {
+    compute_tags(&read_inputs(runner, repo, env)?, stage)
+}
+
+/// Reads the git facts of `repo` that the tag rules need, and the CI variables and IMAGE_TAG
+/// of `env`.
 pub fn read_inputs(runner: &dyn Runner, repo_path: &Path, env: &Env) -> Result<Inputs> {
+    let reading = git::Reading { tag_commits: false, commit_time: false, origin: false, likely_ancestor: None };
+    let (inputs, _) = read_repository(runner, repo_path, env, &reading)?;
+    Ok(inputs)
+}
+
+/// [`read_inputs`] and the [`Provenance`]: HEAD's commit time, the origin and the last release.
+/// The ancestry of the newest stable release is asked as the repository is read, so the usual
+/// case costs no process after the others.
+pub fn read_all(runner: &dyn Runner, repo_path: &Path, env: &Env) -> Result<(Inputs, Provenance)> {
+    let reading = git::Reading {
+        tag_commits: true,
+        commit_time: true,
+        origin: true,
+        likely_ancestor: Some(&newest_stable_release),
+    };
+    let (inputs, repo) = read_repository(runner, repo_path, env, &reading)?;
+    let (last_release, commits_since_release) = last_release(&repo, &inputs.revision, &repo.tags()?)?;
+    let provenance =
+        Provenance { commit_time: repo.head()?.time, last_release, commits_since_release, origin: repo.origin_url() };
+    Ok((inputs, provenance))
+}
+
+/// Opens `repo_path` reading what `reading` asks, and reads the [`Inputs`] from it and `env`;
+/// also returns the repository for further questions.
+fn read_repository<'r>(
+    runner: &'r dyn Runner,
+    repo_path: &Path,
+    env: &Env,
+    reading: &git::Reading,
+) -> Result<(Inputs, git::Repo<'r>)> {
     let ci = CiContext::detect(env)?;
     // An empty IMAGE_TAG is how env files and compose leave it unset, so it adds nothing.
     let image_tag = env.get("IMAGE_TAG").filter(|tag| !tag.is_empty()).cloned();
-    let repo = git::Repo::open(runner, repo_path)?;
-    let head = repo.head()?;
-    let tags = repo.tags()?;
-    let (last_release, commits_since_release) = last_release(&repo, &head.id, &tags)?;
-    Ok(Inputs {
+    let repo = git::Repo::open_reading(runner, repo_path, reading)?;
+    let inputs = Inputs {
+        revision: repo.head_id()?,
         branch: repo.branch()?,
-        head_tags: tags.iter().filter(|tag| tag.commit == head.id).map(|tag| tag.name.clone()).collect(),
-        all_tags: tags.into_iter().map(|tag| tag.name).collect(),
+        head_tags: repo.head_tags(),
+        all_tags: repo.tag_names(),
         default_branch: repo.default_branch(),
         worktree: repo.worktree()?,
         shallow: repo.is_shallow(),
-        last_release,
-        commits_since_release,
         ci,
         image_tag,
-        origin: repo.origin_url(),
-        head,
-    })
+    };
+    Ok((inputs, repo))
+}
+
+/// Of the tag names `names`, the index of the highest stable release: the tag whose ancestry
+/// [`last_release`] asks first.
+fn newest_stable_release(names: &[&str]) -> Option<usize> {
+    let stable = names.iter().enumerate().filter_map(|(index, name)| {
+        release_version(name).filter(|version| version.pre.is_empty()).map(|version| (version, index))
+    });
+    stable.max().map(|(_, index)| index)
 }
 
 /// The highest stable release contained in HEAD's history, and the commits since it.
 ///
 /// Candidates are tried from the highest version down, so the usual case (the newest release
-/// is an ancestor) costs one git process walking back to that release; each miss (a newer
+/// is an ancestor) costs one git process walking back to that release, which [`read_all`]
+/// started beside the others (see [`newest_stable_release`]); each miss (a newer
 /// release on another line, as when HEAD is a backport branch) walks only back to the merge base.
 fn last_release(repo: &git::Repo, head: &str, tags: &[git::Tag]) -> Result<(Option<Version>, u64)> {
     let mut stable: Vec<(Version, &str)> = tags
@@ -187,8 +266,33 @@ fn last_release(repo: &git::Repo, head: &str, tags: &[git::Tag]) -> Result<(Opti
     Ok((None, repo.commits_since(head, None)?))
 }
 
+/// Applies the tag rules to `inputs` and adds the version and provenance. Pure: no disk, no
+/// processes, no environment.
+pub fn compute(inputs: &Inputs, provenance: &Provenance, choice: StageChoice) -> Result<TagReport> {
+    let tags = compute_tags(inputs, choice)?;
+    let version = match &tags.release {
+        Some(version) => version.to_string(),
+        None => dev_version(provenance.last_release.as_ref(), provenance.commits_since_release, &tags.short_revision),
+    };
+    Ok(TagReport {
+        ci: tags.ci,
+        stage: tags.stage,
+        version,
+        revision: tags.revision,
+        short_revision: tags.short_revision,
+        commit_time: provenance.commit_time,
+        branch: tags.branch,
+        dirty: tags.dirty,
+        tags: tags.tags,
+        push: tags.push,
+        extra_tag: tags.extra_tag,
+        notes: tags.notes,
+        source: provenance.origin.clone(),
+    })
+}
+
 /// Applies the tag rules to `inputs`. Pure: no disk, no processes, no environment.
-pub fn compute(inputs: &Inputs, choice: StageChoice) -> Result<TagReport> {
+pub fn compute_tags(inputs: &Inputs, choice: StageChoice) -> Result<ImageTags> {
     let mut notes = Vec::new();
     let event = inputs.ci.as_ref().and_then(|ci| ci.event.as_ref());
     // In a shallow CI checkout the tag being built may exist only in the CI variables.
@@ -214,7 +318,7 @@ pub fn compute(inputs: &Inputs, choice: StageChoice) -> Result<TagReport> {
         StageChoice::Release => Stage::Release,
     };
 
-    let short_revision = inputs.head.id[..12].to_string();
+    let short_revision = inputs.revision[..12].to_string();
     let stage_tags = match stage {
         Stage::Pr => match event {
             Some(CiEvent::PullRequest { number, .. }) => vec![format!("pr-{number}")],
@@ -293,10 +397,10 @@ pub fn compute(inputs: &Inputs, choice: StageChoice) -> Result<TagReport> {
                     "IMAGE_TAG=`{tag}` is not applied: a dirty working tree gets only its sha-…-dirty tag"
                 ));
             }
-            (vec![format!("{}-dirty-{}", immutable_tag(&inputs.head.id), &digest[..8])], false, None)
+            (vec![format!("{}-dirty-{}", immutable_tag(&inputs.revision), &digest[..8])], false, None)
         }
         Worktree::Clean => {
-            let mut tags = vec![immutable_tag(&inputs.head.id)];
+            let mut tags = vec![immutable_tag(&inputs.revision)];
             tags.extend(stage_tags);
             if let Some(tag) = image_tag {
                 notes.push(format!("IMAGE_TAG adds the tag `{tag}`"));
@@ -308,24 +412,18 @@ pub fn compute(inputs: &Inputs, choice: StageChoice) -> Result<TagReport> {
         }
     };
 
-    let version = match &head_release {
-        Some(version) => version.to_string(),
-        None => dev_version(inputs.last_release.as_ref(), inputs.commits_since_release, &short_revision),
-    };
-    Ok(TagReport {
+    Ok(ImageTags {
         ci: inputs.ci.as_ref().map(|ci| ci.provider.name()),
         stage,
-        version,
-        revision: inputs.head.id.clone(),
+        revision: inputs.revision.clone(),
         short_revision,
-        commit_time: inputs.head.time,
         branch,
         dirty: matches!(inputs.worktree, Worktree::Dirty { .. }),
         tags,
         push,
         extra_tag,
         notes,
-        source: inputs.origin.clone(),
+        release: head_release,
     })
 }
 
@@ -472,19 +570,21 @@ mod tests {
     /// A clean checkout of `main`, 3 commits in, no tags, outside CI.
     fn base() -> Inputs {
         Inputs {
-            head: git::Head { id: REVISION.to_string(), time: 1_700_000_000 },
+            revision: REVISION.to_string(),
             branch: Some("main".to_string()),
             head_tags: Vec::new(),
             all_tags: Vec::new(),
             default_branch: Some("main".to_string()),
             worktree: Worktree::Clean,
             shallow: false,
-            last_release: None,
-            commits_since_release: 3,
             ci: None,
             image_tag: None,
-            origin: None,
         }
+    }
+
+    /// 3 commits, no release before them, no origin.
+    fn provenance() -> Provenance {
+        Provenance { commit_time: 1_700_000_000, last_release: None, commits_since_release: 3, origin: None }
     }
 
     fn strings(items: &[&str]) -> Vec<String> {
@@ -644,17 +744,6 @@ mod tests {
                 dev,
             ),
             case(
-                "dev version after a release",
-                |i| {
-                    i.last_release = Some(Version::new(1, 4, 0));
-                    i.commits_since_release = 7;
-                },
-                Auto,
-                Stage::Main,
-                &[SHA, "dev-latest"],
-                "1.4.1-dev.7+g0123456789ab",
-            ),
-            case(
                 "dirty",
                 |i| i.worktree = Worktree::Dirty { digest: DIRTY.into() },
                 Auto,
@@ -782,7 +871,8 @@ mod tests {
         for case in cases {
             let mut inputs = base();
             (case.setup)(&mut inputs);
-            let report = compute(&inputs, case.stage).unwrap_or_else(|error| panic!("{}: {error:#}", case.name));
+            let report =
+                compute(&inputs, &provenance(), case.stage).unwrap_or_else(|error| panic!("{}: {error:#}", case.name));
             assert_eq!(report.stage, case.expect_stage, "{}", case.name);
             assert_eq!(report.tags, case.expect_tags, "{}", case.name);
             assert_eq!(report.version, case.expect_version, "{}", case.name);
@@ -792,10 +882,26 @@ mod tests {
     }
 
     #[test]
+    fn dev_version_after_a_release() {
+        let after = Provenance { last_release: Some(Version::new(1, 4, 0)), commits_since_release: 7, ..provenance() };
+        let report = compute(&base(), &after, StageChoice::Auto).unwrap();
+        assert_eq!((report.stage, &report.version[..]), (Stage::Main, "1.4.1-dev.7+g0123456789ab"));
+        assert_eq!(report.tags, [SHA, "dev-latest"]);
+    }
+
+    #[test]
+    fn the_tags_alone_are_those_of_the_report() {
+        let tags = compute_tags(&base(), StageChoice::Auto).unwrap();
+        let report = compute(&base(), &provenance(), StageChoice::Auto).unwrap();
+        assert_eq!((&tags.tags, &tags.notes, tags.push), (&report.tags, &report.notes, report.push));
+        assert_eq!(tags.release, None);
+    }
+
+    #[test]
     fn report_fields() {
         let mut inputs = base();
         inputs.image_tag = Some("extra".into());
-        let report = compute(&inputs, StageChoice::Auto).unwrap();
+        let report = compute(&inputs, &provenance(), StageChoice::Auto).unwrap();
         assert_eq!(report.revision, REVISION);
         assert_eq!(report.short_revision, "0123456789ab");
         assert_eq!(report.branch.as_deref(), Some("main"));
@@ -829,7 +935,7 @@ mod tests {
         for (name, setup, stage, expected) in cases {
             let mut inputs = base();
             setup(&mut inputs);
-            let error = format!("{:#}", compute(&inputs, stage).expect_err(name));
+            let error = format!("{:#}", compute(&inputs, &provenance(), stage).expect_err(name));
             assert!(error.contains(expected), "{name}: {error}");
         }
     }
@@ -858,7 +964,7 @@ mod tests {
         ] {
             let mut inputs = base();
             inputs.image_tag = Some(tag.to_string());
-            let result = compute(&inputs, StageChoice::Auto);
+            let result = compute(&inputs, &provenance(), StageChoice::Auto);
             match mover {
                 Some(mover) => {
                     let error = format!("{:#}", result.expect_err(tag));

@@ -446,7 +446,7 @@ fn append(path: &Path, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapters::git::{Head, Worktree};
+    use crate::adapters::git::Worktree;
     use crate::plan::Step;
 
     const REVISION: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -456,20 +456,17 @@ mod tests {
     fn detect(vars: &[(&str, &str)]) -> CiStage {
         let env: Env = vars.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
         let inputs = tags::Inputs {
-            head: Head { id: REVISION.into(), time: 1_700_000_000 },
+            revision: REVISION.into(),
             branch: None,
             head_tags: Vec::new(),
             all_tags: vec!["v0.9.0".into()],
             default_branch: Some("main".into()),
             worktree: Worktree::Clean,
             shallow: false,
-            last_release: None,
-            commits_since_release: 1,
             ci: CiContext::detect(&env).unwrap(),
             image_tag: None,
-            origin: None,
         };
-        stage_for(tags::compute(&inputs, StageChoice::Auto).unwrap().stage)
+        stage_for(tags::compute_tags(&inputs, StageChoice::Auto).unwrap().stage)
     }
 
     #[test]

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::adapters::ci_env;
-use crate::images::tags::{StageChoice, resolve};
+use crate::images::tags::{StageChoice, resolve, resolve_tags};
 use crate::plan::runner::Processes;
 
 /// Options of `cargo xtask tags`.
@@ -36,18 +36,21 @@ pub struct TagsArgs {
 }
 
 /// `cargo xtask tags`: prints the tags, one per line with notes on stderr, or one JSON object.
+/// Only the JSON has the version and commit time, whose reading costs git processes, so only
+/// `--json` reads them.
 pub fn run(args: TagsArgs) -> Result<()> {
     let repo = args.repo.unwrap_or_else(crate::adapters::workspace_root);
-    let report = resolve(&Processes::new(), &repo, args.stage, &ci_env::process_env())?;
+    let (runner, env) = (Processes::new(), ci_env::process_env());
     if args.json {
-        println!("{}", report.to_json());
-    } else {
-        for tag in &report.tags {
-            println!("{tag}");
-        }
-        for note in &report.notes {
-            eprintln!("note: {note}");
-        }
+        println!("{}", resolve(&runner, &repo, args.stage, &env)?.to_json());
+        return Ok(());
+    }
+    let tags = resolve_tags(&runner, &repo, args.stage, &env)?;
+    for tag in &tags.tags {
+        println!("{tag}");
+    }
+    for note in &tags.notes {
+        eprintln!("note: {note}");
     }
     Ok(())
 }
