@@ -432,7 +432,7 @@ pub const LOGS_DIR: &str = "target/xtask/logs";
 pub fn prepare(runner: &dyn Runner, args: &BuildArgs, env: &Env, tags: Option<Vec<String>>) -> Result<BuildPlan> {
     let mut inputs = read_inputs(runner, args, env)?;
     if let Some(tags) = tags {
-        inputs.report.tags = tags;
+        inputs.report.image.tags = tags;
     }
     Ok(plan(&inputs))
 }
@@ -465,7 +465,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         if args.push && registry.is_none() {
             problem(anyhow!("--push needs a registry: set NEXUS_REGISTRY or pass --registry HOST[:PORT]"));
         }
-        if args.push && report.as_ref().is_some_and(|report| report.dirty) && !args.allow_dirty {
+        if args.push && report.as_ref().is_some_and(|report| report.image.dirty) && !args.allow_dirty {
             problem(anyhow!(
                 "the working tree is dirty, so the images would match no commit: commit or stash the changes, \
                  or pass --allow-dirty"
@@ -721,7 +721,7 @@ fn image_name(registry: Option<&str>, repository: &str) -> String {
 /// image whose inline cache is complete (`inline-cache`).
 fn cache_sources(report: &TagReport, existing: &[String], name: &str) -> Vec<String> {
     let wanted = std::iter::once("dev-latest")
-        .chain(report.tags.iter().map(String::as_str).filter(|tag| !tag.starts_with("sha-")))
+        .chain(report.image.tags.iter().map(String::as_str).filter(|tag| !tag.starts_with("sha-")))
         .chain(std::iter::once(inline_cache::TAG));
     let mut sources: Vec<String> = Vec::new();
     for tag in wanted {
@@ -743,7 +743,7 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
         }
         _ => None,
     };
-    let mut tags: Vec<String> = inputs.report.tags.clone();
+    let mut tags: Vec<String> = inputs.report.image.tags.clone();
     for extra in &inputs.extra_tags {
         if !tags.contains(extra) {
             tags.push(extra.clone());
@@ -850,7 +850,7 @@ fn build_labels(report: &TagReport, image: &Image, digest: &str, outside: Option
     let mut labels = vec![
         ("org.opencontainers.image.title".to_string(), format!("intric-{}", image.name)),
         ("org.opencontainers.image.version".to_string(), report.version.clone()),
-        ("org.opencontainers.image.revision".to_string(), report.revision.clone()),
+        ("org.opencontainers.image.revision".to_string(), report.image.revision.clone()),
         ("org.opencontainers.image.created".to_string(), crate::adapters::clock::rfc3339(report.commit_time)),
         (INPUTS_LABEL.to_string(), digest.to_string()),
     ];
@@ -867,7 +867,7 @@ fn build_labels(report: &TagReport, image: &Image, digest: &str, outside: Option
 fn build_args(report: &TagReport, image: &Image) -> Vec<(String, String)> {
     let mut build_args = image.args.clone();
     build_args.push(("VERSION".into(), report.version.clone()));
-    build_args.push(("REVISION".into(), report.revision.clone()));
+    build_args.push(("REVISION".into(), report.image.revision.clone()));
     build_args
 }
 
@@ -1479,7 +1479,7 @@ impl fmt::Display for Summary {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::images::tags::Stage;
+    use crate::images::tags::{ImageTags, Stage};
     use crate::plan::Secret;
     use crate::plan::runner::Recording;
     use std::sync::Arc;
@@ -1492,18 +1492,21 @@ pub(crate) mod tests {
 
     fn report() -> TagReport {
         TagReport {
-            ci: None,
-            stage: Stage::Main,
+            image: ImageTags {
+                ci: None,
+                stage: Stage::Main,
+                revision: "0123456789abcdef0123456789abcdef01234567".into(),
+                short_revision: "0123456789ab".into(),
+                branch: Some("main".into()),
+                dirty: false,
+                tags: vec!["sha-0123456789ab".into(), "dev-latest".into()],
+                push: true,
+                extra_tag: None,
+                notes: Vec::new(),
+                release: None,
+            },
             version: "1.4.1-dev.7+g0123456789ab".into(),
-            revision: "0123456789abcdef0123456789abcdef01234567".into(),
-            short_revision: "0123456789ab".into(),
             commit_time: 1_764_233_100,
-            branch: Some("main".into()),
-            dirty: false,
-            tags: vec!["sha-0123456789ab".into(), "dev-latest".into()],
-            push: true,
-            extra_tag: None,
-            notes: Vec::new(),
             source: Some("https://git.example/intric.git".into()),
         }
     }
@@ -1856,7 +1859,7 @@ pub(crate) mod tests {
     #[test]
     fn cache_sources_are_existing_floating_tags() {
         let mut report = report();
-        report.tags = vec!["sha-0123456789ab".into(), "feature-x".into()];
+        report.image.tags = vec!["sha-0123456789ab".into(), "feature-x".into()];
         let mut existing = vec!["dev-latest".to_string(), "feature-x".to_string(), "sha-0123456789ab".to_string()];
         assert_eq!(
             cache_sources(&report, &existing, "r/intric/backend"),

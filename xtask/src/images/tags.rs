@@ -87,30 +87,15 @@ pub struct ImageTags {
     pub release: Option<Version>,
 }
 
-/// The result: what to tag the images of this build and what to call its version.
+/// The result: what to tag the images of this build (the tag rules' [`ImageTags`]) and what
+/// to call its version, when, and from where.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TagReport {
-    /// The CI system the build runs in, by name, `None` outside CI.
-    pub ci: Option<&'static str>,
-    pub stage: Stage,
+    pub image: ImageTags,
     /// The exact semver: the release's version, or a dev version between releases.
     pub version: String,
-    /// HEAD's full commit id.
-    pub revision: String,
-    /// The first 12 hex digits of `revision`.
-    pub short_revision: String,
     /// HEAD's committer time in unix seconds (the OCI `created` label, reproducibly).
     pub commit_time: i64,
-    pub branch: Option<String>,
-    pub dirty: bool,
-    /// Image tags, without registry or repository, the immutable `sha-` tag first.
-    pub tags: Vec<String>,
-    /// Whether this build is pushed by default.
-    pub push: bool,
-    /// The tag IMAGE_TAG added, if it did.
-    pub extra_tag: Option<String>,
-    /// Things the user should know: ignored tags or variables, guesses made.
-    pub notes: Vec<String>,
     /// Where the source lives: `origin`'s URL without credentials (the images' source label).
     pub source: Option<String>,
 }
@@ -118,18 +103,18 @@ pub struct TagReport {
 impl TagReport {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "ci": self.ci,
-            "stage": self.stage.name(),
+            "ci": self.image.ci,
+            "stage": self.image.stage.name(),
             "version": self.version,
-            "revision": self.revision,
-            "short_revision": self.short_revision,
+            "revision": self.image.revision,
+            "short_revision": self.image.short_revision,
             "commit_time": self.commit_time,
-            "branch": self.branch,
-            "dirty": self.dirty,
-            "tags": self.tags,
-            "push": self.push,
-            "extra_tag": self.extra_tag,
-            "notes": self.notes,
+            "branch": self.image.branch,
+            "dirty": self.image.dirty,
+            "tags": self.image.tags,
+            "push": self.image.push,
+            "extra_tag": self.image.extra_tag,
+            "notes": self.image.notes,
         })
     }
 }
@@ -274,21 +259,7 @@ pub fn compute(inputs: &Inputs, provenance: &Provenance, choice: StageChoice) ->
         Some(version) => version.to_string(),
         None => dev_version(provenance.last_release.as_ref(), provenance.commits_since_release, &tags.short_revision),
     };
-    Ok(TagReport {
-        ci: tags.ci,
-        stage: tags.stage,
-        version,
-        revision: tags.revision,
-        short_revision: tags.short_revision,
-        commit_time: provenance.commit_time,
-        branch: tags.branch,
-        dirty: tags.dirty,
-        tags: tags.tags,
-        push: tags.push,
-        extra_tag: tags.extra_tag,
-        notes: tags.notes,
-        source: provenance.origin.clone(),
-    })
+    Ok(TagReport { image: tags, version, commit_time: provenance.commit_time, source: provenance.origin.clone() })
 }
 
 /// Applies the tag rules to `inputs`. Pure: no disk, no processes, no environment.
@@ -873,11 +844,16 @@ mod tests {
             (case.setup)(&mut inputs);
             let report =
                 compute(&inputs, &provenance(), case.stage).unwrap_or_else(|error| panic!("{}: {error:#}", case.name));
-            assert_eq!(report.stage, case.expect_stage, "{}", case.name);
-            assert_eq!(report.tags, case.expect_tags, "{}", case.name);
+            assert_eq!(report.image.stage, case.expect_stage, "{}", case.name);
+            assert_eq!(report.image.tags, case.expect_tags, "{}", case.name);
             assert_eq!(report.version, case.expect_version, "{}", case.name);
-            assert_eq!(report.push, report.stage.pushes() && !report.dirty, "{}", case.name);
-            assert!(report.tags.iter().all(|tag| is_valid_image_tag(tag)), "{}: {:?}", case.name, report.tags);
+            assert_eq!(report.image.push, report.image.stage.pushes() && !report.image.dirty, "{}", case.name);
+            assert!(
+                report.image.tags.iter().all(|tag| is_valid_image_tag(tag)),
+                "{}: {:?}",
+                case.name,
+                report.image.tags
+            );
         }
     }
 
@@ -885,15 +861,15 @@ mod tests {
     fn dev_version_after_a_release() {
         let after = Provenance { last_release: Some(Version::new(1, 4, 0)), commits_since_release: 7, ..provenance() };
         let report = compute(&base(), &after, StageChoice::Auto).unwrap();
-        assert_eq!((report.stage, &report.version[..]), (Stage::Main, "1.4.1-dev.7+g0123456789ab"));
-        assert_eq!(report.tags, [SHA, "dev-latest"]);
+        assert_eq!((report.image.stage, &report.version[..]), (Stage::Main, "1.4.1-dev.7+g0123456789ab"));
+        assert_eq!(report.image.tags, [SHA, "dev-latest"]);
     }
 
     #[test]
     fn the_tags_alone_are_those_of_the_report() {
         let tags = compute_tags(&base(), StageChoice::Auto).unwrap();
         let report = compute(&base(), &provenance(), StageChoice::Auto).unwrap();
-        assert_eq!((&tags.tags, &tags.notes, tags.push), (&report.tags, &report.notes, report.push));
+        assert_eq!((&tags.tags, &tags.notes, tags.push), (&report.image.tags, &report.image.notes, report.image.push));
         assert_eq!(tags.release, None);
     }
 
@@ -902,11 +878,11 @@ mod tests {
         let mut inputs = base();
         inputs.image_tag = Some("extra".into());
         let report = compute(&inputs, &provenance(), StageChoice::Auto).unwrap();
-        assert_eq!(report.revision, REVISION);
-        assert_eq!(report.short_revision, "0123456789ab");
-        assert_eq!(report.branch.as_deref(), Some("main"));
-        assert_eq!(report.extra_tag.as_deref(), Some("extra"));
-        assert!(report.notes.iter().any(|note| note.contains("IMAGE_TAG")), "{:?}", report.notes);
+        assert_eq!(report.image.revision, REVISION);
+        assert_eq!(report.image.short_revision, "0123456789ab");
+        assert_eq!(report.image.branch.as_deref(), Some("main"));
+        assert_eq!(report.image.extra_tag.as_deref(), Some("extra"));
+        assert!(report.image.notes.iter().any(|note| note.contains("IMAGE_TAG")), "{:?}", report.image.notes);
         let json = report.to_json();
         assert_eq!(json["stage"], "main");
         assert_eq!(json["push"], true);
@@ -971,7 +947,7 @@ mod tests {
                     assert!(error.contains(&format!("IMAGE_TAG=`{tag}`")) && error.contains(mover), "{tag}: {error}");
                     assert_eq!(error.lines().count(), 1, "{error}");
                 }
-                None => assert!(result.unwrap().tags.contains(&tag.to_string()), "{tag} is a tag of one's own"),
+                None => assert!(result.unwrap().image.tags.contains(&tag.to_string()), "{tag} is a tag of one's own"),
             }
         }
     }

@@ -155,10 +155,10 @@ pub fn run(args: CiArgs) -> Result<()> {
     // The tag engine's rules decide the stage (auto) and, for release, whether HEAD's tag is one.
     let report = tags::resolve(&runner, &repo, choice, &env)?;
     let stage = match args.stage {
-        CiStage::Auto => stage_for(report.stage),
+        CiStage::Auto => stage_for(report.image.stage),
         stage => stage,
     };
-    eprintln!("ci: {} stage ({})", stage.name(), report.ci.unwrap_or("outside CI"));
+    eprintln!("ci: {} stage ({})", stage.name(), report.image.ci.unwrap_or("outside CI"));
     let outcome = match stage {
         CiStage::Release => release_stage(&args, &repo, &report, &env)?,
         _ => show_or_run(&ci_plan(&args, &runner, &repo, stage, &env)?, args.dry_run, &runner)?,
@@ -227,9 +227,9 @@ impl TaskPlan for CiPlan {
         Ok(CiReport {
             stage: self.stage,
             version: report.version.clone(),
-            revision: report.revision.clone(),
-            image_tag: report.tags.first().cloned().unwrap_or_default(),
-            tags: report.tags.clone(),
+            revision: report.image.revision.clone(),
+            image_tag: report.image.tags.first().cloned().unwrap_or_default(),
+            tags: report.image.tags.clone(),
             images: results
                 .iter()
                 .map(|result| ImageLine {
