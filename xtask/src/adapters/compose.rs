@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::adapters::docker;
 use crate::adapters::dotenv::DotEnv;
 use crate::plan::Command;
 use crate::plan::runner::Runner;
@@ -152,22 +153,12 @@ pub fn source_config(plugin: Option<&Path>, file: &Path) -> Command {
         ))
 }
 
-/// The compose plugin `docker compose` would run, where the docker client looks for plugins
-/// on Linux (the user's directory, `$DOCKER_CONFIG/cli-plugins` or `~/.docker/cli-plugins`,
-/// then the system's). Running it directly reads a compose file in about half the time:
-/// the client's own start and its scan of the plugins (a process per plugin) go. Only
-/// plugin directories count: a `docker-compose` on PATH may be compose v1, which has no JSON.
+/// The compose plugin `docker compose` would run (see [`docker::cli_plugin`]). Running it
+/// directly reads a compose file in about half the time: the client's own start and its scan
+/// of the plugins (a process per plugin) go. Only plugin directories count: a `docker-compose`
+/// on PATH may be compose v1, which has no JSON.
 pub fn compose_plugin(env: &crate::adapters::ci_env::Env) -> Option<PathBuf> {
-    let user = match (env.get("DOCKER_CONFIG"), env.get("HOME")) {
-        (Some(config), _) if !config.is_empty() => Some(PathBuf::from(config)),
-        (_, Some(home)) if !home.is_empty() => Some(Path::new(home).join(".docker")),
-        _ => None,
-    };
-    let system = ["/usr/local/lib/docker", "/usr/local/libexec/docker", "/usr/lib/docker", "/usr/libexec/docker"];
-    user.into_iter()
-        .chain(system.into_iter().map(PathBuf::from))
-        .map(|dir| dir.join("cli-plugins/docker-compose"))
-        .find(|plugin| plugin.is_file())
+    docker::cli_plugin(env, "compose")
 }
 
 impl Compose {

@@ -4,9 +4,9 @@
 //! inspect`); everything that changes state is
 //! returned as a [`Command`] for a plan.
 //!
-//! Builds always use BuildKit: `docker buildx build` where the buildx plugin works, otherwise a
-//! client older than 23 with `DOCKER_BUILDKIT=1` (Debian 12's `/usr/bin/docker` is one). A newer
-//! client without buildx cannot build at all, so both are probed once at start.
+//! Builds always use BuildKit: `docker buildx build` where the buildx plugin is installed,
+//! otherwise a client older than 23 with `DOCKER_BUILDKIT=1` (Debian 12's `/usr/bin/docker` is
+//! one). A newer client without buildx cannot build at all, so both are probed once at start.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,22 @@ pub struct Docker {
     pub engine_version: String,
 }
 
+/// The docker client's plugin `name` (`docker-<name>`) where the client looks for plugins on
+/// Linux: the user's directory (`$DOCKER_CONFIG/cli-plugins`, else `~/.docker/cli-plugins`),
+/// then the system's.
+pub fn cli_plugin(env: &crate::adapters::ci_env::Env, name: &str) -> Option<PathBuf> {
+    let user = match (env.get("DOCKER_CONFIG"), env.get("HOME")) {
+        (Some(config), _) if !config.is_empty() => Some(PathBuf::from(config)),
+        (_, Some(home)) if !home.is_empty() => Some(Path::new(home).join(".docker")),
+        _ => None,
+    };
+    let system = ["/usr/local/lib/docker", "/usr/local/libexec/docker", "/usr/lib/docker", "/usr/libexec/docker"];
+    user.into_iter()
+        .chain(system.into_iter().map(PathBuf::from))
+        .map(|dir| dir.join(format!("cli-plugins/docker-{name}")))
+        .find(|plugin| plugin.is_file())
+}
+
 /// The first major client version whose `docker build` needs the buildx plugin.
 const FIRST_CLIENT_WITHOUT_CLASSIC_BUILD: u64 = 23;
 
@@ -50,39 +66,34 @@ const FIRST_CLIENT_WITHOUT_CLASSIC_BUILD: u64 = 23;
 const DEBIAN_CLIENT: &str = "/usr/bin/docker";
 
 impl Docker {
-    /// Checks that an engine answers and picks the client and builder to use. The probes are
-    /// separate processes that don't depend on each other, so they run at once: every build
-    /// pays for them, a no-op one most visibly.
+    /// Checks that an engine answers and picks the client and builder to use. Whether buildx
+    /// is there is read from the plugin directories (a file, not a process: every build pays
+    /// for these probes, a no-op one most visibly); the clients' versions are asked at once.
+    /// Only where no plugin file is found and no client builds the classic way is
+    /// `docker buildx version` asked, for a buildx installed somewhere else.
     pub fn detect(runner: &dyn Runner) -> Result<Docker> {
+        let plugin = cli_plugin(&crate::adapters::ci_env::process_env(), "buildx").is_some();
         let mut candidates = vec!["docker".to_string()];
-        if Path::new(DEBIAN_CLIENT).exists() {
+        if !plugin && Path::new(DEBIAN_CLIENT).exists() {
             candidates.push(DEBIAN_CLIENT.to_string());
         }
-        // Per candidate: whether `buildx version` works, and its client version. The first
-        // candidate's probe also asks the engine's version.
-        let probes: Vec<(bool, Option<String>)> = std::thread::scope(|scope| {
-            let probes: Vec<_> = candidates
+        // Each candidate's client version; the first candidate's probe also asks the engine's.
+        let versions: Vec<Option<String>> = std::thread::scope(|scope| {
+            let asked: Vec<_> = candidates
                 .iter()
                 .enumerate()
                 .map(|(index, program)| {
-                    let buildx = scope.spawn(move || {
-                        runner.read(&Command::new(program).args(["buildx", "version"])).ok().map(|_| ())
-                    });
-                    let version = scope.spawn(move || {
+                    scope.spawn(move || {
                         let format =
                             if index == 0 { "{{.Client.Version}} {{.Server.Version}}" } else { "{{.Client.Version}}" };
                         runner.read(&Command::new(program).args(["version", "--format", format])).ok()
-                    });
-                    (buildx, version)
+                    })
                 })
                 .collect();
-            probes
-                .into_iter()
-                .map(|(buildx, version)| (buildx.join().ok().flatten().is_some(), version.join().ok().flatten()))
-                .collect()
+            asked.into_iter().map(|version| version.join().ok().flatten()).collect()
         });
         let engine_version =
-            probes[0].1.as_deref().and_then(|versions| versions.split_once(' ')).map(|(_, server)| server);
+            versions[0].as_deref().and_then(|versions| versions.split_once(' ')).map(|(_, server)| server);
         let engine_version = match engine_version {
             Some(version) if !version.is_empty() => version.to_string(),
             _ => bail!(
@@ -90,15 +101,18 @@ impl Docker {
                  or install it first (`bash ci/provision.sh` does both on Debian), or set DOCKER_HOST"
             ),
         };
-        if let Some(index) = probes.iter().position(|(buildx, _)| *buildx) {
-            return Ok(Docker { program: candidates[index].clone(), builder: Builder::Buildx, engine_version });
+        if plugin {
+            return Ok(Docker { program: candidates[0].clone(), builder: Builder::Buildx, engine_version });
         }
-        let classic = probes.iter().position(|(_, version)| {
+        let classic = versions.iter().position(|version| {
             let client = version.as_deref().map(|versions| versions.split(' ').next().unwrap_or_default());
             client.and_then(major_version).is_some_and(|major| major < FIRST_CLIENT_WITHOUT_CLASSIC_BUILD)
         });
         if let Some(index) = classic {
             return Ok(Docker { program: candidates[index].clone(), builder: Builder::Legacy, engine_version });
+        }
+        if runner.read(&Command::new(&candidates[0]).args(["buildx", "version"])).is_ok() {
+            return Ok(Docker { program: candidates[0].clone(), builder: Builder::Buildx, engine_version });
         }
         bail!(
             "no docker client here can run BuildKit builds: install the buildx plugin \
