@@ -363,10 +363,21 @@ fn a_source_swap_is_the_image_buildkit_builds_and_runs() {
         let backend = summary["images"].as_array().unwrap().iter().find(|image| image["service"] == "backend").unwrap();
         assert!(backend["path"].as_str().unwrap().starts_with("source swap on dev-latest"), "{name}: {summary}");
         let tag = backend["tags"][0].as_str().unwrap().to_string();
-        let summary = build_backend(dir, &buildkit_registry, &["--no-fast-path", "backend"], &env);
+        let summary = build_backend(dir, &buildkit_registry, &["--no-fast-path", "backend", "worker"], &env);
         assert!(buildkit_built(&results(&summary)["backend"]), "{name}: {summary}");
 
         let swapped_files = assert_swap_is_buildkits(&registry, &namespace, "intric/backend", &tag, dir, name);
+        // The worker, made from the swapped parts beside the backend's own step, has exactly
+        // the swapped backend's layers and BuildKit's worker config.
+        let worker = pushed(&registry, &format!("{namespace}/intric/worker"), &tag);
+        let backend = pushed(&registry, &format!("{namespace}/intric/backend"), &tag);
+        assert_eq!(worker.manifest["layers"], backend.manifest["layers"], "{name}: the worker's layers");
+        let buildkit_worker = pushed(&registry, &format!("{namespace}-buildkit/intric/worker"), &tag);
+        assert_eq!(
+            swap_essentials(&worker.config, 3),
+            swap_essentials(&buildkit_worker.config, 3),
+            "{name}: the worker's config differs from BuildKit's"
+        );
         let paths: Vec<&str> = swapped_files.iter().map(|entry| entry[0].as_str().unwrap()).collect();
         assert!(!paths.contains(&"app/intric/to_delete.py") && paths.contains(&"app/intric/renamed.py"), "{name}");
         assert!(!paths.contains(&"app/intric/stale.pyc"), "{name}: the ignore file's hit was copied");

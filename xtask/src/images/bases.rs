@@ -49,10 +49,12 @@ const DOCKER_HUB: &str = "registry-1.docker.io";
 const DOCKER_HUB_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Resolves every reference of `images` once; `None` where the digest is unknown. A dry run
-/// waits at most `patience` for each registry request.
+/// waits at most `patience` for each registry request. A base on the registry `known` talks to
+/// (with the same login) is asked through it, sharing its learned login challenge.
 pub fn resolve<'a>(
     runner: &dyn Runner,
     docker: &Docker,
+    known: Option<&Registry>,
     images: impl IntoIterator<Item = &'a String>,
     patience: Option<Duration>,
 ) -> BTreeMap<String, Option<String>> {
@@ -60,12 +62,18 @@ pub fn resolve<'a>(
     // are asked at once.
     let unique: Vec<&String> = images.into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     // No call fails (an unknown digest is `None`), so only a panic could come back: pass it on.
-    let digests = at_once(&unique, |image| Ok(resolve_one(runner, docker, image, patience)))
+    let digests = at_once(&unique, |image| Ok(resolve_one(runner, docker, known, image, patience)))
         .expect("resolving a base image's digest panicked");
     unique.into_iter().cloned().zip(digests).collect()
 }
 
-fn resolve_one(runner: &dyn Runner, docker: &Docker, image: &str, patience: Option<Duration>) -> Option<String> {
+fn resolve_one(
+    runner: &dyn Runner,
+    docker: &Docker,
+    known: Option<&Registry>,
+    image: &str,
+    patience: Option<Duration>,
+) -> Option<String> {
     let Reference { host, repository, reference } = split(image);
     if reference.starts_with("sha256:") {
         return Some(reference.to_string());
@@ -84,9 +92,10 @@ fn resolve_one(runner: &dyn Runner, docker: &Docker, image: &str, patience: Opti
     let from_registry = asked.and_then(|(host, repository, patience)| {
         let address = RegistryAddress::parse(host).ok()?;
         let credentials = credentials_for(&address, runner);
-        let registry = match patience {
-            Some(timeout) => Registry::impatient(address, credentials, timeout),
-            None => Registry::new(address, credentials, Backoff::STANDARD),
+        let registry = match (patience, known.and_then(|known| known.sibling(&address, &credentials))) {
+            (Some(timeout), _) => Registry::impatient(address, credentials, timeout),
+            (None, Some(shared)) => shared,
+            (None, None) => Registry::new(address, credentials, Backoff::STANDARD),
         };
         registry.manifest_digest(repository, reference).ok().flatten()
     });
@@ -139,7 +148,7 @@ mod tests {
         });
         let images = ["python:3.10".to_string(), "node:22".to_string(), "x@sha256:pinned".to_string()];
         // As a dry run: Docker Hub is not asked.
-        let digests = resolve(&runner, &docker, &images, Some(Duration::from_secs(1)));
+        let digests = resolve(&runner, &docker, None, &images, Some(Duration::from_secs(1)));
         assert_eq!(digests["python:3.10"].as_deref(), Some("sha256:local"));
         assert_eq!(digests["node:22"], None);
         assert_eq!(digests["x@sha256:pinned"].as_deref(), Some("sha256:pinned"), "a pinned digest needs no asking");

@@ -46,13 +46,13 @@ use crate::adapters::ci_env::Env;
 use crate::adapters::docker::{BuildSecret, BuildSpec, Builder, Docker};
 use crate::adapters::registry::{Backoff, Credentials, Manifest, Registry, RegistryAddress, at_once};
 use crate::images::bases;
-use crate::images::derived::{Derivation, metadata_stage};
+use crate::images::derived::{Derivation, PlannedBase, metadata_stage};
 use crate::images::inline_cache;
 use crate::images::inputs::OUTSIDE_SOURCES_LABEL;
 use crate::images::layer::Layer;
 use crate::images::location::Location;
 use crate::images::services::{ComposeImages, Image, compose_file};
-use crate::images::source_swap::{SourceSwap, SourceSwapStep, replaced_layer, source_layers, source_swap};
+use crate::images::source_swap::{SourceSwap, SourceSwapStep, SwapInputs, replaced_layer, source_layers, source_swap};
 use crate::images::tags::{self, StageChoice, TagReport};
 use crate::images::{BASE_IMAGES, Service};
 use crate::plan::progress::{Progress, TaskProgress};
@@ -191,7 +191,7 @@ pub struct BuildInputs {
 
 /// The previous image of a service in the registry, whose inputs outside the trailing copies'
 /// sources are this build's, and the layers of those copies as this build's context has them.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct PreviousImage {
     pub tag: String,
     pub manifest: Manifest,
@@ -241,11 +241,24 @@ fn previous_image(
     Ok(layers.map(|layers| PreviousImage { tag: PREVIOUS_TAG.to_string(), manifest, config, swap, layers }))
 }
 
-/// The registry's address and the credentials its API calls use, decided when planning.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The registry's address and the credentials its API calls use, decided when planning, and
+/// the one client that planning and the run share: the registry's login challenge is then met
+/// once per build, and its connections are reused, instead of once per phase.
+#[derive(Clone)]
 pub struct RegistryAccess {
     pub address: RegistryAddress,
     pub credentials: Option<Credentials>,
+    client: Registry,
+}
+
+impl fmt::Debug for RegistryAccess {
+    // The client holds nothing the plan decides: its address and login are shown already.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryAccess")
+            .field("address", &self.address)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RegistryAccess {
@@ -254,12 +267,13 @@ impl RegistryAccess {
     pub fn read(setting: &str, runner: &dyn Runner) -> Result<RegistryAccess> {
         let address = RegistryAddress::parse(setting)?;
         let credentials = Credentials::find(&address, runner)?;
-        Ok(RegistryAccess { address, credentials })
+        let client = Registry::new(address.clone(), credentials.clone(), Backoff::STANDARD);
+        Ok(RegistryAccess { address, credentials, client })
     }
 
-    /// A client that rides out a registry restarting (see [`Backoff::STANDARD`]).
-    pub fn client(&self) -> Registry {
-        Registry::new(self.address.clone(), self.credentials.clone(), Backoff::STANDARD)
+    /// The client, which rides out a registry restarting (see [`Backoff::STANDARD`]).
+    pub fn client(&self) -> &Registry {
+        &self.client
     }
 }
 
@@ -310,6 +324,14 @@ pub enum ImageAction {
     /// Make the image from the previous one in the registry by replacing the layers of its
     /// trailing copies: only their sources changed (see [`crate::images::source_swap`]).
     SwapSources(SourceSwapStep),
+}
+
+impl ImageAction {
+    /// Whether it takes one of the `--jobs` slots: what runs docker does (a BuildKit build, a
+    /// local retag); the registry-only actions are a few round trips each.
+    fn takes_slot(&self) -> bool {
+        matches!(self, ImageAction::Build { .. } | ImageAction::RetagLocally(_))
+    }
 }
 
 /// Registry API calls that put `to` on the manifest `from` names, in this order.
@@ -513,7 +535,32 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             bail!("cannot build: {}", problems.join("; "));
         };
         let warnings: Vec<String> = services.iter().flat_map(Image::ignored_args).collect();
-        let (bases, digests, outside_sources) = inputs_digests(runner, &docker, &services, args.dry_run)?;
+        // The one client planning asks the registry with; a dry run's is impatient.
+        let client = registry_access.as_ref().map(|access| {
+            if args.dry_run {
+                Registry::impatient(access.address.clone(), access.credentials.clone(), DRY_RUN_REGISTRY_TIMEOUT)
+            } else {
+                access.client().clone()
+            }
+        });
+        // The registry's tags of each image: where an unchanged image is found when pushing, and
+        // the cache sources of every build that knows a registry (a PR's too, which does not
+        // push). One listing per repository (a round trip or more: pages), all at once, and at
+        // the same time as the base images' digests, which need none of them.
+        let (digested, listed) = std::thread::scope(|listing| {
+            let listed = client.as_ref().map(|client| {
+                listing.spawn(|| {
+                    let listings = at_once(&services, |image| client.tags(&image.repository))?;
+                    let names = services.iter().map(|image| image.name.clone());
+                    Ok(names.zip(listings).collect::<BTreeMap<String, Vec<String>>>())
+                })
+            });
+            let digested = inputs_digests(runner, &docker, &services, args.dry_run, client.as_ref());
+            let listed =
+                listed.map(|thread| thread.join().map_err(|_| anyhow!("listing the registry's tags panicked")));
+            (digested, listed)
+        });
+        let (bases, digests, outside_sources) = digested?;
 
         // A login the docker client already holds needs no `docker login` (a process and a
         // round trip on every build); the registry client checks the same credentials anyway.
@@ -521,18 +568,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             (Some(credentials), Some(access)) if credentials.is_docker_login(&access.address, runner) => None,
             (credentials, _) => credentials,
         };
-        // The registry's tags of each image: where an unchanged image is found when pushing, and
-        // the cache sources of every build that knows a registry (a PR's too, which does not push).
-        let listed = registry_access.as_ref().map(|access| {
-            let client = if args.dry_run {
-                Registry::impatient(access.address.clone(), access.credentials.clone(), DRY_RUN_REGISTRY_TIMEOUT)
-            } else {
-                access.client()
-            };
-            // One listing per repository, at once: each is a round trip or more (pages).
-            let listings = at_once(&services, |image| client.tags(&image.repository))?;
-            Ok(services.iter().map(|image| image.name.clone()).zip(listings).collect::<BTreeMap<String, Vec<String>>>())
-        });
+        let listed: Option<Result<BTreeMap<String, Vec<String>>>> = listed.map(|joined| joined.and_then(|tags| tags));
         let (registry_tags, registry_unreachable) = match listed {
             None => (None, None),
             Some(Ok(tags)) => (Some(tags), None),
@@ -567,7 +603,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             if let (true, Some(outside), Some(existing), Some(access)) =
                 (fast_path, outside_sources.get(&image.name), existing, &registry_access)
             {
-                let found = previous_image(&access.client(), runner, image, outside, existing, report.commit_time)
+                let found = previous_image(access.client(), runner, image, outside, existing, report.commit_time)
                     .with_context(|| format!("cannot read the previous image of {}", image.name))?;
                 previous.insert(image.name.clone(), found);
             }
@@ -619,13 +655,14 @@ fn with_base_registry(mut images: Vec<Image>, base_registry: Option<&str>) -> Ve
 /// Each image's base images with their digests, its inputs digest (the disk walk of its
 /// context), and the digest outside its trailing copies' sources where its target has them
 /// (from the same walk). A dry run asks each base's registry briefly; an unknown digest goes
-/// into the inputs digest as `unknown`.
+/// into the inputs digest as `unknown`. Bases on the registry of `client` are asked through it.
 #[allow(clippy::type_complexity)]
 fn inputs_digests(
     runner: &dyn Runner,
     docker: &Docker,
     images: &[Image],
     dry_run: bool,
+    client: Option<&Registry>,
 ) -> Result<(BTreeMap<String, Vec<(String, Option<String>)>>, BTreeMap<String, String>, BTreeMap<String, String>)> {
     let mut problems = Vec::new();
     let mut references = BTreeMap::new();
@@ -642,7 +679,7 @@ fn inputs_digests(
         bail!("cannot build: {}", problems.join("; "));
     }
     let patience = dry_run.then_some(DRY_RUN_REGISTRY_TIMEOUT);
-    let resolved = bases::resolve(runner, docker, references.values().flatten(), patience);
+    let resolved = bases::resolve(runner, docker, client, references.values().flatten(), patience);
     let mut bases = BTreeMap::new();
     let mut digests = BTreeMap::new();
     let mut outside_sources = BTreeMap::new();
@@ -749,7 +786,7 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
             tags.push(extra.clone());
         }
     }
-    let images = inputs
+    let mut images: Vec<ImagePlan> = inputs
         .services
         .iter()
         .map(|image| {
@@ -778,19 +815,24 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
                         let path = format!("derived from {}'s manifest (metadata only)", derivation.from_service);
                         (ImageAction::Derive(derivation), path)
                     }
-                    (Err(_), Some(Ok(previous))) => {
-                        let step = source_swap_step(inputs, image, &tags, &digest, previous);
-                        let path =
-                            format!("source swap on {}: only the sources of {} changed", previous.tag, step.copies());
-                        (ImageAction::SwapSources(step), path)
-                    }
                     (Err(not_derived), previous) => {
-                        // Where the source swap was considered, its reason is the one that matters.
-                        let why = match previous {
-                            Some(Err(not_swapped)) => not_swapped.clone(),
-                            _ => not_derived,
-                        };
-                        (plan_build(inputs, image, &name, &tags, &digest), format!("BuildKit: {why}"))
+                        let swap = previous.map(|previous| match previous {
+                            Ok(previous) => source_swap_step(inputs, image, &tags, &digest, previous)
+                                .map(|step| (step, &previous.tag)),
+                            Err(not_swapped) => Err(not_swapped.clone()),
+                        });
+                        match swap {
+                            Some(Ok((step, from_tag))) => {
+                                let path =
+                                    format!("source swap on {from_tag}: only the sources of {} changed", step.copies());
+                                (ImageAction::SwapSources(step), path)
+                            }
+                            // Where the source swap was considered, its reason is the one that matters.
+                            why => {
+                                let why = why.and_then(Result::err).unwrap_or(not_derived);
+                                (plan_build(inputs, image, &name, &tags, &digest), format!("BuildKit: {why}"))
+                            }
+                        }
                     }
                 }
             };
@@ -827,6 +869,26 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
             }
         })
         .collect();
+    // An image derived from one this build swaps is made from the swapped parts, beside it.
+    let swapped: BTreeMap<String, PlannedBase> = images
+        .iter()
+        .filter_map(|image| match &image.action {
+            ImageAction::SwapSources(step) => Some((
+                image.service.clone(),
+                PlannedBase {
+                    manifest: step.manifest.clone(),
+                    config: step.config.clone(),
+                    new_layers: step.layers.clone(),
+                },
+            )),
+            _ => None,
+        })
+        .collect();
+    for image in &mut images {
+        if let ImageAction::Derive(derivation) = &mut image.action {
+            derivation.planned_base = swapped.get(&derivation.from_service).cloned();
+        }
+    }
     BuildPlan {
         builder: docker.builder,
         registry: inputs.registry.clone(),
@@ -914,30 +976,35 @@ fn derivation(inputs: &BuildInputs, image: &Image, tags: &[String], digest: &str
         build_args: build_args(report, image).into_iter().collect(),
         labels: build_labels(report, image, digest, inputs.outside_sources.get(&image.name)),
         created: crate::adapters::clock::rfc3339(report.commit_time),
+        planned_base: None,
     })
 }
 
-/// The step that swaps the sources of `previous` into `image`'s new tags.
+/// The step that swaps the sources of `previous` into `image`'s new tags, its config and
+/// manifest written; or why it cannot be.
 fn source_swap_step(
     inputs: &BuildInputs,
     image: &Image,
     tags: &[String],
     digest: &str,
     previous: &PreviousImage,
-) -> SourceSwapStep {
+) -> Result<SourceSwapStep, String> {
     let report = &inputs.report;
-    SourceSwapStep {
-        repository: image.repository.clone(),
-        from_tag: previous.tag.clone(),
-        from: previous.manifest.clone(),
-        previous_config: previous.config.clone(),
+    let build_args: BTreeMap<String, String> = build_args(report, image).into_iter().collect();
+    let labels = build_labels(report, image, digest, inputs.outside_sources.get(&image.name));
+    SourceSwapStep::new(SwapInputs {
+        repository: &image.repository,
+        from_tag: &previous.tag,
+        from: &previous.manifest,
+        previous_config: &previous.config,
+        swap: &previous.swap,
+        layers: &previous.layers,
         tags: tags.iter().cloned().chain(std::iter::once(inputs_tag(digest))).collect(),
-        swap: previous.swap.clone(),
-        layers: previous.layers.clone(),
-        build_args: build_args(report, image).into_iter().collect(),
-        labels: build_labels(report, image, digest, inputs.outside_sources.get(&image.name)),
-        created: crate::adapters::clock::rfc3339(report.commit_time),
-    }
+        build_args: &build_args,
+        labels: &labels,
+        created: &crate::adapters::clock::rfc3339(report.commit_time),
+    })
+    .map_err(|error| format!("{error:#}"))
 }
 
 fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], digest: &str) -> ImageAction {
@@ -1115,24 +1182,45 @@ struct Board {
 impl Board {
     /// Whether `image` may start now: it was not cancelled, its dependency (the backend, for
     /// the worker) succeeded, or is not built, and it is not waiting for one. For a schedule
-    /// that does not depend on the threads' luck, images take free slots in plan order: no
-    /// earlier image that could start is still waiting.
+    /// that does not depend on the threads' luck, BuildKit builds take free slots in plan
+    /// order: no earlier build that could start is still waiting. Registry-only work (a retag,
+    /// a derivation, a source swap) is a few round trips, not a process: it takes no slot.
     fn may_start(&self, plan: &BuildPlan, index: usize, jobs: usize) -> bool {
-        self.running < jobs
-            && self.ready(plan, &plan.images[index])
-            && !plan.images[..index]
-                .iter()
-                .any(|earlier| !self.started.contains(&earlier.service) && self.ready(plan, earlier))
+        let image = &plan.images[index];
+        self.ready(plan, image)
+            && (!image.action.takes_slot()
+                || (self.running < jobs
+                    && !plan.images[..index].iter().any(|earlier| {
+                        earlier.action.takes_slot()
+                            && !self.started.contains(&earlier.service)
+                            && self.ready(plan, earlier)
+                    })))
     }
 
-    /// Whether `image`'s dependency, if it is built at all, has succeeded.
+    /// Whether `image` may start as far as its dependency goes: that, if it is built at all,
+    /// has succeeded; or `image` is derived from parts the plan holds, and waits for it only
+    /// before its tags (see [`Board::wait_for`]).
     fn ready(&self, plan: &BuildPlan, image: &ImagePlan) -> bool {
-        dependency(plan, image).is_none_or(|service| self.finished.get(service) == Some(&true))
+        let beside = matches!(&image.action, ImageAction::Derive(derivation) if derivation.planned_base.is_some());
+        beside || dependency(plan, image).is_none_or(|service| self.finished.get(service) == Some(&true))
     }
 
     /// Whether `image` will never start: another image failed, or its dependency did.
     fn never(&self, plan: &BuildPlan, image: &ImagePlan) -> bool {
         self.cancelled || dependency(plan, image).is_some_and(|service| self.finished.get(service) == Some(&false))
+    }
+}
+
+/// Waits until `service` has finished: an error when it failed or the build was cancelled.
+fn wait_for((board, changed): &(Mutex<Board>, Condvar), service: &str) -> Result<()> {
+    let mut state = board.lock().expect("board lock");
+    loop {
+        match state.finished.get(service) {
+            Some(true) => return Ok(()),
+            Some(false) => bail!("{service} failed"),
+            None if state.cancelled => bail!("cancelled"),
+            None => state = changed.wait(state).expect("board lock"),
+        }
     }
 }
 
@@ -1165,7 +1253,7 @@ impl TaskPlan for BuildPlan {
             let threads: Vec<_> = (0..self.images.len())
                 .map(|index| {
                     let task = progress.task(&self.images[index].service);
-                    let (board, registry) = (&board, registry.as_ref());
+                    let (board, registry) = (&board, registry);
                     scope.spawn(move || {
                         let result = run_image(runner, self, index, registry, &task, board);
                         match &result {
@@ -1203,8 +1291,9 @@ fn run_image(
     index: usize,
     registry: Option<&Registry>,
     task: &TaskProgress,
-    (board, changed): &(Mutex<Board>, Condvar),
+    shared: &(Mutex<Board>, Condvar),
 ) -> Result<Option<ImageResult>> {
+    let (board, changed) = shared;
     let image = &plan.images[index];
     {
         let mut state = board.lock().expect("board lock");
@@ -1213,7 +1302,7 @@ fn run_image(
                 return Ok(None);
             }
             if state.may_start(plan, index, plan.jobs) {
-                state.running += 1;
+                state.running += usize::from(image.action.takes_slot());
                 state.started.insert(image.service.clone());
                 break;
             }
@@ -1225,7 +1314,7 @@ fn run_image(
     task.line("started");
     let started = Instant::now();
     let log_path = plan.logs.join(format!("{}.log", image.service));
-    let result = perform(runner, image, plan, registry, &log_path, task, board)
+    let result = perform(runner, image, plan, registry, &log_path, task, shared)
         .and_then(|(outcome, pushed)| {
             let (digest, size) = describe(runner, image, pushed.as_ref())?;
             Ok(ImageResult {
@@ -1242,7 +1331,7 @@ fn run_image(
         })
         .with_context(|| format!("image {}", image.service));
     let mut state = board.lock().expect("board lock");
-    state.running -= 1;
+    state.running -= usize::from(image.action.takes_slot());
     state.finished.insert(image.service.clone(), result.is_ok());
     let cancelled_meanwhile = state.cancelled;
     if result.is_err() && !state.cancelled {
@@ -1267,8 +1356,9 @@ fn perform(
     registry: Option<&Registry>,
     log_path: &Path,
     task: &TaskProgress,
-    board: &Mutex<Board>,
+    board_and_change: &(Mutex<Board>, Condvar),
 ) -> Result<(ImageOutcome, Option<Manifest>)> {
+    let board = &board_and_change.0;
     let mut log = File::create(log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
     let registry = || registry.context("tagging in the registry needs a registry");
     match &image.action {
@@ -1303,7 +1393,11 @@ fn perform(
             Ok((ImageOutcome::Skipped, None))
         }
         ImageAction::Derive(derivation) => {
-            Ok((ImageOutcome::Derived, Some(derivation.run(registry()?, &mut log, task)?)))
+            let base_done = || match dependency(plan, image) {
+                Some(service) => wait_for(board_and_change, service),
+                None => Ok(()),
+            };
+            Ok((ImageOutcome::Derived, Some(derivation.run(registry()?, &mut log, task, &base_done)?)))
         }
         ImageAction::SwapSources(step) => Ok((ImageOutcome::Swapped, Some(step.run(registry()?, &mut log, task)?))),
     }
@@ -1676,30 +1770,51 @@ pub(crate) mod tests {
             kind: TarKind::File(vec![]),
         };
         let layer = Layer::of(&[file]).unwrap();
+        let layer_entry = |digest: &str| serde_json::json!({"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": digest, "size": 1});
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": "sha256:oldconfig", "size": 1},
+            "layers": [layer_entry("sha256:base"), layer_entry("sha256:oldcopy")],
+        });
         let manifest = Manifest {
             media_type: "application/vnd.docker.distribution.manifest.v2+json".into(),
             digest: "sha256:prev".into(),
-            bytes: b"{}".to_vec(),
+            bytes: serde_json::to_vec(&manifest).unwrap(),
+        };
+        let previous_config = serde_json::json!({
+            "config": {"Cmd": ["x"], "Labels": {}},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:base", "sha256:oldcopy"]},
+            "history": [
+                {"created_by": "RUN make"},
+                {"created_by": "WORKDIR /app", "empty_layer": true},
+                {"created_by": "COPY intric ./intric # buildkit"},
+                {"created_by": "CMD [\"x\"]", "empty_layer": true},
+            ],
+        });
+        let previous = PreviousImage {
+            tag: "dev-latest".into(),
+            manifest,
+            config: previous_config,
+            swap,
+            layers: vec![layer.clone()],
         };
         let mut swapping = inputs(Builder::Legacy, Some("r:5000"), true);
-        swapping.previous.insert(
-            "backend".into(),
-            Ok(PreviousImage {
-                tag: "dev-latest".into(),
-                manifest,
-                config: serde_json::json!({}),
-                swap,
-                layers: vec![layer.clone()],
-            }),
-        );
+        swapping.previous.insert("backend".into(), Ok(previous.clone()));
         let built = plan(&swapping);
         let backend = image(&built, "backend");
         let ImageAction::SwapSources(step) = &backend.action else { panic!("not swapped: {:?}", backend.action) };
         assert_eq!(backend.path, "source swap on dev-latest: only the sources of the COPY at line 3 changed");
         assert_eq!(step.tags, ["sha-0123456789ab", "dev-latest", "qa", "inputs-aaaaaaaaaaaaaaaaaaaaaaaa"]);
-        assert!(step.labels.contains(&(OUTSIDE_SOURCES_LABEL.into(), OUTSIDE_BACKEND.into())));
-        assert_eq!(step.build_args["REVISION"], "0123456789abcdef0123456789abcdef01234567");
+        let labels = &step.config["config"]["Labels"];
+        assert_eq!(labels[OUTSIDE_SOURCES_LABEL], OUTSIDE_BACKEND);
+        assert_eq!(labels["org.opencontainers.image.revision"], "0123456789abcdef0123456789abcdef01234567");
+        assert_eq!(step.config["rootfs"]["diff_ids"], serde_json::json!(["sha256:base", layer.diff_id]));
+        let swapped: serde_json::Value = serde_json::from_slice(&step.manifest.bytes).unwrap();
+        assert_eq!(swapped["layers"][1]["digest"], layer.digest.as_str());
+        assert_eq!(swapped["config"]["digest"], crate::adapters::registry::sha256_digest(&step.config_bytes));
         let shown = built.to_string();
+        assert!(shown.contains(&format!("  swapped manifest: {}\n", step.manifest.digest)), "{shown}");
         assert!(shown.contains("  source swap on intric/backend:dev-latest (sha256:prev): only the sources of the COPY at line 3 changed; no build, no pull\n"), "{shown}");
         assert!(
             shown.contains(&format!(
@@ -1709,9 +1824,28 @@ pub(crate) mod tests {
             )),
             "{shown}"
         );
+        // The worker is made from the swapped parts, beside the backend's step: it may start
+        // before the backend has finished, and it takes no build slot.
+        let worker = image(&built, "worker");
+        let ImageAction::Derive(derivation) = &worker.action else { panic!("not derived: {:?}", worker.action) };
+        let base = derivation.planned_base.as_ref().expect("the worker derives from the planned backend");
+        assert_eq!(base.manifest, step.manifest);
+        assert_eq!(base.new_layers, step.layers);
+        assert!(Board::default().may_start(&built, 1, 1), "the worker starts beside the backend");
         assert!(
-            matches!(image(&built, "worker").action, ImageAction::Derive(_)),
-            "the worker derives from the swapped backend"
+            shown.contains(&format!("  from backend's swapped manifest {}, beside its step\n", step.manifest.digest)),
+            "{shown}"
+        );
+
+        // A previous image whose config the swap cannot rewrite is built by BuildKit, saying why.
+        let mut unswappable = previous;
+        unswappable.config = serde_json::json!({"config": {}});
+        swapping.previous.insert("backend".into(), Ok(unswappable));
+        let built = plan(&swapping);
+        assert!(matches!(image(&built, "backend").action, ImageAction::Build { .. }));
+        assert_eq!(
+            image(&built, "backend").path,
+            "BuildKit: cannot swap the sources of intric/backend:dev-latest: the previous image config has no history"
         );
 
         swapping.previous.insert("backend".into(), Err("no dev-latest image to swap the sources of".into()));

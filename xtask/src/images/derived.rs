@@ -26,6 +26,7 @@ use serde_json::{Map, Value, json};
 use crate::adapters::registry::{Manifest, Registry, at_once, sha256_digest};
 use crate::images::dockerfile::{Dockerfile, Instruction, substitute};
 use crate::images::inputs::OUTSIDE_SOURCES_LABEL;
+use crate::images::layer::Layer;
 use crate::plan::progress::TaskProgress;
 
 /// A target that only changes metadata on top of another stage of its Dockerfile.
@@ -599,6 +600,28 @@ pub struct Derivation {
     /// The time written into the config and its new history entries: the commit's, so that
     /// deriving again from the same manifest gives the same digest.
     pub created: String,
+    /// The base as this build makes it, when the plan knows it whole; else it is read from the
+    /// registry once its step has pushed it.
+    pub planned_base: Option<PlannedBase>,
+}
+
+/// The image a derivation starts from, when this build makes it from parts it knows whole
+/// (a source swap): its manifest, its config and the layers it uploads. The derivation then
+/// reads nothing of it from the registry, and runs beside the base's own step: it mounts the
+/// layers the base keeps from its previous image and uploads the new ones itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PlannedBase {
+    pub manifest: Manifest,
+    pub config: Value,
+    pub new_layers: Vec<Layer>,
+}
+
+impl fmt::Debug for PlannedBase {
+    // The layers' bytes would drown everything else.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let layers: Vec<&str> = self.new_layers.iter().map(|layer| layer.digest.as_str()).collect();
+        f.debug_struct("PlannedBase").field("manifest", &self.manifest.digest).field("new_layers", &layers).finish()
+    }
 }
 
 impl Derivation {
@@ -610,7 +633,23 @@ impl Derivation {
             "  derived from {from_service}'s manifest (metadata only: {}): no build, no pull",
             self.stage.keywords()
         )?;
-        writeln!(f, "  registry: GET {registry} /v2/{from_repository}/manifests/{from_tag} and its config")?;
+        match &self.planned_base {
+            None => {
+                writeln!(f, "  registry: GET {registry} /v2/{from_repository}/manifests/{from_tag} and its config")?
+            }
+            Some(base) => {
+                writeln!(f, "  from {from_service}'s swapped manifest {}, beside its step", base.manifest.digest)?;
+                for layer in &base.new_layers {
+                    writeln!(
+                        f,
+                        "  registry: POST+PUT {registry} /v2/{repository}/blobs/uploads/ ({from_service}'s new layer \
+                         {}, {} bytes)",
+                        layer.digest,
+                        layer.blob.len()
+                    )?;
+                }
+            }
+        }
         writeln!(
             f,
             "  registry: POST {registry} /v2/{repository}/blobs/uploads/?mount=<layer>&from={from_repository} \
@@ -619,20 +658,34 @@ impl Derivation {
         show_config_and_tags(f, registry, repository, &self.tags, "derived")
     }
 
-    /// Reads the base image's manifest and config, mounts its layers, uploads the new config
-    /// and puts the new manifest under every tag. Returns that manifest.
-    pub fn run(&self, registry: &Registry, log: &mut File, task: &TaskProgress) -> Result<Manifest> {
+    /// Reads the base image's manifest and config (unless the plan holds them), mounts its
+    /// layers and uploads the new config (and the base's new layers, where the plan holds
+    /// them), waits for `base_done` (the base's own step, which must succeed first), then puts
+    /// the new manifest under every tag. Returns that manifest.
+    pub fn run(
+        &self,
+        registry: &Registry,
+        log: &mut File,
+        task: &TaskProgress,
+        base_done: &dyn Fn() -> Result<()>,
+    ) -> Result<Manifest> {
         let Derivation { from_repository, from_tag, repository, .. } = self;
-        let base = registry
-            .manifest(from_repository, from_tag)?
-            .with_context(|| format!("{from_repository}:{from_tag} is not in the registry"))?;
-        if base.is_index() {
-            bail!(
-                "{from_repository}:{from_tag} is a manifest list, not one image: derive from a single-platform \
-                 image, or build with --no-fast-path"
-            );
-        }
-        let mut base_config = registry.image_config(from_repository, &base)?;
+        let (base, mut base_config, new_layers) = match &self.planned_base {
+            Some(planned) => (planned.manifest.clone(), planned.config.clone(), planned.new_layers.as_slice()),
+            None => {
+                let base = registry
+                    .manifest(from_repository, from_tag)?
+                    .with_context(|| format!("{from_repository}:{from_tag} is not in the registry"))?;
+                if base.is_index() {
+                    bail!(
+                        "{from_repository}:{from_tag} is a manifest list, not one image: derive from a \
+                         single-platform image, or build with --no-fast-path"
+                    );
+                }
+                let config = registry.image_config(from_repository, &base)?;
+                (base, config, &[][..])
+            }
+        };
         // The base's own --label describing its sources is not BuildKit's for this stage (a
         // stage inherits the Dockerfile's LABELs, not another target's --labels); the others
         // the derived image's labels replace anyway.
@@ -653,20 +706,34 @@ impl Derivation {
             .iter()
             .filter_map(|layer| layer["digest"].as_str().map(str::to_string))
             .collect();
-        at_once(&layers, |layer| registry.mount_blob(repository, layer, from_repository))?;
-        let line = format!("{} layers of {from_repository}:{from_tag} mounted into {repository}", layers.len());
+        let kept: Vec<&String> =
+            layers.iter().filter(|digest| !new_layers.iter().any(|layer| layer.digest == **digest)).collect();
+        let uploaded: Vec<&[u8]> = new_layers.iter().map(|layer| layer.blob.as_slice()).collect();
+        // Mounting what the base keeps and uploading what is new are independent round trips.
+        let (mounted, blobs) = std::thread::scope(|scope| {
+            let mounted =
+                scope.spawn(|| at_once(&kept, |layer| registry.mount_blob(repository, layer, from_repository)));
+            let mut blobs_log = Vec::new();
+            let blobs = upload_blobs(registry, repository, &uploaded, &config_bytes, &mut blobs_log);
+            (mounted.join().expect("mounting layers panicked"), blobs.map(|()| blobs_log))
+        });
+        mounted?;
+        log.write_all(&blobs?)?;
+        let line = format!("{} layers of {from_repository}:{from_tag} mounted into {repository}", kept.len());
         task.line(&line);
         writeln!(log, "{line}")?;
         manifest["config"]["digest"] = Value::String(sha256_digest(&config_bytes));
         manifest["config"]["size"] = json!(config_bytes.len());
         let bytes = serde_json::to_vec(&manifest).context("cannot write the derived manifest")?;
         let derived = Manifest { media_type: base.media_type.clone(), digest: sha256_digest(&bytes), bytes };
-        put_config_and_tags(registry, repository, &[], &config_bytes, &derived, &self.tags, log, task)?;
+        base_done()?;
+        put_tags(registry, repository, &derived, &self.tags, log, task)?;
         Ok(derived)
     }
 }
 
-/// What `--dry-run` shows of [`put_config_and_tags`]; `what` names the manifest (`derived`).
+/// What `--dry-run` shows of [`upload_blobs`] and [`put_tags`]; `what` names the manifest
+/// (`derived`).
 pub fn show_config_and_tags(
     f: &mut fmt::Formatter<'_>,
     registry: &str,
@@ -682,24 +749,31 @@ pub fn show_config_and_tags(
 }
 
 /// Uploads an image's new layers (`new_layers`, none for a derived image) and its new `config`
-/// (the one `manifest` names) to `repository`, all at once, then puts the new `manifest` under
-/// every tag (the last one last), each logged.
-#[allow(clippy::too_many_arguments)]
-pub fn put_config_and_tags(
+/// to `repository`, all at once, logging the config's digest.
+pub fn upload_blobs(
     registry: &Registry,
     repository: &str,
     new_layers: &[&[u8]],
     config: &[u8],
-    manifest: &Manifest,
-    tags: &[String],
-    log: &mut File,
-    task: &TaskProgress,
+    log: &mut dyn Write,
 ) -> Result<()> {
     let blobs: Vec<&[u8]> = new_layers.iter().copied().chain([config]).collect();
     let digests = at_once(&blobs, |blob| registry.upload_blob(repository, blob))?;
     if let Some(config_digest) = digests.last() {
         writeln!(log, "config {config_digest} uploaded ({} bytes)", config.len())?;
     }
+    Ok(())
+}
+
+/// Puts `manifest` under every tag of `repository` (the last one last), each logged.
+pub fn put_tags(
+    registry: &Registry,
+    repository: &str,
+    manifest: &Manifest,
+    tags: &[String],
+    log: &mut File,
+    task: &TaskProgress,
+) -> Result<()> {
     for tag in tags {
         task.line(&format!("tag {repository}:{tag} -> {}", manifest.digest));
         writeln!(log, "PUT /v2/{repository}/manifests/{tag} ({})", manifest.digest)?;

@@ -29,7 +29,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::adapters::registry::{Manifest, Registry, sha256_digest};
-use crate::images::derived::{check_metadata, derive_config, put_config_and_tags, show_config_and_tags};
+use crate::images::derived::{check_metadata, derive_config, put_tags, show_config_and_tags, upload_blobs};
 use crate::images::dockerfile::{Dockerfile, Instruction};
 use crate::images::inputs::{EntryKind, context_entries, under};
 use crate::images::layer::{EntryMetadata, Layer, ListedEntry, TarEntry, TarKind, list_tar};
@@ -519,22 +519,23 @@ pub fn swap_manifest(previous: &Manifest, layers: &[Layer], config: &[u8]) -> Re
 }
 
 /// The step of a build plan that makes an image from the previous one by replacing the layers
-/// of its trailing copies: the previous manifest is pinned by digest, the new layers are ready.
+/// of its trailing copies: the previous manifest is pinned by digest, and the new layers, config
+/// and manifest are made when planning, so that `--dry-run` shows the digest the run puts and
+/// an image derived from this one can be made from them at the same time.
 #[derive(PartialEq, Eq)]
 pub struct SourceSwapStep {
     pub repository: String,
     /// The tag the previous image was found under (`dev-latest`), and its manifest then.
     pub from_tag: String,
     pub from: Manifest,
-    /// The previous image's config.
-    pub previous_config: Value,
     /// Its tags, the `inputs-` tag last.
     pub tags: Vec<String>,
     pub swap: SourceSwap,
     pub layers: Vec<Layer>,
-    pub build_args: BTreeMap<String, String>,
-    pub labels: Vec<(String, String)>,
-    pub created: String,
+    /// The new config, as parsed and as its bytes, and the new manifest naming it.
+    pub config: Value,
+    pub config_bytes: Vec<u8>,
+    pub manifest: Manifest,
 }
 
 impl fmt::Debug for SourceSwapStep {
@@ -547,11 +548,49 @@ impl fmt::Debug for SourceSwapStep {
             .field("from", &self.from.digest)
             .field("tags", &self.tags)
             .field("layers", &layers)
+            .field("manifest", &self.manifest.digest)
             .finish_non_exhaustive()
     }
 }
 
+/// What a swap starts from and writes: the previous image found in the registry, the new
+/// layers, and what the build says of the image (its args, labels and time).
+pub struct SwapInputs<'a> {
+    pub repository: &'a str,
+    pub from_tag: &'a str,
+    pub from: &'a Manifest,
+    pub previous_config: &'a Value,
+    pub swap: &'a SourceSwap,
+    pub layers: &'a [Layer],
+    pub tags: Vec<String>,
+    pub build_args: &'a BTreeMap<String, String>,
+    pub labels: &'a [(String, String)],
+    pub created: &'a str,
+}
+
 impl SourceSwapStep {
+    /// The step `inputs` describe, with its config and manifest written; or why they cannot be
+    /// (an instruction after the copies the config cannot take), naming the image.
+    pub fn new(inputs: SwapInputs<'_>) -> Result<SourceSwapStep> {
+        let SwapInputs { repository, from_tag, from, previous_config, swap, layers, tags, build_args, labels, created } =
+            inputs;
+        let cannot = || format!("cannot swap the sources of {repository}:{from_tag}");
+        let config = swap_config(previous_config, swap, layers, build_args, labels, created).with_context(cannot)?;
+        let config_bytes = serde_json::to_vec(&config).context("cannot write the swapped image config")?;
+        let manifest = swap_manifest(from, layers, &config_bytes).with_context(cannot)?;
+        Ok(SourceSwapStep {
+            repository: repository.to_string(),
+            from_tag: from_tag.to_string(),
+            from: from.clone(),
+            tags,
+            swap: swap.clone(),
+            layers: layers.to_vec(),
+            config,
+            config_bytes,
+            manifest,
+        })
+    }
+
     /// The trailing copies, for the plan: `the COPYs at lines 4, 5, 6`, `the COPY at line 3`.
     pub fn copies(&self) -> String {
         let lines: Vec<String> = self.swap.copies.iter().map(|copy| copy.line.to_string()).collect();
@@ -579,26 +618,21 @@ impl SourceSwapStep {
                 layer.blob.len()
             )?;
         }
-        show_config_and_tags(f, registry, repository, &self.tags, "swapped")
+        show_config_and_tags(f, registry, repository, &self.tags, "swapped")?;
+        writeln!(f, "  swapped manifest: {}", self.manifest.digest)
     }
 
     /// Uploads the new layers and config and puts the new manifest under every tag. Returns it.
     pub fn run(&self, registry: &Registry, log: &mut File, task: &TaskProgress) -> Result<Manifest> {
-        let SourceSwapStep { repository, from_tag, .. } = self;
-        let config =
-            swap_config(&self.previous_config, &self.swap, &self.layers, &self.build_args, &self.labels, &self.created)
-                .with_context(|| format!("cannot swap the sources of {repository}:{from_tag}"))?;
-        let config = serde_json::to_vec(&config).context("cannot write the swapped image config")?;
-        let manifest = swap_manifest(&self.from, &self.layers, &config)
-            .with_context(|| format!("cannot swap the sources of {repository}:{from_tag}"))?;
         for (copy, layer) in self.swap.copies.iter().zip(&self.layers) {
             let line = format!("COPY line {}: new layer {} ({} bytes)", copy.line, layer.digest, layer.blob.len());
             task.line(&line);
             writeln!(log, "{line}")?;
         }
         let new_layers: Vec<&[u8]> = self.layers.iter().map(|layer| layer.blob.as_slice()).collect();
-        put_config_and_tags(registry, repository, &new_layers, &config, &manifest, &self.tags, log, task)?;
-        Ok(manifest)
+        upload_blobs(registry, &self.repository, &new_layers, &self.config_bytes, log)?;
+        put_tags(registry, &self.repository, &self.manifest, &self.tags, log, task)?;
+        Ok(self.manifest.clone())
     }
 }
 

@@ -25,7 +25,7 @@ pub mod fake;
 pub mod wire;
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -95,13 +95,15 @@ pub enum Tagged {
 
 /// A client for one registry, shared by all threads of a task. It learns the registry's
 /// challenge (Basic or Bearer) from the first 401 and then authenticates up front, keeping one
-/// Bearer token per scope.
+/// Bearer token per scope. A clone shares what was learned and the open connections, so that
+/// the phases of one task meet the challenge once, not each on its own client.
+#[derive(Clone)]
 pub struct Registry {
     address: RegistryAddress,
     credentials: Option<Credentials>,
     backoff: Backoff,
     agent: ureq::Agent,
-    auth: Mutex<AuthState>,
+    auth: Arc<Mutex<AuthState>>,
 }
 
 impl Registry {
@@ -124,7 +126,7 @@ impl Registry {
         connect: Duration,
         io: Duration,
     ) -> Registry {
-        Registry { address, credentials, backoff, agent: wire::agent(connect, io), auth: Mutex::default() }
+        Registry { address, credentials, backoff, agent: wire::agent(connect, io), auth: Arc::default() }
     }
 
     /// A client for `address`, logged in as [`Credentials::find`] says (a credential helper runs
@@ -389,6 +391,14 @@ impl Registry {
     /// Where this registry is.
     pub fn address(&self) -> &RegistryAddress {
         &self.address
+    }
+
+    /// A client for `address` logging in with `credentials`, sharing this one's learned
+    /// challenge, tokens and connections when both are the same registry with the same login
+    /// (a base image beside the pushed images, under another path prefix); else `None`.
+    pub fn sibling(&self, address: &RegistryAddress, credentials: &Option<Credentials>) -> Option<Registry> {
+        (self.address.same_registry(address) && self.credentials == *credentials)
+            .then(|| Registry { address: address.clone(), ..self.clone() })
     }
 
     /// `<registry>/<repository>:<tag>` or `<registry>/<repository>@<digest>`, for messages.
