@@ -204,39 +204,68 @@ pub struct PreviousImage {
 /// image of the service.
 const PREVIOUS_TAG: &str = "dev-latest";
 
-/// The previous image of `image`, when the fast path can swap its sources: its `dev-latest`
-/// carries the same [`OUTSIDE_SOURCES_LABEL`] value, and the copies' layers can be written (from
-/// the build context, and for the directories they make, from what that image's layers of the
-/// copies record: read here, so that a dry run says what the run does).
+/// What the registry holds under [`PREVIOUS_TAG`] for `image`, when its target ends with copies
+/// a source swap could replace: the manifest, and unless it is a manifest list its config; or
+/// nothing there. Read beside the listings and the base digests, before the inputs say whether
+/// the fast path is needed: a build that changed nothing wastes two small reads, one that
+/// changed sources saves their round trips.
+type PreviousRead = Option<(Manifest, Option<serde_json::Value>)>;
+
+fn read_previous(client: &Registry, image: &Image) -> Result<PreviousRead> {
+    if source_swap(&image.parsed, image.target.as_deref()).is_err() {
+        return Ok(None);
+    }
+    let Some(manifest) = client.manifest(&image.repository, PREVIOUS_TAG)? else { return Ok(None) };
+    let config = if manifest.is_index() { None } else { Some(client.image_config(&image.repository, &manifest)?) };
+    Ok(Some((manifest, config)))
+}
+
+/// The previous image of `image` (`read` from the registry), when the fast path can swap its
+/// sources: its `dev-latest` carries the same [`OUTSIDE_SOURCES_LABEL`] value, and the copies'
+/// layers can be written (from the build context, and for the directories they make, from what
+/// that image's layers of the copies record: read here, all at once, so that a dry run says
+/// what the run does).
 fn previous_image(
     client: &Registry,
     runner: &dyn Runner,
     image: &Image,
     outside: &str,
-    existing: &[String],
+    read: PreviousRead,
     commit_time: i64,
 ) -> Result<Result<PreviousImage, String>> {
     let swap = match source_swap(&image.parsed, image.target.as_deref()) {
         Ok(swap) => swap,
         Err(why) => return Ok(Err(why)),
     };
-    if !existing.iter().any(|tag| tag == PREVIOUS_TAG) {
-        return Ok(Err(format!("no {PREVIOUS_TAG} image to swap the sources of")));
-    }
-    let Some(manifest) = client.manifest(&image.repository, PREVIOUS_TAG)? else {
+    let Some((manifest, config)) = read else {
         return Ok(Err(format!("no {PREVIOUS_TAG} image to swap the sources of")));
     };
-    if manifest.is_index() {
+    let Some(config) = config.filter(|_| !manifest.is_index()) else {
         return Ok(Err(format!("{PREVIOUS_TAG} is a manifest list, not one image")));
-    }
-    let config = client.image_config(&image.repository, &manifest)?;
+    };
     if config["config"]["Labels"][OUTSIDE_SOURCES_LABEL].as_str() != Some(outside) {
         return Ok(Err(format!(
             "{PREVIOUS_TAG} differs in more than the sources of the trailing COPYs (its {OUTSIDE_SOURCES_LABEL})"
         )));
     }
+    // The copies with a directory among their sources are those whose old layer may be asked
+    // for (see `source_layers`): read those at once, the rest only if asked.
+    let copying_directories: Vec<usize> = (0..swap.copies.len())
+        .filter(|&index| {
+            swap.copies[index].sources.iter().any(|source| source == "." || image.context.join(source).is_dir())
+        })
+        .collect();
+    let read_layer =
+        |&index: &usize| replaced_layer(client, runner, &image.repository, &manifest, swap.copies.len(), index);
+    let mut read_at_once: Vec<Option<_>> = at_once(&copying_directories, read_layer)?.into_iter().map(Some).collect();
+    let mut replaced = |index| match copying_directories.iter().position(|&wanted| wanted == index) {
+        Some(at) => match read_at_once[at].take() {
+            Some(listed) => Ok(listed),
+            None => read_layer(&index),
+        },
+        None => read_layer(&index),
+    };
     let mtime = u64::try_from(commit_time).unwrap_or(0);
-    let mut replaced = |index| replaced_layer(client, runner, &image.repository, &manifest, swap.copies.len(), index);
     let layers = source_layers(&image.context, &image.dockerfile, &swap, mtime, &mut replaced)?;
     Ok(layers.map(|layers| PreviousImage { tag: PREVIOUS_TAG.to_string(), manifest, config, swap, layers }))
 }
@@ -547,7 +576,9 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         // the cache sources of every build that knows a registry (a PR's too, which does not
         // push). One listing per repository (a round trip or more: pages), all at once, and at
         // the same time as the base images' digests, which need none of them.
-        let (digested, listed) = std::thread::scope(|listing| {
+        // So is each previous image a source swap may start from (see `read_previous`).
+        let fast_path_possible = args.push && !args.no_fast_path;
+        let (digested, listed, previous_reads) = std::thread::scope(|listing| {
             let listed = client.as_ref().map(|client| {
                 listing.spawn(|| {
                     let listings = at_once(&services, |image| client.tags(&image.repository))?;
@@ -555,11 +586,17 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
                     Ok(names.zip(listings).collect::<BTreeMap<String, Vec<String>>>())
                 })
             });
+            let previous_reads = client.as_ref().filter(|_| fast_path_possible).map(|client| {
+                listing.spawn(|| at_once(&services, |image| Ok(read_previous(client, image))).map(Vec::into_iter))
+            });
             let digested = inputs_digests(runner, &docker, &services, args.dry_run, client.as_ref());
             let listed =
                 listed.map(|thread| thread.join().map_err(|_| anyhow!("listing the registry's tags panicked")));
-            (digested, listed)
+            let previous_reads =
+                previous_reads.map(|thread| thread.join().map_err(|_| anyhow!("reading the previous images panicked")));
+            (digested, listed, previous_reads)
         });
+        let mut previous_reads = previous_reads.transpose()?.transpose()?;
         let (bases, digests, outside_sources) = digested?;
 
         // A login the docker client already holds needs no `docker login` (a process and a
@@ -581,6 +618,7 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         let mut cache_from = BTreeMap::new();
         let reuse_allowed = !args.no_cache && !args.pull;
         for image in &services {
+            let previous_read = previous_reads.as_mut().and_then(Iterator::next);
             let marker = inputs_tag(&digests[&image.name]);
             let name = image_name(registry.as_deref(), &image.repository);
             let existing = registry_tags.as_ref().map(|tags| &tags[&image.name]);
@@ -599,12 +637,15 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             if let Some(existing) = existing {
                 cache_from.insert(image.name.clone(), cache_sources(&report, existing, &name));
             }
-            let fast_path = args.push && !args.no_fast_path && !unchanged.contains(&image.name);
-            if let (true, Some(outside), Some(existing), Some(access)) =
-                (fast_path, outside_sources.get(&image.name), existing, &registry_access)
+            let fast_path = fast_path_possible && !unchanged.contains(&image.name);
+            if let (true, Some(outside), Some(existing), Some(client), Some(read)) =
+                (fast_path, outside_sources.get(&image.name), existing, &client, previous_read)
             {
-                let found = previous_image(access.client(), runner, image, outside, existing, report.commit_time)
-                    .with_context(|| format!("cannot read the previous image of {}", image.name))?;
+                let context = || format!("cannot read the previous image of {}", image.name);
+                // A tag the listing does not hold (moved or deleted meanwhile) is not there.
+                let read = read.with_context(context)?.filter(|_| existing.iter().any(|tag| tag == PREVIOUS_TAG));
+                let found =
+                    previous_image(client, runner, image, outside, read, report.commit_time).with_context(context)?;
                 previous.insert(image.name.clone(), found);
             }
         }
