@@ -354,12 +354,20 @@ fn a_source_swap_is_the_image_buildkit_builds_and_runs() {
     ];
     let registry = LabRegistry::new();
     docker_login(&host);
+    // A build that makes every image in the registry runs no docker: with the engine's
+    // address pointing nowhere it still succeeds, and says so.
+    let no_engine: Vec<(String, String)> = env
+        .iter()
+        .cloned()
+        .chain([("DOCKER_HOST".to_string(), "unix:///nonexistent/docker.sock".to_string())])
+        .collect();
     for (name, change) in cases {
         change(&source);
         commit_all(dir, name);
-        let summary = build_backend(dir, &swapped_registry, &["backend", "worker"], &env);
+        let summary = build_backend(dir, &swapped_registry, &["backend", "worker"], &no_engine);
         assert_eq!(results(&summary)["backend"], "swapped", "{name}: {summary}");
         assert_eq!(results(&summary)["worker"], "derived", "{name}: {summary}");
+        assert_eq!(summary["builder"], Value::Null, "{name}: no docker client was detected: {summary}");
         let backend = summary["images"].as_array().unwrap().iter().find(|image| image["service"] == "backend").unwrap();
         assert!(backend["path"].as_str().unwrap().starts_with("source swap on dev-latest"), "{name}: {summary}");
         let tag = backend["tags"][0].as_str().unwrap().to_string();

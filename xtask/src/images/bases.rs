@@ -7,7 +7,8 @@
 //! reference (`python:3.10-slim`) of `registry-1.docker.io` (anonymously: HEAD requests do not
 //! count against its pull limits), except in a dry run, which stays offline and quick. One the
 //! registry does not answer for comes from the local engine (`docker image inspect`: its id,
-//! the digest of its config), which is what a build without `--pull` starts from. What neither
+//! the digest of its config; `docker` gives the client only when asked, so that a build that
+//! needs no docker detects none), which is what a build without `--pull` starts from. What neither
 //! knows is unknown: a build then never reuses an image.
 
 use std::collections::BTreeMap;
@@ -51,9 +52,9 @@ const DOCKER_HUB_PATIENCE: Duration = Duration::from_secs(5);
 /// Resolves every reference of `images` once; `None` where the digest is unknown. A dry run
 /// waits at most `patience` for each registry request. A base on the registry `known` talks to
 /// (with the same login) is asked through it, sharing its learned login challenge.
-pub fn resolve<'a>(
+pub fn resolve<'a, 'd>(
     runner: &dyn Runner,
-    docker: &Docker,
+    docker: &(dyn Fn() -> Option<&'d Docker> + Sync),
     known: Option<&Registry>,
     images: impl IntoIterator<Item = &'a String>,
     patience: Option<Duration>,
@@ -67,9 +68,9 @@ pub fn resolve<'a>(
     unique.into_iter().cloned().zip(digests).collect()
 }
 
-fn resolve_one(
+fn resolve_one<'d>(
     runner: &dyn Runner,
-    docker: &Docker,
+    docker: &(dyn Fn() -> Option<&'d Docker> + Sync),
     known: Option<&Registry>,
     image: &str,
     patience: Option<Duration>,
@@ -101,7 +102,7 @@ fn resolve_one(
     });
     from_registry.or_else(|| {
         runner
-            .read(&docker.command().args(["image", "inspect", "--format", "{{.Id}}", image]))
+            .read(&docker()?.command().args(["image", "inspect", "--format", "{{.Id}}", image]))
             .ok()
             .map(|id| id.trim().to_string())
             .filter(|id| !id.is_empty())
@@ -148,7 +149,7 @@ mod tests {
         });
         let images = ["python:3.10".to_string(), "node:22".to_string(), "x@sha256:pinned".to_string()];
         // As a dry run: Docker Hub is not asked.
-        let digests = resolve(&runner, &docker, None, &images, Some(Duration::from_secs(1)));
+        let digests = resolve(&runner, &|| Some(&docker), None, &images, Some(Duration::from_secs(1)));
         assert_eq!(digests["python:3.10"].as_deref(), Some("sha256:local"));
         assert_eq!(digests["node:22"], None);
         assert_eq!(digests["x@sha256:pinned"].as_deref(), Some("sha256:pinned"), "a pinned digest needs no asking");

@@ -36,7 +36,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -146,7 +146,9 @@ pub struct BuildInputs {
     pub registry: Option<String>,
     pub push: bool,
     pub extra_tags: Vec<String>,
-    pub docker: Docker,
+    /// The docker client; `None` for a pushing build that makes every image in the registry
+    /// (see [`needs_docker`]), which then runs no docker process at all.
+    pub docker: Option<Docker>,
     /// Each image's base images (what its `FROM` lines pull) and their digests, `None` where
     /// unknown (see `images::bases`).
     pub bases: BTreeMap<String, Vec<(String, Option<String>)>>,
@@ -454,7 +456,9 @@ impl CacheMark {
 /// The whole build: what runs, and everything running it needs, decided when planning.
 #[derive(Debug)]
 pub struct BuildPlan {
-    pub builder: Builder,
+    /// The docker client's builder; `None` when the plan runs no docker (every image is made
+    /// in the registry).
+    pub builder: Option<Builder>,
     pub registry: Option<String>,
     /// Why the registry could not be read (see [`BuildInputs::registry_unreachable`]).
     pub registry_unreachable: Option<String>,
@@ -493,16 +497,14 @@ pub fn prepare(runner: &dyn Runner, args: &BuildArgs, env: &Env, tags: Option<Ve
 /// registry once, briefly, and notes what it could not learn instead of failing.
 fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<BuildInputs> {
     let workspace = args.location.repo();
+    let docker = DockerOnDemand { runner, builder: args.builder.as_deref(), push: args.push, found: OnceLock::new() };
     std::thread::scope(|scope| {
         // The docker probes and compose's reading of its file are processes; git state is this
-        // process's work meanwhile. Whether pushes can export a registry cache (a container
-        // builder) is one more probe on the chosen client, so it follows the detection there.
-        let docker = scope.spawn(|| {
-            Docker::detect(runner).map(|docker| {
-                let registry_cache = args.push && docker.buildx_has_container_builder(runner, args.builder.as_deref());
-                (docker, registry_cache)
-            })
-        });
+        // process's work meanwhile. A local build needs the engine whatever happens, so its
+        // probes start at once; a pushing build asks for them only if an image needs BuildKit.
+        if !args.push {
+            scope.spawn(|| docker.get().map(drop));
+        }
         let compose = scope.spawn(|| {
             let file = compose_file(&workspace, args.compose.as_deref())?;
             ComposeImages::read(runner, &file, env, &workspace)
@@ -556,11 +558,12 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             .map(|images| with_base_registry(images, base_registry.as_deref()))
             .map_err(&mut problem)
             .ok();
-        let docker = docker.join().map_err(|_| anyhow!("detecting the docker client panicked"))?;
-        let docker = docker.map_err(&mut problem).ok();
-        let (Some(report), Some((docker, registry_cache)), Some(services), true) =
-            (report, docker, services, problems.is_empty())
-        else {
+        if !args.push
+            && let Err(error) = docker.get()
+        {
+            problem(anyhow!("{error}"));
+        }
+        let (Some(report), Some(services), true) = (report, services, problems.is_empty()) else {
             bail!("cannot build: {}", problems.join("; "));
         };
         let warnings: Vec<String> = services.iter().flat_map(Image::ignored_args).collect();
@@ -589,7 +592,8 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             let previous_reads = client.as_ref().filter(|_| fast_path_possible).map(|client| {
                 listing.spawn(|| at_once(&services, |image| Ok(read_previous(client, image))).map(Vec::into_iter))
             });
-            let digested = inputs_digests(runner, &docker, &services, args.dry_run, client.as_ref());
+            let local_engine = || docker.get().ok().map(|(docker, _)| docker);
+            let digested = inputs_digests(runner, &local_engine, &services, args.dry_run, client.as_ref());
             let listed =
                 listed.map(|thread| thread.join().map_err(|_| anyhow!("listing the registry's tags panicked")));
             let previous_reads =
@@ -627,7 +631,9 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             // Pushing reuses what the registry holds (unknown when it did not answer: the plan
             // says so); a local build reuses what the engine holds.
             let present = || match existing {
-                _ if !args.push => docker.image_exists(runner, &format!("{name}:{marker}")),
+                _ if !args.push => {
+                    docker.get().is_ok_and(|(docker, _)| docker.image_exists(runner, &format!("{name}:{marker}")))
+                }
                 Some(existing) => existing.contains(&marker),
                 None => false,
             };
@@ -649,20 +655,20 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
                 previous.insert(image.name.clone(), found);
             }
         }
-        Ok(BuildInputs {
+        let mut inputs = BuildInputs {
             report,
             services,
             registry,
             push: args.push,
             extra_tags: args.extra_tags.clone(),
-            docker,
+            docker: None,
             bases,
             digests,
             outside_sources,
             previous,
             unchanged,
             cache_from,
-            registry_cache,
+            registry_cache: false,
             login,
             secrets,
             builder: args.builder.clone(),
@@ -675,8 +681,35 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
             jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)).max(1),
             warnings,
             quiet: args.json,
-        })
+        };
+        if needs_docker(&inputs) {
+            let (found, registry_cache) = docker.get().map_err(|error| anyhow!("cannot build: {error}"))?;
+            inputs.docker = Some(found.clone());
+            inputs.registry_cache = *registry_cache;
+        }
+        Ok(inputs)
     })
+}
+
+/// The docker client, detected the first time something asks (once, whichever thread asks),
+/// with whether a push can export a registry cache (a buildx container builder: one more probe
+/// on the chosen client).
+struct DockerOnDemand<'a> {
+    runner: &'a dyn Runner,
+    builder: Option<&'a str>,
+    push: bool,
+    found: OnceLock<Result<(Docker, bool), String>>,
+}
+
+impl DockerOnDemand<'_> {
+    fn get(&self) -> Result<&(Docker, bool), String> {
+        let found = self.found.get_or_init(|| {
+            let docker = Docker::detect(self.runner).map_err(|error| format!("{error:#}"))?;
+            let registry_cache = self.push && docker.buildx_has_container_builder(self.runner, self.builder);
+            Ok((docker, registry_cache))
+        });
+        found.as_ref().map_err(String::clone)
+    }
 }
 
 /// The images with `--base-registry` applied: every build arg naming a known base image then
@@ -698,9 +731,9 @@ fn with_base_registry(mut images: Vec<Image>, base_registry: Option<&str>) -> Ve
 /// (from the same walk). A dry run asks each base's registry briefly; an unknown digest goes
 /// into the inputs digest as `unknown`. Bases on the registry of `client` are asked through it.
 #[allow(clippy::type_complexity)]
-fn inputs_digests(
+fn inputs_digests<'d>(
     runner: &dyn Runner,
-    docker: &Docker,
+    docker: &(dyn Fn() -> Option<&'d Docker> + Sync),
     images: &[Image],
     dry_run: bool,
     client: Option<&Registry>,
@@ -811,22 +844,68 @@ fn cache_sources(report: &TagReport, existing: &[String], name: &str) -> Vec<Str
     sources
 }
 
-/// Plans every image: pure, from the inputs alone.
-pub fn plan(inputs: &BuildInputs) -> BuildPlan {
-    let docker = &inputs.docker;
-    let registry = inputs.registry.as_deref();
-    let login = match (&inputs.login, registry, inputs.push) {
-        (Some(credentials), Some(registry), true) => {
-            Some(docker.login(registry, &credentials.username, credentials.password.clone()))
-        }
-        _ => None,
-    };
+/// How an image comes to be, before the commands that make it are written.
+enum Route {
+    /// An image with the same inputs exists: only tag it.
+    Unchanged,
+    Derive(Derivation),
+    SwapSources(SourceSwapStep),
+    /// A BuildKit build (the plan's words say why no other way).
+    BuildKit,
+}
+
+/// The tags every image gets: the tag engine's, then the extra ones.
+fn image_tags(inputs: &BuildInputs) -> Vec<String> {
     let mut tags: Vec<String> = inputs.report.image.tags.clone();
     for extra in &inputs.extra_tags {
         if !tags.contains(extra) {
             tags.push(extra.clone());
         }
     }
+    tags
+}
+
+/// The way `image` comes to be, and the plan's words for it.
+fn route(inputs: &BuildInputs, image: &Image, tags: &[String]) -> (Route, String) {
+    let digest = &inputs.digests[&image.name];
+    if inputs.unchanged.contains(&image.name) {
+        return (Route::Unchanged, "unchanged: an image with the same inputs exists".to_string());
+    }
+    let not_derived = match derivation(inputs, image, tags, digest) {
+        Ok(derivation) => {
+            let path = format!("derived from {}'s manifest (metadata only)", derivation.from_service);
+            return (Route::Derive(derivation), path);
+        }
+        Err(why) => why,
+    };
+    // Where the source swap was considered, its reason is the one that matters.
+    let why = match inputs.previous.get(&image.name) {
+        None => not_derived,
+        Some(Err(not_swapped)) => not_swapped.clone(),
+        Some(Ok(previous)) => match source_swap_step(inputs, image, tags, digest, previous) {
+            Ok(step) => {
+                let path = format!("source swap on {}: only the sources of {} changed", previous.tag, step.copies());
+                return (Route::SwapSources(step), path);
+            }
+            Err(why) => why,
+        },
+    };
+    (Route::BuildKit, format!("BuildKit: {why}"))
+}
+
+/// Whether the plan of `inputs` runs docker: a local build does (the images are the engine's),
+/// and so does a pushing one with an image BuildKit builds.
+pub fn needs_docker(inputs: &BuildInputs) -> bool {
+    let tags = image_tags(inputs);
+    !inputs.push || inputs.services.iter().any(|image| matches!(route(inputs, image, &tags).0, Route::BuildKit))
+}
+
+/// Plans every image: pure, from the inputs alone. The docker client must be there whenever
+/// [`needs_docker`] says so (the inputs are read that way).
+pub fn plan(inputs: &BuildInputs) -> BuildPlan {
+    let docker = || inputs.docker.as_ref().expect("the inputs hold a docker client where the plan runs docker");
+    let registry = inputs.registry.as_deref();
+    let tags = image_tags(inputs);
     let mut images: Vec<ImagePlan> = inputs
         .services
         .iter()
@@ -834,48 +913,24 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
             let digest = inputs.digests[&image.name].clone();
             let name = image_name(registry, &image.repository);
             let marker = inputs_tag(&digest);
-            let (action, path) = if inputs.unchanged.contains(&image.name) {
-                let action = if inputs.push {
-                    ImageAction::RetagInRegistry(Retag {
-                        repository: image.repository.clone(),
-                        from: marker.clone(),
-                        to: tags.clone(),
-                    })
-                } else {
+            let (route, path) = route(inputs, image, &tags);
+            let action = match route {
+                Route::Unchanged if inputs.push => ImageAction::RetagInRegistry(Retag {
+                    repository: image.repository.clone(),
+                    from: marker.clone(),
+                    to: tags.clone(),
+                }),
+                Route::Unchanged => {
                     let source = format!("{name}:{marker}");
                     ImageAction::RetagLocally(
                         tags.iter()
-                            .map(|tag| docker.command().args(["tag", &source, &format!("{name}:{tag}")]))
+                            .map(|tag| docker().command().args(["tag", &source, &format!("{name}:{tag}")]))
                             .collect(),
                     )
-                };
-                (action, "unchanged: an image with the same inputs exists".to_string())
-            } else {
-                match (derivation(inputs, image, &tags, &digest), inputs.previous.get(&image.name)) {
-                    (Ok(derivation), _) => {
-                        let path = format!("derived from {}'s manifest (metadata only)", derivation.from_service);
-                        (ImageAction::Derive(derivation), path)
-                    }
-                    (Err(not_derived), previous) => {
-                        let swap = previous.map(|previous| match previous {
-                            Ok(previous) => source_swap_step(inputs, image, &tags, &digest, previous)
-                                .map(|step| (step, &previous.tag)),
-                            Err(not_swapped) => Err(not_swapped.clone()),
-                        });
-                        match swap {
-                            Some(Ok((step, from_tag))) => {
-                                let path =
-                                    format!("source swap on {from_tag}: only the sources of {} changed", step.copies());
-                                (ImageAction::SwapSources(step), path)
-                            }
-                            // Where the source swap was considered, its reason is the one that matters.
-                            why => {
-                                let why = why.and_then(Result::err).unwrap_or(not_derived);
-                                (plan_build(inputs, image, &name, &tags, &digest), format!("BuildKit: {why}"))
-                            }
-                        }
-                    }
                 }
+                Route::Derive(derivation) => ImageAction::Derive(derivation),
+                Route::SwapSources(step) => ImageAction::SwapSources(step),
+                Route::BuildKit => plan_build(inputs, docker(), image, &name, &tags, &digest),
             };
             let unknown = match (&inputs.registry_unreachable, &action, inputs.push) {
                 (Some(_), ImageAction::Build { .. }, true) => Some(format!(
@@ -894,7 +949,7 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
             };
             let describe = (!inputs.push).then(|| {
                 let reference = format!("{name}:{}", tags[0]);
-                docker.command().args(["image", "inspect", "--format", "{{.Id}} {{.Size}}", &reference])
+                docker().command().args(["image", "inspect", "--format", "{{.Id}} {{.Size}}", &reference])
             });
             ImagePlan {
                 service: image.name.clone(),
@@ -930,8 +985,15 @@ pub fn plan(inputs: &BuildInputs) -> BuildPlan {
             derivation.planned_base = swapped.get(&derivation.from_service).cloned();
         }
     }
+    // `docker push` needs the login; the registry-only steps have their own client.
+    let login = match (&inputs.login, registry, inputs.push, &inputs.docker) {
+        (Some(credentials), Some(registry), true, Some(docker)) => {
+            Some(docker.login(registry, &credentials.username, credentials.password.clone()))
+        }
+        _ => None,
+    };
     BuildPlan {
-        builder: docker.builder,
+        builder: inputs.docker.as_ref().map(|docker| docker.builder),
         registry: inputs.registry.clone(),
         registry_unreachable: inputs.registry_unreachable.clone(),
         registry_access: inputs.registry_access.clone().filter(|_| inputs.push),
@@ -1048,7 +1110,14 @@ fn source_swap_step(
     .map_err(|error| format!("{error:#}"))
 }
 
-fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], digest: &str) -> ImageAction {
+fn plan_build(
+    inputs: &BuildInputs,
+    docker: &Docker,
+    image: &Image,
+    name: &str,
+    tags: &[String],
+    digest: &str,
+) -> ImageAction {
     let report = &inputs.report;
     let marker = inputs_tag(digest);
     let all_tags: Vec<String> =
@@ -1072,7 +1141,7 @@ fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], 
         // invalid"): a refused cache export must not fail a build whose image is fine.
         cache_to.push(format!("type=registry,ref={reference},mode=max,ignore-error=true"));
     }
-    let buildx_pushes = inputs.push && inputs.docker.builder == Builder::Buildx;
+    let buildx_pushes = inputs.push && docker.builder == Builder::Buildx;
     let spec = BuildSpec {
         dockerfile: image.dockerfile.clone(),
         context: image.context.clone(),
@@ -1090,7 +1159,7 @@ fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], 
         no_cache: inputs.no_cache,
         pull: inputs.pull,
     };
-    let build = inputs.docker.build(&spec).hint("the build failed");
+    let build = docker.build(&spec).hint("the build failed");
     // Pushed images carry inline cache whatever the builder, and a container builder's
     // `buildcache` export may have been refused (ignore-error): keep `inline-cache` current.
     let cache_mark = inputs.push.then(|| CacheMark { repository: image.repository.clone(), from: tags[0].clone() });
@@ -1098,7 +1167,7 @@ fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], 
         return ImageAction::Build { build, push: None, retag: None, cache_mark };
     }
     let first = &all_tags[0];
-    let push = inputs.docker.command().args(["push", first]).hint(format!("pushing {first} failed"));
+    let push = docker.command().args(["push", first]).hint(format!("pushing {first} failed"));
     let retag = Retag {
         repository: image.repository.clone(),
         from: tags[0].clone(),
@@ -1109,7 +1178,7 @@ fn plan_build(inputs: &BuildInputs, image: &Image, name: &str, tags: &[String], 
 
 impl fmt::Display for BuildPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "builder: {}", self.builder)?;
+        writeln!(f, "builder: {}", builder_name(self.builder))?;
         if let (Some(registry), Some(reason)) = (&self.registry, &self.registry_unreachable) {
             writeln!(f, "registry: {registry} unreachable, so what depends on it is unknown: {reason}")?;
         }
@@ -1555,16 +1624,21 @@ fn manifest_size(bytes: &[u8]) -> Option<u64> {
 
 /// The summary of a build: a table, or JSON.
 pub struct Summary {
-    pub builder: Builder,
+    pub builder: Option<Builder>,
     pub registry: Option<String>,
     pub pushed: bool,
     pub results: Vec<ImageResult>,
 }
 
+/// The builder as the plan and the summary name it.
+fn builder_name(builder: Option<Builder>) -> String {
+    builder.map_or_else(|| "none (every image is made in the registry, no docker runs)".to_string(), |b| b.to_string())
+}
+
 impl Summary {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "builder": self.builder.to_string(),
+            "builder": self.builder.map(|builder| builder.to_string()),
             "registry": self.registry,
             "pushed": self.pushed,
             "images": self.results.iter().map(|result| serde_json::json!({
@@ -1588,7 +1662,7 @@ impl fmt::Display for Summary {
             (Some(registry), true) => format!("pushed to {registry}"),
             _ => "local engine".to_string(),
         };
-        writeln!(f, "builder: {}; {destination}", self.builder)?;
+        writeln!(f, "builder: {}; {destination}", builder_name(self.builder))?;
         writeln!(f, "{:<9} {:<8} {:>9} {:>7}  {:<19}  tags", "service", "result", "size", "seconds", "digest")?;
         for result in &self.results {
             let size = result.size.map(|bytes| format!("{:.1} MB", bytes as f64 / 1e6)).unwrap_or_else(|| "-".into());
@@ -1654,7 +1728,7 @@ pub(crate) mod tests {
             registry: registry.map(String::from),
             push,
             extra_tags: vec!["qa".into()],
-            docker: Docker { program: "docker".into(), builder, engine_version: "20.10.24".into() },
+            docker: Some(Docker { program: "docker".into(), builder, engine_version: "20.10.24".into() }),
             bases: ["backend", "worker", "frontend"]
                 .into_iter()
                 .map(|name| (name.to_string(), vec![("lab/python:lab".to_string(), Some("sha256:base".to_string()))]))
@@ -1877,6 +1951,21 @@ pub(crate) mod tests {
             shown.contains(&format!("  from backend's swapped manifest {}, beside its step\n", step.manifest.digest)),
             "{shown}"
         );
+
+        // With the frontend unchanged too, every image is made in the registry: no docker.
+        assert!(needs_docker(&swapping), "the frontend is built by BuildKit");
+        swapping.unchanged.insert("frontend".into());
+        assert!(!needs_docker(&swapping));
+        let mut registry_only = BuildInputs { docker: None, ..swapping };
+        let built = plan(&registry_only);
+        assert_eq!(built.builder, None);
+        assert!(built.login.is_none(), "no docker push, so no docker login");
+        assert!(built.to_string().contains("builder: none (every image is made in the registry, no docker runs)\n"));
+        registry_only.push = false;
+        assert!(needs_docker(&registry_only), "a local build fills the engine");
+        let mut swapping = BuildInputs { push: true, ..registry_only };
+        swapping.unchanged.clear();
+        swapping.docker = inputs(Builder::Legacy, Some("r:5000"), true).docker;
 
         // A previous image whose config the swap cannot rewrite is built by BuildKit, saying why.
         let mut unswappable = previous;
