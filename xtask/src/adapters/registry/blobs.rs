@@ -1,7 +1,7 @@
 //! Blob calls of the registry client: whether a repository holds a blob, reading a small one
 //! whole (an image config, the layer a source swap replaces), mounting one from
-//! another repository of the same registry (no bytes move), and uploading a small blob in one
-//! request (an image config), used where an image is assembled in the registry rather than
+//! another repository of the same registry (no bytes move), and uploading a small blob the
+//! caller made (an image config, a swapped layer), used where an image is assembled in the registry rather than
 //! built and pushed (`images::derived`); and bringing a blob over from another repository, on
 //! this registry or another, for a promotion (`images::promotion`): by mount where it can, else
 //! by a streamed copy that passes the source's answer into the upload without holding it. It
@@ -98,24 +98,36 @@ impl Registry {
         }
     }
 
-    /// Uploads `bytes` as a blob of `repository` in one request (a monolithic upload: fine for
-    /// an image config or a small layer of source files, not meant for big layers), unless it
-    /// holds them already. Returns the digest.
+    /// Uploads `bytes`, which the caller has just made (a swapped layer, a new image config), as
+    /// a blob of `repository`: a POST and a PUT with the whole body (a monolithic upload: fine
+    /// for an image config or a small layer of source files, not meant for big layers). It
+    /// does not ask first whether the blob is there, which it hardly ever is: the question
+    /// would be a round trip on every upload. Where the upload is refused, a HEAD finding the
+    /// blob makes it done: Nexus refuses to write a blob it holds under Disable redeploy, and
+    /// one of two jobs uploading the same blob at once ("blob upload invalid"). Returns the
+    /// digest.
     pub fn upload_blob(&self, repository: &str, bytes: &[u8]) -> Result<String> {
         let digest = sha256_digest(bytes);
-        if self.has_blob(repository, &digest)? {
-            return Ok(digest);
+        match self.send_blob(repository, bytes, &digest) {
+            Ok(()) => Ok(digest),
+            Err(refused) => match self.has_blob(repository, &digest) {
+                Ok(true) => Ok(digest),
+                _ => Err(refused),
+            },
         }
+    }
+
+    fn send_blob(&self, repository: &str, bytes: &[u8], digest: &str) -> Result<()> {
         let shown = || format!("cannot upload blob {digest} to {}/{repository}", self.address);
         let scope = Some(self.scope(repository));
         let location = self.start_upload(repository).with_context(shown)?;
         let separator = if location.contains('?') { '&' } else { '?' };
-        let mut put = Call::new("PUT", format!("{location}{separator}digest={}", percent_encode(&digest)), scope);
+        let mut put = Call::new("PUT", format!("{location}{separator}digest={}", percent_encode(digest)), scope);
         put.content_type = Some("application/octet-stream");
         put.body = Some(bytes);
         let done = self.execute(&put).with_context(shown)?;
         match done.status {
-            201 => Ok(digest),
+            201 => Ok(()),
             413 => bail!(
                 "{}: HTTP 413, the body is too large for a reverse proxy in front of the registry; raise its \
                  body limit (nginx: client_max_body_size 0;)",

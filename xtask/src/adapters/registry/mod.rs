@@ -1058,6 +1058,47 @@ mod tests {
     }
 
     #[test]
+    fn a_new_blob_is_uploaded_without_asking_first_and_a_refusal_of_one_held_is_done() {
+        // `holds`: whether a HEAD finds the blob; the upload's PUT is refused as Nexus does
+        // under Disable redeploy for a blob it holds.
+        let registry = |holds: bool| {
+            let (address, seen) = fake_registry(move |request, _| match (request.method.as_str(), request.path()) {
+                ("POST", "/v2/intric/backend/blobs/uploads/") => {
+                    answer(202, &[("Location", "/v2/intric/backend/blobs/uploads/one")], "")
+                }
+                ("PUT", "/v2/intric/backend/blobs/uploads/one") => answer(
+                    400,
+                    &[],
+                    r#"{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"blob upload invalid","detail":"cannot be updated"}]}"#,
+                ),
+                ("HEAD", _) if holds => answer(200, &[], ""),
+                _ => answer(404, &[], r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}"#),
+            });
+            (Registry::new(address, None, QUICK), seen)
+        };
+        let digest = sha256_digest(BLOB);
+        let (held, seen) = registry(true);
+        assert_eq!(held.upload_blob("intric/backend", BLOB).unwrap(), digest);
+        let encoded = percent_encode(&digest);
+        assert_eq!(
+            requests(&seen),
+            [
+                "POST /v2/intric/backend/blobs/uploads/".to_string(),
+                format!("PUT /v2/intric/backend/blobs/uploads/one?digest={encoded}"),
+                format!("HEAD /v2/intric/backend/blobs/{digest}"),
+            ],
+            "the upload first, the question only after the refusal"
+        );
+        let (missing, _) = registry(false);
+        let error = format!("{:#}", missing.upload_blob("intric/backend", BLOB).unwrap_err());
+        assert!(error.starts_with(&format!("cannot upload blob {digest} to ")), "{error}");
+        assert!(
+            error.contains("HTTP 400") && error.contains("blob upload invalid"),
+            "the refusal is what is said: {error}"
+        );
+    }
+
+    #[test]
     fn a_blob_missing_from_the_source_is_one_clear_line() {
         let (source, target, seen) = two_repositories(202, false);
         let digest = sha256_digest(BLOB);
