@@ -547,6 +547,13 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         let credentials = Credentials::from_env(env).map_err(&mut problem).ok().flatten();
         let registry_access =
             registry.as_deref().and_then(|setting| RegistryAccess::read(setting, runner).map_err(&mut problem).ok());
+        // The registry's login challenge, learned while compose reads its file: the calls that
+        // then go at once (base digests, listings, previous images) authenticate up front
+        // instead of each meeting a 401 first. What fails here, those calls report.
+        if let Some(access) = registry_access.as_ref().filter(|_| !args.dry_run) {
+            let client = access.client().clone();
+            scope.spawn(move || client.check_access().ok());
+        }
 
         // Checked like every registry setting; its image-name form is the prefix.
         let base_registry = args.base_registry.as_deref().map(RegistryAddress::parse).transpose();

@@ -136,8 +136,8 @@ impl Registry {
         Ok(Registry::new(address, credentials, Backoff::STANDARD))
     }
 
-    /// Checks that the registry answers `GET /v2/` and accepts the login (doctor's check).
-    #[allow(dead_code, reason = "the doctor task calls it; remove once it does")]
+    /// Checks that the registry answers `GET /v2/` and accepts the login (doctor's check; a
+    /// build's way of learning the login challenge early).
     pub fn check_access(&self) -> Result<()> {
         let url = format!("{}/v2/", self.address.base_url());
         let reply = self
