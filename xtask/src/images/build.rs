@@ -46,7 +46,7 @@ use crate::adapters::ci_env::Env;
 use crate::adapters::docker::{BuildSecret, BuildSpec, Builder, Docker};
 use crate::adapters::registry::{Backoff, Credentials, Manifest, Registry, RegistryAddress, at_once};
 use crate::images::bases;
-use crate::images::derived::{Derivation, PlannedBase, metadata_stage};
+use crate::images::derived::{Derivation, Manifested, PlannedBase, metadata_stage, put_tags};
 use crate::images::inline_cache;
 use crate::images::inputs::OUTSIDE_SOURCES_LABEL;
 use crate::images::layer::Layer;
@@ -385,16 +385,13 @@ impl Retag {
         Ok(())
     }
 
-    /// Reads the manifest of `from` once, puts the same bytes under every new tag, and returns
-    /// it: it is the image's manifest under all of them.
+    /// Reads the manifest of `from` once, puts the same bytes under every new tag (at once, the
+    /// last one last: the inputs marker after a build), and returns it: it is the image's
+    /// manifest under all of them.
     fn run(&self, registry: &Registry, log: &mut File, task: &TaskProgress) -> Result<Manifest> {
         let Retag { repository, from, to } = self;
         let manifest = registry_manifest(registry, repository, from)?;
-        for tag in to {
-            task.line(&format!("tag {repository}:{tag} -> {}", manifest.digest));
-            writeln!(log, "PUT /v2/{repository}/manifests/{tag} ({})", manifest.digest)?;
-            registry.put_manifest(repository, tag, &manifest)?;
-        }
+        put_tags(registry, repository, &manifest, Manifested::Existing, to, log, task)?;
         Ok(manifest)
     }
 }

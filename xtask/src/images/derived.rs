@@ -727,7 +727,7 @@ impl Derivation {
         let bytes = serde_json::to_vec(&manifest).context("cannot write the derived manifest")?;
         let derived = Manifest { media_type: base.media_type.clone(), digest: sha256_digest(&bytes), bytes };
         base_done()?;
-        put_tags(registry, repository, &derived, &self.tags, log, task)?;
+        put_tags(registry, repository, &derived, Manifested::New, &self.tags, log, task)?;
         Ok(derived)
     }
 }
@@ -765,11 +765,22 @@ pub fn upload_blobs(
     Ok(())
 }
 
+/// What a manifest being tagged is, which decides whether each tag is checked first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Manifested {
+    /// Just made by this build: no tag names it yet, so each is put straight away.
+    New,
+    /// One the registry holds: a tag may name it already, which a HEAD finds (and then nothing
+    /// is written, which a repository that disables redeploy requires).
+    Existing,
+}
+
 /// Puts `manifest` under every tag of `repository` (the last one last), each logged.
 pub fn put_tags(
     registry: &Registry,
     repository: &str,
     manifest: &Manifest,
+    manifested: Manifested,
     tags: &[String],
     log: &mut File,
     task: &TaskProgress,
@@ -778,12 +789,16 @@ pub fn put_tags(
         task.line(&format!("tag {repository}:{tag} -> {}", manifest.digest));
         writeln!(log, "PUT /v2/{repository}/manifests/{tag} ({})", manifest.digest)?;
     }
-    // Each tag is a round trip, so they go at once; all but the last, which is the inputs
-    // marker: later builds take it to mean the image is complete under every tag, so it is put
-    // only once the others stand.
-    let Some((marker, others)) = tags.split_last() else { return Ok(()) };
-    at_once(others, |tag| registry.put_new_manifest(repository, tag, manifest))?;
-    registry.put_new_manifest(repository, marker, manifest)?;
+    let put = |tag: &String| match manifested {
+        Manifested::New => registry.put_new_manifest(repository, tag, manifest),
+        Manifested::Existing => registry.put_manifest(repository, tag, manifest),
+    };
+    // Each tag is a round trip or two, so they go at once; all but the last, which is the
+    // inputs marker where there is one: later builds take it to mean the image is complete
+    // under every tag, so it is put only once the others stand.
+    let Some((last, others)) = tags.split_last() else { return Ok(()) };
+    at_once(others, put)?;
+    put(last)?;
     Ok(())
 }
 

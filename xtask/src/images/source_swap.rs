@@ -29,7 +29,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::adapters::registry::{Manifest, Registry, sha256_digest};
-use crate::images::derived::{check_metadata, derive_config, put_tags, show_config_and_tags, upload_blobs};
+use crate::images::derived::{Manifested, check_metadata, derive_config, put_tags, show_config_and_tags, upload_blobs};
 use crate::images::dockerfile::{Dockerfile, Instruction};
 use crate::images::inputs::{EntryKind, context_entries, under};
 use crate::images::layer::{EntryMetadata, Layer, ListedEntry, TarEntry, TarKind, list_tar};
@@ -631,7 +631,7 @@ impl SourceSwapStep {
         }
         let new_layers: Vec<&[u8]> = self.layers.iter().map(|layer| layer.blob.as_slice()).collect();
         upload_blobs(registry, &self.repository, &new_layers, &self.config_bytes, log)?;
-        put_tags(registry, &self.repository, &self.manifest, &self.tags, log, task)?;
+        put_tags(registry, &self.repository, &self.manifest, Manifested::New, &self.tags, log, task)?;
         Ok(self.manifest.clone())
     }
 }
