@@ -710,15 +710,14 @@ impl Derivation {
             layers.iter().filter(|digest| !new_layers.iter().any(|layer| layer.digest == **digest)).collect();
         let uploaded: Vec<&[u8]> = new_layers.iter().map(|layer| layer.blob.as_slice()).collect();
         // Mounting what the base keeps and uploading what is new are independent round trips.
-        let (mounted, blobs) = std::thread::scope(|scope| {
+        let (mounted, uploaded) = std::thread::scope(|scope| {
             let mounted =
                 scope.spawn(|| at_once(&kept, |layer| registry.mount_blob(repository, layer, from_repository)));
-            let mut blobs_log = Vec::new();
-            let blobs = upload_blobs(registry, repository, &uploaded, &config_bytes, &mut blobs_log);
-            (mounted.join().expect("mounting layers panicked"), blobs.map(|()| blobs_log))
+            let uploaded = upload_blobs(registry, repository, &uploaded, &config_bytes, log);
+            (mounted.join().expect("mounting layers panicked"), uploaded)
         });
         mounted?;
-        log.write_all(&blobs?)?;
+        uploaded?;
         let line = format!("{} layers of {from_repository}:{from_tag} mounted into {repository}", kept.len());
         task.line(&line);
         writeln!(log, "{line}")?;
