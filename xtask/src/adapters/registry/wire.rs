@@ -300,6 +300,9 @@ pub(super) fn percent_encode(value: &str) -> String {
 /// headers may take.
 const HTTP_BUFFER: usize = 16 * 1024;
 
+/// How many idle connections a client keeps for reuse.
+const IDLE_CONNECTIONS: usize = 16;
+
 pub(super) fn agent(connect: Duration, io: Duration) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         // Statuses are answers to interpret (404 means "no such tag"), not errors.
@@ -320,6 +323,11 @@ pub(super) fn agent(connect: Duration, io: Duration) -> ureq::Agent {
         .input_buffer_size(HTTP_BUFFER)
         .output_buffer_size(HTTP_BUFFER)
         .max_response_header_size(HTTP_BUFFER)
+        // The calls of a build go at once, a dozen to one registry, phase after phase: with
+        // ureq's 3 idle connections per host kept, most of each phase would connect (and over
+        // HTTPS, shake hands) anew.
+        .max_idle_connections(IDLE_CONNECTIONS)
+        .max_idle_connections_per_host(IDLE_CONNECTIONS)
         .tls_config(ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build())
         .build();
     config.new_agent()
