@@ -242,7 +242,7 @@ fn previous_image(
     let Some((manifest, config)) = read else {
         return Ok(Err(format!("no {PREVIOUS_TAG} image to swap the sources of")));
     };
-    let Some(config) = config.filter(|_| !manifest.is_index()) else {
+    let Some(config) = config else {
         return Ok(Err(format!("{PREVIOUS_TAG} is a manifest list, not one image")));
     };
     if config["config"]["Labels"][OUTSIDE_SOURCES_LABEL].as_str() != Some(outside) {
@@ -582,8 +582,8 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
         // The registry's tags of each image: where an unchanged image is found when pushing, and
         // the cache sources of every build that knows a registry (a PR's too, which does not
         // push). One listing per repository (a round trip or more: pages), all at once, and at
-        // the same time as the base images' digests, which need none of them.
-        // So is each previous image a source swap may start from (see `read_previous`).
+        // the same time as the base images' digests, which need none of them; and so is each
+        // previous image a source swap may start from (see `read_previous`).
         let fast_path_possible = args.push && !args.no_fast_path;
         let (digested, listed, previous_reads) = std::thread::scope(|listing| {
             let listed = client.as_ref().map(|client| {
