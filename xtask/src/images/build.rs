@@ -1952,7 +1952,10 @@ pub(crate) mod tests {
         assert_eq!(base.new_layers, step.layers);
         assert!(Board::default().may_start(&built, 1, 1), "the worker starts beside the backend");
         assert!(
-            shown.contains(&format!("  from backend's swapped manifest {}, beside its step\n", step.manifest.digest)),
+            shown.contains(&format!(
+                "  from backend's swapped manifest {}, beside its step (the tags once backend's stand)\n",
+                step.manifest.digest
+            )),
             "{shown}"
         );
 

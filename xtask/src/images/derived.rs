@@ -638,7 +638,11 @@ impl Derivation {
                 writeln!(f, "  registry: GET {registry} /v2/{from_repository}/manifests/{from_tag} and its config")?
             }
             Some(base) => {
-                writeln!(f, "  from {from_service}'s swapped manifest {}, beside its step", base.manifest.digest)?;
+                writeln!(
+                    f,
+                    "  from {from_service}'s swapped manifest {}, beside its step (the tags once {from_service}'s stand)",
+                    base.manifest.digest
+                )?;
                 for layer in &base.new_layers {
                     writeln!(
                         f,
