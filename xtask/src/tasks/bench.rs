@@ -364,6 +364,31 @@ mod tests {
         assert_eq!((tags[0], tags[9]), ("v1.0.0", "v1.0.9"));
         assert!(stream.contains("tag v1.0.9\nfrom :95\n"), "the last tag is 5 commits before HEAD");
     }
+
+    #[test]
+    fn images_holding_a_base_images_layers_are_named_but_not_the_base_itself() {
+        use crate::adapters::docker::{Builder, Docker};
+        let docker = Docker { program: "docker".into(), builder: Builder::Legacy, engine_version: "20.10.24".into() };
+        let base = |id: &str, bottom: &str| BaseImage {
+            reference: format!("lab/{id}:lab"),
+            id: id.into(),
+            tags: Vec::new(),
+            layers: vec![bottom.into(), "sha256:top".into()],
+        };
+        let bases = BaseImages(vec![base("python", "sha256:debian"), base("node", "sha256:alpine")]);
+        let runner = crate::plan::runner::Recording::replying(|shown| {
+            Ok(if shown.contains(" ls ") {
+                "python\nproxy\nuntagged\nother\n".into()
+            } else {
+                "python|lab/python:lab |sha256:debian sha256:top \n\
+                 proxy|intric-lab/nexus-proxy:lab |sha256:debian sha256:top sha256:app \n\
+                 untagged||sha256:alpine \n\
+                 other|busybox:1 |sha256:elsewhere \n"
+                    .into()
+            })
+        });
+        assert_eq!(bases.held_by_others(&runner, &docker).unwrap(), ["intric-lab/nexus-proxy:lab", "untagged"]);
+    }
 }
 
 /// One side of the build benchmark: how it builds and pushes every image of a repository.
@@ -434,6 +459,18 @@ fn compare_builds(
     runs: usize,
 ) -> Result<()> {
     let scratch = tempfile_dir()?;
+    // Images the benchmark must not remove may keep the base images' layers in the engine; the
+    // figures then hold for a runner that has them (both sides alike), which is said up front.
+    let holders = base_images.held_by_others(runner, docker)?;
+    if !holders.is_empty() {
+        eprintln!(
+            "warning: {} other image(s) in the engine hold the base images' layers ({}{}): the \"fresh runner\" \
+             cases pull the base images' manifests but not those layers, for both sides",
+            holders.len(),
+            holders.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+            if holders.len() > 3 { ", ..." } else { "" }
+        );
+    }
     // ratios[case] holds one time ratio per run; traffic[case] the bytes of the last run.
     let mut ratios = vec![Vec::new(); CASES.len()];
     let mut traffic = vec![[traffic::Traffic::default(); 2]; CASES.len()];
@@ -618,6 +655,8 @@ struct BaseImage {
     reference: String,
     id: String,
     tags: Vec<String>,
+    /// Its layers' diff IDs, bottom first.
+    layers: Vec<String>,
 }
 
 impl BaseImages {
@@ -628,16 +667,40 @@ impl BaseImages {
     ) -> Result<BaseImages> {
         let mut images = Vec::new();
         for reference in references {
-            let format = "{{.Id}}{{range .RepoTags}} {{.}}{{end}}";
+            let format = "{{.Id}}{{range .RepoTags}} {{.}}{{end}}|{{range .RootFS.Layers}} {{.}}{{end}}";
             let output =
                 runner.read(&docker.command().args(["image", "inspect", "--format", format, reference])).with_context(
                     || format!("cannot inspect the base image {reference}: is the lab up? (`cargo xtask sandbox up`)"),
                 )?;
-            let mut words = output.split_whitespace().map(str::to_string);
+            let (names, layers) = output.split_once('|').unwrap_or((&output, ""));
+            let mut words = names.split_whitespace().map(str::to_string);
             let id = words.next().with_context(|| format!("`docker image inspect {reference}` printed no ID"))?;
-            images.push(BaseImage { reference: reference.clone(), id, tags: words.collect() });
+            let layers = layers.split_whitespace().map(str::to_string).collect();
+            images.push(BaseImage { reference: reference.clone(), id, tags: words.collect(), layers });
         }
         Ok(BaseImages(images))
+    }
+
+    /// The images of the engine (other than the base images, which a fresh runner lacks) that
+    /// hold a base image's bottom layer: the engine keeps that layer for them, so pulling the
+    /// base image fetches less than a fresh runner would.
+    fn held_by_others(&self, runner: &dyn Runner, docker: &crate::adapters::docker::Docker) -> Result<Vec<String>> {
+        let ids = runner.read(&docker.command().args(["image", "ls", "--quiet", "--no-trunc"]))?;
+        let ids: std::collections::BTreeSet<&str> = ids.lines().collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let format = "{{.Id}}|{{range .RepoTags}}{{.}} {{end}}|{{range .RootFS.Layers}}{{.}} {{end}}";
+        let listed = runner.read(&docker.command().args(["image", "inspect", "--format", format]).args(ids))?;
+        let bottoms: Vec<&str> = self.0.iter().filter_map(|image| image.layers.first().map(String::as_str)).collect();
+        let holders = listed.lines().filter_map(|line| {
+            let mut fields = line.splitn(3, '|');
+            let (id, names, layers) = (fields.next()?, fields.next()?, fields.next()?);
+            let base = self.0.iter().any(|image| image.id == id);
+            let holds = layers.split_whitespace().any(|layer| bottoms.contains(&layer));
+            (!base && holds).then(|| names.split_whitespace().next().unwrap_or(id).to_string())
+        });
+        Ok(holders.collect())
     }
 
     /// The base images still in the engine.
