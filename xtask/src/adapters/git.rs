@@ -781,6 +781,13 @@ struct FileTag {
     commit: Option<String>,
 }
 
+impl FileTag {
+    /// The packed tag `name` whose commit is `id`; `None` when that is no object id.
+    fn packed(name: &str, id: &str) -> Option<FileTag> {
+        Some(FileTag { name: name.to_string(), commit: Some(object_id(id).ok()?.to_string()) })
+    }
+}
+
 /// The tags of the ref files, in name order as show-ref lists them, given the loose tags that
 /// `git for-each-ref --points-at=HEAD` found on `head` (one `refs/tags/<name>` a line); and the
 /// names of the loose tags not on HEAD, whose commits stay unknown.
@@ -960,37 +967,37 @@ fn parse_packed_refs(text: &str) -> Option<PackedRefs> {
         peeled = traits.split_whitespace().any(|name| name == "peeled" || name == "fully-peeled");
         at += 1;
     }
-    // Whether the line before named a tag, which a `^` line then peels.
-    let mut after_tag = false;
+    // The tag of the line before, with its own id, until the next line says whether it is
+    // annotated: a `^` line gives the commit it peels to, and its own id is never used.
+    let mut last_tag: Option<(&str, &str)> = None;
     while at < bytes.len() {
         // Every line is longer than the shortest id (`^<id>`, `<id> <name>`), so its end is
-        // looked for after that: a line with a newline that soon has no id, and is refused
-        // as the id that it is not.
+        // looked for only after that; a newline within that length leaves a line that
+        // fails the id check below.
         let end = line_end(bytes, (at + SHORTEST_ID).min(bytes.len()));
         let line = line_at(text, at, end);
         at = end + 1;
-        if let Some(id) = line.strip_prefix('^') {
-            let tag = packed.tags.last_mut().filter(|_| after_tag)?;
-            tag.commit = Some(object_id(id).ok()?.to_string());
-            after_tag = false;
+        if let Some(peeled) = line.strip_prefix('^') {
+            let (name, _) = last_tag.take()?;
+            packed.tags.push(FileTag::packed(name, peeled)?);
             continue;
+        }
+        if let Some((name, id)) = last_tag.take() {
+            packed.tags.push(FileTag::packed(name, id)?);
         }
         // 40 hex digits, or 64 in a SHA-256 repository, then a space.
         let length = if line.as_bytes().get(SHORTEST_ID) == Some(&b' ') { SHORTEST_ID } else { 64 };
         if line.as_bytes().get(length) != Some(&b' ') {
             return None;
         }
-        let (id, name) = (object_id(&line[..length]).ok()?.to_string(), &line[length + 1..]);
-        after_tag = match name.strip_prefix("refs/tags/") {
-            Some(tag) => {
-                packed.tags.push(FileTag { name: tag.to_string(), commit: Some(id) });
-                true
-            }
-            None => {
-                packed.others.push((name.to_string(), id));
-                false
-            }
-        };
+        let (id, name) = (&line[..length], &line[length + 1..]);
+        match name.strip_prefix("refs/tags/") {
+            Some(tag) => last_tag = Some((tag, id)),
+            None => packed.others.push((name.to_string(), object_id(id).ok()?.to_string())),
+        }
+    }
+    if let Some((name, id)) = last_tag {
+        packed.tags.push(FileTag::packed(name, id)?);
     }
     (peeled || packed.tags.is_empty()).then_some(packed)
 }
@@ -1025,12 +1032,13 @@ fn loose_tag_names(dir: &Path, prefix: &str, names: &mut Vec<String>) -> Option<
     };
     for entry in entries {
         let entry = entry.ok()?;
-        let file_name = entry.file_name();
-        let file_name = file_name.to_str()?;
-        if file_name.ends_with(".lock") || file_name.starts_with('.') {
+        // The file's own name becomes the tag's where there is no prefix, without a copy: a
+        // repository has hundreds of tags, and the debug build formats strings slowly.
+        let file_name = entry.file_name().into_string().ok()?;
+        if file_name.as_bytes().first() == Some(&b'.') || file_name.ends_with(".lock") {
             return None;
         }
-        let name = format!("{prefix}{file_name}");
+        let name = if prefix.is_empty() { file_name } else { prefix.to_string() + &file_name };
         if entry.file_type().ok()?.is_dir() {
             loose_tag_names(&entry.path(), &format!("{name}/"), names)?;
         } else {
