@@ -1017,10 +1017,11 @@ fn line_end(bytes: &[u8], from: usize) -> usize {
     end
 }
 
-/// The line of `text` from `start` to the newline at `end`, without a carriage return.
+/// The line of `text` from `start` to the newline at `end`, without a carriage return (a
+/// byte compared, where `strip_suffix` would search for a `char` pattern).
 fn line_at(text: &str, start: usize, end: usize) -> &str {
-    let line = &text[start..end];
-    line.strip_suffix('\r').unwrap_or(line)
+    let carriage_return = end > start && text.as_bytes()[end - 1] == b'\r';
+    &text[start..if carriage_return { end - 1 } else { end }]
 }
 
 /// Adds the names of the loose tag refs under `dir` (`refs/tags/<prefix>`) to `names`, without
