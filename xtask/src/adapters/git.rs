@@ -980,9 +980,9 @@ fn parse_packed_refs(text: &str) -> Option<PackedRefs> {
         let end = line_end(bytes, (at + SHORTEST_ID).min(bytes.len()));
         let line = line_at(text, at, end);
         at = end + 1;
-        if let Some(peeled) = line.strip_prefix('^') {
+        if let Some(commit) = line.strip_prefix('^') {
             let (name, _) = last_tag.take()?;
-            packed.tags.push(FileTag::packed(name, peeled)?);
+            packed.tags.push(FileTag::packed(name, commit)?);
             continue;
         }
         if let Some((name, id)) = last_tag.take() {
