@@ -100,11 +100,13 @@ fn build_pushes_labels_skips_unchanged_and_rebuilds_what_changed() {
     let env = lab_env();
     let registry = LabRegistry::new();
 
+    let sha_tag = sha_tag(repo.path());
+    let mut this_runs_tags = local_tags(&sha_tag);
     let (output, summary) = build(repo.path(), &["--push"], &env);
     assert_success(&output, "build --push");
     let summary = summary.unwrap();
+    this_runs_tags.extend(inputs_tags(&summary));
     let revision = head(repo.path());
-    let sha_tag = sha_tag(repo.path());
     let first = results(&summary);
     assert_ne!(first["backend"], "skipped", "{first:?}");
     assert_ne!(first["worker"], "skipped", "{first:?}");
@@ -142,20 +144,45 @@ fn build_pushes_labels_skips_unchanged_and_rebuilds_what_changed() {
     source.push_str("\n# e2e: a change to one backend source file\n");
     std::fs::write(&main_py, source).unwrap();
     commit_all(repo.path(), "change one backend file");
+    let new_sha_tag = common::sha_tag(repo.path());
+    this_runs_tags.extend(local_tags(&new_sha_tag));
     let (output, summary) = build(repo.path(), &["--push"], &env);
     assert_success(&output, "build --push after a backend change");
-    let results = results(&summary.unwrap());
+    let summary = summary.unwrap();
+    this_runs_tags.extend(inputs_tags(&summary));
+    let results = results(&summary);
     assert_eq!(results["frontend"], "skipped", "{results:?}");
     assert_ne!(results["backend"], "skipped", "{results:?}");
     assert_ne!(results["worker"], "skipped", "{results:?}");
-    let head = run("git", &["rev-parse", "HEAD"], repo.path());
-    let new_sha_tag = format!("sha-{}", &String::from_utf8_lossy(&head.stdout)[..12]);
     assert!(registry.tags("intric/frontend").contains(&new_sha_tag), "the reused frontend got the new tag");
     assert_eq!(
         registry.manifest("intric/frontend", &new_sha_tag),
         registry.manifest("intric/frontend", &sha_tag),
         "the reused frontend is the same manifest"
     );
+}
+
+/// Guards that remove the local tags a build of the commit tagged `sha_tag` leaves in the lab's
+/// shared `intric/` namespace (other runs' tags stay): that `sha-` tag and `dev-latest`, which
+/// the registry keeps for the next build. See [`inputs_tags`] for the rest.
+fn local_tags(sha_tag: &str) -> Vec<LocalImagesUnder> {
+    let registry = &lab()["NEXUS_REGISTRY"];
+    let services = ["backend", "worker", "frontend"];
+    let tags = services.into_iter().flat_map(|service| [sha_tag, "dev-latest"].map(|tag| (service, tag)));
+    tags.map(|(service, tag)| LocalImagesUnder(format!("{registry}/intric/{service}:{tag}"))).collect()
+}
+
+/// Guards that remove the local `inputs-` tags of the images a build's `summary` lists.
+fn inputs_tags(summary: &serde_json::Value) -> Vec<LocalImagesUnder> {
+    let registry = &lab()["NEXUS_REGISTRY"];
+    let images = summary["images"].as_array().unwrap();
+    images
+        .iter()
+        .map(|image| {
+            let digest = &image["inputs_digest"].as_str().unwrap()[..24];
+            LocalImagesUnder(format!("{registry}/intric/{}:inputs-{digest}", image["service"].as_str().unwrap()))
+        })
+        .collect()
 }
 
 #[test]
