@@ -393,30 +393,11 @@ pub fn xtask_in(dir: &Path, project: &str, args: &[&str]) -> Output {
     xtask(&full, &[], dir)
 }
 
-/// [`xtask_in`] that must succeed: everything it printed, standard output then error.
-pub fn xtask_ok_in(dir: &Path, project: &str, args: &[&str]) -> String {
-    let output = xtask_in(dir, project, args);
-    assert_success(&output, &args.join(" "));
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-/// The last record of the deploy history in `dir`.
-pub fn last_record_in(dir: &Path) -> serde_json::Value {
-    let history = std::fs::read_to_string(dir.join(".deploy-history.jsonl")).unwrap();
-    serde_json::from_str(history.lines().last().unwrap()).unwrap()
-}
-
 /// `docker compose` on the deployment directory `dir` as project `project`.
 pub fn compose_in(dir: &Path, project: &str, args: &[&str]) -> Output {
     let mut full = vec!["compose", "--project-name", project, "--project-directory", dir.to_str().unwrap()];
     full.extend_from_slice(args);
     run("docker", &full, dir)
-}
-
-/// What `.env` in `dir` sets `key` to (empty when nothing).
-pub fn env_value_in(dir: &Path, key: &str) -> String {
-    let text = std::fs::read_to_string(dir.join(".env")).unwrap();
-    text.lines().find_map(|line| line.strip_prefix(&format!("{key}="))).unwrap_or_default().to_string()
 }
 
 /// Sets `key` in a `.env` file the simple way an operator's editor would: its line replaced, or

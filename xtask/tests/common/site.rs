@@ -74,9 +74,10 @@ impl Site {
         set_env_var(&path, key, value);
     }
 
-    /// What `.env` sets `key` to.
+    /// What `.env` sets `key` to (empty when nothing).
     pub fn env_value(&self, key: &str) -> String {
-        env_value_in(self.path(), key)
+        let text = std::fs::read_to_string(self.path().join(".env")).unwrap();
+        text.lines().find_map(|line| line.strip_prefix(&format!("{key}="))).unwrap_or_default().to_string()
     }
 
     /// The xtask with `--dir` (and `--project`) of this site; its output is recorded.
