@@ -15,18 +15,19 @@
 //!
 //! It needs a Docker engine: with `CI` set a missing engine fails it; elsewhere it says why it
 //! did nothing. Its project (`intric-deploy-e2e`), ports (24000, 29123) and registry namespace
-//! (`deploy-e2e-<pid>-<seconds>` below the lab registry, so its `dev-latest` and release tags are its own)
-//! are its own; the local tags of that namespace are removed at the end.
+//! (`deploy-e2e-<pid>-<nanoseconds>` below the lab registry, so its `dev-latest` and release tags
+//! are its own) are its own; the project is taken down with its volumes and the local tags of
+//! that namespace are removed at the end.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::Output;
 use std::time::Instant;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
+use common::site::{Mode, Site, lab_settings};
 use common::*;
 
 const PROJECT: &str = "intric-deploy-e2e";
@@ -40,126 +41,9 @@ const V2: &str = "deploy-e2e-v2";
 const RELEASE: &str = "1.0.0";
 const BROKEN: &str = "deploy-e2e-unhealthy";
 
-/// A deployment directory driven by the xtask, taken down with its volumes when dropped.
-struct Deployment {
-    dir: tempfile::TempDir,
-    /// Everything the xtask printed, to look for secrets at the end.
-    shown: std::cell::RefCell<String>,
-}
-
-impl Deployment {
-    fn new() -> Deployment {
-        let dir = tempfile::tempdir().unwrap();
-        for file in ["docker-compose.yml", ".env.example"] {
-            std::fs::copy(workspace().join("docker").join(file), dir.path().join(file)).unwrap();
-        }
-        let deployment = Deployment { dir, shown: Default::default() };
-        deployment.compose(&["--profile", "init", "down", "--volumes", "--remove-orphans"]);
-        deployment
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn dir_arg(&self) -> String {
-        self.path().to_str().unwrap().to_string()
-    }
-
-    /// The xtask with `--dir` and `--project` of this deployment; its output is recorded.
-    fn xtask(&self, args: &[&str]) -> Output {
-        let output = xtask_in(self.path(), PROJECT, args);
-        self.record(&output);
-        output
-    }
-
-    fn record(&self, output: &Output) {
-        let mut shown = self.shown.borrow_mut();
-        shown.push_str(&String::from_utf8_lossy(&output.stdout));
-        shown.push_str(&String::from_utf8_lossy(&output.stderr));
-    }
-
-    /// Runs the xtask, which must succeed; its standard output and error together.
-    fn ok(&self, args: &[&str]) -> String {
-        let output = self.xtask(args);
-        assert_success(&output, &args.join(" "));
-        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-    }
-
-    /// Runs the xtask, which must succeed; its standard output only.
-    fn stdout(&self, args: &[&str]) -> String {
-        let output = self.xtask(args);
-        assert_success(&output, &args.join(" "));
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    /// Starts the xtask in the background, its output going to a file.
-    fn spawn(&self, args: &[&str], log: &str) -> Child {
-        let dir = self.dir_arg();
-        let file = std::fs::File::create(self.path().join(log)).unwrap();
-        let mut command = std::process::Command::new(XTASK);
-        command.args(args).args(["--dir", &dir, "--project", PROJECT]).current_dir(self.path());
-        for key in CONTROLLED {
-            command.env_remove(key);
-        }
-        command.stdout(Stdio::from(file.try_clone().unwrap())).stderr(Stdio::from(file)).spawn().unwrap()
-    }
-
-    fn log(&self, log: &str) -> String {
-        let text = std::fs::read_to_string(self.path().join(log)).unwrap_or_default();
-        self.shown.borrow_mut().push_str(&text);
-        text
-    }
-
-    fn compose(&self, args: &[&str]) -> Output {
-        compose_in(self.path(), PROJECT, args)
-    }
-
-    fn psql(&self, sql: &str) -> String {
-        let script = format!("psql -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -tAc \"{sql}\"");
-        let output = self.compose(&["exec", "-T", "db", "sh", "-c", &script]);
-        assert_success(&output, sql);
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
-    }
-
-    fn env_value(&self, key: &str) -> String {
-        env_value_in(self.path(), key)
-    }
-
-    fn set(&self, key: &str, value: &str) {
-        let path = self.path().join(".env");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let prefix = format!("{key}=");
-        assert!(text.lines().any(|line| line.starts_with(&prefix)), "{key} in .env");
-        let lines: Vec<String> = text
-            .lines()
-            .map(|line| if line.starts_with(&prefix) { format!("{key}={value}") } else { line.to_string() })
-            .collect();
-        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    }
-
-    fn history(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.path().join(".deploy-history.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    }
-
-    fn job_ids(&self) -> String {
-        self.psql("select string_agg(id::text, ',' order by id) from jobs")
-    }
-}
-
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let logs = self.compose(&["logs", "--no-color", "--tail", "40"]);
-            eprintln!("--- compose logs\n{}", String::from_utf8_lossy(&logs.stdout));
-            eprintln!("--- xtask output\n{}", self.shown.borrow());
-        }
-        self.compose(&["--profile", "init", "down", "--volumes", "--remove-orphans"]);
-    }
+/// The ids of the jobs table's rows, in order.
+fn job_ids(site: &Site) -> String {
+    site.sql("select string_agg(id::text, ',' order by id) from jobs")
 }
 
 fn url(path: &str) -> String {
@@ -200,13 +84,8 @@ fn push_version(repo: &Path, registry: &str, tag: &str, env: &[(String, String)]
 /// Returns the manifest digest of v2's (swapped) backend.
 fn build_versions(registry: &str) -> String {
     // The lab's base images and login; the registry is the namespace, given with --registry.
-    let env: Vec<(String, String)> = lab_env().into_iter().filter(|(key, _)| key != "NEXUS_REGISTRY").collect();
-    let repo = snapshot();
-    let remote = tempfile::tempdir().unwrap();
-    let origin = remote.path().join("origin.git");
-    git(remote.path(), &["clone", "-q", "--bare", repo.path().to_str().unwrap(), origin.to_str().unwrap()]);
-    git(repo.path(), &["remote", "add", "origin", origin.to_str().unwrap()]);
-    git(repo.path(), &["fetch", "-q", "origin"]);
+    let env = lab_login_env();
+    let (repo, origin) = snapshot_with_origin();
 
     // v1 is the namespace's first build: BuildKit builds it, and it becomes dev-latest.
     let summary = push_version(repo.path(), registry, V1, &env);
@@ -251,11 +130,7 @@ def downgrade() -> None:
     let swapped = backend["digest"].as_str().unwrap().to_string();
 
     // The release manager's step: promote v2's images under the lock on origin.
-    let release = xtask(
-        &["release", RELEASE, "--execute", "--json", "--repo", repo.path().to_str().unwrap(), "--registry", registry],
-        &env,
-        repo.path(),
-    );
+    let release = release(repo.path(), &[RELEASE, "--execute", "--json", "--registry", registry], &env);
     assert_success(&release, "release --execute");
     let report: Value = serde_json::from_slice(&release.stdout).unwrap();
     assert_eq!(report["executed"], true, "{report}");
@@ -273,8 +148,8 @@ def downgrade() -> None:
         "application/vnd.docker.distribution.manifest.v2+json",
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
-    assert_eq!(format!("sha256:{:x}", Sha256::digest(&bytes)), swapped, "{RELEASE} is the swapped manifest");
-    let tags = stdout(&run("git", &["ls-remote", "--tags", origin.to_str().unwrap()], repo.path()));
+    assert_eq!(sha256_digest(&bytes), swapped, "{RELEASE} is the swapped manifest");
+    let tags = stdout(&run("git", &["ls-remote", "--tags", origin.path().to_str().unwrap()], repo.path()));
     assert!(tags.contains(&format!("refs/tags/v{RELEASE}")), "v{RELEASE} pushed to origin: {tags}");
     assert!(!tags.contains("release-lock"), "the release lock is released: {tags}");
 
@@ -292,8 +167,8 @@ def downgrade() -> None:
 }
 
 /// The image each container of `service` runs (as named) and that image's registry digests.
-fn running(deployment: &Deployment, service: &str) -> Vec<(String, String)> {
-    let listed = deployment.compose(&["ps", "--quiet", service]);
+fn running(site: &Site, service: &str) -> Vec<(String, String)> {
+    let listed = site.compose(&["ps", "--quiet", service]);
     assert_success(&listed, &format!("compose ps {service}"));
     String::from_utf8_lossy(&listed.stdout)
         .split_whitespace()
@@ -312,36 +187,20 @@ fn running(deployment: &Deployment, service: &str) -> Vec<(String, String)> {
 
 #[test]
 fn deploy_update_rollback_backup_restore_lock_and_kill() {
-    let _serial = serial();
-    if !docker_available() {
-        return;
-    }
+    let Some(_serial) = lab_test() else { return };
     let started = Instant::now();
     let lab = lab();
-    let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let registry = format!("{}/deploy-e2e-{}-{seconds}", lab["NEXUS_REGISTRY"], std::process::id());
+    let registry = format!("{}/{}", lab["NEXUS_REGISTRY"], unique_name("deploy-e2e"));
     // Declared before the deployment, so dropped after its containers are gone.
     let _images = LocalImagesUnder(format!("{registry}/"));
     let swapped = build_versions(&registry);
     eprintln!("timing: three versions built in {:.1} s", started.elapsed().as_secs_f64());
 
     // env init, then the settings of this lab.
-    let deployment = Deployment::new();
-    deployment.ok(&["env", "init"]);
-    for (key, value) in [
-        ("NEXUS_REGISTRY", registry.as_str()),
-        ("NEXUS_USERNAME", lab["NEXUS_USERNAME"].as_str()),
-        ("NEXUS_PASSWORD", lab["NEXUS_PASSWORD"].as_str()),
-        ("IMAGE_TAG", V1),
-        ("POSTGRES_IMAGE", lab["POSTGRES_IMAGE"].as_str()),
-        ("REDIS_IMAGE", lab["REDIS_IMAGE"].as_str()),
-        ("EDGE_IMAGE", lab["NGINX_IMAGE"].as_str()),
-        ("OPENAI_API_KEY", CANARY),
-        ("FRONTEND_PORT", FRONTEND_PORT),
-        ("BACKEND_PORT", BACKEND_PORT),
-    ] {
-        deployment.set(key, value);
-    }
+    let deployment = Site::new(PROJECT, Mode::Compose);
+    let mut settings = lab_settings(lab, &registry, V1, CANARY);
+    settings.extend([("FRONTEND_PORT", FRONTEND_PORT), ("BACKEND_PORT", BACKEND_PORT)]);
+    deployment.init_env(&settings);
 
     // deploy: db-init runs once, everything healthy, the app answers through the frontend.
     let step = Instant::now();
@@ -358,7 +217,7 @@ fn deploy_update_rollback_backup_restore_lock_and_kill() {
     let step = Instant::now();
     let again = deployment.ok(&["deploy"]);
     assert!(again.contains("the database is initialized (revision 0001)") && !again.contains("seeded"), "{again}");
-    assert_eq!(deployment.psql("select count(*) from tenants"), "1");
+    assert_eq!(deployment.sql("select count(*) from tenants"), "1");
     eprintln!("timing: deploy again (harmless) {:.1} s", step.elapsed().as_secs_f64());
 
     // Rows through the API.
@@ -367,23 +226,23 @@ fn deploy_update_rollback_backup_restore_lock_and_kill() {
         assert_eq!(status, 202, "{body}");
     }
     eventually(60, "the worker to complete the jobs", || {
-        (deployment.psql("select count(*) from jobs where status = 'done'") == "3").then_some(())
+        (deployment.sql("select count(*) from jobs where status = 'done'") == "3").then_some(())
     });
-    let rows = deployment.job_ids();
+    let rows = job_ids(&deployment);
 
     // update to the release promoted from v2: its migration is applied with the new image, the
     // rows are kept, and the containers run the release tag, the backend the swapped manifest.
     let step = Instant::now();
     let updated = deployment.ok(&["update", "--tag", RELEASE, "--timeout", "240"]);
     assert!(updated.contains(&format!("update {V1} -> {RELEASE} done")), "{updated}");
-    assert_eq!(deployment.psql("select version_num from alembic_version"), "0002");
+    assert_eq!(deployment.sql("select version_num from alembic_version"), "0002");
     assert_eq!(
-        deployment.psql(
+        deployment.sql(
             "select count(*) from information_schema.columns where table_name = 'jobs' and column_name = 'e2e_note'"
         ),
         "1"
     );
-    assert_eq!(deployment.job_ids(), rows);
+    assert_eq!(job_ids(&deployment), rows);
     assert_eq!(deployment.env_value("IMAGE_TAG"), RELEASE);
     for service in ["backend", "worker", "frontend"] {
         let containers = running(&deployment, service);
@@ -404,10 +263,9 @@ fn deploy_update_rollback_backup_restore_lock_and_kill() {
     let error = error_line(&failed);
     assert!(error.contains(&format!("failed and was rolled back to {RELEASE}, which is running again")), "{error}");
     assert!(error.contains("the database was NOT restored") && error.contains("/backups/intric_"), "{error}");
-    assert_eq!(deployment.env_value("IMAGE_TAG"), RELEASE);
+    deployment.assert_rolled_back(&failed, RELEASE);
     assert!(answers());
-    assert_eq!(deployment.job_ids(), rows);
-    assert_eq!(deployment.history().last().unwrap()["result"], "rolled-back");
+    assert_eq!(job_ids(&deployment), rows);
     eprintln!("timing: failed update and automatic rollback {:.1} s", step.elapsed().as_secs_f64());
 
     // rollback: to the tag deployed before the release, keeping the newer schema it does not know.
@@ -417,7 +275,7 @@ fn deploy_update_rollback_backup_restore_lock_and_kill() {
     assert!(rolled.contains("which this image does not know"), "{rolled}");
     assert_eq!(deployment.env_value("IMAGE_TAG"), V1);
     assert!(answers());
-    assert_eq!(deployment.job_ids(), rows);
+    assert_eq!(job_ids(&deployment), rows);
     eprintln!("timing: rollback {:.1} s", step.elapsed().as_secs_f64());
 
     // backup, then restore into a fresh stack: the same rows.
@@ -431,10 +289,10 @@ fn deploy_update_rollback_backup_restore_lock_and_kill() {
     assert_success(&deployment.compose(&["down", "--volumes"]), "compose down --volumes");
     let fresh = deployment.ok(&["deploy", "--timeout", "240"]);
     assert!(fresh.contains("seeded tenant default"), "a fresh stack: {fresh}");
-    assert_eq!(deployment.psql("select count(*) from jobs"), "0");
+    assert_eq!(deployment.sql("select count(*) from jobs"), "0");
     let restored = deployment.ok(&["restore", file.to_str().unwrap(), "--yes", "--timeout", "240"]);
     assert!(restored.contains("restored"), "{restored}");
-    assert_eq!(deployment.job_ids(), rows);
+    assert_eq!(job_ids(&deployment), rows);
     let first_id = rows.split(',').next().unwrap();
     let (status, body) = http("GET", &url(&format!("/api/v1/jobs/{first_id}")), None);
     assert!(status == 200 && body.contains("\"done\""), "{status} {body}");
@@ -471,7 +329,7 @@ fn deploy_update_rollback_backup_restore_lock_and_kill() {
     assert!(converged.contains(&format!("update {RELEASE} -> {V1} done")), "{converged}");
     assert_eq!(deployment.env_value("IMAGE_TAG"), V1);
     assert!(answers());
-    assert_eq!(deployment.job_ids(), rows);
+    assert_eq!(job_ids(&deployment), rows);
     assert!(!lock.exists());
     let history = deployment.history();
     assert!(history.iter().any(|record| record["detail"].as_str().is_some_and(|d| d.starts_with("interrupted"))));
@@ -483,7 +341,7 @@ fn deploy_update_rollback_backup_restore_lock_and_kill() {
 
     // The canary secret is in no output, no file of the deployment but .env, and no log.
     let logs = deployment.compose(&["logs", "--no-color"]);
-    let mut everything = deployment.shown.borrow().clone();
+    let mut everything = deployment.shown();
     everything.push_str(&String::from_utf8_lossy(&logs.stdout));
     everything.push_str(&String::from_utf8_lossy(&logs.stderr));
     for entry in walk(deployment.path()) {

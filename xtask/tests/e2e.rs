@@ -3,81 +3,22 @@
 //! repository, push them, run the compose stack and talk to it over HTTP.
 //!
 //! They need a Docker engine. With `CI` set a missing engine fails them; elsewhere they print
-//! why they did nothing. They share one lab and run one at a time.
+//! why they did nothing. They share one lab and run one at a time. Their compose project
+//! (`intric-e2e`, ports 23000 and 28123), the cache test's namespace (`e2e-cache-<pid>` below the
+//! lab registry) and the second registry (container `intric-e2e-flaky-registry`, port 5055) are
+//! their own; the project, the registry and the local images of both are removed at the end.
 
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Instant;
 
+use common::site::{Mode, Site, lab_settings};
 use common::*;
-
-/// A compose project in a temporary deployment directory, taken down (with its volumes) when
-/// dropped, so a failing test leaves nothing running.
-struct Stack {
-    dir: tempfile::TempDir,
-    project: String,
-}
-
-impl Stack {
-    fn new(project: &str, settings: &[(&str, String)]) -> Stack {
-        let dir = tempfile::tempdir().unwrap();
-        for file in ["docker-compose.yml", ".env.example"] {
-            std::fs::copy(workspace().join("docker").join(file), dir.path().join(file)).unwrap();
-        }
-        let init = xtask(&["env", "init", "--dir", dir.path().to_str().unwrap()], &[], dir.path());
-        assert_success(&init, "env init");
-        for (key, value) in settings {
-            set_env_var(&dir.path().join(".env"), key, value);
-        }
-        let stack = Stack { dir, project: project.to_string() };
-        stack.compose(&["down", "--volumes", "--remove-orphans"]);
-        stack
-    }
-
-    fn compose(&self, args: &[&str]) -> Output {
-        let mut full =
-            vec!["compose", "--project-name", &self.project, "--project-directory", self.dir.path().to_str().unwrap()];
-        full.extend_from_slice(args);
-        run("docker", &full, self.dir.path())
-    }
-
-    fn compose_ok(&self, args: &[&str]) -> String {
-        let output = self.compose(args);
-        assert_success(&output, &format!("docker compose {}", args.join(" ")));
-        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-    }
-
-    fn psql(&self, sql: &str) -> String {
-        let output = self.compose_ok(&[
-            "exec",
-            "-T",
-            "db",
-            "sh",
-            "-c",
-            &format!("psql -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -tAc \"{sql}\""),
-        ]);
-        output.trim().to_string()
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let logs = self.compose(&["logs", "--no-color", "--tail", "40"]);
-            eprintln!("--- compose logs\n{}", String::from_utf8_lossy(&logs.stdout));
-        }
-        self.compose(&["--profile", "init", "down", "--volumes", "--remove-orphans"]);
-    }
-}
 
 #[test]
 fn stack_builds_starts_healthy_serves_and_keeps_data() {
-    let _serial = serial();
-    if !docker_available() {
-        return;
-    }
+    let Some(_serial) = lab_test() else { return };
     let started = Instant::now();
     let repo = snapshot();
     let env = lab_env();
@@ -91,19 +32,10 @@ fn stack_builds_starts_healthy_serves_and_keeps_data() {
     assert_eq!(results(&summary).len(), 3);
 
     let lab = lab();
-    let stack = Stack::new(
-        "intric-e2e",
-        &[
-            ("NEXUS_REGISTRY", lab["NEXUS_REGISTRY"].clone()),
-            ("IMAGE_TAG", "e2e-stack".into()),
-            ("POSTGRES_IMAGE", lab["POSTGRES_IMAGE"].clone()),
-            ("REDIS_IMAGE", lab["REDIS_IMAGE"].clone()),
-            ("EDGE_IMAGE", lab["NGINX_IMAGE"].clone()),
-            ("OPENAI_API_KEY", "sk-e2e-not-a-real-key-0000".into()),
-            ("FRONTEND_PORT", "23000".into()),
-            ("BACKEND_PORT", "28123".into()),
-        ],
-    );
+    let stack = Site::new("intric-e2e", Mode::Compose);
+    let mut settings = lab_settings(lab, &lab["NEXUS_REGISTRY"], "e2e-stack", "sk-e2e-not-a-real-key-0000");
+    settings.extend([("FRONTEND_PORT", "23000"), ("BACKEND_PORT", "28123")]);
+    stack.init_env(&settings);
 
     let first_init = stack.compose_ok(&["--profile", "init", "run", "--rm", "db-init"]);
     assert!(first_init.contains("seeded tenant default"), "{first_init}");
@@ -141,10 +73,10 @@ fn stack_builds_starts_healthy_serves_and_keeps_data() {
         assert!(!user.is_empty() && user != "root" && user != "0", "{service} runs as {user:?}");
     }
 
-    let tenants_before = stack.psql("SELECT count(*) FROM tenants");
+    let tenants_before = stack.sql("SELECT count(*) FROM tenants");
     let second_init = stack.compose_ok(&["--profile", "init", "run", "--rm", "db-init"]);
     assert!(second_init.contains("seed already present"), "{second_init}");
-    assert_eq!(stack.psql("SELECT count(*) FROM tenants"), tenants_before);
+    assert_eq!(stack.sql("SELECT count(*) FROM tenants"), tenants_before);
 
     stack.compose_ok(&["stop"]);
     stack.compose_ok(&["up", "--detach", "--wait", "--wait-timeout", "300"]);
@@ -156,10 +88,7 @@ fn stack_builds_starts_healthy_serves_and_keeps_data() {
 
 #[test]
 fn build_pushes_labels_skips_unchanged_and_rebuilds_what_changed() {
-    let _serial = serial();
-    if !docker_available() {
-        return;
-    }
+    let Some(_serial) = lab_test() else { return };
     let repo = snapshot();
     // A change no earlier build had, so the backend and worker are really built this time.
     std::fs::write(
@@ -171,12 +100,13 @@ fn build_pushes_labels_skips_unchanged_and_rebuilds_what_changed() {
     let env = lab_env();
     let registry = LabRegistry::new();
 
+    let sha_tag = sha_tag(repo.path());
+    let mut this_runs_tags = local_tags(&sha_tag);
     let (output, summary) = build(repo.path(), &["--push"], &env);
     assert_success(&output, "build --push");
     let summary = summary.unwrap();
-    let head = run("git", &["rev-parse", "HEAD"], repo.path());
-    let revision = String::from_utf8_lossy(&head.stdout).trim().to_string();
-    let sha_tag = format!("sha-{}", &revision[..12]);
+    this_runs_tags.extend(inputs_tags(&summary));
+    let revision = head(repo.path());
     let first = results(&summary);
     assert_ne!(first["backend"], "skipped", "{first:?}");
     assert_ne!(first["worker"], "skipped", "{first:?}");
@@ -214,14 +144,16 @@ fn build_pushes_labels_skips_unchanged_and_rebuilds_what_changed() {
     source.push_str("\n# e2e: a change to one backend source file\n");
     std::fs::write(&main_py, source).unwrap();
     commit_all(repo.path(), "change one backend file");
+    let new_sha_tag = common::sha_tag(repo.path());
+    this_runs_tags.extend(local_tags(&new_sha_tag));
     let (output, summary) = build(repo.path(), &["--push"], &env);
     assert_success(&output, "build --push after a backend change");
-    let results = results(&summary.unwrap());
+    let summary = summary.unwrap();
+    this_runs_tags.extend(inputs_tags(&summary));
+    let results = results(&summary);
     assert_eq!(results["frontend"], "skipped", "{results:?}");
     assert_ne!(results["backend"], "skipped", "{results:?}");
     assert_ne!(results["worker"], "skipped", "{results:?}");
-    let head = run("git", &["rev-parse", "HEAD"], repo.path());
-    let new_sha_tag = format!("sha-{}", &String::from_utf8_lossy(&head.stdout)[..12]);
     assert!(registry.tags("intric/frontend").contains(&new_sha_tag), "the reused frontend got the new tag");
     assert_eq!(
         registry.manifest("intric/frontend", &new_sha_tag),
@@ -230,17 +162,38 @@ fn build_pushes_labels_skips_unchanged_and_rebuilds_what_changed() {
     );
 }
 
+/// Guards that remove the local tags a build of the commit tagged `sha_tag` leaves in the lab's
+/// shared `intric/` namespace (other runs' tags stay): that `sha-` tag and `dev-latest`, which
+/// the registry keeps for the next build. See [`inputs_tags`] for the rest.
+fn local_tags(sha_tag: &str) -> Vec<LocalImagesUnder> {
+    let registry = &lab()["NEXUS_REGISTRY"];
+    let services = ["backend", "worker", "frontend"];
+    let tags = services.into_iter().flat_map(|service| [sha_tag, "dev-latest"].map(|tag| (service, tag)));
+    tags.map(|(service, tag)| LocalImagesUnder(format!("{registry}/intric/{service}:{tag}"))).collect()
+}
+
+/// Guards that remove the local `inputs-` tags of the images a build's `summary` lists.
+fn inputs_tags(summary: &serde_json::Value) -> Vec<LocalImagesUnder> {
+    let registry = &lab()["NEXUS_REGISTRY"];
+    let images = summary["images"].as_array().unwrap();
+    images
+        .iter()
+        .map(|image| {
+            let digest = &image["inputs_digest"].as_str().unwrap()[..24];
+            LocalImagesUnder(format!("{registry}/intric/{}:inputs-{digest}", image["service"].as_str().unwrap()))
+        })
+        .collect()
+}
+
 #[test]
 fn fresh_runners_take_unchanged_steps_from_cache_build_after_build() {
-    let _serial = serial();
-    if !docker_available() {
-        return;
-    }
+    let Some(_serial) = lab_test() else { return };
     let repo = snapshot();
     let env = lab_env();
     // Repositories of this run's own, so the first build starts from nothing.
     let namespace = format!("e2e-cache-{}", std::process::id());
     let registry = format!("127.0.0.1:5000/{namespace}");
+    let _images = LocalImagesUnder(format!("{registry}/"));
     let log = repo.path().join("target/xtask/logs/backend.log");
     // Three commits in a row, each built on a runner that has none of the backend's images and
     // no build cache. BuildKit gives an image built from imported cache an inline cache that
@@ -322,10 +275,7 @@ fn fresh_runner(repository: &str) {
 
 #[test]
 fn a_wrong_password_fails_in_one_line_without_showing_it_or_tagging_anything() {
-    let _serial = serial();
-    if !docker_available() {
-        return;
-    }
+    let Some(_serial) = lab_test() else { return };
     let repo = snapshot();
     let canary = "canary-Pw-7f3a9e1c";
     let mut env = lab_env();
@@ -358,49 +308,17 @@ fn a_wrong_password_fails_in_one_line_without_showing_it_or_tagging_anything() {
 
 #[test]
 fn a_registry_that_stops_mid_way_fails_clearly_after_retries() {
-    let _serial = serial();
-    if !docker_available() {
-        return;
-    }
-    lab();
+    let Some(_serial) = lab_test() else { return };
     // A registry of its own, so stopping it disturbs no other test.
-    let name = "intric-e2e-flaky-registry";
-    let port = "5055";
-    run("docker", &["rm", "--force", name], Path::new("."));
-    let started = run(
-        "docker",
-        &[
-            "run",
-            "--detach",
-            "--name",
-            name,
-            "--publish",
-            &format!("127.0.0.1:{port}:5000"),
-            "--env",
-            "REGISTRY_AUTH=",
-            "intric-lab/registry:lab",
-        ],
-        Path::new("."),
-    );
-    if !started.status.success() {
-        // Where the lab pulled the upstream registry image, it is that one.
-        let started = run(
-            "docker",
-            &["run", "--detach", "--name", name, "--publish", &format!("127.0.0.1:{port}:5000"), "registry:2"],
-            Path::new("."),
-        );
-        assert_success(&started, "starting a second registry");
-    }
+    let own = OwnRegistry::start("intric-e2e-flaky-registry", 5055);
+    let _images = LocalImagesUnder(format!("{}/", own.host));
     let repo = snapshot();
     // A change of its own, so the backend is really built and then pushed.
     std::fs::write(repo.path().join("backend/intric/flaky_marker.py"), "MARKER = 'flaky registry test'\n").unwrap();
     commit_all(repo.path(), "a change only this test builds");
-    let env: Vec<(String, String)> = lab_env().into_iter().filter(|(key, _)| !key.starts_with("NEXUS_")).collect();
-    let registry = format!("127.0.0.1:{port}");
-    let child = Command::new(XTASK)
-        .args(["build", "backend", "--push", "--registry", &registry, "--repo", repo.path().to_str().unwrap()])
-        .envs(env)
-        .env_remove("CI")
+    let registry = own.host.clone();
+    let args = ["build", "backend", "--push", "--registry", &registry, "--repo", repo.path().to_str().unwrap()];
+    let child = xtask_command(&args, &lab_base_env(), repo.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -410,8 +328,7 @@ fn a_registry_that_stops_mid_way_fails_clearly_after_retries() {
     eventually(120, "the backend build to start", || {
         std::fs::read_to_string(&log).ok().filter(|text| text.contains(&registry) && text.contains("$ ")).map(|_| ())
     });
-    let stopped = run("docker", &["rm", "--force", name], Path::new("."));
-    assert_success(&stopped, "stopping the second registry");
+    assert_success(&own.stop(), "stopping the second registry");
     let started = Instant::now();
     let output = child.wait_with_output().unwrap();
     assert!(!output.status.success());

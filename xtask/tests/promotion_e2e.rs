@@ -14,17 +14,16 @@
 //!
 //! Each test's repository is a copy of this workspace (its compose file names the images) with a
 //! bare repository of its own as `origin`, which holds the release lock as it would for a user.
-//! `<ns>` is `promotion-e2e-<unique>`, so the shared lab's release tags never collide. The tests
-//! remove the images they tagged in the engine and the proxy container they started; the lab
-//! registry keeps the repositories (Distribution cannot delete them). They need a Docker engine:
-//! with `CI` set a missing engine fails them; elsewhere they print why they did nothing.
+//! `<ns>` is `promotion-e2e-<pid>-<nanos>`, so the shared lab's release tags never collide. The
+//! tests remove the images they tagged in the engine and the proxy container they started, also
+//! when they fail; the lab registry keeps the repositories (Distribution cannot delete them).
+//! They need a Docker engine: with `CI` set a missing engine fails them; elsewhere they print
+//! why they did nothing.
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
-use std::sync::OnceLock;
 
 use common::*;
 
@@ -34,59 +33,21 @@ const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest
 const ANY_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json, \
     application/vnd.docker.distribution.manifest.list.v2+json";
 
-/// The lab with its Nexus look-alike, once per test run; the lab's variables.
-fn nexus_lab() -> &'static BTreeMap<String, String> {
-    static UP: OnceLock<()> = OnceLock::new();
-    let lab = lab();
-    UP.get_or_init(|| assert_success(&xtask(&["sandbox", "up", "--nexus"], &[], &workspace()), "sandbox up --nexus"));
-    lab
-}
+/// A container a test started, removed when dropped (also when the test fails).
+struct Container(String);
 
-/// A name no earlier run used.
-fn unique() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("promotion-e2e-{:x}{:x}", nanos % (1 << 40), std::process::id())
-}
-
-/// What a test made in the engine, removed when dropped (also when the test fails).
-#[derive(Default)]
-struct Made {
-    images: Vec<String>,
-    container: Option<String>,
-}
-
-impl Drop for Made {
+impl Drop for Container {
     fn drop(&mut self) {
-        for image in &self.images {
-            run("docker", &["rmi", "--force", image], Path::new("."));
-        }
-        if let Some(container) = &self.container {
-            run("docker", &["rm", "--force", container], Path::new("."));
-        }
+        run("docker", &["rm", "--force", &self.0], Path::new("."));
     }
 }
 
-/// A clean one-commit copy of this workspace on `main` (its compose file names the images),
-/// with a bare repository of its own as `origin` (which holds the release lock), and its HEAD's
-/// `sha-` tag.
-fn repository() -> (tempfile::TempDir, tempfile::TempDir, String) {
-    let repo = snapshot();
-    let origin = tempfile::tempdir().unwrap();
-    git(origin.path(), &["init", "-q", "--bare", "-b", "main"]);
-    git(repo.path(), &["remote", "add", "origin", origin.path().to_str().unwrap()]);
-    git(repo.path(), &["push", "-q", "origin", "main"]);
-    let head = run("git", &["rev-parse", "HEAD"], repo.path());
-    let sha = format!("sha-{}", &String::from_utf8_lossy(&head.stdout)[..12]);
-    (repo, origin, sha)
-}
-
 /// Pushes an image of its own per service with docker, as `<registry>/intric/<service>:<tag>`.
-fn push_images(made: &mut Made, registry: &str, tag: &str, seed: u64) {
+fn push_images(registry: &str, tag: &str, seed: u64) {
     for (index, service) in SERVICES.iter().enumerate() {
         let image = format!("{registry}/intric/{service}:{tag}");
         import_image(&image, seed + index as u64, 256 * 1024);
-        made.images.push(image.clone());
-        assert_success(&run("docker", &["push", &image], Path::new(".")), &format!("docker push {image}"));
+        push_image(&image);
     }
 }
 
@@ -97,11 +58,6 @@ fn stored(repository: &str, reference: &str) -> Vec<u8> {
     body
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
-}
-
 /// Makes `repository:tag` in the lab registry a manifest list of one linux/amd64 image, the
 /// one `repository:tag` named so far (a multi-platform build's shape).
 fn make_index(repository: &str, tag: &str) -> String {
@@ -109,7 +65,7 @@ fn make_index(repository: &str, tag: &str) -> String {
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": DOCKER_MANIFEST_LIST,
-        "manifests": [{"mediaType": DOCKER_MANIFEST, "size": child.len(), "digest": sha256(&child),
+        "manifests": [{"mediaType": DOCKER_MANIFEST, "size": child.len(), "digest": sha256_digest(&child),
                        "platform": {"os": "linux", "architecture": "amd64"}}],
     }))
     .unwrap();
@@ -121,7 +77,7 @@ fn make_index(repository: &str, tag: &str) -> String {
         .send(&index[..])
         .expect("the index is put");
     assert_eq!(answer.status().as_u16(), 201);
-    sha256(&child)
+    sha256_digest(&child)
 }
 
 /// The manifest PUTs the lab's Nexus look-alike has seen for names containing `ns`.
@@ -132,13 +88,9 @@ fn manifest_puts(ns: &str) -> Vec<serde_json::Value> {
     log.into_iter().filter(|put| put["path"].as_str().is_some_and(|path| path.contains(ns))).collect()
 }
 
-fn release(repo: &Path, args: &[&str]) -> Output {
-    let lab = lab();
-    let env: Vec<(String, String)> =
-        ["NEXUS_USERNAME", "NEXUS_PASSWORD"].iter().map(|key| (key.to_string(), lab[*key].clone())).collect();
-    let mut full = vec!["release", "--repo", repo.to_str().unwrap()];
-    full.extend_from_slice(args);
-    xtask(&full, &env, repo)
+/// `release` in `repo` with the lab's login (which opens the look-alikes too).
+fn release_with_login(repo: &Path, args: &[&str]) -> Output {
+    release(repo, args, &lab_login_env())
 }
 
 fn text(output: &Output) -> String {
@@ -159,25 +111,23 @@ fn assert_promoted(source: &str, release: &str, sha: &str) {
 
 #[test]
 fn promotion_into_another_registry_copies_every_blob_and_a_rerun_changes_nothing() {
-    let _serial = serial();
-    if !docker_available() {
-        return;
-    }
+    let Some(_serial) = lab_test() else { return };
     let lab = nexus_lab();
     docker_login(&lab["NEXUS_REGISTRY"]);
-    let ns = unique();
+    let ns = unique_name("promotion-e2e");
     let source = format!("{}/{ns}", lab["NEXUS_REGISTRY"]);
     let target = format!("127.0.0.1:5001/release/{ns}");
-    let (repo, _origin, sha) = repository();
+    let _images = LocalImagesUnder(format!("{source}/"));
+    let (repo, _origin) = snapshot_with_origin();
     let repo = repo.path();
-    let mut made = Made::default();
-    push_images(&mut made, &source, &sha, 100);
+    let sha = sha_tag(repo);
+    push_images(&source, &sha, 100);
     let child = make_index(&format!("{ns}/intric/frontend"), &sha);
 
-    let dry = release(repo, &["1.0.0", "--registry", &source, "--to-registry", &target]);
+    let dry = release_with_login(repo, &["1.0.0", "--registry", &source, "--to-registry", &target]);
     assert_success(&dry, "release --to-registry (dry run)");
     let shown = text(&dry);
-    let backend = sha256(&stored(&format!("{ns}/intric/backend"), &sha));
+    let backend = sha256_digest(&stored(&format!("{ns}/intric/backend"), &sha));
     for expected in [
         format!("promote from {source} into {target} (another registry, so blobs by streamed copy"),
         format!(
@@ -191,7 +141,8 @@ fn promotion_into_another_registry_copies_every_blob_and_a_rerun_changes_nothing
     let (status, _) = LabRegistry::new().get(&format!("/v2/release/{ns}/intric/backend/manifests/1.0.0"), ANY_MANIFEST);
     assert_eq!(status, 404, "a dry run writes nothing");
 
-    let done = release(repo, &["1.0.0", "--registry", &source, "--to-registry", &target, "--execute", "--json"]);
+    let done =
+        release_with_login(repo, &["1.0.0", "--registry", &source, "--to-registry", &target, "--execute", "--json"]);
     assert_success(&done, "release --to-registry --execute");
     // (--json keeps the progress lines off; the tags below could not be put in the release
     // repository unless every blob they name had been copied into it.)
@@ -199,17 +150,17 @@ fn promotion_into_another_registry_copies_every_blob_and_a_rerun_changes_nothing
     for image in json["images"].as_array().unwrap() {
         let service = image["service"].as_str().unwrap();
         assert_eq!(image["image"], format!("{target}/intric/{service}").as_str());
-        assert_eq!(image["digest"], sha256(&stored(&format!("{ns}/intric/{service}"), &sha)).as_str());
+        assert_eq!(image["digest"], sha256_digest(&stored(&format!("{ns}/intric/{service}"), &sha)).as_str());
     }
     assert_promoted(&ns, &format!("release/{ns}"), &sha);
     let platform = stored(&format!("release/{ns}/intric/frontend"), &child);
-    assert_eq!(sha256(&platform), child, "the index's platform manifest is in the release repository too");
+    assert_eq!(sha256_digest(&platform), child, "the index's platform manifest is in the release repository too");
 
     // The same release again, from a clone without the git tag: the release registry and origin
     // say it is done, so nothing is copied and no tag is put (redeploy is disabled there).
     run("git", &["tag", "-d", "v1.0.0"], repo);
     let puts_before = manifest_puts(&ns);
-    let again = release(repo, &["1.0.0", "--registry", &source, "--to-registry", &target, "--execute"]);
+    let again = release_with_login(repo, &["1.0.0", "--registry", &source, "--to-registry", &target, "--execute"]);
     let shown = text(&again);
     assert!(shown.contains(&format!("1.0.0 is already released from {}", &sha[4..])), "{shown}");
     assert!(shown.contains("nothing to do") && !shown.contains("copied"), "{shown}");
@@ -219,28 +170,24 @@ fn promotion_into_another_registry_copies_every_blob_and_a_rerun_changes_nothing
 
 #[test]
 fn promotion_within_one_registry_mounts_blobs_and_a_release_cut_off_part_way_finishes_on_rerun() {
-    let _serial = serial();
-    if !docker_available() {
-        return;
-    }
+    let Some(_serial) = lab_test() else { return };
     let lab = nexus_lab();
-    let prefix = format!("{}/", unique());
+    let prefix = format!("{}/", unique_name("promotion-e2e"));
     let (host, container) = start_nexus_proxy(lab, &prefix, &[]);
-    let mut made = Made { images: Vec::new(), container: Some(container) };
+    let _container = Container(container);
     docker_login(&host);
     let (source, target) = (format!("{host}/dev"), format!("{host}/release"));
-    let (repo, _origin, sha) = repository();
+    let _images = LocalImagesUnder(format!("{source}/"));
+    let (repo, _origin) = snapshot_with_origin();
     let repo = repo.path();
-    push_images(&mut made, &source, &sha, 200);
-    let control = |path: &str| {
-        let (status, body) = http("POST", &format!("http://{host}/_lab/{path}"), Some(""));
-        assert_eq!(status, 204, "{path}: {body}");
-    };
+    let sha = sha_tag(repo);
+    push_images(&source, &sha, 200);
 
     // The registry fails after two manifest PUTs: the first image's version tag and the second's.
-    control("fail-after-puts?n=2");
-    let cut = release(repo, &["1.0.0", "--registry", &source, "--to-registry", &target, "--execute"]);
-    control("reset");
+    let cut = {
+        let _fault = PutFault::after(&host, 2);
+        release_with_login(repo, &["1.0.0", "--registry", &source, "--to-registry", &target, "--execute"])
+    };
     assert!(!cut.status.success(), "{}", text(&cut));
     let error = text(&cut);
     assert!(error.contains("2 blobs mounted, 0 copied"), "same registry: blobs are mounted: {error}");
@@ -248,7 +195,7 @@ fn promotion_within_one_registry_mounts_blobs_and_a_release_cut_off_part_way_fin
     assert!(error.contains("run the same release again to finish it"), "{error}");
     assert!(!text(&run("git", &["tag"], repo)).contains("v1.0.0"), "no git tag before every image tag");
 
-    let finished = release(repo, &["1.0.0", "--registry", &source, "--to-registry", &target, "--execute"]);
+    let finished = release_with_login(repo, &["1.0.0", "--registry", &source, "--to-registry", &target, "--execute"]);
     assert_success(&finished, "the release run again");
     let shown = text(&finished);
     assert!(shown.contains("finishing an earlier run of this release"), "{shown}");

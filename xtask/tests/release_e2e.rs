@@ -2,9 +2,13 @@
 //! then promoted to releases through the registry API, checked by reading the registry back.
 //!
 //! Release tags (`1.0.0`, `latest`) are global in a registry, so these tests run a registry of
-//! their own (the lab's registry image, without authentication, on port 5066), started fresh
-//! and removed at the end. The base images still come from the lab. They need a Docker engine:
-//! with `CI` set a missing engine fails them; elsewhere they print why they did nothing.
+//! their own (the lab's registry image, without authentication, in the container
+//! `intric-e2e-release-registry` on port 5066), started fresh and removed at the end; the test on
+//! the lab's Nexus look-alike uses namespaces of its own (`xtask-e2e-<pid>-<nanos>` below `dev`
+//! and `release`). The local images the builds leave under these registries and namespaces are
+//! removed at the end, also when a test fails. The base images still come from the lab. They
+//! need a Docker engine: with `CI` set a missing engine fails them; elsewhere they print why
+//! they did nothing.
 
 mod common;
 
@@ -14,48 +18,9 @@ use std::process::Output;
 
 use common::*;
 
-const PORT: &str = "5066";
+/// The test's own registry: its container and port.
 const CONTAINER: &str = "intric-e2e-release-registry";
-
-/// A registry of the test's own, removed when dropped (also when the test fails).
-struct OwnRegistry {
-    host: String,
-}
-
-impl OwnRegistry {
-    fn start() -> OwnRegistry {
-        run("docker", &["rm", "--force", CONTAINER], Path::new("."));
-        let publish = format!("127.0.0.1:{PORT}:5000");
-        let args = ["run", "--detach", "--name", CONTAINER, "--publish", &publish, "--env", "REGISTRY_AUTH="];
-        let started = run("docker", &[&args[..], &["intric-lab/registry:lab"]].concat(), Path::new("."));
-        if !started.status.success() {
-            // Where the lab pulled the upstream registry image, it is that one.
-            let started = run("docker", &[&args[..6], &["registry:2"]].concat(), Path::new("."));
-            assert_success(&started, "starting the release tests' registry");
-        }
-        let host = format!("127.0.0.1:{PORT}");
-        eventually(30, "the release tests' registry to answer", || {
-            ureq::get(format!("http://{host}/v2/")).call().ok().map(drop)
-        });
-        OwnRegistry { host }
-    }
-}
-
-impl Drop for OwnRegistry {
-    fn drop(&mut self) {
-        run("docker", &["rm", "--force", CONTAINER], Path::new("."));
-    }
-}
-
-/// The lab's variables for building (base images), without its registry and login: the
-/// registry is the test's own, given with --registry, and needs none.
-fn env() -> Vec<(String, String)> {
-    lab_env().into_iter().filter(|(key, _)| !key.starts_with("NEXUS_")).collect()
-}
-
-fn head(repo: &Path) -> String {
-    stdout(&run("git", &["rev-parse", "HEAD"], repo)).trim().to_string()
-}
+const PORT: u16 = 5066;
 
 /// Which image `repository:tag` is, read back over HTTP: its config's digest. Tags of one
 /// manifest name the same config; a rebuild from other sources has another.
@@ -65,17 +30,16 @@ fn digest(registry: &LabRegistry, repository: &str, tag: &str) -> String {
 
 /// Builds and pushes HEAD's images into the test's registry, as the main stage does.
 fn push(repo: &Path, registry: &str) -> serde_json::Value {
-    let (output, summary) = build(repo, &["--push", "--registry", registry], &env());
+    let (output, summary) = build(repo, &["--push", "--registry", registry], &lab_base_env());
     assert_success(&output, "build --push");
     summary.expect("build --json prints JSON")
 }
 
 /// `release` in `repo`, which has no remote: so without the release lock (tests/release_race.rs
 /// tests that).
-fn release(repo: &Path, registry: &str, args: &[&str]) -> Output {
-    let mut full = vec!["release", "--no-lock", "--repo", repo.to_str().unwrap(), "--registry", registry];
-    full.extend_from_slice(args);
-    xtask(&full, &env(), repo)
+fn release_without_lock(repo: &Path, registry: &str, args: &[&str]) -> Output {
+    let full = [&["--no-lock", "--registry", registry][..], args].concat();
+    release(repo, &full, &lab_base_env())
 }
 
 /// A backend change of this test's own, so that commit's backend and worker images differ
@@ -87,12 +51,9 @@ fn change_backend(repo: &Path, marker: &str, message: &str) {
 
 #[test]
 fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
-    let _serial = serial();
-    if !docker_available() {
-        return;
-    }
-    lab();
-    let own = OwnRegistry::start();
+    let Some(_serial) = lab_test() else { return };
+    let own = OwnRegistry::start(CONTAINER, PORT);
+    let _images = LocalImagesUnder(format!("{}/", own.host));
     let host = own.host.as_str();
     let registry = LabRegistry::anonymous(host);
     let repo = snapshot();
@@ -103,7 +64,7 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     // test suite recursively; its push is what `build --push` does next).
     let plan = xtask(
         &["ci", "--stage", "main", "--dry-run", "--repo", repo.to_str().unwrap(), "--registry", host],
-        &env(),
+        &lab_base_env(),
         repo,
     );
     assert_success(&plan, "ci --stage main --dry-run");
@@ -118,7 +79,7 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     ] {
         assert!(shown.contains(expected), "ci main plan lacks {expected:?}:\n{shown}");
     }
-    let plan = xtask(&["ci", "--stage", "pr", "--dry-run", "--repo", repo.to_str().unwrap()], &env(), repo);
+    let plan = xtask(&["ci", "--stage", "pr", "--dry-run", "--repo", repo.to_str().unwrap()], &lab_base_env(), repo);
     assert_success(&plan, "ci --stage pr --dry-run");
     let shown = stdout(&plan);
     assert!(shown.contains("then build:") && !shown.contains(" push ") && !shown.contains("login"), "{shown}");
@@ -133,14 +94,14 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     }
 
     // A dry run changes nothing.
-    let dry = release(repo, host, &["1.0.0"]);
+    let dry = release_without_lock(repo, host, &["1.0.0"]);
     assert_success(&dry, "release 1.0.0 (dry run)");
     assert!(stdout(&dry).contains("PUT /v2/intric/frontend/manifests/latest"), "{}", stdout(&dry));
     assert!(!registry.tags("intric/backend").contains(&"1.0.0".to_string()));
     assert!(stdout(&run("git", &["tag"], repo)).trim().is_empty());
 
     // 1.0.0: every release tag is the sha- tag's manifest.
-    let done = release(repo, host, &["1.0.0", "--execute", "--json"]);
+    let done = release_without_lock(repo, host, &["1.0.0", "--execute", "--json"]);
     assert_success(&done, "release 1.0.0 --execute");
     let json: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
     assert_eq!((json["version"].as_str(), json["git_tag"].as_str()), (Some("1.0.0"), Some("v1.0.0")));
@@ -161,7 +122,7 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     assert!(message.contains("Features\n- api: the first release"), "{message}");
 
     // Again from the same commit: nothing to do, and it says so.
-    let again = release(repo, host, &["1.0.0", "--execute"]);
+    let again = release_without_lock(repo, host, &["1.0.0", "--execute"]);
     assert!(!again.status.success());
     let error = stderr(&again);
     assert!(error.contains(&format!("1.0.0 is already released from {}", &first[..12])), "{error}");
@@ -171,14 +132,14 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     push(repo, host);
     let second = head(repo);
     // 1.0.0 again from another commit: refused, naming the git tag and the registry's tags.
-    let again = release(repo, host, &["1.0.0", "--execute"]);
+    let again = release_without_lock(repo, host, &["1.0.0", "--execute"]);
     assert!(!again.status.success());
     let error = stderr(&again);
     assert!(error.contains("git tag v1.0.0 already exists"), "{error}");
     for service in ["backend", "worker", "frontend"] {
         assert!(error.contains(&format!("{host}/intric/{service}:1.0.0 already exists in the registry")), "{error}");
     }
-    let rc = release(repo, host, &["v1.1.0-rc.1", "--execute"]);
+    let rc = release_without_lock(repo, host, &["v1.1.0-rc.1", "--execute"]);
     assert_success(&rc, "release v1.1.0-rc.1 --execute");
     let v2 = digest(&registry, "intric/backend", &format!("sha-{}", &second[..12]));
     assert_ne!(v2, v1["backend"], "the second commit's backend is another image");
@@ -187,7 +148,7 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     assert_eq!(digest(&registry, "intric/backend", "1"), v1["backend"], "an rc does not move 1");
 
     // 1.1.0 of the same commit moves them.
-    assert_success(&release(repo, host, &["1.1.0", "--execute"]), "release 1.1.0 --execute");
+    assert_success(&release_without_lock(repo, host, &["1.1.0", "--execute"]), "release 1.1.0 --execute");
     for tag in ["1.1.0", "1.1", "1", "latest"] {
         assert_eq!(digest(&registry, "intric/backend", tag), v2, "{tag}");
     }
@@ -196,14 +157,15 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     // 1.0 only, neither 1 nor latest.
     run("git", &["checkout", "-q", "-b", "release/1.0", "v1.0.0"], repo);
     change_backend(repo, "backport", "fix: the backport");
-    let refused = release(repo, host, &["1.0.1"]);
+    let refused = release_without_lock(repo, host, &["1.0.1"]);
     assert!(!refused.status.success());
     let error = stderr(&refused);
     assert!(error.contains("branch release/1.0 is not allowed to release"), "{error}");
     assert!(error.contains("intric/backend:sha-") && error.contains("or pass --build"), "{error}");
-    let backport = release(repo, host, &["1.0.1", "--allow-branch", "release/*", "--build", "--execute", "--json"]);
+    let backport =
+        release_without_lock(repo, host, &["1.0.1", "--allow-branch", "release/*", "--build", "--execute", "--json"]);
     assert_success(&backport, "release 1.0.1 --build --execute on release/1.0");
-    let v3 = digest(&registry, "intric/backend", &format!("sha-{}", &head(repo)[..12]));
+    let v3 = digest(&registry, "intric/backend", &sha_tag(repo));
     assert!(v3 != v1["backend"] && v3 != v2);
     assert_eq!(digest(&registry, "intric/backend", "1.0.1"), v3);
     assert_eq!(digest(&registry, "intric/backend", "1.0"), v3);
@@ -214,7 +176,7 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     run("git", &["checkout", "-q", "-b", "topic"], repo);
     std::fs::write(repo.join("scratch.txt"), "not committed\n").unwrap();
     let before = registry.tags("intric/backend");
-    let refused = release(repo, host, &["1.2.0", "--execute", "--allow-branch", "release/*"]);
+    let refused = release_without_lock(repo, host, &["1.2.0", "--execute", "--allow-branch", "release/*"]);
     assert!(!refused.status.success());
     let error = stderr(&refused);
     assert!(error.contains("cannot release 1.2.0:"), "{error}");
@@ -229,7 +191,7 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     run("git", &["checkout", "-q", "--detach", "v1.1.0"], repo);
     let outputs = tempfile::tempdir().unwrap();
     let (output_file, summary_file) = (outputs.path().join("output"), outputs.path().join("summary"));
-    let mut github = env();
+    let mut github = lab_base_env();
     github.extend(
         [
             ("GITHUB_ACTIONS", "true"),
@@ -249,7 +211,7 @@ fn releases_promote_the_main_stage_images_with_their_digests_and_guards() {
     assert!(summary.contains("### cargo xtask ci: release stage") && summary.contains("`latest`"), "{summary}");
     assert_eq!(digest(&registry, "intric/backend", "latest"), v2);
 
-    let gitlab: Vec<(String, String)> = env()
+    let gitlab: Vec<(String, String)> = lab_base_env()
         .into_iter()
         .chain([("GITLAB_CI", "true"), ("CI_COMMIT_TAG", "v1.1.0")].map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();
@@ -296,41 +258,14 @@ fn with_the_registry_down_every_offline_guard_is_listed_at_once_and_fast() {
     }
 }
 
-/// Makes the Nexus look-alike fail every manifest PUT after the next `n`; the fault is lifted
-/// when dropped (also when the test fails), since the proxy is shared.
-struct PutFault;
-
-impl PutFault {
-    fn after(n: usize) -> PutFault {
-        // Armed before anything can fail, so that the fault is lifted whatever happens.
-        let fault = PutFault;
-        let (status, body) = http("POST", &format!("http://{NEXUS}/_lab/fail-after-puts?n={n}"), Some(""));
-        assert!((200..300).contains(&status), "arming the fault: HTTP {status} {body}");
-        fault
-    }
-}
-
-impl Drop for PutFault {
-    fn drop(&mut self) {
-        http("POST", &format!("http://{NEXUS}/_lab/reset"), Some(""));
-    }
-}
-
-/// The lab's Nexus look-alike (`sandbox up --nexus`): `dev` allows redeploy, `release` does not.
-const NEXUS: &str = "127.0.0.1:5001";
-
 #[test]
 fn on_the_nexus_look_alike_builds_and_releases_run_again_and_unmovable_floating_tags_are_known_first() {
-    let _serial = serial();
-    if !docker_available() {
-        return;
-    }
-    lab();
-    assert_success(&xtask(&["sandbox", "up", "--nexus"], &[], &workspace()), "sandbox up --nexus");
+    let Some(_serial) = lab_test() else { return };
+    nexus_lab();
     // The lab's login opens the look-alike too; the registry is given with --registry.
-    let env: Vec<(String, String)> = lab_env().into_iter().filter(|(key, _)| key != "NEXUS_REGISTRY").collect();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let name = format!("xtask-e2e-{}-{nanos}", std::process::id());
+    let env = lab_login_env();
+    let name = unique_name("xtask-e2e");
+    let _images = ["dev", "release"].map(|repository| LocalImagesUnder(format!("{NEXUS}/{repository}/{name}/")));
     let repo = snapshot();
     let repo = repo.path();
 
@@ -346,11 +281,10 @@ fn on_the_nexus_look_alike_builds_and_releases_run_again_and_unmovable_floating_
 
     // A release cut off after two tag writes: the version tags of two images are in place.
     let registry = format!("{NEXUS}/release/{name}");
-    let release_args =
-        ["release", "1.0.0", "--execute", "--no-lock", "--repo", repo.to_str().unwrap(), "--registry", &registry];
+    let release_args = ["1.0.0", "--execute", "--no-lock", "--registry", &registry];
     let cut = {
-        let _fault = PutFault::after(2);
-        xtask(&release_args, &env, repo)
+        let _fault = PutFault::after(NEXUS, 2);
+        release(repo, &release_args, &env)
     };
     assert!(!cut.status.success(), "the release was cut off:\n{}", stderr(&cut));
     let error = stderr(&cut);
@@ -365,7 +299,7 @@ fn on_the_nexus_look_alike_builds_and_releases_run_again_and_unmovable_floating_
 
     // Run again: the tags in place are left alone (the repository would refuse them), the rest
     // are written, and git is tagged.
-    let again = xtask(&release_args, &env, repo);
+    let again = release(repo, &release_args, &env);
     assert_success(&again, "the same release, run again");
     assert!(stdout(&again).contains("released 1.0.0"), "{}", stdout(&again));
     assert!(
@@ -378,7 +312,7 @@ fn on_the_nexus_look_alike_builds_and_releases_run_again_and_unmovable_floating_
     assert_eq!(stdout(&run("git", &["tag"], repo)).trim(), "v1.0.0");
     // Read back through the registry behind the look-alike, with code of the test's own.
     let upstream = LabRegistry::new();
-    let sha = format!("sha-{}", &head(repo)[..12]);
+    let sha = sha_tag(repo);
     for service in ["backend", "worker", "frontend"] {
         let repository = format!("release/{name}/intric/{service}");
         let source = upstream.manifest(&repository, &sha);
@@ -392,19 +326,9 @@ fn on_the_nexus_look_alike_builds_and_releases_run_again_and_unmovable_floating_
     // The new images are built by the release (--build pushes the sha- tag only: a build's
     // dev-latest could not move in this repository either).
     change_backend(repo, &name, "feat: the second release");
-    let second = [
-        "release",
-        "1.1.0",
-        "--build",
-        "--execute",
-        "--no-lock",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--registry",
-        &registry,
-    ];
+    let second = ["1.1.0", "--build", "--execute", "--no-lock", "--registry", &registry];
     let before = upstream.tags(&format!("release/{name}/intric/backend"));
-    let refused = xtask(&second, &env, repo);
+    let refused = release(repo, &second, &env);
     assert!(!refused.status.success());
     let error = stderr(&refused);
     assert!(error.contains("does not allow redeploy, so these floating tags cannot move to it"), "{error}");
@@ -415,17 +339,17 @@ fn on_the_nexus_look_alike_builds_and_releases_run_again_and_unmovable_floating_
         .into_iter()
         .filter(|tag| !before.contains(tag))
         .collect();
-    assert!(after.contains(&format!("sha-{}", &head(repo)[..12])), "the build pushed HEAD's image: {after:?}");
+    assert!(after.contains(&sha_tag(repo)), "the build pushed HEAD's image: {after:?}");
     assert!(
         after.iter().all(|tag| tag.starts_with("sha-") || tag.starts_with("inputs-")),
         "the build's tags, and no release tag: {after:?}"
     );
     let skipping = [&second[..], &["--skip-immutable-floating"]].concat();
-    let done = xtask(&skipping, &env, repo);
+    let done = release(repo, &skipping, &env);
     assert_success(&done, "release 1.1.0 --skip-immutable-floating");
     assert!(stderr(&done).contains("note: leaving intric/backend:1 (on "), "{}", stderr(&done));
     let backend = format!("release/{name}/intric/backend");
-    let new = upstream.manifest(&backend, &format!("sha-{}", &head(repo)[..12]));
+    let new = upstream.manifest(&backend, &sha_tag(repo));
     assert_eq!(upstream.manifest(&backend, "1.1.0"), new);
     assert_eq!(upstream.manifest(&backend, "1.1"), new);
     assert_eq!(upstream.manifest(&backend, "latest"), upstream.manifest(&backend, "1.0.0"), "latest stays");

@@ -10,14 +10,14 @@
 //! repository is a small one with the compose file's shape (backend, worker, frontend built).
 //! Each run uses its own namespace, `race-<pid>-<nanos>`, below `127.0.0.1:5000` (the lab
 //! registry) and `127.0.0.1:5001/dev` (the look-alike), so its release tags meet no one
-//! else's; the local images it imports are removed again. No ports or compose projects of its
-//! own. With `CI` set a missing engine fails them.
+//! else's; the local images it imports are removed at the end, also when a test fails. No ports
+//! or compose projects of its own. With `CI` set a missing engine fails them.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use common::*;
 
@@ -47,28 +47,29 @@ struct Race {
     upstream: LabRegistry,
     env: Vec<(String, String)>,
     dir: tempfile::TempDir,
+    /// The images imported for this run, removed from the engine at the end.
+    _images: LocalImagesUnder,
 }
 
 impl Race {
     /// A run below `host_path` (`127.0.0.1:5000` or `127.0.0.1:5001/dev`), whose repositories
     /// the lab registry holds below `upstream_path` (empty, or `dev`).
     fn new(host_path: &str, upstream_path: &str) -> Race {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let namespace = format!("race-{}-{nanos}", std::process::id());
+        let namespace = unique_name("race");
         let upstream_prefix = match upstream_path {
             "" => namespace.clone(),
             path => format!("{path}/{namespace}"),
         };
-        // The lab's login (NEXUS_USERNAME, NEXUS_PASSWORD); the registry comes with --registry.
-        let env = lab_env().into_iter().filter(|(key, _)| key != "NEXUS_REGISTRY").collect();
+        let registry = format!("{host_path}/{namespace}");
         let race = Race {
-            registry: format!("{host_path}/{namespace}"),
+            _images: LocalImagesUnder(format!("{registry}/")),
+            registry,
             upstream_prefix,
             upstream: LabRegistry::new(),
-            env,
+            // The lab's login (NEXUS_USERNAME, NEXUS_PASSWORD); the registry comes with --registry.
+            env: lab_login_env(),
             dir: tempfile::tempdir().unwrap(),
         };
-        git(race.dir.path(), &["init", "-q", "--bare", "-b", "main", "origin.git"]);
         let seed = race.path("seed");
         std::fs::create_dir_all(seed.join("backend")).unwrap();
         std::fs::create_dir_all(seed.join("frontend")).unwrap();
@@ -81,8 +82,7 @@ impl Race {
         std::fs::write(seed.join("frontend/Dockerfile"), "FROM scratch\nCOPY marker /\n").unwrap();
         git(&seed, &["init", "-q", "-b", "main"]);
         commit_all(&seed, "feat: the first commit");
-        git(&seed, &["remote", "add", "origin", race.path("origin.git").to_str().unwrap()]);
-        git(&seed, &["push", "-q", "origin", "main"]);
+        add_bare_origin(&seed, &race.path("origin.git"));
         race
     }
 
@@ -106,22 +106,13 @@ impl Race {
     fn commit_and_push_images(&self, repo: &Path, marker: &str, services: &[&str]) -> BTreeMap<String, String> {
         std::fs::write(repo.join("backend/marker"), format!("{marker}\n")).unwrap();
         commit_all(repo, &format!("fix: {marker}"));
-        let short = stdout(&run("git", &["rev-parse", "--short=12", "HEAD"], repo)).trim().to_string();
+        let sha = sha_tag(repo);
         let mut pushed = BTreeMap::new();
         for &service in services {
-            let layer = self.path("marker");
-            std::fs::write(&layer, format!("{service} {marker} {short}\n")).unwrap();
-            let tar = self.path("layer.tar");
-            assert_success(
-                &run("tar", &["-cf", tar.to_str().unwrap(), "-C", self.dir.path().to_str().unwrap(), "marker"], repo),
-                "tar",
-            );
-            let image = format!("{}/intric/{service}:sha-{short}", self.registry);
-            assert_success(&run("docker", &["import", tar.to_str().unwrap(), &image], repo), "docker import");
-            let push = run("docker", &["push", "--quiet", &image], repo);
-            run("docker", &["rmi", "--force", &image], repo);
-            assert_success(&push, &format!("docker push {image}"));
-            pushed.insert(service.to_string(), self.identity(service, &format!("sha-{short}")));
+            let image = format!("{}/intric/{service}:{sha}", self.registry);
+            import_file_image(&image, "marker", format!("{service} {marker} {sha}\n").as_bytes());
+            push_image(&image);
+            pushed.insert(service.to_string(), self.identity(service, &sha));
         }
         pushed
     }
@@ -138,19 +129,8 @@ impl Race {
 
     /// `release VERSION --execute --json` in `repo`, as a process not yet waited for.
     fn start_release(&self, repo: &Path, version: &str, extra: &[&str]) -> std::process::Child {
-        let mut command = Command::new(XTASK);
-        command
-            .args(["release", version, "--execute", "--json", "--repo", repo.to_str().unwrap()])
-            .args(["--registry", &self.registry])
-            .args(extra)
-            .current_dir(repo)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for key in CONTROLLED {
-            command.env_remove(key);
-        }
-        command.envs(self.env.iter().map(|(key, value)| (key, value)));
-        command.spawn().unwrap()
+        let args = [&[version, "--execute", "--json", "--registry", &self.registry][..], extra].concat();
+        release_command(repo, &args, &self.env).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
     }
 
     fn release(&self, repo: &Path, version: &str, extra: &[&str]) -> Output {
@@ -161,10 +141,6 @@ impl Race {
     fn origin_tag(&self, name: &str) -> Option<String> {
         let listed = run("git", &["ls-remote", "origin.git", &format!("refs/tags/{name}^{{}}")], self.dir.path());
         stdout(&listed).split_whitespace().next().map(str::to_string)
-    }
-
-    fn head(repo: &Path) -> String {
-        stdout(&run("git", &["rev-parse", "HEAD"], repo)).trim().to_string()
     }
 }
 
@@ -190,7 +166,7 @@ fn releases_at_once(host_path: &str, upstream_path: &str) {
     assert_success(&run("git", &["push", "-q", "origin", "main"], &seed), "git push");
     let done = race.release(&seed, "5.0.0", &[]);
     assert_success(&done, "release 5.0.0");
-    assert_eq!(race.origin_tag("v5.0.0").as_deref(), Some(Race::head(&seed).as_str()), "v5.0.0 is on origin");
+    assert_eq!(race.origin_tag("v5.0.0").as_deref(), Some(head(&seed).as_str()), "v5.0.0 is on origin");
     assert!(race.origin_tag("release-lock").is_none(), "the lock is released");
     for service in SERVICES {
         assert_eq!(race.identity(service, "latest"), five[service]);
@@ -211,11 +187,7 @@ fn releases_at_once(host_path: &str, upstream_path: &str) {
     }
     assert!(race.origin_tag("v4.0.0").is_none());
     // There --bump starts from the registry's 5.0.0, which its git does not know.
-    let bumped = xtask(
-        &["release", "--bump", "patch", "--repo", behind.to_str().unwrap(), "--registry", &race.registry],
-        &race.env,
-        &behind,
-    );
+    let bumped = release(&behind, &["--bump", "patch", "--registry", &race.registry], &race.env);
     assert_success(&bumped, "release --bump patch (dry run)");
     assert!(stdout(&bumped).starts_with("release 5.0.1 of "), "{}", stdout(&bumped));
 
@@ -295,7 +267,7 @@ fn releases_at_once(host_path: &str, upstream_path: &str) {
             }
         }
     }
-    assert_eq!(race.origin_tag("v8.0.0").as_deref(), Some(Race::head(&eight).as_str()));
+    assert_eq!(race.origin_tag("v8.0.0").as_deref(), Some(head(&eight).as_str()));
     assert!(race.origin_tag("release-lock").is_none());
 
     // The same version at once from two clones of one commit: one wins, the other changes
@@ -304,7 +276,7 @@ fn releases_at_once(host_path: &str, upstream_path: &str) {
     let nine_images = race.commit_and_push(&nine, "nine");
     assert_success(&run("git", &["push", "-q", "origin", "main"], &nine), "git push");
     let twin = race.clone("twin");
-    assert_eq!(Race::head(&twin), Race::head(&nine));
+    assert_eq!(head(&twin), head(&nine));
     let (a, b) = (race.start_release(&nine, "9.0.0", &[]), race.start_release(&twin, "9.0.0", &[]));
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(a.status.success() != b.status.success(), "one wins:\n{}\n{}", stderr(&a), stderr(&b));
@@ -318,7 +290,7 @@ fn releases_at_once(host_path: &str, upstream_path: &str) {
     let again = race.release(&twin, "9.0.0", &[]);
     assert!(!again.status.success());
     assert!(stderr(&again).contains("9.0.0 is already released from"), "{}", stderr(&again));
-    assert_eq!(race.origin_tag("v9.0.0").as_deref(), Some(Race::head(&nine).as_str()));
+    assert_eq!(race.origin_tag("v9.0.0").as_deref(), Some(head(&nine).as_str()));
     let report = reported(winner);
     for service in SERVICES {
         assert_eq!(race.identity(service, "9.0.0"), nine_images[service]);
@@ -327,42 +299,25 @@ fn releases_at_once(host_path: &str, upstream_path: &str) {
             "application/vnd.docker.distribution.manifest.v2+json",
         );
         assert_eq!(manifest.0, 200);
-        let digest = format!("sha256:{}", sha256_hex(&manifest.1));
+        let digest = sha256_digest(&manifest.1);
         assert_eq!(report[service], digest, "{service}: the winner's report is what the registry holds");
     }
     assert!(race.origin_tag("release-lock").is_none());
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    let output = {
-        let mut child = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), bytes).unwrap();
-        child.wait_with_output().unwrap()
-    };
-    stdout(&output).split_whitespace().next().unwrap().to_string()
-}
-
 #[test]
 fn releases_at_once_on_the_lab_registry_are_serialized_by_the_lock_on_origin() {
-    let _serial = serial();
-    if !docker_available() {
-        return;
-    }
-    lab();
+    let Some(_serial) = lab_test() else { return };
     docker_login(&lab()["NEXUS_REGISTRY"]);
     releases_at_once(&lab()["NEXUS_REGISTRY"], "");
 }
 
 #[test]
 fn releases_at_once_on_the_nexus_look_alike_are_serialized_by_the_lock_on_origin() {
-    let _serial = serial();
-    if !docker_available() {
-        return;
-    }
-    lab();
-    assert_success(&xtask(&["sandbox", "up", "--nexus"], &[], &workspace()), "sandbox up --nexus");
-    docker_login("127.0.0.1:5001");
-    releases_at_once("127.0.0.1:5001/dev", "dev");
+    let Some(_serial) = lab_test() else { return };
+    nexus_lab();
+    docker_login(NEXUS);
+    releases_at_once(&format!("{NEXUS}/dev"), "dev");
 }
 
 /// Copies the directory `from` into `to`, recursively.
@@ -381,11 +336,7 @@ fn copy_tree(from: &Path, to: &Path) {
 
 #[test]
 fn on_the_published_layout_a_release_promotes_exactly_the_two_images_compose_builds() {
-    let _serial = serial();
-    if !docker_available() {
-        return;
-    }
-    lab();
+    let Some(_serial) = lab_test() else { return };
     docker_login(&lab()["NEXUS_REGISTRY"]);
     let race = Race::new(&lab()["NEXUS_REGISTRY"], "");
     // The published monorepo's shape (tests/fixtures/intric-layout): the compose file at the
@@ -407,5 +358,5 @@ fn on_the_published_layout_a_release_promotes_exactly_the_two_images_compose_bui
         }
     }
     assert!(race.tags("worker").is_empty(), "no intric/worker: {:?}", race.tags("worker"));
-    assert_eq!(race.origin_tag("v1.0.0").as_deref(), Some(Race::head(&repo).as_str()));
+    assert_eq!(race.origin_tag("v1.0.0").as_deref(), Some(head(&repo).as_str()));
 }

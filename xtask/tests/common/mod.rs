@@ -1,14 +1,17 @@
-//! Helpers shared by the end-to-end test files (`e2e.rs`, `release_e2e.rs`): the xtask binary,
-//! the lab (`sandbox up` once per test binary, its variables), clean repository snapshots, a
-//! small client for the registry's HTTP API, a fake registry ([`fake_registry`]), a Nexus look-alike
-//! proxy of a test's own, images made with `docker import`, waiting, and for the update tests a
-//! request probe and the versions they update between.
+//! Helpers shared by the end-to-end test files: the xtask binary, the lab (`sandbox up` once per
+//! test binary, with its Nexus look-alike on demand, its variables), clean repository snapshots
+//! and bare origins for them, unique registry namespaces, a small client for the registry's HTTP
+//! API, a fake registry ([`fake_registry`]), a Nexus look-alike proxy of a test's own and its
+//! fault injection, images made with `docker import` and the guard that removes them, waiting,
+//! release invocations, a deployment site ([`site`]), and for the update tests a request probe
+//! and the versions they update between.
 //!
 //! Each test binary compiles this module on its own and uses only part of it, hence the
 //! `dead_code` allowance: an unused helper in one binary is used by another.
 #![allow(dead_code)]
 
 pub mod fake_registry;
+pub mod site;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -44,6 +47,18 @@ pub fn docker_available() -> bool {
     answers
 }
 
+/// The start of a test on the lab: one test at a time ([`serial`]) and the lab up ([`lab`]).
+/// `None` where no engine answers outside CI (see [`docker_available`]): the test then does
+/// nothing.
+pub fn lab_test() -> Option<MutexGuard<'static, ()>> {
+    let serial = serial();
+    if !docker_available() {
+        return None;
+    }
+    lab();
+    Some(serial)
+}
+
 /// The lab's variables (`sandbox env --format dotenv`), after one `sandbox up` per test run.
 pub fn lab() -> &'static BTreeMap<String, String> {
     static LAB: OnceLock<BTreeMap<String, String>> = OnceLock::new();
@@ -68,6 +83,36 @@ pub fn lab_env() -> Vec<(String, String)> {
     lab().iter().map(|(key, value)| (key.clone(), value.clone())).collect()
 }
 
+/// The lab's variables but its registry (its base images and login), for a test that gives
+/// the registry (a namespace of its own) with `--registry`.
+pub fn lab_login_env() -> Vec<(String, String)> {
+    lab_env().into_iter().filter(|(key, _)| key != "NEXUS_REGISTRY").collect()
+}
+
+/// The lab's base images alone, for builds into a registry of a test's own, which needs no login.
+pub fn lab_base_env() -> Vec<(String, String)> {
+    lab_env().into_iter().filter(|(key, _)| !key.starts_with("NEXUS_")).collect()
+}
+
+/// The lab's Nexus look-alike (`sandbox up --nexus`): `dev` allows redeploy, `release` does not.
+pub const NEXUS: &str = "127.0.0.1:5001";
+
+/// The lab with its Nexus look-alike ([`NEXUS`]), brought up once per test binary; the lab's
+/// variables.
+pub fn nexus_lab() -> &'static BTreeMap<String, String> {
+    static UP: OnceLock<()> = OnceLock::new();
+    let lab = lab();
+    UP.get_or_init(|| assert_success(&xtask(&["sandbox", "up", "--nexus"], &[], &workspace()), "sandbox up --nexus"));
+    lab
+}
+
+/// A name no earlier run used, `<prefix>-<pid>-<nanoseconds>`: a registry namespace whose tags
+/// meet no one else's (the shared registry keeps every namespace).
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
 /// Variables that would change what the xtask decides: CI detection and stray settings.
 pub const CONTROLLED: &[&str] = &[
     "CI",
@@ -80,14 +125,20 @@ pub const CONTROLLED: &[&str] = &[
     "NEXUS_PASSWORD",
 ];
 
-pub fn xtask(args: &[&str], env: &[(String, String)], dir: &Path) -> Output {
+/// The xtask with `args` in `dir`, with `env` and none of this process's [`CONTROLLED`]
+/// variables, not yet started.
+pub fn xtask_command(args: &[&str], env: &[(String, String)], dir: &Path) -> Command {
     let mut command = Command::new(XTASK);
     command.args(args).current_dir(dir);
     for key in CONTROLLED {
         command.env_remove(key);
     }
     command.envs(env.iter().map(|(key, value)| (key, value)));
-    command.output().unwrap()
+    command
+}
+
+pub fn xtask(args: &[&str], env: &[(String, String)], dir: &Path) -> Output {
+    xtask_command(args, env, dir).output().unwrap()
 }
 
 /// `docker login` to `host` with the lab's credentials, the password on stdin.
@@ -167,6 +218,46 @@ pub fn snapshot() -> tempfile::TempDir {
 pub fn commit_all(dir: &Path, message: &str) {
     git(dir, &["add", "-A"]);
     git(dir, &["commit", "-q", "-m", message]);
+}
+
+/// Makes `origin` a bare repository and the remote `origin` of `repo`, with `repo`'s `main`
+/// pushed to it: what a release takes its lock on and pushes its git tag to.
+pub fn add_bare_origin(repo: &Path, origin: &Path) {
+    git(Path::new("/"), &["init", "-q", "--bare", "-b", "main", origin.to_str().unwrap()]);
+    git(repo, &["remote", "add", "origin", origin.to_str().unwrap()]);
+    git(repo, &["push", "-q", "origin", "main"]);
+}
+
+/// A [`snapshot`] with a bare repository of its own as `origin` (see [`add_bare_origin`]):
+/// the snapshot, then the origin.
+pub fn snapshot_with_origin() -> (tempfile::TempDir, tempfile::TempDir) {
+    let repo = snapshot();
+    let origin = tempfile::tempdir().unwrap();
+    add_bare_origin(repo.path(), origin.path());
+    (repo, origin)
+}
+
+/// The commit `repo`'s HEAD names.
+pub fn head(repo: &Path) -> String {
+    let output = run("git", &["rev-parse", "HEAD"], repo);
+    assert_success(&output, "git rev-parse HEAD");
+    stdout(&output).trim().to_string()
+}
+
+/// HEAD's `sha-<12 hex>` tag: what a build pushes and a release promotes.
+pub fn sha_tag(repo: &Path) -> String {
+    format!("sha-{}", &head(repo)[..12])
+}
+
+/// `release --repo <repo> ARGS` with `env`, not yet started.
+pub fn release_command(repo: &Path, args: &[&str], env: &[(String, String)]) -> Command {
+    let full = [&["release", "--repo", repo.to_str().unwrap()][..], args].concat();
+    xtask_command(&full, env, repo)
+}
+
+/// [`release_command`], run to its end.
+pub fn release(repo: &Path, args: &[&str], env: &[(String, String)]) -> Output {
+    release_command(repo, args, env).output().unwrap()
 }
 
 /// `cargo xtask build` in `repo` against the lab, with `extra` arguments, as JSON.
@@ -249,6 +340,12 @@ impl LabRegistry {
     }
 }
 
+/// The digest of `bytes` as registries name blobs and manifests: `sha256:<hex>`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
 /// Standard base64, for Basic auth headers.
 pub fn base64(bytes: &[u8]) -> String {
     use base64::Engine;
@@ -296,30 +393,11 @@ pub fn xtask_in(dir: &Path, project: &str, args: &[&str]) -> Output {
     xtask(&full, &[], dir)
 }
 
-/// [`xtask_in`] that must succeed: everything it printed, standard output then error.
-pub fn xtask_ok_in(dir: &Path, project: &str, args: &[&str]) -> String {
-    let output = xtask_in(dir, project, args);
-    assert_success(&output, &args.join(" "));
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-/// The last record of the deploy history in `dir`.
-pub fn last_record_in(dir: &Path) -> serde_json::Value {
-    let history = std::fs::read_to_string(dir.join(".deploy-history.jsonl")).unwrap();
-    serde_json::from_str(history.lines().last().unwrap()).unwrap()
-}
-
 /// `docker compose` on the deployment directory `dir` as project `project`.
 pub fn compose_in(dir: &Path, project: &str, args: &[&str]) -> Output {
     let mut full = vec!["compose", "--project-name", project, "--project-directory", dir.to_str().unwrap()];
     full.extend_from_slice(args);
     run("docker", &full, dir)
-}
-
-/// What `.env` in `dir` sets `key` to (empty when nothing).
-pub fn env_value_in(dir: &Path, key: &str) -> String {
-    let text = std::fs::read_to_string(dir.join(".env")).unwrap();
-    text.lines().find_map(|line| line.strip_prefix(&format!("{key}="))).unwrap_or_default().to_string()
 }
 
 /// Sets `key` in a `.env` file the simple way an operator's editor would: its line replaced, or
@@ -374,7 +452,6 @@ pub fn start_nexus_proxy(lab: &BTreeMap<String, String>, prefix: &str, args: &[&
 /// An image in the engine holding one file of `size` pseudo-random bytes (the same ones for the
 /// same seed), made with `docker import`, tagged `name`.
 pub fn import_image(name: &str, seed: u64, size: usize) {
-    let dir = tempfile::tempdir().unwrap();
     let mut state = seed | 1;
     let mut bytes = Vec::with_capacity(size + 8);
     while bytes.len() < size {
@@ -385,13 +462,88 @@ pub fn import_image(name: &str, seed: u64, size: usize) {
         bytes.extend_from_slice(&state.to_le_bytes());
     }
     bytes.truncate(size);
-    std::fs::create_dir(dir.path().join("root")).unwrap();
-    std::fs::write(dir.path().join("root/data"), bytes).unwrap();
-    let tarball = dir.path().join("image.tar");
+    import_file_image(name, "data", &bytes);
+}
+
+/// An image in the engine holding one file `file` with `contents`, made with `docker import`,
+/// tagged `name`.
+pub fn import_file_image(name: &str, file: &str, contents: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join(file), contents).unwrap();
+    let tarball = dir.path().join("image.tar");
     let tar = run("tar", &["-C", root.to_str().unwrap(), "-cf", tarball.to_str().unwrap(), "."], &workspace());
     assert_success(&tar, "tar");
     assert_success(&run("docker", &["import", tarball.to_str().unwrap(), name], &workspace()), "docker import");
+}
+
+/// `docker push --quiet image`, which must succeed.
+pub fn push_image(image: &str) {
+    assert_success(&run("docker", &["push", "--quiet", image], &workspace()), &format!("docker push {image}"));
+}
+
+/// A registry of a test's own without authentication (the lab's registry image), in the
+/// container `name` on the host port `port`, started fresh and removed when dropped (also when
+/// the test fails).
+pub struct OwnRegistry {
+    pub host: String,
+    container: String,
+}
+
+impl OwnRegistry {
+    pub fn start(container: &str, port: u16) -> OwnRegistry {
+        let own = OwnRegistry { host: format!("127.0.0.1:{port}"), container: container.to_string() };
+        own.stop();
+        let publish = format!("{}:5000", own.host);
+        let args = ["run", "--detach", "--name", container, "--publish", &publish, "--env", "REGISTRY_AUTH="];
+        let started = run("docker", &[&args[..], &["intric-lab/registry:lab"]].concat(), Path::new("."));
+        if !started.status.success() {
+            // Where the lab pulled the upstream registry image, it is that one.
+            let started = run("docker", &[&args[..6], &["registry:2"]].concat(), Path::new("."));
+            assert_success(&started, &format!("starting the registry {container}"));
+        }
+        eventually(30, &format!("the registry {container} to answer"), || {
+            ureq::get(format!("http://{}/v2/", own.host)).call().ok().map(drop)
+        });
+        own
+    }
+
+    /// Removes the registry's container: `docker rm --force`.
+    pub fn stop(&self) -> Output {
+        run("docker", &["rm", "--force", &self.container], Path::new("."))
+    }
+}
+
+impl Drop for OwnRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Makes the Nexus look-alike at `host` fail every manifest PUT after the next `n`; the fault is
+/// lifted when dropped (also when the test fails), as the lab's look-alike is shared.
+pub struct PutFault {
+    host: String,
+}
+
+impl PutFault {
+    pub fn after(host: &str, n: usize) -> PutFault {
+        // Armed before anything can fail, so that the fault is lifted whatever happens.
+        let fault = PutFault { host: host.to_string() };
+        let (status, body) = http("POST", &format!("http://{host}/_lab/fail-after-puts?n={n}"), Some(""));
+        assert_eq!(status, 204, "arming the fault: {body}");
+        fault
+    }
+}
+
+impl Drop for PutFault {
+    fn drop(&mut self) {
+        let (status, body) = http("POST", &format!("http://{}/_lab/reset", self.host), Some(""));
+        if !std::thread::panicking() {
+            assert_eq!(status, 204, "lifting the fault: {body}");
+        }
+    }
 }
 
 /// Requests through a stack's entry point (the edge's host `port`) until stopped (at most 10 minutes): one request
@@ -432,6 +584,20 @@ impl Probe {
     }
 }
 
+/// Runs `step` (called `what`) with a [`Probe`] through the edge's host `port` from a second
+/// before it to a second after, and asserts that not one request failed: what `step` returns.
+pub fn without_downtime<T>(port: &str, what: &str, step: impl FnOnce() -> T) -> T {
+    let probe = Probe::start(port);
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    let result = step();
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    probe.assert_no_failure(what);
+    eprintln!("timing: {what} {:.1} s", took.as_secs_f64());
+    result
+}
+
 /// Removes, when dropped, every local image whose name starts with `prefix` (a registry
 /// namespace of the test's own): the shared engine keeps no test images. An image a test built
 /// with the classic builder on a lab base would otherwise keep that base as its parent, which
@@ -459,29 +625,23 @@ pub fn docker_ok(args: &[&str], dir: &Path) {
     assert_success(&run("docker", args, dir), &format!("docker {}", args.join(" ")));
 }
 
-/// Two versions (the same images under two tags) built and pushed below `registry`, and a
-/// version `exits` whose backend is the first's with a command that exits at once (its worker
-/// and frontend are the first's): what the zero-downtime tests update between.
-pub fn push_versions(registry: &str, versions: [&str; 2], exits: &str) {
+/// Two versions (the same images under two tags) built and pushed into the namespace
+/// `namespace` below the lab registry, and a version `exits` whose backend is the first's with
+/// a command that exits at once (its worker and frontend are the first's): what the
+/// zero-downtime tests update between. Returns the namespace's registry, and the guard that
+/// removes its local images.
+pub fn push_versions(namespace: &str, versions: [&str; 2], exits: &str) -> (String, LocalImagesUnder) {
+    let started = Instant::now();
+    let registry = format!("{}/{namespace}", lab()["NEXUS_REGISTRY"]);
+    let images = LocalImagesUnder(format!("{registry}/"));
+    let registry = registry.as_str();
     let env: Vec<(String, String)> = lab_env();
     let repo = snapshot();
     for tag in versions {
         let (output, _) = build(repo.path(), &["--push", "--tag", tag, "--registry", registry], &env);
         assert_success(&output, &format!("build --push --tag {tag}"));
     }
-    let lab = lab();
-    let login = std::process::Command::new("docker")
-        .args(["login", &lab["NEXUS_REGISTRY"], "--username", &lab["NEXUS_USERNAME"], "--password-stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write as _;
-            child.stdin.take().unwrap().write_all(lab["NEXUS_PASSWORD"].as_bytes())?;
-            child.wait()
-        })
-        .unwrap();
-    assert!(login.success(), "docker login to the lab registry");
+    docker_login(&lab()["NEXUS_REGISTRY"]);
     let context = tempfile::tempdir().unwrap();
     // v1's backend with another command, made by `docker commit` (the engine alone: no builder).
     let backend = format!("{registry}/intric/backend");
@@ -492,12 +652,14 @@ pub fn push_versions(registry: &str, versions: [&str; 2], exits: &str) {
     let command = r#"CMD ["python", "-c", "raise SystemExit('exits on purpose')"]"#;
     docker_ok(&["commit", "--change", command, &container, &exits_image], context.path());
     docker_ok(&["rm", &container], context.path());
-    docker_ok(&["push", "--quiet", &exits_image], context.path());
+    push_image(&exits_image);
     for service in ["worker", "frontend"] {
         let (from, to) =
             (format!("{registry}/intric/{service}:{}", versions[0]), format!("{registry}/intric/{service}:{exits}"));
         docker_ok(&["pull", "--quiet", &from], context.path());
         docker_ok(&["tag", &from, &to], context.path());
-        docker_ok(&["push", "--quiet", &to], context.path());
+        push_image(&to);
     }
+    eprintln!("timing: versions pushed in {:.1} s", started.elapsed().as_secs_f64());
+    (registry.to_string(), images)
 }
