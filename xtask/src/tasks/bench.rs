@@ -6,6 +6,7 @@
 //! docker, the xtask binary itself) runs through the runner.
 
 mod compile;
+mod cpu;
 mod traffic;
 
 use std::fmt::Write as _;
@@ -52,8 +53,9 @@ pub enum BenchCommand {
     /// at the end. Each run starts from new repositories in the registry; the verdict is on
     /// the median ratio of the runs. Both sides reach the registry (their images and the base
     /// images) through a byte-counting relay on 127.0.0.1, so each case also reports the bytes
-    /// each side pulled and pushed, and their ratio. Needs the lab:
-    /// `eval "$(cargo xtask sandbox env)"` first.
+    /// each side pulled and pushed, and their ratio; and how busy the machine's CPUs were
+    /// while each side ran (Linux), since a side that keeps them all busy can go no faster on
+    /// that machine. Needs the lab: `eval "$(cargo xtask sandbox env)"` first.
     #[command(
         after_help = "Examples:\n  eval \"$(cargo xtask sandbox env)\" && cargo xtask bench build\n  cargo xtask bench build --runs 1"
     )]
@@ -471,21 +473,28 @@ fn compare_builds(
             if holders.len() > 3 { ", ..." } else { "" }
         );
     }
-    // ratios[case] holds one time ratio per run; traffic[case] the bytes of the last run.
+    // ratios[case] holds one time ratio per run; traffic[case] the bytes of the last run;
+    // busy[case] each side's CPU shares over the runs.
     let mut ratios = vec![Vec::new(); CASES.len()];
     let mut traffic = vec![[traffic::Traffic::default(); 2]; CASES.len()];
+    let mut busy = vec![[Vec::new(), Vec::new()]; CASES.len()];
     for run in 1..=runs {
         let measured = run_cases(runner, docker, lab, base_images, &scratch, run)?;
-        for (case, [(old, old_bytes), (ours, our_bytes)]) in measured.into_iter().enumerate() {
-            let ratio = ours / old;
+        for (case, [old, ours]) in measured.into_iter().enumerate() {
+            let ratio = ours.seconds / old.seconds;
             eprintln!(
-                "run {run}/{runs}: {}: old {old:.1} s ({}), xtask {ours:.1} s ({}), ratio {ratio:.3}",
+                "run {run}/{runs}: {}: old {:.1} s ({}), xtask {:.1} s ({}), ratio {ratio:.3}",
                 CASES[case].0,
-                bytes_moved(old_bytes),
-                bytes_moved(our_bytes)
+                old.seconds,
+                old.described(),
+                ours.seconds,
+                ours.described()
             );
             ratios[case].push(ratio);
-            traffic[case] = [old_bytes, our_bytes];
+            traffic[case] = [old.traffic, ours.traffic];
+            for (side, measured) in [old, ours].into_iter().enumerate() {
+                busy[case][side].extend(measured.busy);
+            }
         }
     }
     println!(
@@ -493,7 +502,9 @@ fn compare_builds(
          run(s):",
         lab.relay.address
     );
-    for (((case, _, goal), mut ratios), [old, ours]) in CASES.into_iter().zip(ratios).zip(traffic) {
+    for ((((case, _, goal), mut ratios), [old, ours]), [old_busy, our_busy]) in
+        CASES.into_iter().zip(ratios).zip(traffic).zip(busy)
+    {
         ratios.sort_by(f64::total_cmp);
         let median = ratios[ratios.len() / 2];
         let verdict = if median <= goal { "met" } else { "NOT met" };
@@ -501,6 +512,7 @@ fn compare_builds(
         println!("  {case}: ratio {median:.3} (runs: {}; goal <= {goal}: {verdict})", all.join(", "));
         let byte_ratio = ours.total() as f64 / old.total().max(1) as f64;
         println!("    bytes: old {}, xtask {}, ratio {byte_ratio:.3}", bytes_moved(old), bytes_moved(ours));
+        println!("    CPUs busy: old {}, xtask {}", share_range(old_busy), share_range(our_busy));
     }
     std::fs::remove_dir_all(&scratch).ok();
     Ok(())
@@ -511,8 +523,36 @@ fn bytes_moved(traffic: traffic::Traffic) -> String {
     format!("pulled {}, pushed {}", traffic::megabytes(traffic.pulled), traffic::megabytes(traffic.pushed))
 }
 
-/// One run of the four cases in new registry repositories: the seconds and the registry
-/// traffic of each side per case.
+/// What one side of one case measured: its time, the registry traffic, and how busy the
+/// machine's CPUs were meanwhile (a side near 100% is bound by the CPU; `None` off Linux).
+#[derive(Clone, Copy, Default)]
+struct Measured {
+    seconds: f64,
+    traffic: traffic::Traffic,
+    busy: Option<f64>,
+}
+
+impl Measured {
+    /// `pulled 12.3 MB, pushed 0.1 MB, CPUs 91% busy`.
+    fn described(&self) -> String {
+        match self.busy {
+            Some(busy) => format!("{}, CPUs {:.0}% busy", bytes_moved(self.traffic), busy * 100.0),
+            None => bytes_moved(self.traffic),
+        }
+    }
+}
+
+/// `63-91%` over the runs, `91%` for one, `unknown` for none.
+fn share_range(mut shares: Vec<f64>) -> String {
+    shares.sort_by(f64::total_cmp);
+    match (shares.first(), shares.last()) {
+        (Some(low), Some(high)) if (high - low) * 100.0 >= 0.5 => format!("{:.0}-{:.0}%", low * 100.0, high * 100.0),
+        (Some(share), _) => format!("{:.0}%", share * 100.0),
+        _ => "unknown".to_string(),
+    }
+}
+
+/// One run of the four cases in new registry repositories: what each side measured per case.
 fn run_cases(
     runner: &dyn Runner,
     docker: &crate::adapters::docker::Docker,
@@ -520,7 +560,7 @@ fn run_cases(
     base_images: &BaseImages,
     scratch: &Path,
     run: usize,
-) -> Result<Vec<[(f64, traffic::Traffic); 2]>> {
+) -> Result<Vec<[Measured; 2]>> {
     let repo = scratch.join(format!("repo-{run}"));
     let workspace = crate::adapters::workspace_root();
     runner.read(&git_clone(&workspace, &repo)).context("cannot clone the workspace")?;
@@ -539,13 +579,13 @@ fn run_cases(
                 ["-c", "user.name=bench", "-c", "user.email=bench@example.com", "commit", "--quiet", "-am", "bench"];
             runner.read(&Command::new("git").args(commit).current_dir(&repo))?;
         }
-        let mut case = [(0.0, traffic::Traffic::default()); 2];
+        let mut case = [Measured::default(); 2];
         for (slot, side) in [Side::Old, Side::Ours].into_iter().enumerate() {
             if *fresh {
                 fresh_runner(runner, docker, &namespaces, base_images)?;
             }
             lab.relay.take();
-            let started = Instant::now();
+            let (started, cpu) = (Instant::now(), cpu::CpuTimes::now());
             match side {
                 Side::Old => old_procedure(runner, docker, &repo, &namespace(side), lab)?,
                 Side::Ours => {
@@ -558,7 +598,8 @@ fn run_cases(
                     runner.read(&build)?;
                 }
             }
-            case[slot] = (started.elapsed().as_secs_f64(), lab.relay.take());
+            let seconds = started.elapsed().as_secs_f64();
+            case[slot] = Measured { seconds, traffic: lab.relay.take(), busy: cpu::CpuTimes::now().busy_share(cpu) };
         }
         seconds.push(case);
     }
