@@ -191,18 +191,34 @@ fn releases_at_once(host_path: &str, upstream_path: &str) {
     assert_success(&bumped, "release --bump patch (dry run)");
     assert!(stdout(&bumped).starts_with("release 5.0.1 of "), "{}", stdout(&bumped));
 
-    // A lock left behind by a killed release: refused, naming it, until --break-lock.
+    // A lock left behind by a release killed on another machine: refused, naming it, until
+    // --break-lock.
     let killed = race.clone("killed");
-    let lock = stdout(&run(
-        "git",
-        &["-c", "user.name=ghost", "-c", "user.email=ghost@nowhere", "commit-tree", "HEAD^{tree}", "-p", "HEAD", "-m", "release lock: release 5.5.0 by ghost@nowhere (pid 1) since 2026-12-01T00:00:00Z\n\nversion: 5.5.0\nuser: ghost\nhost: nowhere\npid: 1\nsince: 2026-12-01T00:00:00Z"],
-        &killed,
-    ))
-    .trim()
-    .to_string();
-    assert_success(
-        &run("git", &["push", "-q", "origin", &format!("{lock}:refs/tags/release-lock")], &killed),
-        "plant a lock",
+    let plant_lock = |message: &str| {
+        let made = run(
+            "git",
+            &[
+                "-c",
+                "user.name=ghost",
+                "-c",
+                "user.email=ghost@nowhere",
+                "commit-tree",
+                "HEAD^{tree}",
+                "-p",
+                "HEAD",
+                "-m",
+                message,
+            ],
+            &killed,
+        );
+        let lock = stdout(&made).trim().to_string();
+        assert_success(
+            &run("git", &["push", "-q", "origin", &format!("{lock}:refs/tags/release-lock")], &killed),
+            "plant a lock",
+        );
+    };
+    plant_lock(
+        "release lock: release 5.5.0 by ghost@nowhere (pid 1) since 2026-12-01T00:00:00Z\n\nversion: 5.5.0\nuser: ghost\nhost: nowhere\npid: 1\nsince: 2026-12-01T00:00:00Z",
     );
     let six_images = race.commit_and_push(&killed, "six");
     let refused = race.release(&killed, "6.0.0", &[]);
@@ -223,6 +239,30 @@ fn releases_at_once(host_path: &str, upstream_path: &str) {
     );
     assert!(race.origin_tag("release-lock").is_none(), "our lock is released, and the ghost's is gone");
     assert_eq!(race.identity("worker", "6.0.0"), six_images["worker"]);
+
+    // A lock left by a release interrupted on this machine (Ctrl-C): its commit names this
+    // boot and pid namespace and a pid that has exited, so the next release takes it over.
+    let mut exited = std::process::Command::new("true").spawn().unwrap();
+    let pid = exited.id();
+    exited.wait().unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let namespace = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    plant_lock(&format!(
+        "release lock: release 6.5.0 by ann@here (pid {pid}) since 2026-12-01T00:00:00Z\n\nversion: 6.5.0\nuser: ann\n\
+         host: here\npid: {pid}\nsince: 2026-12-01T00:00:00Z\nprocesses: boot {} {}\n",
+        boot.trim(),
+        namespace.display()
+    ));
+    let interrupted_images = race.commit_and_push(&killed, "after-interrupt");
+    let resumed = race.release(&killed, "6.6.0", &[]);
+    assert_success(&resumed, "release 6.6.0 over the lock of an interrupted release");
+    assert!(
+        stderr(&resumed).contains(&format!("took over the release lock of release 6.5.0 by ann@here (pid {pid})")),
+        "{}",
+        stderr(&resumed)
+    );
+    assert!(race.origin_tag("release-lock").is_none(), "our lock is released, and the interrupted one's is gone");
+    assert_eq!(race.identity("worker", "6.6.0"), interrupted_images["worker"]);
 
     // Two versions at once from two clones: afterwards latest, X and X.Y are on the higher
     // one for every image. The one that lost is refused (by the lock, or under it by the

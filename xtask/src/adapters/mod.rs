@@ -32,6 +32,17 @@ pub fn current_user() -> String {
     })
 }
 
+/// Which processes this one can see, for telling whether another process of this machine
+/// still runs: the kernel's boot (`/proc/sys/kernel/random/boot_id`, new at every boot) and
+/// the pid namespace (each container has its own). Two processes with the same answer look
+/// up the same pids; a host name cannot say that (CI runners on different machines often
+/// share one, containers on one machine have their own). `None` off Linux.
+pub fn current_process_space() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("boot {} {}", boot.trim(), namespace.display()))
+}
+
 /// This machine's host name (lock holders).
 pub fn current_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -407,6 +407,7 @@ pub fn read_inputs(runner: &dyn Runner, options: &Options, env: &Env) -> Result<
             host: current_host(),
             pid: std::process::id(),
             since: clock::rfc3339(clock::now_unix()),
+            process_space: crate::adapters::current_process_space(),
         },
         head,
         tags,
@@ -1374,6 +1375,7 @@ mod tests {
                 host: "ws-1".into(),
                 pid: 42,
                 since: "2026-12-01T12:30:00Z".into(),
+                process_space: None,
             },
         }
     }

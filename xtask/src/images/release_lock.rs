@@ -50,6 +50,9 @@ pub struct Holder {
     pub host: String,
     pub pid: u32,
     pub since: String,
+    /// Where `pid` is looked up ([`crate::adapters::current_process_space`]); `None` when
+    /// unknown (off Linux, or a lock written before it was recorded).
+    pub process_space: Option<String>,
 }
 
 impl fmt::Display for Holder {
@@ -62,8 +65,9 @@ impl Holder {
     /// The lock commit's message: a readable first line, then the fields one per line, which
     /// is what [`Holder::parse`] reads back.
     pub fn message(&self) -> String {
+        let space = self.process_space.as_ref().map_or_else(String::new, |space| format!("processes: {space}\n"));
         format!(
-            "release lock: {self}\n\nversion: {}\nuser: {}\nhost: {}\npid: {}\nsince: {}\n",
+            "release lock: {self}\n\nversion: {}\nuser: {}\nhost: {}\npid: {}\nsince: {}\n{space}",
             self.version, self.user, self.host, self.pid, self.since
         )
     }
@@ -80,13 +84,18 @@ impl Holder {
             host: field("host")?,
             pid: field("pid")?.parse().ok()?,
             since: field("since")?,
+            process_space: field("processes"),
         })
     }
 
-    /// Whether the holder is a process of this host that no longer runs: a release that was
-    /// killed, whose lock `--break-lock` may safely replace.
-    fn gone_from(&self, host: &str) -> bool {
-        self.host == host && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+    /// Whether the holder is a process that no longer runs, as far as this process can tell:
+    /// it recorded the same process space as `ours`, so its pid would be seen here, and no
+    /// process has that pid. That is a release that was interrupted (Ctrl-C, a killed job)
+    /// on this machine, whose lock may be taken over. A pid used again by another process
+    /// since makes it look alive: then the lock stays, and `--break-lock` is the way.
+    fn gone_from(&self, ours: Option<&str>) -> bool {
+        ours.is_some_and(|ours| self.process_space.as_deref() == Some(ours))
+            && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
     }
 }
 
@@ -146,7 +155,9 @@ impl ReleaseLock {
         let named = holder
             .as_ref()
             .map_or_else(|| format!("a lock commit {} of unknown origin", current.id), Holder::to_string);
-        if self.break_lock {
+        // A release interrupted on this machine left it: nobody else can be releasing under it.
+        let interrupted = holder.as_ref().is_some_and(|holder| holder.gone_from(self.holder.process_space.as_deref()));
+        if self.break_lock || interrupted {
             let replaced = runner.output(&take(Some(&current.id)))?;
             if !replaced.status.success() {
                 bail!(
@@ -155,20 +166,19 @@ impl ReleaseLock {
                     said(&replaced)
                 );
             }
-            eprintln!("note: broke the release lock of {named}");
+            match interrupted {
+                true => eprintln!(
+                    "note: took over the release lock of {named}: that process no longer runs on this machine, so \
+                     that release was interrupted"
+                ),
+                false => eprintln!("note: broke the release lock of {named}"),
+            }
             return Ok(HeldLock { repo: self.repo.clone(), id });
         }
-        let killed = match &holder {
-            Some(holder) if holder.gone_from(&self.holder.host) => format!(
-                " pid {} is not running on this host, so that release was killed and left its lock behind: pass \
-                 --break-lock.",
-                holder.pid
-            ),
-            _ => " If that release was killed and left its lock behind, pass --break-lock.".to_string(),
-        };
         bail!(
             "cannot release {}: another release holds the release lock on {REMOTE} ({LOCK_REF}): {named}. Nothing was \
-             changed; run this release again once that one has finished.{killed}",
+             changed; run this release again once that one has finished. If that release was killed on another \
+             machine and left its lock behind, pass --break-lock.",
             self.holder.version
         )
     }
@@ -220,6 +230,7 @@ mod tests {
                 host: "ws-1".into(),
                 pid: 42,
                 since: "2026-12-01T12:30:00Z".into(),
+                process_space: Some("boot b1 pid:[4026531836]".into()),
             },
             break_lock,
         }
@@ -235,25 +246,35 @@ mod tests {
     }
 
     /// A runner whose `git push` of the lock is refused while `held` names a lock commit, and
-    /// whose other git commands answer as a remote holding it would.
+    /// whose other git commands answer as a remote holding it would, for a release on
+    /// another machine.
     fn remote(held: Option<&'static str>, break_succeeds: bool) -> crate::plan::runner::Recording {
-        crate::plan::runner::Recording::replying(move |shown| {
-            let other = Holder { pid: 7, host: "ci-9".into(), version: "6.0.0".into(), ..lock(false).holder };
-            match shown {
-                _ if shown.contains("commit-tree") => Ok("1111111111111111111111111111111111111111".into()),
-                _ if shown.contains("--force-with-lease=refs/tags/release-lock: ") => match held {
-                    Some(_) => Err("! [rejected] (stale info)".into()),
-                    None => Ok(String::new()),
-                },
-                _ if shown.contains("--force-with-lease=refs/tags/release-lock:2222") && !break_succeeds => {
-                    Err("! [rejected] (stale info)".into())
-                }
-                _ if shown.contains("ls-remote") => {
-                    Ok(held.map(|id| format!("{id}\trefs/tags/release-lock")).unwrap_or_default())
-                }
-                _ if shown.contains("show --no-patch") => Ok(other.message()),
-                _ => Ok(String::new()),
+        let space = Some("boot b2 pid:[4026531836]".to_string());
+        let other =
+            Holder { pid: 7, host: "ci-9".into(), version: "6.0.0".into(), process_space: space, ..lock(false).holder };
+        remote_held_by(other, held, break_succeeds)
+    }
+
+    /// [`remote`], the lock commit `held` written by `other`.
+    fn remote_held_by(
+        other: Holder,
+        held: Option<&'static str>,
+        break_succeeds: bool,
+    ) -> crate::plan::runner::Recording {
+        crate::plan::runner::Recording::replying(move |shown| match shown {
+            _ if shown.contains("commit-tree") => Ok("1111111111111111111111111111111111111111".into()),
+            _ if shown.contains("--force-with-lease=refs/tags/release-lock: ") => match held {
+                Some(_) => Err("! [rejected] (stale info)".into()),
+                None => Ok(String::new()),
+            },
+            _ if shown.contains("--force-with-lease=refs/tags/release-lock:2222") && !break_succeeds => {
+                Err("! [rejected] (stale info)".into())
             }
+            _ if shown.contains("ls-remote") => {
+                Ok(held.map(|id| format!("{id}\trefs/tags/release-lock")).unwrap_or_default())
+            }
+            _ if shown.contains("show --no-patch") => Ok(other.message()),
+            _ => Ok(String::new()),
         })
     }
 
@@ -307,6 +328,31 @@ mod tests {
         );
         let error = lock(true).acquire(&remote(Some(held), false)).unwrap_err().to_string();
         assert!(error.starts_with("cannot break the release lock on origin: it changed while breaking it"), "{error}");
+    }
+
+    #[test]
+    fn a_lock_whose_holder_no_longer_runs_where_its_pid_would_be_seen_is_taken_over() {
+        let held = "2222222222222222222222222222222222222222";
+        let ours = lock(false).holder;
+        // No process has this pid: it is above any pid_max Linux allows.
+        let interrupted = Holder { pid: u32::MAX, version: "6.0.0".into(), ..ours.clone() };
+        let runner = remote_held_by(interrupted.clone(), Some(held), true);
+        lock(false).acquire(&runner).unwrap();
+        let lease = format!("--force-with-lease=refs/tags/release-lock:{held} origin 1111");
+        assert!(runner.executed().iter().any(|ran| ran.contains(&lease)), "{:?}", runner.executed());
+
+        // Still running (this test's own pid), recorded elsewhere, or recorded nowhere: refused.
+        let running = Holder { pid: std::process::id(), ..interrupted.clone() };
+        let elsewhere = Holder { process_space: Some("boot b2 pid:[4026531836]".into()), ..interrupted.clone() };
+        let unknown = Holder { process_space: None, ..interrupted };
+        for holder in [running, elsewhere, unknown] {
+            let error = lock(false).acquire(&remote_held_by(holder.clone(), Some(held), true)).unwrap_err();
+            assert!(error.to_string().contains("another release holds the release lock"), "{holder:?}: {error}");
+            assert!(error.to_string().ends_with("pass --break-lock."), "{error}");
+        }
+        // A lock of this process space says nothing of others that have none.
+        assert!(!Holder { process_space: None, ..ours.clone() }.gone_from(None));
+        assert!(!Holder { pid: u32::MAX, ..ours }.gone_from(None));
     }
 
     #[test]

@@ -27,8 +27,9 @@ the main stage), unless --build.
 holder, before any tag moves). Under the lock it reads the registry and origin's release tags again
 and plans again, then puts every image's version tag first, then the floating tags, then tags git
 and pushes vX.Y.Z to origin, then releases the lock. Tags already on HEAD's images are left alone,
-so a release cut off part-way is finished by running it again. A lock left by a killed release
-(the refusal says whose and since when): --break-lock. A repository without origin: --no-lock.
+so a release cut off part-way is finished by running it again. A lock left by a release
+interrupted on this machine (its process gone) is taken over; one from another machine is refused,
+saying whose and since when, until --break-lock. A repository without origin: --no-lock.
 Floating tags that must move from another image are checked first: where the repository does not
 allow redeploy (Nexus), the release is refused before any write, naming them, unless
 --skip-immutable-floating leaves them where they are.
@@ -74,7 +75,8 @@ pub struct ReleaseArgs {
     #[arg(long, conflicts_with = "break_lock")]
     pub no_lock: bool,
     /// Take the release lock even when another release holds it: for a lock left behind by a
-    /// release that was killed (the refusal names it), once you know it no longer runs.
+    /// release killed on another machine (the refusal names it), once you know it no longer
+    /// runs. One interrupted on this machine is taken over without it.
     #[arg(long)]
     pub break_lock: bool,
     /// Also allow releasing from branches matching GLOB (`*` matches any characters, `/`
