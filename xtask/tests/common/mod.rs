@@ -601,19 +601,25 @@ pub fn without_downtime<T>(port: &str, what: &str, step: impl FnOnce() -> T) -> 
 /// Removes, when dropped, every local image whose name starts with `prefix` (a registry
 /// namespace of the test's own): the shared engine keeps no test images. An image a test built
 /// with the classic builder on a lab base would otherwise keep that base as its parent, which
-/// `bench build` cannot remove for its fresh runner.
+/// `bench build` cannot remove for its fresh runner. A name that has only a digest left (a
+/// base image pulled by digest) goes by that digest, never by the image's ID, which would
+/// delete the lab's own image of the same ID too.
 pub struct LocalImagesUnder(pub String);
 
 impl Drop for LocalImagesUnder {
     fn drop(&mut self) {
-        let Ok(listed) = Command::new("docker").args(["images", "--format", "{{.Repository}}:{{.Tag}}"]).output()
-        else {
+        let format = "{{.Repository}} {{.Tag}} {{.Digest}}";
+        let Ok(listed) = Command::new("docker").args(["images", "--digests", "--format", format]).output() else {
             return;
         };
         let images: Vec<String> = String::from_utf8_lossy(&listed.stdout)
             .lines()
-            .filter(|image| image.starts_with(&self.0) && !image.ends_with(":<none>"))
-            .map(str::to_string)
+            .filter_map(|line| match line.split(' ').collect::<Vec<_>>()[..] {
+                [repository, tag, _] if tag != "<none>" => Some(format!("{repository}:{tag}")),
+                [repository, _, digest] if digest != "<none>" => Some(format!("{repository}@{digest}")),
+                _ => None,
+            })
+            .filter(|image| image.starts_with(&self.0))
             .collect();
         if !images.is_empty() {
             let _ = Command::new("docker").args(["image", "rm", "--force"]).args(&images).output();
