@@ -202,7 +202,7 @@ fn time_tags(runner: &dyn Runner, xtask: &Path, repo: &Path, runs: usize) -> Res
         ours_times.push(timed(ours)?);
         old_times.push(timed(old)?);
     }
-    Ok((median(&mut ours_times), median(&mut old_times)))
+    Ok((median(&ours_times), median(&old_times)))
 }
 
 /// Generates the benchmark repositories under `dir` unless complete ones are already there,
@@ -292,9 +292,19 @@ fn timed(run: impl FnOnce() -> Result<()>) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort_unstable();
-    times[times.len() / 2]
+fn median(times: &[Duration]) -> Duration {
+    Duration::from_secs_f64(median_f64(&mut times.iter().map(Duration::as_secs_f64).collect::<Vec<_>>()))
+}
+
+/// The median of `values` (sorted here): the middle one, or for an even count the mean of the
+/// two middle ones; the upper one alone would make the median of two runs their maximum.
+fn median_f64(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() % 2 {
+        0 => (values[middle - 1] + values[middle]) / 2.0,
+        _ => values[middle],
+    }
 }
 
 fn millis(duration: Duration) -> f64 {
@@ -339,8 +349,7 @@ fn bench_release(runs: usize) -> Result<()> {
         for run in 0..runs {
             promotions.push(timed(&["release", &format!("1.0.{run}"), "--execute"])?);
         }
-        promotions.sort_by(f64::total_cmp);
-        Ok((first, rebuild, promotions[promotions.len() / 2]))
+        Ok((first, rebuild, median_f64(&mut promotions)))
     })();
     std::fs::remove_dir_all(&scratch).ok();
     let (first, rebuild, promotion) = result?;
@@ -356,6 +365,14 @@ fn bench_release(runs: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_median_of_an_even_count_is_halfway_between_the_middle_two() {
+        assert_eq!(median_f64(&mut [0.5, 0.1, 0.3]), 0.3);
+        assert_eq!(median_f64(&mut [0.473, 0.368]), 0.4205, "not the maximum of two runs");
+        assert_eq!(median_f64(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[Duration::from_millis(3), Duration::from_millis(1)]), Duration::from_millis(2));
+    }
 
     #[test]
     fn stream_tags_evenly_and_ends_past_the_last_tag() {
@@ -505,8 +522,7 @@ fn compare_builds(
     for ((((case, _, goal), mut ratios), [old, ours]), [old_busy, our_busy]) in
         CASES.into_iter().zip(ratios).zip(traffic).zip(busy)
     {
-        ratios.sort_by(f64::total_cmp);
-        let median = ratios[ratios.len() / 2];
+        let median = median_f64(&mut ratios);
         let verdict = if median <= goal { "met" } else { "NOT met" };
         let all: Vec<String> = ratios.iter().map(|ratio| format!("{ratio:.3}")).collect();
         println!("  {case}: ratio {median:.3} (runs: {}; goal <= {goal}: {verdict})", all.join(", "));

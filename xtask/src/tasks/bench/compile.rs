@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::{median, millis, tempfile_dir, timed};
+use super::{median, median_f64, millis, tempfile_dir, timed};
 use crate::images::inputs::inputs_digest;
 use crate::plan::Command;
 use crate::plan::runner::{Processes, Runner};
@@ -266,11 +266,6 @@ fn load_average() -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-fn median_f64(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 pub(super) fn bench_digest(files: usize, kib: usize, runs: usize) -> Result<()> {
     ensure!(files > 0 && kib > 0, "--files and --kib must be at least 1");
     ensure!(runs > 0, "--runs must be at least 1");
@@ -281,9 +276,9 @@ pub(super) fn bench_digest(files: usize, kib: usize, runs: usize) -> Result<()> 
         let context = root.join(service.context_dir());
         let digest =
             || inputs_digest(&context, &context.join("Dockerfile"), Some(service.target()), &[], &[]).map(drop);
-        let mut times = (0..runs + 2).map(|_| timed(digest)).collect::<Result<Vec<_>>>()?;
+        let times = (0..runs + 2).map(|_| timed(digest)).collect::<Result<Vec<_>>>()?;
         // The first two runs warm the page cache.
-        println!("  {} ({}/): {:.2} ms", service.name(), service.context_dir(), millis(median(&mut times[2..])));
+        println!("  {} ({}/): {:.2} ms", service.name(), service.context_dir(), millis(median(&times[2..])));
     }
 
     let dir = root.join(format!("target/xtask/bench/digest-{files}-{kib}"));
@@ -302,7 +297,7 @@ pub(super) fn bench_digest(files: usize, kib: usize, runs: usize) -> Result<()> 
         ours_times.push(timed(ours)?);
         reference_times.push(timed(reference)?);
     }
-    let (ours, reference) = (median(&mut ours_times), median(&mut reference_times));
+    let (ours, reference) = (median(&ours_times), median(&reference_times));
     let mib = (files * kib) as f64 / 1024.0;
     println!(
         "  generated ({files} files of {kib} KiB, {mib:.1} MiB): xtask {:.1} ms ({:.0} MiB/s), sha256sum {:.1} ms \
