@@ -647,6 +647,25 @@ fn image_tag_from_a_sourced_env_file_cannot_move_latest() {
 }
 
 #[test]
+fn a_broken_tag_ref_fails_every_reading_with_one_line_naming_it() {
+    let repo = Repo::new("main");
+    repo.tag("v1.0.0");
+    // What an interrupted fetch can leave: an empty loose ref, which git skips when listing
+    // (so a lost v9.9.9 would hand `latest` to 1.0.0) and refuses when dereferencing.
+    std::fs::write(repo.path().join(".git/refs/tags/v9.9.9"), "").unwrap();
+    for args in [&[][..], &["--json"]] {
+        let error = failure(repo.path(), args, &[]);
+        assert!(error.contains("refs/tags/v9.9.9 in ") && error.contains("is a broken ref"), "{args:?}: {error}");
+        let file = repo.path().canonicalize().unwrap().join(".git/refs/tags/v9.9.9");
+        assert!(error.contains(&format!("(`rm {}`)", file.display())), "{error}");
+        assert!(error.contains("(`git fetch origin tag v9.9.9`)"), "{error}");
+    }
+    // The fix the error gives works.
+    std::fs::remove_file(repo.path().join(".git/refs/tags/v9.9.9")).unwrap();
+    assert!(repo.image_tags().contains(&"latest".to_string()), "{:?}", repo.image_tags());
+}
+
+#[test]
 fn bad_inputs_fail_with_one_line_naming_the_input() {
     let repo = Repo::new("main");
     let error = failure(repo.path(), &[], &[("IMAGE_TAG", "bad tag")]);

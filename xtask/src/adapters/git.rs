@@ -253,8 +253,27 @@ impl<'a> Repo<'a> {
         // its failure says so best.
         repo.status = parse_status(&repo.succeeded(status?, "read the working tree status")?)
             .with_context(|| format!("cannot read the working tree status of {}", path.display()))?;
+        let refs = refs.transpose()?;
+        // git skips a broken ref where it lists them (for-each-ref) and refuses where it
+        // dereferences them (show-ref): both would leave the tags wrong or unread, and a lost
+        // release tag would decide which image is `latest`.
+        if let Some(name) = refs.as_ref().and_then(|refs| broken_ref(&refs.stderr)) {
+            // git can neither delete nor overwrite such a ref (it cannot lock it): only the file goes.
+            let file =
+                files.as_ref().map_or_else(|| canonical.join(".git"), |files| files.common_dir.clone()).join(name);
+            let again = match name.strip_prefix("refs/tags/") {
+                Some(tag) => format!("then fetch the tag again if it is a release (`git fetch origin tag {tag}`)"),
+                None => "then fetch it again".to_string(),
+            };
+            bail!(
+                "{name} in {} is a broken ref (its file names no object: an interrupted fetch or a full disk?), which \
+                 git can neither read nor delete: remove it (`rm {}`), {again}",
+                path.display(),
+                file.display()
+            );
+        }
         // No refs at all is exit status 1 without output (from show-ref), an answer too.
-        let listed = match refs.transpose()? {
+        let listed = match refs {
             Some(refs) if refs.status.code() == Some(1) && refs.stdout.is_empty() && refs.stderr.is_empty() => {
                 Some(String::new())
             }
@@ -673,6 +692,15 @@ fn all_hex(bytes: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// The ref that git calls broken in `stderr`: `warning: ignoring broken ref <name>` (a
+/// listing skips it) or `fatal: bad ref <name> (<id>)` (show-ref, which stops).
+fn broken_ref(stderr: &str) -> Option<&str> {
+    stderr.lines().find_map(|line| {
+        let rest = line.split_once("ignoring broken ref ").or_else(|| line.split_once("bad ref "))?.1;
+        rest.split_whitespace().next().filter(|name| name.starts_with("refs/"))
+    })
 }
 
 /// Parses `git status --porcelain=v2 -z --branch` (see git-status(1), "Porcelain Format
