@@ -25,6 +25,11 @@ fn stack_builds_starts_healthy_serves_and_keeps_data() {
 
     let check = xtask(&["check"], &env, repo.path());
     assert_success(&check, "check (backend tests in the test target, frontend checks in the build stage)");
+    // Each check's image goes as it passes: checking leaves no 400-500 MB image behind.
+    for image in ["xtask-check/backend", "xtask-check/frontend"] {
+        let inspect = run("docker", &["image", "inspect", image], repo.path());
+        assert!(!inspect.status.success(), "{image} is still in the engine after check");
+    }
 
     let (output, summary) = build(repo.path(), &["--push", "--tag", "e2e-stack"], &env);
     assert_success(&output, "build --push");

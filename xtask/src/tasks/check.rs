@@ -3,7 +3,11 @@
 //! suite: same Python, same locked dependencies as the image), else its `build` stage (our
 //! frontend's type checks run while it builds). Which images there are, and their Dockerfiles
 //! and build args, come from the compose file as for `build`. Each check is a BuildKit build
-//! that fails when a test or check fails; nothing is tagged or pushed.
+//! that fails when a test or check fails; nothing is pushed. The engine would keep each check's
+//! result as an untagged image (the backend's test stage is 400 MB, the frontend's build stage
+//! 500 MB), one more with every change checked, which nothing removes: so the build tags it
+//! `xtask-check/<image>` and the next step removes that tag and the image. BuildKit's cache,
+//! which is not the image, keeps the layers for the next check.
 //!
 //! An image whose Dockerfile has neither stage (the published backend) is skipped with a
 //! warning naming its stages; when no image has a check at all, `check` fails: a green check
@@ -79,14 +83,22 @@ fn plan(docker: &Docker, images: &[Image]) -> Result<(Plan, Vec<String>)> {
             ));
             continue;
         };
+        let result = format!("xtask-check/{}", image.name);
         let spec = BuildSpec {
             dockerfile: image.dockerfile.clone(),
             context: image.context.clone(),
             target: Some(stage.to_string()),
             build_args: image.args.clone(),
+            tags: vec![result.clone()],
             ..BuildSpec::default()
         };
         plan.run(docker.build(&spec).hint(format!("the {} checks failed; the output above says which", image.name)));
+        // `--force` only untags where a container of the user's still uses the image.
+        plan.run(docker.command().args(["image", "rm", "--force", &result]).hint(format!(
+            "the {} checks passed, but their image {result} could not be removed: remove it with `docker image rm \
+             {result}`",
+            image.name
+        )));
     }
     if plan.steps.is_empty() {
         bail!("nothing to check: {}", skipped.join("; "));
@@ -116,10 +128,21 @@ mod tests {
         let (plan, warnings) = plan(&docker(), &ours()).unwrap();
         let shown = plan.to_string();
         assert!(warnings.is_empty(), "{warnings:?}");
-        assert_eq!(plan.steps.len(), 2, "the worker shares the backend's tests:\n{shown}");
-        assert!(shown.contains("--target test --build-arg PYTHON_IMAGE=lab/python:lab /ws/backend"), "{shown}");
-        assert!(shown.contains("--file /ws/frontend/Dockerfile --target build /ws/frontend"), "{shown}");
-        assert!(!shown.contains("--tag"), "checks tag nothing:\n{shown}");
+        assert_eq!(plan.steps.len(), 4, "the worker shares the backend's tests:\n{shown}");
+        let lines: Vec<&str> = shown.lines().collect();
+        assert!(
+            lines[0].ends_with(
+                "--target test --tag xtask-check/backend --build-arg PYTHON_IMAGE=lab/python:lab /ws/backend"
+            ),
+            "{shown}"
+        );
+        // Each check's image goes as soon as it is built: no run leaves one behind.
+        assert!(lines[1].ends_with("docker image rm --force xtask-check/backend"), "{shown}");
+        assert!(
+            lines[2].ends_with("--file /ws/frontend/Dockerfile --target build --tag xtask-check/frontend /ws/frontend"),
+            "{shown}"
+        );
+        assert!(lines[3].ends_with("docker image rm --force xtask-check/frontend"), "{shown}");
     }
 
     #[test]
@@ -128,7 +151,7 @@ mod tests {
         images[0].parsed = Dockerfile::parse("backend/Dockerfile", "FROM python AS builder\nFROM python\n").unwrap();
         images.remove(1);
         let (plan, warnings) = plan(&docker(), &images).unwrap();
-        assert_eq!(plan.steps.len(), 1, "the frontend is still checked");
+        assert_eq!(plan.steps.len(), 2, "the frontend is still checked (and its image removed)");
         assert_eq!(
             warnings,
             [
@@ -147,6 +170,6 @@ mod tests {
         let runner = crate::plan::runner::Recording::new();
         show_or_run(&plan, false, &runner).unwrap();
         runner.assert_ran_as_shown(&plan.to_string());
-        assert_eq!(runner.executed().len(), 2, "{:?}", runner.executed());
+        assert_eq!(runner.executed().len(), 4, "{:?}", runner.executed());
     }
 }
