@@ -25,7 +25,7 @@ fn stack_builds_starts_healthy_serves_and_keeps_data() {
 
     let check = xtask(&["check"], &env, repo.path());
     assert_success(&check, "check (backend tests in the test target, frontend checks in the build stage)");
-    // Each check's image goes as it passes: checking leaves no 400-500 MB image behind.
+    // Each check's image goes as it passes: checking leaves no untagged image behind.
     for image in ["xtask-check/backend", "xtask-check/frontend"] {
         let inspect = run("docker", &["image", "inspect", image], repo.path());
         assert!(!inspect.status.success(), "{image} is still in the engine after check");

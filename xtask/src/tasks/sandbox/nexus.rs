@@ -6,7 +6,7 @@
 //! stand-in, and forwards to the registry with the lab's login.
 //!
 //! The proxy is one per machine like the registry. `up --nexus` (re)starts it only when what it
-//! would run changed; `up` without `--nexus` leaves a running one alone unless the registry's
+//! would run changed, removing the image it replaces; `up` without `--nexus` leaves a running one alone unless the registry's
 //! login or port changed under it; `env` adds its variables only while it runs.
 
 use anyhow::{Context, Result};
@@ -23,6 +23,10 @@ const IMAGE: &str = "intric-lab/nexus-proxy:lab";
 /// The proxy container's label holding a digest of what it runs (its Dockerfile, program and
 /// arguments), so a repeated `up --nexus` leaves a current proxy running.
 const CONFIG_LABEL: &str = "org.intric.lab.nexus-config";
+/// The label every proxy image is built with: a rebuild leaves the one before untagged (one
+/// more `<none>` image after each, which keeps its layers from the engine's cleanup), and `up`
+/// removes the untagged ones by it.
+const IMAGE_LABEL: (&str, &str) = ("org.intric.lab.image", "nexus-proxy");
 const DOCKERFILE: &str = "docker/lab/nexus-proxy.Dockerfile";
 const PROGRAM: &str = "docker/lab/nexus-proxy.py";
 
@@ -121,6 +125,7 @@ pub(super) fn plan(
             dockerfile: crate::adapters::workspace_root().join(DOCKERFILE),
             tags: vec![IMAGE.into()],
             build_args: vec![(PYTHON.variable.into(), local_name(&PYTHON))],
+            labels: vec![(IMAGE_LABEL.0.into(), IMAGE_LABEL.1.into())],
             ..BuildSpec::default()
         };
         plan.run(docker.build(&spec).hint("building the Nexus look-alike failed; see the build output above"));
@@ -134,6 +139,9 @@ pub(super) fn plan(
         let image = args.iter().position(|arg| arg == IMAGE).expect("the image is named");
         args.splice(image..image, ["--label".to_string(), format!("{CONFIG_LABEL}={}", wanted.fingerprint)]);
         plan.run(docker.command().args(args));
+        // Once no container runs it, the image this build replaced is untagged and unused.
+        let label = format!("label={}={}", IMAGE_LABEL.0, IMAGE_LABEL.1);
+        plan.run(docker.command().args(["image", "prune", "--force", "--filter", &label]));
     }
     plan.write(paths.nexus_env(), FileContents::Secret(Secret::new("nexus.env", env_text(&wanted.address))), 0o600);
     // The proxy's own Bearer login flow, as every client goes through it; it also leaves the
@@ -195,6 +203,11 @@ pub(super) mod tests {
         let shown = super::super::plan_up(&inputs, &paths()).to_string();
         let removed = shown.find("rm --force intric-lab-nexus").expect("the old proxy goes");
         assert!(removed < shown.find("--name intric-lab-nexus").unwrap(), "{shown}");
+        // The image built before this one, untagged now, goes too; only untagged ones go.
+        let built = shown.find("--label org.intric.lab.image=nexus-proxy").expect("the image is labelled");
+        let pruned = shown.find("image prune --force --filter label=org.intric.lab.image=nexus-proxy").unwrap();
+        let started = shown.find("--name intric-lab-nexus").unwrap();
+        assert!(built < started && started < pruned && !shown.contains("prune --all"), "{shown}");
 
         inputs.nexus = NexusInputs { wanted: None, exists: true, stale: true };
         let shown = super::super::plan_up(&inputs, &paths()).to_string();
