@@ -24,7 +24,7 @@ fn stack_builds_starts_healthy_serves_and_keeps_data() {
     let env = lab_env();
 
     let check = xtask(&["check"], &env, repo.path());
-    assert_success(&check, "check (backend tests in the test target, frontend checks in the build stage)");
+    assert_success(&check, "check (backend tests and frontend checks in their test stages)");
     // Each check's image goes as it passes: checking leaves no untagged image behind.
     for image in ["xtask-check/backend", "xtask-check/frontend"] {
         let inspect = run("docker", &["image", "inspect", image], repo.path());

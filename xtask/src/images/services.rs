@@ -328,7 +328,9 @@ pub(crate) mod tests {
                 "ARG PYTHON_IMAGE=python:3.10-slim-bullseye\nFROM ${PYTHON_IMAGE} AS base\nFROM base AS backend\n\
                  FROM backend AS worker\nFROM base AS test\n"
             }
-            "/ws/frontend/Dockerfile" => "FROM node AS build\nFROM nginx AS frontend\nCOPY --from=build /a /b\n",
+            "/ws/frontend/Dockerfile" => {
+                "FROM node AS build\nFROM build AS test\nFROM nginx AS frontend\nCOPY --from=build /a /b\n"
+            }
             other => bail!("cannot read {other}"),
         };
         Dockerfile::parse(path.to_str().unwrap(), text)

@@ -1,11 +1,12 @@
 //! `cargo xtask check`: the services' own tests and checks, run where production runs them, in
 //! a stage of each image's Dockerfile: its `test` stage where it has one (our backend's pytest
-//! suite: same Python, same locked dependencies as the image), else its `build` stage (our
-//! frontend's type checks run while it builds). Which images there are, and their Dockerfiles
-//! and build args, come from the compose file as for `build`. Each check is a BuildKit build
-//! that fails when a test or check fails; nothing is pushed. The engine would keep each check's
-//! result as an untagged image (listed at 417 MB for the backend's test stage and 491 MB for the
-//! frontend's build stage), one more with every change checked, which nothing removes and whose
+//! suite: same Python, same locked dependencies as the image; our frontend's svelte-check of
+//! what its `build` stage built), else its `build` stage (the published Intric frontend, whose
+//! build is its only check). Which images there are, and their Dockerfiles and build args, come
+//! from the compose file as for `build`. Each check is a BuildKit build that fails when a test or
+//! check fails; nothing is pushed. The engine would keep each check's result as an untagged
+//! image (listed at 417 MB for the backend's test stage and 491 MB for the frontend's build
+//! stage), one more with every change checked, which nothing removes and whose
 //! layers BuildKit's garbage collection must then keep: so the build tags it
 //! `xtask-check/<image>` and the next step removes that tag and the image. BuildKit's cache,
 //! which is not the image, keeps the layers for the next check.
@@ -140,10 +141,21 @@ mod tests {
         // Each check's image goes as soon as it is built: no run leaves one behind.
         assert!(lines[1].ends_with("docker image rm --force xtask-check/backend"), "{shown}");
         assert!(
-            lines[2].ends_with("--file /ws/frontend/Dockerfile --target build --tag xtask-check/frontend /ws/frontend"),
+            lines[2].ends_with("--file /ws/frontend/Dockerfile --target test --tag xtask-check/frontend /ws/frontend"),
             "{shown}"
         );
         assert!(lines[3].ends_with("docker image rm --force xtask-check/frontend"), "{shown}");
+    }
+
+    #[test]
+    fn an_image_without_a_test_stage_is_checked_by_building_its_build_stage() {
+        let mut images = ours();
+        let frontend = images.iter_mut().find(|image| image.name == "frontend").unwrap();
+        frontend.parsed =
+            Dockerfile::parse("frontend/Dockerfile", "FROM node AS build\nFROM node\nCOPY --from=build /a /b\n").unwrap();
+        let (plan, _) = plan(&docker(), &images).unwrap();
+        let shown = plan.to_string();
+        assert!(shown.contains("--target build --tag xtask-check/frontend"), "{shown}");
     }
 
     #[test]
