@@ -35,6 +35,11 @@ fn stack_builds_starts_healthy_serves_and_keeps_data() {
     assert_success(&output, "build --push");
     let summary = summary.expect("build --json prints JSON");
     assert_eq!(results(&summary).len(), 3);
+    // Declared before the stack, so dropped after it: its containers go first, then the images.
+    let registry = &lab()["NEXUS_REGISTRY"];
+    let stack_tags = ["backend", "worker", "frontend"]
+        .map(|service| LocalImagesUnder(format!("{registry}/intric/{service}:e2e-stack")));
+    let _this_runs_tags: Vec<LocalImagesUnder> = stack_tags.into_iter().chain(inputs_tags(&summary)).collect();
 
     let lab = lab();
     let stack = Site::new("intric-e2e", Mode::Compose);
