@@ -152,7 +152,8 @@ mod tests {
         let mut images = ours();
         let frontend = images.iter_mut().find(|image| image.name == "frontend").unwrap();
         frontend.parsed =
-            Dockerfile::parse("frontend/Dockerfile", "FROM node AS build\nFROM node\nCOPY --from=build /a /b\n").unwrap();
+            Dockerfile::parse("frontend/Dockerfile", "FROM node AS build\nFROM node\nCOPY --from=build /a /b\n")
+                .unwrap();
         let (plan, _) = plan(&docker(), &images).unwrap();
         let shown = plan.to_string();
         assert!(shown.contains("--target build --tag xtask-check/frontend"), "{shown}");
