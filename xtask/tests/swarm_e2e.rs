@@ -5,7 +5,7 @@
 //! through the edge's port every 20 ms (not one request may fail) → an update to a version
 //! whose backend exits at start, which swarm rolls back (the history says so, the old version
 //! serves, no request fails) → `rollback` to v1 (no request fails) → a row written before is
-//! still there.
+//! still there → `backup`, a row written, `restore`: the row is gone and the stack serves.
 //!
 //! It needs a Docker engine: with `CI` set a missing engine fails it; elsewhere it says why it
 //! did nothing. It runs `docker swarm init --advertise-addr 127.0.0.1` when the engine is not
@@ -109,5 +109,19 @@ fn the_compose_file_runs_on_swarm_and_updates_fail_no_request() {
 
     // The data written before is still there.
     assert_eq!(site.sql("select note from swarm_e2e_kept"), "written before");
+
+    // backup and restore on swarm, which the history names: a row written after the backup is
+    // gone once it is restored, and the stack serves again.
+    let backup = site.stdout(&["backup"]);
+    let file = std::path::PathBuf::from(backup.trim());
+    assert!(file.file_name().unwrap().to_str().unwrap().starts_with("intric_"), "{backup}");
+    assert_success(&run("gzip", &["-t", file.to_str().unwrap()], std::path::Path::new(".")), "gzip -t");
+    site.sql("insert into swarm_e2e_kept values ('written after the backup')");
+    let restored = site.ok(&["restore", file.to_str().unwrap(), "--yes", "--timeout", "240"]);
+    assert!(restored.contains(&format!("restored {}", file.display())), "{restored}");
+    assert!(restored.contains(&format!("stack {STACK} (swarm)")), "the swarm's status after it: {restored}");
+    assert_eq!(site.sql("select string_agg(note, ',') from swarm_e2e_kept"), "written before");
+    assert_eq!(http("GET", &format!("http://127.0.0.1:{FRONTEND_PORT}/api/v1/healthz"), None).0, 200);
+    assert_eq!(site.last_record()["mode"], "swarm", "the restore's record keeps the mode");
     eprintln!("timing: the swarm end-to-end test took {:.1} s", started.elapsed().as_secs_f64());
 }

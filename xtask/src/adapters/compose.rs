@@ -90,6 +90,27 @@ impl Database {
         let name = variable("POSTGRES_DB").unwrap_or(&user).to_string();
         Ok(Database { user, name })
     }
+
+    /// `psql` running one SQL statement as the stack's user on `database` (the stack's
+    /// database when `None`), printing the result unaligned. The SQL is one argument. Run in
+    /// the database's container: compose's `db` service, or the swarm db task's container.
+    pub fn query(&self, database: Option<&str>, sql: &str) -> Vec<String> {
+        let database = database.unwrap_or(&self.name);
+        let args = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", &self.user, "-d", database, "-tA", "-c", sql];
+        args.map(String::from).to_vec()
+    }
+
+    /// `pg_dump` of the stack's database to standard output, plain SQL.
+    pub fn dump(&self) -> Vec<String> {
+        ["pg_dump", "--no-owner", "--no-privileges", "-U", &self.user, "-d", &self.name].map(String::from).to_vec()
+    }
+
+    /// `psql` reading a plain dump from standard input into database `database`, in one
+    /// transaction that stops at the first error; what the statements print is dropped.
+    pub fn load(&self, database: &str) -> Vec<String> {
+        let args = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-U", &self.user, "-d"];
+        args.into_iter().chain([database, "-o", "/dev/null"]).map(String::from).collect()
+    }
 }
 
 /// The distinct `image:` of the services in `docker compose config --format json`, in the
@@ -284,33 +305,21 @@ impl Compose {
         self.command(["run", "--rm", "--no-deps", "-T", "backend"]).args(command)
     }
 
+    /// `args` run in the `db` service's container, standard input attached (a dump's load
+    /// reads it): [`Database::query`], [`Database::dump`] or [`Database::load`].
+    pub fn in_db(&self, args: Vec<String>) -> Command {
+        self.command(["exec", "-T", "db"]).args(args)
+    }
+
     /// Runs one SQL statement in the `db` container as the stack's user on `database` (the
     /// stack's database when `None`), printing the result unaligned. The SQL is one argument.
     pub fn sql(&self, database: Option<&str>, sql: &str) -> Command {
-        let Database { user, name } = &self.database;
-        let database = database.unwrap_or(name);
-        self.command(["exec", "-T", "db", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", database])
-            .args(["-tA", "-c", sql])
+        self.in_db(self.database.query(database, sql))
     }
 
     /// `pg_dump` of the stack's database to standard output, plain SQL.
     pub fn dump(&self) -> Command {
-        let Database { user, name } = &self.database;
-        self.command(["exec", "-T", "db", "pg_dump", "--no-owner", "--no-privileges", "-U", user, "-d", name])
-    }
-
-    /// `psql` reading a plain dump from standard input into database `database`, in one
-    /// transaction that stops at the first error; what the statements print is dropped.
-    pub fn load(&self, database: &str) -> Command {
-        let user = &self.database.user;
-        self.command(["exec", "-T", "db", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]).args([
-            "-U",
-            user,
-            "-d",
-            database,
-            "-o",
-            "/dev/null",
-        ])
+        self.in_db(self.database.dump())
     }
 
     /// The IDs of the containers of `service`, running or not, one per line.
@@ -453,7 +462,7 @@ mod tests {
     #[test]
     fn sql_and_dumps_name_the_user_and_database_and_no_password() {
         let c = compose(None);
-        for command in [c.sql(None, "select 1"), c.dump(), c.load("intric_restore")] {
+        for command in [c.sql(None, "select 1"), c.dump(), c.in_db(c.database.load("intric_restore"))] {
             let shown = command.to_string();
             assert!(shown.contains(" -U intric_user -d intric") && !shown.contains("PASSWORD"), "{shown}");
         }

@@ -88,6 +88,14 @@ impl Stack {
         self.docker(["service", "inspect", "--format", "{{.Spec.Mode.Replicated.Replicas}}"]).arg(self.service(service))
     }
 
+    /// `docker service scale` of the stack's services to their counts. With `wait` it returns
+    /// once their tasks converged: scaled to 0, once their containers have stopped.
+    pub fn scale(&self, counts: &[(String, usize)], wait: bool) -> Command {
+        let detach = if wait { "--detach=false" } else { "--detach" };
+        self.docker(["service", "scale", detach])
+            .args(counts.iter().map(|(service, count)| format!("{}={count}", self.service(service))))
+    }
+
     /// The stack's services, one JSON object per line (name, mode, replicas, image).
     pub fn services_json(&self) -> Command {
         self.docker(["stack", "services", "--format", "{{json .}}"]).arg(&self.name)

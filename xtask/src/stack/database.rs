@@ -12,6 +12,9 @@
 //!   renaming (the old database is dropped only once the new one is in place); starts the stack
 //!   and waits until it is healthy. It is correct on a fresh stack and on a populated one, and a
 //!   failed load leaves the current database untouched.
+//! - On Docker Swarm (the deploy history says so) both run the same way in the db task's
+//!   container (`docker exec`), and a restore scales backend and worker to 0 and back to their
+//!   replicas instead of stopping them ([`RestoreTarget`]).
 //!
 //! The dump never touches the engine host's file system (no bind mounts), so `DOCKER_HOST=ssh://`
 //! works. Compression is the `gzip` binary, in a pipe the runner connects: no gzip crate needed.
@@ -21,7 +24,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::adapters::clock;
-use crate::adapters::compose::DUMP_COMPLETE;
+use crate::adapters::compose::{Compose, DUMP_COMPLETE};
 use crate::plan::Command;
 use crate::plan::runner::{Pipe, Runner};
 use crate::stack::executor::Executor;
@@ -219,28 +222,62 @@ pub fn dump_with(exec: &Executor, dump: Command, path: &Path) -> Result<()> {
     result
 }
 
-/// Restores the database from the (verified) backup `path`; see the module documentation.
-pub fn restore_from(exec: &Executor, path: &Path) -> Result<()> {
-    let compose = exec.compose;
-    let timeout = exec.timeout;
-    exec.run(&compose.up(&["db"], timeout))?;
-    let name = exec.read(&compose.sql(None, "select current_database()"))?;
+/// Where a restore runs: the database's commands, and the services around it. Compose mode's
+/// is the project ([`Compose`]); swarm mode's the stack's db task and services
+/// (`stack::swarm::SwarmDatabase`).
+pub trait RestoreTarget {
+    /// Starts the database, or makes sure it runs.
+    fn start_database(&self, exec: &Executor) -> Result<()>;
+    /// `args` ([`Database::query`](crate::adapters::compose::Database::query) or
+    /// [`Database::load`](crate::adapters::compose::Database::load)) run in the database's
+    /// container, standard input attached.
+    fn in_database(&self, args: Vec<String>) -> Command;
+    /// Stops backend and worker, which write to the database, for the time of the restore.
+    fn stop_writers(&self, exec: &Executor) -> Result<()>;
+    /// Starts everything again and waits until it is healthy.
+    fn start_all(&self, exec: &Executor) -> Result<()>;
+}
+
+impl RestoreTarget for Compose {
+    fn start_database(&self, exec: &Executor) -> Result<()> {
+        exec.run(&self.up(&["db"], exec.timeout))
+    }
+
+    fn in_database(&self, args: Vec<String>) -> Command {
+        self.in_db(args)
+    }
+
+    fn stop_writers(&self, exec: &Executor) -> Result<()> {
+        exec.run(&self.stop(&["backend", "worker"]))
+    }
+
+    fn start_all(&self, exec: &Executor) -> Result<()> {
+        exec.run(&self.up(&[], exec.timeout))
+    }
+}
+
+/// Restores the database from the (verified) backup `path` on `target`; see the module
+/// documentation.
+pub fn restore_from(exec: &Executor, target: &dyn RestoreTarget, path: &Path) -> Result<()> {
+    let database = &exec.compose.database;
+    target.start_database(exec)?;
+    let name = exec.read(&target.in_database(database.query(None, "select current_database()")))?;
     let (staging, previous) = (format!("{name}_restore"), format!("{name}_before_restore"));
     let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
-    let admin = |sql: String| compose.sql(Some("template1"), &sql);
+    let admin = |sql: String| target.in_database(database.query(Some("template1"), &sql));
     let disconnect = |database: &str| {
         admin(format!(
             "select count(pg_terminate_backend(pid)) from pg_stat_activity where datname = '{}' and pid <> pg_backend_pid()",
             database.replace('\'', "''")
         ))
     };
-    exec.run(&compose.stop(&["backend", "worker"]))?;
+    target.stop_writers(exec)?;
     let loaded = (|| -> Result<()> {
         exec.run(&admin(format!("drop database if exists {} with (force)", quote(&staging))))?;
         exec.run(&admin(format!("drop database if exists {} with (force)", quote(&previous))))?;
         exec.run(&admin(format!("create database {}", quote(&staging))))?;
         let load = Pipe {
-            commands: vec![Command::new("gzip").arg("-dc"), compose.load(&staging)],
+            commands: vec![Command::new("gzip").arg("-dc"), target.in_database(database.load(&staging))],
             input: Some(path.to_path_buf()),
             output: None,
         };
@@ -259,7 +296,7 @@ pub fn restore_from(exec: &Executor, path: &Path) -> Result<()> {
     if swapped.is_err() {
         let _ = exec.run(&admin(format!("drop database if exists {} with (force)", quote(&staging))));
     }
-    let started = exec.run(&compose.up(&[], timeout));
+    let started = target.start_all(exec);
     swapped?;
     started
 }

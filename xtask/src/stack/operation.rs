@@ -27,7 +27,7 @@ use crate::stack::status::print_report;
 use crate::stack::steps::{
     StackStep, SwarmUpdateInputs, UpdateInputs, plan_deploy, plan_swarm_deploy, plan_swarm_update, plan_update,
 };
-use crate::stack::swarm::{SwarmFiles, print_swarm_report};
+use crate::stack::swarm::{SwarmAction, SwarmFiles, SwarmStep, print_swarm_report};
 
 /// What an operator task does, with what it reports and records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,21 +238,28 @@ pub fn swarm_update(
     Ok(plan)
 }
 
-/// `restore` of the (verified) backup `file`.
-pub fn restore(inputs: Inputs, file: PathBuf) -> StackPlan {
+/// `restore` of the (verified) backup `file`, on the swarm `stack` when the deployment runs on one.
+pub fn restore(inputs: Inputs, stack: Option<Stack>, file: PathBuf) -> StackPlan {
     let tag = inputs.deployment.current_tag();
-    let steps = Plan { steps: vec![StackStep::Restore { path: file.clone() }], recovery: None };
+    let step = match &stack {
+        Some(stack) => swarm_step(stack, SwarmAction::Restore { path: file.clone() }),
+        None => StackStep::Restore { path: file.clone() },
+    };
     let lock = inputs.lock_step(holder("restore", tag.clone(), None));
-    inputs.plan(Operation::Restore { file, tag }, lock, steps)
+    let mut plan = inputs.plan(Operation::Restore { file, tag }, lock, Plan { steps: vec![step], recovery: None });
+    plan.swarm = stack;
+    plan
 }
 
-/// `backup` to `path`, then pruning its directory to the newest `keep`.
-pub fn backup(deployment: &Deployment, path: PathBuf, keep: usize) -> StackPlan {
+/// `backup` to `path`, then pruning its directory to the newest `keep`; on the swarm `stack`
+/// when the deployment runs on one.
+pub fn backup(deployment: &Deployment, stack: Option<Stack>, path: PathBuf, keep: usize) -> StackPlan {
     let dir = path.parent().map(PathBuf::from).unwrap_or_default();
-    let steps = Plan {
-        steps: vec![StackStep::Backup { path: path.clone() }, StackStep::PruneBackups { dir, keep }],
-        recovery: None,
+    let dump = match &stack {
+        Some(stack) => swarm_step(stack, SwarmAction::Backup { path: path.clone() }),
+        None => StackStep::Backup { path: path.clone() },
     };
+    let steps = Plan { steps: vec![dump, StackStep::PruneBackups { dir, keep }], recovery: None };
     StackPlan {
         operation: Operation::Backup { path },
         compose: deployment.compose.clone(),
@@ -262,8 +269,12 @@ pub fn backup(deployment: &Deployment, path: PathBuf, keep: usize) -> StackPlan 
         history: deployment.history_path(),
         url: String::new(),
         notes: Vec::new(),
-        swarm: None,
+        swarm: stack,
     }
+}
+
+fn swarm_step(stack: &Stack, action: SwarmAction) -> StackStep {
+    StackStep::Swarm(SwarmStep { stack: stack.clone(), action })
 }
 
 impl Operation {
@@ -333,10 +344,11 @@ fn update_failed(
     restore_on_failure: bool,
     swarm: Option<&Stack>,
 ) -> anyhow::Error {
-    // `restore` and `docker compose logs` are compose mode's; swarm's tasks say what happened.
-    let (restore, logs) = match swarm {
-        None => (format!(" (`cargo xtask restore {backup} --yes` restores it)"), "`docker compose logs`".to_string()),
-        Some(stack) => (String::new(), format!("`docker stack ps {}`", stack.name)),
+    // Swarm's tasks say what happened where compose has its logs.
+    let restore = format!(" (`cargo xtask restore {backup} --yes` restores it)");
+    let logs = match swarm {
+        None => "`docker compose logs`".to_string(),
+        Some(stack) => format!("`docker stack ps {}`", stack.name),
     };
     match failure {
         Failure::Unchanged(error) => error.context(format!("{command} to {to_tag} failed before changing anything")),
@@ -423,10 +435,11 @@ impl TaskPlan for StackPlan {
         match result {
             Ok(()) => {
                 drop(lock);
+                // A backup takes no lock and changes nothing to report.
                 match (&self.swarm, self.lock.is_some()) {
-                    (Some(stack), _) => print_swarm_report(stack, runner),
+                    (Some(stack), true) => print_swarm_report(stack, runner),
                     (None, true) => print_report(&self.compose, runner),
-                    (None, false) => {}
+                    (_, false) => {}
                 }
                 println!("{}", self.operation.done(&self.url));
                 Ok(())
@@ -715,7 +728,7 @@ mod tests {
         assert_eq!(recovery.first(), Some(&c.up(&["db"], 60).to_string()));
         assert_eq!(recovery[1], c.sql(None, "select current_database()").to_string());
         assert_eq!(recovery[2], c.stop(&["backend", "worker"]).to_string());
-        let load = format!("gzip -dc | {} < {}", c.load("intric_restore"), backup.display());
+        let load = format!("gzip -dc | {} < {}", c.in_db(c.database.load("intric_restore")), backup.display());
         assert!(recovery.contains(&load), "{recovery:#?}");
         let swap = c.sql(Some("template1"), "alter database \"intric_restore\" rename to \"intric\"").to_string();
         assert!(recovery.iter().position(|c| *c == swap) > recovery.iter().position(|c| *c == load));
@@ -849,7 +862,7 @@ mod tests {
             std::fs::write(backups.join(old), "").unwrap();
         }
         let path = backups.join("intric_20260101T000000Z.sql.gz");
-        let plan = backup(&site, path.clone(), 2);
+        let plan = backup(&site, None, path.clone(), 2);
         let engine = engine(dir.path(), None);
         plan.execute(&engine).unwrap();
         assert_eq!(engine.executed(), backup_commands(&site.compose, &path));
@@ -866,7 +879,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let site = deployment(dir.path(), "1.0.0");
         let file = dir.path().join("intric_20260101T000000Z.sql.gz");
-        let plan = restore(inputs(&site), file.clone());
+        let plan = restore(inputs(&site), None, file.clone());
         let engine = engine(dir.path(), None);
         plan.execute(&engine).unwrap();
         let c = &site.compose;
@@ -875,7 +888,8 @@ mod tests {
             executed[..3],
             strings(&[c.up(&["db"], 60), c.sql(None, "select current_database()"), c.stop(&["backend", "worker"])])
         );
-        assert!(executed.contains(&format!("gzip -dc | {} < {}", c.load("intric_restore"), file.display())));
+        let load = c.in_db(c.database.load("intric_restore"));
+        assert!(executed.contains(&format!("gzip -dc | {load} < {}", file.display())));
         assert_eq!(executed[executed.len() - 2..], strings(&[c.up(&[], 60), c.ps_json()]));
         let record = read_history(&site.history_path()).unwrap().pop().unwrap();
         assert_eq!((record.command.as_str(), record.backup), ("restore", Some(file.display().to_string())));
@@ -932,6 +946,7 @@ mod tests {
                 _ if shown.contains("to_regclass") => if initialized { "t" } else { "f" }.into(),
                 _ if shown.contains("string_agg(version_num") => "0001".into(),
                 _ if shown.contains("gzip -dc") => DUMP_COMPLETE.into(),
+                _ if shown.contains("select current_database()") => "intric".into(),
                 _ if shown.contains("alembic/versions") => migrations.into(),
                 _ if shown.starts_with("docker ps --quiet") => "db-container".into(),
                 _ if shown.starts_with("docker service inspect") && shown.contains("{{.Spec.Name}}") => services()
@@ -1022,6 +1037,46 @@ mod tests {
         assert!(runs[0].ends_with("alembic upgrade head"), "{runs:?}");
     }
 
+    #[test]
+    fn on_swarm_backup_dumps_in_the_db_task_and_restore_scales_the_writers_around_the_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = deployment(dir.path(), "1.0.0");
+        let stack = || Stack { program: "docker".into(), name: "ops-test".into() };
+        // Deployed first: the engine's answers read the services' images from its stack file.
+        let deployed = swarm_deploy(inputs(&site), stack(), &swarm_files(&site, "1.0.0"), None, "1.0.0".into());
+        deployed.execute(&swarm_engine(dir.path(), false, None, SAFE_MIGRATIONS)).unwrap();
+        let path = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
+
+        let plan = backup(&site, Some(stack()), path.clone(), 10);
+        let engine = swarm_engine(dir.path(), true, None, SAFE_MIGRATIONS);
+        plan.execute(&engine).unwrap();
+        let dump = "docker exec -i db-container pg_dump --no-owner --no-privileges -U intric -d intric";
+        assert!(engine.executed().iter().any(|c| c.starts_with(dump)), "{:#?}", engine.executed());
+        assert!(path.is_file() && plan.lock.is_none());
+        assert!(plan.to_string().contains("pg_dump in the db task's container"), "{plan}");
+
+        let plan = restore(inputs(&site), Some(stack()), path.clone());
+        let engine = swarm_engine(dir.path(), true, None, SAFE_MIGRATIONS);
+        plan.execute(&engine).unwrap();
+        let executed = engine.executed();
+        let at = |start: &str| {
+            executed.iter().position(|c| c.starts_with(start)).unwrap_or_else(|| panic!("no {start}: {executed:#?}"))
+        };
+        let stopped = at("docker service scale --detach=false ops-test_backend=0 ops-test_worker=0");
+        let loaded =
+            at("gzip -dc | docker exec -i db-container psql -X -q -v ON_ERROR_STOP=1 --single-transaction -U intric");
+        let rename = r#"-d template1 -tA -c 'alter database "intric" rename to "intric_before_restore"'"#;
+        let renamed =
+            executed.iter().position(|c| c.starts_with("docker exec -i db-container psql") && c.ends_with(rename));
+        let renamed = renamed.unwrap_or_else(|| panic!("no rename: {executed:#?}"));
+        let started = at("docker service scale --detach ops-test_backend=1 ops-test_worker=1");
+        assert!(stopped < loaded && loaded < renamed && renamed < started, "{executed:#?}");
+        assert!(executed[started..].iter().any(|c| c.starts_with("docker service ps")), "waits for healthy tasks");
+        let record = read_history(&site.history_path()).unwrap().pop().unwrap();
+        assert_eq!((record.command.as_str(), record.mode.as_deref()), ("restore", Some("swarm")), "still on swarm");
+        assert!(plan.to_string().contains("scale ops-test_backend and ops-test_worker to 0"), "{plan}");
+    }
+
     /// A deployment at 1.0.0 in a new directory, its backup path, and its plan of `update --swarm` to 1.1.0.
     fn swarm_update_1_1_0() -> (tempfile::TempDir, Deployment, PathBuf, StackPlan) {
         let dir = tempfile::tempdir().unwrap();
@@ -1041,7 +1096,7 @@ mod tests {
         let error = plan.execute(&engine).unwrap_err().to_string();
         assert!(error.contains("failed and was rolled back to 1.0.0"), "{error}");
         assert!(error.contains("swarm rolled backend back"), "{error}");
-        assert!(!error.contains("cargo xtask restore"), "restore is compose mode's: {error}");
+        assert!(error.contains(&format!("`cargo xtask restore {} --yes` restores it", backup.display())), "{error}");
         let executed = engine.executed();
         let changes = swarm_changes(&executed);
         assert!(changes[0].starts_with("docker node update"), "the label, shown with `<this node>`: {changes:#?}");

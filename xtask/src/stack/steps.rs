@@ -276,7 +276,7 @@ impl Executor<'_> {
                 crate::plan::write_atomically(path, contents.expose().as_bytes(), 0o600)
             }
             StackStep::PruneBackups { dir, keep } => database::prune(dir, *keep, clock::now_unix()),
-            StackStep::Restore { path } => database::restore_from(self, path),
+            StackStep::Restore { path } => database::restore_from(self, self.compose, path),
             StackStep::CheckMigrations { list } => self.check_migrations(list),
             StackStep::Replace { services, drain, .. } => {
                 let services: Vec<&str> = services.iter().map(String::as_str).collect();
@@ -373,6 +373,7 @@ mod tests {
                     SwarmAction::InitOrMigrate(_) => "init-or-migrate".into(),
                     SwarmAction::Migrate(_) => "migrate".into(),
                     SwarmAction::Backup { .. } => "backup".into(),
+                    SwarmAction::Restore { .. } => "restore".into(),
                     SwarmAction::CheckMigrations(_) => "check migrations".into(),
                 },
             })

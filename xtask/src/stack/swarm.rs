@@ -41,12 +41,13 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::adapters::clock;
-use crate::adapters::compose::{Compose, Database, PRINT_MIGRATIONS, STATELESS};
+use crate::adapters::compose::{Compose, PRINT_MIGRATIONS, STATELESS};
 use crate::adapters::swarm::{DATA_LABEL, Stack};
 use crate::plan::runner::Runner;
 use crate::plan::{Command, Secret};
+use crate::stack::database::{self, RestoreTarget};
 use crate::stack::executor::{DbState, Executor};
-use crate::stack::{database, status};
+use crate::stack::status;
 
 /// The services that keep state: one replica each, stopped before their replacement starts,
 /// on the labelled node.
@@ -363,6 +364,9 @@ pub enum SwarmAction {
     Migrate(OneOff),
     /// A backup of the database to `path`, through `pg_dump` in the db task's container.
     Backup { path: PathBuf },
+    /// The database restored from the (verified) backup at `path` as in compose mode, through
+    /// `psql` in the db task's container, with backend and worker scaled to 0 meanwhile.
+    Restore { path: PathBuf },
     /// Refuses when the migrations of `one_off`'s image after the database's revision drop or
     /// rename a column or table, as in compose mode.
     CheckMigrations(OneOff),
@@ -424,6 +428,14 @@ impl fmt::Display for SwarmStep {
                 "back up the database (pg_dump in the db task's container | gzip, checked, then renamed) to {}",
                 path.display()
             ),
+            SwarmAction::Restore { path } => write!(
+                f,
+                "scale {} and {} to 0; load {} into a new database (psql in the db task's container); swap it \
+                 in; scale them back and wait until their tasks are healthy",
+                stack.service("backend"),
+                stack.service("worker"),
+                path.display()
+            ),
         }
     }
 }
@@ -444,6 +456,41 @@ fn migrate(stack: &Stack, one_off: &OneOff) -> Command {
     stack
         .run_once(&one_off.image, &one_off.env_file, ["alembic", "upgrade", "head"])
         .hint("the migrations failed: their output above says why")
+}
+
+/// The services that write to the database: scaled to 0 while a restore swaps it.
+const WRITERS: [&str; 2] = ["backend", "worker"];
+
+/// A restore on swarm: `psql` in the db task's `container`, and the [`WRITERS`] scaled to 0
+/// and back to the replicas and image the swarm reported for them before (`writers`).
+struct SwarmDatabase<'a> {
+    stack: &'a Stack,
+    container: String,
+    writers: BTreeMap<String, Progress>,
+}
+
+impl RestoreTarget for SwarmDatabase<'_> {
+    fn start_database(&self, _: &Executor) -> Result<()> {
+        // Its container was found running, and swarm keeps it so.
+        Ok(())
+    }
+
+    fn in_database(&self, args: Vec<String>) -> Command {
+        self.stack.exec(&self.container, args)
+    }
+
+    fn stop_writers(&self, exec: &Executor) -> Result<()> {
+        let stopped: Vec<(String, usize)> = self.writers.keys().map(|service| (service.clone(), 0)).collect();
+        exec.run(&self.stack.scale(&stopped, true).hint("scaling backend and worker to 0 failed"))
+    }
+
+    fn start_all(&self, exec: &Executor) -> Result<()> {
+        let counts: Vec<(String, usize)> =
+            self.writers.iter().map(|(service, progress)| (service.clone(), progress.replicas)).collect();
+        exec.run(&self.stack.scale(&counts, false).hint("scaling backend and worker back failed"))?;
+        let images = self.writers.iter().map(|(service, progress)| (service.clone(), progress.image.clone())).collect();
+        exec.converge(self.stack, &images, exec.timeout)
+    }
 }
 
 /// One service as the swarm reports it while converging.
@@ -492,11 +539,15 @@ impl Executor<'_> {
             }
             SwarmAction::Backup { path } => {
                 let id = self.db_container(stack)?;
-                let Database { user, name } = &self.compose.database;
-                let dump = stack.exec(&id, ["pg_dump", "--no-owner", "--no-privileges", "-U", user, "-d", name]);
-                database::dump_with(self, dump, path)?;
+                database::dump_with(self, stack.exec(&id, self.compose.database.dump()), path)?;
                 self.say(&format!("backup: {}", path.display()));
                 Ok(())
+            }
+            SwarmAction::Restore { path } => {
+                let container = self.db_container(stack)?;
+                let writers: Vec<String> = WRITERS.map(String::from).to_vec();
+                let writers = self.swarm_progress(stack, &writers, 0)?;
+                database::restore_from(self, &SwarmDatabase { stack, container, writers }, path)
             }
         }
     }
@@ -530,9 +581,7 @@ impl Executor<'_> {
     }
 
     fn swarm_sql(&self, stack: &Stack, id: &str, sql: &str) -> Result<String> {
-        let Database { user, name } = &self.compose.database;
-        let psql = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", name, "-tA", "-c", sql];
-        self.read(&stack.exec(id, psql))
+        self.read(&stack.exec(id, self.compose.database.query(None, sql)))
     }
 
     fn swarm_db_state(&self, stack: &Stack) -> Result<DbState> {

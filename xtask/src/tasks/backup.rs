@@ -1,8 +1,9 @@
 //! `cargo xtask backup | restore`: dumps the stack's database into a verified, gzip'd backup,
-//! pruning old ones; replaces the database with a backup (see `stack::database` for how).
+//! pruning old ones; replaces the database with a backup (see `stack::database` for how), on
+//! Docker Swarm when the deploy history says the deployment runs there.
 //!
-//! Each reads its inputs once (the directory, the backup directory's writability or the backup
-//! file's check, the lock's state for restore) and builds one
+//! Each reads its inputs once (the directory, the deploy history, the backup directory's
+//! writability or the backup file's check, the lock's state for restore) and builds one
 //! [`StackPlan`](crate::stack::operation::StackPlan), shown by `--dry-run` and run otherwise.
 
 use std::path::PathBuf;
@@ -11,10 +12,13 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use crate::adapters::clock;
+use crate::adapters::swarm::Stack;
 use crate::plan::runner::Processes;
 use crate::plan::show_or_run;
 use crate::stack::database::{DEFAULT_KEEP, check_writable, next_path, verify};
+use crate::stack::history::read_history;
 use crate::stack::operation::{self, Inputs};
+use crate::stack::swarm::SwarmArgs;
 use crate::stack::{ChangeArgs, Deployment, DeploymentArgs, lock};
 
 #[derive(Args)]
@@ -60,7 +64,8 @@ pub fn run_backup(args: BackupArgs) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| deployment.dir.join("backups"));
     check_writable(&out)?;
     let keep = usize::try_from(args.keep).unwrap_or(usize::MAX);
-    let plan = operation::backup(&deployment, next_path(&out, clock::now_unix()), keep);
+    let stack = recorded_swarm(&deployment)?;
+    let plan = operation::backup(&deployment, stack, next_path(&out, clock::now_unix()), keep);
     show_or_run(&plan, args.dry_run, &runner).map(|_| ())
 }
 
@@ -88,6 +93,13 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
         timeout: args.change.timeout,
         url: deployment.url(),
     };
-    let plan = operation::restore(inputs, args.file);
+    let stack = recorded_swarm(&deployment)?;
+    let plan = operation::restore(inputs, stack, args.file);
     show_or_run(&plan, args.change.dry_run, &runner).map(|_| ())
+}
+
+/// The swarm stack when the deploy history says the deployment runs on one (it says so).
+fn recorded_swarm(deployment: &Deployment) -> Result<Option<Stack>> {
+    let history = read_history(&deployment.history_path())?;
+    SwarmArgs::default().stack(&deployment.compose, &history)
 }
