@@ -49,7 +49,7 @@ use crate::images::bases;
 use crate::images::derived::{Derivation, Manifested, PlannedBase, metadata_stage, put_tags};
 use crate::images::inline_cache;
 use crate::images::inputs::OUTSIDE_SOURCES_LABEL;
-use crate::images::layer::Layer;
+use crate::images::layer::{Layer, ListedEntry};
 use crate::images::location::Location;
 use crate::images::services::{ComposeImages, Image, compose_file};
 use crate::images::source_swap::{SourceSwap, SourceSwapStep, SwapInputs, replaced_layer, source_layers, source_swap};
@@ -207,39 +207,55 @@ pub struct PreviousImage {
 const PREVIOUS_TAG: &str = "dev-latest";
 
 /// What the registry holds under [`PREVIOUS_TAG`] for `image`, when its target ends with copies
-/// a source swap could replace: the manifest, and unless it is a manifest list its config; or
-/// nothing there. Read beside the listings and the base digests, before the inputs say whether
-/// the fast path is needed: a build that changed nothing wastes two small reads, one that
-/// changed sources saves their round trips.
-type PreviousRead = Option<(Manifest, Option<serde_json::Value>)>;
+/// a source swap could replace: the manifest, unless it is a manifest list its config, and the
+/// listings of its layers of those copies that copy directories (`source_layers` asks for
+/// them); or nothing there. Read beside the listings and the base digests, before the inputs
+/// say whether the fast path is needed: a build that changed nothing wastes a few small reads,
+/// one that changed sources saves their round trips (a layer waited for the config before).
+struct PreviousRead {
+    manifest: Manifest,
+    config: Option<serde_json::Value>,
+    /// By the copy's index: its old layer's entries, or why they cannot be used. Taken once;
+    /// an error of a read is only an error if the fast path gets that far.
+    layers: BTreeMap<usize, Result<Result<Vec<ListedEntry>, String>>>,
+}
 
-fn read_previous(client: &Registry, image: &Image) -> Result<PreviousRead> {
-    if source_swap(&image.parsed, image.target.as_deref()).is_err() {
-        return Ok(None);
-    }
+fn read_previous(client: &Registry, runner: &dyn Runner, image: &Image) -> Result<Option<PreviousRead>> {
+    let Ok(swap) = source_swap(&image.parsed, image.target.as_deref()) else { return Ok(None) };
     let Some(manifest) = client.manifest(&image.repository, PREVIOUS_TAG)? else { return Ok(None) };
     let config = if manifest.is_index() { None } else { Some(client.image_config(&image.repository, &manifest)?) };
-    Ok(Some((manifest, config)))
+    // Only an image this tool built can be swapped: for any other, reading its layers is waste.
+    let ours = config.as_ref().is_some_and(|config| config["config"]["Labels"][OUTSIDE_SOURCES_LABEL].is_string());
+    let copying_directories: Vec<usize> = (0..swap.copies.len())
+        .filter(|&index| {
+            swap.copies[index].sources.iter().any(|source| source == "." || image.context.join(source).is_dir())
+        })
+        .filter(|_| ours)
+        .collect();
+    let read_layer =
+        |&index: &usize| Ok(replaced_layer(client, runner, &image.repository, &manifest, swap.copies.len(), index));
+    let layers = copying_directories.iter().copied().zip(at_once(&copying_directories, read_layer)?).collect();
+    Ok(Some(PreviousRead { manifest, config, layers }))
 }
 
 /// The previous image of `image` (`read` from the registry), when the fast path can swap its
 /// sources: its `dev-latest` carries the same [`OUTSIDE_SOURCES_LABEL`] value, and the copies'
 /// layers can be written (from the build context, and for the directories they make, from what
-/// that image's layers of the copies record: read here, all at once, so that a dry run says
-/// what the run does).
+/// that image's layers of the copies record, read with it), so that a dry run says what the run
+/// does.
 fn previous_image(
     client: &Registry,
     runner: &dyn Runner,
     image: &Image,
     outside: &str,
-    read: PreviousRead,
+    read: Option<PreviousRead>,
     commit_time: i64,
 ) -> Result<Result<PreviousImage, String>> {
     let swap = match source_swap(&image.parsed, image.target.as_deref()) {
         Ok(swap) => swap,
         Err(why) => return Ok(Err(why)),
     };
-    let Some((manifest, config)) = read else {
+    let Some(PreviousRead { manifest, config, mut layers }) = read else {
         return Ok(Err(format!("no {PREVIOUS_TAG} image to swap the sources of")));
     };
     let Some(config) = config else {
@@ -250,22 +266,9 @@ fn previous_image(
             "{PREVIOUS_TAG} differs in more than the sources of the trailing COPYs (its {OUTSIDE_SOURCES_LABEL})"
         )));
     }
-    // The copies with a directory among their sources are those whose old layer may be asked
-    // for (see `source_layers`): read those at once, the rest only if asked.
-    let copying_directories: Vec<usize> = (0..swap.copies.len())
-        .filter(|&index| {
-            swap.copies[index].sources.iter().any(|source| source == "." || image.context.join(source).is_dir())
-        })
-        .collect();
-    let read_layer =
-        |&index: &usize| replaced_layer(client, runner, &image.repository, &manifest, swap.copies.len(), index);
-    let mut read_at_once: Vec<Option<_>> = at_once(&copying_directories, read_layer)?.into_iter().map(Some).collect();
-    let mut replaced = |index| match copying_directories.iter().position(|&wanted| wanted == index) {
-        Some(at) => match read_at_once[at].take() {
-            Some(listed) => Ok(listed),
-            None => read_layer(&index),
-        },
-        None => read_layer(&index),
+    let mut replaced = |index| match layers.remove(&index) {
+        Some(listed) => listed,
+        None => replaced_layer(client, runner, &image.repository, &manifest, swap.copies.len(), index),
     };
     let mtime = u64::try_from(commit_time).unwrap_or(0);
     let layers = source_layers(&image.context, &image.dockerfile, &swap, mtime, &mut replaced)?;
@@ -594,7 +597,8 @@ fn read_inputs(runner: &dyn Runner, args: &BuildArgs, env: &Env) -> Result<Build
                 })
             });
             let previous_reads = client.as_ref().filter(|_| fast_path_possible).map(|client| {
-                listing.spawn(|| at_once(&services, |image| Ok(read_previous(client, image))).map(Vec::into_iter))
+                listing
+                    .spawn(|| at_once(&services, |image| Ok(read_previous(client, runner, image))).map(Vec::into_iter))
             });
             let local_engine = || docker.get().ok().map(|(docker, _)| docker);
             let digested = inputs_digests(runner, &local_engine, &services, args.dry_run, client.as_ref());
