@@ -1054,6 +1054,10 @@ mod tests {
         assert!(engine.executed().iter().any(|c| c.starts_with(dump)), "{:#?}", engine.executed());
         assert!(path.is_file() && plan.lock.is_none());
         assert!(plan.to_string().contains("pg_dump in the db task's container"), "{plan}");
+        // Where no db task runs on this engine (another node of the swarm has it), it says where.
+        let elsewhere = Recording::replying(|_| Ok(String::new()));
+        let error = format!("{:#}", backup(&site, Some(stack()), path.clone(), 10).execute(&elsewhere).unwrap_err());
+        assert!(error.contains("run this on the node labelled intric.data=true"), "{error}");
 
         let plan = restore(inputs(&site), Some(stack()), path.clone());
         let engine = swarm_engine(dir.path(), true, None, SAFE_MIGRATIONS);

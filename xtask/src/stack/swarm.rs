@@ -576,7 +576,14 @@ impl Executor<'_> {
     fn db_container(&self, stack: &Stack) -> Result<String> {
         let ids = self.read(&stack.container_of("db"))?;
         ids.split_whitespace().next().map(str::to_string).with_context(|| {
-            format!("no running container of {} on this engine: is the stack deployed here?", stack.service("db"))
+            let db = stack.service("db");
+            // The dump and the load run in the db task's container, which only its node's engine
+            // reaches: on a swarm of several nodes, that is the one labelled for the data.
+            format!(
+                "no running container of {db} on this engine: is the stack deployed here? On a swarm of several \
+                 nodes, run this on the node labelled {DATA_LABEL}=true, where the db task runs (`docker service ps \
+                 {db}` names it)"
+            )
         })
     }
 
