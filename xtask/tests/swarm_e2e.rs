@@ -5,7 +5,8 @@
 //! through the edge's port every 20 ms (not one request may fail) → an update to a version
 //! whose backend exits at start, which swarm rolls back (the history says so, the old version
 //! serves, no request fails) → `rollback` to v1 (no request fails) → a row written before is
-//! still there → `backup`, a row written, `restore`: the row is gone and the stack serves.
+//! still there → `backup`, a row written, `restore`: the row is gone and the stack serves →
+//! `deploy --compose`, refused until `docker stack rm`, then compose mode on the same data.
 //!
 //! It needs a Docker engine: with `CI` set a missing engine fails it; elsewhere it says why it
 //! did nothing. It runs `docker swarm init --advertise-addr 127.0.0.1` when the engine is not
@@ -57,9 +58,10 @@ fn the_compose_file_runs_on_swarm_and_updates_fail_no_request() {
     let lab = lab();
     let (registry, _images) = push_versions("swarm-e2e", [V1, V2], EXITS);
 
-    let site = Site::new(STACK, Mode::Swarm);
+    let mut site = Site::new(STACK, Mode::Swarm);
     let mut settings = lab_settings(lab, &registry, V1, "sk-swarm-e2e-not-a-real-key");
-    settings.push(("FRONTEND_PORT", FRONTEND_PORT));
+    // Swarm mode does not publish the backend's port; compose mode, at the end, does.
+    settings.extend([("FRONTEND_PORT", FRONTEND_PORT), ("BACKEND_PORT", "24623")]);
     site.init_env(&settings);
 
     // deploy --swarm: db and redis, db-init once, then the app; nothing of .env printed.
@@ -123,5 +125,25 @@ fn the_compose_file_runs_on_swarm_and_updates_fail_no_request() {
     assert_eq!(site.sql("select string_agg(note, ',') from swarm_e2e_kept"), "written before");
     assert_eq!(http("GET", &format!("http://127.0.0.1:{FRONTEND_PORT}/api/v1/healthz"), None).0, 200);
     assert_eq!(site.last_record()["mode"], "swarm", "the restore's record keeps the mode");
+
+    // deploy --compose, the way back: refused while the stack is there; once it is removed,
+    // compose runs the same tag on the same volumes, and the history records compose again.
+    let refused = site.xtask(&["deploy", "--compose"]);
+    assert!(!refused.status.success(), "deploy --compose beside a running stack");
+    let said = common::stderr(&refused);
+    assert!(said.contains(&format!("docker stack rm {STACK}")), "{said}");
+    docker(&["stack", "rm", STACK]);
+    let filter = format!("label=com.docker.stack.namespace={STACK}");
+    eventually(90, "the stack's containers to go", || {
+        docker(&["ps", "--all", "--quiet", "--filter", &filter]).is_empty().then_some(())
+    });
+    site.switch_mode(Mode::Compose);
+    let back = site.ok(&["deploy", "--compose", "--timeout", "240"]);
+    assert!(back.contains(&format!("deployed {V1}")) && back.contains("the database is initialized"), "{back}");
+    assert_eq!(site.sql("select string_agg(note, ',') from swarm_e2e_kept"), "written before");
+    assert_eq!(http("GET", &format!("http://127.0.0.1:{FRONTEND_PORT}/api/v1/healthz"), None).0, 200);
+    assert!(site.last_record()["mode"].is_null(), "compose again: {}", site.last_record());
+    let status = site.ok(&["status"]);
+    assert!(!status.contains("(swarm)"), "{status}");
     eprintln!("timing: the swarm end-to-end test took {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -101,6 +101,12 @@ impl Stack {
         self.docker(["stack", "services", "--format", "{{json .}}"]).arg(&self.name)
     }
 
+    /// The IDs of the stack's containers on this engine, running or not, one per line.
+    pub fn containers(&self) -> Command {
+        self.docker(["ps", "--all", "--quiet", "--filter"])
+            .arg(format!("label=com.docker.stack.namespace={}", self.name))
+    }
+
     /// The running container of `service`'s task on this engine.
     pub fn container_of(&self, service: &str) -> Command {
         self.docker(["ps", "--quiet", "--filter", "status=running", "--filter"])

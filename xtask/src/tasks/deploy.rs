@@ -25,6 +25,8 @@
 //!   resolution of the compose file (`stack::swarm`): deploy runs db and redis, db-init once,
 //!   then the rest with `docker stack deploy`; update checks, backs up, migrates and lets
 //!   swarm replace each task start-first, waiting until it completes or swarm rolls it back.
+//!   `deploy --compose` is the way back, once the swarm stack is removed: the history then
+//!   records compose mode again.
 //!
 //! The history is `DIR/.deploy-history.jsonl`, one JSON object per line, only ever appended.
 //! The lock is `DIR/.deploy.lock`, created atomically with its holder in it (pid, user, host,
@@ -41,6 +43,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::adapters::clock;
+use crate::adapters::swarm::Stack;
 use crate::plan::runner::{Processes, Runner};
 use crate::plan::show_or_run;
 use crate::stack::history::{Outcome, Record, previous_tag, read_history};
@@ -53,6 +56,7 @@ use crate::stack::{ChangeArgs, Deployment, DeploymentArgs, database, lock};
   cargo xtask deploy
   cargo xtask deploy --dir /srv/intric --timeout 600
   cargo xtask deploy --swarm --replicas backend=2
+  docker stack rm intric && cargo xtask deploy --compose
   DOCKER_HOST=ssh://ops@server cargo xtask deploy --dir ./server-config")]
 pub struct DeployArgs {
     #[command(flatten)]
@@ -61,6 +65,11 @@ pub struct DeployArgs {
     pub change: ChangeArgs,
     #[command(flatten)]
     pub swarm: SwarmArgs,
+    /// Deploy with Docker Compose where the history says the stack runs on Docker Swarm: the
+    /// way back. Refuses while the swarm stack has services or containers on this engine
+    /// (`docker stack rm NAME` first); its volumes stay, and compose uses them (same names).
+    #[arg(long, conflicts_with = "swarm")]
+    pub compose: bool,
 }
 
 #[derive(Args)]
@@ -134,7 +143,15 @@ pub fn run_deploy(args: DeployArgs) -> Result<()> {
     let tag = deployment.current_tag().context("IMAGE_TAG is not set in .env")?;
     let history = read_history(&deployment.history_path())?;
     let from_tag = history.iter().rev().find(|record| record.result == Outcome::Ok).map(|record| record.to_tag.clone());
-    let stack = args.swarm.stack(&deployment.compose, &history)?;
+    let stack = if args.compose {
+        if !args.swarm.replicas.is_empty() {
+            anyhow::bail!("--replicas is swarm's: compose mode runs one container per service");
+        }
+        refuse_swarm_stack(&deployment, &runner)?;
+        None
+    } else {
+        args.swarm.stack(&deployment.compose, &history)?
+    };
     let inputs = change_inputs(&deployment, args.change)?;
     deployment.check_tag_exists(&tag)?;
     let plan = match stack {
@@ -162,6 +179,31 @@ fn refuse_running_compose_stack(deployment: &Deployment, runner: &Processes) -> 
             compose.project_name(),
             deployment.dir.display(),
             containers.lines().count()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses `--compose` while the swarm stack of the directory has services (swarm would start
+/// their tasks again) or containers on this engine (a db still stopping holds the volume that
+/// compose's db would open too).
+fn refuse_swarm_stack(deployment: &Deployment, runner: &Processes) -> Result<()> {
+    let stack =
+        Stack { program: deployment.compose.program.clone(), name: deployment.compose.project_name().to_string() };
+    // An engine that is no swarm manager has no services to list (and says so): that is an
+    // answer too, and its containers are counted below all the same.
+    let services = runner.read(&stack.services_json()).unwrap_or_default();
+    let services = services.lines().filter(|line| !line.trim().is_empty()).count();
+    let containers = runner.read(&stack.containers())?;
+    let containers = containers.lines().filter(|line| !line.trim().is_empty()).count();
+    if services > 0 || containers > 0 {
+        anyhow::bail!(
+            "swarm stack {} still has {services} service(s) and {containers} container(s) on this engine: remove it \
+             first (`docker stack rm {}` keeps the volumes, which compose then uses) and run deploy --compose again \
+             once `docker ps --all --filter label=com.docker.stack.namespace={}` lists nothing",
+            stack.name,
+            stack.name,
+            stack.name
         );
     }
     Ok(())

@@ -58,6 +58,12 @@ impl Site {
         &self.name
     }
 
+    /// From now on the site runs in `mode` (a deployment moved from swarm back to compose): its
+    /// database is found, and it is taken down, that way.
+    pub fn switch_mode(&mut self, mode: Mode) {
+        self.mode = mode;
+    }
+
     /// `env init`, then `settings` written into `.env` (each must be a setting `.env` has).
     pub fn init_env(&self, settings: &[(&str, &str)]) {
         self.ok(&["env", "init"]);
