@@ -203,25 +203,23 @@ impl Site {
 
     /// Removes the stack with its volumes, what ever state it is in.
     fn take_down(&self) {
-        match self.mode {
-            Mode::Compose => {
-                compose_in(self.path(), &self.name, &["--profile", "init", "down", "--volumes", "--remove-orphans"]);
-            }
-            Mode::Swarm => {
-                run("docker", &["stack", "rm", &self.name], self.path());
-                // The volumes can go once the tasks' containers are gone.
-                let filter = format!("label=com.docker.stack.namespace={}", self.name);
-                for _ in 0..60 {
-                    let left = run("docker", &["ps", "--all", "--quiet", "--filter", &filter], self.path());
-                    if stdout(&left).trim().is_empty() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
+        if let Mode::Swarm = self.mode {
+            run("docker", &["stack", "rm", &self.name], self.path());
+            // The volumes can go once the tasks' containers are gone.
+            let filter = format!("label=com.docker.stack.namespace={}", self.name);
+            for _ in 0..60 {
+                let left = run("docker", &["ps", "--all", "--quiet", "--filter", &filter], self.path());
+                if stdout(&left).trim().is_empty() {
+                    break;
                 }
-                for volume in VOLUMES {
-                    run("docker", &["volume", "rm", &format!("{}_{volume}", self.name)], self.path());
-                }
+                std::thread::sleep(Duration::from_secs(1));
             }
+        }
+        compose_in(self.path(), &self.name, &["--profile", "init", "down", "--volumes", "--remove-orphans"]);
+        // Volumes a swarm stack made (also under a site that moved to compose mode since),
+        // which compose leaves: they carry no compose labels.
+        for volume in VOLUMES {
+            run("docker", &["volume", "rm", &format!("{}_{volume}", self.name)], self.path());
         }
     }
 }
