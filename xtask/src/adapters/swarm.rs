@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use crate::adapters::compose::Compose;
 use crate::plan::Command;
 
 /// The node label that db and redis are pinned to (`node.labels.intric.data == true`).
@@ -20,6 +21,12 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// The stack a deployment's compose project runs as on swarm: the same name (so the two
+    /// name their volumes alike) and the same docker client.
+    pub fn of(compose: &Compose) -> Stack {
+        Stack { program: compose.program.clone(), name: compose.project_name().to_string() }
+    }
+
     fn docker<I, S>(&self, args: I) -> Command
     where
         I: IntoIterator<Item = S>,

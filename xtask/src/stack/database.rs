@@ -222,6 +222,10 @@ pub fn dump_with(exec: &Executor, dump: Command, path: &Path) -> Result<()> {
     result
 }
 
+/// The services that write to the database: stopped (on swarm, scaled to 0) while a restore
+/// swaps it.
+pub const WRITERS: [&str; 2] = ["backend", "worker"];
+
 /// Where a restore runs: the database's commands, and the services around it. Compose mode's
 /// is the project ([`Compose`]); swarm mode's the stack's db task and services
 /// (`stack::swarm::SwarmDatabase`).
@@ -248,7 +252,7 @@ impl RestoreTarget for Compose {
     }
 
     fn stop_writers(&self, exec: &Executor) -> Result<()> {
-        exec.run(&self.stop(&["backend", "worker"]))
+        exec.run(&self.stop(&WRITERS))
     }
 
     fn start_all(&self, exec: &Executor) -> Result<()> {

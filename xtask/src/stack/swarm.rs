@@ -45,7 +45,7 @@ use crate::adapters::compose::{Compose, PRINT_MIGRATIONS, STATELESS};
 use crate::adapters::swarm::{DATA_LABEL, Stack};
 use crate::plan::runner::Runner;
 use crate::plan::{Command, Secret};
-use crate::stack::database::{self, RestoreTarget};
+use crate::stack::database::{self, RestoreTarget, WRITERS};
 use crate::stack::executor::{DbState, Executor};
 use crate::stack::status;
 
@@ -458,9 +458,6 @@ fn migrate(stack: &Stack, one_off: &OneOff) -> Command {
         .hint("the migrations failed: their output above says why")
 }
 
-/// The services that write to the database: scaled to 0 while a restore swaps it.
-const WRITERS: [&str; 2] = ["backend", "worker"];
-
 /// A restore on swarm: `psql` in the db task's `container`, and the [`WRITERS`] scaled to 0
 /// and back to the replicas and image the swarm reported for them before (`writers`).
 struct SwarmDatabase<'a> {
@@ -800,7 +797,7 @@ impl SwarmArgs {
         if recorded && !self.swarm {
             eprintln!("note: the deploy history says this deployment runs on Docker Swarm: using swarm");
         }
-        Ok(Some(Stack { program: compose.program.clone(), name: compose.project_name().to_string() }))
+        Ok(Some(Stack::of(compose)))
     }
 
     /// The replicas of each stateless service: `--replicas`, else as many as run now.

@@ -68,7 +68,7 @@ pub struct DeployArgs {
     /// Deploy with Docker Compose where the history says the stack runs on Docker Swarm: the
     /// way back. Refuses while the swarm stack has services or containers on this engine
     /// (`docker stack rm NAME` first); its volumes stay, and compose uses them (same names).
-    #[arg(long, conflicts_with = "swarm")]
+    #[arg(long, conflicts_with_all = ["swarm", "replicas"])]
     pub compose: bool,
 }
 
@@ -144,9 +144,6 @@ pub fn run_deploy(args: DeployArgs) -> Result<()> {
     let history = read_history(&deployment.history_path())?;
     let from_tag = history.iter().rev().find(|record| record.result == Outcome::Ok).map(|record| record.to_tag.clone());
     let stack = if args.compose {
-        if !args.swarm.replicas.is_empty() {
-            anyhow::bail!("--replicas is swarm's: compose mode runs one container per service");
-        }
         refuse_swarm_stack(&deployment, &runner)?;
         None
     } else {
@@ -188,8 +185,7 @@ fn refuse_running_compose_stack(deployment: &Deployment, runner: &Processes) -> 
 /// their tasks again) or containers on this engine (a db still stopping holds the volume that
 /// compose's db would open too).
 fn refuse_swarm_stack(deployment: &Deployment, runner: &Processes) -> Result<()> {
-    let stack =
-        Stack { program: deployment.compose.program.clone(), name: deployment.compose.project_name().to_string() };
+    let stack = Stack::of(&deployment.compose);
     // An engine that is no swarm manager has no services to list (and says so): that is an
     // answer too, and its containers are counted below all the same.
     let services = runner.read(&stack.services_json()).unwrap_or_default();
