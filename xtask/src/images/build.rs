@@ -47,12 +47,15 @@ use crate::adapters::docker::{BuildSecret, BuildSpec, Builder, Docker};
 use crate::adapters::registry::{Backoff, Credentials, Manifest, Registry, RegistryAddress, at_once};
 use crate::images::bases;
 use crate::images::derived::{Derivation, Manifested, PlannedBase, metadata_stage, put_tags};
+use crate::images::dockerfile::Instruction;
 use crate::images::inline_cache;
 use crate::images::inputs::OUTSIDE_SOURCES_LABEL;
 use crate::images::layer::{Layer, ListedEntry};
 use crate::images::location::Location;
 use crate::images::services::{ComposeImages, Image, compose_file};
-use crate::images::source_swap::{SourceSwap, SourceSwapStep, SwapInputs, replaced_layer, source_layers, source_swap};
+use crate::images::source_swap::{
+    SourceSwap, SourceSwapStep, SwapInputs, replaced_layer, source_layers, source_swap, swap_manifest,
+};
 use crate::images::tags::{self, StageChoice, TagReport};
 use crate::images::{BASE_IMAGES, Service};
 use crate::plan::progress::{Progress, TaskProgress};
@@ -406,20 +409,23 @@ fn registry_manifest(registry: &Registry, repository: &str, reference: &str) -> 
         .with_context(|| format!("{repository}:{reference} is not in the registry"))
 }
 
-/// Registry calls that move the `inline-cache` tag to the image `from` names, when that image's
-/// inline cache is complete (see [`crate::images::inline_cache`]): the next build on a fresh runner
-/// takes its cache from there as well as from the floating tags.
+/// Registry calls that move the `inline-cache` tag to the image `from` names, with its inline
+/// cache made whole where BuildKit left results out (see [`crate::images::inline_cache`]): the
+/// next build on a fresh runner takes its cache from there as well as from the floating tags.
+/// A completed cache is a new config next to the image's own layers: one small upload.
 #[derive(Debug, PartialEq, Eq)]
 pub struct CacheMark {
     pub repository: String,
     pub from: String,
+    /// The build's instructions that make a layer each, to place the missing results by.
+    pub steps: Vec<Instruction>,
 }
 
 impl CacheMark {
     fn show(&self, f: &mut fmt::Formatter<'_>, registry: &str) -> fmt::Result {
         writeln!(
             f,
-            "  registry: PUT {registry} /v2/{}/manifests/{} (the manifest of {}, if its inline cache is complete)",
+            "  registry: PUT {registry} /v2/{}/manifests/{} (the manifest of {}, or of a copy with the results its inline cache lacks, after POST+PUT of that config)",
             self.repository,
             inline_cache::TAG,
             self.from
@@ -427,29 +433,43 @@ impl CacheMark {
     }
 
     /// Reads the config of the pushed image (`manifest`, the manifest of `from`) and moves the
-    /// tag when its cache is complete. A failure here is only a warning: the image is pushed and
-    /// tagged, and the old cache tag still works.
+    /// tag to it, or to a copy with its cache completed. A failure here is only a warning: the
+    /// image is pushed and tagged, and the old cache tag still works.
     fn run(&self, registry: &Registry, manifest: &Manifest, log: &mut File, task: &TaskProgress) -> Result<()> {
-        let CacheMark { repository, from } = self;
-        let complete = registry.image_config(repository, manifest).map(|config| inline_cache::is_complete(&config));
-        let line = match complete {
-            Ok(true) => match registry.put_manifest(repository, inline_cache::TAG, manifest) {
-                Ok(_) => format!(
-                    "tag {repository}:{} -> {} (its inline cache is complete)",
-                    inline_cache::TAG,
-                    manifest.digest
-                ),
-                Err(error) => format!("warning: cannot move {repository}:{}: {error:#}", inline_cache::TAG),
-            },
-            Ok(false) => format!(
-                "{repository}:{} stays: the inline cache of {from} lacks the steps taken from imported cache",
-                inline_cache::TAG
-            ),
-            Err(error) => format!("warning: cannot read the inline cache of {repository}:{from}: {error:#}"),
+        let CacheMark { repository, from, .. } = self;
+        let line = match self.mark(registry, manifest) {
+            Ok(line) => line,
+            Err(error) => format!("warning: {repository}:{} stays: {from}: {error:#}", inline_cache::TAG),
         };
         task.line(&line);
         writeln!(log, "{line}")?;
         Ok(())
+    }
+
+    /// Moves the tag; returns what happened, in words.
+    fn mark(&self, registry: &Registry, manifest: &Manifest) -> Result<String> {
+        let CacheMark { repository, from, steps } = self;
+        let tag = inline_cache::TAG;
+        let config = registry.image_config(repository, manifest)?;
+        if inline_cache::is_complete(&config) {
+            registry.put_manifest(repository, tag, manifest)?;
+            return Ok(format!("tag {repository}:{tag} -> {} (its inline cache is complete)", manifest.digest));
+        }
+        let steps: Vec<&Instruction> = steps.iter().collect();
+        let Some(completed) = inline_cache::completed(&config, &steps) else {
+            return Ok(format!(
+                "{repository}:{tag} stays: the inline cache of {from} lacks results, and its steps do not match the layers one to one"
+            ));
+        };
+        let bytes = serde_json::to_vec(&completed).context("cannot write the completed image config")?;
+        registry.upload_blob(repository, &bytes)?;
+        // The image's manifest with the new config and the same layers.
+        let completed_manifest = swap_manifest(manifest, &[], &bytes)?;
+        registry.put_manifest(repository, tag, &completed_manifest)?;
+        Ok(format!(
+            "tag {repository}:{tag} -> {} ({from} with the results BuildKit left out of its inline cache)",
+            completed_manifest.digest
+        ))
     }
 }
 
@@ -1170,7 +1190,16 @@ fn plan_build(
     let build = docker.build(&spec).hint("the build failed");
     // Pushed images carry inline cache whatever the builder, and a container builder's
     // `buildcache` export may have been refused (ignore-error): keep `inline-cache` current.
-    let cache_mark = inputs.push.then(|| CacheMark { repository: image.repository.clone(), from: tags[0].clone() });
+    // (The plan has refused a missing target already; no steps would only mean no completion.)
+    let cache_mark = inputs.push.then(|| CacheMark {
+        repository: image.repository.clone(),
+        from: tags[0].clone(),
+        steps: image
+            .parsed
+            .layer_steps(image.target.as_deref())
+            .map(|steps| steps.into_iter().cloned().collect())
+            .unwrap_or_default(),
+    });
     if !inputs.push || buildx_pushes {
         return ImageAction::Build { build, push: None, retag: None, cache_mark };
     }
@@ -2049,7 +2078,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn pushed_builds_with_inline_cache_may_move_the_inline_cache_tag() {
+    fn pushed_builds_move_the_inline_cache_tag_to_their_layers() {
         let cache_mark = |plan: &BuildPlan| match &plan.images[0].action {
             ImageAction::Build { cache_mark, .. } => {
                 cache_mark.as_ref().map(|mark| (mark.repository.clone(), mark.from.clone()))
@@ -2059,8 +2088,12 @@ pub(crate) mod tests {
         let legacy = plan_with(Builder::Legacy, Some("r:5000"), true);
         assert_eq!(cache_mark(&legacy), Some(("intric/backend".into(), "sha-0123456789ab".into())));
         assert!(legacy.to_string().contains(
-            "PUT r:5000 /v2/intric/backend/manifests/inline-cache (the manifest of sha-0123456789ab, if its inline cache is complete)"
+            "PUT r:5000 /v2/intric/backend/manifests/inline-cache (the manifest of sha-0123456789ab, or of a copy with the results its inline cache lacks, after POST+PUT of that config)"
         ));
+        // Where BuildKit left results out, they go where the image's layer-making steps say.
+        let ImageAction::Build { cache_mark: Some(mark), .. } = &legacy.images[2].action else { panic!() };
+        let steps: Vec<&str> = mark.steps.iter().map(|step| step.text.as_str()).collect();
+        assert_eq!(steps, ["--from=build /a /b"], "the frontend's one COPY");
         assert!(
             cache_mark(&plan_with(Builder::Buildx, Some("r:5000"), true)).is_some(),
             "buildx with the docker driver"

@@ -107,6 +107,17 @@ impl Dockerfile {
         &self.instructions[start..end.map_or(self.instructions.len(), |end| start + end)]
     }
 
+    /// The instructions of a build of `target` that make an image layer each (see
+    /// [`makes_layer`]), in order: those of the stages it builds on (`FROM backend`) first.
+    pub fn layer_steps(&self, target: Option<&str>) -> Result<Vec<&Instruction>> {
+        let mut stages = vec![self.stage(target)?];
+        while let Some(base) = stages.last().and_then(|stage| self.base_stage(stage)) {
+            stages.push(base);
+        }
+        let instructions = stages.iter().rev().flat_map(|stage| self.stage_instructions(stage));
+        Ok(instructions.filter(|instruction| makes_layer(&instruction.keyword, &instruction.text)).collect())
+    }
+
     /// The earlier stage `stage` starts from (`FROM backend`), when it starts from a stage of
     /// this file rather than an image.
     pub fn base_stage(&self, stage: &Stage) -> Option<&Stage> {
@@ -239,6 +250,16 @@ impl fmt::Display for Stage {
             write!(f, " AS {name}")?;
         }
         Ok(())
+    }
+}
+
+/// Whether BuildKit makes an image layer for the instruction `keyword text`: for every `RUN`,
+/// `COPY` and `ADD`, and for a `WORKDIR` other than `/`; the others only change the config.
+pub fn makes_layer(keyword: &str, text: &str) -> bool {
+    match keyword.to_ascii_uppercase().as_str() {
+        "RUN" | "COPY" | "ADD" => true,
+        "WORKDIR" => text.trim() != "/",
+        _ => false,
     }
 }
 
@@ -405,6 +426,23 @@ fn expand(expression: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_targets_layer_steps_run_from_its_base_image_through_the_stages_it_builds_on() {
+        let text = "FROM python AS builder\nRUN pip install x\nFROM python AS backend\nENV A=1\nRUN groupadd app\n\
+                    COPY --from=builder /opt/venv /opt/venv\nWORKDIR /app\nWORKDIR /\nCOPY . .\nUSER app\n\
+                    FROM backend AS worker\nADD x /x\nCMD [\"arq\"]\n";
+        let file = Dockerfile::parse("Dockerfile", text).unwrap();
+        let steps = |target| -> Vec<String> {
+            let steps = file.layer_steps(target).unwrap();
+            steps.iter().map(|step| format!("{} {}", step.keyword, step.text)).collect()
+        };
+        let backend = ["RUN groupadd app", "COPY --from=builder /opt/venv /opt/venv", "WORKDIR /app", "COPY . ."];
+        assert_eq!(steps(Some("backend")), backend, "no layer for ENV, USER or WORKDIR /");
+        assert_eq!(steps(Some("worker")), [&backend[..], &["ADD x /x"]].concat());
+        assert_eq!(steps(None), steps(Some("worker")));
+        assert!(file.layer_steps(Some("nope")).is_err());
+    }
 
     const PUBLISHED_BACKEND: &str = "\
 # the builder
