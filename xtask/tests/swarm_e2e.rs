@@ -4,7 +4,8 @@
 //! not run it again) → `update` to v2 with a probe requesting `/` and `/api/v1/healthz`
 //! through the edge's port every 20 ms (not one request may fail) → an update to a version
 //! whose backend exits at start, which swarm rolls back (the history says so, the old version
-//! serves, no request fails) → `rollback` to v1 (no request fails) → a row written before is
+//! serves, no request fails) → the same with `--restore-on-failure` (the database is the
+//! backup's, the stack serves) → `rollback` to v1 (no request fails) → a row written before is
 //! still there → `backup`, a row written, `restore`: the row is gone and the stack serves →
 //! `deploy --compose`, refused until `docker stack rm`, then compose mode on the same data.
 //!
@@ -103,6 +104,19 @@ fn the_compose_file_runs_on_swarm_and_updates_fail_no_request() {
     for service in ["backend", "worker", "frontend"] {
         assert!(image_of(&site, service).ends_with(&format!("/intric/{service}:{V2}")), "{}", image_of(&site, service));
     }
+
+    // The same update with --restore-on-failure: once the old version runs again, the database
+    // is swapped for the backup taken before the update (a new database: another oid), and
+    // the stack serves. Backend and worker stop for the swap, so this one has downtime.
+    let oid = || site.sql("select oid from pg_database where datname = current_database()");
+    let before = oid();
+    let failed = site.xtask(&["update", "--tag", EXITS, "--timeout", "180", "--restore-on-failure"]);
+    let stderr = site.assert_rolled_back(&failed, V2);
+    assert!(stderr.contains("the database was restored from"), "{stderr}");
+    assert_ne!(oid(), before, "the database is still the one from before the update");
+    assert_eq!(site.sql("select note from swarm_e2e_kept"), "written before");
+    assert_eq!(http("GET", &format!("http://127.0.0.1:{FRONTEND_PORT}/api/v1/healthz"), None).0, 200);
+    assert!(image_of(&site, "backend").ends_with(&format!("/intric/backend:{V2}")), "{}", image_of(&site, "backend"));
 
     // rollback: an update to the tag deployed before, the same start-first way.
     let rolled = without_downtime(FRONTEND_PORT, "rollback --swarm", || site.ok(&["rollback", "--timeout", "240"]));

@@ -143,6 +143,14 @@ pub struct Switch {
     pub drain: u64,
 }
 
+/// The backup an update takes before it switches, and whether a failure after that puts the
+/// database back from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateBackup {
+    pub path: PathBuf,
+    pub restore_on_failure: bool,
+}
+
 /// `update` or `rollback` (`command`) from `.env`'s `current` tag to `to_tag`, backing up to
 /// `backup` first.
 pub fn update(
@@ -150,8 +158,7 @@ pub fn update(
     command: &'static str,
     current: &str,
     to_tag: &str,
-    backup: PathBuf,
-    restore_on_failure: bool,
+    UpdateBackup { path: backup, restore_on_failure }: UpdateBackup,
     switch: Switch,
 ) -> Result<StackPlan> {
     let from_tag = resume_from(current, &inputs.lock);
@@ -205,14 +212,14 @@ pub fn swarm_deploy(
 }
 
 /// `update --swarm` or `rollback --swarm` (`command`) from `.env`'s `current` tag (stack files
-/// `from`) to `to_tag` (stack files `to`), backing up to `backup` first.
+/// `from`) to `to_tag` (stack files `to`), backing up first.
 pub fn swarm_update(
     inputs: Inputs,
     stack: Stack,
     command: &'static str,
     current: &str,
     (to_tag, from, to): (&str, &SwarmFiles, &SwarmFiles),
-    backup: PathBuf,
+    UpdateBackup { path: backup, restore_on_failure }: UpdateBackup,
     allow_downtime: bool,
 ) -> Result<StackPlan> {
     let from_tag = resume_from(current, &inputs.lock);
@@ -227,11 +234,11 @@ pub fn swarm_update(
         login: inputs.login.clone(),
         backup_path: backup.clone(),
         timeout: inputs.timeout,
+        restore_on_failure,
         allow_downtime,
     })?;
     let lock = inputs.lock_step(holder(command, Some(from_tag.clone()), Some(to_tag.to_string())));
-    let operation =
-        Operation::Update { command, from_tag, to_tag: to_tag.to_string(), backup, restore_on_failure: false };
+    let operation = Operation::Update { command, from_tag, to_tag: to_tag.to_string(), backup, restore_on_failure };
     let mut plan = inputs.plan(operation, lock, steps);
     plan.notes.extend(to.notes.iter().cloned());
     plan.swarm = Some(stack);
@@ -653,7 +660,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let site = deployment(dir.path(), "1.0.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(inputs(&site), "update", "1.0.0", "1.1.0", backup.clone(), false, ZERO_DOWNTIME).unwrap();
+        let plan = update(
+            inputs(&site),
+            "update",
+            "1.0.0",
+            "1.1.0",
+            UpdateBackup { path: backup.clone(), restore_on_failure: false },
+            ZERO_DOWNTIME,
+        )
+        .unwrap();
         let engine = engine(dir.path(), None);
         plan.execute(&engine).unwrap();
         let c = &site.compose;
@@ -689,8 +704,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let site = deployment(dir.path(), "1.0.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(inputs(&site), "update", "1.0.0", "1.1.0", backup.clone(), restore_on_failure, ZERO_DOWNTIME)
-            .unwrap();
+        let plan = update(
+            inputs(&site),
+            "update",
+            "1.0.0",
+            "1.1.0",
+            UpdateBackup { path: backup.clone(), restore_on_failure },
+            ZERO_DOWNTIME,
+        )
+        .unwrap();
         let engine = engine(dir.path(), Some(site.compose.up(&[], 60).to_string()));
         let error = plan.execute(&engine).unwrap_err().to_string();
         FailedUpdate { executed: engine.executed(), dir, site, backup, plan, error }
@@ -741,7 +763,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let site = deployment(dir.path(), "1.0.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(inputs(&site), "update", "1.0.0", "1.1.0", backup.clone(), false, ZERO_DOWNTIME).unwrap();
+        let plan = update(
+            inputs(&site),
+            "update",
+            "1.0.0",
+            "1.1.0",
+            UpdateBackup { path: backup.clone(), restore_on_failure: false },
+            ZERO_DOWNTIME,
+        )
+        .unwrap();
         let engine = scripted(dir.path(), None, "unhealthy", SAFE_MIGRATIONS);
         let error = plan.execute(&engine).unwrap_err().to_string();
         assert!(error.contains("rolled back to 1.0.0") && error.contains("ops-test-backend-2 is unhealthy"), "{error}");
@@ -767,7 +797,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let site = deployment(dir.path(), "1.0.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(inputs(&site), "update", "1.0.0", "1.1.0", backup.clone(), false, ZERO_DOWNTIME).unwrap();
+        let plan = update(
+            inputs(&site),
+            "update",
+            "1.0.0",
+            "1.1.0",
+            UpdateBackup { path: backup.clone(), restore_on_failure: false },
+            ZERO_DOWNTIME,
+        )
+        .unwrap();
         let dropping = r#"{"0001_initial.py": "revision = \"0001\"\n", "0002_drop.py": "revision = \"0002\"\ndown_revision = \"0001\"\ndef upgrade():\n    op.drop_column(\"jobs\", \"text\")\n"}"#;
         let engine = scripted(dir.path(), None, "healthy", dropping);
         let error = format!("{:#}", plan.execute(&engine).unwrap_err());
@@ -800,7 +838,15 @@ mod tests {
         let site = deployment(dir.path(), "1.1.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
         let inputs = Inputs { lock: stale("1.0.0", "1.1.0"), ..inputs(&site) };
-        let plan = update(inputs, "update", "1.1.0", "1.1.0", backup, false, ZERO_DOWNTIME).unwrap();
+        let plan = update(
+            inputs,
+            "update",
+            "1.1.0",
+            "1.1.0",
+            UpdateBackup { path: backup, restore_on_failure: false },
+            ZERO_DOWNTIME,
+        )
+        .unwrap();
         assert!(matches!(&plan.operation, Operation::Update { from_tag, .. } if from_tag == "1.0.0"));
         let recovery = plan.steps.recovery.as_ref().unwrap();
         assert!(matches!(&recovery.steps[0], StackStep::SetTag { tag, .. } if tag == "1.0.0"));
@@ -825,7 +871,15 @@ mod tests {
         };
         std::fs::write(site.lock_path(), dead.to_json()).unwrap();
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(inputs(&site), "rollback", "1.1.0", "1.0.0", backup, false, ZERO_DOWNTIME).unwrap();
+        let plan = update(
+            inputs(&site),
+            "rollback",
+            "1.1.0",
+            "1.0.0",
+            UpdateBackup { path: backup, restore_on_failure: false },
+            ZERO_DOWNTIME,
+        )
+        .unwrap();
         assert!(matches!(&plan.operation, Operation::Update { from_tag, .. } if from_tag == "1.0.0"));
         let engine = engine(dir.path(), None);
         plan.execute(&engine).unwrap();
@@ -908,7 +962,8 @@ mod tests {
         );
         let inputs = Inputs { login: Some(login), ..inputs(&site) };
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(inputs, "update", "1.0.0", "1.1.0", backup, true, ZERO_DOWNTIME).unwrap();
+        let backup = UpdateBackup { path: backup, restore_on_failure: true };
+        let plan = update(inputs, "update", "1.0.0", "1.1.0", backup, ZERO_DOWNTIME).unwrap();
         let engine = engine(dir.path(), None);
         assert!(crate::plan::show_or_run(&plan, true, &engine).unwrap().is_none());
         assert!(engine.executed().is_empty());
@@ -1081,21 +1136,23 @@ mod tests {
         assert!(plan.to_string().contains("scale ops-test_backend and ops-test_worker to 0"), "{plan}");
     }
 
-    /// A deployment at 1.0.0 in a new directory, its backup path, and its plan of `update --swarm` to 1.1.0.
-    fn swarm_update_1_1_0() -> (tempfile::TempDir, Deployment, PathBuf, StackPlan) {
+    /// A deployment at 1.0.0 in a new directory, its backup path, and its plan of `update --swarm` to 1.1.0
+    /// (which restores that backup when it fails, if `restore_on_failure`).
+    fn swarm_update_1_1_0(restore_on_failure: bool) -> (tempfile::TempDir, Deployment, PathBuf, StackPlan) {
         let dir = tempfile::tempdir().unwrap();
         let site = deployment(dir.path(), "1.0.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
         let stack = Stack { program: "docker".into(), name: "ops-test".into() };
         let (from, to) = (swarm_files(&site, "1.0.0"), swarm_files(&site, "1.1.0"));
-        let plan = swarm_update(inputs(&site), stack, "update", "1.0.0", ("1.1.0", &from, &to), backup.clone(), false)
-            .unwrap();
+        let update_backup = UpdateBackup { path: backup.clone(), restore_on_failure };
+        let plan =
+            swarm_update(inputs(&site), stack, "update", "1.0.0", ("1.1.0", &from, &to), update_backup, false).unwrap();
         (dir, site, backup, plan)
     }
 
     #[test]
     fn a_swarm_update_that_swarm_rolls_back_puts_the_old_tag_back_and_says_so() {
-        let (dir, site, backup, plan) = swarm_update_1_1_0();
+        let (dir, site, backup, plan) = swarm_update_1_1_0(false);
         let engine = swarm_engine(dir.path(), true, Some("backend"), SAFE_MIGRATIONS);
         let error = plan.execute(&engine).unwrap_err().to_string();
         assert!(error.contains("failed and was rolled back to 1.0.0"), "{error}");
@@ -1120,8 +1177,30 @@ mod tests {
     }
 
     #[test]
+    fn with_restore_on_failure_a_rolled_back_swarm_update_restores_once_the_old_version_runs() {
+        let (dir, site, backup, plan) = swarm_update_1_1_0(true);
+        let engine = swarm_engine(dir.path(), true, Some("backend"), SAFE_MIGRATIONS);
+        let error = plan.execute(&engine).unwrap_err().to_string();
+        assert!(error.contains("failed and was rolled back to 1.0.0"), "{error}");
+        assert!(error.contains(&format!("the database was restored from {}", backup.display())), "{error}");
+        let executed = engine.executed();
+        let at = |start: &str| {
+            executed.iter().rposition(|c| c.starts_with(start)).unwrap_or_else(|| panic!("no {start}: {executed:#?}"))
+        };
+        let old_deployed = at("docker stack deploy");
+        let stopped = at("docker service scale --detach=false ops-test_backend=0 ops-test_worker=0");
+        let loaded = at("gzip -dc | docker exec -i db-container psql");
+        let started = at("docker service scale --detach ops-test_backend=1 ops-test_worker=1");
+        assert!(old_deployed < stopped && stopped < loaded && loaded < started, "{executed:#?}");
+        assert_eq!(env_tag(dir.path()), "1.0.0");
+        let record = read_history(&site.history_path()).unwrap().pop().unwrap();
+        assert_eq!((record.result, record.mode.as_deref()), (Outcome::RolledBack, Some("swarm")));
+        assert!(plan.to_string().contains("scale ops-test_backend and ops-test_worker to 0"), "{plan}");
+    }
+
+    #[test]
     fn a_swarm_update_whose_migrations_drop_a_column_is_refused_before_anything_changes() {
-        let (dir, _, backup, plan) = swarm_update_1_1_0();
+        let (dir, _, backup, plan) = swarm_update_1_1_0(false);
         let dropping = r#"{"0001_initial.py": "revision = \"0001\"\n", "0002_drop.py": "revision = \"0002\"\ndown_revision = \"0001\"\ndef upgrade():\n    op.drop_column(\"jobs\", \"text\")\n"}"#;
         let engine = swarm_engine(dir.path(), true, None, dropping);
         let error = format!("{:#}", plan.execute(&engine).unwrap_err());

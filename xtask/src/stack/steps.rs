@@ -209,6 +209,7 @@ pub struct SwarmUpdateInputs<'a> {
     pub login: Option<Command>,
     pub backup_path: PathBuf,
     pub timeout: u64,
+    pub restore_on_failure: bool,
     /// Skip the check that the new migrations only add (the old tasks may fail against the
     /// migrated database until swarm replaces them).
     pub allow_downtime: bool,
@@ -219,7 +220,8 @@ pub struct SwarmUpdateInputs<'a> {
 /// migrations with the new backend image while the old version serves, `docker stack
 /// deploy` (swarm starts each new task beside the old one and stops the old one once the new
 /// one is healthy, or rolls the service back), and wait for it. When that fails, `.env` and
-/// the stack files of the old tag come back and are deployed the same way.
+/// the stack files of the old tag come back and are deployed the same way, and with
+/// `restore_on_failure` the backup is restored then.
 pub fn plan_swarm_update(inputs: &SwarmUpdateInputs) -> Result<Plan<StackStep>> {
     let stack = inputs.stack;
     let mut steps: Vec<StackStep> = inputs.login.clone().into_iter().map(StackStep::Run).collect();
@@ -246,6 +248,10 @@ pub fn plan_swarm_update(inputs: &SwarmUpdateInputs) -> Result<Plan<StackStep>> 
     steps.extend(deploy(inputs.to));
     let mut on_failure = switch(&inputs.from_tag, inputs.from)?;
     on_failure.extend(deploy(inputs.from));
+    if inputs.restore_on_failure {
+        // Once the old version runs again: its writers stop for the swap, as `restore` does.
+        on_failure.push(swarm(stack, SwarmAction::Restore { path: inputs.backup_path.clone() }));
+    }
     Ok(Plan { steps, recovery: Some(Recovery { from: point_of_no_return, steps: on_failure }) })
 }
 

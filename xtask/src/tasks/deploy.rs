@@ -24,7 +24,9 @@
 //!   repeat it): the same stack on Docker Swarm, from a stack file made of compose's own
 //!   resolution of the compose file (`stack::swarm`): deploy runs db and redis, db-init once,
 //!   then the rest with `docker stack deploy`; update checks, backs up, migrates and lets
-//!   swarm replace each task start-first, waiting until it completes or swarm rolls it back.
+//!   swarm replace each task start-first, waiting until it completes or swarm rolls it back
+//!   (then the old tag's stack files are deployed again, and with `--restore-on-failure` the
+//!   backup is restored with backend and worker scaled to 0 meanwhile).
 //!   `deploy --compose` is the way back, once the swarm stack is removed: the history then
 //!   records compose mode again.
 //!
@@ -241,21 +243,16 @@ fn update(
     let UpdateOptions { restore_on_failure, backup_dir, allow_downtime, drain, change, swarm } = options;
     let current = deployment.current_tag().context("IMAGE_TAG is not set in .env")?;
     let stack = swarm.stack(&deployment.compose, history)?;
-    if stack.is_some() && restore_on_failure {
-        anyhow::bail!(
-            "--restore-on-failure is a compose-mode option: on swarm a failed update is rolled back by swarm, \
-             and the message names the backup taken before it"
-        );
-    }
     let inputs = change_inputs(deployment, change)?;
     deployment.check_tag_exists(to_tag)?;
     let backup_dir = backup_dir.unwrap_or_else(|| deployment.dir.join("backups"));
     database::check_writable(&backup_dir)?;
-    let backup = database::next_path(&backup_dir, clock::now_unix());
+    let backup =
+        operation::UpdateBackup { path: database::next_path(&backup_dir, clock::now_unix()), restore_on_failure };
     let plan = match stack {
         None => {
             let switch = operation::Switch { allow_downtime, drain };
-            operation::update(inputs, command, &current, to_tag, backup, restore_on_failure, switch)?
+            operation::update(inputs, command, &current, to_tag, backup, switch)?
         }
         Some(stack) => {
             let replicas = swarm.replicas(&stack, runner);
