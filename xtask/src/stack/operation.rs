@@ -655,20 +655,18 @@ mod tests {
         [starting_beside(c), vec![c.stop_containers(&old, 0), c.remove_containers(&old)]].concat()
     }
 
+    /// The plan of `update` of `site` from 1.0.0 to 1.1.0, backing up to `backup`.
+    fn update_to_1_1_0(site: &Deployment, backup: &Path, restore_on_failure: bool) -> StackPlan {
+        let backup = UpdateBackup { path: backup.to_path_buf(), restore_on_failure };
+        update(inputs(site), "update", "1.0.0", "1.1.0", backup, ZERO_DOWNTIME).unwrap()
+    }
+
     #[test]
     fn update_runs_the_commands_it_shows_switches_env_and_keeps_the_backup() {
         let dir = tempfile::tempdir().unwrap();
         let site = deployment(dir.path(), "1.0.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(
-            inputs(&site),
-            "update",
-            "1.0.0",
-            "1.1.0",
-            UpdateBackup { path: backup.clone(), restore_on_failure: false },
-            ZERO_DOWNTIME,
-        )
-        .unwrap();
+        let plan = update_to_1_1_0(&site, &backup, false);
         let engine = engine(dir.path(), None);
         plan.execute(&engine).unwrap();
         let c = &site.compose;
@@ -704,15 +702,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let site = deployment(dir.path(), "1.0.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(
-            inputs(&site),
-            "update",
-            "1.0.0",
-            "1.1.0",
-            UpdateBackup { path: backup.clone(), restore_on_failure },
-            ZERO_DOWNTIME,
-        )
-        .unwrap();
+        let plan = update_to_1_1_0(&site, &backup, restore_on_failure);
         let engine = engine(dir.path(), Some(site.compose.up(&[], 60).to_string()));
         let error = plan.execute(&engine).unwrap_err().to_string();
         FailedUpdate { executed: engine.executed(), dir, site, backup, plan, error }
@@ -763,15 +753,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let site = deployment(dir.path(), "1.0.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(
-            inputs(&site),
-            "update",
-            "1.0.0",
-            "1.1.0",
-            UpdateBackup { path: backup.clone(), restore_on_failure: false },
-            ZERO_DOWNTIME,
-        )
-        .unwrap();
+        let plan = update_to_1_1_0(&site, &backup, false);
         let engine = scripted(dir.path(), None, "unhealthy", SAFE_MIGRATIONS);
         let error = plan.execute(&engine).unwrap_err().to_string();
         assert!(error.contains("rolled back to 1.0.0") && error.contains("ops-test-backend-2 is unhealthy"), "{error}");
@@ -797,15 +779,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let site = deployment(dir.path(), "1.0.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(
-            inputs(&site),
-            "update",
-            "1.0.0",
-            "1.1.0",
-            UpdateBackup { path: backup.clone(), restore_on_failure: false },
-            ZERO_DOWNTIME,
-        )
-        .unwrap();
+        let plan = update_to_1_1_0(&site, &backup, false);
         let dropping = r#"{"0001_initial.py": "revision = \"0001\"\n", "0002_drop.py": "revision = \"0002\"\ndown_revision = \"0001\"\ndef upgrade():\n    op.drop_column(\"jobs\", \"text\")\n"}"#;
         let engine = scripted(dir.path(), None, "healthy", dropping);
         let error = format!("{:#}", plan.execute(&engine).unwrap_err());
@@ -838,15 +812,8 @@ mod tests {
         let site = deployment(dir.path(), "1.1.0");
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
         let inputs = Inputs { lock: stale("1.0.0", "1.1.0"), ..inputs(&site) };
-        let plan = update(
-            inputs,
-            "update",
-            "1.1.0",
-            "1.1.0",
-            UpdateBackup { path: backup, restore_on_failure: false },
-            ZERO_DOWNTIME,
-        )
-        .unwrap();
+        let backup = UpdateBackup { path: backup, restore_on_failure: false };
+        let plan = update(inputs, "update", "1.1.0", "1.1.0", backup, ZERO_DOWNTIME).unwrap();
         assert!(matches!(&plan.operation, Operation::Update { from_tag, .. } if from_tag == "1.0.0"));
         let recovery = plan.steps.recovery.as_ref().unwrap();
         assert!(matches!(&recovery.steps[0], StackStep::SetTag { tag, .. } if tag == "1.0.0"));
@@ -871,15 +838,8 @@ mod tests {
         };
         std::fs::write(site.lock_path(), dead.to_json()).unwrap();
         let backup = dir.path().join("backups/intric_20260101T000000Z.sql.gz");
-        let plan = update(
-            inputs(&site),
-            "rollback",
-            "1.1.0",
-            "1.0.0",
-            UpdateBackup { path: backup, restore_on_failure: false },
-            ZERO_DOWNTIME,
-        )
-        .unwrap();
+        let backup = UpdateBackup { path: backup, restore_on_failure: false };
+        let plan = update(inputs(&site), "rollback", "1.1.0", "1.0.0", backup, ZERO_DOWNTIME).unwrap();
         assert!(matches!(&plan.operation, Operation::Update { from_tag, .. } if from_tag == "1.0.0"));
         let engine = engine(dir.path(), None);
         plan.execute(&engine).unwrap();
