@@ -263,8 +263,8 @@ fn fresh_runner(repository: &str) {
     }
     // `builder prune` needs buildx with a 23+ client; Debian's 20.10 client has it built in.
     // A record still held right after another build (its lease) survives a prune, and a step
-    // taken from it would make this "fresh" runner's build partly cached (twice in full runs, the
-    // first round's inline cache then lacked those steps): prune until the engine counts none.
+    // taken from it would make this "fresh" runner's build partly cached: prune until the
+    // engine counts none.
     let prune = ["builder", "prune", "--all", "--force"];
     let records = || {
         let listed = run("docker", &["system", "df", "--format", "{{.Type}}={{.TotalCount}}"], Path::new("."));
