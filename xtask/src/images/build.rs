@@ -455,8 +455,7 @@ impl CacheMark {
             registry.put_manifest(repository, tag, manifest)?;
             return Ok(format!("tag {repository}:{tag} -> {} (its inline cache is complete)", manifest.digest));
         }
-        let steps: Vec<&Instruction> = steps.iter().collect();
-        let Some(completed) = inline_cache::completed(&config, &steps) else {
+        let Some(completed) = inline_cache::completed(&config, steps) else {
             return Ok(format!(
                 "{repository}:{tag} stays: the inline cache of {from} lacks results, and its steps do not match the layers one to one"
             ));

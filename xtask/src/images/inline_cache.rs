@@ -42,7 +42,7 @@ pub fn is_complete(config: &Value) -> bool {
 /// image. A result is the layer with every layer below it, which is why the position decides.
 ///
 /// [`Dockerfile::layer_steps`]: crate::images::dockerfile::Dockerfile::layer_steps
-pub fn completed(config: &Value, steps: &[&Instruction]) -> Option<Value> {
+pub fn completed(config: &Value, steps: &[Instruction]) -> Option<Value> {
     let mut records = records(config)?;
     let layers = layer_count(config);
     let levels = steps_down(&records, layers)?;
@@ -94,7 +94,7 @@ fn steps_down(records: &[Value], layers: usize) -> Option<Vec<Vec<usize>>> {
 /// Whether the image's history, read from the top, shows `steps` made its top layers, one
 /// each: BuildKit's history names each instruction (`RUN ...`, `COPY ...`), and an
 /// instruction that made no layer is marked `empty_layer`.
-fn history_matches(config: &Value, steps: &[&Instruction]) -> bool {
+fn history_matches(config: &Value, steps: &[Instruction]) -> bool {
     let Some(history) = config["history"].as_array() else { return false };
     let made_a_layer = |entry: &Value| entry["empty_layer"].as_bool() != Some(true);
     if history.iter().filter(|entry| made_a_layer(entry)).count() != layer_count(config) {
@@ -196,8 +196,7 @@ mod tests {
     }
 
     fn completed_backend(with_results: &[usize]) -> Option<Value> {
-        let steps = steps();
-        completed(&config(6, backend(with_results)), &steps.iter().collect::<Vec<_>>())
+        completed(&config(6, backend(with_results)), &steps())
     }
 
     #[test]
@@ -243,21 +242,19 @@ mod tests {
 
     #[test]
     fn a_cache_that_does_not_match_the_steps_one_to_one_stays_as_it_is() {
-        let three_steps: Vec<Instruction> = steps().into_iter().skip(1).collect();
-        let fewer: Vec<&Instruction> = three_steps.iter().collect();
-        assert_eq!(completed(&config(6, backend(&[5])), &fewer), None, "the cache has four steps");
+        assert_eq!(completed(&config(6, backend(&[5])), &steps()[1..]), None, "the cache has four steps");
         // A listed result in another place than the position says.
         let mut records = backend(&[5]);
         records[3]["layers"] = json!([{ "layer": 2 }]);
-        assert_eq!(completed(&config(6, records), &steps().iter().collect::<Vec<_>>()), None);
+        assert_eq!(completed(&config(6, records), &steps()), None);
         // A step the history shows without a layer of its own (the base then has three).
         let mut config = config(6, backend(&[5]));
         config["history"][5]["empty_layer"] = json!(true);
         config["history"].as_array_mut().unwrap().insert(1, json!({ "created_by": "#(nop) ADD file" }));
-        assert_eq!(completed(&config, &steps().iter().collect::<Vec<_>>()), None);
+        assert_eq!(completed(&config, &steps()), None);
         // Instructions in another order than the history's.
         let mut swapped = steps();
         swapped.swap(0, 1);
-        assert_eq!(completed(&self::config(6, backend(&[5])), &swapped.iter().collect::<Vec<_>>()), None);
+        assert_eq!(completed(&self::config(6, backend(&[5])), &swapped), None);
     }
 }
