@@ -28,7 +28,12 @@ struct Cli {
     task: Task,
 }
 
+// `defer` builds a task's options only when that task runs: building all of them for every
+// invocation was a third of the instructions of `cargo xtask tags`. It adds them after the
+// task's line below is set, so a doc comment on an `Args` struct would replace that line in the
+// task's `--help`: those structs carry `//` comments (a test below keeps it so).
 #[derive(Subcommand)]
+#[command(defer = true)]
 enum Task {
     /// Print the image tags for the current git state.
     Tags(tags::TagsArgs),
@@ -112,4 +117,33 @@ fn command_line_error(error: clap::Error) -> ExitCode {
     // clap's first line already starts with `error: `.
     eprintln!("{} (see --help)", parts.join(" "));
     ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn every_task_keeps_its_line_of_the_task_list_when_its_options_are_built() {
+        let listed = Cli::command();
+        let mut built = Cli::command();
+        // Runs the deferred option builders and clap's own checks of every task's options.
+        built.build();
+        let tasks: Vec<_> = listed.get_subcommands().zip(built.get_subcommands()).collect();
+        assert_eq!(tasks.len(), listed.get_subcommands().count());
+        for (listed, built) in tasks {
+            let about = |task: &clap::Command| task.get_about().map(ToString::to_string);
+            let long_about = |task: &clap::Command| task.get_long_about().map(ToString::to_string);
+            assert!(about(listed).is_some(), "`{}` has no line in the task list", listed.get_name());
+            assert_eq!(
+                (about(built), long_about(built)),
+                (about(listed), long_about(listed)),
+                "the options of `{}` replace its description: make the doc comment of its Args struct a `//` comment",
+                listed.get_name()
+            );
+            assert!(built.get_arguments().next().is_some(), "`{}` was not built", listed.get_name());
+        }
+    }
 }

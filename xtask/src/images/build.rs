@@ -62,7 +62,7 @@ use crate::plan::progress::{Progress, TaskProgress};
 use crate::plan::runner::Runner;
 use crate::plan::{Command, TaskPlan};
 
-/// Options of `cargo xtask build`.
+// Options of `cargo xtask build`.
 #[derive(Args, Default)]
 #[command(after_help = "\
 Images are named <registry>/intric/<service>:<tag> for every tag of `cargo xtask tags` plus any

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use crate::adapters::ci_env::Env;
 use crate::adapters::registry::RegistryAddress;
 
-/// Which repository a task works on and which registry it talks to.
+// Which repository a task works on and which registry it talks to.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct Location {
     /// The git repository to work on [default: the workspace root].

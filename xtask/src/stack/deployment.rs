@@ -15,7 +15,7 @@ use crate::stack::env_check::{self, Level};
 use crate::stack::history::HISTORY_FILE;
 use crate::stack::lock::{LOCK_FILE, LockArgs};
 
-/// Where a deployment is: the options every operator task takes.
+// Where a deployment is: the options every operator task takes.
 #[derive(Args, Clone, Debug)]
 pub struct DeploymentArgs {
     /// The deployment directory holding docker-compose.yml and .env [default: the repository's docker/].
@@ -30,8 +30,8 @@ pub struct DeploymentArgs {
 /// How long `up --wait` may take until every service is healthy.
 pub const DEFAULT_TIMEOUT: u64 = 300;
 
-/// What the tasks that change the running stack (deploy, update, rollback, restore) share:
-/// how long to wait for health, a dry run, and the deploy lock.
+// What the tasks that change the running stack (deploy, update, rollback, restore) share:
+// how long to wait for health, a dry run, and the deploy lock.
 #[derive(Args, Clone, Copy, Debug)]
 pub struct ChangeArgs {
     /// Seconds to wait for every service to become healthy.

@@ -19,7 +19,7 @@ use crate::plan::runner::Watcher;
 
 pub const LOCK_FILE: &str = ".deploy.lock";
 
-/// The option of the tasks that take the deploy lock.
+// The option of the tasks that take the deploy lock.
 #[derive(Args, Clone, Copy, Debug, Default)]
 pub struct LockArgs {
     /// Take over a deploy lock whose holder ran on another host and is gone, or a lock file this

@@ -770,7 +770,7 @@ pub fn print_swarm_report(stack: &Stack, runner: &dyn Runner) {
     }
 }
 
-/// Running the stack on Docker Swarm: the options of deploy, update, rollback and status.
+// Running the stack on Docker Swarm: the options of deploy, update, rollback and status.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct SwarmArgs {
     /// Run the stack on Docker Swarm (`docker stack deploy`, from the same compose file). The

@@ -26,7 +26,7 @@ use crate::images::services::{ComposeImages, Image, compose_file};
 use crate::plan::runner::Processes;
 use crate::plan::{Plan, show_or_run};
 
-/// Options of `cargo xtask check`.
+// Options of `cargo xtask check`.
 #[derive(Args)]
 #[command(after_help = "\
 Base images come from PYTHON_IMAGE, NODE_IMAGE and NGINX_IMAGE as for `build` (the compose file's

@@ -40,7 +40,7 @@ use crate::plan::{Command, Plan, TaskPlan, show_or_run};
 /// The dotenv report written on GitLab CI and Jenkins, relative to the repository root.
 pub const DOTENV_FILE: &str = "xtask-ci.env";
 
-/// Options of `cargo xtask ci`.
+// Options of `cargo xtask ci`.
 #[derive(Args)]
 #[command(after_help = "\
 Stages: pr runs cargo fmt --check, cargo clippy (-D warnings), cargo test --workspace and

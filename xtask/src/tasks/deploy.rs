@@ -90,7 +90,7 @@ pub struct UpdateArgs {
     pub options: UpdateOptions,
 }
 
-/// What `update` and `rollback` share: they are the same operation with another target tag.
+// What `update` and `rollback` share: they are the same operation with another target tag.
 #[derive(Args)]
 pub struct UpdateOptions {
     /// When it fails after the backup, also restore the database from that backup.

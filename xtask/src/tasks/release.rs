@@ -11,7 +11,7 @@ use crate::images::release::{Bump, Options, Requested, TagMode, prepare};
 use crate::plan::runner::Processes;
 use crate::plan::show_or_run;
 
-/// Options of `cargo xtask release`.
+// Options of `cargo xtask release`.
 #[derive(Args)]
 #[command(after_help = "\
 A dry run unless --execute: it prints the git tag to create, the images to promote, the tags to add

@@ -10,7 +10,7 @@ use crate::adapters::ci_env;
 use crate::images::tags::{StageChoice, resolve, resolve_tags};
 use crate::plan::runner::Processes;
 
-/// Options of `cargo xtask tags`.
+// Options of `cargo xtask tags`.
 #[derive(Args)]
 #[command(after_help = "\
 Every build gets `sha-<12 hex>`; a pull request adds `pr-<N>`, another branch its slug, the default \
