@@ -9,7 +9,9 @@
 //! caller (a progress display, a log file); keeps the last lines for the error when a command
 //! fails; tells a watcher which processes are running (the deploy lock records them, so that a
 //! successor taking over a stale lock can wait for them); and kills what runs when the plan is
-//! cancelled. It uses duct, which gives the pids and the line stream that this needs.
+//! cancelled. It uses duct, which gives the pids, the line stream and the pipes between processes
+//! that this needs; a command whose output is only read runs as a standard library child that
+//! `shared_child` lets one thread wait on while another may kill it.
 //!
 //! `Recording` (tests only) runs nothing: it records what would run, in order, and answers
 //! from a script, so unit tests can execute plans (recovery branches, schedules, orders).
@@ -103,6 +105,7 @@ pub struct Processes {
 struct Running {
     handles: Vec<Arc<duct::ReaderHandle>>,
     pipes: Vec<Arc<duct::Handle>>,
+    children: Vec<Arc<shared_child::SharedChild>>,
     watcher: Option<Watcher>,
 }
 
@@ -114,6 +117,7 @@ impl Running {
                 .iter()
                 .flat_map(|handle| handle.pids())
                 .chain(self.pipes.iter().flat_map(|handle| handle.pids()))
+                .chain(self.children.iter().map(|child| child.id()))
                 .collect();
             watcher(&pids);
         }
@@ -131,31 +135,22 @@ impl Processes {
 
     /// `command` as a duct expression, its standard input not yet decided.
     fn expression(command: &Command) -> duct::Expression {
-        // duct applies the innermost setting last: the variables set go in first, so that a
-        // variable both removed (every `.env` key, for compose) and set (`IMAGE_TAG` of the
-        // tag to pull) is set.
-        let mut expression = match program_path(command) {
-            // The child still sees the name the plan gives as its argv[0] (a multi-call binary
-            // such as busybox tells its tools apart by it), and errors keep naming it.
-            Some(path) => {
-                let name = command.program.clone();
-                duct::cmd(path, &command.args).before_spawn(move |child| {
-                    std::os::unix::process::CommandExt::arg0(child, &name);
-                    Ok(())
-                })
-            }
-            None => duct::cmd(&command.program, &command.args),
-        };
-        for (key, value) in &command.env {
-            expression = expression.env(key, value);
-        }
-        for key in &command.env_remove {
-            expression = expression.env_remove(key);
-        }
-        if let Some(dir) = &command.dir {
-            expression = expression.dir(dir);
-        }
-        expression
+        // duct gives the child this process's environment; the hook, which runs last, changes
+        // it as the command says (and the rest that `configure` sets).
+        let settings = Command { stdin: None, ..command.clone() };
+        // As a string: duct takes a `Path` for a file and runs a bare name as `./name`.
+        duct::cmd(executable(command).into_os_string(), &command.args).before_spawn(move |child| {
+            configure(child, &settings);
+            Ok(())
+        })
+    }
+
+    /// `command` as a standard library command, its standard streams not yet decided.
+    fn std_command(command: &Command) -> std::process::Command {
+        let mut child = std::process::Command::new(executable(command));
+        child.args(&command.args);
+        configure(&mut child, command);
+        child
     }
 
     /// `command` as a duct expression reading its secret, or nothing, on standard input.
@@ -174,6 +169,34 @@ impl Processes {
         } else {
             format!("{} ({status})", command.hint)
         }
+    }
+}
+
+/// The file `command` runs: a program named by a path as this process's directory resolves it
+/// (not the command's own `dir`), a bare name where the child's `PATH` finds it, else the bare
+/// name, which the child then looks for itself.
+fn executable(command: &Command) -> PathBuf {
+    if command.program.contains('/') {
+        return std::path::absolute(&command.program).unwrap_or_else(|_| command.program.clone().into());
+    }
+    program_path(command).unwrap_or_else(|| command.program.clone().into())
+}
+
+/// Sets on `child` what `command` says besides its program, arguments and standard streams.
+fn configure(child: &mut std::process::Command, command: &Command) {
+    // The child still sees the name the plan gives as its argv[0] (a multi-call binary such as
+    // busybox tells its tools apart by it), and errors keep naming it.
+    std::os::unix::process::CommandExt::arg0(child, &command.program);
+    // The variables removed go first, so that one both removed (every `.env` key, for compose)
+    // and set (`IMAGE_TAG` of the tag to pull) is set.
+    for key in &command.env_remove {
+        child.env_remove(key);
+    }
+    for (key, value) in &command.env {
+        child.env(key, value);
+    }
+    if let Some(dir) = &command.dir {
+        child.current_dir(dir);
     }
 }
 
@@ -261,27 +284,45 @@ impl Runner for Processes {
     }
 
     fn output(&self, command: &Command) -> Result<Finished> {
-        let expression = Processes::alone(command).stdout_capture().stderr_capture().unchecked();
-        let handle = Arc::new(
-            expression.start().with_context(|| format!("cannot start {}: is it installed?", command.program))?,
+        // No duct here: its capture starts a thread per stream, and `tags`, whose one process is
+        // a `git status`, spent more time starting those than reading. The standard library's
+        // child is shared so that `cancel` can kill it while this thread reads and waits.
+        use std::process::Stdio;
+        let mut child = Processes::std_command(command);
+        let stdin = if command.stdin.is_some() { Stdio::piped() } else { Stdio::null() };
+        child.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = Arc::new(
+            shared_child::SharedChild::spawn(&mut child)
+                .with_context(|| format!("cannot start {}: is it installed?", command.program))?,
         );
         {
             let mut state = self.state();
-            state.pipes.push(Arc::clone(&handle));
+            state.children.push(Arc::clone(&child));
             state.changed();
         }
-        let result = handle.wait().cloned();
+        let (stdin, stdout, stderr) = (child.take_stdin(), child.take_stdout(), child.take_stderr());
+        // Standard error is read beside standard output, and the secret written beside both: a
+        // child that fills one pipe while this process waits on another would wait forever.
+        let (stdout, stderr) = std::thread::scope(|scope| {
+            if let (Some(mut stdin), Some(secret)) = (stdin, &command.stdin) {
+                // A child that exits without reading it breaks the pipe: its status says why.
+                scope.spawn(move || drop(stdin.write_all(secret.expose().as_bytes())));
+            }
+            let stderr = scope.spawn(move || read_to_end(stderr));
+            (read_to_end(stdout), stderr.join().expect("the reading thread panicked"))
+        });
+        let status = child.wait();
         {
             let mut state = self.state();
-            state.pipes.retain(|other| !Arc::ptr_eq(other, &handle));
+            state.children.retain(|other| !Arc::ptr_eq(other, &child));
             state.changed();
         }
-        let output = result.with_context(|| format!("cannot wait for {}", command.program))?;
-        Ok(Finished {
-            status: output.status,
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        })
+        let status = status.with_context(|| format!("cannot wait for {}", command.program))?;
+        let text = |read: std::io::Result<Vec<u8>>| -> Result<String> {
+            let bytes = read.with_context(|| format!("cannot read the output of {}", command.program))?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        };
+        Ok(Finished { status, stdout: text(stdout)?, stderr: text(stderr)? })
     }
 
     fn pipe_counting(&self, pipe: &Pipe, moved: &(dyn Fn(u64) + Sync)) -> Result<()> {
@@ -355,11 +396,23 @@ impl Runner for Processes {
         for handle in &state.pipes {
             let _ = handle.kill();
         }
+        for child in &state.children {
+            let _ = child.kill();
+        }
     }
 
     fn watch(&self, watcher: Option<Watcher>) {
         self.state().watcher = watcher;
     }
+}
+
+/// Everything `pipe` gives until its end.
+fn read_to_end(pipe: Option<impl Read>) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    if let Some(mut pipe) = pipe {
+        pipe.read_to_end(&mut bytes)?;
+    }
+    Ok(bytes)
 }
 
 /// Copies `from` into `to` to the end, telling `moved` the bytes copied so far.
@@ -519,10 +572,14 @@ mod tests {
             .env_remove("PATH".to_string())
             .env_remove("HOME".to_string())
             .env("HOME", "/set-after-removing");
-        let shown = runner.read(&env).unwrap();
-        assert!(shown.lines().any(|line| line == "XTASK_RUNNER_TEST=set"), "{shown}");
-        assert!(shown.lines().any(|line| line == "HOME=/set-after-removing"), "a variable set wins: {shown}");
-        assert!(!shown.contains(&inherited), "PATH was removed: {shown}");
+        let mut streamed = Vec::new();
+        runner.run(&env, &mut |line| streamed.push(line.to_string())).unwrap();
+        // Reads and streamed commands start their processes in different ways.
+        for shown in [runner.read(&env).unwrap(), streamed.join("\n")] {
+            assert!(shown.lines().any(|line| line == "XTASK_RUNNER_TEST=set"), "{shown}");
+            assert!(shown.lines().any(|line| line == "HOME=/set-after-removing"), "a variable set wins: {shown}");
+            assert!(!shown.contains(&inherited), "PATH was removed: {shown}");
+        }
         let cat = Command::new("cat").stdin(Secret::new("TOKEN", "s3cret-canary"));
         assert_eq!(runner.read(&cat).unwrap(), "s3cret-canary");
         assert!(!cat.to_string().contains("s3cret-canary"));
@@ -586,24 +643,29 @@ mod tests {
 
     #[test]
     fn the_watcher_sees_running_processes_and_cancel_kills_them() {
-        let runner = Arc::new(Processes::new());
-        let seen = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
-        let record = Arc::clone(&seen);
-        runner.watch(Some(Box::new(move |pids| record.lock().unwrap().push(pids.to_vec()))));
-        let started = std::time::Instant::now();
-        let sleeper = {
-            let runner = Arc::clone(&runner);
-            std::thread::spawn(move || runner.run(&Command::new("sleep").arg("30"), &mut |_| {}))
-        };
-        while seen.lock().unwrap().iter().all(Vec::is_empty) {
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        type Sleep = fn(&Processes, &Command) -> Result<()>;
+        let streamed: Sleep = |runner, sleep| runner.run(sleep, &mut |_| {});
+        let read: Sleep = |runner, sleep| runner.read(sleep).map(drop);
+        for (how, sleep) in [("run", streamed), ("read", read)] {
+            let runner = Arc::new(Processes::new());
+            let seen = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
+            let record = Arc::clone(&seen);
+            runner.watch(Some(Box::new(move |pids| record.lock().unwrap().push(pids.to_vec()))));
+            let started = std::time::Instant::now();
+            let sleeper = {
+                let runner = Arc::clone(&runner);
+                std::thread::spawn(move || sleep(&runner, &Command::new("sleep").arg("30")))
+            };
+            while seen.lock().unwrap().iter().all(Vec::is_empty) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            runner.cancel();
+            assert!(sleeper.join().unwrap().is_err(), "{how}: a killed command fails");
+            assert!(started.elapsed().as_secs() < 20, "{how}: cancel killed the sleep");
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.first().map(Vec::len), Some(1), "{how}: {seen:?}");
+            assert_eq!(seen.last(), Some(&Vec::new()), "{how}: {seen:?}");
         }
-        runner.cancel();
-        assert!(sleeper.join().unwrap().is_err(), "a killed command fails");
-        assert!(started.elapsed().as_secs() < 20, "cancel killed the sleep");
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.first().map(Vec::len), Some(1), "{seen:?}");
-        assert_eq!(seen.last(), Some(&Vec::new()), "{seen:?}");
     }
 
     #[test]
@@ -626,5 +688,27 @@ mod tests {
         assert_eq!(finished.status.code(), Some(2));
         assert_eq!(finished.stdout, "present\n");
         assert!(finished.stderr.contains("absent"), "{}", finished.stderr);
+    }
+
+    #[test]
+    fn output_reads_both_streams_to_the_end_however_much_each_holds() {
+        // Far more than a pipe holds on each stream, interleaved: reading one to its end before
+        // the other would leave the child waiting on the full one.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("present"), vec![b'x'; 300_000]).unwrap();
+        let mut names = vec!["present"; 2];
+        names.splice(1..1, std::iter::repeat_n("absent", 5_000));
+        let cat = Command::new("cat").args(names).current_dir(dir.path());
+        let finished = Processes::new().output(&cat).unwrap();
+        assert_eq!(finished.stdout.len(), 600_000);
+        assert_eq!(finished.stderr.lines().filter(|line| line.contains("absent")).count(), 5_000);
+    }
+
+    #[test]
+    fn a_program_named_by_a_relative_path_is_found_from_this_process_directory() {
+        let here = std::env::current_dir().unwrap();
+        let tool = Command::new("bin/tool").current_dir("/elsewhere");
+        assert_eq!(executable(&tool), here.join("bin/tool"));
+        assert_eq!(executable(&Command::new("/usr/bin/env")), PathBuf::from("/usr/bin/env"));
     }
 }
