@@ -30,7 +30,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use sha2::{Digest, Sha256};
 
 use crate::plan::Command;
-use crate::plan::runner::{Finished, Runner};
+use crate::plan::runner::{Finished, Runner, Started};
 
 /// The variables through which a git process tells the git processes it starts which
 /// repository, index and object store to use (the repository-locating part of `git rev-parse
@@ -227,26 +227,21 @@ impl<'a> Repo<'a> {
         ]);
         let head_commit = reading.commit_time.then(|| repo.git(["cat-file", "commit", "HEAD"]));
         let origin = reading.origin.then(|| repo.git(["remote", "get-url", "origin"]));
-        let (files, probe, answers) = std::thread::scope(|scope| -> Result<_> {
-            let start = |command: Option<Command>| command.map(|command| scope.spawn(move || runner.output(&command)));
-            // What needs no ref file starts first, so that the status, usually the longest,
-            // runs while the files are read and parsed.
-            let (status, head_commit, origin) = (start(Some(status)), start(head_commit), start(origin));
-            // The caller's repository variables reach neither the git processes (see `git_in`)
-            // nor these reads.
-            let files = RefFiles::read(&canonical);
-            let (refs, shallow, probe) = repo.reads_for(files.as_ref(), reading)?;
-            let (probe, probe_command) = match probe {
-                Some(Probe { tag, head, command }) => (Some((tag, head)), Some(command)),
-                None => (None, None),
-            };
-            let (refs, shallow, probe_answer) = (start(refs), start(shallow), start(probe_command));
-            let join = |thread: Option<std::thread::ScopedJoinHandle<Result<Finished>>>| {
-                thread.map(|thread| thread.join().unwrap_or_else(|_| Err(anyhow!("a git process's reader panicked"))))
-            };
-            let answers = [status, refs, head_commit, shallow, origin, probe_answer].map(join);
-            Ok((files, probe, answers))
-        })?;
+        let start = |command: Option<Command>| command.map(|command| runner.start(&command)).transpose();
+        // What needs no ref file starts first, so that the status, usually the longest, runs
+        // while the files are read and parsed.
+        let (status, head_commit, origin) = (start(Some(status))?, start(head_commit)?, start(origin)?);
+        // The caller's repository variables reach neither the git processes (see `git_in`) nor
+        // these reads.
+        let files = RefFiles::read(&canonical);
+        let (refs, shallow, probe) = repo.reads_for(files.as_ref(), reading)?;
+        let (probe, probe_command) = match probe {
+            Some(Probe { tag, head, command }) => (Some((tag, head)), Some(command)),
+            None => (None, None),
+        };
+        let (refs, shallow, probe_answer) = (start(refs)?, start(shallow)?, start(probe_command)?);
+        let answers =
+            [status, refs, head_commit, shallow, origin, probe_answer].map(|started| started.map(Started::finish));
         let [status, refs, head_commit, shallow, origin, probe_answer] = answers;
         let status = status.context("the working tree status was not read")?;
         // The status goes first: when the path is no repository at all, every read fails, and

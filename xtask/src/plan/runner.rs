@@ -77,7 +77,14 @@ pub trait Runner: Sync {
     /// Runs `command` to its end and returns how it ended and everything it printed, failing only
     /// when it cannot be started: for programs whose failure is an answer to read (a docker
     /// credential helper says "credentials not found" on standard output and exits non-zero).
-    fn output(&self, command: &Command) -> Result<Finished>;
+    fn output(&self, command: &Command) -> Result<Finished> {
+        self.start(command)?.finish()
+    }
+
+    /// Starts `command` and returns at once, so that this thread can do other work while it
+    /// runs (read files, start other commands); [`Started::finish`] waits for its end and gives
+    /// what [`Runner::output`] gives.
+    fn start(&self, command: &Command) -> Result<Started<'_>>;
 
     /// Runs the commands of `pipe` connected, to the end of the last one.
     fn pipe(&self, pipe: &Pipe) -> Result<()> {
@@ -93,6 +100,31 @@ pub trait Runner: Sync {
 
     /// Sets (or, with `None`, clears) who is told the running processes' pids.
     fn watch(&self, watcher: Option<Watcher>);
+}
+
+/// A command that [`Runner::start`] started. Dropped before [`Started::finish`] (an error came
+/// first), it is waited for all the same: no process outlives its plan unseen.
+pub struct Started<'a> {
+    finish: Option<Box<dyn FnOnce() -> Result<Finished> + 'a>>,
+}
+
+impl<'a> Started<'a> {
+    fn new(finish: impl FnOnce() -> Result<Finished> + 'a) -> Started<'a> {
+        Started { finish: Some(Box::new(finish)) }
+    }
+
+    /// Waits for the command's end: how it ended and everything it printed.
+    pub fn finish(mut self) -> Result<Finished> {
+        self.finish.take().map_or_else(|| bail!("a started command was finished twice"), |finish| finish())
+    }
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        if let Some(finish) = self.finish.take() {
+            let _ = finish();
+        }
+    }
 }
 
 /// The real runner: operating system processes.
@@ -283,10 +315,10 @@ impl Runner for Processes {
         Ok(finished.stdout.trim().to_string())
     }
 
-    fn output(&self, command: &Command) -> Result<Finished> {
+    fn start(&self, command: &Command) -> Result<Started<'_>> {
         // No duct here: its capture starts a thread per stream, and `tags`, whose one process is
         // a `git status`, spent more time starting those than reading. The standard library's
-        // child is shared so that `cancel` can kill it while this thread reads and waits.
+        // child is shared so that `cancel` can kill it while another thread reads and waits.
         use std::process::Stdio;
         let mut child = Processes::std_command(command);
         let stdin = if command.stdin.is_some() { Stdio::piped() } else { Stdio::null() };
@@ -301,28 +333,38 @@ impl Runner for Processes {
             state.changed();
         }
         let (stdin, stdout, stderr) = (child.take_stdin(), child.take_stdout(), child.take_stderr());
-        // Standard error is read beside standard output, and the secret written beside both: a
-        // child that fills one pipe while this process waits on another would wait forever.
-        let (stdout, stderr) = std::thread::scope(|scope| {
-            if let (Some(mut stdin), Some(secret)) = (stdin, &command.stdin) {
-                // A child that exits without reading it breaks the pipe: its status says why.
-                scope.spawn(move || drop(stdin.write_all(secret.expose().as_bytes())));
+        // The secret is written and standard error read on threads of their own from the start,
+        // standard output when finishing: a child that fills one pipe while nobody reads it
+        // waits, and one waiting on a pipe this process reads only after another would wait
+        // forever.
+        let feeding = match (stdin, command.stdin.clone()) {
+            // A child that exits without reading it breaks the pipe: its status says why.
+            (Some(mut stdin), Some(secret)) => {
+                Some(std::thread::spawn(move || drop(stdin.write_all(secret.expose().as_bytes()))))
             }
-            let stderr = scope.spawn(move || read_to_end(stderr));
-            (read_to_end(stdout), stderr.join().expect("the reading thread panicked"))
-        });
-        let status = child.wait();
-        {
-            let mut state = self.state();
-            state.children.retain(|other| !Arc::ptr_eq(other, &child));
-            state.changed();
-        }
-        let status = status.with_context(|| format!("cannot wait for {}", command.program))?;
-        let text = |read: std::io::Result<Vec<u8>>| -> Result<String> {
-            let bytes = read.with_context(|| format!("cannot read the output of {}", command.program))?;
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
+            _ => None,
         };
-        Ok(Finished { status, stdout: text(stdout)?, stderr: text(stderr)? })
+        let errors = std::thread::spawn(move || read_to_end(stderr));
+        let program = command.program.clone();
+        Ok(Started::new(move || {
+            let stdout = read_to_end(stdout);
+            let stderr = errors.join().expect("the reading thread panicked");
+            if let Some(feeding) = feeding {
+                let _ = feeding.join();
+            }
+            let status = child.wait();
+            {
+                let mut state = self.state();
+                state.children.retain(|other| !Arc::ptr_eq(other, &child));
+                state.changed();
+            }
+            let status = status.with_context(|| format!("cannot wait for {program}"))?;
+            let text = |read: std::io::Result<Vec<u8>>| -> Result<String> {
+                let bytes = read.with_context(|| format!("cannot read the output of {program}"))?;
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            };
+            Ok(Finished { status, stdout: text(stdout)?, stderr: text(stderr)? })
+        }))
     }
 
     fn pipe_counting(&self, pipe: &Pipe, moved: &(dyn Fn(u64) + Sync)) -> Result<()> {
@@ -492,9 +534,10 @@ impl Runner for Recording {
         self.answer(command.to_string())
     }
 
-    /// The script's output is standard output; an error's text is standard output too (as a
-    /// credential helper prints "credentials not found"), with exit status 1.
-    fn output(&self, command: &Command) -> Result<Finished> {
+    /// Answered, and recorded, when started. The script's output is standard output; an error's
+    /// text is standard output too (as a credential helper prints "credentials not found"), with
+    /// exit status 1.
+    fn start(&self, command: &Command) -> Result<Started<'_>> {
         use std::os::unix::process::ExitStatusExt;
         let shown = command.to_string();
         let reply = (self.reply)(&shown);
@@ -503,7 +546,9 @@ impl Runner for Recording {
             Ok(stdout) => (0, stdout),
             Err(stdout) => (1, stdout),
         };
-        Ok(Finished { status: std::process::ExitStatus::from_raw(code << 8), stdout, stderr: String::new() })
+        let finished =
+            Finished { status: std::process::ExitStatus::from_raw(code << 8), stdout, stderr: String::new() };
+        Ok(Started::new(move || Ok(finished)))
     }
 
     fn pipe_counting(&self, pipe: &Pipe, _: &(dyn Fn(u64) + Sync)) -> Result<()> {
@@ -702,6 +747,26 @@ mod tests {
         let finished = Processes::new().output(&cat).unwrap();
         assert_eq!(finished.stdout.len(), 600_000);
         assert_eq!(finished.stderr.lines().filter(|line| line.contains("absent")).count(), 5_000);
+    }
+
+    #[test]
+    fn a_started_command_runs_beside_this_thread_and_is_waited_for_even_unfinished() {
+        use std::time::{Duration, Instant};
+        let runner = Processes::new();
+        let seen = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
+        let record = Arc::clone(&seen);
+        runner.watch(Some(Box::new(move |pids| record.lock().unwrap().push(pids.to_vec()))));
+        let begun = Instant::now();
+        let sleep = runner.start(&Command::new("sleep").arg("0.5")).unwrap();
+        assert!(begun.elapsed() < Duration::from_millis(400), "start returns before the command ends");
+        let echo = runner.start(&Command::new("echo").arg("beside")).unwrap();
+        assert_eq!(seen.lock().unwrap().last().map(Vec::len), Some(2), "both run");
+        assert_eq!(echo.finish().unwrap().stdout, "beside\n");
+        assert!(sleep.finish().unwrap().status.success());
+        assert!(begun.elapsed() >= Duration::from_millis(500));
+        drop(runner.start(&Command::new("sleep").arg("0.2")).unwrap());
+        assert!(begun.elapsed() >= Duration::from_millis(700), "a started command dropped is waited for");
+        assert_eq!(seen.lock().unwrap().last(), Some(&Vec::new()), "and no longer counted as running");
     }
 
     #[test]
