@@ -1191,25 +1191,29 @@ mod tests {
 
     /// A client for the lab registry with its credentials, or `None` (with a note) when the lab is
     /// not up. With `CI` set, a missing lab fails the test instead: CI must run these.
+    /// Runs `cargo xtask sandbox up` with `options` where an engine answers. The lab is the
+    /// sandbox task's: it runs as a user would run it, through cargo (an adapter never calls a
+    /// task), building the xtask binary that is already built.
+    fn sandbox_up(options: &[&str]) {
+        let engine = std::process::Command::new("docker").arg("info").output();
+        if engine.is_ok_and(|output| output.status.success()) {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+            let up = std::process::Command::new(cargo)
+                .args(["xtask", "sandbox", "up"])
+                .args(options)
+                .current_dir(crate::adapters::workspace_root())
+                .status();
+            if !up.is_ok_and(|status| status.success()) {
+                eprintln!("note: cannot start the lab: `cargo xtask sandbox up {}` failed", options.join(" "));
+            }
+        }
+    }
+
     pub(super) fn lab() -> Option<(Registry, Credentials)> {
         // Where an engine answers, start the lab (once per test run) instead of skipping: these
         // tests are what proves the client against a real registry.
         static STARTED: std::sync::Once = std::sync::Once::new();
-        STARTED.call_once(|| {
-            // The lab is the sandbox task's: run it as a user would, through cargo (an adapter
-            // never calls a task), building the xtask binary that is already built.
-            let engine = std::process::Command::new("docker").arg("info").output();
-            if engine.is_ok_and(|output| output.status.success()) {
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-                let up = std::process::Command::new(cargo)
-                    .args(["xtask", "sandbox", "up"])
-                    .current_dir(crate::adapters::workspace_root())
-                    .status();
-                if !up.is_ok_and(|status| status.success()) {
-                    eprintln!("note: cannot start the lab: `cargo xtask sandbox up` failed");
-                }
-            }
-        });
+        STARTED.call_once(|| sandbox_up(&[]));
         let path = crate::adapters::workspace_root().join("target/xtask/sandbox/lab.env");
         let unavailable = |why: String| {
             assert!(std::env::var_os("CI").is_none(), "the lab registry is needed with CI set: {why}");
@@ -1348,7 +1352,15 @@ mod tests {
     fn nexus_lab(path: &str) -> Option<Registry> {
         let (lab, credentials) = lab()?;
         drop(lab);
-        if TcpStream::connect_timeout(&"127.0.0.1:5001".parse().unwrap(), Duration::from_secs(2)).is_err() {
+        let up = || TcpStream::connect_timeout(&"127.0.0.1:5001".parse().unwrap(), Duration::from_secs(2)).is_ok();
+        // Started here too, where the unit tests run before any integration test has started it.
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        STARTED.call_once(|| {
+            if !up() {
+                sandbox_up(&["--nexus"]);
+            }
+        });
+        if !up() {
             assert!(std::env::var_os("CI").is_none(), "the Nexus look-alike is needed with CI set");
             eprintln!("note: skipping a Nexus look-alike test; start it with `cargo xtask sandbox up --nexus`");
             return None;
