@@ -1189,8 +1189,6 @@ mod tests {
 
     // --- The lab registry (`cargo xtask sandbox up`) ----------------------------------------
 
-    /// A client for the lab registry with its credentials, or `None` (with a note) when the lab is
-    /// not up. With `CI` set, a missing lab fails the test instead: CI must run these.
     /// Runs `cargo xtask sandbox up` with `options` where an engine answers. The lab is the
     /// sandbox task's: it runs as a user would run it, through cargo (an adapter never calls a
     /// task), building the xtask binary that is already built.
@@ -1209,6 +1207,8 @@ mod tests {
         }
     }
 
+    /// A client for the lab registry with its credentials, or `None` (with a note) when the lab is
+    /// not up. With `CI` set, a missing lab fails the test instead: CI must run these.
     pub(super) fn lab() -> Option<(Registry, Credentials)> {
         // Where an engine answers, start the lab (once per test run) instead of skipping: these
         // tests are what proves the client against a real registry.
