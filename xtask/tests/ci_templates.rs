@@ -110,11 +110,20 @@ fn github_workflow_is_valid_yaml_with_one_job_per_stage() {
         let cached = steps.iter().any(|step| {
             step["uses"].as_str().is_some_and(|uses| uses.starts_with("actions/cache@"))
                 && step["with"]["path"].as_str().is_some_and(|path| path.lines().any(|line| line.trim() == "target"))
-                // A new Cargo.lock or new profiles get a new cache (restored from the newest
-                // older one); with an unchanged key actions/cache would never save the rebuild.
-                && step["with"]["key"].as_str().is_some_and(|key| key.contains("hashFiles('Cargo.lock', 'Cargo.toml')"))
+                // A new compiler, Cargo.lock or profiles get a new cache (restored from the
+                // newest older one); with an unchanged key actions/cache would never save the
+                // rebuild.
+                && step["with"]["key"].as_str().is_some_and(|key| {
+                    key.contains("${{ steps.rustc.outputs.digest }}") && key.contains("hashFiles('Cargo.lock', 'Cargo.toml')")
+                })
         });
-        assert!(cached, "job {stage} caches the cargo target directory, keyed on Cargo.lock and the profiles");
+        assert!(cached, "job {stage} caches the cargo target directory, keyed on rustc, Cargo.lock and the profiles");
+        let rustc = steps.iter().position(|step| step["id"].as_str() == Some("rustc"));
+        let cache =
+            steps.iter().position(|step| step["uses"].as_str().is_some_and(|uses| uses.starts_with("actions/cache@")));
+        assert!(rustc.is_some() && rustc < cache, "job {stage} reads the compiler's version before the cache step");
+        let version = steps[rustc.unwrap()]["run"].as_str().unwrap_or_default();
+        assert!(version.contains("rustc --version") && version.contains("$GITHUB_OUTPUT"), "{stage}: {version}");
         let checkout =
             steps.iter().find(|step| step["uses"].as_str().is_some_and(|uses| uses.starts_with("actions/checkout@")));
         assert_eq!(checkout.unwrap()["with"]["fetch-depth"].as_i64(), Some(0), "{stage} fetches every tag");
